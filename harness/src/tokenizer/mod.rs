@@ -119,16 +119,8 @@ impl Tokenizer {
     /// Encodes many texts on `threads` threads, each optionally starting with `prepend` (BOS).
     pub fn encode_batch<S: AsRef<str> + Sync>(&self, texts: &[S], prepend: Option<u32>, threads: usize) -> Vec<Vec<u32>> {
         let encode_all = |chunk: &[S]| {
-            let mut enc = Encoder::new(self);
-            chunk
-                .iter()
-                .map(|t| {
-                    let mut ids = Vec::with_capacity(t.as_ref().len() / 3 + 1);
-                    ids.extend(prepend);
-                    enc.encode_into(t.as_ref(), &mut ids);
-                    ids
-                })
-                .collect::<Vec<_>>()
+            let mut enc = self.encoder();
+            chunk.iter().map(|t| enc.encode_doc(t.as_ref(), prepend)).collect::<Vec<_>>()
         };
         let threads = threads.clamp(1, texts.len().max(1));
         if threads == 1 {
@@ -139,6 +131,11 @@ impl Tokenizer {
             let handles: Vec<_> = texts.chunks(chunk).map(|c| s.spawn(move || encode_all(c))).collect();
             handles.into_iter().flat_map(|h| h.join().expect("encoder thread panicked")).collect()
         })
+    }
+
+    /// An encoder with its own cache, for one thread's many documents.
+    pub fn encoder(&self) -> Encoder<'_> {
+        Encoder::new(self)
     }
 
     /// Applies BPE to one piece: merge the adjacent pair of lowest rank, leftmost first, until none is left.
@@ -279,7 +276,8 @@ pub fn parse_ranks(text: &str) -> Result<Vec<Vec<u8>>> {
 }
 
 /// Encodes with a cache of recent pieces: most words repeat, and a lookup is far cheaper than BPE.
-struct Encoder<'a> {
+/// One per thread; [`Tokenizer::encoder`] makes one.
+pub struct Encoder<'a> {
     tok: &'a Tokenizer,
     cache: FxHashMap<Box<str>, Vec<u32>>,
 }
@@ -289,6 +287,14 @@ impl<'a> Encoder<'a> {
 
     fn new(tok: &'a Tokenizer) -> Self {
         Encoder { tok, cache: FxHashMap::default() }
+    }
+
+    /// Encodes one document, optionally after `prepend` (BOS).
+    pub fn encode_doc(&mut self, text: &str, prepend: Option<u32>) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(text.len() / 3 + 1);
+        ids.extend(prepend);
+        self.encode_into(text, &mut ids);
+        ids
     }
 
     fn encode_into(&mut self, text: &str, out: &mut Vec<u32>) {

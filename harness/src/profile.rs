@@ -1,0 +1,205 @@
+//! Profiles: the fixed constants of a run (sequence length, time budget, eval size, vocabulary), and the
+//! prepared state on disk that a training run reads. Nothing the agent edits can change them.
+//!
+//! Cache layout (root: `$AUTORESEARCH_CACHE`, else `~/.cache/autoresearch`):
+//! - `data/`: downloaded climbmix shards, shared by every profile
+//! - `<profile>/prepared.json`: the profile and where its data is; `<profile>/tokenizer/`; `<profile>/data/`
+//!   for shards made from local text
+//! - `active`: the profile prepared last, used when none is named
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::dataloader::{DataLoader, LoaderOptions};
+use crate::shards::{split_files, Split};
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub name: String,
+    /// Tokens per sequence, for training and evaluation.
+    pub max_seq_len: usize,
+    /// Seconds of training (start-up, evaluation and the first 11 steps excluded).
+    pub time_budget: f64,
+    /// Validation tokens evaluated.
+    pub eval_tokens: usize,
+    /// Vocabulary size, the 4 special tokens included.
+    pub vocab_size: usize,
+    /// Where the data comes from by default: "climbmix" (download) or "demo" (the built-in texts).
+    pub default_source: String,
+}
+
+pub const PROFILE_NAMES: [&str; 2] = ["h100", "small"];
+
+impl Profile {
+    pub fn builtin(name: &str) -> Result<Profile> {
+        let p = |max_seq_len, eval_tokens, vocab_size, source: &str| Profile {
+            name: name.to_string(),
+            max_seq_len,
+            time_budget: 300.0,
+            eval_tokens,
+            vocab_size,
+            default_source: source.to_string(),
+        };
+        Ok(match name {
+            // The original's constants, for one H100-class GPU.
+            "h100" => p(2048, 40 * 524_288, 8192, "climbmix"),
+            // For CPUs and laptops: see README ("The small profile") for how these were sized.
+            "small" => p(256, 1 << 17, 2048, "demo"),
+            _ => bail!("unknown profile {name:?} (known: {})", PROFILE_NAMES.join(", ")),
+        })
+    }
+}
+
+/// What `prepare` leaves for training runs: `<cache>/<profile>/prepared.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prepared {
+    pub profile: Profile,
+    pub data_dir: PathBuf,
+    /// Where the data came from, in words.
+    pub source: String,
+}
+
+pub fn cache_root() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("AUTORESEARCH_CACHE").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("autoresearch"));
+    }
+    let home = std::env::var_os("HOME").context("neither AUTORESEARCH_CACHE nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".cache/autoresearch"))
+}
+
+pub fn profile_dir(cache: &Path, profile: &str) -> PathBuf {
+    cache.join(profile)
+}
+
+pub fn tokenizer_dir(cache: &Path, profile: &str) -> PathBuf {
+    profile_dir(cache, profile).join("tokenizer")
+}
+
+impl Prepared {
+    pub fn save(&self, cache: &Path) -> Result<()> {
+        let dir = profile_dir(cache, &self.profile.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::fsutil::write_atomic(&dir.join("prepared.json"), serde_json::to_string_pretty(self)?.as_bytes())?;
+        crate::fsutil::write_atomic(&cache.join("active"), self.profile.name.as_bytes())
+    }
+
+    /// The prepared profile `name`, or the one prepared last.
+    pub fn load(cache: &Path, name: Option<&str>) -> Result<Prepared> {
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => {
+                let active = cache.join("active");
+                let text = std::fs::read_to_string(&active).with_context(|| {
+                    format!("nothing is prepared in {} (run `autoresearch prepare`)", cache.display())
+                })?;
+                text.trim().to_string()
+            }
+        };
+        let path = profile_dir(cache, &name).join("prepared.json");
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!("profile {name:?} is not prepared in {} (run `autoresearch prepare --profile {name}`)", cache.display())
+        })?;
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// The names and sizes of the training shards: what a tokenizer records it was trained on.
+pub fn training_fingerprint(data_dir: &Path) -> Result<Vec<(String, u64)>> {
+    split_files(data_dir, Split::Train)?
+        .iter()
+        .map(|p| {
+            let size = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?.len();
+            Ok((p.file_name().unwrap().to_string_lossy().into_owned(), size))
+        })
+        .collect()
+}
+
+/// Loads the tokenizer of a prepared profile and checks it belongs to that profile and its data.
+pub fn load_tokenizer(cache: &Path, prepared: &Prepared) -> Result<Tokenizer> {
+    let dir = tokenizer_dir(cache, &prepared.profile.name);
+    let tok = Tokenizer::load(&dir)?;
+    ensure!(
+        tok.vocab_size() == prepared.profile.vocab_size,
+        "the tokenizer in {} has {} tokens, but profile {} needs {} (run `autoresearch prepare --profile {}`)",
+        dir.display(),
+        tok.vocab_size(),
+        prepared.profile.name,
+        prepared.profile.vocab_size,
+        prepared.profile.name
+    );
+    let data = training_fingerprint(&prepared.data_dir)?;
+    ensure!(
+        tok.info.trained_on == data,
+        "the tokenizer in {} was trained on other shards than those now in {} (run `autoresearch prepare --profile {}`)",
+        dir.display(),
+        prepared.data_dir.display(),
+        prepared.profile.name
+    );
+    Ok(tok)
+}
+
+/// Everything a training run gets from the harness: the profile, its data, tokenizer and metric.
+///
+/// Set by the environment (the runner sets it): `AUTORESEARCH_CACHE`, `AUTORESEARCH_PROFILE` (else the
+/// active one), `AUTORESEARCH_TIME_BUDGET` (seconds; a short budget for smoke tests, printed in the summary)
+/// and `AUTORESEARCH_SEED` (default 42).
+pub struct Run {
+    pub prepared: Prepared,
+    pub tokenizer: Arc<Tokenizer>,
+    pub time_budget: f64,
+    pub seed: u64,
+    started: std::time::Instant,
+}
+
+fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v.parse().map(Some).map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number")),
+        _ => Ok(None),
+    }
+}
+
+impl Run {
+    pub fn from_env() -> Result<Run> {
+        let started = std::time::Instant::now();
+        let cache = cache_root()?;
+        let prepared = Prepared::load(&cache, std::env::var("AUTORESEARCH_PROFILE").ok().filter(|s| !s.is_empty()).as_deref())?;
+        let tokenizer = Arc::new(load_tokenizer(&cache, &prepared)?);
+        let time_budget = env_number::<f64>("AUTORESEARCH_TIME_BUDGET")?.unwrap_or(prepared.profile.time_budget);
+        ensure!(time_budget > 0.0, "AUTORESEARCH_TIME_BUDGET must be positive");
+        let seed = env_number::<u64>("AUTORESEARCH_SEED")?.unwrap_or(42);
+        Ok(Run { prepared, tokenizer, time_budget, seed, started })
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.prepared.profile
+    }
+
+    /// Seconds since the run started.
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Training batches of `b` rows at the profile's sequence length, packed ahead in background threads.
+    pub fn train_loader(&self, b: usize) -> Result<DataLoader> {
+        let files = split_files(&self.prepared.data_dir, Split::Train)?;
+        Ok(DataLoader::new(self.tokenizer.clone(), files, b, self.profile().max_seq_len, LoaderOptions::default()))
+    }
+
+    /// val_bpb over the profile's eval tokens, in batches of `b` rows; `per_token_loss` gives one loss
+    /// (nats) per target of a batch, row-major.
+    pub fn evaluate_bpb(&self, b: usize, per_token_loss: impl FnMut(&crate::dataloader::Batch) -> Result<Vec<f32>>) -> Result<f64> {
+        let t = self.profile().max_seq_len;
+        let steps = self.profile().eval_tokens / (b * t);
+        ensure!(steps > 0, "eval batch {b}×{t} is larger than the {} eval tokens", self.profile().eval_tokens);
+        let files = split_files(&self.prepared.data_dir, Split::Val)?;
+        let loader = DataLoader::new(self.tokenizer.clone(), files, b, t, LoaderOptions::default());
+        crate::metric::evaluate_bpb(loader, steps, self.tokenizer.token_bytes(), per_token_loss)
+    }
+}
