@@ -1,5 +1,6 @@
 //! `autoresearch`: prepare data, train, and run the research loop.
 
+mod bench;
 mod prepare;
 
 use std::path::PathBuf;
@@ -22,6 +23,9 @@ struct Cli {
 enum Command {
     /// Get data and train the tokenizer for a profile (once, before training)
     Prepare(prepare::Args),
+    /// Measure the harness's throughput (tokenizer training, encoding, data loading)
+    #[command(subcommand)]
+    Bench(bench::Bench),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Prepare(args) => prepare::run(args),
+        Command::Bench(b) => bench::run(b),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
