@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Fetches libtorch 2.11.0 (the version tch 0.24 binds to) from PyPI wheels, unpacks the parts a build
-# needs into a cache, and links it into the repository as `.libtorch`, where .cargo/config.toml looks.
+# Fetches libtorch 2.11.0 (the version tch 0.24 binds to) from PyPI wheels, unpacks the parts a build needs
+# into a cache, and links it into the repository, where .cargo/config.toml and scripts/build-cuda.sh look:
 #
-#   scripts/libtorch.sh          CPU build: libtorch_cpu + the two CUDA runtime libraries it loads
-#   scripts/libtorch.sh --cuda   also libtorch_cuda, to link the CUDA variant here (it runs on a GPU machine)
+#   scripts/libtorch.sh          .libtorch: libtorch_cpu and the two CUDA runtime libraries it loads
+#   scripts/libtorch.sh --cuda   also .libtorch-cuda: libtorch_cuda and the CUDA runtime headers, to build
+#                                the CUDA variant here (it runs on a GPU machine, against that machine's torch)
 #
-# Cache: ${AUTORESEARCH_BUILD_CACHE:-~/.cache/autoresearch-build}. Needs python3 with pip and unzip.
+# Cache: ${AUTORESEARCH_BUILD_CACHE:-~/.cache/autoresearch-build}. Needs python3 with pip, and unzip.
+# The folders keep the wheels' site-packages layout (torch/lib beside nvidia/cu13/lib), because the torch
+# libraries find their CUDA neighbours by a path relative to their own real location.
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
@@ -15,14 +18,14 @@ CUPTI_VERSION=13.0.85
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${AUTORESEARCH_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/autoresearch-build}
 wheels=$cache/wheels
-root=$cache/libtorch-$TORCH_VERSION   # site-packages layout: torch/{lib,include}, nvidia/cu13/lib
-cuda=0
-[[ ${1:-} == --cuda ]] && cuda=1
+cpu_root=$cache/libtorch-$TORCH_VERSION
+cuda_root=$cache/libtorch-$TORCH_VERSION-cuda
 
 say() { printf '[libtorch] %s\n' "$*" >&2; }
 
-fetch() {  # fetch NAME VERSION GLOB PLATFORM...: download a wheel unless one is cached
-    local name=$1 version=$2 glob=$3; shift 3
+fetch() {  # fetch NAME VERSION PLATFORM...: download a wheel unless one is cached
+    local name=$1 version=$2; shift 2
+    local glob="${name//-/_}-$version-*.whl"
     if compgen -G "$wheels/$glob" >/dev/null; then return; fi
     say "downloading $name==$version from PyPI"
     local platforms=()
@@ -31,34 +34,40 @@ fetch() {  # fetch NAME VERSION GLOB PLATFORM...: download a wheel unless one is
         "${platforms[@]}" -d "$wheels" "$name==$version"
 }
 
-unpack() {  # unpack WHEEL MEMBER...: extract members into $root.partial
-    local wheel=$1; shift
-    say "unpacking $(basename "$wheel")"
-    unzip -q -o "$wheel" "$@" -d "$root.partial"
+wheel() { compgen -G "$wheels/${1//-/_}-$2-*.whl"; }
+
+install() {  # install ROOT MEMBER...: (re)build ROOT from the wheels unless it holds every member
+    local root=$1; shift
+    local m missing=0
+    for m in "$@"; do [[ $m == *'*' || -e $root/$m ]] || missing=1; done
+    [[ $missing == 0 ]] && return
+    say "unpacking into $root"
+    # Built beside and moved into place last, so an interrupted run leaves nothing half-done.
+    rm -rf "$root.partial"
+    local torch=() nvidia=()
+    for m in "$@"; do if [[ $m == torch/* ]]; then torch+=("$m"); else nvidia+=("$m"); fi; done
+    unzip -q -o "$(wheel torch "$TORCH_VERSION")" "${torch[@]}" -d "$root.partial"
+    unzip -q -o "$(wheel nvidia-cuda-runtime "$CUDART_VERSION")" \
+        $(printf '%s\n' "${nvidia[@]}" | grep -v cupti) -d "$root.partial"
+    unzip -q -o "$(wheel nvidia-cuda-cupti "$CUPTI_VERSION")" nvidia/cu13/lib/libcupti.so.13 -d "$root.partial"
+    rm -rf "$root"
+    mv "$root.partial" "$root"
 }
 
 mkdir -p "$wheels"
-fetch torch "$TORCH_VERSION" "torch-$TORCH_VERSION-*.whl" manylinux_2_28_x86_64
-fetch nvidia-cuda-runtime "$CUDART_VERSION" "nvidia_cuda_runtime-$CUDART_VERSION-*.whl" \
-    manylinux2014_x86_64 manylinux_2_17_x86_64
-fetch nvidia-cuda-cupti "$CUPTI_VERSION" "nvidia_cuda_cupti-$CUPTI_VERSION-*.whl" manylinux_2_25_x86_64
+fetch torch "$TORCH_VERSION" manylinux_2_28_x86_64
+fetch nvidia-cuda-runtime "$CUDART_VERSION" manylinux2014_x86_64 manylinux_2_17_x86_64
+fetch nvidia-cuda-cupti "$CUPTI_VERSION" manylinux_2_25_x86_64
 
-libs=(torch/lib/libtorch_cpu.so torch/lib/libtorch.so torch/lib/libc10.so 'torch/lib/libgomp*')
-[[ $cuda == 1 ]] && libs+=(torch/lib/libtorch_cuda.so torch/lib/libc10_cuda.so)
-needed=("${libs[@]}" torch/include/ATen/ATen.h nvidia/cu13/lib/libcudart.so.13 nvidia/cu13/lib/libcupti.so.13)
-complete=1
-for m in "${needed[@]}"; do [[ $m == *'*' || -e $root/$m ]] || complete=0; done
-if [[ $complete == 0 ]]; then
-    # Unpack into a side folder and move it into place last, so an interrupted run leaves nothing half-done.
-    rm -rf "$root.partial"
-    [[ -d $root ]] && cp -a "$root" "$root.partial"
-    unpack "$(compgen -G "$wheels/torch-$TORCH_VERSION-*.whl")" "${libs[@]}" 'torch/include/*'
-    unpack "$(compgen -G "$wheels/nvidia_cuda_runtime-$CUDART_VERSION-*.whl")" nvidia/cu13/lib/libcudart.so.13
-    unpack "$(compgen -G "$wheels/nvidia_cuda_cupti-$CUPTI_VERSION-*.whl")" nvidia/cu13/lib/libcupti.so.13
-    rm -rf "$root.old"
-    [[ -d $root ]] && mv "$root" "$root.old"
-    mv "$root.partial" "$root"
-    rm -rf "$root.old"
+cpu=(torch/lib/libtorch_cpu.so torch/lib/libtorch.so torch/lib/libc10.so 'torch/lib/libgomp*'
+     torch/include/ATen/ATen.h 'torch/include/*' nvidia/cu13/lib/libcudart.so.13 nvidia/cu13/lib/libcupti.so.13)
+install "$cpu_root" "${cpu[@]}"
+ln -sfn "$cpu_root/torch" "$repo/.libtorch"
+say "ready: .libtorch -> $cpu_root/torch"
+
+if [[ ${1:-} == --cuda ]]; then
+    install "$cuda_root" "${cpu[@]}" torch/lib/libtorch_cuda.so torch/lib/libc10_cuda.so \
+        nvidia/cu13/include/cuda_runtime_api.h 'nvidia/cu13/include/*'
+    ln -sfn "$cuda_root/torch" "$repo/.libtorch-cuda"
+    say "ready: .libtorch-cuda -> $cuda_root/torch"
 fi
-ln -sfn "$root/torch" "$repo/.libtorch"
-say "ready: $repo/.libtorch -> $root/torch"

@@ -1,0 +1,58 @@
+//! libtorch pieces that the training file needs and tch does not wrap: FlashAttention-2 with a sliding
+//! window (forward and backward), bf16 autocast, and facts about the CUDA device. Part of the fixed harness.
+
+use std::ffi::{c_char, CStr};
+
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+extern "C" {
+    fn ar_flash_attention(q: *const C_tensor, k: *const C_tensor, v: *const C_tensor, window_left: i64, err: *mut *mut c_char) -> *mut C_tensor;
+    fn ar_set_autocast_bf16();
+    fn ar_set_float32_matmul_precision_high();
+    fn ar_cuda_peak_allocated_bytes(device: i32) -> i64;
+    fn ar_cuda_device_name(device: i32, buf: *mut c_char, len: usize) -> i32;
+}
+
+/// Causal attention where query i sees keys i − `window_left` ..= i, with FlashAttention-2.
+/// q, k, v: (B, T, H, D), bf16 or fp16, on a CUDA device; the result has the same layout.
+pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, window_left: i64) -> anyhow::Result<Tensor> {
+    let mut err: *mut c_char = std::ptr::null_mut();
+    // SAFETY: the tensors outlive the call; a non-null result is a new tensor that we own.
+    let out = unsafe { ar_flash_attention(q.as_ptr(), k.as_ptr(), v.as_ptr(), window_left, &mut err) };
+    if out.is_null() {
+        // SAFETY: on failure err is a malloc'd C string.
+        let msg = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+        unsafe { libc_free(err) };
+        anyhow::bail!("flash attention: {msg}");
+    }
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+extern "C" {
+    #[link_name = "free"]
+    fn libc_free(p: *mut c_char);
+}
+
+/// Makes CUDA autocast (`tch::autocast`) compute in bf16, as the original does; its default is fp16.
+pub fn use_bf16_autocast() {
+    unsafe { ar_set_autocast_bf16() }
+}
+
+/// Lets float32 matrix products use TF32 on the GPU.
+pub fn allow_tf32() {
+    unsafe { ar_set_float32_matmul_precision_high() }
+}
+
+/// Peak memory allocated on CUDA device `index` so far, in MiB (None without CUDA).
+pub fn cuda_peak_memory_mb(index: usize) -> Option<f64> {
+    let bytes = unsafe { ar_cuda_peak_allocated_bytes(index as i32) };
+    (bytes >= 0).then(|| bytes as f64 / 1024.0 / 1024.0)
+}
+
+/// The name of CUDA device `index` (None without CUDA).
+pub fn cuda_device_name(index: usize) -> Option<String> {
+    let mut buf = [0 as c_char; 256];
+    let rc = unsafe { ar_cuda_device_name(index as i32, buf.as_mut_ptr(), buf.len()) };
+    (rc == 0).then(|| unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}

@@ -1,0 +1,203 @@
+//! The training file's model and optimizer against the original's golden files, in float32 on the CPU.
+//! Tolerances as the issue sets them (see ../shared/reference/README.md for why).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use autoresearch_harness::dataloader::{DataLoader, LoaderOptions};
+use autoresearch_harness::metric::evaluate_bpb;
+use autoresearch_harness::reference::Reference;
+use autoresearch_harness::shards::{split_files, Split};
+use autoresearch_harness::tokenizer::{parse_ranks, Tokenizer};
+use tch::{Device, Kind, Tensor};
+use train::{batch_tensors, muon_momentum, Gpt, GptConfig, MuonAdamW, OptimizerConfig};
+
+fn config(r: &Reference) -> GptConfig {
+    let m = |k: &str| r.usize(&["model", k]) as i64;
+    let config = GptConfig {
+        sequence_len: m("sequence_len"),
+        vocab_size: m("vocab_size"),
+        n_layer: m("n_layer"),
+        n_head: m("n_head"),
+        n_kv_head: m("n_kv_head"),
+        n_embd: m("n_embd"),
+        window_pattern: r.get(&["model", "window_pattern"]).as_str().unwrap().to_string(),
+    };
+    let windows: Vec<i64> = serde_json::from_value(r.get(&["model", "window_sizes_left"]).clone()).unwrap();
+    assert_eq!(config.window_sizes(), windows);
+    config
+}
+
+fn optimizer_config(r: &Reference) -> OptimizerConfig {
+    let hp = |k: &str| r.f64(&["optimizer", "hyperparameters", k]);
+    let betas = r.get(&["optimizer", "hyperparameters", "adam_betas"]).as_array().unwrap();
+    OptimizerConfig {
+        embedding_lr: hp("embedding_lr"),
+        unembedding_lr: hp("unembedding_lr"),
+        matrix_lr: hp("matrix_lr"),
+        scalar_lr: hp("scalar_lr"),
+        weight_decay: hp("weight_decay"),
+        adam_betas: (betas[0].as_f64().unwrap(), betas[1].as_f64().unwrap()),
+    }
+}
+
+fn load(r: &Reference, rel: &str) -> BTreeMap<String, Tensor> {
+    Tensor::read_safetensors(r.path(rel)).unwrap().into_iter().collect()
+}
+
+fn reference_model(r: &Reference) -> Gpt {
+    let model = Gpt::new(config(r), Device::Cpu);
+    let weights: Vec<(String, Tensor)> = Tensor::read_safetensors(r.path("model/random.safetensors")).unwrap();
+    model.load(&weights).unwrap();
+    model
+}
+
+/// Batch `split.k` of the golden dataloader file: (inputs, targets).
+fn golden_batch(r: &Reference, split: &str, k: usize) -> (Tensor, Tensor) {
+    let (b, t) = (r.usize(&["dataloader", "B"]), r.usize(&["dataloader", "T"]));
+    let batches = load(r, &format!("dataloader/batches_B{b}_T{t}.safetensors"));
+    let get = |part: &str| batches[&format!("{split}.{k}.{part}")].shallow_clone();
+    (get("inputs"), get("targets"))
+}
+
+/// ‖a − b‖ / ‖b‖.
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[])
+}
+
+#[test]
+fn per_token_losses_and_every_gradient_equal_the_reference() {
+    let r = Reference::load().unwrap();
+    let model = reference_model(&r);
+    let golden = load(&r, "model/forward_backward.safetensors");
+    let batch = r.get(&["forward_backward", "batch"]).as_str().unwrap().trim_start_matches("dataloader ").to_string();
+    let (split, k) = batch.split_once('.').unwrap();
+    let (x, y) = golden_batch(&r, split, k.parse().unwrap());
+
+    let per_token = model.per_token_loss(&x, &y);
+    let err = rel_err(&per_token, &golden["per_token_loss"]);
+    assert!(err < 1e-5, "per-token loss: relative error {err:e}");
+
+    let loss = model.loss(&x, &y);
+    let want = r.f64(&["forward_backward", "loss_mean"]);
+    assert!((loss.double_value(&[]) - want).abs() / want < 1e-5, "loss {} vs {want}", loss.double_value(&[]));
+    loss.backward();
+    let params = model.named_parameters();
+    assert_eq!(params.len() + 2, golden.len(), "a gradient for every parameter");
+    let mut worst: f64 = 0.0;
+    for (name, p) in params {
+        let err = rel_err(&p.grad(), &golden[&format!("grad.{name}")]);
+        assert!(err < 1e-5, "grad of {name}: relative error {err:e}");
+        worst = worst.max(err);
+    }
+    eprintln!("per-token loss relative error {:e}, worst gradient {worst:e}", rel_err(&per_token, &golden["per_token_loss"]));
+}
+
+#[test]
+fn two_steps_on_fixed_gradients_equal_the_reference() {
+    let r = Reference::load().unwrap();
+    let model = reference_model(&r);
+    let grads = load(&r, "model/forward_backward.safetensors");
+    let steps = load(&r, "model/optimizer_fixed_grads.safetensors");
+    let hp = optimizer_config(&r);
+    let lrm = r.f64(&["optimizer", "lr_multiplier"]);
+    let mut opt = MuonAdamW::new(&model, &hp);
+    let matrices: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).filter(|n| n.starts_with("transformer.h.")).collect();
+    let snapshot = |m: &Gpt| -> BTreeMap<String, Tensor> { m.named_parameters().into_iter().map(|(n, p)| (n, p.detach().copy())).collect() };
+    let mut before_ours = snapshot(&model);
+    let mut before_ref = before_ours.iter().map(|(n, t)| (n.clone(), t.copy())).collect::<BTreeMap<_, _>>();
+    for step in 1..=2 {
+        // Gradients set exactly to the stored ones: d/dp sum(p · g) = g.
+        let surrogate = model
+            .named_parameters()
+            .into_iter()
+            .map(|(n, p)| (p * &grads[&format!("grad.{n}")]).sum(Kind::Float))
+            .fold(Tensor::zeros([], (Kind::Float, Device::Cpu)), |a, b| a + b);
+        surrogate.backward();
+        opt.step(lrm, muon_momentum(step - 1), hp.weight_decay);
+        opt.zero_grad();
+        let after_ours = snapshot(&model);
+        let (mut worst_adam, mut worst_muon): (f64, f64) = (0.0, 0.0);
+        for (name, ours) in &after_ours {
+            let want = &steps[&format!("step{step}.{name}")];
+            if matrices.contains(name) {
+                let err = rel_err(&(ours - &before_ours[name]), &(want - &before_ref[name]));
+                assert!(err < 1e-1, "step {step}, Muon update of {name}: relative error {err:e}");
+                worst_muon = worst_muon.max(err);
+            } else {
+                let err = rel_err(ours, want);
+                assert!(err < 1e-5, "step {step}, AdamW {name}: relative error {err:e}");
+                worst_adam = worst_adam.max(err);
+            }
+        }
+        eprintln!("step {step}: worst AdamW tensor {worst_adam:e}, worst Muon update {worst_muon:e}");
+        before_ref = after_ours.keys().map(|n| (n.clone(), steps[&format!("step{step}.{n}")].copy())).collect();
+        before_ours = after_ours;
+    }
+}
+
+#[test]
+fn three_training_steps_give_the_reference_losses() {
+    let r = Reference::load().unwrap();
+    let model = reference_model(&r);
+    let hp = optimizer_config(&r);
+    let mut opt = MuonAdamW::new(&model, &hp);
+    let want: Vec<f64> = serde_json::from_value(r.get(&["optimizer", "loss_before_each_step"]).clone()).unwrap();
+    assert_eq!(want.len(), r.usize(&["optimizer", "training_steps"]));
+    for (step, &want) in want.iter().enumerate() {
+        let (x, y) = golden_batch(&r, "train", step);
+        let loss = model.loss(&x, &y);
+        let got = loss.double_value(&[]);
+        assert!((got - want).abs() / want < 1e-2, "loss before step {step}: {got} vs {want}");
+        eprintln!("loss before step {step}: {got} vs {want} ({:e} relative)", (got - want).abs() / want);
+        loss.backward();
+        opt.step(r.f64(&["optimizer", "lr_multiplier"]), muon_momentum(step), hp.weight_decay);
+        opt.zero_grad();
+    }
+    let (x, y) = golden_batch(&r, "train", want.len());
+    let got = model.loss(&x, &y).double_value(&[]);
+    let after = r.f64(&["optimizer", "loss_after_3_steps_on_train.3"]);
+    assert!((got - after).abs() / after < 1e-2, "loss after the steps: {got} vs {after}");
+    eprintln!("loss after the steps: {got} vs {after} ({:e} relative)", (got - after).abs() / after);
+}
+
+#[test]
+fn val_bpb_through_the_harness_metric_equals_the_reference() {
+    let r = Reference::load().unwrap();
+    let model = reference_model(&r);
+    let vocab = r.usize(&["model", "vocab_size"]);
+    let ranks = std::fs::read_to_string(r.path(&format!("tokenizer-{vocab}/ranks.tiktoken"))).unwrap();
+    let tok = Arc::new(Tokenizer::from_ranks(parse_ranks(&ranks).unwrap(), vec![]).unwrap());
+    let (b, t) = (r.usize(&["evaluate_bpb", "batch_size"]), r.usize(&["evaluate_bpb", "max_seq_len"]));
+    let steps = r.usize(&["evaluate_bpb", "eval_tokens"]) / (b * t);
+    let files = split_files(&r.path("data"), Split::Val).unwrap();
+    let loader = DataLoader::new(tok.clone(), files, b, t, LoaderOptions::default());
+    let bpb = tch::no_grad(|| {
+        evaluate_bpb(loader, steps, tok.token_bytes(), |batch| {
+            let (x, y) = batch_tensors(batch, Device::Cpu);
+            Ok(Vec::<f32>::try_from(model.per_token_loss(&x, &y).flatten(0, -1))?)
+        })
+    })
+    .unwrap();
+    let want = r.f64(&["evaluate_bpb", "val_bpb"]);
+    assert!((bpb - want).abs() / want < 1e-5, "val_bpb {bpb} vs {want}");
+    eprintln!("val_bpb {bpb} vs {want} ({:e} relative)", (bpb - want).abs() / want);
+}
+
+#[test]
+fn reference_initialisation_has_the_reference_distributions() {
+    let r = Reference::load().unwrap();
+    tch::manual_seed(0);
+    let model = Gpt::new(config(&r), Device::Cpu);
+    let init = load(&r, "model/init.safetensors");
+    for (name, p) in model.named_parameters() {
+        let theirs = &init[&name];
+        assert_eq!(p.size(), theirs.size(), "{name}");
+        let std = |t: &Tensor| t.to_kind(Kind::Double).std(false).double_value(&[]);
+        let mean = |t: &Tensor| t.to_kind(Kind::Double).mean(None).double_value(&[]);
+        let (a, b) = (std(p), std(theirs));
+        assert!((a - b).abs() <= 0.1 * b + 1e-12, "{name}: std {a} vs {b}");
+        assert!((mean(p) - mean(theirs)).abs() <= 0.1 * b + 1e-9, "{name}: mean {} vs {}", mean(p), mean(theirs));
+    }
+}

@@ -1,0 +1,698 @@
+//! The training file: the one file the agent edits.
+//!
+//! A GPT (value embeddings, rotary + QK-norm, sliding windows, relu² MLP, softcapped logits), the MuonAdamW
+//! optimizer, and a training loop that runs for a fixed wall-clock budget, evaluates val_bpb through the
+//! harness and prints the summary block. Everything fixed (data, tokenizer, metric, profile, budget) comes
+//! from `autoresearch_harness`; FlashAttention and bf16 autocast come from `autoresearch_ops`.
+//! Run it with `autoresearch train`. Change anything here; keep the summary block.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, ensure, Context, Result};
+use autoresearch_harness::dataloader::Batch;
+use autoresearch_harness::device::{peak_bf16_flops, peak_rss_mb};
+use autoresearch_harness::profile::Run;
+use autoresearch_harness::summary::Summary;
+use tch::{Device, Kind, Reduction, Tensor};
+
+// ---------------------------------------------------------------------------------------------------------
+// Hyperparameters (edit freely): one set per profile
+// ---------------------------------------------------------------------------------------------------------
+
+pub struct Hyper {
+    /// Transformer layers.
+    pub depth: i64,
+    /// model_dim = depth × aspect_ratio, rounded up to a multiple of head_dim.
+    pub aspect_ratio: i64,
+    pub head_dim: i64,
+    /// Attention window per layer, repeating: S = half the sequence, L = all of it (the last layer is L).
+    pub window_pattern: &'static str,
+    /// Tokens per optimizer step; gradients accumulate over device batches to reach it.
+    pub total_batch_size: i64,
+    /// Sequences per forward/backward pass.
+    pub device_batch_size: i64,
+    pub opt: OptimizerConfig,
+    /// Fractions of the time budget: LR warmup at the start, linear warmdown at the end to final_lr_frac.
+    pub warmup_ratio: f64,
+    pub warmdown_ratio: f64,
+    pub final_lr_frac: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct OptimizerConfig {
+    /// wte and value embeddings (AdamW, scaled by (dim/768)^-0.5).
+    pub embedding_lr: f64,
+    /// lm_head (AdamW, scaled by (dim/768)^-0.5).
+    pub unembedding_lr: f64,
+    /// Block matrices (Muon).
+    pub matrix_lr: f64,
+    /// x0 lambdas; resid lambdas get 1% of it (AdamW).
+    pub scalar_lr: f64,
+    /// Muon's cautious weight decay, decayed linearly to 0 over the run.
+    pub weight_decay: f64,
+    pub adam_betas: (f64, f64),
+}
+
+/// The original's baseline, for one H100-class GPU (~50M parameters).
+pub const H100: Hyper = Hyper {
+    depth: 8,
+    aspect_ratio: 64,
+    head_dim: 128,
+    window_pattern: "SSSL",
+    total_batch_size: 1 << 19,
+    device_batch_size: 128,
+    opt: OptimizerConfig {
+        embedding_lr: 0.6,
+        unembedding_lr: 0.004,
+        matrix_lr: 0.04,
+        scalar_lr: 0.5,
+        weight_decay: 0.2,
+        adam_betas: (0.8, 0.95),
+    },
+    warmup_ratio: 0.0,
+    warmdown_ratio: 0.5,
+    final_lr_frac: 0.0,
+};
+
+/// For CPUs and laptops (~1.6M parameters at vocab 2048).
+pub const SMALL: Hyper = Hyper {
+    depth: 4,
+    aspect_ratio: 32,
+    head_dim: 64,
+    window_pattern: "SSSL",
+    total_batch_size: 1 << 13,
+    device_batch_size: 16,
+    opt: OptimizerConfig {
+        embedding_lr: 0.6,
+        unembedding_lr: 0.004,
+        matrix_lr: 0.04,
+        scalar_lr: 0.5,
+        weight_decay: 0.2,
+        adam_betas: (0.8, 0.95),
+    },
+    warmup_ratio: 0.0,
+    warmdown_ratio: 0.5,
+    final_lr_frac: 0.0,
+};
+
+pub fn hyper_for(profile: &str) -> &'static Hyper {
+    match profile {
+        "small" => &SMALL,
+        _ => &H100,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Model
+// ---------------------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+pub struct GptConfig {
+    pub sequence_len: i64,
+    pub vocab_size: i64,
+    pub n_layer: i64,
+    pub n_head: i64,
+    pub n_kv_head: i64,
+    pub n_embd: i64,
+    pub window_pattern: String,
+}
+
+/// Channels of x that feed the value-embedding gate.
+const VE_GATE_CHANNELS: i64 = 32;
+/// Logits are squashed to (-SOFTCAP, SOFTCAP).
+const SOFTCAP: f64 = 15.0;
+const ROTARY_BASE: f64 = 10000.0;
+
+impl GptConfig {
+    pub fn from_hyper(h: &Hyper, vocab_size: i64, sequence_len: i64) -> GptConfig {
+        let n_embd = (h.depth * h.aspect_ratio + h.head_dim - 1) / h.head_dim * h.head_dim;
+        let n_head = n_embd / h.head_dim;
+        GptConfig {
+            sequence_len,
+            vocab_size,
+            n_layer: h.depth,
+            n_head,
+            n_kv_head: n_head,
+            n_embd,
+            window_pattern: h.window_pattern.to_string(),
+        }
+    }
+
+    pub fn head_dim(&self) -> i64 {
+        self.n_embd / self.n_head
+    }
+
+    /// How far back each layer's queries see: T for 'L', T/2 for 'S'; the last layer always sees all.
+    pub fn window_sizes(&self) -> Vec<i64> {
+        let pattern: Vec<char> = self.window_pattern.chars().collect();
+        (0..self.n_layer)
+            .map(|i| {
+                let long = i == self.n_layer - 1 || pattern[i as usize % pattern.len()] == 'L';
+                if long { self.sequence_len } else { self.sequence_len / 2 }
+            })
+            .collect()
+    }
+
+    /// Value embeddings sit on alternating layers, always including the last.
+    pub fn has_value_embedding(&self, layer: i64) -> bool {
+        layer % 2 == (self.n_layer - 1) % 2
+    }
+}
+
+struct Block {
+    c_q: Tensor,
+    c_k: Tensor,
+    c_v: Tensor,
+    attn_proj: Tensor,
+    ve_gate: Option<Tensor>,
+    c_fc: Tensor,
+    mlp_proj: Tensor,
+}
+
+pub struct Gpt {
+    pub config: GptConfig,
+    wte: Tensor,
+    blocks: Vec<Block>,
+    value_embeds: Vec<Option<Tensor>>,
+    lm_head: Tensor,
+    resid_lambdas: Tensor,
+    x0_lambdas: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    /// Sliding-window masks for the CPU path, by window.
+    masks: BTreeMap<i64, Tensor>,
+    device: Device,
+}
+
+fn param(t: Tensor) -> Tensor {
+    t.set_requires_grad(true)
+}
+
+fn rms_norm(x: &Tensor) -> Tensor {
+    // eps: the dtype's machine epsilon (libtorch's default).
+    x.rms_norm([*x.size().last().unwrap()], None::<Tensor>, None)
+}
+
+impl Gpt {
+    /// A model initialised as the original does. On CUDA the embeddings are bf16.
+    pub fn new(config: GptConfig, device: Device) -> Gpt {
+        let (d, v) = (config.n_embd, config.vocab_size);
+        let f32 = (Kind::Float, device);
+        let emb_kind = if device.is_cuda() { Kind::BFloat16 } else { Kind::Float };
+        let s = 3f64.sqrt() / (d as f64).sqrt();
+        let uniform = |rows: i64, cols: i64| param(Tensor::empty([rows, cols], f32).uniform_(-s, s));
+        let zeros = |rows: i64, cols: i64| param(Tensor::zeros([rows, cols], f32));
+        let kv_dim = config.n_kv_head * config.head_dim();
+        let blocks = (0..config.n_layer)
+            .map(|i| Block {
+                c_q: uniform(config.n_head * config.head_dim(), d),
+                c_k: uniform(kv_dim, d),
+                c_v: uniform(kv_dim, d),
+                attn_proj: zeros(d, d),
+                ve_gate: config.has_value_embedding(i).then(|| zeros(config.n_kv_head, VE_GATE_CHANNELS)),
+                c_fc: uniform(4 * d, d),
+                mlp_proj: zeros(d, 4 * d),
+            })
+            .collect();
+        let value_embeds = (0..config.n_layer)
+            .map(|i| {
+                config.has_value_embedding(i).then(|| {
+                    param(Tensor::empty([v, kv_dim], f32).uniform_(-s, s).to_kind(emb_kind).detach())
+                })
+            })
+            .collect();
+        let (cos, sin) = rotary_tables(config.sequence_len * 10, config.head_dim(), emb_kind, device);
+        let masks = if device.is_cuda() { BTreeMap::new() } else { window_masks(&config, device) };
+        Gpt {
+            wte: param(Tensor::randn([v, d], f32).to_kind(emb_kind).detach()),
+            lm_head: param(Tensor::randn([v, d], f32) * 0.001),
+            resid_lambdas: param(Tensor::ones([config.n_layer], f32)),
+            x0_lambdas: param(Tensor::full([config.n_layer], 0.1, f32)),
+            blocks,
+            value_embeds,
+            cos,
+            sin,
+            masks,
+            device,
+            config,
+        }
+    }
+
+    /// Every parameter under the original's name, in a fixed order.
+    pub fn named_parameters(&self) -> Vec<(String, &Tensor)> {
+        let mut out = vec![("transformer.wte.weight".to_string(), &self.wte)];
+        for (i, b) in self.blocks.iter().enumerate() {
+            let h = format!("transformer.h.{i}");
+            out.push((format!("{h}.attn.c_q.weight"), &b.c_q));
+            out.push((format!("{h}.attn.c_k.weight"), &b.c_k));
+            out.push((format!("{h}.attn.c_v.weight"), &b.c_v));
+            out.push((format!("{h}.attn.c_proj.weight"), &b.attn_proj));
+            if let Some(g) = &b.ve_gate {
+                out.push((format!("{h}.attn.ve_gate.weight"), g));
+            }
+            out.push((format!("{h}.mlp.c_fc.weight"), &b.c_fc));
+            out.push((format!("{h}.mlp.c_proj.weight"), &b.mlp_proj));
+        }
+        for (i, ve) in self.value_embeds.iter().enumerate() {
+            if let Some(ve) = ve {
+                out.push((format!("value_embeds.{i}.weight"), ve));
+            }
+        }
+        out.push(("lm_head.weight".into(), &self.lm_head));
+        out.push(("resid_lambdas".into(), &self.resid_lambdas));
+        out.push(("x0_lambdas".into(), &self.x0_lambdas));
+        out
+    }
+
+    /// Copies weights in by the original's names; every parameter must be given, with its shape.
+    pub fn load(&self, tensors: &[(String, Tensor)]) -> Result<()> {
+        let given: BTreeMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        tch::no_grad(|| {
+            for (name, p) in self.named_parameters() {
+                let src = given.get(name.as_str()).with_context(|| format!("no weights for {name}"))?;
+                ensure!(src.size() == p.size(), "{name}: shape {:?}, the model has {:?}", src.size(), p.size());
+                p.shallow_clone().copy_(src);
+            }
+            Ok(())
+        })
+    }
+
+    pub fn num_params(&self) -> i64 {
+        self.named_parameters().iter().map(|(_, p)| p.numel() as i64).sum()
+    }
+
+    /// Training FLOPs per token: 6 × the parameters in matrix products (all but the embeddings and the
+    /// λ scalars), plus attention, 12 × heads × head_dim × the keys each query sees, per layer.
+    pub fn flops_per_token(&self) -> f64 {
+        let embeddings = self.wte.numel() + self.value_embeds.iter().flatten().map(|t| t.numel()).sum::<usize>();
+        let scalars = self.resid_lambdas.numel() + self.x0_lambdas.numel();
+        let dense = self.num_params() as f64 - (embeddings + scalars) as f64;
+        let c = &self.config;
+        let attention: f64 = c
+            .window_sizes()
+            .iter()
+            .map(|&w| 12.0 * (c.n_head * c.head_dim() * w.min(c.sequence_len)) as f64)
+            .sum();
+        6.0 * dense + attention
+    }
+
+    /// Logits (B, T, vocab) in float32, softcapped.
+    pub fn logits(&self, idx: &Tensor) -> Tensor {
+        let t = idx.size()[1];
+        let mut x = rms_norm(&Tensor::embedding(&self.wte, idx, -1, false, false));
+        let x0 = x.shallow_clone();
+        let (cos, sin) = (self.cos.narrow(1, 0, t), self.sin.narrow(1, 0, t));
+        for (i, (block, window)) in self.blocks.iter().zip(self.config.window_sizes()).enumerate() {
+            x = self.resid_lambdas.get(i as i64) * &x + self.x0_lambdas.get(i as i64) * &x0;
+            let ve = self.value_embeds[i].as_ref().map(|w| Tensor::embedding(w, idx, -1, false, false));
+            x = &x + self.attention(block, &rms_norm(&x), ve.as_ref(), &cos, &sin, window);
+            let h = rms_norm(&x).linear(&block.c_fc, None::<Tensor>).relu().square();
+            x = &x + h.linear(&block.mlp_proj, None::<Tensor>);
+        }
+        let logits = rms_norm(&x).linear(&self.lm_head, None::<Tensor>).to_kind(Kind::Float);
+        (logits / SOFTCAP).tanh() * SOFTCAP
+    }
+
+    fn attention(&self, b: &Block, x: &Tensor, ve: Option<&Tensor>, cos: &Tensor, sin: &Tensor, window: i64) -> Tensor {
+        let (bsz, t, _) = x.size3().unwrap();
+        let (h, kvh, hd) = (self.config.n_head, self.config.n_kv_head, self.config.head_dim());
+        let q = x.linear(&b.c_q, None::<Tensor>).view([bsz, t, h, hd]);
+        let k = x.linear(&b.c_k, None::<Tensor>).view([bsz, t, kvh, hd]);
+        let mut v = x.linear(&b.c_v, None::<Tensor>).view([bsz, t, kvh, hd]);
+        if let (Some(ve), Some(gate)) = (ve, &b.ve_gate) {
+            let gate = x.narrow(-1, 0, VE_GATE_CHANNELS).linear(gate, None::<Tensor>).sigmoid() * 2.0;
+            v = v + gate.unsqueeze(-1) * ve.view([bsz, t, kvh, hd]);
+        }
+        let q = rms_norm(&apply_rotary(&q, cos, sin));
+        let k = rms_norm(&apply_rotary(&k, cos, sin));
+        let y = if self.device.is_cuda() {
+            autoresearch_ops::flash_attention(&q, &k, &v, window).expect("flash attention")
+        } else {
+            // SDPA wants (B, H, T, D); a full window is plain causal attention.
+            let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
+            let mask = (window < t).then(|| self.mask(window, t));
+            Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, mask.is_none(), None, false)
+                .transpose(1, 2)
+        };
+        y.contiguous().view([bsz, t, h * hd]).linear(&b.attn_proj, None::<Tensor>)
+    }
+
+    fn mask(&self, window: i64, t: i64) -> Tensor {
+        match self.masks.get(&window) {
+            Some(m) if m.size()[0] >= t => m.narrow(0, 0, t).narrow(1, 0, t),
+            _ => causal_window_mask(window, t, self.device),
+        }
+    }
+
+    /// Mean cross-entropy of predicting `targets`.
+    pub fn loss(&self, idx: &Tensor, targets: &Tensor) -> Tensor {
+        self.cross_entropy(idx, targets, Reduction::Mean)
+    }
+
+    /// Cross-entropy of each target (B, T), for the metric.
+    pub fn per_token_loss(&self, idx: &Tensor, targets: &Tensor) -> Tensor {
+        self.cross_entropy(idx, targets, Reduction::None).view_as(targets)
+    }
+
+    fn cross_entropy(&self, idx: &Tensor, targets: &Tensor, reduction: Reduction) -> Tensor {
+        let logits = self.logits(idx);
+        logits.view([-1, self.config.vocab_size]).cross_entropy_loss(&targets.view([-1]), None::<Tensor>, reduction, -1, 0.0)
+    }
+}
+
+/// cos and sin of the rotary angles, (1, len, 1, head_dim / 2).
+fn rotary_tables(len: i64, head_dim: i64, kind: Kind, device: Device) -> (Tensor, Tensor) {
+    let f32 = (Kind::Float, device);
+    let channels = Tensor::arange_start_step(0, head_dim, 2, f32) / head_dim as f64;
+    let inv_freq = (channels * ROTARY_BASE.ln()).exp().reciprocal();
+    let freqs = Tensor::arange(len, f32).outer(&inv_freq);
+    let shape = [1, len, 1, head_dim / 2];
+    (freqs.cos().to_kind(kind).view(shape), freqs.sin().to_kind(kind).view(shape))
+}
+
+/// Rotates the two halves of each head: (x1, x2) -> (x1·cos + x2·sin, −x1·sin + x2·cos).
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let half = x.size()[3] / 2;
+    let (x1, x2) = (x.narrow(3, 0, half), x.narrow(3, half, half));
+    Tensor::cat(&[&x1 * cos + &x2 * sin, -(&x1 * sin) + &x2 * cos], 3)
+}
+
+/// True where query i may see key j: i − window ≤ j ≤ i.
+fn causal_window_mask(window: i64, t: i64, device: Device) -> Tensor {
+    let i = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(1);
+    let j = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0);
+    j.le_tensor(&i).logical_and(&j.ge_tensor(&(i - window)))
+}
+
+fn window_masks(config: &GptConfig, device: Device) -> BTreeMap<i64, Tensor> {
+    let t = config.sequence_len;
+    config.window_sizes().into_iter().filter(|&w| w < t).map(|w| (w, causal_window_mask(w, t, device))).collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Optimizer: AdamW for embeddings, lm_head and scalars; Muon (polar express + NorMuon) for block matrices
+// ---------------------------------------------------------------------------------------------------------
+
+const ADAM_EPS: f64 = 1e-10;
+const MUON_BETA2: f64 = 0.95;
+const POLAR_EXPRESS: [(f64, f64, f64); 5] = [
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+];
+
+struct AdamGroup {
+    params: Vec<Tensor>,
+    lr: f64,
+    betas: (f64, f64),
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+}
+
+/// Matrices of one shape, updated together as a stack (N, rows, cols).
+struct MuonGroup {
+    params: Vec<Tensor>,
+    lr: f64,
+    momentum: Tensor,
+    second_moment: Tensor,
+    /// NorMuon's reduction dim: the last if rows ≥ cols, else the second-to-last.
+    red_dim: i64,
+}
+
+pub struct MuonAdamW {
+    adam: Vec<AdamGroup>,
+    muon: Vec<MuonGroup>,
+    step: i32,
+}
+
+impl MuonAdamW {
+    pub fn new(model: &Gpt, cfg: &OptimizerConfig) -> MuonAdamW {
+        let scale = (model.config.n_embd as f64 / 768.0).powf(-0.5);
+        let adam = |params: Vec<&Tensor>, lr: f64, betas: (f64, f64)| AdamGroup {
+            exp_avg: params.iter().map(|p| p.zeros_like()).collect(),
+            exp_avg_sq: params.iter().map(|p| p.zeros_like()).collect(),
+            params: params.into_iter().map(Tensor::shallow_clone).collect(),
+            lr,
+            betas,
+        };
+        let adam = vec![
+            adam(vec![&model.lm_head], cfg.unembedding_lr * scale, cfg.adam_betas),
+            adam(vec![&model.wte], cfg.embedding_lr * scale, cfg.adam_betas),
+            adam(model.value_embeds.iter().flatten().collect(), cfg.embedding_lr * scale, cfg.adam_betas),
+            adam(vec![&model.resid_lambdas], cfg.scalar_lr * 0.01, cfg.adam_betas),
+            adam(vec![&model.x0_lambdas], cfg.scalar_lr, (0.96, 0.95)),
+        ];
+        let mut by_shape: BTreeMap<Vec<i64>, Vec<Tensor>> = BTreeMap::new();
+        for b in &model.blocks {
+            for p in [&b.c_q, &b.c_k, &b.c_v, &b.attn_proj, &b.c_fc, &b.mlp_proj].into_iter().chain(&b.ve_gate) {
+                by_shape.entry(p.size()).or_default().push(p.shallow_clone());
+            }
+        }
+        let muon = by_shape
+            .into_iter()
+            .map(|(shape, params)| {
+                let (n, r, c) = (params.len() as i64, shape[0], shape[1]);
+                let red_dim = if r >= c { -1 } else { -2 };
+                let moment_shape = if r >= c { [n, r, 1] } else { [n, 1, c] };
+                let opts = (Kind::Float, params[0].device());
+                MuonGroup {
+                    lr: cfg.matrix_lr * (r as f64 / c as f64).max(1.0).sqrt(),
+                    momentum: Tensor::zeros([n, r, c], opts),
+                    second_moment: Tensor::zeros(moment_shape, opts),
+                    red_dim,
+                    params,
+                }
+            })
+            .collect();
+        MuonAdamW { adam, muon, step: 0 }
+    }
+
+    /// One update from the accumulated gradients: learning rates × `lr_mult`, Muon momentum `momentum`,
+    /// Muon weight decay `weight_decay`.
+    pub fn step(&mut self, lr_mult: f64, momentum: f64, weight_decay: f64) {
+        self.step += 1;
+        let _guard = tch::no_grad_guard();
+        for g in &mut self.adam {
+            let (b1, b2) = g.betas;
+            let lr = g.lr * lr_mult;
+            let (bias1, bias2) = (1.0 - b1.powi(self.step), 1.0 - b2.powi(self.step));
+            for ((p, m), v) in g.params.iter_mut().zip(&mut g.exp_avg).zip(&mut g.exp_avg_sq) {
+                let grad = p.grad();
+                let _ = m.lerp_(&grad, 1.0 - b1);
+                let _ = v.lerp_(&grad.square(), 1.0 - b2);
+                let denom = (&*v / bias2).sqrt() + ADAM_EPS;
+                *p -= &*m / denom * (lr / bias1);
+            }
+        }
+        for g in &mut self.muon {
+            let grads = Tensor::stack(&g.params.iter().map(Tensor::grad).collect::<Vec<_>>(), 0);
+            let _ = g.momentum.lerp_(&grads, 1.0 - momentum);
+            let update = orthogonalize(&grads.lerp(&g.momentum, momentum));
+            let update = normuon(update, &mut g.second_moment, g.red_dim);
+            let mut stacked = Tensor::stack(&g.params, 0);
+            // Cautious weight decay: only where the update and the weight agree in sign.
+            let agree = (&update * &stacked).ge(0.0).to_kind(Kind::Float);
+            let lr = g.lr * lr_mult;
+            stacked -= update * lr + &stacked * &agree * (lr * weight_decay);
+            for (i, p) in g.params.iter_mut().enumerate() {
+                p.copy_(&stacked.get(i as i64));
+            }
+        }
+    }
+
+    pub fn zero_grad(&mut self) {
+        for p in self.adam.iter_mut().flat_map(|g| &mut g.params).chain(self.muon.iter_mut().flat_map(|g| &mut g.params)) {
+            p.zero_grad();
+        }
+    }
+}
+
+/// Nearest semi-orthogonal matrices, in bf16: normalise, then 5 "polar express" iterations.
+fn orthogonalize(g: &Tensor) -> Tensor {
+    let mut x = g.to_kind(Kind::BFloat16);
+    x = &x / (x.norm_scalaropt_dim(2, [-2, -1], true) * 1.02 + 1e-6);
+    let tall = g.size()[1] > g.size()[2];
+    for (a, b, c) in POLAR_EXPRESS {
+        if tall {
+            let m = x.mt().matmul(&x);
+            x = &x * a + x.matmul(&(&m * b + m.matmul(&m) * c));
+        } else {
+            let m = x.matmul(&x.mt());
+            x = &x * a + (&m * b + m.matmul(&m) * c).matmul(&x);
+        }
+    }
+    x
+}
+
+/// NorMuon: rescales each row (or column) by a running second moment, keeping the update's overall norm.
+fn normuon(x: Tensor, second_moment: &mut Tensor, red_dim: i64) -> Tensor {
+    let x = x.to_kind(Kind::Float);
+    let n = x.size()[(x.dim() as i64 + red_dim) as usize] as f64;
+    let v = x.square().mean_dim(&[red_dim][..], true, None);
+    let norm = (v.sum_dim_intlist(&[-2, -1][..], true, None) * n).sqrt();
+    let _ = second_moment.lerp_(&v, 1.0 - MUON_BETA2);
+    let step = second_moment.clamp_min(1e-10).rsqrt();
+    let new_norm = (&v * n * step.square()).sum_dim_intlist(&[-2, -1][..], true, None).sqrt();
+    x * step * (norm / new_norm.clamp_min(1e-10))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Schedules, by progress = training time / budget
+// ---------------------------------------------------------------------------------------------------------
+
+pub fn lr_multiplier(h: &Hyper, progress: f64) -> f64 {
+    if progress < h.warmup_ratio {
+        progress / h.warmup_ratio
+    } else if progress < 1.0 - h.warmdown_ratio {
+        1.0
+    } else {
+        let cooldown = (1.0 - progress) / h.warmdown_ratio;
+        cooldown + (1.0 - cooldown) * h.final_lr_frac
+    }
+}
+
+pub fn muon_momentum(step: usize) -> f64 {
+    let frac = (step as f64 / 300.0).min(1.0);
+    (1.0 - frac) * 0.85 + frac * 0.95
+}
+
+pub fn weight_decay(h: &Hyper, progress: f64) -> f64 {
+    h.opt.weight_decay * (1.0 - progress)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Training
+// ---------------------------------------------------------------------------------------------------------
+
+/// Input and target tensors of a batch, on the device.
+pub fn batch_tensors(batch: &Batch, device: Device) -> (Tensor, Tensor) {
+    let shape = [batch.rows as i64, batch.cols as i64];
+    let x = Tensor::from_slice(&batch.inputs).view(shape).to_device(device);
+    let y = Tensor::from_slice(&batch.targets).view(shape).to_device(device);
+    (x, y)
+}
+
+/// Steps before this one are warm-up: not counted in the training time.
+const WARMUP_STEPS: usize = 10;
+
+pub fn main() -> Result<()> {
+    let run = Run::from_env()?;
+    let profile = run.profile().clone();
+    let h = hyper_for(&profile.name);
+    tch::manual_seed(run.seed as i64);
+    let device = Device::cuda_if_available();
+    let device_name = match device {
+        Device::Cuda(i) => autoresearch_ops::cuda_device_name(i).unwrap_or_else(|| "CUDA".into()),
+        _ => format!("cpu ({} threads)", tch::get_num_threads()),
+    };
+    if device.is_cuda() {
+        autoresearch_ops::use_bf16_autocast();
+        autoresearch_ops::allow_tf32();
+    }
+
+    let config = GptConfig::from_hyper(h, profile.vocab_size as i64, profile.max_seq_len as i64);
+    let model = Gpt::new(config.clone(), device);
+    let (b, t) = (h.device_batch_size, config.sequence_len);
+    ensure!(h.total_batch_size % (b * t) == 0, "TOTAL_BATCH_SIZE {} is not a multiple of {b}×{t}", h.total_batch_size);
+    let grad_accum = h.total_batch_size / (b * t);
+    let flops_per_token = model.flops_per_token();
+    println!("profile {} | device {device_name} | seed {} | budget {}s", profile.name, run.seed, run.time_budget);
+    println!("{config:?}");
+    println!("parameters: {:.2}M | FLOPs/token: {:.3e} | grad accumulation: {grad_accum}", model.num_params() as f64 / 1e6, flops_per_token);
+
+    let mut opt = MuonAdamW::new(&model, &h.opt);
+    let mut loader = run.train_loader(b as usize)?;
+    let mut batch = loader.next_batch()?;
+    let cuda = device.is_cuda();
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64)
+        }
+    };
+
+    let mut training_time = 0.0;
+    let mut smooth_loss = 0.0;
+    let mut step = 0usize;
+    loop {
+        sync();
+        let t0 = std::time::Instant::now();
+        let mut train_loss = Tensor::zeros([], (Kind::Float, device));
+        for _ in 0..grad_accum {
+            let (x, y) = batch_tensors(&batch, device);
+            let loss = tch::autocast(cuda, || model.loss(&x, &y));
+            train_loss = loss.detach();
+            (loss / grad_accum as f64).backward();
+            batch = loader.next_batch()?;
+        }
+        let progress = (training_time / run.time_budget).min(1.0);
+        let lrm = lr_multiplier(h, progress);
+        opt.step(lrm, muon_momentum(step), weight_decay(h, progress));
+        opt.zero_grad();
+        let loss = train_loss.double_value(&[]);
+        if loss.is_nan() || loss > 100.0 {
+            println!("\nFAIL: loss {loss} at step {step}");
+            std::process::exit(1);
+        }
+        sync();
+        let dt = t0.elapsed().as_secs_f64();
+        if step > WARMUP_STEPS {
+            training_time += dt;
+        }
+        smooth_loss = 0.9 * smooth_loss + 0.1 * loss;
+        let debiased = smooth_loss / (1.0 - 0.9f64.powi(step as i32 + 1));
+        let tok_per_sec = h.total_batch_size as f64 / dt;
+        let mfu = peak_bf16_flops(&device_name).map_or("n/a".into(), |p| format!("{:.1}%", 100.0 * flops_per_token * tok_per_sec / p));
+        print!(
+            "\rstep {step:05} ({:.1}%) | loss: {debiased:.6} | lrm: {lrm:.2} | dt: {:.0}ms | tok/sec: {tok_per_sec:.0} | mfu: {mfu} | epoch: {} | remaining: {:.0}s    ",
+            100.0 * progress,
+            dt * 1000.0,
+            batch.epoch,
+            (run.time_budget - training_time).max(0.0)
+        );
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        step += 1;
+        if step > WARMUP_STEPS && training_time >= run.time_budget {
+            break;
+        }
+    }
+    println!();
+
+    let val_bpb = tch::no_grad(|| {
+        run.evaluate_bpb(b as usize, |batch| {
+            let (x, y) = batch_tensors(batch, device);
+            let losses = tch::autocast(cuda, || model.per_token_loss(&x, &y));
+            Ok(Vec::<f32>::try_from(losses.to_kind(Kind::Float).flatten(0, -1).to_device(Device::Cpu))?)
+        })
+    })?;
+    if val_bpb.is_nan() {
+        bail!("val_bpb is NaN");
+    }
+    let timed_steps = step.saturating_sub(WARMUP_STEPS + 1) as f64;
+    let mfu = peak_bf16_flops(&device_name)
+        .filter(|_| training_time > 0.0)
+        .map(|peak| 100.0 * flops_per_token * h.total_batch_size as f64 * timed_steps / training_time / peak);
+    let peak_memory = match device {
+        Device::Cuda(i) => autoresearch_ops::cuda_peak_memory_mb(i),
+        _ => peak_rss_mb(),
+    };
+    let summary = Summary {
+        val_bpb,
+        training_seconds: training_time,
+        total_seconds: run.elapsed(),
+        peak_vram_mb: peak_memory.unwrap_or(0.0),
+        mfu_percent: mfu,
+        total_tokens_m: (step as i64 * h.total_batch_size) as f64 / 1e6,
+        num_steps: step as u64,
+        num_params_m: model.num_params() as f64 / 1e6,
+        depth: config.n_layer as u64,
+        profile: profile.name.clone(),
+        time_budget: run.time_budget,
+        device: device_name,
+        seed: run.seed,
+    };
+    println!("{summary}");
+    Ok(())
+}
