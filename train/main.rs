@@ -1,5 +1,8 @@
 //! The training binary: `autoresearch train` builds and runs it. Everything is in train.rs.
 
-fn main() -> anyhow::Result<()> {
-    train::main()
+fn main() {
+    if let Err(e) = train::main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

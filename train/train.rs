@@ -425,6 +425,9 @@ pub struct MuonAdamW {
     adam: Vec<AdamGroup>,
     muon: Vec<MuonGroup>,
     step: i32,
+    /// Precision of the orthogonalisation: bf16 on the GPU (the original's); float32 on the CPU, where
+    /// bf16 matrix products are ten times slower than float32 ones.
+    pub polar_kind: Kind,
 }
 
 impl MuonAdamW {
@@ -466,7 +469,8 @@ impl MuonAdamW {
                 }
             })
             .collect();
-        MuonAdamW { adam, muon, step: 0 }
+        let polar_kind = if model.device.is_cuda() { Kind::BFloat16 } else { Kind::Float };
+        MuonAdamW { adam, muon, step: 0, polar_kind }
     }
 
     /// One update from the accumulated gradients: learning rates × `lr_mult`, Muon momentum `momentum`,
@@ -489,7 +493,7 @@ impl MuonAdamW {
         for g in &mut self.muon {
             let grads = Tensor::stack(&g.params.iter().map(Tensor::grad).collect::<Vec<_>>(), 0);
             let _ = g.momentum.lerp_(&grads, 1.0 - momentum);
-            let update = orthogonalize(&grads.lerp(&g.momentum, momentum));
+            let update = orthogonalize(&grads.lerp(&g.momentum, momentum), self.polar_kind);
             let update = normuon(update, &mut g.second_moment, g.red_dim);
             let mut stacked = Tensor::stack(&g.params, 0);
             // Cautious weight decay: only where the update and the weight agree in sign.
@@ -509,9 +513,9 @@ impl MuonAdamW {
     }
 }
 
-/// Nearest semi-orthogonal matrices, in bf16: normalise, then 5 "polar express" iterations.
-fn orthogonalize(g: &Tensor) -> Tensor {
-    let mut x = g.to_kind(Kind::BFloat16);
+/// Nearest semi-orthogonal matrices: normalise, then 5 "polar express" iterations, in `kind`.
+fn orthogonalize(g: &Tensor, kind: Kind) -> Tensor {
+    let mut x = g.to_kind(kind);
     x = &x / (x.norm_scalaropt_dim(2, [-2, -1], true) * 1.02 + 1e-6);
     let tall = g.size()[1] > g.size()[2];
     for (a, b, c) in POLAR_EXPRESS {

@@ -2,6 +2,8 @@
 
 mod bench;
 mod prepare;
+mod train_cmd;
+mod trainer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +25,8 @@ struct Cli {
 enum Command {
     /// Get data and train the tokenizer for a profile (once, before training)
     Prepare(prepare::Args),
+    /// Build the training file and run it once (output to the terminal)
+    Train(train_cmd::Args),
     /// Measure the harness's throughput (tokenizer training, encoding, data loading)
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Prepare(args) => prepare::run(args),
+        Command::Train(args) => train_cmd::run(args),
         Command::Bench(b) => bench::run(b),
     };
     match result {

@@ -96,6 +96,15 @@ fn per_token_losses_and_every_gradient_equal_the_reference() {
 
 #[test]
 fn two_steps_on_fixed_gradients_equal_the_reference() {
+    // bf16 orthogonalisation as the original (and our GPU path) does it: the 1e-1.
+    two_steps_on_fixed_gradients(Kind::BFloat16, 1e-1);
+    // float32, as our CPU path does it. The golden updates carry bf16 rounding magnified along small singular
+    // directions (reference/README.md), which float32 does not share: measured 0.14 at worst, so 2e-1 here;
+    // a wrong update lands near 1 or beyond.
+    two_steps_on_fixed_gradients(Kind::Float, 2e-1);
+}
+
+fn two_steps_on_fixed_gradients(polar_kind: Kind, muon_tolerance: f64) {
     let r = Reference::load().unwrap();
     let model = reference_model(&r);
     let grads = load(&r, "model/forward_backward.safetensors");
@@ -103,6 +112,7 @@ fn two_steps_on_fixed_gradients_equal_the_reference() {
     let hp = optimizer_config(&r);
     let lrm = r.f64(&["optimizer", "lr_multiplier"]);
     let mut opt = MuonAdamW::new(&model, &hp);
+    opt.polar_kind = polar_kind;
     let matrices: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).filter(|n| n.starts_with("transformer.h.")).collect();
     let snapshot = |m: &Gpt| -> BTreeMap<String, Tensor> { m.named_parameters().into_iter().map(|(n, p)| (n, p.detach().copy())).collect() };
     let mut before_ours = snapshot(&model);
@@ -123,7 +133,7 @@ fn two_steps_on_fixed_gradients_equal_the_reference() {
             let want = &steps[&format!("step{step}.{name}")];
             if matrices.contains(name) {
                 let err = rel_err(&(ours - &before_ours[name]), &(want - &before_ref[name]));
-                assert!(err < 1e-1, "step {step}, Muon update of {name}: relative error {err:e}");
+                assert!(err < muon_tolerance, "{polar_kind:?} step {step}, Muon update of {name}: relative error {err:e}");
                 worst_muon = worst_muon.max(err);
             } else {
                 let err = rel_err(ours, want);
@@ -131,7 +141,7 @@ fn two_steps_on_fixed_gradients_equal_the_reference() {
                 worst_adam = worst_adam.max(err);
             }
         }
-        eprintln!("step {step}: worst AdamW tensor {worst_adam:e}, worst Muon update {worst_muon:e}");
+        eprintln!("{polar_kind:?} step {step}: worst AdamW tensor {worst_adam:e}, worst Muon update {worst_muon:e}");
         before_ref = after_ours.keys().map(|n| (n.clone(), steps[&format!("step{step}.{n}")].copy())).collect();
         before_ours = after_ours;
     }
