@@ -8,8 +8,6 @@ fn main() {
     let libtorch = std::env::var("LIBTORCH").expect("LIBTORCH is not set: run scripts/libtorch.sh");
     // The real location: the torch libraries find their CUDA neighbours relative to it.
     let libtorch = std::fs::canonicalize(&libtorch).unwrap_or_else(|e| panic!("LIBTORCH={libtorch}: {e} (run scripts/libtorch.sh)"));
-    let nvidia = libtorch.join("../nvidia/cu13");
-    let cuda = std::env::var_os("CARGO_FEATURE_CUDA").is_some();
 
     let mut build = cc::Build::new();
     build
@@ -19,22 +17,12 @@ fn main() {
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .include(libtorch.join("include"))
         .warnings(false);
-    if cuda {
-        build.define("AR_CUDA", None).include(nvidia.join("include"));
-    }
     build.compile("autoresearch_ops_shim");
 
     let lib = libtorch.join("lib");
-    let nvidia_lib = std::fs::canonicalize(nvidia.join("lib")).unwrap_or(nvidia.join("lib"));
+    let nvidia_lib = libtorch.join("../nvidia/cu13/lib");
+    let nvidia_lib = std::fs::canonicalize(&nvidia_lib).unwrap_or(nvidia_lib);
     println!("cargo:rustc-link-search=native={}", lib.display());
-    if cuda {
-        // Linked even though no Rust code names them: rustc's --as-needed would drop libtorch_cuda,
-        // and then libtorch never registers its CUDA kernels (tch-rs issue 980).
-        println!("cargo:rustc-link-lib=dylib:-as-needed=torch_cuda");
-        println!("cargo:rustc-link-lib=dylib=c10_cuda");
-        println!("cargo:rustc-link-search=native={}", nvidia_lib.display());
-        println!("cargo:rustc-link-lib=dylib:+verbatim=libcudart.so.13");
-    }
     // For the binaries' build scripts: where the libraries are at run time here.
     let rpath: Vec<PathBuf> = vec![lib, nvidia_lib];
     println!("cargo:rpath={}", std::env::join_paths(rpath).unwrap().to_string_lossy());

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Fetches libtorch 2.11.0 (the version tch 0.24 binds to) from PyPI wheels, unpacks the parts a build needs
-# into a cache, and links it into the repository, where .cargo/config.toml and scripts/build-cuda.sh look:
+# into a cache, and links it into the repository, where .cargo/config.toml and `autoresearch train` look:
 #
 #   scripts/libtorch.sh          .libtorch: libtorch_cpu and the two CUDA runtime libraries it loads
-#   scripts/libtorch.sh --cuda   also .libtorch-cuda: libtorch_cuda and the CUDA runtime headers, to build
-#                                the CUDA variant here (it runs on a GPU machine, against that machine's torch)
+#   scripts/libtorch.sh --cuda   also .libtorch-cuda, with libtorch_cuda, to link the CUDA variant (it runs on
+#                                a GPU machine, against the torch libraries installed there)
 #
 # Cache: ${AUTORESEARCH_BUILD_CACHE:-~/.cache/autoresearch-build}. Needs python3 with pip, and unzip.
 # The folders keep the wheels' site-packages layout (torch/lib beside nvidia/cu13/lib), because the torch
@@ -66,8 +66,7 @@ ln -sfn "$cpu_root/torch" "$repo/.libtorch"
 say "ready: .libtorch -> $cpu_root/torch"
 
 if [[ ${1:-} == --cuda ]]; then
-    install "$cuda_root" "${cpu[@]}" torch/lib/libtorch_cuda.so torch/lib/libc10_cuda.so \
-        nvidia/cu13/include/cuda_runtime_api.h 'nvidia/cu13/include/*'
+    install "$cuda_root" "${cpu[@]}" torch/lib/libtorch_cuda.so torch/lib/libc10_cuda.so
     ln -sfn "$cuda_root/torch" "$repo/.libtorch-cuda"
     say "ready: .libtorch-cuda -> $cuda_root/torch"
 fi

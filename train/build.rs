@@ -8,6 +8,10 @@ fn main() {
         }
     }
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        // Linked although no code names it: rustc's --as-needed would drop libtorch_cuda, and libtorch would
+        // then never register its CUDA kernels (tch-rs issue 980).
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
         // libtorch_cuda needs the CUDA libraries (cuBLAS, cuDNN, ...), which only the GPU machine has.
         println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");
     }

@@ -306,8 +306,9 @@ impl Gpt {
             x = self.resid_lambdas.get(i as i64) * &x + self.x0_lambdas.get(i as i64) * &x0;
             let ve = self.value_embeds[i].as_ref().map(|w| Tensor::embedding(w, idx, -1, false, false));
             x = &x + self.attention(block, &rms_norm(&x), ve.as_ref(), &cos, &sin, window);
-            let h = rms_norm(&x).linear(&block.c_fc, None::<Tensor>).relu().square();
-            x = &x + h.linear(&block.mlp_proj, None::<Tensor>);
+            let h = rms_norm(&x).linear(&block.c_fc, None::<Tensor>).relu();
+            // h·h rather than square(): autocast runs square (pow) in float32; the bf16 product is the same.
+            x = &x + (&h * &h).linear(&block.mlp_proj, None::<Tensor>);
         }
         let logits = rms_norm(&x).linear(&self.lm_head, None::<Tensor>).to_kind(Kind::Float);
         (logits / SOFTCAP).tanh() * SOFTCAP
@@ -604,7 +605,12 @@ pub fn main() -> Result<()> {
     let flops_per_token = model.flops_per_token();
     println!("profile {} | device {device_name} | seed {} | budget {}s", profile.name, run.seed, run.time_budget);
     println!("{config:?}");
-    println!("parameters: {:.2}M | FLOPs/token: {:.3e} | grad accumulation: {grad_accum}", model.num_params() as f64 / 1e6, flops_per_token);
+    println!(
+        "parameters: {:.2}M | FLOPs/token: {:.3e} | tokens/step: {} | grad accumulation: {grad_accum}",
+        model.num_params() as f64 / 1e6,
+        flops_per_token,
+        h.total_batch_size
+    );
 
     let mut opt = MuonAdamW::new(&model, &h.opt);
     let mut loader = run.train_loader(b as usize)?;
@@ -619,6 +625,7 @@ pub fn main() -> Result<()> {
     let mut training_time = 0.0;
     let mut smooth_loss = 0.0;
     let mut step = 0usize;
+    let loop_start = std::time::Instant::now();
     loop {
         sync();
         let t0 = std::time::Instant::now();
@@ -663,6 +670,8 @@ pub fn main() -> Result<()> {
         }
     }
     println!();
+    let warmup = loop_start.elapsed().as_secs_f64() - training_time;
+    println!("loop: {step} steps in {:.1}s ({warmup:.1}s of them in the untimed first {} steps)", loop_start.elapsed().as_secs_f64(), WARMUP_STEPS + 1);
 
     let val_bpb = tch::no_grad(|| {
         run.evaluate_bpb(b as usize, |batch| {

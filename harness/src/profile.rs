@@ -83,10 +83,16 @@ pub fn tokenizer_dir(cache: &Path, profile: &str) -> PathBuf {
 }
 
 impl Prepared {
+    /// Writes `prepared.json`; a data folder inside the cache is recorded relative to it, so that the whole
+    /// cache can move (to a GPU machine, say).
     pub fn save(&self, cache: &Path) -> Result<()> {
         let dir = profile_dir(cache, &self.profile.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        crate::fsutil::write_atomic(&dir.join("prepared.json"), serde_json::to_string_pretty(self)?.as_bytes())?;
+        let mut stored = self.clone();
+        if let Ok(rel) = self.data_dir.strip_prefix(cache) {
+            stored.data_dir = rel.to_path_buf();
+        }
+        crate::fsutil::write_atomic(&dir.join("prepared.json"), serde_json::to_string_pretty(&stored)?.as_bytes())?;
         crate::fsutil::write_atomic(&cache.join("active"), self.profile.name.as_bytes())
     }
 
@@ -106,7 +112,9 @@ impl Prepared {
         let bytes = std::fs::read(&path).with_context(|| {
             format!("profile {name:?} is not prepared in {} (run `autoresearch prepare --profile {name}`)", cache.display())
         })?;
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+        let mut prepared: Prepared = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+        prepared.data_dir = cache.join(&prepared.data_dir);
+        Ok(prepared)
     }
 }
 

@@ -11,7 +11,7 @@ extern "C" {
     fn ar_set_autocast_bf16();
     fn ar_set_float32_matmul_precision_high();
     fn ar_cuda_peak_allocated_bytes(device: i32) -> i64;
-    fn ar_cuda_device_name(device: i32, buf: *mut c_char, len: usize) -> i32;
+    fn ar_cuda_device_name(device: i32, buf: *mut c_char, len: i32) -> i32;
 }
 
 /// Causal attention where query i sees keys i − `window_left` ..= i, with FlashAttention-2.
@@ -53,6 +53,6 @@ pub fn cuda_peak_memory_mb(index: usize) -> Option<f64> {
 /// The name of CUDA device `index` (None without CUDA).
 pub fn cuda_device_name(index: usize) -> Option<String> {
     let mut buf = [0 as c_char; 256];
-    let rc = unsafe { ar_cuda_device_name(index as i32, buf.as_mut_ptr(), buf.len()) };
+    let rc = unsafe { ar_cuda_device_name(index as i32, buf.as_mut_ptr(), buf.len() as i32) };
     (rc == 0).then(|| unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
 }

@@ -2,13 +2,10 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 
-#include <cstring>
-#include <string>
+#include <c10/core/CachingDeviceAllocator.h>
+#include <dlfcn.h>
 
-#ifdef AR_CUDA
-#include <c10/cuda/CUDACachingAllocator.h>
-#include <cuda_runtime_api.h>
-#endif
+#include <cstring>
 
 namespace {
 char* copy_message(const char* what) { return strdup(what); }
@@ -38,33 +35,26 @@ void ar_set_autocast_bf16() { at::autocast::set_autocast_dtype(at::kCUDA, at::kB
 void ar_set_float32_matmul_precision_high() { at::globalContext().setFloat32MatmulPrecision("high"); }
 
 // Peak bytes allocated by the CUDA caching allocator on a device since start, or -1 without CUDA.
+// Through c10's device-allocator interface, so that no CUDA header is needed to build this.
 int64_t ar_cuda_peak_allocated_bytes(int device) {
-#ifdef AR_CUDA
   try {
-    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    auto stats = c10::getDeviceAllocator(c10::DeviceType::CUDA)->getDeviceStats(static_cast<c10::DeviceIndex>(device));
     return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
   } catch (...) {
     return -1;
   }
-#else
-  (void)device;
-  return -1;
-#endif
 }
 
-// The device's name into buf; returns 0 on success.
-int ar_cuda_device_name(int device, char* buf, size_t len) {
-#ifdef AR_CUDA
-  cudaDeviceProp prop;
-  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return 1;
-  std::strncpy(buf, prop.name, len - 1);
-  buf[len - 1] = 0;
-  return 0;
-#else
-  (void)device;
-  (void)buf;
-  (void)len;
-  return 1;
-#endif
+// The device's name into buf, from the CUDA driver (looked up at run time); returns 0 on success.
+int ar_cuda_device_name(int device, char* buf, int len) {
+  void* driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+  if (!driver) return 1;
+  using Init = int (*)(unsigned int);
+  using GetName = int (*)(char*, int, int);
+  auto init = reinterpret_cast<Init>(dlsym(driver, "cuInit"));
+  auto get_name = reinterpret_cast<GetName>(dlsym(driver, "cuDeviceGetName"));
+  int rc = (init && get_name && init(0) == 0 && get_name(buf, len, device) == 0) ? 0 : 1;
+  dlclose(driver);
+  return rc;
 }
 }

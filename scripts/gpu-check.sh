@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# All GPU checks in one call of the GPU machine, ending in a short table.
+#
+#   scripts/gpu-check.sh stage    here: build the CUDA variant and stage it in .gpu/ with the tokenizer and
+#                                 ../shared/reference/data (prepared as the h100 profile)
+#   scripts/gpu-check.sh device   there (repository root, .gpu carried): CUDA smoke tests, then the h100
+#                                 baseline for $BUDGET seconds (default 60); table on stdout and in $OUT
+#   scripts/gpu-check.sh cpu      the same run on this machine's CPU with the small profile (a short budget):
+#                                 checks the script end to end where no GPU is at hand
+#
+# The GPU machine has PyTorch 2.11 (CUDA 13) and python3 but no Rust and no network: the binaries are built
+# here and run there against its torch libraries.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+stage=$repo/.gpu
+budget=${BUDGET:-60}
+reference=${AUTORESEARCH_REFERENCE:-$repo/../shared/reference}
+
+stage() {
+    scripts/libtorch.sh --cuda
+    export LIBTORCH=$repo/.libtorch-cuda
+    cargo build --release --quiet -p autoresearch -p autoresearch-train --features autoresearch-train/cuda --target-dir target/cuda
+    local tests
+    tests=$(cargo test --release --quiet -p autoresearch-train --features cuda --target-dir target/cuda --test cuda \
+        --no-run --message-format=json | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable"):
+        print(m["executable"])')
+    rm -rf "$stage" && mkdir -p "$stage/bin" "$stage/cache/data" "$stage/reference"
+    cp target/cuda/release/autoresearch-train "$stage/bin/"
+    cp "$tests" "$stage/bin/cuda-tests"
+    strip "$stage"/bin/*  # the device tool carries at most 64 MiB
+    mkdir -p "$stage/reference/model"
+    cp -r "$reference/dataloader" "$reference/meta.json" "$stage/reference/"
+    cp "$reference"/model/{random,forward_backward}.safetensors "$stage/reference/model/"
+    cp "$reference"/data/*.parquet "$stage/cache/data/"
+    # The h100 profile over the reference shards (the tokenizer equals the original's tokenizer-8192).
+    target/cuda/release/autoresearch --cache-dir "$stage/cache" prepare --profile h100 --parquet "$stage/cache/data"
+    git rev-parse --short HEAD > "$stage/commit"
+    du -sh "$stage"
+}
+
+# Prints the table from a training log: the summary block and the `loop:` line.
+table() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import re, sys
+log, card, commit = open(sys.argv[1]).read().replace("\r", "\n"), sys.argv[2], sys.argv[3]
+summary = dict(re.findall(r"^(\w+):\s+(.+)$", log.split("\n---\n")[-1], re.M))
+loop = re.search(r"loop: (\d+) steps in ([\d.]+)s \(([\d.]+)s of them in the untimed first (\d+) steps\)", log)
+tokens_per_step = int(re.search(r"tokens/step: (\d+)", log).group(1))
+steps, loop_s, warm_s, warm_n = int(loop.group(1)), float(loop.group(2)), float(loop.group(3)), int(loop.group(4))
+train_s, total_s = float(summary["training_seconds"]), float(summary["total_seconds"])
+timed = steps - warm_n
+rows = [
+    ("card", card), ("commit", commit), ("profile / budget", f'{summary["profile"]} / {summary["time_budget"]} s'),
+    ("tokens/s", f"{tokens_per_step * timed / train_s:,.0f}"), ("MFU", summary["mfu_percent"] + ("" if summary["mfu_percent"] == "n/a" else " %")),
+    ("step time", f"{1000 * train_s / timed:.0f} ms ({timed} timed steps)"),
+    ("start-up (before step 0 + after the last)", f"{total_s - loop_s:.1f} s"),
+    ("overhead (total - training, as the original counts)", f"{total_s - train_s:.1f} s (warm-up steps {warm_s:.1f} s)"),
+    ("peak memory", f'{float(summary["peak_vram_mb"]):,.0f} MiB'), ("val_bpb", summary["val_bpb"]),
+]
+print("\n| metric | value |\n| --- | --- |")
+for k, v in rows:
+    print(f"| {k} | {v} |")
+PY
+}
+
+device() {
+    out=${OUT:-$stage/out}
+    mkdir -p "$out"
+    local torch
+    torch=$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+    export LD_LIBRARY_PATH=$torch/lib:$torch/../nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
+    local card
+    card=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)
+    echo "card: $card; torch $(python3 -c 'import torch; print(torch.__version__)')"
+    echo "== CUDA smoke tests"
+    AUTORESEARCH_REFERENCE=$stage/reference "$stage/bin/cuda-tests" --test-threads 1 --nocapture > "$out/smoke.log" 2>&1 \
+        && grep -E "^(window|bf16|loss|NVIDIA|test result)|: peak" "$out/smoke.log" || { tail -40 "$out/smoke.log"; echo "SMOKE TESTS FAILED"; }
+    echo "== h100 baseline, ${budget}s budget"
+    AUTORESEARCH_CACHE=$stage/cache AUTORESEARCH_PROFILE=h100 AUTORESEARCH_TIME_BUDGET=$budget \
+        "$stage/bin/autoresearch-train" > "$out/train.log" 2>&1 || { tail -c 3000 "$out/train.log"; exit 1; }
+    tr '\r' '\n' < "$out/train.log" | grep -E '^step' | tail -3
+    sed -n '/^---$/,$p' "$out/train.log"
+    table "$out/train.log" "$card" "$(cat "$stage/commit")" | tee "$out/table.md"
+}
+
+cpu() {
+    cargo build --release --quiet -p autoresearch -p autoresearch-train
+    local cache
+    cache=$(mktemp -d)
+    trap 'rm -rf "$cache"' RETURN
+    target/release/autoresearch --cache-dir "$cache" prepare --profile small
+    AUTORESEARCH_CACHE=$cache AUTORESEARCH_TIME_BUDGET=${BUDGET:-5} target/release/autoresearch-train > "$cache/train.log" 2>&1 \
+        || { tail -c 3000 "$cache/train.log"; return 1; }
+    table "$cache/train.log" "cpu: $(nproc) cores" "$(git rev-parse --short HEAD)"
+}
+
+case ${1:-} in
+    stage) stage ;;
+    device) device ;;
+    cpu) cpu ;;
+    *) echo "usage: scripts/gpu-check.sh stage|device|cpu" >&2; exit 2 ;;
+esac
