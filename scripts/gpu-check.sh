@@ -32,6 +32,8 @@ for line in sys.stdin:
     rm -rf "$stage" && mkdir -p "$stage/bin" "$stage/cache/data" "$stage/reference"
     cp target/cuda/release/autoresearch-train "$stage/bin/"
     cp "$tests" "$stage/bin/cuda-tests"
+    cargo build --release --quiet -p autoresearch-train --features cuda --target-dir target/cuda --example gpu_breakdown
+    cp target/cuda/release/examples/gpu_breakdown "$stage/bin/"
     strip "$stage"/bin/*  # the device tool carries at most 64 MiB
     mkdir -p "$stage/reference/model"
     cp -r "$reference/dataloader" "$reference/meta.json" "$stage/reference/"
@@ -86,6 +88,10 @@ device() {
     tr '\r' '\n' < "$out/train.log" | grep -E '^step' | tail -3
     sed -n '/^---$/,$p' "$out/train.log"
     table "$out/train.log" "$card" "$(cat "$stage/commit")" | tee "$out/table.md"
+    if [[ ${BREAKDOWN:-1} == 1 ]]; then
+        echo "== where the time goes (each part alone, synchronised)"
+        "$stage/bin/gpu_breakdown" 2>&1 | tee "$out/breakdown.log" | grep -E "^breakdown|error|panicked"
+    fi
 }
 
 cpu() {

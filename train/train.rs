@@ -632,7 +632,7 @@ pub fn main() -> Result<()> {
         let mut train_loss = Tensor::zeros([], (Kind::Float, device));
         for _ in 0..grad_accum {
             let (x, y) = batch_tensors(&batch, device);
-            let loss = tch::autocast(cuda, || model.loss(&x, &y));
+            let loss = autoresearch_ops::autocast(cuda, || model.loss(&x, &y));
             train_loss = loss.detach();
             (loss / grad_accum as f64).backward();
             batch = loader.next_batch()?;
@@ -676,7 +676,7 @@ pub fn main() -> Result<()> {
     let val_bpb = tch::no_grad(|| {
         run.evaluate_bpb(b as usize, |batch| {
             let (x, y) = batch_tensors(batch, device);
-            let losses = tch::autocast(cuda, || model.per_token_loss(&x, &y));
+            let losses = autoresearch_ops::autocast(cuda, || model.per_token_loss(&x, &y));
             Ok(Vec::<f32>::try_from(losses.to_kind(Kind::Float).flatten(0, -1).to_device(Device::Cpu))?)
         })
     })?;

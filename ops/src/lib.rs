@@ -9,6 +9,8 @@ use torch_sys::C_tensor;
 extern "C" {
     fn ar_flash_attention(q: *const C_tensor, k: *const C_tensor, v: *const C_tensor, window_left: i64, err: *mut *mut c_char) -> *mut C_tensor;
     fn ar_set_autocast_bf16();
+    fn ar_autocast_enter(enabled: bool) -> bool;
+    fn ar_autocast_exit(previous: bool);
     fn ar_set_float32_matmul_precision_high();
     fn ar_cuda_peak_allocated_bytes(device: i32) -> i64;
     fn ar_cuda_device_name(device: i32, buf: *mut c_char, len: i32) -> i32;
@@ -34,9 +36,23 @@ extern "C" {
     fn libc_free(p: *mut c_char);
 }
 
-/// Makes CUDA autocast (`tch::autocast`) compute in bf16, as the original does; its default is fp16.
+/// Makes CUDA autocast compute in bf16, as the original does; its default is fp16.
 pub fn use_bf16_autocast() {
     unsafe { ar_set_autocast_bf16() }
+}
+
+/// Runs `f` with CUDA autocast on (or off): matrix products in the autocast dtype (see
+/// [`use_bf16_autocast`]), precision-sensitive ops in float32. Does nothing on the CPU.
+/// (tch's own `autocast` goes through calls that libtorch 2.11 deprecates with a warning per use.)
+pub fn autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
+    struct Exit(bool);
+    impl Drop for Exit {
+        fn drop(&mut self) {
+            unsafe { ar_autocast_exit(self.0) }
+        }
+    }
+    let _exit = Exit(unsafe { ar_autocast_enter(enabled) });
+    f()
 }
 
 /// Lets float32 matrix products use TF32 on the GPU.

@@ -31,6 +31,20 @@ at::Tensor* ar_flash_attention(const at::Tensor* q, const at::Tensor* k, const a
 // CUDA autocast computes in bf16 (its default is fp16).
 void ar_set_autocast_bf16() { at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16); }
 
+// Enters a CUDA autocast region; returns whether autocast was on before.
+bool ar_autocast_enter(bool enabled) {
+  bool previous = at::autocast::is_autocast_enabled(at::kCUDA);
+  at::autocast::set_autocast_enabled(at::kCUDA, enabled);
+  at::autocast::increment_nesting();
+  return previous;
+}
+
+// Leaves it: the outermost exit drops the cache of bf16 weight copies.
+void ar_autocast_exit(bool previous) {
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  at::autocast::set_autocast_enabled(at::kCUDA, previous);
+}
+
 // float32 matrix products may use TF32 on the GPU.
 void ar_set_float32_matmul_precision_high() { at::globalContext().setFloat32MatmulPrecision("high"); }
 

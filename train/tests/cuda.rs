@@ -81,19 +81,19 @@ fn the_reference_model_under_bf16_autocast_is_close_to_float32() {
         Tensor::read_safetensors(r.path("dataloader/batches_B2_T64.safetensors")).unwrap().into_iter().collect();
     let (x, y) = (batches["train.0.inputs"].to_device(dev), batches["train.0.targets"].to_device(dev));
 
-    let per_token = tch::autocast(true, || model.per_token_loss(&x, &y));
+    let per_token = autoresearch_ops::autocast(true, || model.per_token_loss(&x, &y));
     let err = rel_err(&per_token.to_device(Device::Cpu), &golden["per_token_loss"]);
     println!("bf16 per-token loss vs float32 reference: {err:.2e}");
     assert!(err < 2e-2, "per-token loss relative error {err:e}");
 
-    let loss = tch::autocast(true, || model.loss(&x, &y));
-    assert_eq!(model.logits(&x).kind(), Kind::Float);
+    let loss = autoresearch_ops::autocast(true, || model.loss(&x, &y));
+    assert_eq!(autoresearch_ops::autocast(true, || model.logits(&x)).kind(), Kind::Float);
     loss.backward();
     let mut opt = MuonAdamW::new(&model, &H100.opt);
     assert_eq!(opt.polar_kind, Kind::BFloat16);
     opt.step(1.0, 0.85, 0.2);
     opt.zero_grad();
-    let after = tch::autocast(true, || model.loss(&x, &y)).double_value(&[]);
+    let after = autoresearch_ops::autocast(true, || model.loss(&x, &y)).double_value(&[]);
     println!("loss {} -> {after} after one step", loss.double_value(&[]));
     assert!(after.is_finite());
 }
