@@ -36,6 +36,11 @@ fn main() {
         let loss = autoresearch_ops::autocast(true, || model.loss(&x, &y));
         loss.backward();
     }));
+    let (xh, yh) = (x.narrow(0, 0, b / 2), y.narrow(0, 0, b / 2));
+    report("forward + loss + backward, half batch", time_ms(5, || {
+        let loss = autoresearch_ops::autocast(true, || model.loss(&xh, &yh));
+        loss.backward();
+    }));
     report("optimizer step + zero_grad", time_ms(5, || {
         opt.step(1.0, 0.9, 0.1);
         opt.zero_grad();
