@@ -181,6 +181,8 @@ pub struct Gpt {
     sin: Tensor,
     /// Sliding-window masks for the CPU path, by window.
     masks: BTreeMap<i64, Tensor>,
+    /// Softcap and cross-entropy in one CUDA kernel (autoresearch_ops), where NVRTC is available.
+    fused_loss: bool,
     device: Device,
 }
 
@@ -223,6 +225,12 @@ impl Gpt {
             .collect();
         let (cos, sin) = rotary_tables(config.sequence_len * 10, config.head_dim(), emb_kind, device);
         let masks = if device.is_cuda() { BTreeMap::new() } else { window_masks(&config, device) };
+        let fused_loss = match device {
+            Device::Cuda(i) => autoresearch_ops::fused_kernels_available(i)
+                .map_err(|e| eprintln!("warning: fused loss kernel unavailable, using plain ops: {e}"))
+                .is_ok(),
+            _ => false,
+        };
         Gpt {
             wte: param(Tensor::randn([v, d], f32).to_kind(emb_kind).detach()),
             lm_head: param(Tensor::randn([v, d], f32) * 0.001),
@@ -233,6 +241,7 @@ impl Gpt {
             cos,
             sin,
             masks,
+            fused_loss,
             device,
             config,
         }
@@ -298,6 +307,11 @@ impl Gpt {
 
     /// Logits (B, T, vocab) in float32, softcapped.
     pub fn logits(&self, idx: &Tensor) -> Tensor {
+        softcap(&self.raw_logits(idx).to_kind(Kind::Float))
+    }
+
+    /// lm_head's output before the softcap (bf16 under autocast).
+    fn raw_logits(&self, idx: &Tensor) -> Tensor {
         let t = idx.size()[1];
         let mut x = rms_norm(&Tensor::embedding(&self.wte, idx, -1, false, false));
         let x0 = x.shallow_clone();
@@ -310,8 +324,7 @@ impl Gpt {
             // h·h rather than square(): autocast runs square (pow) in float32; the bf16 product is the same.
             x = &x + (&h * &h).linear(&block.mlp_proj, None::<Tensor>);
         }
-        let logits = rms_norm(&x).linear(&self.lm_head, None::<Tensor>).to_kind(Kind::Float);
-        (logits / SOFTCAP).tanh() * SOFTCAP
+        rms_norm(&x).linear(&self.lm_head, None::<Tensor>)
     }
 
     fn attention(&self, b: &Block, x: &Tensor, ve: Option<&Tensor>, cos: &Tensor, sin: &Tensor, window: i64) -> Tensor {
@@ -326,10 +339,11 @@ impl Gpt {
         }
         let q = rms_norm(&apply_rotary(&q, cos, sin));
         let k = rms_norm(&apply_rotary(&k, cos, sin));
-        let y = if self.device.is_cuda() {
+        let y = if self.device.is_cuda() && window < t {
             autoresearch_ops::flash_attention(&q, &k, &v, window).expect("flash attention")
         } else {
-            // SDPA wants (B, H, T, D); a full window is plain causal attention.
+            // SDPA wants (B, H, T, D); a full window is plain causal attention (on CUDA a faster kernel than
+            // FlashAttention-2's).
             let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
             let mask = (window < t).then(|| self.mask(window, t));
             Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, mask.is_none(), None, false)
@@ -356,9 +370,22 @@ impl Gpt {
     }
 
     fn cross_entropy(&self, idx: &Tensor, targets: &Tensor, reduction: Reduction) -> Tensor {
-        let logits = self.logits(idx);
-        logits.view([-1, self.config.vocab_size]).cross_entropy_loss(&targets.view([-1]), None::<Tensor>, reduction, -1, 0.0)
+        let logits = self.raw_logits(idx).view([-1, self.config.vocab_size]);
+        let targets = targets.view([-1]);
+        if self.fused_loss {
+            let per_token = autoresearch_ops::softcap_cross_entropy(&logits, &targets, SOFTCAP).expect("fused loss");
+            return match reduction {
+                Reduction::Mean => per_token.mean(Kind::Float),
+                _ => per_token,
+            };
+        }
+        softcap(&logits.to_kind(Kind::Float)).cross_entropy_loss(&targets, None::<Tensor>, reduction, -1, 0.0)
     }
+}
+
+/// Squashes logits into (−SOFTCAP, SOFTCAP).
+fn softcap(logits: &Tensor) -> Tensor {
+    (logits / SOFTCAP).tanh() * SOFTCAP
 }
 
 /// cos and sin of the rotary angles, (1, len, 1, head_dim / 2).

@@ -55,6 +55,10 @@ fn main() {
     };
     report("lm_head+softcap+CE fwd+bwd", time_ms(5, || logits_path(true).backward()));
     report("lm_head+CE fwd+bwd (no softcap)", time_ms(5, || logits_path(false).backward()));
+    report("lm_head+fused softcap CE fwd+bwd", time_ms(5, || {
+        let logits = autoresearch_ops::autocast(true, || hidden.linear(&head, None::<Tensor>));
+        autoresearch_ops::softcap_cross_entropy(&logits.view([-1, v]), &y.view([-1]), 15.0).unwrap().mean(Kind::Float).backward()
+    }));
     report("lm_head matmul fwd only", time_ms(5, || drop(autoresearch_ops::autocast(true, || hidden.linear(&head, None::<Tensor>)))));
 
     let (heads, hd) = (config.n_head, config.head_dim());
@@ -65,6 +69,12 @@ fn main() {
             autoresearch_ops::flash_attention(&q, &k, &vv, window).unwrap().sum(Kind::Float).backward()
         }));
     }
+    let (i, j) = (Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(1), Tensor::arange(t, (Kind::Int64, dev)).unsqueeze(0));
+    let mask = j.le_tensor(&i).logical_and(&j.ge_tensor(&(i - 1024)));
+    report("sdpa with window-1024 mask fwd+bwd", time_ms(5, || {
+        let (q, k, vv) = (q.transpose(1, 2), k.transpose(1, 2), vv.transpose(1, 2));
+        Tensor::scaled_dot_product_attention(&q, &k, &vv, Some(&mask), 0.0, false, None, false).sum(Kind::Float).backward()
+    }));
     report("sdpa causal (full) fwd+bwd", time_ms(5, || {
         let (q, k, vv) = (q.transpose(1, 2), k.transpose(1, 2), vv.transpose(1, 2));
         Tensor::scaled_dot_product_attention(&q, &k, &vv, None::<Tensor>, 0.0, true, None, false).sum(Kind::Float).backward()

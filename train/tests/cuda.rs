@@ -58,6 +58,30 @@ fn flash_attention_with_windows_matches_masked_attention_forward_and_backward() 
 }
 
 #[test]
+fn the_fused_softcap_cross_entropy_matches_plain_ops() {
+    let dev = cuda();
+    autoresearch_ops::fused_kernels_available(0).unwrap();
+    tch::manual_seed(2);
+    let (rows, vocab, cap) = (4096, 8192, 15.0);
+    let targets = Tensor::randint(vocab, [rows], (Kind::Int64, dev));
+    let grad_out = Tensor::rand([rows], (Kind::Float, dev));
+    for kind in [Kind::BFloat16, Kind::Float] {
+        let base = Tensor::randn([rows, vocab], (Kind::Float, dev)) * 20.0;
+        let fused_in = base.to_kind(kind).detach().set_requires_grad(true);
+        let plain_in = base.to_kind(kind).to_kind(Kind::Float).detach().set_requires_grad(true);
+        let fused = autoresearch_ops::softcap_cross_entropy(&fused_in, &targets, cap).unwrap();
+        let plain = ((&plain_in / cap).tanh() * cap).cross_entropy_loss(&targets, None::<Tensor>, tch::Reduction::None, -1, 0.0);
+        (&fused * &grad_out).sum(Kind::Float).backward();
+        (&plain * &grad_out).sum(Kind::Float).backward();
+        let (loss_err, grad_err) = (rel_err(&fused, &plain), rel_err(&fused_in.grad(), &plain_in.grad()));
+        println!("fused loss {kind:?}: loss {loss_err:.2e}, grad {grad_err:.2e}");
+        assert!(loss_err < 1e-5, "{kind:?}: loss relative error {loss_err:e}");
+        let grad_tolerance = if kind == Kind::BFloat16 { 1e-2 } else { 1e-5 };
+        assert!(grad_err < grad_tolerance, "{kind:?}: grad relative error {grad_err:e}");
+    }
+}
+
+#[test]
 fn the_reference_model_under_bf16_autocast_is_close_to_float32() {
     let dev = cuda();
     autoresearch_ops::use_bf16_autocast();
