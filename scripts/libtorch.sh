@@ -6,7 +6,7 @@
 #   scripts/libtorch.sh --cuda   also .libtorch-cuda, with libtorch_cuda, to link the CUDA variant (it runs on
 #                                a GPU machine, against the torch libraries installed there)
 #
-# Cache: ${AUTORESEARCH_BUILD_CACHE:-~/.cache/autoresearch-build}. Needs python3 with pip, and unzip.
+# Cache: ${AUTORESEARCH_BUILD_CACHE:-~/.cache/autoresearch-build}. Needs python3 with pip.
 # The folders keep the wheels' site-packages layout (torch/lib beside nvidia/cu13/lib), because the torch
 # libraries find their CUDA neighbours by a path relative to their own real location.
 set -euo pipefail
@@ -36,6 +36,19 @@ fetch() {  # fetch NAME VERSION PLATFORM...: download a wheel unless one is cach
 
 wheel() { compgen -G "$wheels/${1//-/_}-$2-*.whl"; }
 
+extract() {  # extract WHEEL DEST PATTERN...: the wheel's members that match a shell pattern
+    python3 - "$@" <<'PY'
+import fnmatch, sys, zipfile
+wheel, dest, patterns = sys.argv[1], sys.argv[2], sys.argv[3:]
+with zipfile.ZipFile(wheel) as z:
+    members = [m for m in z.namelist() if any(fnmatch.fnmatch(m, p) for p in patterns)]
+    missing = [p for p in patterns if not any(fnmatch.fnmatch(m, p) for m in members)]
+    if missing:
+        sys.exit(f"{wheel} has nothing matching {missing}")
+    z.extractall(dest, members)
+PY
+}
+
 install() {  # install ROOT MEMBER...: (re)build ROOT from the wheels unless it holds every member
     local root=$1; shift
     local m missing=0
@@ -44,12 +57,11 @@ install() {  # install ROOT MEMBER...: (re)build ROOT from the wheels unless it 
     say "unpacking into $root"
     # Built beside and moved into place last, so an interrupted run leaves nothing half-done.
     rm -rf "$root.partial"
-    local torch=() nvidia=()
-    for m in "$@"; do if [[ $m == torch/* ]]; then torch+=("$m"); else nvidia+=("$m"); fi; done
-    unzip -q -o "$(wheel torch "$TORCH_VERSION")" "${torch[@]}" -d "$root.partial"
-    unzip -q -o "$(wheel nvidia-cuda-runtime "$CUDART_VERSION")" \
-        $(printf '%s\n' "${nvidia[@]}" | grep -v cupti) -d "$root.partial"
-    unzip -q -o "$(wheel nvidia-cuda-cupti "$CUPTI_VERSION")" nvidia/cu13/lib/libcupti.so.13 -d "$root.partial"
+    local torch=()
+    for m in "$@"; do [[ $m == torch/* ]] && torch+=("$m"); done
+    extract "$(wheel torch "$TORCH_VERSION")" "$root.partial" "${torch[@]}"
+    extract "$(wheel nvidia-cuda-runtime "$CUDART_VERSION")" "$root.partial" nvidia/cu13/lib/libcudart.so.13
+    extract "$(wheel nvidia-cuda-cupti "$CUPTI_VERSION")" "$root.partial" nvidia/cu13/lib/libcupti.so.13
     rm -rf "$root"
     mv "$root.partial" "$root"
 }
