@@ -2,8 +2,9 @@
 
 mod bench;
 mod prepare;
+mod report;
+mod research;
 mod train_cmd;
-mod trainer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +28,16 @@ enum Command {
     Prepare(prepare::Args),
     /// Build the training file and run it once (output to the terminal)
     Train(train_cmd::Args),
+    /// Start a research session: branch autoresearch/<TAG>, results.tsv
+    Init(research::InitArgs),
+    /// One experiment: check, commit, build, train, record, keep or reset
+    Run(research::RunArgs),
+    /// Let an agent propose experiments, one after another, until stopped
+    Loop(research::LoopArgs),
+    /// Rerun the best commit with other seeds to measure how much val_bpb moves by chance
+    Noise(research::NoiseArgs),
+    /// Summarise a results.tsv: totals, keep rate, best vs baseline, kept rows, progress.png
+    Report(report::Args),
     /// Measure the harness's throughput (tokenizer training, encoding, data loading)
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -44,6 +55,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Prepare(args) => prepare::run(args),
         Command::Train(args) => train_cmd::run(args),
+        Command::Init(args) => research::init(args),
+        Command::Run(args) => research::run(args),
+        Command::Loop(args) => research::research_loop_cmd(args),
+        Command::Noise(args) => research::noise(args),
+        Command::Report(args) => report::run(args),
         Command::Bench(b) => bench::run(b),
     };
     match result {

@@ -1,8 +1,33 @@
 //! `autoresearch train`: build the training file and run it once, output to the terminal.
 
 use anyhow::{bail, Result};
+use autoresearch_harness::experiment::trainer::{repo_root, DeviceChoice, RunSettings, Trainer};
 
-use crate::trainer::{repo_root, DeviceChoice, RunSettings, Trainer};
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Device {
+    /// CUDA if `nvidia-smi` finds a GPU, else the CPU
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl Device {
+    pub fn choice(self) -> DeviceChoice {
+        match self {
+            Device::Auto => DeviceChoice::Auto,
+            Device::Cpu => DeviceChoice::Cpu,
+            Device::Cuda => DeviceChoice::Cuda,
+        }
+    }
+
+    pub fn parse_name(name: &str) -> DeviceChoice {
+        match name {
+            "cpu" => DeviceChoice::Cpu,
+            "cuda" => DeviceChoice::Cuda,
+            _ => DeviceChoice::Auto,
+        }
+    }
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -19,8 +44,8 @@ pub struct Args {
     seed: Option<u64>,
 
     /// Where to train
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
-    device: DeviceChoice,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -29,7 +54,7 @@ pub fn run(args: Args) -> Result<()> {
             bail!("--time-budget must be positive, not {b}");
         }
     }
-    let trainer = Trainer::new(repo_root()?, args.device);
+    let trainer = Trainer::new(repo_root()?, args.device.choice());
     trainer.build()?;
     let settings = RunSettings { profile: args.profile, time_budget: args.time_budget, seed: args.seed };
     let status = trainer.run_command(&settings)?.status()?;

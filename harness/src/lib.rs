@@ -7,6 +7,7 @@
 pub mod dataloader;
 pub mod device;
 pub mod download;
+pub mod experiment;
 pub mod fsutil;
 pub mod metric;
 pub mod prepare;

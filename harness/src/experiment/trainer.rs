@@ -14,7 +14,7 @@ pub fn repo_root() -> Result<PathBuf> {
         .with_context(|| format!("{} is not inside an autoresearch repository (no train/train.rs above it)", cwd.display()))
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceChoice {
     /// CUDA if `nvidia-smi` finds a GPU, else the CPU
     Auto,
@@ -96,6 +96,14 @@ impl Trainer {
             bail!("building the training binary failed");
         }
         Ok(())
+    }
+
+    /// Builds (incrementally), capturing the compiler's messages: Ok(output) or Err(output) on a build error.
+    pub fn build_captured(&self) -> Result<std::result::Result<String, String>> {
+        self.ensure_libtorch()?;
+        let out = self.build_command().arg("--message-format=short").output().context("running cargo")?;
+        let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+        Ok(if out.status.success() { Ok(text) } else { Err(text) })
     }
 
     /// The command that runs one training run.

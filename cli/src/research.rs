@@ -1,0 +1,223 @@
+//! The research commands: `init`, `run`, `loop`, `noise`.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use autoresearch_harness::experiment::agent::{research_loop, LoopOptions};
+use autoresearch_harness::experiment::rules::{noise_for, Decider, Rule};
+use autoresearch_harness::experiment::run::{default_timeout, describe, measure_noise, run_experiment, RunOptions};
+use autoresearch_harness::experiment::trainer::{repo_root, Trainer};
+use autoresearch_harness::experiment::{self, Interrupts, Workspace};
+use autoresearch_harness::profile::{cache_root, Prepared};
+
+use crate::train_cmd::Device;
+
+#[derive(clap::Args)]
+pub struct InitArgs {
+    /// Names the session and its branch, autoresearch/<TAG>
+    tag: String,
+    /// Prepared profile every run of the session uses [default: the one prepared last]
+    #[arg(long)]
+    profile: Option<String>,
+    /// Seconds of training per run [default: the profile's budget]
+    #[arg(long, value_name = "SECONDS")]
+    time_budget: Option<f64>,
+    /// Where to train
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+}
+
+/// How keep decisions are made (recorded in every row).
+#[derive(clap::Args, Clone)]
+pub struct RuleArgs {
+    /// lower (any improvement), margin (beat the best by more than z·σ) or "confirm N" (rerun an improvement
+    /// with N other seeds; keep if the mean beats the best by the margin)
+    #[arg(long, default_value = "lower", value_name = "RULE")]
+    rule: String,
+    /// z of the margin z·σ (σ from `autoresearch noise`)
+    #[arg(long, default_value_t = 2.0)]
+    z: f64,
+    /// The margin itself, instead of z·σ
+    #[arg(long, value_name = "VAL_BPB")]
+    min_delta: Option<f64>,
+    /// Hard limit per training run [default: 2 × budget + 120 s]
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// What this experiment changes (the commit message and the results row)
+    #[arg(short = 'm', long = "message", value_name = "DESCRIPTION")]
+    message: String,
+    /// Run even if an earlier run had this exact training file
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    rule: RuleArgs,
+}
+
+#[derive(clap::Args)]
+pub struct LoopArgs {
+    /// The agent's command, run with `sh -c` in the repository; `{prompt}` is replaced by the prompt file's
+    /// path (else the path is appended). It edits train/train.rs and writes a one-line description to the
+    /// file the prompt names ($AUTORESEARCH_DESCRIPTION).
+    #[arg(long, value_name = "CMD")]
+    agent: String,
+    /// Stop after this many experiments
+    #[arg(long, value_name = "N")]
+    max_experiments: Option<usize>,
+    /// Stop starting experiments after this many hours
+    #[arg(long, value_name = "H")]
+    max_hours: Option<f64>,
+    /// Seconds an agent call may take before it is stopped
+    #[arg(long, default_value_t = 1800.0, value_name = "SECONDS")]
+    agent_timeout: f64,
+    /// Compile errors sent back to the agent per experiment before it counts as a crash
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    max_fixes: usize,
+    /// The agent's instructions [default: program.md in the repository]
+    #[arg(long, value_name = "FILE")]
+    program: Option<PathBuf>,
+    #[command(flatten)]
+    rule: RuleArgs,
+}
+
+#[derive(clap::Args)]
+pub struct NoiseArgs {
+    /// Reruns of the best commit, with seeds 43, 44, ...
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    runs: usize,
+    /// Hard limit per training run [default: 2 × budget + 120 s]
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+}
+
+/// Ctrl-C and SIGTERM, counted; the training and agent processes run in their own process groups and do not
+/// see them.
+fn interrupts(first_message: &'static str) -> Result<Interrupts> {
+    let interrupts = Interrupts::default();
+    let count = interrupts.0.clone();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                eprintln!("\n{first_message}");
+            }
+        }
+    });
+    Ok(interrupts)
+}
+
+fn options(ws: &Workspace, args: &RuleArgs, description: String, interrupts: Interrupts, abort_at: usize) -> Result<RunOptions> {
+    let rule = Rule::parse(&args.rule, args.z)?;
+    let noise = noise_for(&ws.dir, &ws.state.profile, ws.state.time_budget)?;
+    let decider = Decider::new(rule, noise.as_ref(), args.min_delta)?;
+    let timeout = match args.timeout {
+        Some(t) if t > 0.0 => Duration::from_secs_f64(t),
+        Some(t) => bail!("--timeout must be positive, not {t}"),
+        None => default_timeout(ws.state.time_budget),
+    };
+    Ok(RunOptions { description, decider, timeout, force: false, interrupts, abort_at })
+}
+
+fn trainer(ws: &Workspace) -> Trainer {
+    Trainer::new(ws.root.clone(), Device::parse_name(&ws.state.device))
+}
+
+pub fn init(args: InitArgs) -> Result<()> {
+    let root = repo_root()?;
+    let prepared = Prepared::load(&cache_root()?, args.profile.as_deref())?;
+    let budget = args.time_budget.unwrap_or(prepared.profile.time_budget);
+    if !(budget > 0.0) {
+        bail!("--time-budget must be positive, not {budget}");
+    }
+    let device = format!("{:?}", args.device).to_lowercase();
+    let state = experiment::init(&root, &args.tag, &prepared.profile.name, budget, &device)?;
+    println!(
+        "session {} on branch {}: profile {}, {} s per run, results in {}",
+        state.tag,
+        state.branch,
+        state.profile,
+        state.time_budget,
+        root.join(experiment::RESULTS_FILE).display()
+    );
+    println!("next: `autoresearch run -m baseline` (or `autoresearch loop --agent CMD`)");
+    Ok(())
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let mut ws = Workspace::open(&repo_root()?)?;
+    let interrupts = interrupts("interrupted: stopping the run (the change will be set aside)")?;
+    let mut opts = options(&ws, &args.rule, args.message.trim().to_string(), interrupts, 1)?;
+    if opts.description.is_empty() {
+        bail!("-m: describe the change");
+    }
+    opts.force = args.force;
+    let trainer = trainer(&ws);
+    eprintln!(
+        "run {}: training for {} s (profile {}, timeout {:.0} s); output in run.log",
+        ws.state.next_run,
+        ws.state.time_budget,
+        ws.state.profile,
+        opts.timeout.as_secs_f64()
+    );
+    let outcome = run_experiment(&mut ws, &trainer, &opts)?;
+    println!("{}", describe(&outcome));
+    if let Some(t) = &outcome.log_tail {
+        println!("--- the last {} lines of the log ---\n{t}", t.lines().count());
+    }
+    if let Some(best) = &ws.state.best {
+        println!("best: val_bpb {:.6} (commit {}, run {})", best.val_bpb, &best.commit[..7], best.run);
+    }
+    Ok(())
+}
+
+pub fn research_loop_cmd(args: LoopArgs) -> Result<()> {
+    let root = repo_root()?;
+    let mut ws = Workspace::open(&root)?;
+    let interrupts = interrupts("stopping after the current step (Ctrl-C again to abort it now)")?;
+    let program_path = args.program.clone().unwrap_or_else(|| root.join("program.md"));
+    let program = std::fs::read_to_string(&program_path).with_context(|| format!("reading {}", program_path.display()))?;
+    let opts = LoopOptions {
+        agent: args.agent.clone(),
+        agent_timeout: Duration::from_secs_f64(args.agent_timeout.max(1.0)),
+        max_experiments: args.max_experiments,
+        max_hours: args.max_hours,
+        max_fixes: args.max_fixes,
+        program,
+        run: options(&ws, &args.rule, String::new(), interrupts, 2)?,
+    };
+    let trainer = trainer(&ws);
+    eprintln!("loop: agent `{}`, rule {}, profile {}, {} s per run", opts.agent, opts.run.decider.label, ws.state.profile, ws.state.time_budget);
+    let report = research_loop(&mut ws, &trainer, &opts, &mut |line| println!("{line}"))?;
+    println!(
+        "loop stopped ({}): {} experiments, {} kept, {} crashed, {} refused",
+        report.stop_reason, report.experiments, report.kept, report.crashes, report.refused
+    );
+    if let Some(best) = &ws.state.best {
+        println!("best: val_bpb {:.6} (commit {}, run {})", best.val_bpb, &best.commit[..7], best.run);
+    }
+    Ok(())
+}
+
+pub fn noise(args: NoiseArgs) -> Result<()> {
+    let mut ws = Workspace::open(&repo_root()?)?;
+    let interrupts = interrupts("interrupted: stopping")?;
+    let rule = RuleArgs { rule: "lower".into(), z: 2.0, min_delta: None, timeout: args.timeout };
+    let opts = options(&ws, &rule, "noise".into(), interrupts, 1)?;
+    let trainer = trainer(&ws);
+    let estimate = measure_noise(&mut ws, &trainer, args.runs, &opts)?;
+    println!(
+        "noise for profile {} at {} s: val_bpb {:.6} ± {:.6} (mean ± sd of {} seeds, commit {})",
+        estimate.profile,
+        estimate.budget,
+        estimate.mean,
+        estimate.std,
+        estimate.values.len(),
+        &estimate.commit[..7]
+    );
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! `autoresearch report` on a hand-written results.tsv: golden text and JSON, the picture, bad rows.
+
+use std::path::Path;
+use std::process::Command;
+
+fn data(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)).unwrap()
+}
+
+/// Runs `autoresearch report ARGS` in a folder holding `results` as results.tsv: (stdout, stderr, folder).
+fn report(results: &str, args: &[&str]) -> (String, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("results.tsv"), results).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_autoresearch")).arg("report").args(args).current_dir(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap(), dir)
+}
+
+#[test]
+fn text_and_json_equal_the_golden_files() {
+    let (text, _, _) = report(&data("results.tsv"), &["--no-plot"]);
+    assert_eq!(text, data("report.txt"));
+    let (json, _, _) = report(&data("results.tsv"), &["--json", "--no-plot"]);
+    assert_eq!(json, data("report.json"));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["totals"]["crash"], 3);
+    assert_eq!(v["best"]["commit"], "f8a9b0c");
+}
+
+#[test]
+fn the_picture_is_written_at_its_size() {
+    let (_, stderr, dir) = report(&data("results.tsv"), &[]);
+    let png = std::fs::read(dir.path().join("progress.png")).unwrap();
+    assert!(stderr.contains("progress.png"));
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert_eq!((width, height), autoresearch_harness::experiment::report::PLOT_SIZE);
+    assert!(png.len() > 20_000, "a picture with content, not a blank page: {} bytes", png.len());
+}
+
+#[test]
+fn bad_rows_are_named_and_skipped_and_the_original_format_reads() {
+    let original = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n\
+                    a1b2c3d\t0.997900\t44.0\tkeep\tbaseline\n\
+                    b2c3d4e\t0.993000\t44.0\tkeep\tbetter\n\
+                    c3d4e5f\tfast\t44.0\tdiscard\tnot a number\n\
+                    d4e5f6a\t0.990000\t44.0\tkept\tunknown status\n\
+                    e5f6a7b\t0.995000\t44.0\n\
+                    f6a7b8c\t0.000000\t0.0\tcrash\tOOM\n";
+    let (text, stderr, dir) = report(original, &["--plot", "p.png"]);
+    assert!(text.contains("results.tsv: 3 rows"), "{text}");
+    assert!(text.contains("skipped line 4: val_bpb \"fast\" is not a number"), "{text}");
+    assert!(text.contains("skipped line 5: unknown status \"kept\""), "{text}");
+    assert!(text.contains("skipped line 6: 3 columns, expected 5 or 11"), "{text}");
+    assert!(stderr.contains("line 4") && stderr.contains("(skipped)"));
+    assert!(text.contains("improvement: 0.004900 (0.49%)"), "{text}");
+    assert!(dir.path().join("p.png").metadata().unwrap().len() > 0);
+}

@@ -1,0 +1,254 @@
+//! `autoresearch loop`: an agent proposes, the harness disposes. Each iteration gives the agent a prompt
+//! (program.md and the session's state), lets it edit the training file, sends compile errors back for a few
+//! fixes, then runs the experiment exactly as `autoresearch run` does.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::results::{self, Status};
+use super::run::{check, refusal_message, run_experiment, tail, Check, RunOptions, TAIL_LINES};
+use super::trainer::Trainer;
+use super::{now_utc, RunMeta, Workspace, TRAINING_FILE};
+
+pub struct LoopOptions {
+    /// The agent's command line, run by `sh -c`; `{prompt}` becomes the prompt file's path (else the path
+    /// is appended).
+    pub agent: String,
+    pub agent_timeout: Duration,
+    pub max_experiments: Option<usize>,
+    pub max_hours: Option<f64>,
+    /// Compile errors sent back to the agent per experiment before it counts as a crash.
+    pub max_fixes: usize,
+    /// program.md's text.
+    pub program: String,
+    pub run: RunOptions,
+}
+
+#[derive(Debug, Default)]
+pub struct LoopReport {
+    pub experiments: usize,
+    pub kept: usize,
+    pub crashes: usize,
+    pub refused: usize,
+    pub stop_reason: String,
+}
+
+/// Agent calls in a row that change nothing before the loop gives up.
+const MAX_IDLE_CALLS: usize = 3;
+
+pub fn research_loop(ws: &mut Workspace, trainer: &Trainer, opts: &LoopOptions, on_outcome: &mut dyn FnMut(&str)) -> Result<LoopReport> {
+    let started = Instant::now();
+    let mut report = LoopReport::default();
+    let mut feedback: Option<String> = None;
+    let mut idle = 0;
+    let prompt_path = ws.dir.join("prompt.md");
+    let description_path = ws.dir.join("description.txt");
+    set_aside_leftovers(ws)?;
+    loop {
+        let stop = if opts.run.interrupts.count() > 0 {
+            Some("stopped by a signal".to_string())
+        } else if opts.max_experiments.is_some_and(|m| report.experiments >= m) {
+            Some(format!("reached --max-experiments {}", report.experiments))
+        } else if opts.max_hours.is_some_and(|h| started.elapsed().as_secs_f64() > h * 3600.0) {
+            Some("reached --max-hours".to_string())
+        } else if idle >= MAX_IDLE_CALLS {
+            Some(format!("the agent changed nothing {MAX_IDLE_CALLS} times in a row"))
+        } else {
+            None
+        };
+        if let Some(reason) = stop {
+            report.stop_reason = reason;
+            return Ok(report);
+        }
+
+        let description = if ws.state.best.is_none() && !ws.training_file_changed()? {
+            // No result yet: the training file as it is, the baseline, comes first.
+            "baseline".to_string()
+        } else {
+            let _ = std::fs::remove_file(&description_path);
+            let prompt = build_prompt(ws, opts, &description_path, feedback.take().as_deref(), None)?;
+            crate::fsutil::write_atomic(&prompt_path, prompt.as_bytes())?;
+            call_agent(ws, opts, &prompt_path, &description_path)?;
+            if opts.run.interrupts.count() > 0 {
+                set_aside_leftovers(ws)?;
+                continue;
+            }
+            // Refusals, no-ops and compile errors, with up to max_fixes rounds of fixing.
+            let mut fixes = 0;
+            let verdict = loop {
+                match check(ws)? {
+                    Check::Refused(files) => break Err(refusal_message(&files)),
+                    Check::Unchanged => break Err(format!("you did not change {TRAINING_FILE}; nothing was run")),
+                    Check::Ready => {}
+                }
+                match trainer.build_captured()? {
+                    Err(compiler) if fixes < opts.max_fixes => {
+                        fixes += 1;
+                        on_outcome(&format!("compile error; asking the agent to fix it ({fixes}/{})", opts.max_fixes));
+                        let errors = tail(&compiler, TAIL_LINES);
+                        let prompt = build_prompt(ws, opts, &description_path, None, Some(&errors))?;
+                        crate::fsutil::write_atomic(&prompt_path, prompt.as_bytes())?;
+                        call_agent(ws, opts, &prompt_path, &description_path)?;
+                    }
+                    _ => break Ok(()),
+                }
+            };
+            if let Err(problem) = verdict {
+                if ws.training_file_changed()? || !ws.forbidden_changes()?.is_empty() {
+                    record_refusal(ws, &problem)?;
+                    report.refused += 1;
+                    idle = 0;
+                } else {
+                    idle += 1;
+                }
+                on_outcome(&problem);
+                feedback = Some(problem);
+                continue;
+            }
+            idle = 0;
+            read_description(&description_path)
+        };
+
+        let run_opts = RunOptions { description, ..opts.run.clone() };
+        let outcome = match run_experiment(ws, trainer, &run_opts) {
+            Ok(o) => o,
+            Err(e) if opts.run.interrupts.count() > 0 => {
+                on_outcome(&format!("{e:#}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        report.experiments += 1;
+        match outcome.status.as_str() {
+            "keep" => report.kept += 1,
+            "crash" => report.crashes += 1,
+            _ => {}
+        }
+        on_outcome(&super::run::describe(&outcome));
+        feedback = outcome.log_tail.as_ref().map(|t| {
+            format!("The last experiment (run {}) crashed: {}. The end of its log:\n```\n{t}\n```", outcome.run, outcome.reason)
+        });
+    }
+}
+
+/// Puts aside whatever the tree holds beyond the best commit (a change left by a stopped loop, say).
+fn set_aside_leftovers(ws: &Workspace) -> Result<()> {
+    if ws.training_file_changed()? || !ws.forbidden_changes()?.is_empty() {
+        let dir = ws.dir.join("leftovers").join(now_utc().replace(':', ""));
+        ws.set_aside_to(&dir, None)?;
+        eprintln!("an unrun change was set aside in {}", dir.display());
+    }
+    Ok(())
+}
+
+/// A refused change: its own run folder (no row, nothing ran), then the tree back at the best commit.
+fn record_refusal(ws: &mut Workspace, problem: &str) -> Result<()> {
+    let run = ws.state.next_run;
+    ws.state.next_run += 1;
+    ws.set_aside(run, None)?;
+    ws.write_meta(&RunMeta { run, status: "refused".into(), reason: problem.to_string(), started: now_utc(), ..Default::default() })?;
+    ws.save_state()
+}
+
+fn read_description(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string))
+        .unwrap_or_else(|| "(no description given)".to_string())
+}
+
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
+}
+
+fn call_agent(ws: &Workspace, opts: &LoopOptions, prompt: &Path, description: &Path) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let line = if opts.agent.contains("{prompt}") {
+        opts.agent.replace("{prompt}", &shell_quote(prompt))
+    } else {
+        format!("{} {}", opts.agent, shell_quote(prompt))
+    };
+    let log_path = ws.dir.join("agent.log");
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    use std::io::Write;
+    writeln!(log, "\n=== {} run {}: {line}", now_utc(), ws.state.next_run)?;
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&line)
+        .current_dir(&ws.root)
+        .env("AUTORESEARCH_PROMPT", prompt)
+        .env("AUTORESEARCH_DESCRIPTION", description)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log.try_clone()?)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting the agent: {line}"))?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                writeln!(log, "=== the agent exited with {status}")?;
+            }
+            return Ok(());
+        }
+        if started.elapsed() > opts.agent_timeout || opts.run.interrupts.count() >= opts.run.abort_at {
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            child.wait()?;
+            writeln!(log, "=== the agent was stopped (timeout or interrupt)")?;
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The agent's prompt: program.md, then the session's state in plain words.
+fn build_prompt(ws: &Workspace, opts: &LoopOptions, description: &Path, feedback: Option<&str>, compile_errors: Option<&str>) -> Result<String> {
+    let rows = results::read(&ws.results)?.rows;
+    let mut p = opts.program.clone();
+    p += "\n\n---\n\n# Current state (written by `autoresearch loop`)\n\n";
+    p += &format!(
+        "- Repository: {} (branch {}). Edit only `{TRAINING_FILE}`. Profile {}, time budget {} s.\n",
+        ws.root.display(),
+        ws.state.branch,
+        ws.state.profile,
+        ws.state.time_budget
+    );
+    match &ws.state.best {
+        Some(best) => {
+            let what = rows.iter().find(|r| r.extra.as_ref().is_some_and(|e| e.run == best.run) && r.status == Status::Keep);
+            p += &format!(
+                "- Best so far: val_bpb {:.6}, commit {}, run {}: {}\n",
+                best.val_bpb,
+                &best.commit[..7.min(best.commit.len())],
+                best.run,
+                what.map_or("", |r| r.description.as_str())
+            );
+        }
+        None => p += "- No result yet.\n",
+    }
+    p += &format!("- Keep rule: {}.\n", opts.run.decider.label);
+    let recent: Vec<_> = rows.iter().rev().take(15).collect();
+    if !recent.is_empty() {
+        p += "\nRecent experiments, newest last:\n\n| run | commit | val_bpb | status | description |\n| --- | --- | --- | --- | --- |\n";
+        for r in recent.into_iter().rev() {
+            let run = r.extra.as_ref().map_or(String::new(), |e| e.run.to_string());
+            p += &format!("| {run} | {} | {:.6} | {} | {} |\n", r.commit, r.val_bpb, r.status, r.description);
+        }
+    }
+    if let Some(errors) = compile_errors {
+        p += &format!(
+            "\n**Your change does not compile.** Fix `{TRAINING_FILE}` (keep the idea if you can). The compiler says:\n\n```\n{errors}\n```\n"
+        );
+    } else if let Some(f) = feedback {
+        p += &format!("\n{f}\n");
+    }
+    p += &format!(
+        "\nNow make one change to `{TRAINING_FILE}`, write a one-line description of it to `{}`, and stop. \
+         The harness commits, builds, runs and records it.\n",
+        description.display()
+    );
+    Ok(p)
+}

@@ -1,0 +1,280 @@
+//! The research loop's machinery: a session on a git branch, one experiment at a time (check, commit, build,
+//! train, record, keep or reset), its journal and recovery, and the agent driver.
+//!
+//! On disk, in the repository: `results.tsv` (one row per experiment) and `.autoresearch/` (both ignored by
+//! git): `state.json`, `runs/<n>/` (meta.json, the training file as run, its log, build log, and the diff of
+//! every discarded or crashed change), `noise.json`, a lock file.
+
+pub mod agent;
+pub mod git;
+pub mod report;
+pub mod results;
+pub mod rules;
+pub mod run;
+pub mod state;
+pub mod trainer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use git::Git;
+use results::Status;
+use state::{Best, State};
+
+/// The one file the agent may change.
+pub const TRAINING_FILE: &str = "train/train.rs";
+pub const RESULTS_FILE: &str = "results.tsv";
+pub const STATE_DIR: &str = ".autoresearch";
+
+/// Interrupt requests (Ctrl-C, SIGTERM) counted by the caller's signal handler.
+#[derive(Clone, Default)]
+pub struct Interrupts(pub Arc<AtomicUsize>);
+
+impl Interrupts {
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What a run folder's meta.json records.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunMeta {
+    pub run: u64,
+    pub description: String,
+    pub commit: Option<String>,
+    /// running, keep, discard, crash, refused, interrupted, reused
+    pub status: String,
+    pub val_bpb: Option<f64>,
+    pub reason: String,
+    /// FNV-1a of the training file as run, to recognise an identical file.
+    pub file_hash: String,
+    pub started: String,
+    pub seconds: f64,
+    pub harness_overhead_seconds: Option<f64>,
+}
+
+pub fn file_hash(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    format!("{h:016x}")
+}
+
+pub fn now_utc() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// A repository with a research session, locked against a second `run` or `loop`.
+pub struct Workspace {
+    pub root: PathBuf,
+    pub git: Git,
+    pub dir: PathBuf,
+    pub results: PathBuf,
+    pub state: State,
+    _lock: File,
+}
+
+/// Starts a session: branch `autoresearch/<tag>` from HEAD, the results.tsv header, the state.
+pub fn init(root: &Path, tag: &str, profile: &str, time_budget: f64, device: &str) -> Result<State> {
+    if tag.is_empty() || !tag.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        bail!("tag {tag:?}: use letters, digits, '-', '_' and '.'");
+    }
+    let git = Git::new(root);
+    let branch = format!("autoresearch/{tag}");
+    if git.ok(&["rev-parse", "--verify", "--quiet", &format!("refs/heads/{branch}")])? {
+        bail!("branch {branch} exists already: pick another tag");
+    }
+    let dirty: Vec<String> = git.run(&["diff", "--name-only", "HEAD", "--"])?.lines().map(str::to_string).collect();
+    if !dirty.is_empty() {
+        bail!("uncommitted changes to tracked files ({}): commit or stash them first", dirty.join(", "));
+    }
+    let dir = root.join(STATE_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let lock = lock(&dir)?;
+    if let Ok(old) = State::load(&dir) {
+        // Another session's files move aside, whole.
+        let archive = dir.join("archive").join(&old.tag);
+        std::fs::create_dir_all(&archive)?;
+        for name in ["state.json", "runs", "noise.json", "prompt.md", "agent.log"] {
+            if dir.join(name).exists() {
+                std::fs::rename(dir.join(name), archive.join(name))?;
+            }
+        }
+        if root.join(RESULTS_FILE).exists() {
+            std::fs::rename(root.join(RESULTS_FILE), archive.join(RESULTS_FILE))?;
+        }
+        eprintln!("session {} archived in {}", old.tag, archive.display());
+    }
+    git.run(&["checkout", "--quiet", "-b", &branch])?;
+    let state = State {
+        tag: tag.to_string(),
+        branch,
+        base: git.head()?,
+        profile: profile.to_string(),
+        time_budget,
+        device: device.to_string(),
+        best: None,
+        next_run: 1,
+        in_progress: None,
+    };
+    results::create(&root.join(RESULTS_FILE))?;
+    state.save(&dir)?;
+    drop(lock);
+    Ok(state)
+}
+
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join("lock");
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    if file.try_lock().is_err() {
+        bail!("another `autoresearch run`, `loop` or `noise` is working in this repository ({} is locked)", path.display());
+    }
+    Ok(file)
+}
+
+impl Workspace {
+    /// Opens the session of the repository at `root` and puts right whatever a killed run left behind.
+    pub fn open(root: &Path) -> Result<Workspace> {
+        let dir = root.join(STATE_DIR);
+        let state = State::load(&dir)?;
+        let lock = lock(&dir)?;
+        let mut ws = Workspace {
+            root: root.to_path_buf(),
+            git: Git::new(root),
+            results: root.join(RESULTS_FILE),
+            dir,
+            state,
+            _lock: lock,
+        };
+        let branch = ws.git.branch()?;
+        if branch != ws.state.branch {
+            bail!("on branch {branch}, but the session {} works on {}: `git checkout {}`", ws.state.tag, ws.state.branch, ws.state.branch);
+        }
+        if !ws.results.exists() {
+            results::create(&ws.results)?;
+        }
+        if let Some(msg) = ws.recover()? {
+            eprintln!("{msg}");
+        }
+        Ok(ws)
+    }
+
+    pub fn save_state(&self) -> Result<()> {
+        self.state.save(&self.dir)
+    }
+
+    pub fn run_dir(&self, run: u64) -> PathBuf {
+        self.dir.join("runs").join(run.to_string())
+    }
+
+    pub fn read_meta(&self, run: u64) -> Option<RunMeta> {
+        serde_json::from_slice(&std::fs::read(self.run_dir(run).join("meta.json")).ok()?).ok()
+    }
+
+    pub fn write_meta(&self, meta: &RunMeta) -> Result<()> {
+        let dir = self.run_dir(meta.run);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::fsutil::write_atomic(&dir.join("meta.json"), serde_json::to_string_pretty(meta)?.as_bytes())
+    }
+
+    /// Saves the change from the reference commit (committed or not) and any new files into `run`'s folder,
+    /// then puts the working tree back to the reference commit.
+    pub fn set_aside(&self, run: u64, commit: Option<&str>) -> Result<()> {
+        self.set_aside_to(&self.run_dir(run), commit)
+    }
+
+    /// [`Workspace::set_aside`] into any folder.
+    pub fn set_aside_to(&self, dir: &Path, commit: Option<&str>) -> Result<()> {
+        let reference = self.state.reference_commit().to_string();
+        std::fs::create_dir_all(dir)?;
+        let mut diff = match commit.filter(|c| *c != reference) {
+            Some(c) => self.git.diff(&reference, Some(c))?,
+            None => String::new(),
+        };
+        diff += &self.git.diff(commit.unwrap_or(&reference), None)?;
+        if !diff.is_empty() {
+            crate::fsutil::write_atomic(&dir.join("change.diff"), diff.as_bytes())?;
+        }
+        for file in self.git.untracked()? {
+            let to = dir.join("untracked").join(&file);
+            std::fs::create_dir_all(to.parent().unwrap())?;
+            std::fs::rename(self.root.join(&file), &to).with_context(|| format!("moving {file} into {}", dir.display()))?;
+        }
+        self.git.reset_hard(&reference)
+    }
+
+    /// Finishes or undoes an experiment that a killed process left under way. Returns what it did.
+    pub fn recover(&mut self) -> Result<Option<String>> {
+        results::repair(&self.results)?;
+        let Some(ip) = self.state.in_progress.clone() else { return Ok(None) };
+        if let Some(pgid) = ip.child_pgid {
+            // The training process of the killed run may still be going: stop it.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+        let recorded = results::read(&self.results)?
+            .rows
+            .into_iter()
+            .filter(|r| r.status != Status::Rerun)
+            .find(|r| r.extra.as_ref().is_some_and(|e| e.run == ip.run));
+        let mut meta = self.read_meta(ip.run).unwrap_or(RunMeta { run: ip.run, ..Default::default() });
+        let msg = match recorded {
+            Some(row) => {
+                // The row was written: finish what followed it.
+                if row.status == Status::Keep {
+                    let commit = ip.commit.clone().unwrap_or_else(|| self.state.reference_commit().to_string());
+                    self.state.best = Some(Best { commit, val_bpb: row.val_bpb, run: ip.run });
+                } else {
+                    self.set_aside(ip.run, ip.commit.as_deref())?;
+                }
+                meta.status = row.status.to_string();
+                format!("recovered: run {} was recorded ({}) before the last process stopped; finished it", ip.run, row.status)
+            }
+            None => {
+                self.set_aside(ip.run, ip.commit.as_deref())?;
+                meta.status = "interrupted".into();
+                meta.reason = "the process running it was stopped before it finished; its change is in change.diff".into();
+                format!(
+                    "recovered: run {} was interrupted; its change is saved in {} and the tree is back at {}",
+                    ip.run,
+                    self.run_dir(ip.run).display(),
+                    &self.state.reference_commit()[..7]
+                )
+            }
+        };
+        self.write_meta(&meta)?;
+        self.state.in_progress = None;
+        self.save_state()?;
+        Ok(Some(msg))
+    }
+
+    /// Files other than the training file that differ from the reference commit, new ones included.
+    pub fn forbidden_changes(&self) -> Result<Vec<String>> {
+        Ok(self.git.changed_files(self.state.reference_commit())?.into_iter().filter(|f| f != TRAINING_FILE).collect())
+    }
+
+    pub fn training_file_changed(&self) -> Result<bool> {
+        Ok(!self.git.ok(&["diff", "--quiet", self.state.reference_commit(), "--", TRAINING_FILE])?)
+    }
+
+    /// The run folders, oldest first.
+    pub fn runs(&self) -> Vec<RunMeta> {
+        let mut runs: Vec<RunMeta> = (1..self.state.next_run).filter_map(|n| self.read_meta(n)).collect();
+        runs.sort_by_key(|m| m.run);
+        runs
+    }
+}

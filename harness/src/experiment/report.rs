@@ -1,0 +1,250 @@
+//! `autoresearch report`: what a results.tsv says, as text, JSON and a picture. Reads ours and the original's
+//! five-column files; malformed rows are listed with their line numbers and skipped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::results::{self, Row, Status};
+use super::rules::NoiseEstimate;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Point {
+    /// 1-based position among the file's rows.
+    pub row: usize,
+    pub commit: String,
+    pub val_bpb: f64,
+    pub description: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Gain {
+    pub commit: String,
+    pub description: String,
+    pub val_bpb: f64,
+    pub previous: f64,
+    pub gain: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Skipped {
+    pub line: usize,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub file: String,
+    pub rows: usize,
+    pub skipped: Vec<Skipped>,
+    /// Rows by status, every status listed.
+    pub totals: BTreeMap<String, usize>,
+    /// keeps / (keeps + discards)
+    pub keep_rate: Option<f64>,
+    /// The first row with a result.
+    pub baseline: Option<Point>,
+    /// The kept row with the lowest val_bpb.
+    pub best: Option<Point>,
+    pub improvement: Option<f64>,
+    pub improvement_percent: Option<f64>,
+    pub kept: Vec<Point>,
+    /// Each keep's gain over the keep before it, largest first.
+    pub top_improvements: Vec<Gain>,
+    /// Seed-to-seed spread measured by `autoresearch noise`, where the file has one beside it.
+    pub noise: Vec<NoiseEstimate>,
+}
+
+/// The rows that are experiments of their own (not confirmation reruns).
+fn experiments(rows: &[Row]) -> impl Iterator<Item = (usize, &Row)> {
+    rows.iter().enumerate().filter(|(_, r)| r.status != Status::Rerun)
+}
+
+pub fn build(path: &Path, noise: Vec<NoiseEstimate>) -> Result<Report> {
+    let file = results::read(path)?;
+    let rows = &file.rows;
+    let point = |i: usize, r: &Row| Point { row: i + 1, commit: r.commit.clone(), val_bpb: r.val_bpb, description: r.description.clone() };
+    let mut totals: BTreeMap<String, usize> = ["keep", "discard", "crash", "rerun"].iter().map(|s| (s.to_string(), 0)).collect();
+    for r in rows {
+        *totals.entry(r.status.to_string()).or_default() += 1;
+    }
+    let (keeps, discards) = (totals["keep"], totals["discard"]);
+    let baseline = experiments(rows).find(|(_, r)| r.status != Status::Crash).map(|(i, r)| point(i, r));
+    let kept: Vec<Point> = experiments(rows).filter(|(_, r)| r.status == Status::Keep).map(|(i, r)| point(i, r)).collect();
+    let best = kept.iter().min_by(|a, b| a.val_bpb.total_cmp(&b.val_bpb)).cloned();
+    let (improvement, improvement_percent) = match (&baseline, &best) {
+        (Some(b), Some(k)) => (Some(b.val_bpb - k.val_bpb), Some(100.0 * (b.val_bpb - k.val_bpb) / b.val_bpb)),
+        _ => (None, None),
+    };
+    let mut top_improvements: Vec<Gain> = kept
+        .windows(2)
+        .map(|w| Gain {
+            commit: w[1].commit.clone(),
+            description: w[1].description.clone(),
+            val_bpb: w[1].val_bpb,
+            previous: w[0].val_bpb,
+            gain: w[0].val_bpb - w[1].val_bpb,
+        })
+        .collect();
+    top_improvements.sort_by(|a, b| b.gain.total_cmp(&a.gain));
+    Ok(Report {
+        file: path.display().to_string(),
+        rows: rows.len(),
+        skipped: file.bad.into_iter().map(|(line, reason)| Skipped { line, reason }).collect(),
+        totals,
+        keep_rate: (keeps + discards > 0).then(|| keeps as f64 / (keeps + discards) as f64),
+        baseline,
+        best,
+        improvement,
+        improvement_percent,
+        kept,
+        top_improvements,
+        noise,
+    })
+}
+
+impl Report {
+    pub fn to_text(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "{}: {} rows", self.file, self.rows);
+        for s in &self.skipped {
+            let _ = writeln!(t, "  skipped line {}: {}", s.line, s.reason);
+        }
+        let _ = writeln!(t, "\nstatus   rows");
+        for (status, n) in &self.totals {
+            let _ = writeln!(t, "{status:<8} {n:>4}");
+        }
+        match self.keep_rate {
+            Some(rate) => {
+                let _ = writeln!(t, "keep rate: {:.1}% ({} of {})", 100.0 * rate, self.totals["keep"], self.totals["keep"] + self.totals["discard"]);
+            }
+            None => t.push_str("keep rate: -\n"),
+        }
+        if let (Some(b), Some(k)) = (&self.baseline, &self.best) {
+            let _ = writeln!(t, "\nbaseline: {:.6}  {}  {}", b.val_bpb, b.commit, b.description);
+            let _ = writeln!(t, "best:     {:.6}  {}  {}", k.val_bpb, k.commit, k.description);
+            let _ = writeln!(
+                t,
+                "improvement: {:.6} ({:.2}%)",
+                self.improvement.unwrap_or(0.0),
+                self.improvement_percent.unwrap_or(0.0)
+            );
+        }
+        for n in &self.noise {
+            let _ = writeln!(
+                t,
+                "noise ({} at {} s): val_bpb {:.6} ± {:.6} over {} seeds",
+                n.profile,
+                n.budget,
+                n.mean,
+                n.std,
+                n.values.len()
+            );
+        }
+        if !self.kept.is_empty() {
+            t.push_str("\nkept, in order:\n  row  commit   val_bpb   description\n");
+            for k in &self.kept {
+                let _ = writeln!(t, "  {:>3}  {:<7}  {:.6}  {}", k.row, k.commit, k.val_bpb, k.description);
+            }
+        }
+        if !self.top_improvements.is_empty() {
+            t.push_str("\ntop improvements:\n  gain      val_bpb   commit   description\n");
+            for g in &self.top_improvements {
+                let _ = writeln!(t, "  {:.6}  {:.6}  {:<7}  {}", g.gain, g.val_bpb, g.commit, g.description);
+            }
+        }
+        t
+    }
+
+    pub fn to_json(&self) -> Result<String> {
+        Ok(serde_json::to_string_pretty(self)?)
+    }
+}
+
+/// Picture size in pixels (the original's 16 × 8 inches at 150 dpi).
+pub const PLOT_SIZE: (u32, u32) = (2400, 1200);
+
+/// Cuts a description to about `n` characters.
+fn cut(text: &str, n: usize) -> String {
+    if text.chars().count() <= n {
+        text.to_string()
+    } else {
+        text.chars().take(n - 1).collect::<String>() + "…"
+    }
+}
+
+/// progress.png: val_bpb by experiment (crashes and reruns left out, the rest numbered in order): discards
+/// as small grey dots, keeps as larger green dots labelled with their description, the running best as a
+/// green step line. The y range runs from a little below the best to a little above the baseline.
+pub fn plot(path: &Path, out: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    let rows = results::read(path)?.rows;
+    let points: Vec<(usize, &Row)> = rows
+        .iter()
+        .filter(|r| r.status == Status::Keep || r.status == Status::Discard)
+        .enumerate()
+        .map(|(i, r)| (i + 1, r))
+        .collect();
+    let kept: Vec<(usize, f64, &str)> = points.iter().filter(|(_, r)| r.status == Status::Keep).map(|(x, r)| (*x, r.val_bpb, r.description.as_str())).collect();
+    let improvements = kept.len().saturating_sub(1);
+    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+
+    let baseline = points.first().map_or(1.0, |(_, r)| r.val_bpb);
+    let best = kept.iter().map(|k| k.1).fold(f64::INFINITY, f64::min).min(baseline);
+    let pad = ((baseline - best) * 0.15).max(1e-3 * baseline.abs().max(1e-3));
+    let (y_lo, y_hi) = (best - pad, baseline + pad);
+    let n = points.len().max(1);
+
+    let root = BitMapBackend::new(out, PLOT_SIZE).into_drawing_area();
+    let draw = |e| anyhow::anyhow!("drawing {}: {e:?}", out.display());
+    root.fill(&WHITE).map_err(draw)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{} Experiments, {improvements} Kept Improvements", points.len()), ("sans-serif", 44))
+        .margin(40)
+        .x_label_area_size(80)
+        .y_label_area_size(130)
+        .build_cartesian_2d(0f64..(n as f64 + 1.0), y_lo..y_hi)
+        .map_err(draw)?;
+    chart
+        .configure_mesh()
+        .x_desc("Experiment #")
+        .y_desc("Validation BPB (lower is better)")
+        .axis_desc_style(("sans-serif", 30))
+        .label_style(("sans-serif", 24))
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(draw)?;
+    let in_range = |y: f64| y >= y_lo && y <= y_hi;
+    let grey = RGBColor(200, 200, 200);
+    chart
+        .draw_series(points.iter().filter(|(_, r)| r.status == Status::Discard && in_range(r.val_bpb)).map(|(x, r)| Circle::new((*x as f64, r.val_bpb), 5, grey.filled())))
+        .map_err(draw)?;
+    // Running best: flat until the next keep, then down to it.
+    let green = RGBColor(46, 160, 67);
+    let mut steps = Vec::new();
+    let mut current = f64::INFINITY;
+    for &(x, y, _) in &kept {
+        if current.is_finite() {
+            steps.push((x as f64, current));
+        }
+        current = current.min(y);
+        steps.push((x as f64, current));
+    }
+    if let Some(&(_, y)) = steps.last() {
+        steps.push((n as f64 + 0.5, y));
+    }
+    chart.draw_series(LineSeries::new(steps, green.stroke_width(3))).map_err(draw)?;
+    let dark = RGBColor(20, 80, 30);
+    for &(x, y, description) in kept.iter().filter(|k| in_range(k.1)) {
+        chart.draw_series([Circle::new((x as f64, y), 11, dark.filled()), Circle::new((x as f64, y), 8, green.filled())]).map_err(draw)?;
+        let style = TextStyle::from(("sans-serif", 20).into_font()).color(&dark).transform(FontTransform::Rotate270).pos(Pos::new(HPos::Left, VPos::Center));
+        // Beside the point, clear of the step line's drop.
+        chart.draw_series([Text::new(format!("  {}", cut(description, 45)), (x as f64 + 0.2, y), style)]).map_err(draw)?;
+    }
+    root.present().with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}

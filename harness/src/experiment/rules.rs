@@ -1,0 +1,166 @@
+//! Keep decisions: `lower` (the original: any improvement), `margin` (beat the best by more than z·σ) and
+//! `confirm N` (an improvement is rerun with N other seeds and kept only if the mean still beats the best by
+//! the margin). σ is the seed-to-seed spread of val_bpb, measured by `autoresearch noise`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rule {
+    Lower,
+    Margin { z: f64 },
+    Confirm { n: usize, z: f64 },
+}
+
+impl Rule {
+    /// Parses `lower`, `margin`, or `confirm N` (also `confirm:N`).
+    pub fn parse(text: &str, z: f64) -> Result<Rule> {
+        let words: Vec<&str> = text.split(|c: char| c.is_whitespace() || c == ':').filter(|w| !w.is_empty()).collect();
+        Ok(match words.as_slice() {
+            ["lower"] => Rule::Lower,
+            ["margin"] => Rule::Margin { z },
+            ["confirm", n] => {
+                let n: usize = n.parse().ok().filter(|&n| n >= 1).with_context(|| format!("confirm {n:?}: give a number of reruns ≥ 1"))?;
+                Rule::Confirm { n, z }
+            }
+            _ => bail!("unknown keep rule {text:?}: use `lower`, `margin` or `confirm N`"),
+        })
+    }
+}
+
+/// Seed-to-seed spread of val_bpb for one profile and budget.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NoiseEstimate {
+    pub profile: String,
+    pub budget: f64,
+    pub commit: String,
+    pub seeds: Vec<u64>,
+    pub values: Vec<f64>,
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl NoiseEstimate {
+    pub fn new(profile: &str, budget: f64, commit: &str, seeds: Vec<u64>, values: Vec<f64>) -> Result<NoiseEstimate> {
+        let (mean, std) = mean_std(&values).context("a noise estimate needs at least 2 runs")?;
+        Ok(NoiseEstimate { profile: profile.into(), budget, commit: commit.into(), seeds, values, mean, std })
+    }
+}
+
+/// Mean and sample standard deviation (n − 1); None for fewer than 2 values.
+pub fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
+    if values.len() < 2 {
+        return None;
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    Some((mean, var.sqrt()))
+}
+
+fn noise_key(profile: &str, budget: f64) -> String {
+    format!("{profile}/{budget}")
+}
+
+pub fn load_noise(dir: &Path) -> Result<BTreeMap<String, NoiseEstimate>> {
+    let path = dir.join("noise.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display())),
+        Err(_) => Ok(BTreeMap::new()),
+    }
+}
+
+pub fn noise_for(dir: &Path, profile: &str, budget: f64) -> Result<Option<NoiseEstimate>> {
+    Ok(load_noise(dir)?.remove(&noise_key(profile, budget)))
+}
+
+pub fn save_noise(dir: &Path, estimate: &NoiseEstimate) -> Result<()> {
+    let mut all = load_noise(dir)?;
+    all.insert(noise_key(&estimate.profile, estimate.budget), estimate.clone());
+    crate::fsutil::write_atomic(&dir.join("noise.json"), serde_json::to_string_pretty(&all)?.as_bytes())
+}
+
+/// A rule with its margin resolved for one profile and budget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decider {
+    pub rule: Rule,
+    /// How much a result must beat the best by.
+    pub margin: f64,
+    /// The rule as results.tsv records it.
+    pub label: String,
+}
+
+impl Decider {
+    /// σ from `noise`, or `min_delta` as the margin itself; `margin` needs one of them.
+    pub fn new(rule: Rule, noise: Option<&NoiseEstimate>, min_delta: Option<f64>) -> Result<Decider> {
+        let resolve = |z: f64| -> Option<(f64, String)> {
+            match (min_delta, noise) {
+                (Some(d), _) => Some((d, format!("min-delta {d}"))),
+                (None, Some(n)) => {
+                    Some((z * n.std, format!("{z}σ = {:.6} (σ from {} seeds)", z * n.std, n.values.len())))
+                }
+                (None, None) => None,
+            }
+        };
+        Ok(match rule {
+            Rule::Lower => Decider { rule, margin: 0.0, label: "lower".into() },
+            Rule::Margin { z } => {
+                let Some((margin, text)) = resolve(z) else {
+                    bail!("the margin rule needs the seed-to-seed spread: run `autoresearch noise` for this profile and budget, or give --min-delta");
+                };
+                Decider { rule, margin, label: format!("margin {text}") }
+            }
+            Rule::Confirm { n, z } => {
+                let (margin, text) = resolve(z).unwrap_or((0.0, "no margin (no noise estimate)".into()));
+                Decider { rule, margin, label: format!("confirm {n}, {text}") }
+            }
+        })
+    }
+
+    /// Whether a first result deserves a place (or, for `confirm`, reruns): with the best's value.
+    pub fn promising(&self, value: f64, best: f64) -> bool {
+        match self.rule {
+            Rule::Confirm { .. } | Rule::Lower => value < best,
+            Rule::Margin { .. } => best - value > self.margin,
+        }
+    }
+
+    /// The final verdict on a value (a single result, or the mean of a confirmed one) and its reason.
+    pub fn verdict(&self, value: f64, best: f64, best_run: u64) -> (bool, String) {
+        let gain = best - value;
+        let keep = if self.margin > 0.0 { gain > self.margin } else { gain > 0.0 };
+        let cmp = if keep { ">" } else { "≤" };
+        let reason = if self.margin > 0.0 {
+            format!("gain {gain:.6} over best {best:.6} (run {best_run}) {cmp} margin {:.6}", self.margin)
+        } else {
+            format!("gain {gain:.6} over best {best:.6} (run {best_run}) {cmp} 0")
+        };
+        (keep, reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_and_margins() {
+        assert_eq!(Rule::parse("confirm 2", 2.0).unwrap(), Rule::Confirm { n: 2, z: 2.0 });
+        assert!(Rule::parse("confirm zero", 2.0).is_err());
+        assert!(Rule::parse("sometimes", 2.0).is_err());
+        let noise = NoiseEstimate::new("small", 10.0, "abc", vec![43, 44, 45], vec![1.0, 1.1, 1.2]).unwrap();
+        assert!((noise.std - 0.1).abs() < 1e-12 && (noise.mean - 1.1).abs() < 1e-12);
+        let d = Decider::new(Rule::Margin { z: 2.0 }, Some(&noise), None).unwrap();
+        assert!((d.margin - 0.2).abs() < 1e-12);
+        assert!(!d.verdict(0.9, 1.0, 1).0, "a gain of 0.1 is within 2σ = 0.2");
+        assert!(d.verdict(0.7, 1.0, 1).0);
+        assert!(Decider::new(Rule::Margin { z: 2.0 }, None, None).is_err());
+        let d = Decider::new(Rule::Margin { z: 2.0 }, Some(&noise), Some(0.05)).unwrap();
+        assert_eq!(d.margin, 0.05, "--min-delta wins");
+        let lower = Decider::new(Rule::Lower, None, None).unwrap();
+        assert!(lower.verdict(0.999, 1.0, 1).0 && !lower.verdict(1.0, 1.0, 1).0);
+    }
+}

@@ -1,0 +1,59 @@
+//! The research session's state in `.autoresearch/state.json`, written atomically after every change, so that
+//! a killed `run` or `loop` leaves enough behind to put git, results.tsv and the run folders back in order.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Best {
+    pub commit: String,
+    pub val_bpb: f64,
+    pub run: u64,
+}
+
+/// An experiment under way: what recovery must finish or undo.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InProgress {
+    pub run: u64,
+    /// The experiment's commit, once made.
+    pub commit: Option<String>,
+    /// The training process group, while one runs.
+    pub child_pgid: Option<i32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub tag: String,
+    pub branch: String,
+    /// The commit the session started from.
+    pub base: String,
+    /// Every run of the session uses this profile and time budget, so that their results compare.
+    pub profile: String,
+    pub time_budget: f64,
+    /// "auto", "cpu" or "cuda".
+    pub device: String,
+    pub best: Option<Best>,
+    pub next_run: u64,
+    pub in_progress: Option<InProgress>,
+}
+
+impl State {
+    pub fn load(dir: &Path) -> Result<State> {
+        let path = dir.join("state.json");
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!("no research session here ({} is missing): start one with `autoresearch init <tag>`", path.display())
+        })?;
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        crate::fsutil::write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(self)?.as_bytes())
+    }
+
+    /// The commit experiments start from: the best kept one, or the session's base before any.
+    pub fn reference_commit(&self) -> &str {
+        self.best.as_ref().map_or(&self.base, |b| &b.commit)
+    }
+}
