@@ -225,6 +225,12 @@ pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &RunOptions) 
             Some(("compile error".to_string(), tail(&compiler, TAIL_LINES)))
         }
         Ok(_) => {
+            eprintln!(
+                "run {run}: training for {} s (profile {}, timeout {:.0} s); output in run.log",
+                ws.state.time_budget,
+                ws.state.profile,
+                opts.timeout.as_secs_f64()
+            );
             let t = train_once(ws, trainer, SEED, &run_log, opts)?;
             training_wall += t.wall;
             std::fs::copy(&run_log, ws.run_dir(run).join("run.log"))?;

@@ -56,17 +56,24 @@ impl Trainer {
         self.root.join(if self.device == DeviceChoice::Cuda { ".libtorch-cuda" } else { ".libtorch" })
     }
 
+    /// Cargo's target folder for this variant: $CARGO_TARGET_DIR or `target`, with `cuda/` inside it for the
+    /// CUDA build (the two variants link different libtorch builds).
+    fn target_dir(&self) -> PathBuf {
+        let base = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| self.root.join("target"), |d| self.root.join(d));
+        if self.device == DeviceChoice::Cuda { base.join("cuda") } else { base }
+    }
+
     pub fn binary(&self) -> PathBuf {
-        let target = if self.device == DeviceChoice::Cuda { "target/cuda" } else { "target" };
-        self.root.join(target).join("release/autoresearch-train")
+        self.target_dir().join("release/autoresearch-train")
     }
 
     /// The cargo command that builds the binary; its output is the compiler's.
     pub fn build_command(&self) -> Command {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(&self.root).args(["build", "--release", "--quiet", "-p", "autoresearch-train"]);
+        cmd.current_dir(&self.root).args(["build", "--release", "--quiet", "-p", "autoresearch-train", "--target-dir"]);
+        cmd.arg(self.target_dir());
         if self.device == DeviceChoice::Cuda {
-            cmd.args(["--features", "cuda", "--target-dir", "target/cuda"]).env("LIBTORCH", self.libtorch_link());
+            cmd.args(["--features", "cuda"]).env("LIBTORCH", self.libtorch_link());
         }
         cmd
     }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# A scripted agent for the research tests. Call k applies the k-th edit named in $AGENT_STATE/steps to the
+# repository (the current folder) and writes its description where the loop asked. $1 is the prompt file.
+set -eu
+prompt=$1
+n=$(cat "$AGENT_STATE/count" 2>/dev/null || echo 0)
+echo $((n + 1)) > "$AGENT_STATE/count"
+step=$(sed -n "$((n + 1))p" "$AGENT_STATE/steps")
+cp "$prompt" "$AGENT_STATE/prompt-$((n + 1)).md"
+file=train/train.rs
+say() { echo "$1" > "$AUTORESEARCH_DESCRIPTION"; }
+case $step in
+improve)   # learning rates from 1% to 10% of the defaults
+    sed -i 's/embedding_lr: 0.006,/embedding_lr: 0.06,/; s/unembedding_lr: 0.00004,/unembedding_lr: 0.0004,/; s/matrix_lr: 0.0004,/matrix_lr: 0.004,/; s/scalar_lr: 0.005,/scalar_lr: 0.05,/' $file
+    say "learning rates up tenfold" ;;
+regress)   sed -i 's/matrix_lr: 0.004,/matrix_lr: 0.0,/; s/embedding_lr: 0.06,/embedding_lr: 0.0,/' $file; say "freeze the matrices and embeddings" ;;
+break)     sed -i 's/^pub fn main() -> Result<()> {$/pub fn main() -> Result<()> {\n    let oops: u32 = "not a number";/' $file; say "a change that does not compile" ;;
+fix)       grep -q "does not compile" "$prompt"; sed -i '/let oops: u32/d; s/scalar_lr: 0.05,/scalar_lr: 0.06,/' $file ;;
+nofix)     grep -q "does not compile" "$prompt" ;;
+panic)     sed -i 's/^pub fn main() -> Result<()> {$/pub fn main() -> Result<()> {\n    panic!("boom");/' $file; say "panic at start" ;;
+sleep)     sed -i 's/^pub fn main() -> Result<()> {$/pub fn main() -> Result<()> {\n    std::thread::sleep(std::time::Duration::from_secs(3600));/' $file; say "hang" ;;
+harness)   echo "// an edit to the fixed harness" >> harness/src/lib.rs; sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.07,/' $file; say "touch the harness" ;;
+good)      sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.045,/' $file; say "scalar lr 0.045" ;;
+good2)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.035,/' $file; say "scalar lr 0.035" ;;
+nothing)   ;;
+*)         echo "no step $((n + 1)) ($step)" >&2; exit 1 ;;
+esac

@@ -1,0 +1,291 @@
+//! The research loop end to end, on the CPU with the small profile and a tiny, step-capped model: a scripted
+//! agent drives `loop` through an improvement, a regression, compile errors (fixed, and not), a panic, a
+//! timeout and an edit to the harness; a `loop` killed with SIGKILL mid-run resumes; then the noise-aware keep
+//! rules. After each phase: git, results.tsv and the run folders.
+//!
+//! The session's repository is a copy of this one under cargo's test scratch folder, with its own target
+//! folder, so that later runs rebuild only what changed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use autoresearch_harness::experiment::results::{self, Row, Status};
+use autoresearch_harness::experiment::state::State;
+use autoresearch_harness::experiment::RunMeta;
+
+const MAIN_REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+struct Session {
+    repo: PathBuf,
+    cache: PathBuf,
+    target: PathBuf,
+    agent_state: PathBuf,
+}
+
+/// Copies a file keeping its modification time, so that cargo sees unchanged sources as unchanged.
+fn copy_keeping_mtime(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(from, to).unwrap();
+    let mtime: SystemTime = std::fs::metadata(from).unwrap().modified().unwrap();
+    std::fs::File::options().write(true).open(to).unwrap().set_modified(mtime).unwrap();
+}
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").current_dir(repo).args(args).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The test's training file: the small profile's model shrunk (depth 2, 2048 tokens a step), training capped
+/// at 25 steps so that results do not depend on the machine's speed, and learning rates at 1% of the
+/// defaults, so that raising them is a clear improvement.
+fn test_training_file(original: &str) -> String {
+    let start = original.find("pub const SMALL: Hyper").expect("the SMALL hyperparameters");
+    let end = start + original[start..].find("};").unwrap();
+    let small = original[start..end]
+        .replace("depth: 4,", "depth: 2,")
+        .replace("total_batch_size: 1 << 13,", "total_batch_size: 1 << 11,")
+        .replace("device_batch_size: 16,", "device_batch_size: 8,")
+        .replace("embedding_lr: 0.6,", "embedding_lr: 0.006,")
+        .replace("unembedding_lr: 0.004,", "unembedding_lr: 0.00004,")
+        .replace("matrix_lr: 0.04,", "matrix_lr: 0.0004,")
+        .replace("scalar_lr: 0.5,", "scalar_lr: 0.005,");
+    let capped = "if step >= 25 || (step > WARMUP_STEPS && training_time >= run.time_budget) {";
+    let text = format!("{}{small}{}", &original[..start], &original[end..]).replace("if step > WARMUP_STEPS && training_time >= run.time_budget {", capped);
+    assert!(text.contains(capped) && text.contains("matrix_lr: 0.0004,"), "the training file changed shape: update this test");
+    text
+}
+
+impl Session {
+    /// A fresh copy of the repository (tracked files), committed, with a prepared small profile.
+    fn new(name: &str) -> Session {
+        let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("research");
+        let repo = scratch.join(name);
+        let _ = std::fs::remove_dir_all(&repo);
+        let files = git(Path::new(MAIN_REPO), &["ls-files"]);
+        for f in files.lines() {
+            let from = Path::new(MAIN_REPO).join(f);
+            if from.is_file() {
+                copy_keeping_mtime(&from, &repo.join(f));
+            }
+        }
+        let train = repo.join("train/train.rs");
+        std::fs::write(&train, test_training_file(&std::fs::read_to_string(&train).unwrap())).unwrap();
+        std::os::unix::fs::symlink(std::fs::canonicalize(Path::new(MAIN_REPO).join(".libtorch")).unwrap(), repo.join(".libtorch")).unwrap();
+        git(&repo, &["init", "--quiet", "--initial-branch=main"]);
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-m", "start"]);
+        let session = Session {
+            cache: scratch.join(format!("{name}-cache")),
+            target: scratch.join("target"),
+            agent_state: scratch.join(format!("{name}-agent")),
+            repo,
+        };
+        let _ = std::fs::remove_dir_all(&session.agent_state);
+        std::fs::create_dir_all(&session.agent_state).unwrap();
+        let out = session.cmd(&["prepare", "--profile", "small"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        session
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoresearch"));
+        cmd.args(args)
+            .current_dir(&self.repo)
+            .env("AUTORESEARCH_CACHE", &self.cache)
+            .env("CARGO_TARGET_DIR", &self.target)
+            .env("AGENT_STATE", &self.agent_state)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.cmd(args).output().unwrap();
+        eprintln!("$ autoresearch {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
+    fn agent(&self, steps: &[&str]) -> String {
+        std::fs::write(self.agent_state.join("steps"), steps.join("\n") + "\n").unwrap();
+        let _ = std::fs::remove_file(self.agent_state.join("count"));
+        format!("bash {}/tests/data/agent.sh", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn rows(&self) -> Vec<Row> {
+        let file = results::read(&self.repo.join("results.tsv")).unwrap();
+        assert!(file.bad.is_empty(), "malformed rows: {:?}", file.bad);
+        file.rows
+    }
+
+    fn state(&self) -> State {
+        State::load(&self.repo.join(".autoresearch")).unwrap()
+    }
+
+    fn meta(&self, run: u64) -> RunMeta {
+        let path = self.repo.join(format!(".autoresearch/runs/{run}/meta.json"));
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|_| panic!("no {}", path.display()))).unwrap()
+    }
+
+    /// Git and the files agree: a clean tree at the best commit; every kept commit on the branch, no other.
+    fn assert_consistent(&self) {
+        assert_eq!(git(&self.repo, &["status", "--porcelain"]), "", "a clean working tree");
+        let state = self.state();
+        assert!(state.in_progress.is_none());
+        let head = git(&self.repo, &["rev-parse", "HEAD"]).trim().to_string();
+        assert_eq!(head, state.best.as_ref().unwrap().commit, "HEAD is the best commit");
+        let on_branch: Vec<String> = git(&self.repo, &["rev-list", &format!("{}..HEAD", state.base)]).lines().map(|c| c[..7].to_string()).collect();
+        let rows = self.rows();
+        for c in &on_branch {
+            assert!(rows.iter().any(|r| r.status == Status::Keep && &r.commit == c), "commit {c} on the branch has no keep row");
+        }
+        let text = std::fs::read_to_string(self.repo.join("results.tsv")).unwrap();
+        assert!(text.ends_with('\n') && text.lines().skip(1).all(|l| l.split('\t').count() == 11), "whole 11-column rows");
+    }
+}
+
+fn run_of(row: &Row) -> u64 {
+    row.extra.as_ref().unwrap().run
+}
+
+#[test]
+fn a_research_session_end_to_end() {
+    let s = Session::new("session");
+    let out = s.run(&["init", "t1", "--profile", "small", "--time-budget", "60", "--device", "cpu"]);
+    assert!(out.status.success());
+    assert_eq!(git(&s.repo, &["rev-parse", "--abbrev-ref", "HEAD"]).trim(), "autoresearch/t1");
+
+    // Phase 1: the loop through every kind of experiment.
+    let agent = s.agent(&["improve", "regress", "break", "fix", "break", "nofix", "panic", "sleep", "harness", "good"]);
+    let out = s.run(&["loop", "--agent", &agent, "--max-experiments", "8", "--max-fixes", "1", "--timeout", "25"]);
+    assert!(out.status.success());
+    let rows = s.rows();
+    let summary: Vec<(Status, &str)> = rows.iter().map(|r| (r.status, r.description.as_str())).collect();
+    assert_eq!(rows.len(), 8, "{summary:?}");
+    assert_eq!(summary[0], (Status::Keep, "baseline"));
+    assert_eq!(summary[1], (Status::Keep, "learning rates up tenfold"), "{:?}", rows[1]);
+    assert!(rows[1].val_bpb < rows[0].val_bpb);
+    assert_eq!(summary[2], (Status::Discard, "freeze the matrices and embeddings"));
+    assert_eq!(summary[3].1, "a change that does not compile", "fixed within the experiment, then run");
+    assert!(matches!(rows[3].status, Status::Keep | Status::Discard) && rows[3].val_bpb > 0.0);
+    assert_eq!(summary[4], (Status::Crash, "a change that does not compile"));
+    assert_eq!(rows[4].extra.as_ref().unwrap().reason, "compile error");
+    assert_eq!(summary[5], (Status::Crash, "panic at start"));
+    assert_eq!(rows[5].extra.as_ref().unwrap().reason, "panic: boom");
+    assert_eq!(summary[6], (Status::Crash, "hang"));
+    assert!(rows[6].extra.as_ref().unwrap().reason.starts_with("timeout"));
+    assert_eq!(summary[7].1, "scalar lr 0.045");
+    for crash in &rows[4..7] {
+        assert_eq!((crash.val_bpb, crash.memory_gb), (0.0, 0.0));
+        let dir = s.repo.join(format!(".autoresearch/runs/{}", run_of(crash)));
+        assert!(std::fs::read_to_string(dir.join("change.diff")).unwrap().contains("pub fn main()"), "the failed change is kept");
+    }
+    let compile_log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/build.log", run_of(&rows[4])))).unwrap();
+    assert!(compile_log.contains("mismatched types"), "the compiler's message is kept");
+    let discard_diff = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/change.diff", run_of(&rows[2])))).unwrap();
+    assert!(discard_diff.contains("+        matrix_lr: 0.0,"));
+    // The refused harness edit: a run folder, no row, nothing committed, the edit saved.
+    let refused: Vec<RunMeta> = (1..s.state().next_run).map(|n| s.meta(n)).filter(|m| m.status == "refused").collect();
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0].reason.contains("harness/src/lib.rs"));
+    let diff = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/change.diff", refused[0].run))).unwrap();
+    assert!(diff.contains("an edit to the fixed harness"));
+    // The agent saw the crash of the panic run in its next prompt.
+    let prompts: Vec<String> = (1..=10).filter_map(|k| std::fs::read_to_string(s.agent_state.join(format!("prompt-{k}.md"))).ok()).collect();
+    assert!(prompts.iter().any(|p| p.contains("crashed: panic: boom") && p.contains("boom")));
+    assert!(prompts[0].contains("# autoresearch: instructions for the agent"), "program.md is in the prompt");
+    s.assert_consistent();
+
+    // Harness overhead (everything outside the training process) with the build already checked.
+    let overheads: Vec<f64> = rows[1..]
+        .iter()
+        .filter(|r| r.extra.as_ref().unwrap().reason != "compile error")
+        .filter_map(|r| s.meta(run_of(r)).harness_overhead_seconds)
+        .collect();
+    let worst = overheads.iter().cloned().fold(0.0, f64::max);
+    println!("harness overhead per experiment: {overheads:.2?} s (worst {worst:.2} s)");
+    assert!(worst <= 5.0, "harness overhead {worst:.2} s is over the 5 s target");
+
+    // Phase 2: SIGKILL the loop while it trains, then resume.
+    let agent = s.agent(&["good2", "nothing", "nothing", "nothing"]);
+    let before = s.rows().len();
+    let mut child = s.cmd(&["loop", "--agent", &agent, "--max-experiments", "1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (run, pgid) = loop {
+        assert!(Instant::now() < deadline, "the loop never started training");
+        if let Some(ip) = State::load(&s.repo.join(".autoresearch")).ok().and_then(|st| st.in_progress) {
+            if let Some(pgid) = ip.child_pgid {
+                break (ip.run, pgid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(s.state().in_progress.is_some(), "the killed loop left its journal");
+    let out = s.run(&["loop", "--agent", &agent, "--max-experiments", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("recovered: run {run} was interrupted")), "{stderr}");
+    assert!(!running(pgid), "the orphaned training process was stopped");
+    assert_eq!(s.meta(run).status, "interrupted");
+    assert!(std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{run}/change.diff"))).unwrap().contains("scalar_lr: 0.035"));
+    assert_eq!(s.rows().len(), before, "no row for the interrupted run (the resumed agent changed nothing)");
+    assert!(s.rows().iter().all(|r| run_of(r) != run));
+    s.assert_consistent();
+
+    // Phase 3: noise-aware decisions.
+    let out = s.run(&["noise", "--runs", "3"]);
+    assert!(out.status.success());
+    let noise: serde_json::Value = serde_json::from_slice(&std::fs::read(s.repo.join(".autoresearch/noise.json")).unwrap()).unwrap();
+    let estimate = &noise["small/60"];
+    let values: Vec<f64> = serde_json::from_value(estimate["values"].clone()).unwrap();
+    assert_eq!(values.len(), 3);
+    let mean = values.iter().sum::<f64>() / 3.0;
+    let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+    assert!((estimate["mean"].as_f64().unwrap() - mean).abs() < 1e-9 && (estimate["std"].as_f64().unwrap() - std).abs() < 1e-9);
+    assert!(std > 0.0, "other seeds give other results");
+    let report = s.run(&["report", "--no-plot"]);
+    assert!(String::from_utf8_lossy(&report.stdout).contains(&format!("noise (small at 60 s): val_bpb {mean:.6} ± {std:.6} over 3 seeds")));
+
+    // A fake improvement (a comment: the same computation) is within the margin.
+    let train = s.repo.join("train/train.rs");
+    let best_file = std::fs::read_to_string(&train).unwrap();
+    std::fs::write(&train, format!("{best_file}\n// a comment\n")).unwrap();
+    let out = s.run(&["run", "-m", "a comment", "--rule", "margin"]);
+    assert!(out.status.success());
+    let row = s.rows().last().unwrap().clone();
+    assert_eq!(row.status, Status::Discard, "{row:?}");
+    assert!(row.extra.as_ref().unwrap().rule.starts_with("margin 2σ"), "{row:?}");
+    assert!(row.extra.as_ref().unwrap().reason.contains("≤ margin"), "{row:?}");
+    // The identical file again: not run, its result reused and said so.
+    std::fs::write(&train, format!("{best_file}\n// a comment\n")).unwrap();
+    let out = s.run(&["run", "-m", "the comment again", "--rule", "margin"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not run again"));
+    let row = s.rows().last().unwrap().clone();
+    assert!(row.extra.as_ref().unwrap().reason.starts_with("identical to run"), "{row:?}");
+    assert_eq!(row.extra.as_ref().unwrap().seconds, 0.0);
+    s.assert_consistent();
+
+    // A real improvement (the default learning rates, ten times the current) is kept under `confirm 2`.
+    let better = best_file
+        .replace("embedding_lr: 0.06,", "embedding_lr: 0.6,")
+        .replace("unembedding_lr: 0.0004,", "unembedding_lr: 0.004,")
+        .replace("matrix_lr: 0.004,", "matrix_lr: 0.04,");
+    assert_ne!(better, best_file);
+    std::fs::write(&train, better).unwrap();
+    let out = s.run(&["run", "-m", "default learning rates", "--rule", "confirm 2"]);
+    assert!(out.status.success());
+    let rows = s.rows();
+    let n = rows.len();
+    let (candidate, reruns) = (&rows[n - 3], &rows[n - 2..]);
+    assert_eq!(candidate.status, Status::Keep, "{candidate:?}");
+    assert!(candidate.extra.as_ref().unwrap().reason.contains("over 3 seeds"));
+    assert!(reruns.iter().all(|r| r.status == Status::Rerun && r.commit == candidate.commit && run_of(r) == run_of(candidate)));
+    assert_eq!(reruns[0].extra.as_ref().unwrap().reason, "seed 43");
+    s.assert_consistent();
+}
+
+/// Whether a process exists and is not a zombie.
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+}
