@@ -53,6 +53,16 @@ pub struct OptimizerConfig {
     pub adam_betas: (f64, f64),
 }
 
+/// The original's optimizer settings, shared by both profiles below.
+pub const OPTIMIZER: OptimizerConfig = OptimizerConfig {
+    embedding_lr: 0.6,
+    unembedding_lr: 0.004,
+    matrix_lr: 0.04,
+    scalar_lr: 0.5,
+    weight_decay: 0.2,
+    adam_betas: (0.8, 0.95),
+};
+
 /// The original's baseline, for one H100-class GPU (~50M parameters).
 pub const H100: Hyper = Hyper {
     depth: 8,
@@ -61,14 +71,7 @@ pub const H100: Hyper = Hyper {
     window_pattern: "SSSL",
     total_batch_size: 1 << 19,
     device_batch_size: 128,
-    opt: OptimizerConfig {
-        embedding_lr: 0.6,
-        unembedding_lr: 0.004,
-        matrix_lr: 0.04,
-        scalar_lr: 0.5,
-        weight_decay: 0.2,
-        adam_betas: (0.8, 0.95),
-    },
+    opt: OPTIMIZER,
     warmup_ratio: 0.0,
     warmdown_ratio: 0.5,
     final_lr_frac: 0.0,
@@ -82,14 +85,7 @@ pub const SMALL: Hyper = Hyper {
     window_pattern: "SSSL",
     total_batch_size: 1 << 13,
     device_batch_size: 16,
-    opt: OptimizerConfig {
-        embedding_lr: 0.6,
-        unembedding_lr: 0.004,
-        matrix_lr: 0.04,
-        scalar_lr: 0.5,
-        weight_decay: 0.2,
-        adam_betas: (0.8, 0.95),
-    },
+    opt: OPTIMIZER,
     warmup_ratio: 0.0,
     warmdown_ratio: 0.5,
     final_lr_frac: 0.0,

@@ -43,14 +43,19 @@ fn git(repo: &Path, args: &[&str]) -> String {
 fn test_training_file(original: &str) -> String {
     let start = original.find("pub const SMALL: Hyper").expect("the SMALL hyperparameters");
     let end = start + original[start..].find("};").unwrap();
+    let slow = "opt: OptimizerConfig {
+        embedding_lr: 0.006,
+        unembedding_lr: 0.00004,
+        matrix_lr: 0.0004,
+        scalar_lr: 0.005,
+        weight_decay: 0.2,
+        adam_betas: (0.8, 0.95),
+    },";
     let small = original[start..end]
         .replace("depth: 4,", "depth: 2,")
         .replace("total_batch_size: 1 << 13,", "total_batch_size: 1 << 11,")
         .replace("device_batch_size: 16,", "device_batch_size: 8,")
-        .replace("embedding_lr: 0.6,", "embedding_lr: 0.006,")
-        .replace("unembedding_lr: 0.004,", "unembedding_lr: 0.00004,")
-        .replace("matrix_lr: 0.04,", "matrix_lr: 0.0004,")
-        .replace("scalar_lr: 0.5,", "scalar_lr: 0.005,");
+        .replace("opt: OPTIMIZER,", slow);
     let capped = "if step >= 25 || (step > WARMUP_STEPS && training_time >= run.time_budget) {";
     let text = format!("{}{small}{}", &original[..start], &original[end..]).replace("if step > WARMUP_STEPS && training_time >= run.time_budget {", capped);
     assert!(text.contains(capped) && text.contains("matrix_lr: 0.0004,"), "the training file changed shape: update this test");

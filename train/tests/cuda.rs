@@ -3,14 +3,12 @@
 //! reference model under bf16 autocast, an optimizer step, and the device facts.
 #![cfg(feature = "cuda")]
 
-use autoresearch_harness::reference::Reference;
-use tch::{Device, Kind, Tensor};
-use train::{Gpt, GptConfig, MuonAdamW, H100};
+mod common;
 
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[])
-}
+use autoresearch_harness::reference::Reference;
+use common::rel_err;
+use tch::{Device, Kind, Tensor};
+use train::{Gpt, MuonAdamW, H100};
 
 fn cuda() -> Device {
     assert!(tch::Cuda::is_available(), "no CUDA device: is libtorch_cuda linked and the driver there?");
@@ -86,16 +84,7 @@ fn the_reference_model_under_bf16_autocast_is_close_to_float32() {
     let dev = cuda();
     autoresearch_ops::use_bf16_autocast();
     let r = Reference::load().unwrap();
-    let m = |key: &str| r.usize(&["model", key]) as i64;
-    let config = GptConfig {
-        sequence_len: m("sequence_len"),
-        vocab_size: m("vocab_size"),
-        n_layer: m("n_layer"),
-        n_head: m("n_head"),
-        n_kv_head: m("n_kv_head"),
-        n_embd: m("n_embd"),
-        window_pattern: r.get(&["model", "window_pattern"]).as_str().unwrap().to_string(),
-    };
+    let config = common::config(&r);
     let weights: Vec<(String, Tensor)> = Tensor::read_safetensors(r.path("model/random.safetensors")).unwrap();
     let model = Gpt::new(config, dev);
     model.load(&weights).unwrap();

@@ -12,17 +12,11 @@ use autoresearch_harness::tokenizer::{parse_ranks, Tokenizer};
 use tch::{Device, Kind, Tensor};
 use train::{batch_tensors, muon_momentum, Gpt, GptConfig, MuonAdamW, OptimizerConfig};
 
+mod common;
+use common::rel_err;
+
 fn config(r: &Reference) -> GptConfig {
-    let m = |k: &str| r.usize(&["model", k]) as i64;
-    let config = GptConfig {
-        sequence_len: m("sequence_len"),
-        vocab_size: m("vocab_size"),
-        n_layer: m("n_layer"),
-        n_head: m("n_head"),
-        n_kv_head: m("n_kv_head"),
-        n_embd: m("n_embd"),
-        window_pattern: r.get(&["model", "window_pattern"]).as_str().unwrap().to_string(),
-    };
+    let config = common::config(r);
     let windows: Vec<i64> = serde_json::from_value(r.get(&["model", "window_sizes_left"]).clone()).unwrap();
     assert_eq!(config.window_sizes(), windows);
     config
@@ -58,12 +52,6 @@ fn golden_batch(r: &Reference, split: &str, k: usize) -> (Tensor, Tensor) {
     let batches = load(r, &format!("dataloader/batches_B{b}_T{t}.safetensors"));
     let get = |part: &str| batches[&format!("{split}.{k}.{part}")].shallow_clone();
     (get("inputs"), get("targets"))
-}
-
-/// ‖a − b‖ / ‖b‖.
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[])
 }
 
 #[test]
