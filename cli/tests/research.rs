@@ -215,16 +215,7 @@ fn a_research_session_end_to_end() {
     let agent = s.agent(&["good2", "nothing", "nothing", "nothing"]);
     let before = s.rows().len();
     let mut child = s.cmd(&["loop", "--agent", &agent, "--max-experiments", "1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (run, pgid) = loop {
-        assert!(Instant::now() < deadline, "the loop never started training");
-        if let Some(ip) = State::load(&s.repo.join(".autoresearch")).ok().and_then(|st| st.in_progress) {
-            if let Some(pgid) = ip.child_pgid {
-                break (ip.run, pgid);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (run, pgid) = wait_for_training(&s);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(s.state().in_progress.is_some(), "the killed loop left its journal");
@@ -236,6 +227,21 @@ fn a_research_session_end_to_end() {
     assert!(std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{run}/change.diff"))).unwrap().contains("scalar_lr: 0.035"));
     assert_eq!(s.rows().len(), before, "no row for the interrupted run (the resumed agent changed nothing)");
     assert!(s.rows().iter().all(|r| run_of(r) != run));
+    s.assert_consistent();
+
+    // SIGTERM while it trains: the experiment finishes and is recorded, then the loop stops.
+    let agent = s.agent(&["good3", "nothing"]);
+    let before = s.rows().len();
+    let child = s.cmd(&["loop", "--agent", &agent, "--max-experiments", "5"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (run, _) = wait_for_training(&s);
+    assert_eq!(unsafe { libc_kill(child.id() as i32, 15) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("loop stopped (stopped by a signal): 1 experiments"), "{stdout}");
+    let rows = s.rows();
+    assert_eq!((rows.len(), run_of(rows.last().unwrap())), (before + 1, run), "the running experiment was finished and recorded");
+    assert_eq!(rows.last().unwrap().description, "scalar lr 0.025");
     s.assert_consistent();
 
     // Phase 3: noise-aware decisions.
@@ -288,6 +294,25 @@ fn a_research_session_end_to_end() {
     assert!(reruns.iter().all(|r| r.status == Status::Rerun && r.commit == candidate.commit && run_of(r) == run_of(candidate)));
     assert_eq!(reruns[0].extra.as_ref().unwrap().reason, "seed 43");
     s.assert_consistent();
+}
+
+/// Waits until a loop's experiment is training: its run number and process group.
+fn wait_for_training(s: &Session) -> (u64, i32) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "the loop never started training");
+        if let Some(ip) = State::load(&s.repo.join(".autoresearch")).ok().and_then(|st| st.in_progress) {
+            if let Some(pgid) = ip.child_pgid {
+                return (ip.run, pgid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 /// Whether a process exists and is not a zombie.

@@ -22,6 +22,7 @@ sleep)     sed -i 's/^pub fn main() -> Result<()> {$/pub fn main() -> Result<()>
 harness)   echo "// an edit to the fixed harness" >> harness/src/lib.rs; sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.07,/' $file; say "touch the harness" ;;
 good)      sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.045,/' $file; say "scalar lr 0.045" ;;
 good2)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.035,/' $file; say "scalar lr 0.035" ;;
+good3)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.025,/' $file; say "scalar lr 0.025" ;;
 nothing)   ;;
 *)         echo "no step $((n + 1)) ($step)" >&2; exit 1 ;;
 esac
