@@ -127,6 +127,11 @@ pub fn research_loop(ws: &mut Workspace, trainer: &Trainer, opts: &LoopOptions, 
             _ => {}
         }
         on_outcome(&super::run::describe(&outcome));
+        if ws.state.best.is_none() {
+            // Without a baseline nothing can be compared: a human has to look.
+            report.stop_reason = format!("the unchanged training file gave no result (run {}): {}", outcome.run, outcome.reason);
+            return Ok(report);
+        }
         feedback = outcome.log_tail.as_ref().map(|t| {
             format!("The last experiment (run {}) crashed: {}. The end of its log:\n```\n{t}\n```", outcome.run, outcome.reason)
         });
