@@ -134,13 +134,14 @@ impl Trainer {
 }
 
 /// Where libtorch's CUDA build and its CUDA libraries live on this machine: $AUTORESEARCH_TORCH_LIB, else the
-/// `torch/lib` of the python3 PyTorch 2.11 install (which brings cuBLAS, cuDNN and the rest).
+/// `torch/lib` of the python3 PyTorch 2.11 install (which brings cuBLAS, cuDNN and the rest), with the
+/// `nvidia/cu13/lib` beside it, where NVRTC is (the fused kernels are compiled with it at start-up).
 fn cuda_library_path() -> Result<String> {
-    let lib = match std::env::var("AUTORESEARCH_TORCH_LIB") {
-        Ok(dir) if !dir.is_empty() => dir,
+    let mut dirs = match std::env::var("AUTORESEARCH_TORCH_LIB") {
+        Ok(dir) if !dir.is_empty() => vec![dir],
         _ => {
             let out = Command::new("python3")
-                .args(["-c", "import os, torch; print(torch.__version__); print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"])
+                .args(["-c", "import os, torch; print(torch.__version__); print(os.path.dirname(torch.__file__))"])
                 .output();
             let text = out.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
             let Some(text) = text else {
@@ -151,11 +152,17 @@ fn cuda_library_path() -> Result<String> {
             if !version.starts_with("2.11.") {
                 bail!("python3 has torch {version}, but the training binary needs 2.11 (set AUTORESEARCH_TORCH_LIB)");
             }
-            lines.next().unwrap_or_default().to_string()
+            let torch = PathBuf::from(lines.next().unwrap_or_default());
+            let nvidia = torch.join("../nvidia/cu13/lib");
+            let mut dirs = vec![torch.join("lib").display().to_string()];
+            if nvidia.is_dir() {
+                dirs.push(nvidia.display().to_string());
+            }
+            dirs
         }
     };
-    Ok(match std::env::var("LD_LIBRARY_PATH") {
-        Ok(existing) if !existing.is_empty() => format!("{lib}:{existing}"),
-        _ => lib,
-    })
+    if let Ok(existing) = std::env::var("LD_LIBRARY_PATH") {
+        dirs.extend(existing.split(':').filter(|d| !d.is_empty()).map(str::to_string));
+    }
+    Ok(dirs.join(":"))
 }
