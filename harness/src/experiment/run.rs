@@ -426,3 +426,30 @@ pub fn describe(o: &Outcome) -> String {
         o.run, o.status, o.reason, o.seconds, o.harness_overhead
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn crashes_are_named_from_the_exit_and_the_log() {
+        let exit = |code: i32| ExitStatus::from_raw(code << 8);
+        let signal = |sig: i32| ExitStatus::from_raw(sig);
+        assert_eq!(crash_reason(exit(0), "anything"), None);
+        assert_eq!(crash_reason(exit(1), "step 00012 | loss: nan\r\nFAIL: loss NaN at step 12\n").unwrap(), "FAIL: the loss was NaN or above 100");
+        assert_eq!(crash_reason(exit(101), "CUDA out of memory. Tried to allocate 2.00 GiB").unwrap(), "out of memory");
+        let panic = "thread 'main' (7) panicked at train/train.rs:12:5:\nindex out of bounds\nnote: run with RUST_BACKTRACE=1\n";
+        assert_eq!(crash_reason(exit(101), panic).unwrap(), "panic: index out of bounds");
+        assert_eq!(crash_reason(signal(9), "").unwrap(), "killed (signal 9: out of memory?)");
+        assert_eq!(crash_reason(signal(11), "").unwrap(), "killed by signal 11");
+        assert_eq!(crash_reason(exit(3), "error: no data").unwrap(), "exit code 3");
+    }
+
+    #[test]
+    fn tails_count_progress_lines() {
+        let log = "a\nstep 1\rstep 2\rstep 3\n\nb\n";
+        assert_eq!(tail(log, 2), "step 3\nb");
+        assert_eq!(tail(log, 10), "a\nstep 1\nstep 2\nstep 3\nb");
+    }
+}
