@@ -7,9 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use autoresearch_harness::experiment::agent::{research_loop, LoopOptions};
 use autoresearch_harness::experiment::rules::{noise_for, Decider, Rule};
-use autoresearch_harness::experiment::run::{
-    check, default_timeout, describe, measure_noise, refusal_message, run_experiment, Check, RunOptions,
-};
+use autoresearch_harness::experiment::run::{default_timeout, describe, measure_noise, run_experiment, RunOptions};
 use autoresearch_harness::experiment::trainer::{repo_root, Trainer};
 use autoresearch_harness::experiment::{self, Interrupts, Workspace};
 use autoresearch_harness::profile::{cache_root, Prepared};
@@ -158,11 +156,6 @@ pub fn run(args: RunArgs) -> Result<()> {
         bail!("-m: describe the change");
     }
     opts.force = args.force;
-    match check(&ws)? {
-        Check::Refused(files) => bail!(refusal_message(&files)),
-        Check::Unchanged => bail!("{} is the same as in the best commit: nothing to run", experiment::TRAINING_FILE),
-        Check::Ready => {}
-    }
     let trainer = trainer(&ws);
     let outcome = run_experiment(&mut ws, &trainer, &opts)?;
     println!("{}", describe(&outcome));
