@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::fsutil::{fnv1a, FNV_START};
 use crate::download::{download_shards, shard_indices, DownloadOptions};
 use crate::profile::{profile_dir, tokenizer_dir, training_fingerprint, Prepared, Profile};
 use crate::shards::{self, shard_name, split_files, Shard, Split, VAL_SHARD};
@@ -103,16 +104,12 @@ pub const SHUFFLE_SEED: u64 = 42;
 /// Text per training shard made from local text.
 const SHARD_TEXT_BYTES: usize = 64 << 20;
 
-/// FNV-1a, to recognise inputs already turned into shards.
-fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
-}
-
 /// Turns texts into shards in `dir`: shuffled documents, 10 % to the validation shard, the rest in order into
 /// training shards. The folder is built beside `dir` and swapped in whole; unchanged input is not redone.
 pub fn write_text_shards(dir: &Path, inputs: &[TextInput]) -> Result<bool> {
     ensure!(!inputs.is_empty(), "no text given");
-    let mut key = 0xcbf2_9ce4_8422_2325;
+    // A hash of the inputs, to recognise ones already turned into shards.
+    let mut key = FNV_START;
     for i in inputs {
         key = fnv1a(fnv1a(key, i.name.as_bytes()), &i.bytes);
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::results::{self, Status};
+use super::results;
 use super::run::{check, refusal_message, run_experiment, tail, Check, RunOptions, TAIL_LINES};
 use super::trainer::Trainer;
 use super::{now_utc, RunMeta, Workspace, TRAINING_FILE};
@@ -223,7 +223,7 @@ fn build_prompt(ws: &Workspace, opts: &LoopOptions, description: &Path, feedback
     );
     match &ws.state.best {
         Some(best) => {
-            let what = rows.iter().find(|r| r.extra.as_ref().is_some_and(|e| e.run == best.run) && r.status == Status::Keep);
+            let what = results::experiment_row(&rows, best.run);
             p += &format!(
                 "- Best so far: val_bpb {:.6}, commit {}, run {}: {}\n",
                 best.val_bpb,

@@ -59,8 +59,7 @@ pub struct RunMeta {
 }
 
 pub fn file_hash(bytes: &[u8]) -> String {
-    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-    format!("{h:016x}")
+    format!("{:016x}", crate::fsutil::fnv1a(crate::fsutil::FNV_START, bytes))
 }
 
 pub fn now_utc() -> String {
@@ -226,11 +225,8 @@ impl Workspace {
             // The training process of the killed run may still be going: stop it.
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
         }
-        let recorded = results::read(&self.results)?
-            .rows
-            .into_iter()
-            .filter(|r| r.status != Status::Rerun)
-            .find(|r| r.extra.as_ref().is_some_and(|e| e.run == ip.run));
+        let rows = results::read(&self.results)?.rows;
+        let recorded = results::experiment_row(&rows, ip.run);
         let mut meta = self.read_meta(ip.run).unwrap_or(RunMeta { run: ip.run, ..Default::default() });
         let msg = match recorded {
             Some(row) => {
@@ -273,8 +269,6 @@ impl Workspace {
 
     /// The run folders, oldest first.
     pub fn runs(&self) -> Vec<RunMeta> {
-        let mut runs: Vec<RunMeta> = (1..self.state.next_run).filter_map(|n| self.read_meta(n)).collect();
-        runs.sort_by_key(|m| m.run);
-        runs
+        (1..self.state.next_run).filter_map(|n| self.read_meta(n)).collect()
     }
 }

@@ -137,6 +137,11 @@ impl Row {
     }
 }
 
+/// The row of run `run` itself (not one of its confirmation reruns).
+pub fn experiment_row(rows: &[Row], run: u64) -> Option<&Row> {
+    rows.iter().find(|r| r.status != Status::Rerun && r.extra.as_ref().is_some_and(|e| e.run == run))
+}
+
 pub fn header() -> String {
     ORIGINAL_COLUMNS.iter().chain(EXTRA_COLUMNS.iter()).copied().collect::<Vec<_>>().join("\t")
 }

@@ -347,10 +347,8 @@ fn interrupted(ws: &mut Workspace, mut meta: RunMeta) -> Result<Outcome> {
 fn reuse(ws: &mut Workspace, opts: &RunOptions, mut meta: RunMeta, earlier: &RunMeta, started: Instant) -> Result<Outcome> {
     let run = meta.run;
     ws.state.next_run += 1;
-    let earlier_row = results::read(&ws.results)?
-        .rows
-        .into_iter()
-        .find(|r| r.status != Status::Rerun && r.extra.as_ref().is_some_and(|e| e.run == earlier.run));
+    let rows = results::read(&ws.results)?.rows;
+    let earlier_row = results::experiment_row(&rows, earlier.run);
     let status = if earlier.status == "crash" { Status::Crash } else { Status::Discard };
     let reason = format!(
         "identical to run {} ({}, val_bpb {}): its result reused, not run again",
