@@ -9,7 +9,8 @@ fn main() {
     println!("cargo:rerun-if-changed=src/softcap_ce.cu");
     let libtorch = std::env::var("LIBTORCH").expect("LIBTORCH is not set: run scripts/libtorch.sh");
     // The real location: the torch libraries find their CUDA neighbours relative to it.
-    let libtorch = std::fs::canonicalize(&libtorch).unwrap_or_else(|e| panic!("LIBTORCH={libtorch}: {e} (run scripts/libtorch.sh)"));
+    let libtorch = std::fs::canonicalize(&libtorch)
+        .unwrap_or_else(|e| panic!("LIBTORCH={libtorch}: {e} (run scripts/libtorch.sh)"));
 
     // The CUDA source goes into the library as a string, for NVRTC to compile at run time.
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());

@@ -144,7 +144,11 @@ impl GptConfig {
         (0..self.n_layer)
             .map(|i| {
                 let long = i == self.n_layer - 1 || pattern[i as usize % pattern.len()] == 'L';
-                if long { self.sequence_len } else { self.sequence_len / 2 }
+                if long {
+                    self.sequence_len
+                } else {
+                    self.sequence_len / 2
+                }
             })
             .collect()
     }
@@ -214,9 +218,9 @@ impl Gpt {
             .collect();
         let value_embeds = (0..config.n_layer)
             .map(|i| {
-                config.has_value_embedding(i).then(|| {
-                    param(Tensor::empty([v, kv_dim], f32).uniform_(-s, s).to_kind(emb_kind).detach())
-                })
+                config
+                    .has_value_embedding(i)
+                    .then(|| param(Tensor::empty([v, kv_dim], f32).uniform_(-s, s).to_kind(emb_kind).detach()))
             })
             .collect();
         let (cos, sin) = rotary_tables(config.sequence_len * 10, config.head_dim(), emb_kind, device);
@@ -293,11 +297,8 @@ impl Gpt {
         let scalars = self.resid_lambdas.numel() + self.x0_lambdas.numel();
         let dense = self.num_params() as f64 - (embeddings + scalars) as f64;
         let c = &self.config;
-        let attention: f64 = c
-            .window_sizes()
-            .iter()
-            .map(|&w| 12.0 * (c.n_head * c.head_dim() * w.min(c.sequence_len)) as f64)
-            .sum();
+        let attention: f64 =
+            c.window_sizes().iter().map(|&w| 12.0 * (c.n_head * c.head_dim() * w.min(c.sequence_len)) as f64).sum();
         6.0 * dense + attention
     }
 
@@ -331,7 +332,7 @@ impl Gpt {
         let mut v = x.linear(&b.c_v, None::<Tensor>).view([bsz, t, kvh, hd]);
         if let (Some(ve), Some(gate)) = (ve, &b.ve_gate) {
             let gate = x.narrow(-1, 0, VE_GATE_CHANNELS).linear(gate, None::<Tensor>).sigmoid() * 2.0;
-            v = v + gate.unsqueeze(-1) * ve.view([bsz, t, kvh, hd]);
+            v += gate.unsqueeze(-1) * ve.view([bsz, t, kvh, hd]);
         }
         let q = rms_norm(&apply_rotary(&q, cos, sin));
         let k = rms_norm(&apply_rotary(&k, cos, sin));
@@ -531,7 +532,9 @@ impl MuonAdamW {
     }
 
     pub fn zero_grad(&mut self) {
-        for p in self.adam.iter_mut().flat_map(|g| &mut g.params).chain(self.muon.iter_mut().flat_map(|g| &mut g.params)) {
+        for p in
+            self.adam.iter_mut().flat_map(|g| &mut g.params).chain(self.muon.iter_mut().flat_map(|g| &mut g.params))
+        {
             p.zero_grad();
         }
     }
@@ -677,7 +680,8 @@ pub fn main() -> Result<()> {
         smooth_loss = 0.9 * smooth_loss + 0.1 * loss;
         let debiased = smooth_loss / (1.0 - 0.9f64.powi(step as i32 + 1));
         let tok_per_sec = h.total_batch_size as f64 / dt;
-        let mfu = peak_bf16_flops(&device_name).map_or("n/a".into(), |p| format!("{:.1}%", 100.0 * flops_per_token * tok_per_sec / p));
+        let mfu = peak_bf16_flops(&device_name)
+            .map_or("n/a".into(), |p| format!("{:.1}%", 100.0 * flops_per_token * tok_per_sec / p));
         print!(
             "\rstep {step:05} ({:.1}%) | loss: {debiased:.6} | lrm: {lrm:.2} | dt: {:.0}ms | tok/sec: {tok_per_sec:.0} | mfu: {mfu} | epoch: {} | remaining: {:.0}s    ",
             100.0 * progress,
@@ -694,7 +698,11 @@ pub fn main() -> Result<()> {
     }
     println!();
     let warmup = loop_start.elapsed().as_secs_f64() - training_time;
-    println!("loop: {step} steps in {:.1}s ({warmup:.1}s of them in the untimed first {} steps)", loop_start.elapsed().as_secs_f64(), WARMUP_STEPS + 1);
+    println!(
+        "loop: {step} steps in {:.1}s ({warmup:.1}s of them in the untimed first {} steps)",
+        loop_start.elapsed().as_secs_f64(),
+        WARMUP_STEPS + 1
+    );
 
     let val_bpb = tch::no_grad(|| {
         run.evaluate_bpb(b as usize, |batch| {

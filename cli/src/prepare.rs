@@ -60,7 +60,12 @@ pub fn run(args: Args) -> Result<()> {
     } else if let Some(dir) = args.parquet {
         Source::Parquet(dir)
     } else if use_demo {
-        Source::Texts(DEMO_TEXTS.iter().map(|(name, bytes)| TextInput { name: name.to_string(), bytes: bytes.to_vec() }).collect())
+        Source::Texts(
+            DEMO_TEXTS
+                .iter()
+                .map(|(name, bytes)| TextInput { name: name.to_string(), bytes: bytes.to_vec() })
+                .collect(),
+        )
     } else {
         let download = DownloadOptions {
             base_url: args.base_url,

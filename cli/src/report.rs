@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use autoresearch_harness::experiment::report::{build, plot};
-use autoresearch_harness::experiment::rules::load_noise;
-use autoresearch_harness::experiment::{RESULTS_FILE, STATE_DIR};
+use autoresearch_research::report::{build, plot};
+use autoresearch_research::rules::load_noise;
+use autoresearch_research::{RESULTS_FILE, STATE_DIR};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -5,12 +5,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use autoresearch_harness::experiment::agent::{research_loop, LoopOptions};
-use autoresearch_harness::experiment::rules::{noise_for, Decider, Rule};
-use autoresearch_harness::experiment::run::{default_timeout, describe, measure_noise, run_experiment, RunOptions};
-use autoresearch_harness::experiment::trainer::{repo_root, Trainer};
-use autoresearch_harness::experiment::{self, Interrupts, Workspace};
 use autoresearch_harness::profile::{cache_root, Prepared};
+use autoresearch_research::agent::{research_loop, LoopOptions};
+use autoresearch_research::rules::{noise_for, Decider, Rule};
+use autoresearch_research::run::{default_timeout, describe, measure_noise, run_experiment, RunOptions};
+use autoresearch_research::trainer::{repo_root, Trainer};
+use autoresearch_research::{self as experiment, Interrupts, Workspace};
 
 use crate::train_cmd::Device;
 
@@ -111,7 +111,13 @@ fn interrupts(first_message: &'static str) -> Result<Interrupts> {
     Ok(interrupts)
 }
 
-fn options(ws: &Workspace, args: &RuleArgs, description: String, interrupts: Interrupts, abort_at: usize) -> Result<RunOptions> {
+fn options(
+    ws: &Workspace,
+    args: &RuleArgs,
+    description: String,
+    interrupts: Interrupts,
+    abort_at: usize,
+) -> Result<RunOptions> {
     let rule = Rule::parse(&args.rule, args.z)?;
     let noise = noise_for(&ws.dir, &ws.state.profile, ws.state.time_budget)?;
     let decider = Decider::new(rule, noise.as_ref(), args.min_delta)?;
@@ -131,7 +137,7 @@ pub fn init(args: InitArgs) -> Result<()> {
     let root = repo_root()?;
     let prepared = Prepared::load(&cache_root()?, args.profile.as_deref())?;
     let budget = args.time_budget.unwrap_or(prepared.profile.time_budget);
-    if !(budget > 0.0) {
+    if !budget.is_finite() || budget <= 0.0 {
         bail!("--time-budget must be positive, not {budget}");
     }
     let device = format!("{:?}", args.device).to_lowercase();
@@ -173,7 +179,8 @@ pub fn research_loop_cmd(args: LoopArgs) -> Result<()> {
     let mut ws = Workspace::open(&root)?;
     let interrupts = interrupts("stopping after the current step (Ctrl-C again to abort it now)")?;
     let program_path = args.program.clone().unwrap_or_else(|| root.join("program.md"));
-    let program = std::fs::read_to_string(&program_path).with_context(|| format!("reading {}", program_path.display()))?;
+    let program =
+        std::fs::read_to_string(&program_path).with_context(|| format!("reading {}", program_path.display()))?;
     let opts = LoopOptions {
         agent: args.agent.clone(),
         agent_timeout: Duration::from_secs_f64(args.agent_timeout.max(1.0)),
@@ -184,7 +191,10 @@ pub fn research_loop_cmd(args: LoopArgs) -> Result<()> {
         run: options(&ws, &args.rule, String::new(), interrupts, 2)?,
     };
     let trainer = trainer(&ws);
-    eprintln!("loop: agent `{}`, rule {}, profile {}, {} s per run", opts.agent, opts.run.decider.label, ws.state.profile, ws.state.time_budget);
+    eprintln!(
+        "loop: agent `{}`, rule {}, profile {}, {} s per run",
+        opts.agent, opts.run.decider.label, ws.state.profile, ws.state.time_budget
+    );
     let report = research_loop(&mut ws, &trainer, &opts, &mut |line| println!("{line}"))?;
     println!(
         "loop stopped ({}): {} experiments, {} kept, {} crashed, {} refused",

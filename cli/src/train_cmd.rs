@@ -1,7 +1,7 @@
 //! `autoresearch train`: build the training file and run it once, output to the terminal.
 
 use anyhow::{bail, Result};
-use autoresearch_harness::experiment::trainer::{repo_root, DeviceChoice, RunSettings, Trainer};
+use autoresearch_research::trainer::{repo_root, DeviceChoice, RunSettings, Trainer};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Device {
@@ -50,12 +50,15 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     if let Some(b) = args.time_budget {
-        if !(b > 0.0) {
+        if !b.is_finite() || b <= 0.0 {
             bail!("--time-budget must be positive, not {b}");
         }
     }
     let trainer = Trainer::new(repo_root()?, args.device.choice());
-    trainer.build()?;
+    if let Err(compiler) = trainer.build(&mut |cmd| Ok(cmd.spawn()?))? {
+        eprint!("{compiler}");
+        bail!("building the training file failed");
+    }
     let settings = RunSettings { profile: args.profile, time_budget: args.time_budget, seed: args.seed };
     let status = trainer.run_command(&settings)?.status()?;
     if !status.success() {

@@ -4,7 +4,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use autoresearch_harness::reference::Reference;
+use autoresearch_golden::Reference;
 
 fn autoresearch(cache: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoresearch"));

@@ -11,7 +11,12 @@ fn data(name: &str) -> String {
 fn report(results: &str, args: &[&str]) -> (String, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("results.tsv"), results).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_autoresearch")).arg("report").args(args).current_dir(dir.path()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_autoresearch"))
+        .arg("report")
+        .args(args)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap(), dir)
 }
@@ -35,7 +40,7 @@ fn the_picture_is_written_at_its_size() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
     let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
-    assert_eq!((width, height), autoresearch_harness::experiment::report::PLOT_SIZE);
+    assert_eq!((width, height), autoresearch_research::report::PLOT_SIZE);
     assert!(png.len() > 20_000, "a picture with content, not a blank page: {} bytes", png.len());
 }
 

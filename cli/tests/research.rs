@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use autoresearch_harness::experiment::results::{self, Row, Status};
-use autoresearch_harness::experiment::state::State;
-use autoresearch_harness::experiment::RunMeta;
+use autoresearch_research::process::Role;
+use autoresearch_research::results::{self, Row, Status};
+use autoresearch_research::state::State;
+use autoresearch_research::RunMeta;
 
 const MAIN_REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
@@ -57,8 +58,12 @@ fn test_training_file(original: &str) -> String {
         .replace("device_batch_size: 16,", "device_batch_size: 8,")
         .replace("opt: OPTIMIZER,", slow);
     let capped = "if step >= 25 || (step > WARMUP_STEPS && training_time >= run.time_budget) {";
-    let text = format!("{}{small}{}", &original[..start], &original[end..]).replace("if step > WARMUP_STEPS && training_time >= run.time_budget {", capped);
-    assert!(text.contains(capped) && text.contains("matrix_lr: 0.0004,"), "the training file changed shape: update this test");
+    let text = format!("{}{small}{}", &original[..start], &original[end..])
+        .replace("if step > WARMUP_STEPS && training_time >= run.time_budget {", capped);
+    assert!(
+        text.contains(capped) && text.contains("matrix_lr: 0.0004,"),
+        "the training file changed shape: update this test"
+    );
     text
 }
 
@@ -77,7 +82,11 @@ impl Session {
         }
         let train = repo.join("train/train.rs");
         std::fs::write(&train, test_training_file(&std::fs::read_to_string(&train).unwrap())).unwrap();
-        std::os::unix::fs::symlink(std::fs::canonicalize(Path::new(MAIN_REPO).join(".libtorch")).unwrap(), repo.join(".libtorch")).unwrap();
+        std::os::unix::fs::symlink(
+            std::fs::canonicalize(Path::new(MAIN_REPO).join(".libtorch")).unwrap(),
+            repo.join(".libtorch"),
+        )
+        .unwrap();
         git(&repo, &["init", "--quiet", "--initial-branch=main"]);
         git(&repo, &["add", "-A"]);
         git(&repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-m", "start"]);
@@ -107,7 +116,12 @@ impl Session {
 
     fn run(&self, args: &[&str]) -> Output {
         let out = self.cmd(args).output().unwrap();
-        eprintln!("$ autoresearch {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "$ autoresearch {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         out
     }
 
@@ -139,13 +153,22 @@ impl Session {
         assert!(state.in_progress.is_none());
         let head = git(&self.repo, &["rev-parse", "HEAD"]).trim().to_string();
         assert_eq!(head, state.best.as_ref().unwrap().commit, "HEAD is the best commit");
-        let on_branch: Vec<String> = git(&self.repo, &["rev-list", &format!("{}..HEAD", state.base)]).lines().map(|c| c[..7].to_string()).collect();
+        let on_branch: Vec<String> = git(&self.repo, &["rev-list", &format!("{}..HEAD", state.base)])
+            .lines()
+            .map(|c| c[..7].to_string())
+            .collect();
         let rows = self.rows();
         for c in &on_branch {
-            assert!(rows.iter().any(|r| r.status == Status::Keep && &r.commit == c), "commit {c} on the branch has no keep row");
+            assert!(
+                rows.iter().any(|r| r.status == Status::Keep && &r.commit == c),
+                "commit {c} on the branch has no keep row"
+            );
         }
         let text = std::fs::read_to_string(self.repo.join("results.tsv")).unwrap();
-        assert!(text.ends_with('\n') && text.lines().skip(1).all(|l| l.split('\t').count() == 11), "whole 11-column rows");
+        assert!(
+            text.ends_with('\n') && text.lines().skip(1).all(|l| l.split('\t').count() == 11),
+            "whole 11-column rows"
+        );
     }
 }
 
@@ -183,20 +206,27 @@ fn a_research_session_end_to_end() {
     for crash in &rows[4..7] {
         assert_eq!((crash.val_bpb, crash.memory_gb), (0.0, 0.0));
         let dir = s.repo.join(format!(".autoresearch/runs/{}", run_of(crash)));
-        assert!(std::fs::read_to_string(dir.join("change.diff")).unwrap().contains("pub fn main()"), "the failed change is kept");
+        assert!(
+            std::fs::read_to_string(dir.join("change.diff")).unwrap().contains("pub fn main()"),
+            "the failed change is kept"
+        );
     }
-    let compile_log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/build.log", run_of(&rows[4])))).unwrap();
+    let compile_log =
+        std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/build.log", run_of(&rows[4])))).unwrap();
     assert!(compile_log.contains("mismatched types"), "the compiler's message is kept");
-    let discard_diff = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/change.diff", run_of(&rows[2])))).unwrap();
+    let discard_diff =
+        std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/change.diff", run_of(&rows[2])))).unwrap();
     assert!(discard_diff.contains("+        matrix_lr: 0.0,"));
     // The refused harness edit: a run folder, no row, nothing committed, the edit saved.
     let refused: Vec<RunMeta> = (1..s.state().next_run).map(|n| s.meta(n)).filter(|m| m.status == "refused").collect();
     assert_eq!(refused.len(), 1);
     assert!(refused[0].reason.contains("harness/src/lib.rs"));
-    let diff = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/change.diff", refused[0].run))).unwrap();
+    let diff =
+        std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/change.diff", refused[0].run))).unwrap();
     assert!(diff.contains("an edit to the fixed harness"));
     // The agent saw the crash of the panic run in its next prompt.
-    let prompts: Vec<String> = (1..=10).filter_map(|k| std::fs::read_to_string(s.agent_state.join(format!("prompt-{k}.md"))).ok()).collect();
+    let prompts: Vec<String> =
+        (1..=10).filter_map(|k| std::fs::read_to_string(s.agent_state.join(format!("prompt-{k}.md"))).ok()).collect();
     assert!(prompts.iter().any(|p| p.contains("crashed: panic: boom") && p.contains("boom")));
     assert!(prompts[0].contains("# autoresearch: instructions for the agent"), "program.md is in the prompt");
     s.assert_consistent();
@@ -214,7 +244,12 @@ fn a_research_session_end_to_end() {
     // Phase 2: SIGKILL the loop while it trains, then resume.
     let agent = s.agent(&["good2", "nothing", "nothing", "nothing"]);
     let before = s.rows().len();
-    let mut child = s.cmd(&["loop", "--agent", &agent, "--max-experiments", "1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = s
+        .cmd(&["loop", "--agent", &agent, "--max-experiments", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let (run, pgid) = wait_for_training(&s);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -224,7 +259,9 @@ fn a_research_session_end_to_end() {
     assert!(stderr.contains(&format!("recovered: run {run} was interrupted")), "{stderr}");
     assert!(!running(pgid), "the orphaned training process was stopped");
     assert_eq!(s.meta(run).status, "interrupted");
-    assert!(std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{run}/change.diff"))).unwrap().contains("scalar_lr: 0.035"));
+    assert!(std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{run}/change.diff")))
+        .unwrap()
+        .contains("scalar_lr: 0.035"));
     assert_eq!(s.rows().len(), before, "no row for the interrupted run (the resumed agent changed nothing)");
     assert!(s.rows().iter().all(|r| run_of(r) != run));
     s.assert_consistent();
@@ -232,7 +269,12 @@ fn a_research_session_end_to_end() {
     // SIGTERM while it trains: the experiment finishes and is recorded, then the loop stops.
     let agent = s.agent(&["good3", "nothing"]);
     let before = s.rows().len();
-    let child = s.cmd(&["loop", "--agent", &agent, "--max-experiments", "5"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = s
+        .cmd(&["loop", "--agent", &agent, "--max-experiments", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let (run, _) = wait_for_training(&s);
     assert_eq!(unsafe { libc_kill(child.id() as i32, 15) }, 0);
     let out = child.wait_with_output().unwrap();
@@ -240,23 +282,32 @@ fn a_research_session_end_to_end() {
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("loop stopped (stopped by a signal): 1 experiments"), "{stdout}");
     let rows = s.rows();
-    assert_eq!((rows.len(), run_of(rows.last().unwrap())), (before + 1, run), "the running experiment was finished and recorded");
+    assert_eq!(
+        (rows.len(), run_of(rows.last().unwrap())),
+        (before + 1, run),
+        "the running experiment was finished and recorded"
+    );
     assert_eq!(rows.last().unwrap().description, "scalar lr 0.025");
     s.assert_consistent();
 
     // Phase 3: noise-aware decisions.
     let out = s.run(&["noise", "--runs", "3"]);
     assert!(out.status.success());
-    let noise: serde_json::Value = serde_json::from_slice(&std::fs::read(s.repo.join(".autoresearch/noise.json")).unwrap()).unwrap();
+    let noise: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.repo.join(".autoresearch/noise.json")).unwrap()).unwrap();
     let estimate = &noise["small/60"];
     let values: Vec<f64> = serde_json::from_value(estimate["values"].clone()).unwrap();
     assert_eq!(values.len(), 3);
     let mean = values.iter().sum::<f64>() / 3.0;
     let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
-    assert!((estimate["mean"].as_f64().unwrap() - mean).abs() < 1e-9 && (estimate["std"].as_f64().unwrap() - std).abs() < 1e-9);
+    assert!(
+        (estimate["mean"].as_f64().unwrap() - mean).abs() < 1e-9
+            && (estimate["std"].as_f64().unwrap() - std).abs() < 1e-9
+    );
     assert!(std > 0.0, "other seeds give other results");
     let report = s.run(&["report", "--no-plot"]);
-    assert!(String::from_utf8_lossy(&report.stdout).contains(&format!("noise (small at 60 s): val_bpb {mean:.6} ± {std:.6} over 3 seeds")));
+    assert!(String::from_utf8_lossy(&report.stdout)
+        .contains(&format!("noise (small at 60 s): val_bpb {mean:.6} ± {std:.6} over 3 seeds")));
 
     // A fake improvement (a comment: the same computation) is within the margin.
     let train = s.repo.join("train/train.rs");
@@ -291,7 +342,9 @@ fn a_research_session_end_to_end() {
     let (candidate, reruns) = (&rows[n - 3], &rows[n - 2..]);
     assert_eq!(candidate.status, Status::Keep, "{candidate:?}");
     assert!(candidate.extra.as_ref().unwrap().reason.contains("over 3 seeds"));
-    assert!(reruns.iter().all(|r| r.status == Status::Rerun && r.commit == candidate.commit && run_of(r) == run_of(candidate)));
+    assert!(reruns
+        .iter()
+        .all(|r| r.status == Status::Rerun && r.commit == candidate.commit && run_of(r) == run_of(candidate)));
     assert_eq!(reruns[0].extra.as_ref().unwrap().reason, "seed 43");
     s.assert_consistent();
 }
@@ -301,9 +354,9 @@ fn wait_for_training(s: &Session) -> (u64, i32) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         assert!(Instant::now() < deadline, "the loop never started training");
-        if let Some(ip) = State::load(&s.repo.join(".autoresearch")).ok().and_then(|st| st.in_progress) {
-            if let Some(pgid) = ip.child_pgid {
-                return (ip.run, pgid);
+        if let Ok(st) = State::load(&s.repo.join(".autoresearch")) {
+            if let (Some(ip), Some(c)) = (&st.in_progress, st.children.iter().find(|c| c.role == Role::Training)) {
+                return (ip.run, c.pgid);
             }
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -317,5 +370,6 @@ extern "C" {
 
 /// Whether a process exists and is not a zombie.
 fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
 }

@@ -87,7 +87,11 @@ impl Iterator for DataLoader {
 type Encoded = Result<(Vec<Vec<u32>>, u64)>;
 
 /// Encoder threads that take document batches in order and hand them on, still in order.
-fn spawn_encoders(tok: Arc<Tokenizer>, docs: mpsc::Receiver<Result<DocBatch>>, threads: usize) -> mpsc::Receiver<Encoded> {
+fn spawn_encoders(
+    tok: Arc<Tokenizer>,
+    docs: mpsc::Receiver<Result<DocBatch>>,
+    threads: usize,
+) -> mpsc::Receiver<Encoded> {
     let threads = threads.max(1);
     let (tx, rx) = mpsc::sync_channel::<Encoded>(threads * 2);
     // Sequence numbers are handed out under the same lock as the batches, and a reorder step restores order.
@@ -107,7 +111,8 @@ fn spawn_encoders(tok: Arc<Tokenizer>, docs: mpsc::Receiver<Result<DocBatch>>, t
                         s.1 += 1;
                         (s.1 - 1, batch)
                     };
-                    let out = batch.map(|b| (b.docs.iter().map(|d| encoder.encode_doc(d, Some(bos))).collect(), b.epoch));
+                    let out =
+                        batch.map(|b| (b.docs.iter().map(|d| encoder.encode_doc(d, Some(bos))).collect(), b.epoch));
                     if done_tx.send((seq, out)).is_err() {
                         return;
                     }

@@ -100,7 +100,8 @@ fn fetch_shard(agent: &ureq::Agent, dir: &Path, index: usize, opts: &DownloadOpt
                     let _ = std::fs::remove_file(&tmp);
                     last = e.context(format!("{url} did not give a parquet file"));
                 } else {
-                    return std::fs::rename(&tmp, &path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()));
+                    return std::fs::rename(&tmp, &path)
+                        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()));
                 }
             }
             Err(TryError::Fatal(e)) => return Err(e),
@@ -138,8 +139,8 @@ fn try_fetch(agent: &ureq::Agent, url: &str, tmp: &PathBuf, bar: &ProgressBar) -
     let body_len = header("content-length").and_then(|v| v.parse::<u64>().ok());
     if append {
         // `Content-Range: bytes START-END/TOTAL` must continue exactly where the partial file ends.
-        let start = header("content-range")
-            .and_then(|v| v.strip_prefix("bytes ")?.split('-').next()?.parse::<u64>().ok());
+        let start =
+            header("content-range").and_then(|v| v.strip_prefix("bytes ")?.split('-').next()?.parse::<u64>().ok());
         if start != Some(have) {
             let _ = std::fs::remove_file(tmp);
             return Err(TryError::Retry(anyhow!("{url}: the server resumed at {start:?}, not at byte {have}")));

@@ -1,18 +1,17 @@
-//! The fixed harness of autoresearch: everything the agent may not change.
+//! The fixed harness of autoresearch: the contract the training file works against, which the agent may not
+//! change.
 //!
 //! Data ([`download`], [`shards`], [`prepare`]), the [`tokenizer`], the [`dataloader`], the [`metric`], the
 //! run [`profile`], the [`summary`] block and the [`device`] tables. No ML framework: the training crate
-//! brings its own.
+//! brings its own. The research loop that drives experiments lives in `autoresearch-research`.
 
 pub mod dataloader;
 pub mod device;
 pub mod download;
-pub mod experiment;
 pub mod fsutil;
 pub mod metric;
 pub mod prepare;
 pub mod profile;
-pub mod reference;
 pub mod shards;
 pub mod summary;
 pub mod tokenizer;

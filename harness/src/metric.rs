@@ -70,7 +70,8 @@ mod tests {
         // ids 0..4 take 1, 2, 3 and 0 bytes. Targets 0, 1, 2, 3 with losses 1, 2, 3, 100 nats: the special
         // (0 bytes) is left out of the nats, so (1 + 2 + 3) / (ln 2 × (1 + 2 + 3)) = 1 / ln 2.
         let tb = vec![1, 2, 3, 0];
-        let got = evaluate_bpb([Ok(batch(vec![0, 1, 2, 3]))], 1, tb.clone(), |_| Ok(vec![1.0, 2.0, 3.0, 100.0])).unwrap();
+        let got =
+            evaluate_bpb([Ok(batch(vec![0, 1, 2, 3]))], 1, tb.clone(), |_| Ok(vec![1.0, 2.0, 3.0, 100.0])).unwrap();
         assert!((got - 1.0 / std::f64::consts::LN_2).abs() < 1e-12);
 
         // Two batches: (ln 2 × 2 + 0) / (ln 2 × (2 + 2)) = 0.5 bit per byte; only `steps` batches count.

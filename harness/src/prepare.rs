@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::fsutil::{fnv1a, FNV_START};
 use crate::download::{download_shards, shard_indices, DownloadOptions};
+use crate::fsutil::{fnv1a, FNV_START};
 use crate::profile::{profile_dir, tokenizer_dir, training_fingerprint, Prepared, Profile};
 use crate::shards::{self, shard_name, split_files, Shard, Split, VAL_SHARD};
 use crate::tokenizer::train::{train_bpe, Progress, TrainOptions};
@@ -120,8 +120,9 @@ pub fn write_text_shards(dir: &Path, inputs: &[TextInput]) -> Result<bool> {
     }
     let mut docs = Vec::new();
     for input in inputs {
-        let text = std::str::from_utf8(&input.bytes)
-            .map_err(|e| anyhow::anyhow!("{} is not UTF-8 text: invalid byte at offset {}", input.name, e.valid_up_to()))?;
+        let text = std::str::from_utf8(&input.bytes).map_err(|e| {
+            anyhow::anyhow!("{} is not UTF-8 text: invalid byte at offset {}", input.name, e.valid_up_to())
+        })?;
         docs.extend(split_documents(text));
     }
     ensure!(docs.len() >= 2, "the text has {} document(s); it needs at least 2 (one for validation)", docs.len());
@@ -189,7 +190,9 @@ pub fn prepare_tokenizer(cache: &Path, profile: &Profile, data_dir: &Path) -> Re
     let merging = bar((n_ranks - 256) as u64, "tokenizer: merging [{bar:30}] {pos}/{len} ({elapsed})");
     let docs = shards::documents(split_files(data_dir, Split::Train)?);
     let tokens = train_bpe(docs, &opts, &mut |p| match p {
-        Progress::Counted { chars, docs } => counting.set_message(format!("{:.1}M characters, {docs} documents", chars as f64 / 1e6)),
+        Progress::Counted { chars, docs } => {
+            counting.set_message(format!("{:.1}M characters, {docs} documents", chars as f64 / 1e6))
+        }
         Progress::Merged { merges, .. } => {
             counting.finish();
             merging.set_position(merges as u64)
@@ -203,7 +206,12 @@ pub fn prepare_tokenizer(cache: &Path, profile: &Profile, data_dir: &Path) -> Re
     tok.save(&partial)?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&partial, &dir).with_context(|| format!("renaming {} to {}", partial.display(), dir.display()))?;
-    eprintln!("tokenizer: {} tokens trained in {:.1}s, saved in {}", tok.vocab_size(), started.elapsed().as_secs_f64(), dir.display());
+    eprintln!(
+        "tokenizer: {} tokens trained in {:.1}s, saved in {}",
+        tok.vocab_size(),
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
     Ok(tok)
 }
 
@@ -259,10 +267,14 @@ mod tests {
         let inputs = vec![TextInput { name: "t.txt".into(), bytes: text.into_bytes() }];
         assert!(write_text_shards(&data, &inputs).unwrap());
         let read = |split| -> Vec<String> {
-            split_files(&data, split).unwrap().iter().flat_map(|f| {
-                let s = Shard::open(f).unwrap();
-                (0..s.num_row_groups()).flat_map(|g| s.row_group(g).unwrap()).collect::<Vec<_>>()
-            }).collect()
+            split_files(&data, split)
+                .unwrap()
+                .iter()
+                .flat_map(|f| {
+                    let s = Shard::open(f).unwrap();
+                    (0..s.num_row_groups()).flat_map(|g| s.row_group(g).unwrap()).collect::<Vec<_>>()
+                })
+                .collect()
         };
         let (train, val) = (read(Split::Train), read(Split::Val));
         assert_eq!(val.len(), 5);

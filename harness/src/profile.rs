@@ -110,9 +110,13 @@ impl Prepared {
         };
         let path = profile_dir(cache, &name).join("prepared.json");
         let bytes = std::fs::read(&path).with_context(|| {
-            format!("profile {name:?} is not prepared in {} (run `autoresearch prepare --profile {name}`)", cache.display())
+            format!(
+                "profile {name:?} is not prepared in {} (run `autoresearch prepare --profile {name}`)",
+                cache.display()
+            )
         })?;
-        let mut prepared: Prepared = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+        let mut prepared: Prepared =
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?;
         prepared.data_dir = cache.join(&prepared.data_dir);
         Ok(prepared)
     }
@@ -168,7 +172,9 @@ pub struct Run {
 
 fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
     match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v.parse().map(Some).map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number")),
+        Ok(v) if !v.is_empty() => {
+            v.parse().map(Some).map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number"))
+        }
         _ => Ok(None),
     }
 }
@@ -177,7 +183,8 @@ impl Run {
     pub fn from_env() -> Result<Run> {
         let started = std::time::Instant::now();
         let cache = cache_root()?;
-        let prepared = Prepared::load(&cache, std::env::var("AUTORESEARCH_PROFILE").ok().filter(|s| !s.is_empty()).as_deref())?;
+        let prepared =
+            Prepared::load(&cache, std::env::var("AUTORESEARCH_PROFILE").ok().filter(|s| !s.is_empty()).as_deref())?;
         let tokenizer = Arc::new(load_tokenizer(&cache, &prepared)?);
         let time_budget = env_number::<f64>("AUTORESEARCH_TIME_BUDGET")?.unwrap_or(prepared.profile.time_budget);
         ensure!(time_budget > 0.0, "AUTORESEARCH_TIME_BUDGET must be positive");
@@ -202,7 +209,11 @@ impl Run {
 
     /// val_bpb over the profile's eval tokens, in batches of `b` rows; `per_token_loss` gives one loss
     /// (nats) per target of a batch, row-major.
-    pub fn evaluate_bpb(&self, b: usize, per_token_loss: impl FnMut(&crate::dataloader::Batch) -> Result<Vec<f32>>) -> Result<f64> {
+    pub fn evaluate_bpb(
+        &self,
+        b: usize,
+        per_token_loss: impl FnMut(&crate::dataloader::Batch) -> Result<Vec<f32>>,
+    ) -> Result<f64> {
         let t = self.profile().max_seq_len;
         let steps = self.profile().eval_tokens / (b * t);
         ensure!(steps > 0, "eval batch {b}×{t} is larger than the {} eval tokens", self.profile().eval_tokens);

@@ -33,7 +33,8 @@ pub enum Split {
 pub fn split_files(dir: &Path, split: Split) -> Result<Vec<PathBuf>> {
     let val_name = shard_name(VAL_SHARD);
     let mut all = Vec::new();
-    let entries = std::fs::read_dir(dir).with_context(|| format!("no data at {} (run `autoresearch prepare`)", dir.display()))?;
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("no data at {} (run `autoresearch prepare`)", dir.display()))?;
     for entry in entries {
         let path = entry.with_context(|| format!("listing {}", dir.display()))?.path();
         if path.extension().is_some_and(|e| e == "parquet") {
@@ -41,7 +42,8 @@ pub fn split_files(dir: &Path, split: Split) -> Result<Vec<PathBuf>> {
         }
     }
     all.sort();
-    let (val, train): (Vec<_>, Vec<_>) = all.into_iter().partition(|p| p.file_name().is_some_and(|n| n == val_name.as_str()));
+    let (val, train): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|p| p.file_name().is_some_and(|n| n == val_name.as_str()));
     let files = match split {
         Split::Train => train,
         Split::Val => val,
@@ -65,8 +67,8 @@ pub struct Shard {
 impl Shard {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let reader =
-            SerializedFileReader::new(file).with_context(|| format!("{} is not a readable parquet file", path.display()))?;
+        let reader = SerializedFileReader::new(file)
+            .with_context(|| format!("{} is not a readable parquet file", path.display()))?;
         let schema = reader.metadata().file_metadata().schema_descr();
         let names: Vec<String> = schema.columns().iter().map(|c| c.name().to_string()).collect();
         let Some(column) = names.iter().position(|n| n == "text") else {
@@ -90,13 +92,15 @@ impl Shard {
         let ctx = || format!("{} row group {index}", self.path.display());
         let group = self.reader.get_row_group(index).with_context(ctx)?;
         let rows = group.metadata().num_rows() as usize;
-        let ColumnReader::ByteArrayColumnReader(mut col) = group.get_column_reader(self.column).with_context(ctx)? else {
+        let ColumnReader::ByteArrayColumnReader(mut col) = group.get_column_reader(self.column).with_context(ctx)?
+        else {
             bail!("{}: column `text` is not a byte array", ctx());
         };
         let (mut values, mut defs) = (Vec::with_capacity(rows), Vec::with_capacity(rows));
         let mut read = 0;
         while read < rows {
-            let (records, _, _) = col.read_records(rows - read, Some(&mut defs), None, &mut values).with_context(ctx)?;
+            let (records, _, _) =
+                col.read_records(rows - read, Some(&mut defs), None, &mut values).with_context(ctx)?;
             if records == 0 {
                 break;
             }
@@ -113,7 +117,8 @@ impl Shard {
             .into_iter()
             .enumerate()
             .map(|(row, v)| {
-                String::from_utf8(v.data().to_vec()).map_err(|e| anyhow::anyhow!("{}: row {row} is not UTF-8 ({e})", ctx()))
+                String::from_utf8(v.data().to_vec())
+                    .map_err(|e| anyhow::anyhow!("{}: row {row} is not UTF-8 ({e})", ctx()))
             })
             .collect()
     }
@@ -127,7 +132,12 @@ pub struct DocBatch {
 
 /// Reads `files` in order in a background thread, in batches of `batch_docs` documents (never spanning
 /// row groups); with `repeat`, starts over with epoch + 1 forever. The channel holds `queue` batches.
-pub fn spawn_reader(files: Vec<PathBuf>, repeat: bool, batch_docs: usize, queue: usize) -> mpsc::Receiver<Result<DocBatch>> {
+pub fn spawn_reader(
+    files: Vec<PathBuf>,
+    repeat: bool,
+    batch_docs: usize,
+    queue: usize,
+) -> mpsc::Receiver<Result<DocBatch>> {
     let (tx, rx) = mpsc::sync_channel(queue);
     std::thread::Builder::new()
         .name("shard-reader".into())
@@ -165,12 +175,14 @@ pub fn spawn_reader(files: Vec<PathBuf>, repeat: bool, batch_docs: usize, queue:
 
 /// Every document of `files`, in order, read in a background thread.
 pub fn documents(files: Vec<PathBuf>) -> impl Iterator<Item = Result<String>> {
-    spawn_reader(files, false, ROWS_PER_GROUP, 4).into_iter().flat_map(|batch| -> Box<dyn Iterator<Item = Result<String>>> {
-        match batch {
-            Ok(b) => Box::new(b.docs.into_iter().map(Ok)),
-            Err(e) => Box::new(std::iter::once(Err(e))),
-        }
-    })
+    spawn_reader(files, false, ROWS_PER_GROUP, 4).into_iter().flat_map(
+        |batch| -> Box<dyn Iterator<Item = Result<String>>> {
+            match batch {
+                Ok(b) => Box::new(b.docs.into_iter().map(Ok)),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            }
+        },
+    )
 }
 
 /// Writes documents as a shard in the climbmix layout (no dictionary, no statistics), atomically.

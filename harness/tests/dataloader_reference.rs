@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
+use autoresearch_golden::Reference;
 use autoresearch_harness::dataloader::{DataLoader, LoaderOptions};
-use autoresearch_harness::reference::Reference;
 use autoresearch_harness::shards::{split_files, Split};
 use autoresearch_harness::tokenizer::{parse_ranks, Tokenizer};
 use safetensors::SafeTensors;

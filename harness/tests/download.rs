@@ -1,4 +1,5 @@
-//! Downloads against a real HTTP server on 127.0.0.1, serving the reference shards, with faults on demand.
+//! Downloads against a real HTTP server on 127.0.0.1, serving shards this test writes from the demo corpus,
+//! with faults on demand.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -8,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autoresearch_harness::download::{download_shards, shard_indices, DownloadOptions};
-use autoresearch_harness::reference::Reference;
-use autoresearch_harness::shards::{shard_name, Shard};
+use autoresearch_harness::prepare::split_documents;
+use autoresearch_harness::shards::{shard_name, write_shard, Shard, VAL_SHARD};
 use indicatif::ProgressBar;
 
 #[derive(Clone, Copy)]
@@ -110,14 +111,33 @@ fn options(url: &str) -> DownloadOptions {
     DownloadOptions { base_url: url.to_string(), workers: 3, attempts: 5, backoff: Duration::from_millis(1) }
 }
 
+/// Training shards served by the test servers (plus the validation shard).
+const TRAIN_SHARDS: usize = 2;
+
+/// A folder of shards in the climbmix layout, written once from the demo corpus: documents dealt in turn to
+/// the training shards and the validation shard.
 fn reference_data() -> PathBuf {
-    Reference::load().unwrap().path("data")
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/demo/tinyshakespeare.txt"))
+                .unwrap();
+        let docs = split_documents(&text);
+        let index = |k: usize| if k < TRAIN_SHARDS { k } else { VAL_SHARD };
+        for k in 0..=TRAIN_SHARDS {
+            let part: Vec<String> = docs.iter().skip(k).step_by(TRAIN_SHARDS + 1).cloned().collect();
+            write_shard(&dir.path().join(shard_name(index(k))), &part).unwrap();
+        }
+        dir
+    })
+    .path()
+    .to_path_buf()
 }
 
-/// The training shards of the reference (0..n) plus validation: what `--num-shards n` fetches.
+/// What `--num-shards TRAIN_SHARDS` fetches.
 fn num_train_shards() -> i64 {
-    let r = Reference::load().unwrap();
-    r.usize(&["documents", "train_shards"]) as i64
+    TRAIN_SHARDS as i64
 }
 
 fn assert_same_files(dir: &Path, indices: &[usize]) {
@@ -200,7 +220,8 @@ fn a_cut_connection_resumes_and_completes() {
     let server = Server::start(reference_data(), Fault::None);
     download_shards(dir.path(), &indices, &options(&server.url), &ProgressBar::hidden()).unwrap();
     assert_same_files(dir.path(), &indices);
-    let total: usize = indices.iter().map(|&i| std::fs::metadata(reference_data().join(shard_name(i))).unwrap().len() as usize).sum();
+    let total: usize =
+        indices.iter().map(|&i| std::fs::metadata(reference_data().join(shard_name(i))).unwrap().len() as usize).sum();
     let sent = server.body_bytes.load(Ordering::SeqCst);
     assert!(sent <= total / 2 + indices.len(), "resumed: {sent} of {total} bytes sent again");
 }

@@ -2,9 +2,8 @@
 
 use std::path::Path;
 
-use autoresearch_harness::prepare::{check_parquet_dir, prepare, Source, TextInput};
+use autoresearch_harness::prepare::{check_parquet_dir, prepare, write_text_shards, Source, TextInput};
 use autoresearch_harness::profile::{load_tokenizer, tokenizer_dir, Prepared, Profile};
-use autoresearch_harness::reference::Reference;
 use autoresearch_harness::shards::{shard_name, Shard};
 
 fn small_text_profile(vocab: usize) -> Profile {
@@ -59,18 +58,20 @@ fn a_vocabulary_larger_than_the_data_gives_is_refused_and_nothing_is_kept() {
 
 #[test]
 fn bad_parquet_folders_are_refused_by_name() {
-    let r = Reference::load().unwrap();
+    let good = tempfile::tempdir().unwrap();
+    let good = good.path().join("data");
+    write_text_shards(&good, &demo_inputs()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let msg = format!("{:#}", check_parquet_dir(dir.path()).unwrap_err());
     assert!(msg.contains("no training shards") && msg.contains(&dir.path().display().to_string()), "{msg}");
 
-    std::fs::copy(r.path("data").join(shard_name(0)), dir.path().join(shard_name(0))).unwrap();
+    std::fs::copy(good.join(shard_name(0)), dir.path().join(shard_name(0))).unwrap();
     let msg = format!("{:#}", check_parquet_dir(dir.path()).unwrap_err());
     assert!(msg.contains("no validation shard shard_06542.parquet"), "{msg}");
 
     // Truncated: the footer is gone.
     let val = dir.path().join(shard_name(6542));
-    let bytes = std::fs::read(r.path("data").join(shard_name(6542))).unwrap();
+    let bytes = std::fs::read(good.join(shard_name(6542))).unwrap();
     std::fs::write(&val, &bytes[..bytes.len() / 2]).unwrap();
     let msg = format!("{:#}", check_parquet_dir(dir.path()).unwrap_err());
     assert!(msg.contains("shard_06542.parquet is not a readable parquet file"), "{msg}");

@@ -1,6 +1,6 @@
 //! The tokenizer against the original's golden files: trained ranks, token_bytes and encodings.
 
-use autoresearch_harness::reference::Reference;
+use autoresearch_golden::Reference;
 use autoresearch_harness::shards::{self, Split};
 use autoresearch_harness::tokenizer::train::{train_bpe, TrainOptions};
 use autoresearch_harness::tokenizer::{Tokenizer, SPECIAL_TOKENS};
@@ -26,7 +26,8 @@ fn trained_ranks_equal_the_reference_byte_for_byte() {
         assert!(ours == theirs, "ranks for vocab {vocab} differ from the reference");
         let ours = std::fs::read_to_string(dir.path().join("token_bytes.json")).unwrap();
         let theirs: Vec<u32> =
-            serde_json::from_slice(&std::fs::read(r.path(&format!("tokenizer-{vocab}/token_bytes.json"))).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(r.path(&format!("tokenizer-{vocab}/token_bytes.json"))).unwrap())
+                .unwrap();
         assert_eq!(serde_json::from_str::<Vec<u32>>(&ours).unwrap(), theirs, "token_bytes for vocab {vocab}");
         assert_eq!(Tokenizer::load(dir.path()).unwrap().vocab_size(), vocab);
     }

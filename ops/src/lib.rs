@@ -7,12 +7,23 @@ use tch::Tensor;
 use torch_sys::C_tensor;
 
 extern "C" {
-    fn ar_flash_attention(q: *const C_tensor, k: *const C_tensor, v: *const C_tensor, window_left: i64, err: *mut *mut c_char) -> *mut C_tensor;
+    fn ar_flash_attention(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        window_left: i64,
+        err: *mut *mut c_char,
+    ) -> *mut C_tensor;
     fn ar_set_autocast_bf16();
     fn ar_autocast_enter(enabled: bool) -> bool;
     fn ar_autocast_exit(previous: bool);
     fn ar_set_float32_matmul_precision_high();
-    fn ar_softcap_cross_entropy(logits: *const C_tensor, targets: *const C_tensor, cap: f64, err: *mut *mut c_char) -> *mut C_tensor;
+    fn ar_softcap_cross_entropy(
+        logits: *const C_tensor,
+        targets: *const C_tensor,
+        cap: f64,
+        err: *mut *mut c_char,
+    ) -> *mut C_tensor;
     fn ar_fused_kernels_available(device: i32, err: *mut *mut c_char) -> bool;
     fn ar_cuda_peak_allocated_bytes(device: i32) -> i64;
     fn ar_cuda_device_name(device: i32, buf: *mut c_char, len: i32) -> i32;
@@ -21,14 +32,18 @@ extern "C" {
 /// Causal attention where query i sees keys i − `window_left` ..= i, with FlashAttention-2.
 /// q, k, v: (B, T, H, D), bf16 or fp16, on a CUDA device; the result has the same layout.
 pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, window_left: i64) -> anyhow::Result<Tensor> {
-    tensor_result("flash attention", |err| unsafe { ar_flash_attention(q.as_ptr(), k.as_ptr(), v.as_ptr(), window_left, err) })
+    tensor_result("flash attention", |err| unsafe {
+        ar_flash_attention(q.as_ptr(), k.as_ptr(), v.as_ptr(), window_left, err)
+    })
 }
 
 /// Per-row cross-entropy of `cap`·tanh(`logits` / `cap`) against `targets` (rows with a negative target count
 /// 0), fused into one CUDA kernel each way instead of a chain of passes over float32 copies of the logits.
 /// logits: (rows, vocab), bf16 or float32, on CUDA; targets: (rows,) int64. Returns (rows,) float32.
 pub fn softcap_cross_entropy(logits: &Tensor, targets: &Tensor, cap: f64) -> anyhow::Result<Tensor> {
-    tensor_result("softcap cross-entropy", |err| unsafe { ar_softcap_cross_entropy(logits.as_ptr(), targets.as_ptr(), cap, err) })
+    tensor_result("softcap cross-entropy", |err| unsafe {
+        ar_softcap_cross_entropy(logits.as_ptr(), targets.as_ptr(), cap, err)
+    })
 }
 
 /// Whether the fused kernels compile and load on CUDA device `index` (NVRTC and the driver are found at

@@ -5,7 +5,7 @@
 
 mod common;
 
-use autoresearch_harness::reference::Reference;
+use autoresearch_golden::Reference;
 use common::rel_err;
 use tch::{Device, Kind, Tensor};
 use train::{Gpt, MuonAdamW, H100};
@@ -68,7 +68,13 @@ fn the_fused_softcap_cross_entropy_matches_plain_ops() {
         let fused_in = base.to_kind(kind).detach().set_requires_grad(true);
         let plain_in = base.to_kind(kind).to_kind(Kind::Float).detach().set_requires_grad(true);
         let fused = autoresearch_ops::softcap_cross_entropy(&fused_in, &targets, cap).unwrap();
-        let plain = ((&plain_in / cap).tanh() * cap).cross_entropy_loss(&targets, None::<Tensor>, tch::Reduction::None, -1, 0.0);
+        let plain = ((&plain_in / cap).tanh() * cap).cross_entropy_loss(
+            &targets,
+            None::<Tensor>,
+            tch::Reduction::None,
+            -1,
+            0.0,
+        );
         (&fused * &grad_out).sum(Kind::Float).backward();
         (&plain * &grad_out).sum(Kind::Float).backward();
         let (loss_err, grad_err) = (rel_err(&fused, &plain), rel_err(&fused_in.grad(), &plain_in.grad()));

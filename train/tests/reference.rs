@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use autoresearch_golden::Reference;
 use autoresearch_harness::dataloader::{DataLoader, LoaderOptions};
 use autoresearch_harness::metric::evaluate_bpb;
-use autoresearch_harness::reference::Reference;
 use autoresearch_harness::shards::{split_files, Split};
 use autoresearch_harness::tokenizer::{parse_ranks, Tokenizer};
 use tch::{Device, Kind, Tensor};
@@ -79,7 +79,10 @@ fn per_token_losses_and_every_gradient_equal_the_reference() {
         assert!(err < 1e-5, "grad of {name}: relative error {err:e}");
         worst = worst.max(err);
     }
-    eprintln!("per-token loss relative error {:e}, worst gradient {worst:e}", rel_err(&per_token, &golden["per_token_loss"]));
+    eprintln!(
+        "per-token loss relative error {:e}, worst gradient {worst:e}",
+        rel_err(&per_token, &golden["per_token_loss"])
+    );
 }
 
 #[test]
@@ -101,8 +104,11 @@ fn two_steps_on_fixed_gradients(polar_kind: Kind, muon_tolerance: f64) {
     let lrm = r.f64(&["optimizer", "lr_multiplier"]);
     let mut opt = MuonAdamW::new(&model, &hp);
     opt.polar_kind = polar_kind;
-    let matrices: Vec<String> = model.named_parameters().into_iter().map(|(n, _)| n).filter(|n| n.starts_with("transformer.h.")).collect();
-    let snapshot = |m: &Gpt| -> BTreeMap<String, Tensor> { m.named_parameters().into_iter().map(|(n, p)| (n, p.detach().copy())).collect() };
+    let matrices: Vec<String> =
+        model.named_parameters().into_iter().map(|(n, _)| n).filter(|n| n.starts_with("transformer.h.")).collect();
+    let snapshot = |m: &Gpt| -> BTreeMap<String, Tensor> {
+        m.named_parameters().into_iter().map(|(n, p)| (n, p.detach().copy())).collect()
+    };
     let mut before_ours = snapshot(&model);
     let mut before_ref = before_ours.iter().map(|(n, t)| (n.clone(), t.copy())).collect::<BTreeMap<_, _>>();
     for step in 1..=2 {
@@ -121,7 +127,10 @@ fn two_steps_on_fixed_gradients(polar_kind: Kind, muon_tolerance: f64) {
             let want = &steps[&format!("step{step}.{name}")];
             if matrices.contains(name) {
                 let err = rel_err(&(ours - &before_ours[name]), &(want - &before_ref[name]));
-                assert!(err < muon_tolerance, "{polar_kind:?} step {step}, Muon update of {name}: relative error {err:e}");
+                assert!(
+                    err < muon_tolerance,
+                    "{polar_kind:?} step {step}, Muon update of {name}: relative error {err:e}"
+                );
                 worst_muon = worst_muon.max(err);
             } else {
                 let err = rel_err(ours, want);

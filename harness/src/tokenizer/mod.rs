@@ -52,7 +52,8 @@ impl Tokenizer {
         }
         let mut byte_ids = [0u32; 256];
         for b in 0..=255u8 {
-            byte_ids[b as usize] = *encoder.get(&[b][..]).with_context(|| format!("no rank for the single byte {b}"))?;
+            byte_ids[b as usize] =
+                *encoder.get(&[b][..]).with_context(|| format!("no rank for the single byte {b}"))?;
         }
         let mut merges = FxHashMap::default();
         for (id, bytes) in tokens.iter().enumerate() {
@@ -117,7 +118,12 @@ impl Tokenizer {
     }
 
     /// Encodes many texts on `threads` threads, each optionally starting with `prepend` (BOS).
-    pub fn encode_batch<S: AsRef<str> + Sync>(&self, texts: &[S], prepend: Option<u32>, threads: usize) -> Vec<Vec<u32>> {
+    pub fn encode_batch<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+        prepend: Option<u32>,
+        threads: usize,
+    ) -> Vec<Vec<u32>> {
         let encode_all = |chunk: &[S]| {
             let mut enc = self.encoder();
             chunk.iter().map(|t| enc.encode_doc(t.as_ref(), prepend)).collect::<Vec<_>>()
@@ -322,10 +328,13 @@ mod tests {
 
     fn tokenizer() -> &'static Tokenizer {
         static TOK: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
+        // Trained here on the demo corpus, so that many merges apply to the test's pieces.
         TOK.get_or_init(|| {
-            let r = crate::reference::Reference::load().unwrap();
-            let ranks = std::fs::read_to_string(r.path("tokenizer-512/ranks.tiktoken")).unwrap();
-            Tokenizer::from_ranks(parse_ranks(&ranks).unwrap(), vec![]).unwrap()
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/demo/tinyshakespeare.txt");
+            let text = std::fs::read_to_string(&path).unwrap();
+            let docs = crate::prepare::split_documents(&text).into_iter().map(Ok);
+            let ranks = train::train_bpe(docs, &train::TrainOptions::new(508), &mut |_| {}).unwrap();
+            Tokenizer::from_ranks(ranks, vec![]).unwrap()
         })
     }
 
@@ -342,7 +351,8 @@ mod tests {
 
     #[test]
     fn token_bytes_count_replacement_characters() {
-        let tok = Tokenizer::from_ranks((0..=255u8).map(|b| vec![b]).chain([vec![0xe2, 0x82, 0xac]]).collect(), vec![]).unwrap();
+        let tok = Tokenizer::from_ranks((0..=255u8).map(|b| vec![b]).chain([vec![0xe2, 0x82, 0xac]]).collect(), vec![])
+            .unwrap();
         let tb = tok.token_bytes();
         assert_eq!(tb.len(), 257 + SPECIAL_TOKENS.len());
         assert_eq!(tb[b'a' as usize], 1);

@@ -220,7 +220,7 @@ fn merge(counts: PieceCounts, n_ranks: usize, progress: &mut dyn FnMut(Progress)
             }
         }
         let done = tokens.len() - 256;
-        if done % 256 == 0 || done == n_merges {
+        if done.is_multiple_of(256) || done == n_merges {
             progress(Progress::Merged { merges: done, of: n_merges });
         }
     }

@@ -1,6 +1,6 @@
 //! Shared by the reference and CUDA tests.
 
-use autoresearch_harness::reference::Reference;
+use autoresearch_golden::Reference;
 use tch::{Kind, Tensor};
 use train::GptConfig;
 

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::results::{self, Extra, Row, Status};
-use super::rules::{mean_std, Decider, NoiseEstimate, Rule};
-use super::state::{Best, InProgress};
-use super::trainer::{RunSettings, Trainer};
-use super::{file_hash, now_utc, Interrupts, RunMeta, Workspace, TRAINING_FILE};
-use crate::summary::Summary;
+use crate::process::{wait_or_kill, Role};
+use crate::results::{self, Extra, Row, Status};
+use crate::rules::{mean_std, Decider, NoiseEstimate, Rule};
+use crate::state::{Best, InProgress};
+use crate::trainer::{RunSettings, Trainer};
+use crate::{file_hash, now_utc, Interrupts, RunMeta, Workspace, TRAINING_FILE};
+use autoresearch_harness::summary::Summary;
 
 /// The seed of every experiment's first run (the original's).
 pub const SEED: u64 = 42;
@@ -60,9 +61,22 @@ struct Trained {
     log: String,
 }
 
+/// Builds the training binary, the build process recorded in the journal while it runs.
+pub fn build(ws: &mut Workspace, trainer: &Trainer) -> Result<std::result::Result<String, String>> {
+    let mut recorded = None;
+    let result = trainer.build(&mut |cmd| {
+        let (child, r) = ws.spawn(cmd, Role::Build)?;
+        recorded = Some(r);
+        Ok(child)
+    });
+    if let Some(r) = recorded {
+        ws.forget(&r)?;
+    }
+    result
+}
+
 /// Runs the training binary once with `seed`, output into `log_path`, under the hard timeout.
 fn train_once(ws: &mut Workspace, trainer: &Trainer, seed: u64, log_path: &Path, opts: &RunOptions) -> Result<Trained> {
-    use std::os::unix::process::CommandExt;
     let settings = RunSettings {
         profile: Some(ws.state.profile.clone()),
         time_budget: Some(ws.state.time_budget),
@@ -71,35 +85,19 @@ fn train_once(ws: &mut Workspace, trainer: &Trainer, seed: u64, log_path: &Path,
     let log = std::fs::File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut cmd = trainer.run_command(&settings)?;
     // Its own process group: Ctrl-C reaches only us, and a timeout kills everything it started.
-    cmd.stdout(log.try_clone()?).stderr(log).process_group(0);
+    cmd.stdout(log.try_clone()?).stderr(log);
     let started = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", trainer.binary().display()))?;
-    let pgid = child.id() as i32;
-    if let Some(ip) = ws.state.in_progress.as_mut() {
-        ip.child_pgid = Some(pgid);
-        ws.save_state()?;
-    }
+    let (mut child, recorded) =
+        ws.spawn(&mut cmd, Role::Training).with_context(|| format!("starting {}", trainer.binary().display()))?;
     let (mut timed_out, mut interrupted) = (false, false);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if started.elapsed() > opts.timeout {
-            timed_out = true;
-        } else if opts.interrupts.count() >= opts.abort_at {
-            interrupted = true;
-        } else {
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        }
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        break child.wait()?;
-    };
+    let status = wait_or_kill(&mut child, || {
+        timed_out = started.elapsed() > opts.timeout;
+        interrupted = !timed_out && opts.interrupts.count() >= opts.abort_at;
+        timed_out || interrupted
+    })?;
+    ws.forget(&recorded)?;
+    let status = status.unwrap_or_else(|| std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL));
     let wall = started.elapsed().as_secs_f64();
-    if let Some(ip) = ws.state.in_progress.as_mut() {
-        ip.child_pgid = None;
-        ws.save_state()?;
-    }
     let log = String::from_utf8_lossy(&std::fs::read(log_path)?).into_owned();
     let (summary, crash) = if timed_out {
         (None, Some(format!("timeout: killed after {:.0} s", opts.timeout.as_secs_f64())))
@@ -194,14 +192,18 @@ pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &RunOptions) 
         ..Default::default()
     };
     if !opts.force {
-        if let Some(earlier) = ws.runs().into_iter().find(|m| m.file_hash == hash && ["keep", "discard", "crash"].contains(&m.status.as_str())) {
+        if let Some(earlier) = ws
+            .runs()
+            .into_iter()
+            .find(|m| m.file_hash == hash && ["keep", "discard", "crash"].contains(&m.status.as_str()))
+        {
             return reuse(ws, opts, meta, &earlier, started);
         }
     }
     ws.state.next_run += 1;
     ws.write_meta(&meta)?;
     std::fs::write(ws.run_dir(run).join("train.rs"), &content)?;
-    ws.state.in_progress = Some(InProgress { run, commit: None, child_pgid: None });
+    ws.state.in_progress = Some(InProgress { run, commit: None });
     ws.save_state()?;
 
     let commit = if ws.training_file_changed()? {
@@ -216,7 +218,7 @@ pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &RunOptions) 
 
     let run_log = ws.root.join("run.log");
     let mut training_wall = 0.0;
-    let build = trainer.build_captured()?;
+    let build = build(ws, trainer)?;
     std::fs::write(ws.run_dir(run).join("build.log"), build.as_ref().unwrap_or_else(|e| e))?;
     let mut trained = None;
     let crash = match build {
@@ -276,9 +278,18 @@ pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &RunOptions) 
                         let description = format!("rerun {k}/{n} (seed {seed}) of: {}", opts.description);
                         let (val_bpb, memory_gb, note) = match (&t.summary, &t.crash) {
                             (Some(r), _) => (r.val_bpb, r.peak_vram_mb / 1024.0, format!("seed {seed}")),
-                            (None, crash) => (0.0, 0.0, format!("seed {seed} crashed: {}", crash.clone().unwrap_or_default())),
+                            (None, crash) => {
+                                (0.0, 0.0, format!("seed {seed} crashed: {}", crash.clone().unwrap_or_default()))
+                            }
                         };
-                        reruns.push(Row { commit: commit.clone(), val_bpb, memory_gb, status: Status::Rerun, description, extra: Some(extra(t.wall, note)) });
+                        reruns.push(Row {
+                            commit: commit.clone(),
+                            val_bpb,
+                            memory_gb,
+                            status: Status::Rerun,
+                            description,
+                            extra: Some(extra(t.wall, note)),
+                        });
                         match t.summary {
                             Some(r) => values.push(r.val_bpb),
                             None => {
@@ -328,7 +339,15 @@ pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &RunOptions) 
     ws.write_meta(&meta)?;
     ws.state.in_progress = None;
     ws.save_state()?;
-    Ok(Outcome { run, status: status.to_string(), val_bpb: meta.val_bpb, reason, log_tail, seconds, harness_overhead: overhead })
+    Ok(Outcome {
+        run,
+        status: status.to_string(),
+        val_bpb: meta.val_bpb,
+        reason,
+        log_tail,
+        seconds,
+        harness_overhead: overhead,
+    })
 }
 
 /// An interrupted experiment: its change set aside, no row, the tree back at the best commit.
@@ -340,11 +359,21 @@ fn interrupted(ws: &mut Workspace, mut meta: RunMeta) -> Result<Outcome> {
     ws.write_meta(&meta)?;
     ws.state.in_progress = None;
     ws.save_state()?;
-    bail!("run {} interrupted: the tree is back at the best commit, the change saved in {}", meta.run, ws.run_dir(meta.run).display())
+    bail!(
+        "run {} interrupted: the tree is back at the best commit, the change saved in {}",
+        meta.run,
+        ws.run_dir(meta.run).display()
+    )
 }
 
 /// An experiment whose training file is byte-identical to an earlier run's: that result stands, recorded again.
-fn reuse(ws: &mut Workspace, opts: &RunOptions, mut meta: RunMeta, earlier: &RunMeta, started: Instant) -> Result<Outcome> {
+fn reuse(
+    ws: &mut Workspace,
+    opts: &RunOptions,
+    mut meta: RunMeta,
+    earlier: &RunMeta,
+    started: Instant,
+) -> Result<Outcome> {
     let run = meta.run;
     ws.state.next_run += 1;
     let rows = results::read(&ws.results)?.rows;
@@ -380,7 +409,15 @@ fn reuse(ws: &mut Workspace, opts: &RunOptions, mut meta: RunMeta, earlier: &Run
     ws.write_meta(&meta)?;
     ws.save_state()?;
     let seconds = started.elapsed().as_secs_f64();
-    Ok(Outcome { run, status: "reused".into(), val_bpb: earlier.val_bpb, reason, log_tail: None, seconds, harness_overhead: seconds })
+    Ok(Outcome {
+        run,
+        status: "reused".into(),
+        val_bpb: earlier.val_bpb,
+        reason,
+        log_tail: None,
+        seconds,
+        harness_overhead: seconds,
+    })
 }
 
 /// Reruns the best commit `k` times with seeds 43, 44, ... and stores the spread of val_bpb.
@@ -391,7 +428,7 @@ pub fn measure_noise(ws: &mut Workspace, trainer: &Trainer, k: usize, opts: &Run
     if !ws.forbidden_changes()?.is_empty() || ws.training_file_changed()? {
         bail!("the working tree differs from the best commit: run or undo the change first");
     }
-    if let Err(compiler) = trainer.build_captured()? {
+    if let Err(compiler) = build(ws, trainer)? {
         bail!("the best commit does not build:\n{}", tail(&compiler, TAIL_LINES));
     }
     let (profile, budget) = (ws.state.profile.clone(), ws.state.time_budget);
@@ -405,14 +442,18 @@ pub fn measure_noise(ws: &mut Workspace, trainer: &Trainer, k: usize, opts: &Run
             bail!("interrupted");
         }
         let Some(s) = t.summary else {
-            bail!("the run with seed {seed} crashed ({}); see {}", t.crash.unwrap_or_default(), dir.join(format!("seed-{seed}.log")).display());
+            bail!(
+                "the run with seed {seed} crashed ({}); see {}",
+                t.crash.unwrap_or_default(),
+                dir.join(format!("seed-{seed}.log")).display()
+            );
         };
         eprintln!("noise: seed {seed}: val_bpb {:.6}", s.val_bpb);
         seeds.push(seed);
         values.push(s.val_bpb);
     }
     let estimate = NoiseEstimate::new(&profile, budget, &ws.git.head()?, seeds, values)?;
-    super::rules::save_noise(&ws.dir, &estimate)?;
+    crate::rules::save_noise(&ws.dir, &estimate)?;
     Ok(estimate)
 }
 
@@ -435,7 +476,10 @@ mod tests {
         let exit = |code: i32| ExitStatus::from_raw(code << 8);
         let signal = |sig: i32| ExitStatus::from_raw(sig);
         assert_eq!(crash_reason(exit(0), "anything"), None);
-        assert_eq!(crash_reason(exit(1), "step 00012 | loss: nan\r\nFAIL: loss NaN at step 12\n").unwrap(), "FAIL: the loss was NaN or above 100");
+        assert_eq!(
+            crash_reason(exit(1), "step 00012 | loss: nan\r\nFAIL: loss NaN at step 12\n").unwrap(),
+            "FAIL: the loss was NaN or above 100"
+        );
         assert_eq!(crash_reason(exit(101), "CUDA out of memory. Tried to allocate 2.00 GiB").unwrap(), "out of memory");
         let panic = "thread 'main' (7) panicked at train/train.rs:12:5:\nindex out of bounds\nnote: run with RUST_BACKTRACE=1\n";
         assert_eq!(crash_reason(exit(101), panic).unwrap(), "panic: index out of bounds");

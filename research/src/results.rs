@@ -104,7 +104,12 @@ impl Row {
     pub fn parse(line: &str) -> Result<Row> {
         let cols: Vec<&str> = line.split('\t').collect();
         if cols.len() != ORIGINAL_COLUMNS.len() && cols.len() != ORIGINAL_COLUMNS.len() + EXTRA_COLUMNS.len() {
-            bail!("{} columns, expected {} or {}", cols.len(), ORIGINAL_COLUMNS.len(), ORIGINAL_COLUMNS.len() + EXTRA_COLUMNS.len());
+            bail!(
+                "{} columns, expected {} or {}",
+                cols.len(),
+                ORIGINAL_COLUMNS.len(),
+                ORIGINAL_COLUMNS.len() + EXTRA_COLUMNS.len()
+            );
         }
         let number = |name: &str, v: &str| -> Result<f64> {
             let x: f64 = v.trim().parse().map_err(|_| anyhow::anyhow!("{name} {v:?} is not a number"))?;
@@ -171,7 +176,7 @@ pub fn read(path: &Path) -> Result<ResultsFile> {
 /// Creates the file with its header, unless it exists.
 pub fn create(path: &Path) -> Result<()> {
     if !path.exists() {
-        crate::fsutil::write_atomic(path, format!("{}\n", header()).as_bytes())?;
+        autoresearch_harness::fsutil::write_atomic(path, format!("{}\n", header()).as_bytes())?;
     }
     Ok(())
 }
@@ -180,7 +185,8 @@ pub fn create(path: &Path) -> Result<()> {
 pub fn append(path: &Path, rows: &[Row]) -> Result<()> {
     repair(path)?;
     let text: String = rows.iter().map(|r| r.to_line() + "\n").collect();
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut f =
+        std::fs::OpenOptions::new().append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
     f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -206,14 +212,24 @@ mod tests {
             memory_gb: 44.0,
             status: Status::Keep,
             description: "baseline\twith a tab".into(),
-            extra: Some(Extra { profile: "h100".into(), budget: 300.0, seconds: 325.9, run: 1, rule: "lower".into(), reason: "first result".into() }),
+            extra: Some(Extra {
+                profile: "h100".into(),
+                budget: 300.0,
+                seconds: 325.9,
+                run: 1,
+                rule: "lower".into(),
+                reason: "first result".into(),
+            }),
         }
     }
 
     #[test]
     fn rows_round_trip_in_the_original_layout_first() {
         let line = row().to_line();
-        assert_eq!(line, "a1b2c3d\t0.997900\t44.0\tkeep\tbaseline with a tab\th100\t300\t325.9\t1\tlower\tfirst result");
+        assert_eq!(
+            line,
+            "a1b2c3d\t0.997900\t44.0\tkeep\tbaseline with a tab\th100\t300\t325.9\t1\tlower\tfirst result"
+        );
         let back = Row::parse(&line).unwrap();
         assert_eq!(back.description, "baseline with a tab");
         assert_eq!(back.extra, row().extra);

@@ -5,12 +5,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::process::{wait_or_kill, Role};
+
 use anyhow::{Context, Result};
 
-use super::results;
-use super::run::{check, refusal_message, run_experiment, tail, Check, RunOptions, TAIL_LINES};
-use super::trainer::Trainer;
-use super::{now_utc, RunMeta, Workspace, TRAINING_FILE};
+use crate::results;
+use crate::run::{build, check, refusal_message, run_experiment, tail, Check, RunOptions, TAIL_LINES};
+use crate::trainer::Trainer;
+use crate::{now_utc, RunMeta, Workspace, TRAINING_FILE};
 
 pub struct LoopOptions {
     /// The agent's command line, run by `sh -c`; `{prompt}` becomes the prompt file's path (else the path
@@ -38,7 +40,12 @@ pub struct LoopReport {
 /// Agent calls in a row that change nothing before the loop gives up.
 const MAX_IDLE_CALLS: usize = 3;
 
-pub fn research_loop(ws: &mut Workspace, trainer: &Trainer, opts: &LoopOptions, on_outcome: &mut dyn FnMut(&str)) -> Result<LoopReport> {
+pub fn research_loop(
+    ws: &mut Workspace,
+    trainer: &Trainer,
+    opts: &LoopOptions,
+    on_outcome: &mut dyn FnMut(&str),
+) -> Result<LoopReport> {
     let started = Instant::now();
     let mut report = LoopReport::default();
     let mut feedback: Option<String> = None;
@@ -69,7 +76,7 @@ pub fn research_loop(ws: &mut Workspace, trainer: &Trainer, opts: &LoopOptions, 
         } else {
             let _ = std::fs::remove_file(&description_path);
             let prompt = build_prompt(ws, opts, &description_path, feedback.take().as_deref(), None)?;
-            crate::fsutil::write_atomic(&prompt_path, prompt.as_bytes())?;
+            autoresearch_harness::fsutil::write_atomic(&prompt_path, prompt.as_bytes())?;
             call_agent(ws, opts, &prompt_path, &description_path)?;
             if opts.run.interrupts.count() > 0 {
                 set_aside_leftovers(ws)?;
@@ -83,13 +90,13 @@ pub fn research_loop(ws: &mut Workspace, trainer: &Trainer, opts: &LoopOptions, 
                     Check::Unchanged => break Err(format!("you did not change {TRAINING_FILE}; nothing was run")),
                     Check::Ready => {}
                 }
-                match trainer.build_captured()? {
+                match build(ws, trainer)? {
                     Err(compiler) if fixes < opts.max_fixes => {
                         fixes += 1;
                         on_outcome(&format!("compile error; asking the agent to fix it ({fixes}/{})", opts.max_fixes));
                         let errors = tail(&compiler, TAIL_LINES);
                         let prompt = build_prompt(ws, opts, &description_path, None, Some(&errors))?;
-                        crate::fsutil::write_atomic(&prompt_path, prompt.as_bytes())?;
+                        autoresearch_harness::fsutil::write_atomic(&prompt_path, prompt.as_bytes())?;
                         call_agent(ws, opts, &prompt_path, &description_path)?;
                     }
                     _ => break Ok(()),
@@ -126,23 +133,24 @@ pub fn research_loop(ws: &mut Workspace, trainer: &Trainer, opts: &LoopOptions, 
             "crash" => report.crashes += 1,
             _ => {}
         }
-        on_outcome(&super::run::describe(&outcome));
+        on_outcome(&crate::run::describe(&outcome));
         if ws.state.best.is_none() {
             // Without a baseline nothing can be compared: a human has to look.
-            report.stop_reason = format!("the unchanged training file gave no result (run {}): {}", outcome.run, outcome.reason);
+            report.stop_reason =
+                format!("the unchanged training file gave no result (run {}): {}", outcome.run, outcome.reason);
             return Ok(report);
         }
         feedback = outcome.log_tail.as_ref().map(|t| {
-            format!("The last experiment (run {}) crashed: {}. The end of its log:\n```\n{t}\n```", outcome.run, outcome.reason)
+            format!(
+                "The last experiment (run {}) crashed: {}. The end of its log:\n```\n{t}\n```",
+                outcome.run, outcome.reason
+            )
         });
     }
 }
 
-/// Puts aside whatever the tree holds beyond the best commit (a change left by a stopped loop, say).
 fn set_aside_leftovers(ws: &Workspace) -> Result<()> {
-    if ws.training_file_changed()? || !ws.forbidden_changes()?.is_empty() {
-        let dir = ws.dir.join("leftovers").join(now_utc().replace(':', ""));
-        ws.set_aside_to(&dir, None)?;
+    if let Some(dir) = ws.set_aside_leftovers()? {
         eprintln!("an unrun change was set aside in {}", dir.display());
     }
     Ok(())
@@ -153,7 +161,13 @@ fn record_refusal(ws: &mut Workspace, problem: &str) -> Result<()> {
     let run = ws.state.next_run;
     ws.state.next_run += 1;
     ws.set_aside(run, None)?;
-    ws.write_meta(&RunMeta { run, status: "refused".into(), reason: problem.to_string(), started: now_utc(), ..Default::default() })?;
+    ws.write_meta(&RunMeta {
+        run,
+        status: "refused".into(),
+        reason: problem.to_string(),
+        started: now_utc(),
+        ..Default::default()
+    })?;
     ws.save_state()
 }
 
@@ -168,8 +182,7 @@ fn shell_quote(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
 }
 
-fn call_agent(ws: &Workspace, opts: &LoopOptions, prompt: &Path, description: &Path) -> Result<()> {
-    use std::os::unix::process::CommandExt;
+fn call_agent(ws: &mut Workspace, opts: &LoopOptions, prompt: &Path, description: &Path) -> Result<()> {
     let line = if opts.agent.contains("{prompt}") {
         opts.agent.replace("{prompt}", &shell_quote(prompt))
     } else {
@@ -179,38 +192,38 @@ fn call_agent(ws: &Workspace, opts: &LoopOptions, prompt: &Path, description: &P
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     use std::io::Write;
     writeln!(log, "\n=== {} run {}: {line}", now_utc(), ws.state.next_run)?;
-    let mut child = std::process::Command::new("sh")
-        .arg("-c")
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
         .arg(&line)
         .current_dir(&ws.root)
         .env("AUTORESEARCH_PROMPT", prompt)
         .env("AUTORESEARCH_DESCRIPTION", description)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
-        .stderr(log.try_clone()?)
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting the agent: {line}"))?;
+        .stderr(log.try_clone()?);
+    let (mut child, recorded) =
+        ws.spawn(&mut cmd, Role::Agent).with_context(|| format!("starting the agent: {line}"))?;
     let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            if !status.success() {
-                writeln!(log, "=== the agent exited with {status}")?;
-            }
-            return Ok(());
-        }
-        if started.elapsed() > opts.agent_timeout || opts.run.interrupts.count() >= opts.run.abort_at {
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            child.wait()?;
-            writeln!(log, "=== the agent was stopped (timeout or interrupt)")?;
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let status = wait_or_kill(&mut child, || {
+        started.elapsed() > opts.agent_timeout || opts.run.interrupts.count() >= opts.run.abort_at
+    })?;
+    ws.forget(&recorded)?;
+    match status {
+        Some(status) if !status.success() => writeln!(log, "=== the agent exited with {status}")?,
+        Some(_) => {}
+        None => writeln!(log, "=== the agent was stopped (timeout or interrupt)")?,
     }
+    Ok(())
 }
 
 /// The agent's prompt: program.md, then the session's state in plain words.
-fn build_prompt(ws: &Workspace, opts: &LoopOptions, description: &Path, feedback: Option<&str>, compile_errors: Option<&str>) -> Result<String> {
+fn build_prompt(
+    ws: &Workspace,
+    opts: &LoopOptions,
+    description: &Path,
+    feedback: Option<&str>,
+    compile_errors: Option<&str>,
+) -> Result<String> {
     let rows = results::read(&ws.results)?.rows;
     let mut p = opts.program.clone();
     p += "\n\n---\n\n# Current state (written by `autoresearch loop`)\n\n";

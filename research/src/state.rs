@@ -6,6 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::process::Recorded;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Best {
     pub commit: String,
@@ -19,8 +21,6 @@ pub struct InProgress {
     pub run: u64,
     /// The experiment's commit, once made.
     pub commit: Option<String>,
-    /// The training process group, while one runs.
-    pub child_pgid: Option<i32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,19 +37,28 @@ pub struct State {
     pub best: Option<Best>,
     pub next_run: u64,
     pub in_progress: Option<InProgress>,
+    /// Process groups the harness started that are running (agent, build, training).
+    #[serde(default)]
+    pub children: Vec<Recorded>,
 }
 
 impl State {
     pub fn load(dir: &Path) -> Result<State> {
         let path = dir.join("state.json");
         let bytes = std::fs::read(&path).with_context(|| {
-            format!("no research session here ({} is missing): start one with `autoresearch init <tag>`", path.display())
+            format!(
+                "no research session here ({} is missing): start one with `autoresearch init <tag>`",
+                path.display()
+            )
         })?;
         serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
     }
 
     pub fn save(&self, dir: &Path) -> Result<()> {
-        crate::fsutil::write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(self)?.as_bytes())
+        autoresearch_harness::fsutil::write_atomic(
+            &dir.join("state.json"),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )
     }
 
     /// The commit experiments start from: the best kept one, or the session's base before any.

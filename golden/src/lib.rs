@@ -1,7 +1,7 @@
-//! The golden files produced by the original system, which the tests reproduce.
+//! Test support: the golden files produced by the original system, which the parity tests reproduce.
 //!
-//! The folder is `$AUTORESEARCH_REFERENCE`, by default `../shared/reference` from the repository root;
-//! every configuration value comes from its `meta.json`, so the same tests run on another golden set.
+//! The folder is `$AUTORESEARCH_REFERENCE`, by default the repository's `tests/golden` (its README says how it
+//! was made). Every configuration value comes from its `meta.json`, so the same tests run on another golden set.
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +16,7 @@ impl Reference {
     pub fn load() -> Result<Self> {
         let dir = match std::env::var_os("AUTORESEARCH_REFERENCE") {
             Some(d) => PathBuf::from(d),
-            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference"),
+            None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden"),
         };
         let meta_path = dir.join("meta.json");
         let meta = serde_json::from_slice(&std::fs::read(&meta_path).with_context(|| {

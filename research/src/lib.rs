@@ -1,5 +1,9 @@
-//! The research loop's machinery: a session on a git branch, one experiment at a time (check, commit, build,
-//! train, record, keep or reset), its journal and recovery, and the agent driver.
+//! The research loop: a session on a git branch, one experiment at a time (check, commit, build, train,
+//! decide, record, keep or reset), its journal and recovery, the keep rules, the agent driver and the report.
+//!
+//! [`Workspace`] is an open session; [`run`] runs one experiment; [`agent`] drives a coding agent through many;
+//! [`rules`] decides what is kept; [`results`] reads and writes results.tsv; [`report`] summarises it;
+//! [`trainer`] builds and starts the training binary; [`state`] is the journal; [`git`] wraps the git calls.
 //!
 //! On disk, in the repository: `results.tsv` (one row per experiment) and `.autoresearch/` (both ignored by
 //! git): `state.json`, `runs/<n>/` (meta.json, the training file as run, its log, build log, and the diff of
@@ -7,6 +11,7 @@
 
 pub mod agent;
 pub mod git;
+pub mod process;
 pub mod report;
 pub mod results;
 pub mod rules;
@@ -59,7 +64,7 @@ pub struct RunMeta {
 }
 
 pub fn file_hash(bytes: &[u8]) -> String {
-    format!("{:016x}", crate::fsutil::fnv1a(crate::fsutil::FNV_START, bytes))
+    format!("{:016x}", autoresearch_harness::fsutil::fnv1a(autoresearch_harness::fsutil::FNV_START, bytes))
 }
 
 pub fn now_utc() -> String {
@@ -130,6 +135,7 @@ pub fn init(root: &Path, tag: &str, profile: &str, time_budget: f64, device: &st
         best: None,
         next_run: 1,
         in_progress: None,
+        children: Vec::new(),
     };
     results::create(&root.join(RESULTS_FILE))?;
     state.save(&dir)?;
@@ -141,7 +147,10 @@ fn lock(dir: &Path) -> Result<File> {
     let path = dir.join("lock");
     let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     if file.try_lock().is_err() {
-        bail!("another `autoresearch run`, `loop` or `noise` is working in this repository ({} is locked)", path.display());
+        bail!(
+            "another `autoresearch run`, `loop` or `noise` is working in this repository ({} is locked)",
+            path.display()
+        );
     }
     Ok(file)
 }
@@ -162,7 +171,12 @@ impl Workspace {
         };
         let branch = ws.git.branch()?;
         if branch != ws.state.branch {
-            bail!("on branch {branch}, but the session {} works on {}: `git checkout {}`", ws.state.tag, ws.state.branch, ws.state.branch);
+            bail!(
+                "on branch {branch}, but the session {} works on {}: `git checkout {}`",
+                ws.state.tag,
+                ws.state.branch,
+                ws.state.branch
+            );
         }
         if !ws.results.exists() {
             results::create(&ws.results)?;
@@ -188,7 +202,10 @@ impl Workspace {
     pub fn write_meta(&self, meta: &RunMeta) -> Result<()> {
         let dir = self.run_dir(meta.run);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        crate::fsutil::write_atomic(&dir.join("meta.json"), serde_json::to_string_pretty(meta)?.as_bytes())
+        autoresearch_harness::fsutil::write_atomic(
+            &dir.join("meta.json"),
+            serde_json::to_string_pretty(meta)?.as_bytes(),
+        )
     }
 
     /// Saves the change from the reference commit (committed or not) and any new files into `run`'s folder,
@@ -207,24 +224,63 @@ impl Workspace {
         };
         diff += &self.git.diff(commit.unwrap_or(&reference), None)?;
         if !diff.is_empty() {
-            crate::fsutil::write_atomic(&dir.join("change.diff"), diff.as_bytes())?;
+            autoresearch_harness::fsutil::write_atomic(&dir.join("change.diff"), diff.as_bytes())?;
         }
         for file in self.git.untracked()? {
             let to = dir.join("untracked").join(&file);
             std::fs::create_dir_all(to.parent().unwrap())?;
-            std::fs::rename(self.root.join(&file), &to).with_context(|| format!("moving {file} into {}", dir.display()))?;
+            std::fs::rename(self.root.join(&file), &to)
+                .with_context(|| format!("moving {file} into {}", dir.display()))?;
         }
         self.git.reset_hard(&reference)
     }
 
-    /// Finishes or undoes an experiment that a killed process left under way. Returns what it did.
+    /// Starts `cmd` in a process group of its own, recorded in the journal until [`Workspace::forget`].
+    pub fn spawn(
+        &mut self,
+        cmd: &mut std::process::Command,
+        role: process::Role,
+    ) -> Result<(std::process::Child, process::Recorded)> {
+        let (child, recorded) = process::spawn(cmd, role)?;
+        self.state.children.push(recorded.clone());
+        self.save_state()?;
+        Ok((child, recorded))
+    }
+
+    /// Takes a finished process group out of the journal.
+    pub fn forget(&mut self, recorded: &process::Recorded) -> Result<()> {
+        self.state.children.retain(|c| c != recorded);
+        self.save_state()
+    }
+
+    /// Puts right what a killed process left: first stops the processes it started (an agent that went on
+    /// would change the tree under us) and sets aside the tree a stopped agent was editing, then finishes or
+    /// undoes the experiment under way. Returns what it did.
     pub fn recover(&mut self) -> Result<Option<String>> {
         results::repair(&self.results)?;
-        let Some(ip) = self.state.in_progress.clone() else { return Ok(None) };
-        if let Some(pgid) = ip.child_pgid {
-            // The training process of the killed run may still be going: stop it.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let mut msgs = Vec::new();
+        let children = std::mem::take(&mut self.state.children);
+        for c in &children {
+            c.kill_if_ours();
         }
+        if !children.is_empty() {
+            self.save_state()?;
+            let roles: Vec<String> =
+                children.iter().map(|c| format!("{:?} (group {})", c.role, c.pgid).to_lowercase()).collect();
+            msgs.push(format!("recovered: stopped what the last process left running: {}", roles.join(", ")));
+        }
+        if self.state.in_progress.is_none() {
+            if children.iter().any(|c| c.role == process::Role::Agent) {
+                if let Some(dir) = self.set_aside_leftovers()? {
+                    msgs.push(format!(
+                        "recovered: the stopped agent's unfinished change is set aside in {}",
+                        dir.display()
+                    ));
+                }
+            }
+            return Ok((!msgs.is_empty()).then(|| msgs.join("\n")));
+        }
+        let ip = self.state.in_progress.clone().unwrap();
         let rows = results::read(&self.results)?.rows;
         let recorded = results::experiment_row(&rows, ip.run);
         let mut meta = self.read_meta(ip.run).unwrap_or(RunMeta { run: ip.run, ..Default::default() });
@@ -238,12 +294,16 @@ impl Workspace {
                     self.set_aside(ip.run, ip.commit.as_deref())?;
                 }
                 meta.status = row.status.to_string();
-                format!("recovered: run {} was recorded ({}) before the last process stopped; finished it", ip.run, row.status)
+                format!(
+                    "recovered: run {} was recorded ({}) before the last process stopped; finished it",
+                    ip.run, row.status
+                )
             }
             None => {
                 self.set_aside(ip.run, ip.commit.as_deref())?;
                 meta.status = "interrupted".into();
-                meta.reason = "the process running it was stopped before it finished; its change is in change.diff".into();
+                meta.reason =
+                    "the process running it was stopped before it finished; its change is in change.diff".into();
                 format!(
                     "recovered: run {} was interrupted; its change is saved in {} and the tree is back at {}",
                     ip.run,
@@ -255,7 +315,19 @@ impl Workspace {
         self.write_meta(&meta)?;
         self.state.in_progress = None;
         self.save_state()?;
-        Ok(Some(msg))
+        msgs.push(msg);
+        Ok(Some(msgs.join("\n")))
+    }
+
+    /// Puts aside whatever the tree holds beyond the best commit (a change left by a stopped loop or agent),
+    /// into `.autoresearch/leftovers/<time>`; returns that folder if there was anything.
+    pub fn set_aside_leftovers(&self) -> Result<Option<PathBuf>> {
+        if !self.training_file_changed()? && self.forbidden_changes()?.is_empty() {
+            return Ok(None);
+        }
+        let dir = self.dir.join("leftovers").join(now_utc().replace(':', ""));
+        self.set_aside_to(&dir, None)?;
+        Ok(Some(dir))
     }
 
     /// Files other than the training file that differ from the reference commit, new ones included.

@@ -23,7 +23,11 @@ impl Rule {
             ["lower"] => Rule::Lower,
             ["margin"] => Rule::Margin { z },
             ["confirm", n] => {
-                let n: usize = n.parse().ok().filter(|&n| n >= 1).with_context(|| format!("confirm {n:?}: give a number of reruns ≥ 1"))?;
+                let n: usize = n
+                    .parse()
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .with_context(|| format!("confirm {n:?}: give a number of reruns ≥ 1"))?;
                 Rule::Confirm { n, z }
             }
             _ => bail!("unknown keep rule {text:?}: use `lower`, `margin` or `confirm N`"),
@@ -80,7 +84,7 @@ pub fn noise_for(dir: &Path, profile: &str, budget: f64) -> Result<Option<NoiseE
 pub fn save_noise(dir: &Path, estimate: &NoiseEstimate) -> Result<()> {
     let mut all = load_noise(dir)?;
     all.insert(noise_key(&estimate.profile, estimate.budget), estimate.clone());
-    crate::fsutil::write_atomic(&dir.join("noise.json"), serde_json::to_string_pretty(&all)?.as_bytes())
+    autoresearch_harness::fsutil::write_atomic(&dir.join("noise.json"), serde_json::to_string_pretty(&all)?.as_bytes())
 }
 
 /// A rule with its margin resolved for one profile and budget.

@@ -1,7 +1,8 @@
 //! Building the training binary (incrementally) and running it with the harness's settings.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -11,8 +12,13 @@ pub fn repo_root() -> Result<PathBuf> {
     cwd.ancestors()
         .find(|d| d.join("train/train.rs").is_file() && d.join("Cargo.toml").is_file())
         .map(Path::to_path_buf)
-        .with_context(|| format!("{} is not inside an autoresearch repository (no train/train.rs above it)", cwd.display()))
+        .with_context(|| {
+            format!("{} is not inside an autoresearch repository (no train/train.rs above it)", cwd.display())
+        })
 }
+
+/// A build that takes longer than this shows cargo's progress.
+pub const LONG_BUILD: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceChoice {
@@ -26,8 +32,15 @@ impl DeviceChoice {
     pub fn resolve(self) -> DeviceChoice {
         match self {
             DeviceChoice::Auto => {
-                let gpu = Command::new("nvidia-smi").arg("-L").output().is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
-                if gpu { DeviceChoice::Cuda } else { DeviceChoice::Cpu }
+                let gpu = Command::new("nvidia-smi")
+                    .arg("-L")
+                    .output()
+                    .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+                if gpu {
+                    DeviceChoice::Cuda
+                } else {
+                    DeviceChoice::Cpu
+                }
             }
             other => other,
         }
@@ -60,7 +73,11 @@ impl Trainer {
     /// CUDA build (the two variants link different libtorch builds).
     fn target_dir(&self) -> PathBuf {
         let base = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| self.root.join("target"), |d| self.root.join(d));
-        if self.device == DeviceChoice::Cuda { base.join("cuda") } else { base }
+        if self.device == DeviceChoice::Cuda {
+            base.join("cuda")
+        } else {
+            base
+        }
     }
 
     pub fn binary(&self) -> PathBuf {
@@ -70,8 +87,8 @@ impl Trainer {
     /// The cargo command that builds the binary; its output is the compiler's.
     pub fn build_command(&self) -> Command {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(&self.root).args(["build", "--release", "--quiet", "-p", "autoresearch-train", "--target-dir"]);
-        cmd.arg(self.target_dir());
+        cmd.current_dir(&self.root).args(["build", "--release", "--message-format=short", "-p", "autoresearch-train"]);
+        cmd.arg("--target-dir").arg(self.target_dir());
         if self.device == DeviceChoice::Cuda {
             cmd.args(["--features", "cuda"]).env("LIBTORCH", self.libtorch_link());
         }
@@ -95,22 +112,66 @@ impl Trainer {
         Ok(())
     }
 
-    /// Builds (incrementally), with the compiler's messages going to the terminal.
-    pub fn build(&self) -> Result<()> {
+    /// Builds (incrementally), started by `spawn`, capturing cargo's output: Ok(output), or Err(output) on a
+    /// build error. A long build (the first, or one past [`LONG_BUILD`]) says so on stderr and shows cargo's
+    /// progress there as it goes; a quick incremental build stays quiet.
+    pub fn build(
+        &self,
+        spawn: &mut dyn FnMut(&mut Command) -> Result<Child>,
+    ) -> Result<std::result::Result<String, String>> {
+        use std::io::{BufRead, BufReader, Read};
+        use std::sync::mpsc::{channel, RecvTimeoutError};
         self.ensure_libtorch()?;
-        let status = self.build_command().status().context("running cargo")?;
-        if !status.success() {
-            bail!("building the training binary failed");
+        let first = !self.binary().exists();
+        let mut cmd = self.build_command();
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = spawn(&mut cmd).context("running cargo")?;
+        let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = BufReader::new(stdout).read_to_string(&mut text);
+            text
+        });
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(std::io::Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let started = Instant::now();
+        let (mut text, mut shown) = (String::new(), false);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    if shown {
+                        eprintln!("  {line}");
+                    }
+                    text += &line;
+                    text.push('\n');
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if !shown && (first || started.elapsed() > LONG_BUILD) {
+                shown = true;
+                let why =
+                    if first { "first build: libtorch's bindings compile once, a few minutes" } else { "a long build" };
+                eprintln!("building the training file ({why}); cargo's progress:");
+                text.lines().for_each(|l| eprintln!("  {l}"));
+            }
         }
-        Ok(())
-    }
-
-    /// Builds (incrementally), capturing the compiler's messages: Ok(output) or Err(output) on a build error.
-    pub fn build_captured(&self) -> Result<std::result::Result<String, String>> {
-        self.ensure_libtorch()?;
-        let out = self.build_command().arg("--message-format=short").output().context("running cargo")?;
-        let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-        Ok(if out.status.success() { Ok(text) } else { Err(text) })
+        let status = child.wait().context("waiting for cargo")?;
+        text += &stdout.join().unwrap_or_default();
+        if shown {
+            eprintln!(
+                "build {} after {:.0} s",
+                if status.success() { "done" } else { "failed" },
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(if status.success() { Ok(text) } else { Err(text) })
     }
 
     /// The command that runs one training run.

@@ -8,8 +8,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::results::{self, Row, Status};
-use super::rules::NoiseEstimate;
+use crate::results::{self, Row, Status};
+use crate::rules::NoiseEstimate;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Point {
@@ -65,14 +65,21 @@ fn experiments(rows: &[Row]) -> impl Iterator<Item = (usize, &Row)> {
 pub fn build(path: &Path, noise: Vec<NoiseEstimate>) -> Result<Report> {
     let file = results::read(path)?;
     let rows = &file.rows;
-    let point = |i: usize, r: &Row| Point { row: i + 1, commit: r.commit.clone(), val_bpb: r.val_bpb, description: r.description.clone() };
-    let mut totals: BTreeMap<String, usize> = ["keep", "discard", "crash", "rerun"].iter().map(|s| (s.to_string(), 0)).collect();
+    let point = |i: usize, r: &Row| Point {
+        row: i + 1,
+        commit: r.commit.clone(),
+        val_bpb: r.val_bpb,
+        description: r.description.clone(),
+    };
+    let mut totals: BTreeMap<String, usize> =
+        ["keep", "discard", "crash", "rerun"].iter().map(|s| (s.to_string(), 0)).collect();
     for r in rows {
         *totals.entry(r.status.to_string()).or_default() += 1;
     }
     let (keeps, discards) = (totals["keep"], totals["discard"]);
     let baseline = experiments(rows).find(|(_, r)| r.status != Status::Crash).map(|(i, r)| point(i, r));
-    let kept: Vec<Point> = experiments(rows).filter(|(_, r)| r.status == Status::Keep).map(|(i, r)| point(i, r)).collect();
+    let kept: Vec<Point> =
+        experiments(rows).filter(|(_, r)| r.status == Status::Keep).map(|(i, r)| point(i, r)).collect();
     let best = kept.iter().min_by(|a, b| a.val_bpb.total_cmp(&b.val_bpb)).cloned();
     let (improvement, improvement_percent) = match (&baseline, &best) {
         (Some(b), Some(k)) => (Some(b.val_bpb - k.val_bpb), Some(100.0 * (b.val_bpb - k.val_bpb) / b.val_bpb)),
@@ -118,7 +125,13 @@ impl Report {
         }
         match self.keep_rate {
             Some(rate) => {
-                let _ = writeln!(t, "keep rate: {:.1}% ({} of {})", 100.0 * rate, self.totals["keep"], self.totals["keep"] + self.totals["discard"]);
+                let _ = writeln!(
+                    t,
+                    "keep rate: {:.1}% ({} of {})",
+                    100.0 * rate,
+                    self.totals["keep"],
+                    self.totals["keep"] + self.totals["discard"]
+                );
             }
             None => t.push_str("keep rate: -\n"),
         }
@@ -188,7 +201,11 @@ pub fn plot(path: &Path, out: &Path) -> Result<()> {
         .enumerate()
         .map(|(i, r)| (i + 1, r))
         .collect();
-    let kept: Vec<(usize, f64, &str)> = points.iter().filter(|(_, r)| r.status == Status::Keep).map(|(x, r)| (*x, r.val_bpb, r.description.as_str())).collect();
+    let kept: Vec<(usize, f64, &str)> = points
+        .iter()
+        .filter(|(_, r)| r.status == Status::Keep)
+        .map(|(x, r)| (*x, r.val_bpb, r.description.as_str()))
+        .collect();
     let improvements = kept.len().saturating_sub(1);
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
 
@@ -221,7 +238,12 @@ pub fn plot(path: &Path, out: &Path) -> Result<()> {
     let in_range = |y: f64| y >= y_lo && y <= y_hi;
     let grey = RGBColor(200, 200, 200);
     chart
-        .draw_series(points.iter().filter(|(_, r)| r.status == Status::Discard && in_range(r.val_bpb)).map(|(x, r)| Circle::new((*x as f64, r.val_bpb), 5, grey.filled())))
+        .draw_series(
+            points
+                .iter()
+                .filter(|(_, r)| r.status == Status::Discard && in_range(r.val_bpb))
+                .map(|(x, r)| Circle::new((*x as f64, r.val_bpb), 5, grey.filled())),
+        )
         .map_err(draw)?;
     // Running best: flat until the next keep, then down to it.
     let green = RGBColor(46, 160, 67);
@@ -240,10 +262,17 @@ pub fn plot(path: &Path, out: &Path) -> Result<()> {
     chart.draw_series(LineSeries::new(steps, green.stroke_width(3))).map_err(draw)?;
     let dark = RGBColor(20, 80, 30);
     for &(x, y, description) in kept.iter().filter(|k| in_range(k.1)) {
-        chart.draw_series([Circle::new((x as f64, y), 11, dark.filled()), Circle::new((x as f64, y), 8, green.filled())]).map_err(draw)?;
-        let style = TextStyle::from(("sans-serif", 20).into_font()).color(&dark).transform(FontTransform::Rotate270).pos(Pos::new(HPos::Left, VPos::Center));
+        chart
+            .draw_series([Circle::new((x as f64, y), 11, dark.filled()), Circle::new((x as f64, y), 8, green.filled())])
+            .map_err(draw)?;
+        let style = TextStyle::from(("sans-serif", 20).into_font())
+            .color(&dark)
+            .transform(FontTransform::Rotate270)
+            .pos(Pos::new(HPos::Left, VPos::Center));
         // Beside the point, clear of the step line's drop.
-        chart.draw_series([Text::new(format!("  {}", cut(description, 45)), (x as f64 + 0.2, y), style)]).map_err(draw)?;
+        chart
+            .draw_series([Text::new(format!("  {}", cut(description, 45)), (x as f64 + 0.2, y), style)])
+            .map_err(draw)?;
     }
     root.present().with_context(|| format!("writing {}", out.display()))?;
     Ok(())

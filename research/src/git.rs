@@ -44,7 +44,8 @@ impl Git {
     /// Tracked files whose content differs from `commit` (working tree against it), and untracked files
     /// that are not ignored.
     pub fn changed_files(&self, commit: &str) -> Result<Vec<String>> {
-        let mut files: Vec<String> = self.run(&["diff", "--name-only", commit, "--"])?.lines().map(str::to_string).collect();
+        let mut files: Vec<String> =
+            self.run(&["diff", "--name-only", commit, "--"])?.lines().map(str::to_string).collect();
         files.extend(self.run(&["ls-files", "--others", "--exclude-standard"])?.lines().map(str::to_string));
         files.sort();
         files.dedup();
@@ -62,7 +63,19 @@ impl Git {
     /// Commits `path` with `message`; returns the new commit.
     pub fn commit_file(&self, path: &str, message: &str) -> Result<String> {
         self.run(&["add", "--", path])?;
-        self.run(&["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost", "commit", "--quiet", "--no-verify", "-m", message, "--", path])?;
+        self.run(&[
+            "-c",
+            "user.name=autoresearch",
+            "-c",
+            "user.email=autoresearch@localhost",
+            "commit",
+            "--quiet",
+            "--no-verify",
+            "-m",
+            message,
+            "--",
+            path,
+        ])?;
         self.head()
     }
 
