@@ -13,7 +13,7 @@ use autoresearch_harness::dataloader::Batch;
 use autoresearch_harness::device::{peak_bf16_flops, peak_rss_mb};
 use autoresearch_harness::profile::Run;
 use autoresearch_harness::summary::Summary;
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 
 // ---------------------------------------------------------------------------------------------------------
 // Hyperparameters (edit freely): one set per profile
@@ -77,24 +77,16 @@ pub const H100: Hyper = Hyper {
     final_lr_frac: 0.0,
 };
 
-/// For CPUs and laptops (~1.6M parameters at vocab 2048).
-pub const SMALL: Hyper = Hyper {
-    depth: 4,
-    aspect_ratio: 32,
-    head_dim: 64,
-    window_pattern: "SSSL",
-    total_batch_size: 1 << 13,
-    device_batch_size: 16,
-    opt: OPTIMIZER,
-    warmup_ratio: 0.0,
-    warmdown_ratio: 0.5,
-    final_lr_frac: 0.0,
-};
+/// For CPUs and laptops: the baseline scaled down (1.77M parameters at vocab 2048).
+pub const SMALL: Hyper =
+    Hyper { depth: 4, aspect_ratio: 32, head_dim: 64, total_batch_size: 1 << 13, device_batch_size: 16, ..H100 };
 
-pub fn hyper_for(profile: &str) -> &'static Hyper {
+/// The hyperparameters of a profile; a profile without a set here is an error.
+pub fn hyper_for(profile: &str) -> Result<&'static Hyper> {
     match profile {
-        "small" => &SMALL,
-        _ => &H100,
+        "h100" => Ok(&H100),
+        "small" => Ok(&SMALL),
+        other => bail!("no hyperparameters for profile {other:?} in train/train.rs: add a set (e.g. `..H100`)"),
     }
 }
 
@@ -169,6 +161,22 @@ struct Block {
     mlp_proj: Tensor,
 }
 
+impl Block {
+    /// The block's parameters, named as in the original under `transformer.h.{i}`. A new parameter goes here
+    /// once; the optimizer trains everything under `transformer.h` with Muon.
+    fn parameters(&self) -> Vec<(&'static str, &Tensor)> {
+        let mut p = vec![
+            ("attn.c_q.weight", &self.c_q),
+            ("attn.c_k.weight", &self.c_k),
+            ("attn.c_v.weight", &self.c_v),
+            ("attn.c_proj.weight", &self.attn_proj),
+        ];
+        p.extend(self.ve_gate.as_ref().map(|g| ("attn.ve_gate.weight", g)));
+        p.extend([("mlp.c_fc.weight", &self.c_fc), ("mlp.c_proj.weight", &self.mlp_proj)]);
+        p
+    }
+}
+
 pub struct Gpt {
     pub config: GptConfig,
     wte: Tensor,
@@ -179,10 +187,6 @@ pub struct Gpt {
     x0_lambdas: Tensor,
     cos: Tensor,
     sin: Tensor,
-    /// Sliding-window masks for the CPU path, by window.
-    masks: BTreeMap<i64, Tensor>,
-    /// Softcap and cross-entropy in one CUDA kernel (autoresearch_ops), where NVRTC is available.
-    fused_loss: bool,
     device: Device,
 }
 
@@ -224,13 +228,6 @@ impl Gpt {
             })
             .collect();
         let (cos, sin) = rotary_tables(config.sequence_len * 10, config.head_dim(), emb_kind, device);
-        let masks = if device.is_cuda() { BTreeMap::new() } else { window_masks(&config, device) };
-        let fused_loss = match device {
-            Device::Cuda(i) => autoresearch_ops::fused_kernels_available(i)
-                .map_err(|e| eprintln!("warning: fused loss kernel unavailable, using plain ops: {e}"))
-                .is_ok(),
-            _ => false,
-        };
         Gpt {
             wte: param(Tensor::randn([v, d], f32).to_kind(emb_kind).detach()),
             lm_head: param(Tensor::randn([v, d], f32) * 0.001),
@@ -240,32 +237,20 @@ impl Gpt {
             value_embeds,
             cos,
             sin,
-            masks,
-            fused_loss,
             device,
             config,
         }
     }
 
-    /// Every parameter under the original's name, in a fixed order.
+    /// Every parameter under the original's name, in a fixed order. The one list of the model's parameters:
+    /// loading, counting and the optimizer's groups all read it.
     pub fn named_parameters(&self) -> Vec<(String, &Tensor)> {
         let mut out = vec![("transformer.wte.weight".to_string(), &self.wte)];
         for (i, b) in self.blocks.iter().enumerate() {
-            let h = format!("transformer.h.{i}");
-            out.push((format!("{h}.attn.c_q.weight"), &b.c_q));
-            out.push((format!("{h}.attn.c_k.weight"), &b.c_k));
-            out.push((format!("{h}.attn.c_v.weight"), &b.c_v));
-            out.push((format!("{h}.attn.c_proj.weight"), &b.attn_proj));
-            if let Some(g) = &b.ve_gate {
-                out.push((format!("{h}.attn.ve_gate.weight"), g));
-            }
-            out.push((format!("{h}.mlp.c_fc.weight"), &b.c_fc));
-            out.push((format!("{h}.mlp.c_proj.weight"), &b.mlp_proj));
+            out.extend(b.parameters().into_iter().map(|(name, p)| (format!("transformer.h.{i}.{name}"), p)));
         }
         for (i, ve) in self.value_embeds.iter().enumerate() {
-            if let Some(ve) = ve {
-                out.push((format!("value_embeds.{i}.weight"), ve));
-            }
+            out.extend(ve.as_ref().map(|ve| (format!("value_embeds.{i}.weight"), ve)));
         }
         out.push(("lm_head.weight".into(), &self.lm_head));
         out.push(("resid_lambdas".into(), &self.resid_lambdas));
@@ -336,47 +321,19 @@ impl Gpt {
         }
         let q = rms_norm(&apply_rotary(&q, cos, sin));
         let k = rms_norm(&apply_rotary(&k, cos, sin));
-        let y = if self.device.is_cuda() && window < t {
-            autoresearch_ops::flash_attention(&q, &k, &v, window).expect("flash attention")
-        } else {
-            // SDPA wants (B, H, T, D); a full window is plain causal attention (on CUDA a faster kernel than
-            // FlashAttention-2's).
-            let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
-            let mask = (window < t).then(|| self.mask(window, t));
-            Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, mask.is_none(), None, false)
-                .transpose(1, 2)
-        };
+        let y = autoresearch_ops::attention(&q, &k, &v, window);
         y.contiguous().view([bsz, t, h * hd]).linear(&b.attn_proj, None::<Tensor>)
-    }
-
-    fn mask(&self, window: i64, t: i64) -> Tensor {
-        match self.masks.get(&window) {
-            Some(m) if m.size()[0] >= t => m.narrow(0, 0, t).narrow(1, 0, t),
-            _ => causal_window_mask(window, t, self.device),
-        }
     }
 
     /// Mean cross-entropy of predicting `targets`.
     pub fn loss(&self, idx: &Tensor, targets: &Tensor) -> Tensor {
-        self.cross_entropy(idx, targets, Reduction::Mean)
+        self.per_token_loss(idx, targets).mean(Kind::Float)
     }
 
     /// Cross-entropy of each target (B, T), for the metric.
     pub fn per_token_loss(&self, idx: &Tensor, targets: &Tensor) -> Tensor {
-        self.cross_entropy(idx, targets, Reduction::None).view_as(targets)
-    }
-
-    fn cross_entropy(&self, idx: &Tensor, targets: &Tensor, reduction: Reduction) -> Tensor {
         let logits = self.raw_logits(idx).view([-1, self.config.vocab_size]);
-        let targets = targets.view([-1]);
-        if self.fused_loss {
-            let per_token = autoresearch_ops::softcap_cross_entropy(&logits, &targets, SOFTCAP).expect("fused loss");
-            return match reduction {
-                Reduction::Mean => per_token.mean(Kind::Float),
-                _ => per_token,
-            };
-        }
-        softcap(&logits.to_kind(Kind::Float)).cross_entropy_loss(&targets, None::<Tensor>, reduction, -1, 0.0)
+        autoresearch_ops::softcap_cross_entropy(&logits, &targets.view([-1]), SOFTCAP).view_as(targets)
     }
 }
 
@@ -400,18 +357,6 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let half = x.size()[3] / 2;
     let (x1, x2) = (x.narrow(3, 0, half), x.narrow(3, half, half));
     Tensor::cat(&[&x1 * cos + &x2 * sin, -(&x1 * sin) + &x2 * cos], 3)
-}
-
-/// True where query i may see key j: i − window ≤ j ≤ i.
-fn causal_window_mask(window: i64, t: i64, device: Device) -> Tensor {
-    let i = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(1);
-    let j = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0);
-    j.le_tensor(&i).logical_and(&j.ge_tensor(&(i - window)))
-}
-
-fn window_masks(config: &GptConfig, device: Device) -> BTreeMap<i64, Tensor> {
-    let t = config.sequence_len;
-    config.window_sizes().into_iter().filter(|&w| w < t).map(|w| (w, causal_window_mask(w, t, device))).collect()
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -465,19 +410,29 @@ impl MuonAdamW {
             lr,
             betas,
         };
-        let adam = vec![
-            adam(vec![&model.lm_head], cfg.unembedding_lr * scale, cfg.adam_betas),
-            adam(vec![&model.wte], cfg.embedding_lr * scale, cfg.adam_betas),
-            adam(model.value_embeds.iter().flatten().collect(), cfg.embedding_lr * scale, cfg.adam_betas),
-            adam(vec![&model.resid_lambdas], cfg.scalar_lr * 0.01, cfg.adam_betas),
-            adam(vec![&model.x0_lambdas], cfg.scalar_lr, (0.96, 0.95)),
-        ];
+        // Every parameter lands in exactly one group, by its name: one that fits none stops the run here rather
+        // than going silently untrained.
+        let (mut unembedding, mut embedding, mut resid, mut x0) = (vec![], vec![], vec![], vec![]);
         let mut by_shape: BTreeMap<Vec<i64>, Vec<Tensor>> = BTreeMap::new();
-        for b in &model.blocks {
-            for p in [&b.c_q, &b.c_k, &b.c_v, &b.attn_proj, &b.c_fc, &b.mlp_proj].into_iter().chain(&b.ve_gate) {
-                by_shape.entry(p.size()).or_default().push(p.shallow_clone());
+        for (name, p) in model.named_parameters() {
+            match name.as_str() {
+                "lm_head.weight" => unembedding.push(p),
+                "transformer.wte.weight" => embedding.push(p),
+                n if n.starts_with("value_embeds.") => embedding.push(p),
+                "resid_lambdas" => resid.push(p),
+                "x0_lambdas" => x0.push(p),
+                n if n.starts_with("transformer.h.") && p.dim() == 2 => {
+                    by_shape.entry(p.size()).or_default().push(p.shallow_clone())
+                }
+                n => panic!("parameter {n} belongs to no optimizer group: add it to one in MuonAdamW::new"),
             }
         }
+        let adam = vec![
+            adam(unembedding, cfg.unembedding_lr * scale, cfg.adam_betas),
+            adam(embedding, cfg.embedding_lr * scale, cfg.adam_betas),
+            adam(resid, cfg.scalar_lr * 0.01, cfg.adam_betas),
+            adam(x0, cfg.scalar_lr, (0.96, 0.95)),
+        ];
         let muon = by_shape
             .into_iter()
             .map(|(shape, params)| {
@@ -611,7 +566,7 @@ const WARMUP_STEPS: usize = 10;
 pub fn main() -> Result<()> {
     let run = Run::from_env()?;
     let profile = run.profile().clone();
-    let h = hyper_for(&profile.name);
+    let h = hyper_for(&profile.name)?;
     tch::manual_seed(run.seed as i64);
     let device = Device::cuda_if_available();
     let device_name = match device {
@@ -626,7 +581,11 @@ pub fn main() -> Result<()> {
     let config = GptConfig::from_hyper(h, profile.vocab_size as i64, profile.max_seq_len as i64);
     let model = Gpt::new(config.clone(), device);
     let (b, t) = (h.device_batch_size, config.sequence_len);
-    ensure!(h.total_batch_size % (b * t) == 0, "TOTAL_BATCH_SIZE {} is not a multiple of {b}×{t}", h.total_batch_size);
+    ensure!(
+        h.total_batch_size % (b * t) == 0,
+        "total_batch_size {} is not a multiple of device_batch_size × sequence length = {b}×{t}",
+        h.total_batch_size
+    );
     let grad_accum = h.total_batch_size / (b * t);
     let flops_per_token = model.flops_per_token();
     println!("profile {} | device {device_name} | seed {} | budget {}s", profile.name, run.seed, run.time_budget);
@@ -714,7 +673,8 @@ pub fn main() -> Result<()> {
     if val_bpb.is_nan() {
         bail!("val_bpb is NaN");
     }
-    let timed_steps = step.saturating_sub(WARMUP_STEPS + 1) as f64;
+    // As the original counts: steps after the first WARMUP_STEPS.
+    let timed_steps = step.saturating_sub(WARMUP_STEPS) as f64;
     let mfu = peak_bf16_flops(&device_name)
         .filter(|_| training_time > 0.0)
         .map(|peak| 100.0 * flops_per_token * h.total_batch_size as f64 * timed_steps / training_time / peak);

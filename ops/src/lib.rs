@@ -1,9 +1,15 @@
-//! libtorch pieces that the training file needs and tch does not wrap: FlashAttention-2 with a sliding
-//! window (forward and backward), bf16 autocast, and facts about the CUDA device. Part of the fixed harness.
+//! libtorch pieces that the training file needs and tch does not wrap, part of the fixed harness:
+//! - [`attention`]: causal sliding-window attention in one call; the backend is picked here (FlashAttention-2
+//!   for windows on CUDA, SDPA otherwise, with the window masks cached);
+//! - [`softcap_cross_entropy`]: the loss of softcapped logits, a fused CUDA kernel where it loads, plain ops
+//!   elsewhere;
+//! - bf16 [`autocast`], TF32, and facts about the CUDA device.
 
+use std::collections::HashMap;
 use std::ffi::{c_char, CStr};
+use std::sync::Mutex;
 
-use tch::Tensor;
+use tch::{Device, Kind, Reduction, Tensor};
 use torch_sys::C_tensor;
 
 extern "C" {
@@ -29,6 +35,53 @@ extern "C" {
     fn ar_cuda_device_name(device: i32, buf: *mut c_char, len: i32) -> i32;
 }
 
+/// Causal self-attention where query i sees keys i − `window` ..= i (a window ≥ T is plain causal attention).
+/// q, k, v: (B, T, H, D); the result has the same layout. On CUDA a window shorter than T runs on
+/// FlashAttention-2 and a full one on SDPA's causal kernel (faster there); on the CPU, SDPA with the window's
+/// mask, built once per (window, T, device).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, window: i64) -> Tensor {
+    let t = q.size()[1];
+    if q.device().is_cuda() && window < t {
+        return flash_attention(q, k, v, window).expect("flash attention");
+    }
+    let mask = (window < t).then(|| window_mask(window, t, q.device()));
+    let (q, k, v) = (q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2));
+    Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, mask.is_none(), None, false).transpose(1, 2)
+}
+
+/// True where query i may see key j: i − window ≤ j ≤ i; (T, T), cached.
+fn window_mask(window: i64, t: i64, device: Device) -> Tensor {
+    static MASKS: Mutex<Vec<((i64, i64, Device), Tensor)>> = Mutex::new(Vec::new());
+    let mut masks = MASKS.lock().unwrap();
+    if let Some((_, m)) = masks.iter().find(|(key, _)| *key == (window, t, device)) {
+        return m.shallow_clone();
+    }
+    let i = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(1);
+    let j = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(0);
+    let mask = j.le_tensor(&i).logical_and(&j.ge_tensor(&(i - window)));
+    masks.push(((window, t, device), mask.shallow_clone()));
+    mask
+}
+
+/// Per-row cross-entropy of `cap`·tanh(`logits` / `cap`) against `targets` (rows with a negative target count
+/// 0). logits: (rows, vocab); targets: (rows,) int64; returns (rows,) float32. On CUDA one fused kernel each
+/// way where NVRTC can build it (checked once per device; a warning and plain ops if not), elsewhere plain ops.
+pub fn softcap_cross_entropy(logits: &Tensor, targets: &Tensor, cap: f64) -> Tensor {
+    if let Device::Cuda(index) = logits.device() {
+        static AVAILABLE: Mutex<Option<HashMap<usize, bool>>> = Mutex::new(None);
+        let fused = *AVAILABLE.lock().unwrap().get_or_insert_with(HashMap::new).entry(index).or_insert_with(|| {
+            fused_kernels_available(index)
+                .map_err(|e| eprintln!("warning: fused loss kernel unavailable, using plain ops: {e}"))
+                .is_ok()
+        });
+        if fused {
+            return fused_softcap_cross_entropy(logits, targets, cap).expect("fused loss");
+        }
+    }
+    let capped = (logits.to_kind(Kind::Float) / cap).tanh() * cap;
+    capped.cross_entropy_loss(targets, None::<Tensor>, Reduction::None, -1, 0.0)
+}
+
 /// Causal attention where query i sees keys i − `window_left` ..= i, with FlashAttention-2.
 /// q, k, v: (B, T, H, D), bf16 or fp16, on a CUDA device; the result has the same layout.
 pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, window_left: i64) -> anyhow::Result<Tensor> {
@@ -37,10 +90,10 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, window_left: i64) -> 
     })
 }
 
-/// Per-row cross-entropy of `cap`·tanh(`logits` / `cap`) against `targets` (rows with a negative target count
-/// 0), fused into one CUDA kernel each way instead of a chain of passes over float32 copies of the logits.
+/// [`softcap_cross_entropy`] fused into one CUDA kernel each way instead of a chain of passes over float32
+/// copies of the logits.
 /// logits: (rows, vocab), bf16 or float32, on CUDA; targets: (rows,) int64. Returns (rows,) float32.
-pub fn softcap_cross_entropy(logits: &Tensor, targets: &Tensor, cap: f64) -> anyhow::Result<Tensor> {
+pub fn fused_softcap_cross_entropy(logits: &Tensor, targets: &Tensor, cap: f64) -> anyhow::Result<Tensor> {
     tensor_result("softcap cross-entropy", |err| unsafe {
         ar_softcap_cross_entropy(logits.as_ptr(), targets.as_ptr(), cap, err)
     })

@@ -33,7 +33,8 @@ pub struct RunOptions {
     pub abort_at: usize,
 }
 
-/// The default hard timeout: twice the budget plus two minutes (the original's 10 minutes at 300 s).
+/// The default hard timeout: twice the budget plus two minutes (12 minutes at 300 s; the original's program.md
+/// says 10).
 pub fn default_timeout(budget: f64) -> Duration {
     Duration::from_secs_f64(2.0 * budget + 120.0)
 }

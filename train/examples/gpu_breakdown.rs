@@ -68,7 +68,7 @@ fn main() {
         "lm_head+fused softcap CE fwd+bwd",
         time_ms(5, || {
             let logits = autoresearch_ops::autocast(true, || hidden.linear(&head, None::<Tensor>));
-            autoresearch_ops::softcap_cross_entropy(&logits.view([-1, v]), &y.view([-1]), 15.0)
+            autoresearch_ops::fused_softcap_cross_entropy(&logits.view([-1, v]), &y.view([-1]), 15.0)
                 .unwrap()
                 .mean(Kind::Float)
                 .backward()

@@ -67,7 +67,7 @@ fn the_fused_softcap_cross_entropy_matches_plain_ops() {
         let base = Tensor::randn([rows, vocab], (Kind::Float, dev)) * 20.0;
         let fused_in = base.to_kind(kind).detach().set_requires_grad(true);
         let plain_in = base.to_kind(kind).to_kind(Kind::Float).detach().set_requires_grad(true);
-        let fused = autoresearch_ops::softcap_cross_entropy(&fused_in, &targets, cap).unwrap();
+        let fused = autoresearch_ops::fused_softcap_cross_entropy(&fused_in, &targets, cap).unwrap();
         let plain = ((&plain_in / cap).tanh() * cap).cross_entropy_loss(
             &targets,
             None::<Tensor>,
