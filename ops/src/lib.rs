@@ -51,7 +51,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, window: i64) -> Tensor {
 
 /// True where query i may see key j: i − window ≤ j ≤ i; (T, T), cached.
 fn window_mask(window: i64, t: i64, device: Device) -> Tensor {
-    static MASKS: Mutex<Vec<((i64, i64, Device), Tensor)>> = Mutex::new(Vec::new());
+    /// (window, T, device) and its mask.
+    type Cached = ((i64, i64, Device), Tensor);
+    static MASKS: Mutex<Vec<Cached>> = Mutex::new(Vec::new());
     let mut masks = MASKS.lock().unwrap();
     if let Some((_, m)) = masks.iter().find(|(key, _)| *key == (window, t, device)) {
         return m.shallow_clone();
