@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use autoresearch_research::process::Role;
+use autoresearch_research::process::{Recorded, Role};
 use autoresearch_research::results::{self, Row, Status};
 use autoresearch_research::state::State;
 use autoresearch_research::RunMeta;
@@ -177,8 +177,13 @@ fn run_of(row: &Row) -> u64 {
     row.extra.as_ref().unwrap().run
 }
 
+/// The tests share one session folder and target folder, so that the training binary is built once: one at a
+/// time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_research_session_end_to_end() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = Session::new("session");
     let out = s.run(&["init", "t1", "--profile", "small", "--time-budget", "60", "--device", "cpu"]);
     assert!(out.status.success());
@@ -352,16 +357,98 @@ fn a_research_session_end_to_end() {
 
 /// Waits until a loop's experiment is training: its run number and process group.
 fn wait_for_training(s: &Session) -> (u64, i32) {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let (state, child) = wait_for(s, Role::Training, |st| st.in_progress.is_some());
+    (state.in_progress.unwrap().run, child.pgid)
+}
+
+/// Waits until the journal records a running process of `role` and `also` holds: the state and that process.
+fn wait_for(s: &Session, role: Role, also: impl Fn(&State) -> bool) -> (State, Recorded) {
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        assert!(Instant::now() < deadline, "the loop never started training");
+        assert!(Instant::now() < deadline, "no {role:?} process was ever recorded");
         if let Ok(st) = State::load(&s.repo.join(".autoresearch")) {
-            if let (Some(ip), Some(c)) = (&st.in_progress, st.children.iter().find(|c| c.role == Role::Training)) {
-                return (ip.run, c.pgid);
+            if let Some(c) = st.children.iter().find(|c| c.role == role).cloned() {
+                if also(&st) {
+                    return (st, c);
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// kill -9 of `loop` (or `noise`) at each phase of an experiment; after each, the next command stops what the
+/// killed one left running before anything else, and git, results.tsv and the run folders agree.
+#[test]
+fn kill_9_at_any_moment() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Session::new("session");
+    assert!(s.run(&["init", "k1", "--profile", "small", "--time-budget", "60", "--device", "cpu"]).status.success());
+    assert!(s.run(&["run", "-m", "baseline"]).status.success());
+    let kill_when = |args: &[&str], role: Role, also: &dyn Fn(&State) -> bool| -> Recorded {
+        let mut child = s.cmd(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let (_, recorded) = wait_for(&s, role, also);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(running(recorded.pgid), "the {role:?} process outlives the killed harness");
+        recorded
+    };
+    let left_alone = |r: &Recorded, out: &Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!running(r.pgid), "the orphaned {:?} process was stopped", r.role);
+        assert!(stderr.contains("recovered: stopped what the last process left running"), "{stderr}");
+        assert!(s.state().children.is_empty());
+    };
+
+    // While the agent works: it has edited the file and is still thinking.
+    let agent = s.agent(&["linger"]);
+    let rows = s.rows().len();
+    let r = kill_when(&["loop", "--agent", &agent, "--max-experiments", "1"], Role::Agent, &|_| {
+        std::fs::read_to_string(s.repo.join("train/train.rs")).unwrap().contains("scalar_lr: 0.015,")
+    });
+    let out = s.run(&["run", "-m", "after the agent was killed"]);
+    left_alone(&r, &out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the stopped agent's unfinished change is set aside"), "{stderr}");
+    assert!(stderr.contains("nothing to run"), "the unfinished change is not run: {stderr}");
+    assert_eq!(s.rows().len(), rows);
+    s.assert_consistent();
+
+    // While building the agent's change (before the experiment starts): the change is set aside.
+    let agent = s.agent(&["good4", "nothing"]);
+    let r =
+        kill_when(&["loop", "--agent", &agent, "--max-experiments", "1"], Role::Build, &|st| st.in_progress.is_none());
+    let out = s.run(&["loop", "--agent", &agent, "--max-experiments", "0"]);
+    left_alone(&r, &out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("an unrun change was set aside"));
+    assert_eq!(s.rows().len(), rows);
+    s.assert_consistent();
+
+    // While training, then while evaluating: the experiment is interrupted, without a row.
+    for (step, phase) in [("good4", "train"), ("slow_eval", "eval")] {
+        let agent = s.agent(&[step, "nothing"]);
+        let run_log = s.repo.join("run.log");
+        let _ = std::fs::remove_file(&run_log);
+        let r = kill_when(&["loop", "--agent", &agent, "--max-experiments", "1"], Role::Training, &|st| {
+            st.in_progress.is_some()
+                && (phase != "eval" || std::fs::read_to_string(&run_log).is_ok_and(|l| l.contains("\nloop: ")))
+        });
+        let run = s.state().in_progress.unwrap().run;
+        let out = s.run(&["loop", "--agent", &agent, "--max-experiments", "0"]);
+        left_alone(&r, &out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("recovered: run {run} was interrupted")), "{phase}: {stderr}");
+        assert_eq!(s.meta(run).status, "interrupted", "{phase}");
+        assert_eq!(s.rows().len(), rows, "{phase}: no row for an interrupted run");
+        s.assert_consistent();
+    }
+
+    // `noise`, while it trains.
+    let r = kill_when(&["noise", "--runs", "2"], Role::Training, &|_| true);
+    let out = s.run(&["loop", "--agent", "true", "--max-experiments", "0"]);
+    left_alone(&r, &out);
+    assert!(!s.repo.join(".autoresearch/noise.json").exists(), "no estimate from a killed noise");
+    s.assert_consistent();
 }
 
 extern "C" {

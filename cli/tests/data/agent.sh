@@ -23,6 +23,10 @@ harness)   echo "// an edit to the fixed harness" >> harness/src/lib.rs; sed -i 
 good)      sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.045,/' $file; say "scalar lr 0.045" ;;
 good2)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.035,/' $file; say "scalar lr 0.035" ;;
 good3)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.025,/' $file; say "scalar lr 0.025" ;;
+linger)    sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.015,/' $file; sleep 60; say "never finished" ;;
+good4)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.055,/' $file; say "scalar lr 0.055" ;;
+slow_eval) sed -i 's/^\( *\)let (x, y) = batch_tensors(batch, device);$/\1std::thread::sleep(std::time::Duration::from_millis(500));\n\1let (x, y) = batch_tensors(batch, device);/' $file
+           grep -q 'from_millis(500)' $file; say "slow evaluation" ;;
 nothing)   ;;
 *)         echo "no step $((n + 1)) ($step)" >&2; exit 1 ;;
 esac
