@@ -25,8 +25,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let dir = args.results.parent().map(PathBuf::from).unwrap_or_default();
-    let noise = load_noise(&dir.join(STATE_DIR))?.into_values().collect();
-    let report = build(&args.results, noise)?;
+    let noise: Vec<_> = load_noise(&dir.join(STATE_DIR))?.into_values().collect();
+    let report = build(&args.results, noise.clone())?;
     if args.json {
         println!("{}", report.to_json()?);
     } else {
@@ -37,7 +37,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     if !args.no_plot {
         let out = args.plot.unwrap_or_else(|| dir.join("progress.png"));
-        plot(&args.results, &out)?;
+        plot(&args.results, &out, &noise)?;
         eprintln!("wrote {}", out.display());
     }
     Ok(())

@@ -62,3 +62,41 @@ fn bad_rows_are_named_and_skipped_and_the_original_format_reads() {
     assert!(text.contains("improvement: 0.004900 (0.49%)"), "{text}");
     assert!(dir.path().join("p.png").metadata().unwrap().len() > 0);
 }
+
+#[test]
+fn kept_gains_below_the_measured_noise_are_marked_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("results.tsv"), data("results.tsv")).unwrap();
+    std::fs::create_dir(dir.path().join(".autoresearch")).unwrap();
+    // σ = 0.0013, so 2σ = 0.0026: of the six kept gains, 0.0024 and 0.0012 are below it, 0.0026 is not.
+    let noise = r#"{"h100/300": {"profile": "h100", "budget": 300.0, "commit": "a1b2c3d", "seeds": [43, 44, 45],
+        "values": [0.9987, 1.0, 1.0013], "mean": 1.0, "std": 0.0013}}"#;
+    std::fs::write(dir.path().join(".autoresearch/noise.json"), noise).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_autoresearch"))
+            .arg("report")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run(&["--no-plot"]);
+    assert!(text.contains("kept gains below the noise (2σ): 2 of 6"), "{text}");
+    assert!(text.contains("  0.002400*  0.990800  e5f6a7b  window pattern SSL"), "{text}");
+    assert!(text.contains("  0.001200*  0.984100  f2a3b4c"), "{text}");
+    assert!(text.contains("  0.002600   0.977300  f8a9b0c"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&run(&["--json", "--no-plot"])).unwrap();
+    assert_eq!(json["gains_below_noise"], 2);
+    let marked: Vec<&str> = json["top_improvements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["below_noise"] == true)
+        .map(|g| g["commit"].as_str().unwrap())
+        .collect();
+    assert_eq!(marked, ["e5f6a7b", "f2a3b4c"]);
+    run(&[]);
+    assert!(dir.path().join("progress.png").metadata().unwrap().len() > 20_000);
+}

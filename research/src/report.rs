@@ -27,6 +27,10 @@ pub struct Gain {
     pub val_bpb: f64,
     pub previous: f64,
     pub gain: f64,
+    /// 2σ of the seed-to-seed spread for the row's profile and budget, where `noise` measured it.
+    pub noise_2sigma: Option<f64>,
+    /// The gain is smaller than 2σ: it may be luck.
+    pub below_noise: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,8 +57,32 @@ pub struct Report {
     pub kept: Vec<Point>,
     /// Each keep's gain over the keep before it, largest first.
     pub top_improvements: Vec<Gain>,
+    /// How many of those gains are smaller than 2σ of the measured noise (None where no noise applies).
+    pub gains_below_noise: Option<usize>,
     /// Seed-to-seed spread measured by `autoresearch noise`, where the file has one beside it.
     pub noise: Vec<NoiseEstimate>,
+}
+
+/// The noise estimate that applies to a row: the one of its profile and budget; for the original's rows,
+/// which name neither, the only estimate if there is just one.
+fn noise_of<'a>(noise: &'a [NoiseEstimate], row: &Row) -> Option<&'a NoiseEstimate> {
+    match &row.extra {
+        Some(e) => noise.iter().find(|n| n.profile == e.profile && n.budget == e.budget),
+        None => noise.first().filter(|_| noise.len() == 1),
+    }
+}
+
+/// The kept experiments in order, each with the value of the keep before it (None for the first) and 2σ of the
+/// noise that applies to it.
+fn kept_gains<'a>(rows: &'a [Row], noise: &[NoiseEstimate]) -> Vec<(&'a Row, Option<f64>, Option<f64>)> {
+    let mut previous: Option<f64> = None;
+    experiments(rows)
+        .filter(|(_, r)| r.status == Status::Keep)
+        .map(|(_, r)| {
+            let before = previous.replace(r.val_bpb);
+            (r, before, noise_of(noise, r).map(|n| 2.0 * n.std))
+        })
+        .collect()
 }
 
 /// The rows that are experiments of their own (not confirmation reruns).
@@ -85,16 +113,26 @@ pub fn build(path: &Path, noise: Vec<NoiseEstimate>) -> Result<Report> {
         (Some(b), Some(k)) => (Some(b.val_bpb - k.val_bpb), Some(100.0 * (b.val_bpb - k.val_bpb) / b.val_bpb)),
         _ => (None, None),
     };
-    let mut top_improvements: Vec<Gain> = kept
-        .windows(2)
-        .map(|w| Gain {
-            commit: w[1].commit.clone(),
-            description: w[1].description.clone(),
-            val_bpb: w[1].val_bpb,
-            previous: w[0].val_bpb,
-            gain: w[0].val_bpb - w[1].val_bpb,
+    let mut top_improvements: Vec<Gain> = kept_gains(rows, &noise)
+        .into_iter()
+        .filter_map(|(r, previous, noise_2sigma)| {
+            let previous = previous?;
+            let gain = previous - r.val_bpb;
+            Some(Gain {
+                commit: r.commit.clone(),
+                description: r.description.clone(),
+                val_bpb: r.val_bpb,
+                previous,
+                gain,
+                noise_2sigma,
+                below_noise: noise_2sigma.is_some_and(|n| gain < n),
+            })
         })
         .collect();
+    let gains_below_noise = top_improvements
+        .iter()
+        .any(|g| g.noise_2sigma.is_some())
+        .then(|| top_improvements.iter().filter(|g| g.below_noise).count());
     top_improvements.sort_by(|a, b| b.gain.total_cmp(&a.gain));
     Ok(Report {
         file: path.display().to_string(),
@@ -108,6 +146,7 @@ pub fn build(path: &Path, noise: Vec<NoiseEstimate>) -> Result<Report> {
         improvement_percent,
         kept,
         top_improvements,
+        gains_below_noise,
         noise,
     })
 }
@@ -163,9 +202,14 @@ impl Report {
             }
         }
         if !self.top_improvements.is_empty() {
-            t.push_str("\ntop improvements:\n  gain      val_bpb   commit   description\n");
+            t.push_str("\ntop improvements (* = smaller than 2σ of the noise: may be luck):\n");
+            t.push_str("  gain       val_bpb   commit   description\n");
             for g in &self.top_improvements {
-                let _ = writeln!(t, "  {:.6}  {:.6}  {:<7}  {}", g.gain, g.val_bpb, g.commit, g.description);
+                let mark = if g.below_noise { '*' } else { ' ' };
+                let _ = writeln!(t, "  {:.6}{mark}  {:.6}  {:<7}  {}", g.gain, g.val_bpb, g.commit, g.description);
+            }
+            if let Some(n) = self.gains_below_noise {
+                let _ = writeln!(t, "kept gains below the noise (2σ): {n} of {}", self.top_improvements.len());
             }
         }
         t
@@ -189,9 +233,9 @@ fn cut(text: &str, n: usize) -> String {
 }
 
 /// progress.png: val_bpb by experiment (crashes and reruns left out, the rest numbered in order): discards
-/// as small grey dots, keeps as larger green dots labelled with their description, the running best as a
-/// green step line. The y range runs from a little below the best to a little above the baseline.
-pub fn plot(path: &Path, out: &Path) -> Result<()> {
+/// as small grey dots, keeps as larger green dots labelled with their description (orange where the gain is
+/// smaller than 2σ of the measured noise), the running best as a green step line. The y range runs from a little below the best to a little above the baseline.
+pub fn plot(path: &Path, out: &Path, noise: &[NoiseEstimate]) -> Result<()> {
     use plotters::prelude::*;
     use plotters::style::text_anchor::{HPos, Pos, VPos};
     let rows = results::read(path)?.rows;
@@ -201,12 +245,22 @@ pub fn plot(path: &Path, out: &Path) -> Result<()> {
         .enumerate()
         .map(|(i, r)| (i + 1, r))
         .collect();
-    let kept: Vec<(usize, f64, &str)> = points
+    let below_noise: Vec<bool> = kept_gains(&rows, noise)
+        .iter()
+        .map(|(r, before, n)| before.zip(*n).is_some_and(|(b, n)| b - r.val_bpb < n))
+        .collect();
+    let kept: Vec<(usize, f64, &str, bool)> = points
         .iter()
         .filter(|(_, r)| r.status == Status::Keep)
-        .map(|(x, r)| (*x, r.val_bpb, r.description.as_str()))
+        .zip(&below_noise)
+        .map(|((x, r), below)| (*x, r.val_bpb, r.description.as_str(), *below))
         .collect();
     let improvements = kept.len().saturating_sub(1);
+    let lucky = below_noise.iter().filter(|b| **b).count();
+    let caption = match lucky {
+        0 => format!("{} Experiments, {improvements} Kept Improvements", points.len()),
+        k => format!("{} Experiments, {improvements} Kept Improvements ({k} below 2σ noise, orange)", points.len()),
+    };
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
 
     let baseline = points.first().map_or(1.0, |(_, r)| r.val_bpb);
@@ -219,7 +273,7 @@ pub fn plot(path: &Path, out: &Path) -> Result<()> {
     let draw = |e| anyhow::anyhow!("drawing {}: {e:?}", out.display());
     root.fill(&WHITE).map_err(draw)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{} Experiments, {improvements} Kept Improvements", points.len()), ("sans-serif", 44))
+        .caption(caption, ("sans-serif", 44))
         .margin(40)
         .x_label_area_size(80)
         .y_label_area_size(130)
@@ -249,7 +303,7 @@ pub fn plot(path: &Path, out: &Path) -> Result<()> {
     let green = RGBColor(46, 160, 67);
     let mut steps = Vec::new();
     let mut current = f64::INFINITY;
-    for &(x, y, _) in &kept {
+    for &(x, y, _, _) in &kept {
         if current.is_finite() {
             steps.push((x as f64, current));
         }
@@ -261,9 +315,11 @@ pub fn plot(path: &Path, out: &Path) -> Result<()> {
     }
     chart.draw_series(LineSeries::new(steps, green.stroke_width(3))).map_err(draw)?;
     let dark = RGBColor(20, 80, 30);
-    for &(x, y, description) in kept.iter().filter(|k| in_range(k.1)) {
+    let orange = RGBColor(230, 140, 20);
+    for &(x, y, description, below) in kept.iter().filter(|k| in_range(k.1)) {
+        let fill = if below { orange } else { green };
         chart
-            .draw_series([Circle::new((x as f64, y), 11, dark.filled()), Circle::new((x as f64, y), 8, green.filled())])
+            .draw_series([Circle::new((x as f64, y), 11, dark.filled()), Circle::new((x as f64, y), 8, fill.filled())])
             .map_err(draw)?;
         let style = TextStyle::from(("sans-serif", 20).into_font())
             .color(&dark)
