@@ -77,7 +77,7 @@ pub const H100: Hyper = Hyper {
     final_lr_frac: 0.0,
 };
 
-/// For CPUs and laptops: the baseline scaled down (1.77M parameters at vocab 2048).
+/// For CPUs and laptops: the baseline scaled down (1.84M parameters at vocab 2048).
 pub const SMALL: Hyper =
     Hyper { depth: 4, aspect_ratio: 32, head_dim: 64, total_batch_size: 1 << 13, device_batch_size: 16, ..H100 };
 

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use autoresearch_harness::profile::{cache_root, Prepared};
 use autoresearch_research::agent::{research_loop, LoopOptions};
 use autoresearch_research::rules::{noise_for, Decider, Rule};
-use autoresearch_research::run::{default_timeout, describe, measure_noise, run_experiment, RunOptions};
+use autoresearch_research::run::{default_timeout, describe, measure_noise, run_experiment, ExperimentOptions};
 use autoresearch_research::trainer::{repo_root, Trainer};
 use autoresearch_research::{self as experiment, Interrupts, Workspace};
 
@@ -117,7 +117,7 @@ fn options(
     description: String,
     interrupts: Interrupts,
     abort_at: usize,
-) -> Result<RunOptions> {
+) -> Result<ExperimentOptions> {
     let rule = Rule::parse(&args.rule, args.z)?;
     let noise = noise_for(&ws.dir, &ws.state.profile, ws.state.time_budget)?;
     let decider = Decider::new(rule, noise.as_ref(), args.min_delta)?;
@@ -126,7 +126,7 @@ fn options(
         Some(t) => bail!("--timeout must be positive, not {t}"),
         None => default_timeout(ws.state.time_budget),
     };
-    Ok(RunOptions { description, decider, timeout, force: false, interrupts, abort_at })
+    Ok(ExperimentOptions { description, decider, timeout, force: false, interrupts, abort_at })
 }
 
 fn trainer(ws: &Workspace) -> Trainer {

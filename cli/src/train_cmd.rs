@@ -1,7 +1,7 @@
 //! `autoresearch train`: build the training file and run it once, output to the terminal.
 
 use anyhow::{bail, Result};
-use autoresearch_research::trainer::{repo_root, DeviceChoice, RunSettings, Trainer};
+use autoresearch_research::trainer::{repo_root, DeviceChoice, Trainer, TrainingSettings};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Device {
@@ -59,8 +59,8 @@ pub fn run(args: Args) -> Result<()> {
         eprint!("{compiler}");
         bail!("building the training file failed");
     }
-    let settings = RunSettings { profile: args.profile, time_budget: args.time_budget, seed: args.seed };
-    let status = trainer.run_command(&settings)?.status()?;
+    let settings = TrainingSettings { profile: args.profile, time_budget: args.time_budget, seed: args.seed };
+    let status = trainer.training_command(&settings)?.status()?;
     if !status.success() {
         bail!("training failed ({status})");
     }

@@ -224,7 +224,8 @@ fn a_research_session_end_to_end() {
         std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/change.diff", run_of(&rows[2])))).unwrap();
     assert!(discard_diff.contains("+        matrix_lr: 0.0,"));
     // The refused harness edit: a run folder, no row, nothing committed, the edit saved.
-    let refused: Vec<RunMeta> = (1..s.state().next_run).map(|n| s.meta(n)).filter(|m| m.status == "refused").collect();
+    let refused: Vec<RunMeta> =
+        (1..s.state().next_run).map(|n| s.meta(n)).filter(|m| m.status == Status::Refused).collect();
     assert_eq!(refused.len(), 1);
     assert!(refused[0].reason.contains("harness/src/lib.rs"));
     let diff =
@@ -264,7 +265,7 @@ fn a_research_session_end_to_end() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("recovered: run {run} was interrupted")), "{stderr}");
     assert!(!running(pgid), "the orphaned training process was stopped");
-    assert_eq!(s.meta(run).status, "interrupted");
+    assert_eq!(s.meta(run).status, Status::Interrupted);
     assert!(std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{run}/change.diff")))
         .unwrap()
         .contains("scalar_lr: 0.035"));
@@ -341,17 +342,40 @@ fn a_research_session_end_to_end() {
         .replace("matrix_lr: 0.004,", "matrix_lr: 0.04,");
     assert_ne!(better, best_file);
     std::fs::write(&train, better).unwrap();
+    let old_best = s.state().best.unwrap();
+    assert_eq!(old_best.seeds, [42], "kept under `lower`: one seed");
     let out = s.run(&["run", "-m", "default learning rates", "--rule", "confirm 2"]);
     assert!(out.status.success());
     let rows = s.rows();
     let n = rows.len();
+    // First the best is re-measured over the same seeds as the candidate, so that two means of three compare.
+    let (remeasure, remeasure_reruns) = (&rows[n - 6], &rows[n - 5..n - 3]);
+    assert_eq!((remeasure.status, &remeasure.commit), (Status::Keep, &old_best.commit[..7].to_string()));
+    assert!(remeasure.description.starts_with(&format!("re-measure of the best (run {})", old_best.run)));
+    assert!(remeasure.extra.as_ref().unwrap().reason.contains("over seeds 42, 43, 44"), "{remeasure:?}");
+    assert!(remeasure_reruns.iter().all(|r| r.status == Status::Rerun && run_of(r) == run_of(remeasure)));
+    let mean = (old_best.val_bpb + remeasure_reruns.iter().map(|r| r.val_bpb).sum::<f64>()) / 3.0;
+    assert!((remeasure.val_bpb - mean).abs() < 2e-6, "the re-measure's row holds the mean of its three seeds");
+    // Then the candidate: its row, the session's best and the report hold the mean that decided.
     let (candidate, reruns) = (&rows[n - 3], &rows[n - 2..]);
     assert_eq!(candidate.status, Status::Keep, "{candidate:?}");
-    assert!(candidate.extra.as_ref().unwrap().reason.contains("over 3 seeds"));
+    let reason = &candidate.extra.as_ref().unwrap().reason;
+    assert!(
+        reason.contains("over 3 seeds (42, 43, 44)") && reason.contains(&format!("run {}", run_of(remeasure))),
+        "{reason}"
+    );
     assert!(reruns
         .iter()
         .all(|r| r.status == Status::Rerun && r.commit == candidate.commit && run_of(r) == run_of(candidate)));
     assert_eq!(reruns[0].extra.as_ref().unwrap().reason, "seed 43");
+    let best = s.state().best.unwrap();
+    assert_eq!((best.run, &best.seeds[..]), (run_of(candidate), &[42, 43, 44][..]));
+    assert!(
+        reason.contains(&format!("mean {:.6}", best.val_bpb))
+            && format!("{:.6}", best.val_bpb) == format!("{:.6}", candidate.val_bpb)
+    );
+    let report = String::from_utf8_lossy(&s.run(&["report", "--no-plot"]).stdout).into_owned();
+    assert!(report.contains(&format!("best:     {:.6}  {}", candidate.val_bpb, candidate.commit)), "{report}");
     s.assert_consistent();
 }
 
@@ -384,7 +408,12 @@ fn kill_9_at_any_moment() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = Session::new("session");
     assert!(s.run(&["init", "k1", "--profile", "small", "--time-budget", "60", "--device", "cpu"]).status.success());
-    assert!(s.run(&["run", "-m", "baseline"]).status.success());
+    // Under `confirm N` the baseline is a mean over N + 1 seeds too.
+    assert!(s.run(&["run", "-m", "baseline", "--rule", "confirm 1"]).status.success());
+    let (baseline, best) = (s.rows()[0].clone(), s.state().best.unwrap());
+    assert!(baseline.extra.as_ref().unwrap().reason.contains("over 2 seeds (42, 43)"), "{baseline:?}");
+    assert_eq!(best.seeds, [42, 43]);
+    assert_eq!(format!("{:.6}", best.val_bpb), format!("{:.6}", baseline.val_bpb));
     let kill_when = |args: &[&str], role: Role, also: &dyn Fn(&State) -> bool| -> Recorded {
         let mut child = s.cmd(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let (_, recorded) = wait_for(&s, role, also);
@@ -438,16 +467,36 @@ fn kill_9_at_any_moment() {
         left_alone(&r, &out);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(&format!("recovered: run {run} was interrupted")), "{phase}: {stderr}");
-        assert_eq!(s.meta(run).status, "interrupted", "{phase}");
+        assert_eq!(s.meta(run).status, Status::Interrupted, "{phase}");
         assert_eq!(s.rows().len(), rows, "{phase}: no row for an interrupted run");
         s.assert_consistent();
     }
+
+    // A crash from outside the file (here it kills itself with SIGKILL, as the kernel's OOM killer would) earns
+    // the identical file one retry; a second crash bars it.
+    let train = s.repo.join("train/train.rs");
+    let selfkill = std::fs::read_to_string(&train).unwrap().replace(
+        "pub fn main() -> Result<()> {",
+        "pub fn main() -> Result<()> {\n    std::process::Command::new(\"kill\").args([\"-9\", &std::process::id().to_string()]).status()?;",
+    );
+    for (attempt, reason) in
+        [("killed", "killed (signal 9"), ("retried", "retry of run"), ("barred", "identical to run")]
+    {
+        std::fs::write(&train, &selfkill).unwrap();
+        assert!(s.run(&["run", "-m", attempt]).status.success());
+        let row = s.rows().last().unwrap().clone();
+        assert_eq!(row.status, Status::Crash, "{row:?}");
+        assert!(row.extra.as_ref().unwrap().reason.starts_with(reason), "{attempt}: {row:?}");
+        s.assert_consistent();
+    }
+    let rows = s.rows().len();
 
     // `noise`, while it trains.
     let r = kill_when(&["noise", "--runs", "2"], Role::Training, &|_| true);
     let out = s.run(&["loop", "--agent", "true", "--max-experiments", "0"]);
     left_alone(&r, &out);
     assert!(!s.repo.join(".autoresearch/noise.json").exists(), "no estimate from a killed noise");
+    assert_eq!(s.rows().len(), rows);
     s.assert_consistent();
 }
 

@@ -9,8 +9,8 @@ use crate::process::{wait_or_kill, Role};
 
 use anyhow::{Context, Result};
 
-use crate::results;
-use crate::run::{build, check, refusal_message, run_experiment, tail, Check, RunOptions, TAIL_LINES};
+use crate::results::{self, Status};
+use crate::run::{build, check, refusal_message, run_experiment, tail, Check, ExperimentOptions, TAIL_LINES};
 use crate::trainer::Trainer;
 use crate::{now_utc, RunMeta, Workspace, TRAINING_FILE};
 
@@ -25,7 +25,7 @@ pub struct LoopOptions {
     pub max_fixes: usize,
     /// program.md's text.
     pub program: String,
-    pub run: RunOptions,
+    pub run: ExperimentOptions,
 }
 
 #[derive(Debug, Default)]
@@ -118,7 +118,7 @@ pub fn research_loop(
             read_description(&description_path)
         };
 
-        let run_opts = RunOptions { description, ..opts.run.clone() };
+        let run_opts = ExperimentOptions { description, ..opts.run.clone() };
         let outcome = match run_experiment(ws, trainer, &run_opts) {
             Ok(o) => o,
             Err(e) if opts.run.interrupts.count() > 0 => {
@@ -128,9 +128,9 @@ pub fn research_loop(
             Err(e) => return Err(e),
         };
         report.experiments += 1;
-        match outcome.status.as_str() {
-            "keep" => report.kept += 1,
-            "crash" => report.crashes += 1,
+        match outcome.status {
+            Status::Keep => report.kept += 1,
+            Status::Crash => report.crashes += 1,
             _ => {}
         }
         on_outcome(&crate::run::describe(&outcome));
@@ -163,7 +163,7 @@ fn record_refusal(ws: &mut Workspace, problem: &str) -> Result<()> {
     ws.set_aside(run, None)?;
     ws.write_meta(&RunMeta {
         run,
-        status: "refused".into(),
+        status: Status::Refused,
         reason: problem.to_string(),
         started: now_utc(),
         ..Default::default()

@@ -52,10 +52,13 @@ pub struct RunMeta {
     pub run: u64,
     pub description: String,
     pub commit: Option<String>,
-    /// running, keep, discard, crash, refused, interrupted, reused
-    pub status: String,
+    pub status: Status,
     pub val_bpb: Option<f64>,
     pub reason: String,
+    /// A crash whose cause may lie outside the training file (a timeout under load, a kill, memory taken by
+    /// another process): the identical file may be run once more instead of reusing the crash.
+    #[serde(default)]
+    pub retryable: bool,
     /// FNV-1a of the training file as run, to recognise an identical file.
     pub file_hash: String,
     pub started: String,
@@ -269,18 +272,26 @@ impl Workspace {
                 children.iter().map(|c| format!("{:?} (group {})", c.role, c.pgid).to_lowercase()).collect();
             msgs.push(format!("recovered: stopped what the last process left running: {}", roles.join(", ")));
         }
-        if self.state.in_progress.is_none() {
-            if children.iter().any(|c| c.role == process::Role::Agent) {
-                if let Some(dir) = self.set_aside_leftovers()? {
-                    msgs.push(format!(
-                        "recovered: the stopped agent's unfinished change is set aside in {}",
-                        dir.display()
-                    ));
-                }
+        if let Some(ip) = self.state.in_progress.clone() {
+            msgs.push(self.finish_or_undo(&ip)?);
+        } else if children.iter().any(|c| c.role == process::Role::Agent) {
+            if let Some(dir) = self.set_aside_leftovers()? {
+                msgs.push(format!(
+                    "recovered: the stopped agent's unfinished change is set aside in {}",
+                    dir.display()
+                ));
             }
-            return Ok((!msgs.is_empty()).then(|| msgs.join("\n")));
         }
-        let ip = self.state.in_progress.clone().unwrap();
+        if self.unstash()? {
+            msgs.push(format!(
+                "recovered: the change to {TRAINING_FILE} that waited while the best was re-measured is back in the tree"
+            ));
+        }
+        Ok((!msgs.is_empty()).then(|| msgs.join("\n")))
+    }
+
+    /// Finishes an experiment whose row was written, or undoes one whose row was not; says which.
+    fn finish_or_undo(&mut self, ip: &state::InProgress) -> Result<String> {
         let rows = results::read(&self.results)?.rows;
         let recorded = results::experiment_row(&rows, ip.run);
         let mut meta = self.read_meta(ip.run).unwrap_or(RunMeta { run: ip.run, ..Default::default() });
@@ -289,11 +300,11 @@ impl Workspace {
                 // The row was written: finish what followed it.
                 if row.status == Status::Keep {
                     let commit = ip.commit.clone().unwrap_or_else(|| self.state.reference_commit().to_string());
-                    self.state.best = Some(Best { commit, val_bpb: row.val_bpb, run: ip.run });
+                    self.state.best = Some(Best { commit, val_bpb: row.val_bpb, run: ip.run, seeds: ip.seeds.clone() });
                 } else {
                     self.set_aside(ip.run, ip.commit.as_deref())?;
                 }
-                meta.status = row.status.to_string();
+                meta.status = row.status;
                 format!(
                     "recovered: run {} was recorded ({}) before the last process stopped; finished it",
                     ip.run, row.status
@@ -301,7 +312,7 @@ impl Workspace {
             }
             None => {
                 self.set_aside(ip.run, ip.commit.as_deref())?;
-                meta.status = "interrupted".into();
+                meta.status = Status::Interrupted;
                 meta.reason =
                     "the process running it was stopped before it finished; its change is in change.diff".into();
                 format!(
@@ -315,8 +326,31 @@ impl Workspace {
         self.write_meta(&meta)?;
         self.state.in_progress = None;
         self.save_state()?;
-        msgs.push(msg);
-        Ok(Some(msgs.join("\n")))
+        Ok(msg)
+    }
+
+    fn stash_path(&self) -> PathBuf {
+        self.dir.join("stash").join("train.rs")
+    }
+
+    /// Puts the uncommitted training file aside (in `.autoresearch/stash`, where recovery finds it) and the best
+    /// commit's in its place.
+    pub fn stash(&self) -> Result<()> {
+        let content =
+            std::fs::read(self.root.join(TRAINING_FILE)).with_context(|| format!("reading {TRAINING_FILE}"))?;
+        std::fs::create_dir_all(self.stash_path().parent().unwrap())?;
+        autoresearch_harness::fsutil::write_atomic(&self.stash_path(), &content)?;
+        self.git.run(&["checkout", self.state.reference_commit(), "--", TRAINING_FILE])?;
+        Ok(())
+    }
+
+    /// Brings a stashed training file back into the tree; whether there was one.
+    pub fn unstash(&self) -> Result<bool> {
+        let path = self.stash_path();
+        let Ok(content) = std::fs::read(&path) else { return Ok(false) };
+        autoresearch_harness::fsutil::write_atomic(&self.root.join(TRAINING_FILE), &content)?;
+        std::fs::remove_file(&path)?;
+        Ok(true)
     }
 
     /// Puts aside whatever the tree holds beyond the best commit (a change left by a stopped loop or agent),

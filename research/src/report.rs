@@ -50,12 +50,12 @@ pub struct Report {
     pub keep_rate: Option<f64>,
     /// The first row with a result.
     pub baseline: Option<Point>,
-    /// The kept row with the lowest val_bpb.
+    /// The last kept row: the session's best (each keep beat the one before, or re-measured it).
     pub best: Option<Point>,
     pub improvement: Option<f64>,
     pub improvement_percent: Option<f64>,
     pub kept: Vec<Point>,
-    /// Each keep's gain over the keep before it, largest first.
+    /// Each keep's gain over the keep before it, largest first (a re-measure of the same commit is no gain).
     pub top_improvements: Vec<Gain>,
     /// How many of those gains are smaller than 2σ of the measured noise (None where no noise applies).
     pub gains_below_noise: Option<usize>,
@@ -72,14 +72,15 @@ fn noise_of<'a>(noise: &'a [NoiseEstimate], row: &Row) -> Option<&'a NoiseEstima
     }
 }
 
-/// The kept experiments in order, each with the value of the keep before it (None for the first) and 2σ of the
-/// noise that applies to it.
-fn kept_gains<'a>(rows: &'a [Row], noise: &[NoiseEstimate]) -> Vec<(&'a Row, Option<f64>, Option<f64>)> {
-    let mut previous: Option<f64> = None;
+/// The kept experiments in order, each with the value and commit of the keep before it (None for the first)
+/// and 2σ of the noise that applies to it.
+#[allow(clippy::type_complexity)]
+fn kept_gains<'a>(rows: &'a [Row], noise: &[NoiseEstimate]) -> Vec<(&'a Row, Option<(f64, &'a str)>, Option<f64>)> {
+    let mut previous: Option<(f64, &str)> = None;
     experiments(rows)
         .filter(|(_, r)| r.status == Status::Keep)
         .map(|(_, r)| {
-            let before = previous.replace(r.val_bpb);
+            let before = previous.replace((r.val_bpb, r.commit.as_str()));
             (r, before, noise_of(noise, r).map(|n| 2.0 * n.std))
         })
         .collect()
@@ -108,7 +109,7 @@ pub fn build(path: &Path, noise: Vec<NoiseEstimate>) -> Result<Report> {
     let baseline = experiments(rows).find(|(_, r)| r.status != Status::Crash).map(|(i, r)| point(i, r));
     let kept: Vec<Point> =
         experiments(rows).filter(|(_, r)| r.status == Status::Keep).map(|(i, r)| point(i, r)).collect();
-    let best = kept.iter().min_by(|a, b| a.val_bpb.total_cmp(&b.val_bpb)).cloned();
+    let best = kept.last().cloned();
     let (improvement, improvement_percent) = match (&baseline, &best) {
         (Some(b), Some(k)) => (Some(b.val_bpb - k.val_bpb), Some(100.0 * (b.val_bpb - k.val_bpb) / b.val_bpb)),
         _ => (None, None),
@@ -116,7 +117,10 @@ pub fn build(path: &Path, noise: Vec<NoiseEstimate>) -> Result<Report> {
     let mut top_improvements: Vec<Gain> = kept_gains(rows, &noise)
         .into_iter()
         .filter_map(|(r, previous, noise_2sigma)| {
-            let previous = previous?;
+            let (previous, previous_commit) = previous?;
+            if previous_commit == r.commit {
+                return None;
+            }
             let gain = previous - r.val_bpb;
             Some(Gain {
                 commit: r.commit.clone(),
@@ -247,7 +251,7 @@ pub fn plot(path: &Path, out: &Path, noise: &[NoiseEstimate]) -> Result<()> {
         .collect();
     let below_noise: Vec<bool> = kept_gains(&rows, noise)
         .iter()
-        .map(|(r, before, n)| before.zip(*n).is_some_and(|(b, n)| b - r.val_bpb < n))
+        .map(|(r, before, n)| before.zip(*n).is_some_and(|((b, c), n)| c != r.commit && b - r.val_bpb < n))
         .collect();
     let kept: Vec<(usize, f64, &str, bool)> = points
         .iter()

@@ -13,39 +13,80 @@ pub const ORIGINAL_COLUMNS: [&str; 5] = ["commit", "val_bpb", "memory_gb", "stat
 /// time, its run folder, and the keep rule with the reason for the decision.
 pub const EXTRA_COLUMNS: [&str; 6] = ["profile", "budget", "seconds", "run", "rule", "reason"];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What became of an experiment: the first four appear in results.tsv rows, the rest only in run folders.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Status {
     Keep,
     Discard,
     Crash,
     /// A confirmation rerun of a candidate with another seed (the `confirm N` rule).
     Rerun,
+    /// Under way (or stopped by a kill before recovery saw it).
+    #[default]
+    Running,
+    /// A change to files other than the training file: not run, no row.
+    Refused,
+    /// Stopped by Ctrl-C, SIGTERM or a kill before its row was written: no row.
+    Interrupted,
+    /// A training file identical to an earlier run's: that result recorded again.
+    Reused,
 }
 
 impl Status {
+    const ALL: [Status; 8] = [
+        Status::Keep,
+        Status::Discard,
+        Status::Crash,
+        Status::Rerun,
+        Status::Running,
+        Status::Refused,
+        Status::Interrupted,
+        Status::Reused,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Keep => "keep",
             Status::Discard => "discard",
             Status::Crash => "crash",
             Status::Rerun => "rerun",
+            Status::Running => "running",
+            Status::Refused => "refused",
+            Status::Interrupted => "interrupted",
+            Status::Reused => "reused",
         }
     }
 
+    /// A status of a results.tsv row.
     pub fn parse(s: &str) -> Option<Status> {
-        Some(match s {
-            "keep" => Status::Keep,
-            "discard" => Status::Discard,
-            "crash" => Status::Crash,
-            "rerun" => Status::Rerun,
-            _ => return None,
-        })
+        Self::parse_any(s).filter(|st| st.is_row_status())
+    }
+
+    fn parse_any(s: &str) -> Option<Status> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_row_status(self) -> bool {
+        matches!(self, Status::Keep | Status::Discard | Status::Crash | Status::Rerun)
     }
 }
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Status {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Status {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Status, D::Error> {
+        let text = String::deserialize(d)?;
+        Status::parse_any(&text).ok_or_else(|| serde::de::Error::custom(format!("unknown status {text:?}")))
     }
 }
 

@@ -1,5 +1,8 @@
-//! One experiment, start to finish: check, commit, build, train, decide, record, keep or reset; and the
-//! seed reruns that measure noise.
+//! One experiment, start to finish, in steps: check → build → train → decide → record (then keep or reset);
+//! the re-measure of the best that a `confirm N` rule may need first; and the seed reruns that measure noise.
+//!
+//! Words: a *run* is one numbered experiment (its row in results.tsv, its folder `.autoresearch/runs/<n>`); a
+//! *training* is one process of the training binary with one seed, of which a run has one or more.
 
 use std::path::Path;
 use std::process::ExitStatus;
@@ -10,26 +13,26 @@ use anyhow::{bail, Context, Result};
 use crate::process::{wait_or_kill, Role};
 use crate::results::{self, Extra, Row, Status};
 use crate::rules::{mean_std, Decider, NoiseEstimate, Rule};
+pub use crate::state::SEED;
 use crate::state::{Best, InProgress};
-use crate::trainer::{RunSettings, Trainer};
+use crate::trainer::{Trainer, TrainingSettings};
 use crate::{file_hash, now_utc, Interrupts, RunMeta, Workspace, TRAINING_FILE};
 use autoresearch_harness::summary::Summary;
 
-/// The seed of every experiment's first run (the original's).
-pub const SEED: u64 = 42;
-/// Lines of a failed run's log shown to the agent.
+/// Lines of a failed training's log shown to the agent.
 pub const TAIL_LINES: usize = 50;
 
 #[derive(Clone)]
-pub struct RunOptions {
+pub struct ExperimentOptions {
     pub description: String,
     pub decider: Decider,
+    /// Hard limit per training.
     pub timeout: Duration,
     /// Run even if an earlier run had the identical training file.
     pub force: bool,
     pub interrupts: Interrupts,
-    /// Interrupt requests after which the training process is killed (`run`: 1; `loop`: 2, since the first
-    /// only asks it to stop after the current experiment).
+    /// Interrupt requests after which a training is killed (`run`: 1; `loop`: 2, since the first only asks it
+    /// to stop after the current experiment).
     pub abort_at: usize,
 }
 
@@ -43,7 +46,7 @@ pub fn default_timeout(budget: f64) -> Duration {
 pub struct Outcome {
     pub run: u64,
     /// keep, discard, crash or reused
-    pub status: String,
+    pub status: Status,
     pub val_bpb: Option<f64>,
     pub reason: String,
     /// The end of the log (or of the compiler's output) of a crash.
@@ -53,13 +56,21 @@ pub struct Outcome {
     pub harness_overhead: f64,
 }
 
-/// A training process's result.
+/// Why a training (or the build) failed.
+#[derive(Clone, Debug, PartialEq)]
+struct Crash {
+    reason: String,
+    /// The cause may lie outside the training file (timeout under load, a kill, memory taken by another
+    /// process): the identical file may be tried once more.
+    retryable: bool,
+    log_tail: String,
+}
+
+/// One training's result.
 struct Trained {
-    summary: Option<Summary>,
-    crash: Option<String>,
+    result: std::result::Result<Summary, Crash>,
     wall: f64,
     interrupted: bool,
-    log: String,
 }
 
 /// Builds the training binary, the build process recorded in the journal while it runs.
@@ -76,18 +87,24 @@ pub fn build(ws: &mut Workspace, trainer: &Trainer) -> Result<std::result::Resul
     result
 }
 
-/// Runs the training binary once with `seed`, output into `log_path`, under the hard timeout.
-fn train_once(ws: &mut Workspace, trainer: &Trainer, seed: u64, log_path: &Path, opts: &RunOptions) -> Result<Trained> {
-    let settings = RunSettings {
+/// Trains once with `seed`, output into `log_path`, under the hard timeout.
+fn train(
+    ws: &mut Workspace,
+    trainer: &Trainer,
+    seed: u64,
+    log_path: &Path,
+    opts: &ExperimentOptions,
+) -> Result<Trained> {
+    let settings = TrainingSettings {
         profile: Some(ws.state.profile.clone()),
         time_budget: Some(ws.state.time_budget),
         seed: Some(seed),
     };
     let log = std::fs::File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let mut cmd = trainer.run_command(&settings)?;
-    // Its own process group: Ctrl-C reaches only us, and a timeout kills everything it started.
+    let mut cmd = trainer.training_command(&settings)?;
     cmd.stdout(log.try_clone()?).stderr(log);
     let started = Instant::now();
+    // Its own process group: Ctrl-C reaches only us, and a timeout kills everything it started.
     let (mut child, recorded) =
         ws.spawn(&mut cmd, Role::Training).with_context(|| format!("starting {}", trainer.binary().display()))?;
     let (mut timed_out, mut interrupted) = (false, false);
@@ -97,45 +114,46 @@ fn train_once(ws: &mut Workspace, trainer: &Trainer, seed: u64, log_path: &Path,
         timed_out || interrupted
     })?;
     ws.forget(&recorded)?;
-    let status = status.unwrap_or_else(|| std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL));
     let wall = started.elapsed().as_secs_f64();
     let log = String::from_utf8_lossy(&std::fs::read(log_path)?).into_owned();
-    let (summary, crash) = if timed_out {
-        (None, Some(format!("timeout: killed after {:.0} s", opts.timeout.as_secs_f64())))
-    } else {
-        match crash_reason(status, &log) {
-            Some(reason) => (None, Some(reason)),
+    let crash = |reason: String, retryable: bool| Err(Crash { reason, retryable, log_tail: tail(&log, TAIL_LINES) });
+    let result = match status {
+        _ if timed_out => crash(format!("timeout: killed after {:.0} s", opts.timeout.as_secs_f64()), true),
+        None => crash("interrupted".into(), true),
+        Some(status) => match crash_reason(status, &log) {
+            Some((reason, retryable)) => crash(reason, retryable),
             None => match Summary::parse(&log) {
-                Ok(s) if s.val_bpb.is_finite() => (Some(s), None),
-                Ok(s) => (None, Some(format!("val_bpb is {}", s.val_bpb))),
-                Err(e) => (None, Some(format!("{e:#}"))),
+                Ok(s) if s.val_bpb.is_finite() => Ok(s),
+                Ok(s) => crash(format!("val_bpb is {}", s.val_bpb), false),
+                Err(e) => crash(format!("{e:#}"), false),
             },
-        }
+        },
     };
-    Ok(Trained { summary, crash, wall, interrupted, log })
+    Ok(Trained { result, wall, interrupted })
 }
 
-/// Why a finished training process counts as a crash, if it does.
-fn crash_reason(status: ExitStatus, log: &str) -> Option<String> {
+/// Why a finished training counts as a crash, if it does, and whether the cause may lie outside the file.
+fn crash_reason(status: ExitStatus, log: &str) -> Option<(String, bool)> {
     use std::os::unix::process::ExitStatusExt;
     if status.success() {
         return None;
     }
     let lines: Vec<&str> = log.split(['\n', '\r']).collect();
     if lines.iter().any(|l| l.starts_with("FAIL")) {
-        return Some("FAIL: the loss was NaN or above 100".into());
+        return Some(("FAIL: the loss was NaN or above 100".into(), false));
     }
     if log.contains("out of memory") || log.contains("CUDA error: out of memory") {
-        return Some("out of memory".into());
+        return Some(("out of memory".into(), true));
     }
     if let Some(i) = lines.iter().position(|l| l.contains("panicked at")) {
         let message = lines.get(i + 1).map_or("", |m| m.trim());
-        return Some(format!("panic: {message}"));
+        return Some((format!("panic: {message}"), false));
     }
     Some(match status.signal() {
-        Some(9) => "killed (signal 9: out of memory?)".into(),
-        Some(sig) => format!("killed by signal {sig}"),
-        None => format!("exit code {}", status.code().unwrap_or(-1)),
+        Some(9) => ("killed (signal 9: out of memory?)".into(), true),
+        Some(15) => ("killed by signal 15".into(), true),
+        Some(sig) => (format!("killed by signal {sig}"), false),
+        None => (format!("exit code {}", status.code().unwrap_or(-1)), false),
     })
 }
 
@@ -173,8 +191,45 @@ pub fn refusal_message(files: &[String]) -> String {
     )
 }
 
+/// An experiment under way: its number, commit and folder's record.
+struct Started {
+    run: u64,
+    commit: String,
+    meta: RunMeta,
+    started: Instant,
+    /// Seconds spent in training processes.
+    training_wall: f64,
+}
+
+/// What the experiment came to, before it is recorded.
+struct Decision {
+    status: Status,
+    /// The value that decided (a mean under `confirm N`); None for a crash.
+    value: Option<f64>,
+    memory_gb: f64,
+    reason: String,
+    crash: Option<Crash>,
+    /// The seeds `value` averages.
+    seeds: Vec<u64>,
+    reruns: Vec<Row>,
+}
+
+impl Decision {
+    fn crash(crash: Crash) -> Decision {
+        Decision {
+            status: Status::Crash,
+            value: None,
+            memory_gb: 0.0,
+            reason: crash.reason.clone(),
+            crash: Some(crash),
+            seeds: Vec::new(),
+            reruns: Vec::new(),
+        }
+    }
+}
+
 /// Runs one experiment on the current tree.
-pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &RunOptions) -> Result<Outcome> {
+pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOptions) -> Result<Outcome> {
     let started = Instant::now();
     match check(ws)? {
         Check::Refused(files) => bail!(refusal_message(&files)),
@@ -183,30 +238,82 @@ pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &RunOptions) 
     }
     let content = std::fs::read(ws.root.join(TRAINING_FILE)).with_context(|| format!("reading {TRAINING_FILE}"))?;
     let hash = file_hash(&content);
+    let earlier = if opts.force { None } else { reusable(ws, &hash) };
+    if let Some(earlier) = &earlier {
+        if !(earlier.status == Status::Crash && earlier.retryable) {
+            return reuse(ws, opts, earlier, hash, started);
+        }
+        eprintln!(
+            "run {} crashed with this exact file ({}), which may not be the file's fault: trying it once more",
+            earlier.run, earlier.reason
+        );
+    }
+    if let Rule::Confirm { n, .. } = opts.decider.rule {
+        remeasure_best(ws, trainer, opts, n)?;
+    }
+    let mut exp = begin(ws, opts, &content, hash, started)?;
+    let decision = match build(ws, trainer)? {
+        Err(compiler) => {
+            std::fs::write(ws.run_dir(exp.run).join("build.log"), &compiler)?;
+            std::fs::write(ws.root.join("run.log"), &compiler)?;
+            Decision::crash(Crash {
+                reason: "compile error".into(),
+                retryable: false,
+                log_tail: tail(&compiler, TAIL_LINES),
+            })
+        }
+        Ok(output) => {
+            std::fs::write(ws.run_dir(exp.run).join("build.log"), output)?;
+            match train_and_decide(ws, trainer, opts, &mut exp)? {
+                Some(decision) => decision,
+                None => return interrupted(ws, exp.meta),
+            }
+        }
+    };
+    let mut decision = decision;
+    if let Some(earlier) = earlier {
+        decision.reason = format!("retry of run {} (crashed: {}): {}", earlier.run, earlier.reason, decision.reason);
+    }
+    record(ws, opts, exp, decision)
+}
+
+/// The latest earlier run with this exact training file and a result, if one may stand for this one.
+fn reusable(ws: &Workspace, hash: &str) -> Option<RunMeta> {
+    let same: Vec<RunMeta> = ws
+        .runs()
+        .into_iter()
+        .filter(|m| m.file_hash == hash && matches!(m.status, Status::Keep | Status::Discard | Status::Crash))
+        .collect();
+    let mut last = same.last()?.clone();
+    // A crash from outside the file earns one retry: after two crashes the file is not run again.
+    if same.iter().filter(|m| m.status == Status::Crash).count() >= 2 {
+        last.retryable = false;
+    }
+    Some(last)
+}
+
+/// Takes the next run number, records it in the journal and commits the training file.
+fn begin(
+    ws: &mut Workspace,
+    opts: &ExperimentOptions,
+    content: &[u8],
+    hash: String,
+    started: Instant,
+) -> Result<Started> {
     let run = ws.state.next_run;
+    ws.state.next_run += 1;
     let mut meta = RunMeta {
         run,
         description: opts.description.clone(),
-        status: "running".into(),
-        file_hash: hash.clone(),
+        status: Status::Running,
+        file_hash: hash,
         started: now_utc(),
         ..Default::default()
     };
-    if !opts.force {
-        if let Some(earlier) = ws
-            .runs()
-            .into_iter()
-            .find(|m| m.file_hash == hash && ["keep", "discard", "crash"].contains(&m.status.as_str()))
-        {
-            return reuse(ws, opts, meta, &earlier, started);
-        }
-    }
-    ws.state.next_run += 1;
     ws.write_meta(&meta)?;
-    std::fs::write(ws.run_dir(run).join("train.rs"), &content)?;
-    ws.state.in_progress = Some(InProgress { run, commit: None });
+    std::fs::write(ws.run_dir(run).join("train.rs"), content)?;
+    ws.state.in_progress = Some(InProgress { run, commit: None, seeds: Vec::new() });
     ws.save_state()?;
-
     let commit = if ws.training_file_changed()? {
         ws.git.commit_file(TRAINING_FILE, &opts.description)?
     } else {
@@ -216,125 +323,177 @@ pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &RunOptions) 
     ws.state.in_progress.as_mut().unwrap().commit = Some(commit.clone());
     ws.save_state()?;
     ws.write_meta(&meta)?;
+    Ok(Started { run, commit, meta, started, training_wall: 0.0 })
+}
 
+/// Trains with the first seed and, where the rule asks, more; decides. None when interrupted.
+fn train_and_decide(
+    ws: &mut Workspace,
+    trainer: &Trainer,
+    opts: &ExperimentOptions,
+    exp: &mut Started,
+) -> Result<Option<Decision>> {
+    eprintln!(
+        "run {}: training for {} s (profile {}, timeout {:.0} s); output in run.log",
+        exp.run,
+        ws.state.time_budget,
+        ws.state.profile,
+        opts.timeout.as_secs_f64()
+    );
     let run_log = ws.root.join("run.log");
-    let mut training_wall = 0.0;
-    let build = build(ws, trainer)?;
-    std::fs::write(ws.run_dir(run).join("build.log"), build.as_ref().unwrap_or_else(|e| e))?;
-    let mut trained = None;
-    let crash = match build {
-        Err(compiler) => {
-            std::fs::write(&run_log, &compiler)?;
-            Some(("compile error".to_string(), tail(&compiler, TAIL_LINES)))
+    let first = train(ws, trainer, SEED, &run_log, opts)?;
+    exp.training_wall += first.wall;
+    std::fs::copy(&run_log, ws.run_dir(exp.run).join("run.log"))?;
+    if first.interrupted {
+        return Ok(None);
+    }
+    let summary = match first.result {
+        Err(crash) => return Ok(Some(Decision::crash(crash))),
+        Ok(s) => s,
+    };
+    let best = ws.state.best.clone();
+    let mut decision = Decision {
+        status: Status::Discard,
+        value: Some(summary.val_bpb),
+        memory_gb: summary.peak_vram_mb / 1024.0,
+        reason: String::new(),
+        crash: None,
+        seeds: vec![SEED],
+        reruns: Vec::new(),
+    };
+    if let Some(b) = &best {
+        if !opts.decider.promising(summary.val_bpb, b.val_bpb) {
+            decision.reason = opts.decider.verdict(summary.val_bpb, b.val_bpb, b.run).1;
+            return Ok(Some(decision));
         }
-        Ok(_) => {
-            eprintln!(
-                "run {run}: training for {} s (profile {}, timeout {:.0} s); output in run.log",
-                ws.state.time_budget,
-                ws.state.profile,
-                opts.timeout.as_secs_f64()
-            );
-            let t = train_once(ws, trainer, SEED, &run_log, opts)?;
-            training_wall += t.wall;
-            std::fs::copy(&run_log, ws.run_dir(run).join("run.log"))?;
-            if t.interrupted {
-                return interrupted(ws, meta);
-            }
-            let crash = t.crash.clone().map(|c| (c, tail(&t.log, TAIL_LINES)));
-            trained = Some(t);
-            crash
+    }
+    let mut values = vec![summary.val_bpb];
+    if let Rule::Confirm { n, .. } = opts.decider.rule {
+        let seeds: Vec<u64> = (1..=n as u64).map(|k| SEED + k).collect();
+        let label = format!("of: {}", opts.description);
+        let Some(reruns) = rerun(ws, trainer, opts, exp.run, &exp.commit, &label, &seeds, &mut exp.training_wall)?
+        else {
+            return Ok(None);
+        };
+        decision.reruns = reruns.rows;
+        if let Some(why) = reruns.crash {
+            decision.reason = format!("confirmation rerun crashed: {why}");
+            return Ok(Some(decision));
+        }
+        values.extend(reruns.values);
+        decision.seeds.extend(seeds);
+    }
+    let value = values.iter().sum::<f64>() / values.len() as f64;
+    let spread = match mean_std(&values) {
+        Some((_, sd)) => {
+            format!("mean {value:.6} ± {sd:.6} over {} seeds ({}); ", values.len(), seed_list(&decision.seeds))
+        }
+        None => String::new(),
+    };
+    decision.value = Some(value);
+    (decision.status, decision.reason) = match &best {
+        None => (Status::Keep, spread + "first result: the baseline"),
+        Some(b) => {
+            let (keep, why) = opts.decider.verdict(value, b.val_bpb, b.run);
+            (if keep { Status::Keep } else { Status::Discard }, spread + &why)
         }
     };
+    Ok(Some(decision))
+}
 
-    let (profile, budget, rule_label) = (ws.state.profile.clone(), ws.state.time_budget, opts.decider.label.clone());
-    let extra = |seconds: f64, reason: String| Extra {
-        profile: profile.clone(),
-        budget,
+fn seed_list(seeds: &[u64]) -> String {
+    seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Reruns with other seeds: their rows, their values, and the first crash (which ends them).
+struct Reruns {
+    rows: Vec<Row>,
+    values: Vec<f64>,
+    crash: Option<String>,
+}
+
+/// Trains the current tree with each of `seeds`, logs in the run's folder; None when interrupted.
+#[allow(clippy::too_many_arguments)]
+fn rerun(
+    ws: &mut Workspace,
+    trainer: &Trainer,
+    opts: &ExperimentOptions,
+    run: u64,
+    commit: &str,
+    label: &str,
+    seeds: &[u64],
+    training_wall: &mut f64,
+) -> Result<Option<Reruns>> {
+    let mut out = Reruns { rows: Vec::new(), values: Vec::new(), crash: None };
+    for (k, &seed) in seeds.iter().enumerate() {
+        let t = train(ws, trainer, seed, &ws.run_dir(run).join(format!("rerun-{seed}.log")), opts)?;
+        *training_wall += t.wall;
+        if t.interrupted {
+            return Ok(None);
+        }
+        let (val_bpb, memory_gb, note) = match &t.result {
+            Ok(s) => (s.val_bpb, s.peak_vram_mb / 1024.0, format!("seed {seed}")),
+            Err(c) => (0.0, 0.0, format!("seed {seed} crashed: {}", c.reason)),
+        };
+        out.rows.push(Row {
+            commit: commit.to_string(),
+            val_bpb,
+            memory_gb,
+            status: Status::Rerun,
+            description: format!("rerun {}/{} (seed {seed}) {label}", k + 1, seeds.len()),
+            extra: Some(extra(ws, opts, run, t.wall, note)),
+        });
+        match t.result {
+            Ok(s) => out.values.push(s.val_bpb),
+            Err(c) => {
+                out.crash = Some(c.reason);
+                break;
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Our columns of a row of `run`.
+fn extra(ws: &Workspace, opts: &ExperimentOptions, run: u64, seconds: f64, reason: String) -> Extra {
+    Extra {
+        profile: ws.state.profile.clone(),
+        budget: ws.state.time_budget,
         seconds,
         run,
-        rule: rule_label.clone(),
+        rule: opts.decider.label.clone(),
         reason,
-    };
-    let mut reruns = Vec::new();
-    let summary = trained.as_ref().and_then(|t| t.summary.clone());
-    let (status, kept_value, reason, log_tail) = match (crash, &summary) {
-        (Some((why, log_tail)), _) => (Status::Crash, None, why, Some(log_tail)),
-        (None, None) => unreachable!("a training run without a crash has a summary"),
-        (None, Some(s)) => match ws.state.best.clone() {
-            None => (Status::Keep, Some(s.val_bpb), "first result: the baseline".to_string(), None),
-            Some(best) if !opts.decider.promising(s.val_bpb, best.val_bpb) => {
-                (Status::Discard, None, opts.decider.verdict(s.val_bpb, best.val_bpb, best.run).1, None)
-            }
-            Some(best) => {
-                let mut values = vec![s.val_bpb];
-                let mut rerun_crash = None;
-                if let Rule::Confirm { n, .. } = opts.decider.rule {
-                    for k in 1..=n {
-                        let seed = SEED + k as u64;
-                        let t = train_once(ws, trainer, seed, &ws.run_dir(run).join(format!("rerun-{k}.log")), opts)?;
-                        training_wall += t.wall;
-                        if t.interrupted {
-                            return interrupted(ws, meta);
-                        }
-                        let description = format!("rerun {k}/{n} (seed {seed}) of: {}", opts.description);
-                        let (val_bpb, memory_gb, note) = match (&t.summary, &t.crash) {
-                            (Some(r), _) => (r.val_bpb, r.peak_vram_mb / 1024.0, format!("seed {seed}")),
-                            (None, crash) => {
-                                (0.0, 0.0, format!("seed {seed} crashed: {}", crash.clone().unwrap_or_default()))
-                            }
-                        };
-                        reruns.push(Row {
-                            commit: commit.clone(),
-                            val_bpb,
-                            memory_gb,
-                            status: Status::Rerun,
-                            description,
-                            extra: Some(extra(t.wall, note)),
-                        });
-                        match t.summary {
-                            Some(r) => values.push(r.val_bpb),
-                            None => {
-                                rerun_crash = t.crash;
-                                break;
-                            }
-                        }
-                    }
-                }
-                if let Some(why) = rerun_crash {
-                    (Status::Discard, None, format!("confirmation rerun crashed: {why}"), None)
-                } else {
-                    let value = values.iter().sum::<f64>() / values.len() as f64;
-                    let spread = match mean_std(&values) {
-                        Some((_, sd)) => format!("mean {value:.6} ± {sd:.6} over {} seeds; ", values.len()),
-                        None => String::new(),
-                    };
-                    let (keep, why) = opts.decider.verdict(value, best.val_bpb, best.run);
-                    (if keep { Status::Keep } else { Status::Discard }, keep.then_some(value), spread + &why, None)
-                }
-            }
-        },
-    };
+    }
+}
 
+/// Writes the experiment's rows (first: once they are there, recovery can always finish the rest), then keeps
+/// its commit as the best or sets the change aside.
+fn record(ws: &mut Workspace, opts: &ExperimentOptions, exp: Started, decision: Decision) -> Result<Outcome> {
+    let Started { run, commit, mut meta, started, training_wall } = exp;
     let seconds = started.elapsed().as_secs_f64();
     let mut rows = vec![Row {
         commit: commit.clone(),
-        val_bpb: summary.as_ref().filter(|_| status != Status::Crash).map_or(0.0, |s| s.val_bpb),
-        memory_gb: summary.as_ref().filter(|_| status != Status::Crash).map_or(0.0, |s| s.peak_vram_mb / 1024.0),
-        status,
+        val_bpb: decision.value.unwrap_or(0.0),
+        memory_gb: decision.memory_gb,
+        status: decision.status,
         description: opts.description.clone(),
-        extra: Some(extra(seconds, reason.clone())),
+        extra: Some(extra(ws, opts, run, seconds, decision.reason.clone())),
     }];
-    rows.extend(reruns);
-    // The rows first: once they are written, recovery can always finish the rest.
+    rows.extend(decision.reruns);
+    ws.state.in_progress.as_mut().unwrap().seeds = decision.seeds.clone();
+    ws.save_state()?;
     results::append(&ws.results, &rows)?;
-    match kept_value {
-        Some(val_bpb) => ws.state.best = Some(Best { commit: commit.clone(), val_bpb, run }),
-        None => ws.set_aside(run, Some(&commit))?,
+    match (decision.status, decision.value) {
+        (Status::Keep, Some(val_bpb)) => {
+            ws.state.best = Some(Best { commit: commit.clone(), val_bpb, run, seeds: decision.seeds })
+        }
+        _ => ws.set_aside(run, Some(&commit))?,
     }
     let overhead = seconds - training_wall;
-    meta.status = status.to_string();
-    meta.val_bpb = summary.as_ref().filter(|_| status != Status::Crash).map(|s| s.val_bpb);
-    meta.reason = reason.clone();
+    meta.status = decision.status;
+    meta.val_bpb = decision.value;
+    meta.reason = decision.reason.clone();
+    meta.retryable = decision.crash.as_ref().is_some_and(|c| c.retryable);
     meta.seconds = seconds;
     meta.harness_overhead_seconds = Some(overhead);
     ws.write_meta(&meta)?;
@@ -342,20 +501,111 @@ pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &RunOptions) 
     ws.save_state()?;
     Ok(Outcome {
         run,
-        status: status.to_string(),
-        val_bpb: meta.val_bpb,
-        reason,
-        log_tail,
+        status: decision.status,
+        val_bpb: decision.value,
+        reason: decision.reason,
+        log_tail: decision.crash.map(|c| c.log_tail),
         seconds,
         harness_overhead: overhead,
     })
+}
+
+/// Under `confirm N` a candidate's value is a mean over seeds 42 … 42+N; a best measured on fewer seeds (under
+/// another rule) is first trained with the missing ones, so that the two means compare like with like. The
+/// re-measure is a run of its own: a keep row of the best's commit with the mean over all its seeds, which
+/// becomes the best. A change waiting in the tree is put aside meanwhile and comes back after.
+fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOptions, n: usize) -> Result<()> {
+    let Some(best) = ws.state.best.clone() else { return Ok(()) };
+    let wanted: Vec<u64> = (0..=n as u64).map(|k| SEED + k).collect();
+    let missing: Vec<u64> = wanted.iter().copied().filter(|s| !best.seeds.contains(s)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let rows = results::read(&ws.results)?.rows;
+    let best_row = results::experiment_row(&rows, best.run).cloned();
+    let description = format!(
+        "re-measure of the best (run {}) over seeds {}: {}",
+        best.run,
+        seed_list(&wanted),
+        best_row.as_ref().map_or("", |r| r.description.as_str())
+    );
+    let opts = ExperimentOptions { description: description.clone(), ..opts.clone() };
+    eprintln!(
+        "the best (run {}) was measured with seed(s) {}; `confirm {n}` compares means over seeds {}: training it with {} first",
+        best.run,
+        seed_list(&best.seeds),
+        seed_list(&wanted),
+        seed_list(&missing)
+    );
+    let run = ws.state.next_run;
+    ws.state.next_run += 1;
+    let meta = RunMeta {
+        run,
+        description: description.clone(),
+        commit: Some(best.commit.clone()),
+        status: Status::Running,
+        started: now_utc(),
+        ..Default::default()
+    };
+    ws.write_meta(&meta)?;
+    ws.state.in_progress = Some(InProgress { run, commit: Some(best.commit.clone()), seeds: Vec::new() });
+    ws.save_state()?;
+    ws.stash()?;
+    if let Err(compiler) = build(ws, trainer)? {
+        ws.unstash()?;
+        bail!("the best commit does not build any more:\n{}", tail(&compiler, TAIL_LINES));
+    }
+    let mut exp = Started { run, commit: best.commit.clone(), meta, started, training_wall: 0.0 };
+    let Some(reruns) = rerun(ws, trainer, &opts, run, &best.commit, "of the best", &missing, &mut exp.training_wall)?
+    else {
+        let result = interrupted(ws, exp.meta);
+        ws.unstash()?;
+        return result.map(|_| ());
+    };
+    let memory_gb = best_row.as_ref().map_or(0.0, |r| r.memory_gb);
+    let decision = match reruns.crash {
+        // The best stays as it was; the candidate is then compared with it as it is.
+        Some(why) => Decision {
+            status: Status::Crash,
+            value: None,
+            memory_gb: 0.0,
+            reason: format!("re-measure crashed: {why}"),
+            crash: None,
+            seeds: Vec::new(),
+            reruns: reruns.rows,
+        },
+        None => {
+            let k = best.seeds.len() as f64;
+            let value = (best.val_bpb * k + reruns.values.iter().sum::<f64>()) / (k + reruns.values.len() as f64);
+            let reason = format!(
+                "mean {value:.6} over seeds {} (earlier: {:.6} over {}); the best's value for `confirm {n}`",
+                seed_list(&wanted),
+                best.val_bpb,
+                seed_list(&best.seeds)
+            );
+            Decision {
+                status: Status::Keep,
+                value: Some(value),
+                memory_gb,
+                reason,
+                crash: None,
+                seeds: wanted,
+                reruns: reruns.rows,
+            }
+        }
+    };
+    let outcome = record(ws, &opts, exp, decision)?;
+    ws.unstash()?;
+    eprintln!("{}", describe(&outcome));
+    Ok(())
 }
 
 /// An interrupted experiment: its change set aside, no row, the tree back at the best commit.
 fn interrupted(ws: &mut Workspace, mut meta: RunMeta) -> Result<Outcome> {
     let commit = ws.state.in_progress.as_ref().and_then(|ip| ip.commit.clone());
     ws.set_aside(meta.run, commit.as_deref())?;
-    meta.status = "interrupted".into();
+    meta.status = Status::Interrupted;
     meta.reason = "interrupted (Ctrl-C or SIGTERM); the change is in change.diff".into();
     ws.write_meta(&meta)?;
     ws.state.in_progress = None;
@@ -370,16 +620,16 @@ fn interrupted(ws: &mut Workspace, mut meta: RunMeta) -> Result<Outcome> {
 /// An experiment whose training file is byte-identical to an earlier run's: that result stands, recorded again.
 fn reuse(
     ws: &mut Workspace,
-    opts: &RunOptions,
-    mut meta: RunMeta,
+    opts: &ExperimentOptions,
     earlier: &RunMeta,
+    hash: String,
     started: Instant,
 ) -> Result<Outcome> {
-    let run = meta.run;
+    let run = ws.state.next_run;
     ws.state.next_run += 1;
     let rows = results::read(&ws.results)?.rows;
     let earlier_row = results::experiment_row(&rows, earlier.run);
-    let status = if earlier.status == "crash" { Status::Crash } else { Status::Discard };
+    let status = if earlier.status == Status::Crash { Status::Crash } else { Status::Discard };
     let reason = format!(
         "identical to run {} ({}, val_bpb {}): its result reused, not run again",
         earlier.run,
@@ -392,27 +642,26 @@ fn reuse(
         memory_gb: earlier_row.as_ref().map_or(0.0, |r| r.memory_gb),
         status,
         description: opts.description.clone(),
-        extra: Some(Extra {
-            profile: ws.state.profile.clone(),
-            budget: ws.state.time_budget,
-            seconds: started.elapsed().as_secs_f64(),
-            run,
-            rule: opts.decider.label.clone(),
-            reason: reason.clone(),
-        }),
+        extra: Some(extra(ws, opts, run, started.elapsed().as_secs_f64(), reason.clone())),
     };
     results::append(&ws.results, &[row])?;
     ws.set_aside(run, None)?;
-    meta.status = "reused".into();
-    meta.commit = earlier.commit.clone();
-    meta.val_bpb = earlier.val_bpb;
-    meta.reason = reason.clone();
-    ws.write_meta(&meta)?;
+    ws.write_meta(&RunMeta {
+        run,
+        description: opts.description.clone(),
+        commit: earlier.commit.clone(),
+        status: Status::Reused,
+        val_bpb: earlier.val_bpb,
+        reason: reason.clone(),
+        file_hash: hash,
+        started: now_utc(),
+        ..Default::default()
+    })?;
     ws.save_state()?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(Outcome {
         run,
-        status: "reused".into(),
+        status: Status::Reused,
         val_bpb: earlier.val_bpb,
         reason,
         log_tail: None,
@@ -421,8 +670,13 @@ fn reuse(
     })
 }
 
-/// Reruns the best commit `k` times with seeds 43, 44, ... and stores the spread of val_bpb.
-pub fn measure_noise(ws: &mut Workspace, trainer: &Trainer, k: usize, opts: &RunOptions) -> Result<NoiseEstimate> {
+/// Trains the best commit `k` times with seeds 43, 44, ... and stores the spread of val_bpb.
+pub fn measure_noise(
+    ws: &mut Workspace,
+    trainer: &Trainer,
+    k: usize,
+    opts: &ExperimentOptions,
+) -> Result<NoiseEstimate> {
     if k < 2 {
         bail!("--runs {k}: a spread needs at least 2 runs");
     }
@@ -438,16 +692,14 @@ pub fn measure_noise(ws: &mut Workspace, trainer: &Trainer, k: usize, opts: &Run
     let (mut seeds, mut values) = (Vec::new(), Vec::new());
     for i in 1..=k {
         let seed = SEED + i as u64;
-        let t = train_once(ws, trainer, seed, &dir.join(format!("seed-{seed}.log")), opts)?;
+        let log = dir.join(format!("seed-{seed}.log"));
+        let t = train(ws, trainer, seed, &log, opts)?;
         if t.interrupted {
             bail!("interrupted");
         }
-        let Some(s) = t.summary else {
-            bail!(
-                "the run with seed {seed} crashed ({}); see {}",
-                t.crash.unwrap_or_default(),
-                dir.join(format!("seed-{seed}.log")).display()
-            );
+        let s = match t.result {
+            Ok(s) => s,
+            Err(c) => bail!("the training with seed {seed} crashed ({}); see {}", c.reason, log.display()),
         };
         eprintln!("noise: seed {seed}: val_bpb {:.6}", s.val_bpb);
         seeds.push(seed);
@@ -476,17 +728,16 @@ mod tests {
     fn crashes_are_named_from_the_exit_and_the_log() {
         let exit = |code: i32| ExitStatus::from_raw(code << 8);
         let signal = |sig: i32| ExitStatus::from_raw(sig);
+        let named = |status, log| crash_reason(status, log).unwrap();
         assert_eq!(crash_reason(exit(0), "anything"), None);
-        assert_eq!(
-            crash_reason(exit(1), "step 00012 | loss: nan\r\nFAIL: loss NaN at step 12\n").unwrap(),
-            "FAIL: the loss was NaN or above 100"
-        );
-        assert_eq!(crash_reason(exit(101), "CUDA out of memory. Tried to allocate 2.00 GiB").unwrap(), "out of memory");
+        let nan = "step 00012 | loss: nan\r\nFAIL: loss NaN at step 12\n";
+        assert_eq!(named(exit(1), nan), ("FAIL: the loss was NaN or above 100".into(), false));
+        assert_eq!(named(exit(101), "CUDA out of memory. Tried to allocate 2.00 GiB"), ("out of memory".into(), true));
         let panic = "thread 'main' (7) panicked at train/train.rs:12:5:\nindex out of bounds\nnote: run with RUST_BACKTRACE=1\n";
-        assert_eq!(crash_reason(exit(101), panic).unwrap(), "panic: index out of bounds");
-        assert_eq!(crash_reason(signal(9), "").unwrap(), "killed (signal 9: out of memory?)");
-        assert_eq!(crash_reason(signal(11), "").unwrap(), "killed by signal 11");
-        assert_eq!(crash_reason(exit(3), "error: no data").unwrap(), "exit code 3");
+        assert_eq!(named(exit(101), panic), ("panic: index out of bounds".into(), false));
+        assert_eq!(named(signal(9), ""), ("killed (signal 9: out of memory?)".into(), true));
+        assert_eq!(named(signal(11), ""), ("killed by signal 11".into(), false));
+        assert_eq!(named(exit(3), "error: no data"), ("exit code 3".into(), false));
     }
 
     #[test]

@@ -11,8 +11,18 @@ use crate::process::Recorded;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Best {
     pub commit: String,
+    /// The mean over `seeds` (one seed unless a `confirm N` rule measured more).
     pub val_bpb: f64,
     pub run: u64,
+    #[serde(default = "first_seed")]
+    pub seeds: Vec<u64>,
+}
+
+/// The seed of every experiment's first training run (the original's).
+pub const SEED: u64 = 42;
+
+fn first_seed() -> Vec<u64> {
+    vec![SEED]
 }
 
 /// An experiment under way: what recovery must finish or undo.
@@ -21,6 +31,9 @@ pub struct InProgress {
     pub run: u64,
     /// The experiment's commit, once made.
     pub commit: Option<String>,
+    /// The seeds its value averages, once decided (what recovery gives the best if the row says keep).
+    #[serde(default = "first_seed")]
+    pub seeds: Vec<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -49,7 +49,7 @@ impl DeviceChoice {
 
 /// What a training run gets from the harness, through the environment.
 #[derive(Clone, Debug, Default)]
-pub struct RunSettings {
+pub struct TrainingSettings {
     pub profile: Option<String>,
     pub time_budget: Option<f64>,
     pub seed: Option<u64>,
@@ -175,7 +175,7 @@ impl Trainer {
     }
 
     /// The command that runs one training run.
-    pub fn run_command(&self, settings: &RunSettings) -> Result<Command> {
+    pub fn training_command(&self, settings: &TrainingSettings) -> Result<Command> {
         let mut cmd = Command::new(self.binary());
         cmd.current_dir(&self.root).stdin(Stdio::null());
         if let Some(p) = &settings.profile {

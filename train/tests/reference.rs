@@ -1,5 +1,5 @@
 //! The training file's model and optimizer against the original's golden files, in float32 on the CPU.
-//! Tolerances as the issue sets them (see ../shared/reference/README.md for why).
+//! Tolerances as the issue sets them (tests/golden/README.md says why).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
