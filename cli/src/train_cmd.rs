@@ -55,7 +55,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     let trainer = Trainer::new(repo_root()?, args.device.choice());
-    if let Err(compiler) = trainer.build(&mut |cmd| Ok(cmd.spawn()?))? {
+    if let Err(compiler) = trainer.build(&mut |cmd| Ok(cmd.spawn()?), &mut |line| eprintln!("{line}"))? {
         eprint!("{compiler}");
         bail!("building the training file failed");
     }

@@ -450,6 +450,8 @@ fn kill_9_at_any_moment() {
     let out = s.run(&["loop", "--agent", &agent, "--max-experiments", "0"]);
     left_alone(&r, &out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("an unrun change was set aside"));
+    let leftovers: Vec<_> = std::fs::read_dir(s.repo.join(".autoresearch/leftovers")).unwrap().collect();
+    assert_eq!(leftovers.len(), 2, "the agent's and this unfinished change, each in a folder of its own");
     assert_eq!(s.rows().len(), rows);
     s.assert_consistent();
 

@@ -359,7 +359,12 @@ impl Workspace {
         if !self.training_file_changed()? && self.forbidden_changes()?.is_empty() {
             return Ok(None);
         }
-        let dir = self.dir.join("leftovers").join(now_utc().replace(':', ""));
+        // One folder each, also for two in the same second.
+        let stamp = now_utc().replace(':', "");
+        let dir = (0..)
+            .map(|k| self.dir.join("leftovers").join(if k == 0 { stamp.clone() } else { format!("{stamp}-{k}") }))
+            .find(|d| !d.exists())
+            .unwrap();
         self.set_aside_to(&dir, None)?;
         Ok(Some(dir))
     }

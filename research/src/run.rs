@@ -76,11 +76,14 @@ struct Trained {
 /// Builds the training binary, the build process recorded in the journal while it runs.
 pub fn build(ws: &mut Workspace, trainer: &Trainer) -> Result<std::result::Result<String, String>> {
     let mut recorded = None;
-    let result = trainer.build(&mut |cmd| {
-        let (child, r) = ws.spawn(cmd, Role::Build)?;
-        recorded = Some(r);
-        Ok(child)
-    });
+    let result = trainer.build(
+        &mut |cmd| {
+            let (child, r) = ws.spawn(cmd, Role::Build)?;
+            recorded = Some(r);
+            Ok(child)
+        },
+        &mut |line| eprintln!("{line}"),
+    );
     if let Some(r) = recorded {
         ws.forget(&r)?;
     }
@@ -248,9 +251,11 @@ pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOp
             earlier.run, earlier.reason
         );
     }
-    if let Rule::Confirm { n, .. } = opts.decider.rule {
-        remeasure_best(ws, trainer, opts, n)?;
-    }
+    // A re-measure is a run of its own: this one's time starts after it.
+    let started = match opts.decider.rule {
+        Rule::Confirm { n, .. } if remeasure_best(ws, trainer, opts, n)? => Instant::now(),
+        _ => started,
+    };
     let mut exp = begin(ws, opts, &content, hash, started)?;
     let decision = match build(ws, trainer)? {
         Err(compiler) => {
@@ -513,13 +518,13 @@ fn record(ws: &mut Workspace, opts: &ExperimentOptions, exp: Started, decision: 
 /// Under `confirm N` a candidate's value is a mean over seeds 42 … 42+N; a best measured on fewer seeds (under
 /// another rule) is first trained with the missing ones, so that the two means compare like with like. The
 /// re-measure is a run of its own: a keep row of the best's commit with the mean over all its seeds, which
-/// becomes the best. A change waiting in the tree is put aside meanwhile and comes back after.
-fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOptions, n: usize) -> Result<()> {
-    let Some(best) = ws.state.best.clone() else { return Ok(()) };
+/// becomes the best. A change waiting in the tree is put aside meanwhile and comes back after. Whether it ran.
+fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOptions, n: usize) -> Result<bool> {
+    let Some(best) = ws.state.best.clone() else { return Ok(false) };
     let wanted: Vec<u64> = (0..=n as u64).map(|k| SEED + k).collect();
     let missing: Vec<u64> = wanted.iter().copied().filter(|s| !best.seeds.contains(s)).collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let started = Instant::now();
     let rows = results::read(&ws.results)?.rows;
@@ -561,7 +566,7 @@ fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOption
     else {
         let result = interrupted(ws, exp.meta);
         ws.unstash()?;
-        return result.map(|_| ());
+        return result.map(|_| true);
     };
     let memory_gb = best_row.as_ref().map_or(0.0, |r| r.memory_gb);
     let decision = match reruns.crash {
@@ -598,7 +603,7 @@ fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOption
     let outcome = record(ws, &opts, exp, decision)?;
     ws.unstash()?;
     eprintln!("{}", describe(&outcome));
-    Ok(())
+    Ok(true)
 }
 
 /// An interrupted experiment: its change set aside, no row, the tree back at the best commit.

@@ -58,11 +58,14 @@ pub struct TrainingSettings {
 pub struct Trainer {
     pub root: PathBuf,
     pub device: DeviceChoice,
+    /// The cargo that builds the training file: $CARGO (set when we run under cargo) or `cargo`.
+    pub cargo: PathBuf,
 }
 
 impl Trainer {
     pub fn new(root: PathBuf, device: DeviceChoice) -> Trainer {
-        Trainer { root, device: device.resolve() }
+        let cargo = std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from);
+        Trainer { root, device: device.resolve(), cargo }
     }
 
     fn libtorch_link(&self) -> PathBuf {
@@ -86,7 +89,7 @@ impl Trainer {
 
     /// The cargo command that builds the binary; its output is the compiler's.
     pub fn build_command(&self) -> Command {
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        let mut cmd = Command::new(&self.cargo);
         cmd.current_dir(&self.root).args(["build", "--release", "--message-format=short", "-p", "autoresearch-train"]);
         cmd.arg("--target-dir").arg(self.target_dir());
         if self.device == DeviceChoice::Cuda {
@@ -113,11 +116,12 @@ impl Trainer {
     }
 
     /// Builds (incrementally), started by `spawn`, capturing cargo's output: Ok(output), or Err(output) on a
-    /// build error. A long build (the first, or one past [`LONG_BUILD`]) says so on stderr and shows cargo's
-    /// progress there as it goes; a quick incremental build stays quiet.
+    /// build error. A long build (the first, or one past [`LONG_BUILD`]) says so through `show` and shows
+    /// cargo's progress there as it goes; a quick incremental build stays quiet.
     pub fn build(
         &self,
         spawn: &mut dyn FnMut(&mut Command) -> Result<Child>,
+        show: &mut dyn FnMut(&str),
     ) -> Result<std::result::Result<String, String>> {
         use std::io::{BufRead, BufReader, Read};
         use std::sync::mpsc::{channel, RecvTimeoutError};
@@ -146,7 +150,7 @@ impl Trainer {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(line) => {
                     if shown {
-                        eprintln!("  {line}");
+                        show(&format!("  {line}"));
                     }
                     text += &line;
                     text.push('\n');
@@ -158,18 +162,15 @@ impl Trainer {
                 shown = true;
                 let why =
                     if first { "first build: libtorch's bindings compile once, a few minutes" } else { "a long build" };
-                eprintln!("building the training file ({why}); cargo's progress:");
-                text.lines().for_each(|l| eprintln!("  {l}"));
+                show(&format!("building the training file ({why}); cargo's progress:"));
+                text.lines().for_each(|l| show(&format!("  {l}")));
             }
         }
         let status = child.wait().context("waiting for cargo")?;
         text += &stdout.join().unwrap_or_default();
         if shown {
-            eprintln!(
-                "build {} after {:.0} s",
-                if status.success() { "done" } else { "failed" },
-                started.elapsed().as_secs_f64()
-            );
+            let done = if status.success() { "done" } else { "failed" };
+            show(&format!("build {done} after {:.0} s", started.elapsed().as_secs_f64()));
         }
         Ok(if status.success() { Ok(text) } else { Err(text) })
     }
@@ -226,4 +227,52 @@ fn cuda_library_path() -> Result<String> {
         dirs.extend(existing.split(':').filter(|d| !d.is_empty()).map(str::to_string));
     }
     Ok(dirs.join(":"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A trainer over a folder with a stand-in for libtorch and a `cargo` script that prints `progress` and
+    /// exits with `code`.
+    fn trainer(dir: &Path, progress: &str, code: i32) -> Trainer {
+        std::fs::create_dir_all(dir.join(".libtorch/lib")).unwrap();
+        let script = dir.join("cargo.sh");
+        std::fs::write(&script, format!("#!/bin/sh\nprintf '{progress}' >&2\necho out\nexit {code}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Trainer { root: dir.to_path_buf(), device: DeviceChoice::Cpu, cargo: script }
+    }
+
+    fn build(t: &Trainer) -> (std::result::Result<String, String>, Vec<String>) {
+        let mut shown = Vec::new();
+        let result = t.build(&mut |cmd| Ok(cmd.spawn()?), &mut |l| shown.push(l.to_string())).unwrap();
+        (result, shown)
+    }
+
+    #[test]
+    fn the_first_build_shows_its_progress_and_an_incremental_one_stays_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = trainer(dir.path(), "   Compiling torch-sys v0.24.0\n   Compiling autoresearch-train v0.1.0\n", 0);
+        let (result, shown) = build(&t);
+        assert_eq!(result.unwrap(), "   Compiling torch-sys v0.24.0\n   Compiling autoresearch-train v0.1.0\nout\n");
+        assert!(shown[0].starts_with("building the training file (first build"), "{shown:?}");
+        assert!(shown.iter().any(|l| l.contains("Compiling torch-sys")), "{shown:?}");
+        assert!(shown.last().unwrap().starts_with("build done after"), "{shown:?}");
+
+        std::fs::create_dir_all(t.binary().parent().unwrap()).unwrap();
+        std::fs::write(t.binary(), "").unwrap();
+        let (result, shown) = build(&t);
+        assert!(result.is_ok());
+        assert!(shown.is_empty(), "an incremental build says nothing: {shown:?}");
+    }
+
+    #[test]
+    fn a_failed_build_returns_the_compilers_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = trainer(dir.path(), "error[E0308]: mismatched types\n", 101);
+        let (result, shown) = build(&t);
+        assert!(result.unwrap_err().contains("mismatched types"));
+        assert!(shown.last().unwrap().starts_with("build failed after"), "{shown:?}");
+    }
 }
