@@ -11,14 +11,16 @@ fn data(name: &str) -> String {
 fn report(results: &str, args: &[&str]) -> (String, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("results.tsv"), results).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_autoresearch"))
-        .arg("report")
-        .args(args)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let (stdout, stderr) = report_in(dir.path(), args);
+    (stdout, stderr, dir)
+}
+
+/// Runs `autoresearch report ARGS` in `dir`: (stdout, stderr).
+fn report_in(dir: &Path, args: &[&str]) -> (String, String) {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_autoresearch")).arg("report").args(args).current_dir(dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap(), dir)
+    (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
 
 #[test]
@@ -72,16 +74,7 @@ fn kept_gains_below_the_measured_noise_are_marked_and_counted() {
     let noise = r#"{"h100/300": {"profile": "h100", "budget": 300.0, "commit": "a1b2c3d", "seeds": [43, 44, 45],
         "values": [0.9987, 1.0, 1.0013], "mean": 1.0, "std": 0.0013}}"#;
     std::fs::write(dir.path().join(".autoresearch/noise.json"), noise).unwrap();
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_autoresearch"))
-            .arg("report")
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| report_in(dir.path(), args).0;
     let text = run(&["--no-plot"]);
     assert!(text.contains("kept gains below the noise (2σ): 2 of 6"), "{text}");
     assert!(text.contains("  0.002400*  0.990800  e5f6a7b  window pattern SSL"), "{text}");
