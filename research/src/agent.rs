@@ -5,10 +5,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::process::{wait_or_kill, Role};
-
 use anyhow::{Context, Result};
 
+use crate::process::{wait_or_kill, Role};
 use crate::results::{self, Status};
 use crate::run::{build, check, refusal_message, run_experiment, tail, Check, ExperimentOptions, TAIL_LINES};
 use crate::trainer::Trainer;
