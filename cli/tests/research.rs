@@ -407,6 +407,8 @@ fn wait_for(s: &Session, role: Role, also: impl Fn(&State) -> bool) -> (State, R
 fn kill_9_at_any_moment() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = Session::new("session");
+    // A machine whose libtorch cache is elsewhere has its own .libtorch-cuda link: not the session's business.
+    std::os::unix::fs::symlink("/elsewhere/libtorch-2.11.0-cuda/torch", s.repo.join(".libtorch-cuda")).unwrap();
     assert!(s.run(&["init", "k1", "--profile", "small", "--time-budget", "60", "--device", "cpu"]).status.success());
     // Under `confirm N` the baseline is a mean over N + 1 seeds too.
     assert!(s.run(&["run", "-m", "baseline", "--rule", "confirm 1"]).status.success());
@@ -500,6 +502,11 @@ fn kill_9_at_any_moment() {
     assert!(!s.repo.join(".autoresearch/noise.json").exists(), "no estimate from a killed noise");
     assert_eq!(s.rows().len(), rows);
     s.assert_consistent();
+
+    // A new session started over a killed one stops what the old one left running before archiving it.
+    let r = kill_when(&["noise", "--runs", "2"], Role::Training, &|_| true);
+    assert!(s.run(&["init", "k2", "--profile", "small", "--time-budget", "60", "--device", "cpu"]).status.success());
+    assert!(!running(r.pgid), "the old session's orphaned training was stopped");
 }
 
 extern "C" {

@@ -114,7 +114,10 @@ pub fn init(root: &Path, tag: &str, profile: &str, time_budget: f64, device: &st
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let lock = lock(&dir)?;
     if let Ok(old) = State::load(&dir) {
-        // Another session's files move aside, whole.
+        // What a killed command of that session left running stops first; then its files move aside, whole.
+        for c in &old.children {
+            c.kill_if_ours();
+        }
         let archive = dir.join("archive").join(&old.tag);
         std::fs::create_dir_all(&archive)?;
         for name in ["state.json", "runs", "noise.json", "prompt.md", "agent.log"] {
