@@ -3,19 +3,20 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use autoresearch_research::compare::compare;
 use autoresearch_research::report::{build, plot};
 use autoresearch_research::rules::load_noise;
 use autoresearch_research::{RESULTS_FILE, STATE_DIR};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A results.tsv (ours or the original's five-column file)
-    #[arg(default_value = RESULTS_FILE)]
-    results: PathBuf,
+    /// A results.tsv (ours or the original's five-column file); several are compared side by side
+    #[arg(default_value = RESULTS_FILE, num_args = 1..)]
+    results: Vec<PathBuf>,
     /// Print one JSON document instead of text
     #[arg(long)]
     json: bool,
-    /// Where to write the picture [default: progress.png beside the results file]
+    /// Where to write the picture [default: progress.png beside the results file; comparison.png here for several]
     #[arg(long, value_name = "PNG")]
     plot: Option<PathBuf>,
     /// Do not write the picture
@@ -24,20 +25,39 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let dir = args.results.parent().map(PathBuf::from).unwrap_or_default();
+    if args.results.len() > 1 {
+        return compare_sessions(&args);
+    }
+    let results = &args.results[0];
+    let dir = results.parent().map(PathBuf::from).unwrap_or_default();
     let noise: Vec<_> = load_noise(&dir.join(STATE_DIR))?.into_values().collect();
-    let report = build(&args.results, noise.clone())?;
+    let report = build(results, noise.clone())?;
     if args.json {
         println!("{}", report.to_json()?);
     } else {
         print!("{}", report.to_text());
     }
     for s in &report.skipped {
-        eprintln!("warning: {} line {}: {} (skipped)", args.results.display(), s.line, s.reason);
+        eprintln!("warning: {} line {}: {} (skipped)", results.display(), s.line, s.reason);
     }
     if !args.no_plot {
         let out = args.plot.unwrap_or_else(|| dir.join("progress.png"));
-        plot(&args.results, &out, &noise)?;
+        plot(results, &out, &noise)?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+fn compare_sessions(args: &Args) -> Result<()> {
+    let comparison = compare(&args.results)?;
+    if args.json {
+        println!("{}", comparison.to_json()?);
+    } else {
+        print!("{}", comparison.to_text());
+    }
+    if !args.no_plot {
+        let out = args.plot.clone().unwrap_or_else(|| PathBuf::from("comparison.png"));
+        comparison.plot(&out)?;
         eprintln!("wrote {}", out.display());
     }
     Ok(())

@@ -93,3 +93,36 @@ fn kept_gains_below_the_measured_noise_are_marked_and_counted() {
     run(&[]);
     assert!(dir.path().join("progress.png").metadata().unwrap().len() > 20_000);
 }
+
+#[test]
+fn several_sessions_are_compared_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = data("results.tsv");
+    // The second session: the first ten experiments of the first.
+    let short: String = full.lines().take(11).map(|l| format!("{l}\n")).collect();
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    std::fs::write(dir.path().join("a/results.tsv"), &full).unwrap();
+    std::fs::write(dir.path().join("b/results.tsv"), &short).unwrap();
+    let (text, stderr) = report_in(dir.path(), &["a/results.tsv", "b/results.tsv"]);
+    assert!(text.starts_with("2 sessions"), "{text}");
+    assert!(text.contains("20     7      41.2%  0.997900  0.977300    0.020600 (2.06%)"), "{text}");
+    assert!(text.contains("10     4      50.0%  0.997900  0.985300    0.012600 (1.26%)"), "{text}");
+    assert!(text.contains("lowest val_bpb: 0.977300 (a/results.tsv)"), "{text}");
+    assert!(stderr.contains("comparison.png"));
+    assert!(dir.path().join("comparison.png").metadata().unwrap().len() > 20_000);
+
+    let (json, _) = report_in(dir.path(), &["a/results.tsv", "b/results.tsv", "--json", "--no-plot"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let sessions = v["sessions"].as_array().unwrap();
+    assert_eq!((sessions[0]["experiments"].as_u64(), sessions[1]["experiments"].as_u64()), (Some(20), Some(10)));
+    let hours: f64 =
+        full.lines().skip(1).map(|l| l.split('\t').nth(7).unwrap().parse::<f64>().unwrap()).sum::<f64>() / 3600.0;
+    assert!((sessions[0]["hours"].as_f64().unwrap() - hours).abs() < 1e-9);
+    assert!((sessions[0]["experiments_per_hour"].as_f64().unwrap() - 20.0 / hours).abs() < 1e-9);
+    let curve: Vec<f64> =
+        sessions[0]["best_so_far"].as_array().unwrap().iter().map(|b| b["val_bpb"].as_f64().unwrap()).collect();
+    assert_eq!(curve.len(), 20);
+    assert!(curve.windows(2).all(|w| w[1] <= w[0]), "the best so far never rises: {curve:?}");
+    assert_eq!(*curve.last().unwrap(), 0.9773);
+}

@@ -2,7 +2,8 @@
 //! decide, record, keep or reset), its journal and recovery, the keep rules, the agent driver and the report.
 //!
 //! [`Workspace`] is an open session; [`run`] runs one experiment; [`agent`] drives a coding agent through many;
-//! [`rules`] decides what is kept; [`results`] reads and writes results.tsv; [`report`] summarises it;
+//! [`rules`] decides what is kept; [`results`] reads and writes results.tsv; [`report`] summarises it and
+//! [`compare`] sets sessions side by side;
 //! [`trainer`] builds and starts the training binary; [`state`] is the journal; [`git`] wraps the git calls.
 //!
 //! On disk, in the repository: `results.tsv` (one row per experiment) and `.autoresearch/` (both ignored by
@@ -10,6 +11,7 @@
 //! every discarded or crashed change), `noise.json`, a lock file.
 
 pub mod agent;
+pub mod compare;
 pub mod git;
 pub mod process;
 pub mod report;

@@ -1,0 +1,189 @@
+//! `autoresearch report A.tsv B.tsv ...`: several sessions side by side (say two agents, or two versions of
+//! program.md, on the same profile): experiments, keep rates, bests, experiments per hour, and their best-so-far
+//! curves against experiment number and against hours, so that one can tell which setup researches better.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::report::{self, PLOT_SIZE};
+use crate::results::{self, Status};
+
+/// The session's best after an experiment.
+#[derive(Clone, Debug, Serialize)]
+pub struct BestSoFar {
+    /// 1-based, counting every experiment (crashes too, confirmation reruns not).
+    pub experiment: usize,
+    /// Hours since the session's first experiment began (None for the original's files, which have no times).
+    pub hours: Option<f64>,
+    pub val_bpb: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Session {
+    pub file: String,
+    pub experiments: usize,
+    pub kept: usize,
+    pub keep_rate: Option<f64>,
+    pub baseline: Option<f64>,
+    pub best: Option<f64>,
+    pub improvement: Option<f64>,
+    pub improvement_percent: Option<f64>,
+    /// The experiments' wall time added up.
+    pub hours: Option<f64>,
+    pub experiments_per_hour: Option<f64>,
+    pub best_so_far: Vec<BestSoFar>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Comparison {
+    pub sessions: Vec<Session>,
+}
+
+pub fn compare(paths: &[PathBuf]) -> Result<Comparison> {
+    if paths.len() < 2 {
+        bail!("a comparison needs at least two results files");
+    }
+    let sessions = paths.iter().map(|p| session(p)).collect::<Result<_>>()?;
+    Ok(Comparison { sessions })
+}
+
+fn session(path: &Path) -> Result<Session> {
+    let r = report::build(path, Vec::new())?;
+    let rows = results::read(path)?.rows;
+    let experiments: Vec<_> = rows.iter().filter(|r| r.status != Status::Rerun).collect();
+    let timed = experiments.iter().all(|r| r.extra.is_some());
+    let (mut seconds, mut best, mut best_so_far) = (0.0, None, Vec::new());
+    for (i, row) in experiments.iter().enumerate() {
+        seconds += row.extra.as_ref().map_or(0.0, |e| e.seconds);
+        if row.status == Status::Keep {
+            best = Some(row.val_bpb);
+        }
+        if let Some(val_bpb) = best {
+            best_so_far.push(BestSoFar { experiment: i + 1, hours: timed.then_some(seconds / 3600.0), val_bpb });
+        }
+    }
+    let hours = timed.then_some(seconds / 3600.0);
+    Ok(Session {
+        file: path.display().to_string(),
+        experiments: experiments.len(),
+        kept: r.totals["keep"],
+        keep_rate: r.keep_rate,
+        baseline: r.baseline.map(|p| p.val_bpb),
+        best: r.best.map(|p| p.val_bpb),
+        improvement: r.improvement,
+        improvement_percent: r.improvement_percent,
+        experiments_per_hour: hours.filter(|h| *h > 0.0).map(|h| experiments.len() as f64 / h),
+        hours,
+        best_so_far,
+    })
+}
+
+impl Comparison {
+    pub fn to_text(&self) -> String {
+        let value = |v: Option<f64>, width: usize, digits: usize| match v {
+            Some(v) => format!("{v:>width$.digits$}"),
+            None => format!("{:>width$}", "-"),
+        };
+        let mut t = format!("{} sessions\n\n", self.sessions.len());
+        t.push_str("  experiments  kept  keep rate  baseline    best        improvement  hours  exp/hour  file\n");
+        for s in &self.sessions {
+            let rate = s.keep_rate.map(|r| format!("{:.1}%", 100.0 * r));
+            let gain = match (s.improvement, s.improvement_percent) {
+                (Some(g), Some(p)) => format!("{g:.6} ({p:.2}%)"),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                t,
+                "  {:>11}  {:>4}  {:>9}  {}  {}  {gain:>18}  {}  {}  {}",
+                s.experiments,
+                s.kept,
+                rate.as_deref().unwrap_or("-"),
+                value(s.baseline, 8, 6),
+                value(s.best, 8, 6),
+                value(s.hours, 5, 2),
+                value(s.experiments_per_hour, 8, 1),
+                s.file
+            );
+        }
+        let leader = self.sessions.iter().filter_map(|s| Some((s.best?, &s.file))).min_by(|a, b| a.0.total_cmp(&b.0));
+        if let Some((best, file)) = leader {
+            let _ = writeln!(t, "\nlowest val_bpb: {best:.6} ({file})");
+        }
+        t
+    }
+
+    pub fn to_json(&self) -> Result<String> {
+        Ok(serde_json::to_string_pretty(self)?)
+    }
+
+    /// Two charts side by side: each session's best so far against experiment number, and against hours.
+    pub fn plot(&self, out: &Path) -> Result<()> {
+        use plotters::prelude::*;
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+        let values: Vec<f64> = self.sessions.iter().flat_map(|s| s.best_so_far.iter().map(|b| b.val_bpb)).collect();
+        let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+        let pad = ((hi - lo) * 0.1).max(1e-3 * hi.abs().max(1e-3));
+        let max_x = self.sessions.iter().map(|s| s.experiments).max().unwrap_or(1) as f64;
+        let max_h = self.sessions.iter().filter_map(|s| s.hours).fold(0.0, f64::max).max(1e-3);
+        let palette = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+
+        let root = BitMapBackend::new(out, PLOT_SIZE).into_drawing_area();
+        let draw = |e| anyhow::anyhow!("drawing {}: {e:?}", out.display());
+        root.fill(&WHITE).map_err(draw)?;
+        let (left, right) = root.split_horizontally(PLOT_SIZE.0 / 2);
+        for (area, by_hours) in [(left, false), (right, true)] {
+            let x_max = if by_hours { max_h } else { max_x + 1.0 };
+            let mut chart = ChartBuilder::on(&area)
+                .caption(
+                    if by_hours { "Best so far, by hours" } else { "Best so far, by experiment" },
+                    ("sans-serif", 36),
+                )
+                .margin(30)
+                .x_label_area_size(70)
+                .y_label_area_size(120)
+                .build_cartesian_2d(0f64..x_max, (lo - pad)..(hi + pad))
+                .map_err(draw)?;
+            let x_labels = |x: &f64| if by_hours { format!("{x:.1}") } else { format!("{x:.0}") };
+            chart
+                .configure_mesh()
+                .x_label_formatter(&x_labels)
+                .x_desc(if by_hours { "Hours" } else { "Experiment #" })
+                .y_desc("Validation BPB (lower is better)")
+                .axis_desc_style(("sans-serif", 26))
+                .label_style(("sans-serif", 22))
+                .light_line_style(RGBColor(235, 235, 235))
+                .draw()
+                .map_err(draw)?;
+            for (k, s) in self.sessions.iter().enumerate() {
+                let color = palette[k % palette.len()];
+                // A step line: flat until the next keep, then down to it.
+                let mut points: Vec<(f64, f64)> = Vec::new();
+                for b in &s.best_so_far {
+                    let Some(x) = (if by_hours { b.hours } else { Some(b.experiment as f64) }) else { continue };
+                    if let Some(&(_, y)) = points.last() {
+                        points.push((x, y));
+                    }
+                    points.push((x, b.val_bpb));
+                }
+                chart
+                    .draw_series(LineSeries::new(points, color.stroke_width(3)))
+                    .map_err(draw)?
+                    .label(format!("{} (best {})", s.file, s.best.map_or("-".into(), |b| format!("{b:.6}"))))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(3)));
+            }
+            chart
+                .configure_series_labels()
+                .label_font(("sans-serif", 22))
+                .background_style(WHITE.mix(0.9))
+                .border_style(RGBColor(200, 200, 200))
+                .draw()
+                .map_err(draw)?;
+        }
+        root.present().with_context(|| format!("writing {}", out.display()))?;
+        Ok(())
+    }
+}
