@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, ensure, Context, Result};
 use autoresearch_harness::dataloader::Batch;
-use autoresearch_harness::device::{peak_bf16_flops, peak_rss_mb};
+use autoresearch_harness::device::{mfu_unknown_note, peak_bf16_flops, peak_rss_mb};
 use autoresearch_harness::profile::Run;
 use autoresearch_harness::summary::Summary;
 use tch::{Device, Kind, Tensor};
@@ -580,16 +580,32 @@ pub fn main() -> Result<()> {
 
     let config = GptConfig::from_hyper(h, profile.vocab_size as i64, profile.max_seq_len as i64);
     let model = Gpt::new(config.clone(), device);
-    let (b, t) = (h.device_batch_size, config.sequence_len);
+    let t = config.sequence_len;
     ensure!(
-        h.total_batch_size % (b * t) == 0,
-        "total_batch_size {} is not a multiple of device_batch_size × sequence length = {b}×{t}",
-        h.total_batch_size
+        h.total_batch_size % (h.device_batch_size * t) == 0,
+        "total_batch_size {} is not a multiple of device_batch_size × sequence length = {}×{t}",
+        h.total_batch_size,
+        h.device_batch_size
     );
-    let grad_accum = h.total_batch_size / (b * t);
     let flops_per_token = model.flops_per_token();
     println!("profile {} | device {device_name} | seed {} | budget {}s", profile.name, run.seed, run.time_budget);
     println!("{config:?}");
+    if let Some(note) = mfu_unknown_note(&device_name) {
+        println!("{note}");
+    }
+
+    let mut opt = MuonAdamW::new(&model, &h.opt);
+    let cuda = device.is_cuda();
+    // The largest device batch up to the configured one whose step fits in memory (halved on out of memory;
+    // gradient accumulation keeps the total), tried once per device and model shape.
+    let key = format!("{device_name} | {config:?} | device_batch_size {}", h.device_batch_size);
+    let b = run.fit_device_batch(&key, h.device_batch_size as usize, |rows| {
+        let x = Tensor::zeros([rows as i64, t], (Kind::Int64, device));
+        autoresearch_ops::autocast(cuda, || model.loss(&x, &x)).backward();
+        opt.zero_grad();
+        Ok(())
+    })? as i64;
+    let grad_accum = h.total_batch_size / (b * t);
     println!(
         "parameters: {:.2}M | FLOPs/token: {:.3e} | tokens/step: {} | grad accumulation: {grad_accum}",
         model.num_params() as f64 / 1e6,
@@ -597,10 +613,8 @@ pub fn main() -> Result<()> {
         h.total_batch_size
     );
 
-    let mut opt = MuonAdamW::new(&model, &h.opt);
     let mut loader = run.train_loader(b as usize)?;
     let mut batch = loader.next_batch()?;
-    let cuda = device.is_cuda();
     let sync = || {
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64)

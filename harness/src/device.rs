@@ -1,18 +1,24 @@
 //! Facts about the machine a run is on: accelerator peak rates (for MFU) and peak memory of the process.
 
-/// Dense bf16 peak FLOP/s (datasheet figures, no sparsity) by a substring of the device name; the longest
-/// match wins, so "H100 PCIe" is not taken for the SXM part.
+/// Dense bf16 peak FLOP/s (datasheet figures: no sparsity; for GeForce cards, tensor cores with float32
+/// accumulation, which is what bf16 matrix products use) by a substring of the device name; the longest match
+/// wins, so "H100 PCIe" is not taken for the SXM part. A card missing here gets `mfu_percent: n/a`: add a line.
 const PEAK_BF16_FLOPS: &[(&str, f64)] = &[
     ("H100", 989.5e12), // SXM
     ("H100 PCIe", 756.0e12),
     ("H100 NVL", 835.0e12),
     ("H200", 989.5e12),
+    ("H20", 148.0e12),
     ("H800", 989.5e12),
     ("GH200", 989.5e12),
     ("B200", 2250.0e12),
     ("B100", 1750.0e12),
+    ("GB200", 2500.0e12),
     ("A100", 312.0e12),
     ("A800", 312.0e12),
+    ("A40", 149.7e12),
+    ("A30", 165.0e12),
+    ("A10", 125.0e12),
     ("A10G", 70.0e12),
     ("L40S", 362.1e12),
     ("L40", 181.0e12),
@@ -21,18 +27,35 @@ const PEAK_BF16_FLOPS: &[(&str, f64)] = &[
     ("RTX A6000", 154.8e12),
     ("RTX 5090", 209.5e12),
     ("RTX 4090", 165.2e12),
+    ("RTX 4080", 97.5e12),
+    ("RTX 3090 Ti", 80.0e12),
     ("RTX 3090", 71.0e12),
+    ("RTX 3080", 59.5e12),
     ("MI300X", 1307.4e12),
     ("MI250X", 383.0e12),
 ];
 
-/// The bf16 peak of a GPU by its name, or None if the table does not know it.
+/// The bf16 peak of a GPU by its name, or None if the table does not know it. A key matches as a whole word
+/// (so "A10" is not taken for the "A100", nor "A40" for the "RTX A4000").
 pub fn peak_bf16_flops(device_name: &str) -> Option<f64> {
-    PEAK_BF16_FLOPS
-        .iter()
-        .filter(|(key, _)| device_name.contains(key))
-        .max_by_key(|(key, _)| key.len())
-        .map(|&(_, flops)| flops)
+    let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    let matches = |key: &str| {
+        device_name.match_indices(key).any(|(i, _)| {
+            !word(device_name[..i].chars().next_back()) && !word(device_name[i + key.len()..].chars().next())
+        })
+    };
+    PEAK_BF16_FLOPS.iter().filter(|(key, _)| matches(key)).max_by_key(|(key, _)| key.len()).map(|&(_, flops)| flops)
+}
+
+/// For a GPU the table does not know: a line saying that MFU will read n/a and how to add the card.
+pub fn mfu_unknown_note(device_name: &str) -> Option<String> {
+    let gpu = !device_name.starts_with("cpu");
+    (gpu && peak_bf16_flops(device_name).is_none()).then(|| {
+        format!(
+            "mfu: n/a: {device_name} is not in the table of peak FLOP/s; add its dense bf16 peak (no sparsity) to \
+             PEAK_BF16_FLOPS in harness/src/device.rs"
+        )
+    })
 }
 
 /// Peak resident memory of this process in MiB (Linux; None elsewhere).
@@ -53,7 +76,18 @@ mod tests {
         assert_eq!(peak_bf16_flops("NVIDIA H100 PCIe"), Some(756.0e12));
         assert_eq!(peak_bf16_flops("NVIDIA L40S"), Some(362.1e12));
         assert_eq!(peak_bf16_flops("NVIDIA GeForce RTX 4090"), Some(165.2e12));
+        assert_eq!(peak_bf16_flops("NVIDIA A10"), Some(125.0e12));
+        assert_eq!(peak_bf16_flops("NVIDIA A10G"), Some(70.0e12));
+        assert_eq!(peak_bf16_flops("NVIDIA GeForce RTX 3090 Ti"), Some(80.0e12));
+        assert_eq!(peak_bf16_flops("NVIDIA GB200"), Some(2500.0e12));
+        assert_eq!(peak_bf16_flops("NVIDIA A100-SXM4-80GB"), Some(312.0e12));
+        assert_eq!(peak_bf16_flops("NVIDIA H200"), Some(989.5e12));
+        assert_eq!(peak_bf16_flops("NVIDIA RTX A4000"), None, "not an A40");
         assert_eq!(peak_bf16_flops("cpu"), None);
+        assert_eq!(mfu_unknown_note("cpu (2 threads)"), None);
+        assert_eq!(mfu_unknown_note("NVIDIA H100 80GB HBM3"), None);
+        let note = mfu_unknown_note("Tesla V100-SXM2-16GB").unwrap();
+        assert!(note.contains("Tesla V100-SXM2-16GB") && note.contains("harness/src/device.rs"), "{note}");
         assert!(peak_rss_mb().unwrap() > 1.0);
     }
 }

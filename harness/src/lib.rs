@@ -2,12 +2,13 @@
 //! change.
 //!
 //! Data ([`download`], [`shards`], [`prepare`]), the [`tokenizer`], the [`dataloader`], the [`metric`], the
-//! run [`profile`], the [`summary`] block and the [`device`] tables. No ML framework: the training crate
+//! run [`profile`], the [`summary`] block, the [`device`] tables and the device batch [`fit`]. No ML framework: the training crate
 //! brings its own. The research loop that drives experiments lives in `autoresearch-research`.
 
 pub mod dataloader;
 pub mod device;
 pub mod download;
+pub mod fit;
 pub mod fsutil;
 pub mod metric;
 pub mod prepare;

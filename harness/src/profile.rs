@@ -163,6 +163,8 @@ pub fn load_tokenizer(cache: &Path, prepared: &Prepared) -> Result<Tokenizer> {
 /// active one), `AUTORESEARCH_TIME_BUDGET` (seconds; a short budget for smoke tests, printed in the summary)
 /// and `AUTORESEARCH_SEED` (default 42).
 pub struct Run {
+    /// The cache root (`AUTORESEARCH_CACHE`).
+    pub cache: PathBuf,
     pub prepared: Prepared,
     pub tokenizer: Arc<Tokenizer>,
     pub time_budget: f64,
@@ -189,7 +191,7 @@ impl Run {
         let time_budget = env_number::<f64>("AUTORESEARCH_TIME_BUDGET")?.unwrap_or(prepared.profile.time_budget);
         ensure!(time_budget > 0.0, "AUTORESEARCH_TIME_BUDGET must be positive");
         let seed = env_number::<u64>("AUTORESEARCH_SEED")?.unwrap_or(42);
-        Ok(Run { prepared, tokenizer, time_budget, seed, started })
+        Ok(Run { cache, prepared, tokenizer, time_budget, seed, started })
     }
 
     pub fn profile(&self) -> &Profile {
@@ -199,6 +201,31 @@ impl Run {
     /// Seconds since the run started.
     pub fn elapsed(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
+    }
+
+    /// The largest device batch up to `configured` rows whose step fits in memory (see [`crate::fit`]), said on
+    /// stdout. `key` names what sets a step's memory (the device, the model's shape, the batch asked for): an
+    /// experiment with the same key takes the earlier answer without trying. The file is the profile's
+    /// `device-batch.json` in the cache.
+    pub fn fit_device_batch(
+        &self,
+        key: &str,
+        configured: usize,
+        try_batch: impl FnMut(usize) -> Result<()>,
+    ) -> Result<usize> {
+        let file = profile_dir(&self.cache, &self.profile().name).join("device-batch.json");
+        let fit = crate::fit::fit_device_batch(&file, key, configured, try_batch)?;
+        let too_big: Vec<String> = fit.too_big.iter().map(usize::to_string).collect();
+        match (fit.remembered, too_big.is_empty()) {
+            (true, _) => println!("device batch: {} rows (found earlier for this device and model)", fit.rows),
+            (false, true) => println!("device batch: {} rows (a step fits)", fit.rows),
+            (false, false) => println!(
+                "device batch: {} rows ({} ran out of memory; gradient accumulation keeps the total batch)",
+                fit.rows,
+                too_big.join(" and ")
+            ),
+        }
+        Ok(fit.rows)
     }
 
     /// Training batches of `b` rows at the profile's sequence length, packed ahead in background threads.

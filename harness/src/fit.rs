@@ -1,0 +1,149 @@
+//! The largest device batch that fits the accelerator's memory. The training file tries a step at its
+//! configured batch; where that runs out of memory, the batch is halved (and the gradient accumulation doubled
+//! by the caller, so the total batch and the recipe stay the same) until a step fits. The answer is remembered
+//! per key (the device and whatever sets the memory a step takes), so that the next experiment with the same
+//! key starts at once.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+/// What the search found.
+#[derive(Debug, PartialEq)]
+pub struct Fit {
+    pub rows: usize,
+    /// Batches tried that ran out of memory, largest first.
+    pub too_big: Vec<usize>,
+    /// Taken from the cache, without trying.
+    pub remembered: bool,
+}
+
+/// Whether an error message is an accelerator (or the host) running out of memory.
+pub fn is_out_of_memory(message: &str) -> bool {
+    message.contains("out of memory") || message.contains("can't allocate memory")
+}
+
+/// Starting at `configured` rows, halves the batch while `try_batch(rows)` runs out of memory, staying a
+/// divisor of `configured` (a panic with an out-of-memory message counts as running out; any other error or
+/// panic is returned as it is). The answer is remembered in `cache_file` under `key`.
+pub fn fit_device_batch(
+    cache_file: &Path,
+    key: &str,
+    configured: usize,
+    mut try_batch: impl FnMut(usize) -> Result<()>,
+) -> Result<Fit> {
+    let mut cache: BTreeMap<String, usize> = match std::fs::read(cache_file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", cache_file.display()))?,
+        Err(_) => BTreeMap::new(),
+    };
+    if let Some(&rows) = cache.get(key) {
+        return Ok(Fit { rows, too_big: Vec::new(), remembered: true });
+    }
+    let mut rows = configured;
+    let mut too_big = Vec::new();
+    loop {
+        match quietly(|| try_batch(rows)) {
+            Ok(()) => break,
+            Err(e) if is_out_of_memory(&format!("{e:#}")) => {
+                too_big.push(rows);
+                if !rows.is_multiple_of(2) {
+                    bail!("a step of {rows} rows does not fit in memory, and {rows} cannot be halved: {e:#}");
+                }
+                rows /= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    cache.insert(key.to_string(), rows);
+    crate::fsutil::write_atomic(cache_file, serde_json::to_string_pretty(&cache)?.as_bytes())?;
+    Ok(Fit { rows, too_big, remembered: false })
+}
+
+/// Runs `f`, turning a panic into an error with its message; the panic is not printed (an out-of-memory
+/// panic of a trial step is expected).
+fn quietly(f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    match result {
+        Ok(r) => r,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic without a message".into());
+            bail!("{message}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device where a step of more than `limit` rows runs out of memory, the way tch reports it: a panic.
+    fn device(limit: usize, tried: &mut Vec<usize>) -> impl FnMut(usize) -> Result<()> + '_ {
+        move |rows| {
+            tried.push(rows);
+            if rows > limit {
+                panic!("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.65 GiB total capacity)");
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_batch_halves_until_a_step_fits_and_the_answer_is_remembered() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("device-batch.json");
+        let mut tried = Vec::new();
+        let fit = fit_device_batch(&cache, "RTX 4090 | depth 8", 128, device(40, &mut tried)).unwrap();
+        assert_eq!(fit, Fit { rows: 32, too_big: vec![128, 64], remembered: false });
+        assert_eq!(tried, [128, 64, 32]);
+
+        // The same key again: no step is tried.
+        let mut tried = Vec::new();
+        let fit = fit_device_batch(&cache, "RTX 4090 | depth 8", 128, device(40, &mut tried)).unwrap();
+        assert_eq!(fit, Fit { rows: 32, too_big: vec![], remembered: true });
+        assert!(tried.is_empty());
+
+        // Something that matters changed (another key): searched again; both answers kept.
+        let mut tried = Vec::new();
+        let fit = fit_device_batch(&cache, "RTX 4090 | depth 12", 128, device(20, &mut tried)).unwrap();
+        assert_eq!(fit.rows, 16);
+        let saved: BTreeMap<String, usize> = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+        assert_eq!(saved.len(), 2);
+
+        // A batch that fits at once is tried once.
+        let mut tried = Vec::new();
+        assert_eq!(fit_device_batch(&cache, "H100 | depth 8", 128, device(1000, &mut tried)).unwrap().rows, 128);
+        assert_eq!(tried, [128]);
+    }
+
+    #[test]
+    fn other_failures_are_not_taken_for_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("device-batch.json");
+        let err = fit_device_batch(&cache, "k", 64, |_| panic!("index out of bounds")).unwrap_err();
+        assert_eq!(format!("{err:#}"), "index out of bounds");
+        let err = fit_device_batch(&cache, "k", 64, |_| bail!("shape mismatch")).unwrap_err();
+        assert_eq!(format!("{err:#}"), "shape mismatch");
+        assert!(!cache.exists(), "nothing remembered from a failure");
+
+        let mut tried = Vec::new();
+        let err = fit_device_batch(&cache, "k", 6, device(2, &mut tried)).unwrap_err();
+        assert!(format!("{err:#}").contains("3 rows does not fit in memory, and 3 cannot be halved"), "{err:#}");
+        assert_eq!(tried, [6, 3]);
+    }
+
+    #[test]
+    fn out_of_memory_messages() {
+        assert!(is_out_of_memory("CUDA out of memory. Tried to allocate 20.00 MiB"));
+        assert!(is_out_of_memory("[enforce fail at alloc_cpu.cpp:117] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"));
+        assert!(!is_out_of_memory("index out of bounds"));
+    }
+}
