@@ -236,6 +236,15 @@ fn a_research_session_end_to_end() {
         (1..=10).filter_map(|k| std::fs::read_to_string(s.agent_state.join(format!("prompt-{k}.md"))).ok()).collect();
     assert!(prompts.iter().any(|p| p.contains("crashed: panic: boom") && p.contains("boom")));
     assert!(prompts[0].contains("# autoresearch: instructions for the agent"), "program.md is in the prompt");
+    // Memory across calls: each prompt lists every experiment so far with its change against the best at the
+    // time, and the notes that earlier calls appended.
+    let last = prompts.last().unwrap();
+    let line = |row: &Row| last.lines().find(|l| l.starts_with(&format!("- run {}: ", run_of(row)))).unwrap_or("");
+    assert!(line(&rows[0]).ends_with(": baseline") && line(&rows[0]).contains("keep "), "{last}");
+    assert!(line(&rows[1]).contains("keep ") && line(&rows[1]).contains("(-"), "an improvement: {last}");
+    assert!(line(&rows[2]).contains("discard ") && line(&rows[2]).contains("(+"), "a regression: {last}");
+    assert!(prompts[0].contains("(none yet)"));
+    assert!(last.contains("call 1: tried improve\ncall 2: tried regress"), "{last}");
     s.assert_consistent();
 
     // Harness overhead (everything outside the training process) with the build already checked.

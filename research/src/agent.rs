@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::process::{wait_or_kill, Role};
-use crate::results::{self, Status};
+use crate::results::{self, Row, Status};
 use crate::run::{build, check, refusal_message, run_experiment, tail, Check, ExperimentOptions, TAIL_LINES};
 use crate::trainer::Trainer;
 use crate::{now_utc, RunMeta, Workspace, TRAINING_FILE};
@@ -35,6 +35,11 @@ pub struct LoopReport {
     pub refused: usize,
     pub stop_reason: String,
 }
+
+/// The notes agents keep across calls, in the session's folder (outside the training file's guard).
+pub const NOTES_FILE: &str = "notes.md";
+/// The end of the notes that goes into a prompt, in bytes.
+const NOTES_IN_PROMPT: usize = 8000;
 
 /// Agent calls in a row that change nothing before the loop gives up.
 const MAX_IDLE_CALLS: usize = 3;
@@ -197,6 +202,7 @@ fn call_agent(ws: &mut Workspace, opts: &LoopOptions, prompt: &Path, description
         .current_dir(&ws.root)
         .env("AUTORESEARCH_PROMPT", prompt)
         .env("AUTORESEARCH_DESCRIPTION", description)
+        .env("AUTORESEARCH_NOTES", ws.dir.join(NOTES_FILE))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log.try_clone()?);
@@ -213,6 +219,31 @@ fn call_agent(ws: &mut Workspace, opts: &LoopOptions, prompt: &Path, description
         None => writeln!(log, "=== the agent was stopped (timeout or interrupt)")?,
     }
     Ok(())
+}
+
+/// Every experiment of the session, one line each, oldest first, with its change against the best at the time,
+/// so that an agent called afresh for each experiment does not repeat what was tried.
+fn history(rows: &[Row]) -> String {
+    let mut best: Option<f64> = None;
+    let mut out = String::new();
+    for r in rows.iter().filter(|r| r.status != Status::Rerun) {
+        let run = r.extra.as_ref().map_or("-".to_string(), |e| e.run.to_string());
+        let result = match r.status {
+            Status::Crash => {
+                let reason = r.extra.as_ref().map_or("", |e| e.reason.as_str());
+                format!("crash ({})", reason.chars().take(100).collect::<String>())
+            }
+            _ => match best {
+                Some(b) => format!("{} {:.6} ({:+.6})", r.status, r.val_bpb, r.val_bpb - b),
+                None => format!("{} {:.6}", r.status, r.val_bpb),
+            },
+        };
+        if r.status == Status::Keep {
+            best = Some(r.val_bpb);
+        }
+        out += &format!("- run {run}: {result}: {}\n", r.description);
+    }
+    out
 }
 
 /// The agent's prompt: program.md, then the session's state in plain words.
@@ -247,13 +278,25 @@ fn build_prompt(
         None => p += "- No result yet.\n",
     }
     p += &format!("- Keep rule: {}.\n", opts.run.decider.label);
-    let recent: Vec<_> = rows.iter().rev().take(15).collect();
-    if !recent.is_empty() {
-        p += "\nRecent experiments, newest last:\n\n| run | commit | val_bpb | status | description |\n| --- | --- | --- | --- | --- |\n";
-        for r in recent.into_iter().rev() {
-            let run = r.extra.as_ref().map_or(String::new(), |e| e.run.to_string());
-            p += &format!("| {run} | {} | {:.6} | {} | {} |\n", r.commit, r.val_bpb, r.status, r.description);
-        }
+    let history = history(&rows);
+    if !history.is_empty() {
+        p += "\nEvery experiment so far, oldest first (val_bpb, and its change against the best at the time: \
+              negative is better):\n\n";
+        p += &history;
+    }
+    let notes_path = ws.dir.join(NOTES_FILE);
+    let notes = std::fs::read_to_string(&notes_path).unwrap_or_default();
+    p += &format!(
+        "\nNotes kept across calls in `{}` (yours to append to: hypotheses, what worked, what to try next):\n",
+        notes_path.display()
+    );
+    if notes.trim().is_empty() {
+        p += "(none yet)\n";
+    } else {
+        let start = notes.len().saturating_sub(NOTES_IN_PROMPT);
+        let start = (start..notes.len()).find(|&i| notes.is_char_boundary(i)).unwrap_or(notes.len());
+        let cut = if start > 0 { "(earlier notes cut)\n" } else { "" };
+        p += &format!("```\n{cut}{}\n```\n", notes[start..].trim_end());
     }
     if let Some(errors) = compile_errors {
         p += &format!(

@@ -122,7 +122,7 @@ pub fn init(root: &Path, tag: &str, profile: &str, time_budget: f64, device: &st
         }
         let archive = dir.join("archive").join(&old.tag);
         std::fs::create_dir_all(&archive)?;
-        for name in ["state.json", "runs", "noise.json", "prompt.md", "agent.log"] {
+        for name in ["state.json", "runs", "noise.json", "prompt.md", "agent.log", "notes.md", "leftovers"] {
             if dir.join(name).exists() {
                 std::fs::rename(dir.join(name), archive.join(name))?;
             }

@@ -7,6 +7,7 @@ n=$(cat "$AGENT_STATE/count" 2>/dev/null || echo 0)
 echo $((n + 1)) > "$AGENT_STATE/count"
 step=$(sed -n "$((n + 1))p" "$AGENT_STATE/steps")
 cp "$prompt" "$AGENT_STATE/prompt-$((n + 1)).md"
+echo "call $((n + 1)): tried $step" >> "$AUTORESEARCH_NOTES"
 file=train/train.rs
 say() { echo "$1" > "$AUTORESEARCH_DESCRIPTION"; }
 case $step in
