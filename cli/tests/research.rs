@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use autoresearch_research::process::{Recorded, Role};
+use autoresearch_research::process::{alive, Recorded, Role};
 use autoresearch_research::results::{self, Row, Status};
 use autoresearch_research::state::State;
 use autoresearch_research::RunMeta;
@@ -273,7 +273,7 @@ fn a_research_session_end_to_end() {
     let out = s.run(&["loop", "--agent", &agent, "--max-experiments", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("recovered: run {run} was interrupted")), "{stderr}");
-    assert!(!running(pgid), "the orphaned training process was stopped");
+    assert!(!alive(pgid), "the orphaned training process was stopped");
     assert_eq!(s.meta(run).status, Status::Interrupted);
     assert!(std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{run}/change.diff")))
         .unwrap()
@@ -430,12 +430,12 @@ fn kill_9_at_any_moment() {
         let (_, recorded) = wait_for(&s, role, also);
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        assert!(running(recorded.pgid), "the {role:?} process outlives the killed harness");
+        assert!(alive(recorded.pgid), "the {role:?} process outlives the killed harness");
         recorded
     };
     let left_alone = |r: &Recorded, out: &Output| {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!running(r.pgid), "the orphaned {:?} process was stopped", r.role);
+        assert!(!alive(r.pgid), "the orphaned {:?} process was stopped", r.role);
         assert!(stderr.contains("recovered: stopped what the last process left running"), "{stderr}");
         assert!(s.state().children.is_empty());
     };
@@ -515,16 +515,10 @@ fn kill_9_at_any_moment() {
     // A new session started over a killed one stops what the old one left running before archiving it.
     let r = kill_when(&["noise", "--runs", "2"], Role::Training, &|_| true);
     assert!(s.run(&["init", "k2", "--profile", "small", "--time-budget", "60", "--device", "cpu"]).status.success());
-    assert!(!running(r.pgid), "the old session's orphaned training was stopped");
+    assert!(!alive(r.pgid), "the old session's orphaned training was stopped");
 }
 
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
-/// Whether a process exists and is not a zombie.
-fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
 }

@@ -5,7 +5,7 @@
 //!   elsewhere;
 //! - bf16 [`autocast`], TF32, and facts about the CUDA device.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::ffi::{c_char, CStr};
 use std::sync::Mutex;
 
@@ -70,8 +70,8 @@ fn window_mask(window: i64, t: i64, device: Device) -> Tensor {
 /// way where NVRTC can build it (checked once per device; a warning and plain ops if not), elsewhere plain ops.
 pub fn softcap_cross_entropy(logits: &Tensor, targets: &Tensor, cap: f64) -> Tensor {
     if let Device::Cuda(index) = logits.device() {
-        static AVAILABLE: Mutex<Option<HashMap<usize, bool>>> = Mutex::new(None);
-        let fused = *AVAILABLE.lock().unwrap().get_or_insert_with(HashMap::new).entry(index).or_insert_with(|| {
+        static AVAILABLE: Mutex<BTreeMap<usize, bool>> = Mutex::new(BTreeMap::new());
+        let fused = *AVAILABLE.lock().unwrap().entry(index).or_insert_with(|| {
             fused_kernels_available(index)
                 .map_err(|e| eprintln!("warning: fused loss kernel unavailable, using plain ops: {e}"))
                 .is_ok()

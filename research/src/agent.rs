@@ -226,7 +226,7 @@ fn call_agent(ws: &mut Workspace, opts: &LoopOptions, prompt: &Path, description
 fn history(rows: &[Row]) -> String {
     let mut best: Option<f64> = None;
     let mut out = String::new();
-    for r in rows.iter().filter(|r| r.status != Status::Rerun) {
+    for (_, r) in crate::report::experiments(rows) {
         let run = r.extra.as_ref().map_or("-".to_string(), |e| e.run.to_string());
         let result = match r.status {
             Status::Crash => {

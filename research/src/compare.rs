@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::report::{self, PLOT_SIZE};
-use crate::results::{self, Status};
+use crate::results::{self, Row, Status};
 
 /// The session's best after an experiment.
 #[derive(Clone, Debug, Serialize)]
@@ -51,9 +51,10 @@ pub fn compare(paths: &[PathBuf]) -> Result<Comparison> {
 }
 
 fn session(path: &Path) -> Result<Session> {
-    let r = report::build(path, Vec::new())?;
-    let rows = results::read(path)?.rows;
-    let experiments: Vec<_> = rows.iter().filter(|r| r.status != Status::Rerun).collect();
+    let file = results::read(path)?;
+    let rows = file.rows.clone();
+    let r = report::build_from(path, file, Vec::new());
+    let experiments: Vec<&Row> = report::experiments(&rows).map(|(_, row)| row).collect();
     let timed = experiments.iter().all(|r| r.extra.is_some());
     let (mut seconds, mut best, mut best_so_far) = (0.0, None, Vec::new());
     for (i, row) in experiments.iter().enumerate() {

@@ -8,7 +8,8 @@
 //!
 //! On disk, in the repository: `results.tsv` (one row per experiment) and `.autoresearch/` (both ignored by
 //! git): `state.json`, `runs/<n>/` (meta.json, the training file as run, its log, build log, and the diff of
-//! every discarded or crashed change), `noise.json`, a lock file.
+//! every discarded or crashed change), `noise.json`, `notes.md` (the agents'), `leftovers/` (unrun changes set
+//! aside), `stash/` (a change waiting while the best is re-measured), a lock file.
 
 pub mod agent;
 pub mod compare;

@@ -26,12 +26,16 @@ pub struct Recorded {
     pub start_time: u64,
 }
 
+/// The fields of /proc/PID/stat after the command name (which is in parentheses and may hold anything),
+/// None if there is no such process: state is the first, starttime (field 22 of proc(5)) the 20th.
+fn stat_fields(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.to_string())
+}
+
 /// A process's start time from /proc, None if there is no such process.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name, which is in parentheses and may hold anything: state is the first,
-    // starttime (field 22 of proc(5)) the 20th.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+    stat_fields(pid)?.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Starts `cmd` as the leader of a new process group and records it.
@@ -64,8 +68,7 @@ impl Recorded {
 
 /// Whether a process exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    stat_fields(pid).is_some_and(|fields| !fields.trim_start().starts_with('Z'))
 }
 
 /// Waits for `child`, polling `stop` every 50 ms; kills its whole group and returns None when `stop` says so.

@@ -72,27 +72,54 @@ fn noise_of<'a>(noise: &'a [NoiseEstimate], row: &Row) -> Option<&'a NoiseEstima
     }
 }
 
-/// The kept experiments in order, each with the value and commit of the keep before it (None for the first)
-/// and 2σ of the noise that applies to it.
-#[allow(clippy::type_complexity)]
-fn kept_gains<'a>(rows: &'a [Row], noise: &[NoiseEstimate]) -> Vec<(&'a Row, Option<(f64, &'a str)>, Option<f64>)> {
-    let mut previous: Option<(f64, &str)> = None;
+/// A kept experiment and what it gained over the keep before it.
+struct KeptGain<'a> {
+    row: &'a Row,
+    /// The value of the keep before it; None for the first keep and for a re-measure of the same commit
+    /// (no improvement either way).
+    previous: Option<f64>,
+    /// 2σ of the noise that applies to it.
+    noise_2sigma: Option<f64>,
+}
+
+impl KeptGain<'_> {
+    fn gain(&self) -> Option<f64> {
+        self.previous.map(|p| p - self.row.val_bpb)
+    }
+
+    /// The gain is smaller than 2σ of the measured noise: it may be luck.
+    fn below_noise(&self) -> bool {
+        self.gain().zip(self.noise_2sigma).is_some_and(|(g, n)| g < n)
+    }
+}
+
+/// The kept experiments in order, each with its gain over the keep before it.
+fn kept_gains<'a>(rows: &'a [Row], noise: &[NoiseEstimate]) -> Vec<KeptGain<'a>> {
+    let mut previous: Option<&Row> = None;
     experiments(rows)
         .filter(|(_, r)| r.status == Status::Keep)
-        .map(|(_, r)| {
-            let before = previous.replace((r.val_bpb, r.commit.as_str()));
-            (r, before, noise_of(noise, r).map(|n| 2.0 * n.std))
+        .map(|(_, row)| {
+            let before = previous.replace(row).filter(|p| p.commit != row.commit);
+            KeptGain {
+                row,
+                previous: before.map(|p| p.val_bpb),
+                noise_2sigma: noise_of(noise, row).map(|n| 2.0 * n.std),
+            }
         })
         .collect()
 }
 
-/// The rows that are experiments of their own (not confirmation reruns).
-fn experiments(rows: &[Row]) -> impl Iterator<Item = (usize, &Row)> {
+/// The rows that are experiments of their own (not confirmation reruns), with their index.
+pub(crate) fn experiments(rows: &[Row]) -> impl Iterator<Item = (usize, &Row)> {
     rows.iter().enumerate().filter(|(_, r)| r.status != Status::Rerun)
 }
 
 pub fn build(path: &Path, noise: Vec<NoiseEstimate>) -> Result<Report> {
-    let file = results::read(path)?;
+    Ok(build_from(path, results::read(path)?, noise))
+}
+
+/// [`build`] from a file already read.
+pub fn build_from(path: &Path, file: results::ResultsFile, noise: Vec<NoiseEstimate>) -> Report {
     let rows = &file.rows;
     let point = |i: usize, r: &Row| Point {
         row: i + 1,
@@ -116,20 +143,15 @@ pub fn build(path: &Path, noise: Vec<NoiseEstimate>) -> Result<Report> {
     };
     let mut top_improvements: Vec<Gain> = kept_gains(rows, &noise)
         .into_iter()
-        .filter_map(|(r, previous, noise_2sigma)| {
-            let (previous, previous_commit) = previous?;
-            if previous_commit == r.commit {
-                return None;
-            }
-            let gain = previous - r.val_bpb;
+        .filter_map(|k| {
             Some(Gain {
-                commit: r.commit.clone(),
-                description: r.description.clone(),
-                val_bpb: r.val_bpb,
-                previous,
-                gain,
-                noise_2sigma,
-                below_noise: noise_2sigma.is_some_and(|n| gain < n),
+                commit: k.row.commit.clone(),
+                description: k.row.description.clone(),
+                val_bpb: k.row.val_bpb,
+                previous: k.previous?,
+                gain: k.gain()?,
+                noise_2sigma: k.noise_2sigma,
+                below_noise: k.below_noise(),
             })
         })
         .collect();
@@ -138,7 +160,7 @@ pub fn build(path: &Path, noise: Vec<NoiseEstimate>) -> Result<Report> {
         .any(|g| g.noise_2sigma.is_some())
         .then(|| top_improvements.iter().filter(|g| g.below_noise).count());
     top_improvements.sort_by(|a, b| b.gain.total_cmp(&a.gain));
-    Ok(Report {
+    Report {
         file: path.display().to_string(),
         rows: rows.len(),
         skipped: file.bad.into_iter().map(|(line, reason)| Skipped { line, reason }).collect(),
@@ -152,7 +174,7 @@ pub fn build(path: &Path, noise: Vec<NoiseEstimate>) -> Result<Report> {
         top_improvements,
         gains_below_noise,
         noise,
-    })
+    }
 }
 
 impl Report {
@@ -238,7 +260,8 @@ fn cut(text: &str, n: usize) -> String {
 
 /// progress.png: val_bpb by experiment (crashes and reruns left out, the rest numbered in order): discards
 /// as small grey dots, keeps as larger green dots labelled with their description (orange where the gain is
-/// smaller than 2σ of the measured noise), the running best as a green step line. The y range runs from a little below the best to a little above the baseline.
+/// smaller than 2σ of the measured noise), the running best as a green step line. The y range runs from a
+/// little below the best to a little above the baseline.
 pub fn plot(path: &Path, out: &Path, noise: &[NoiseEstimate]) -> Result<()> {
     use plotters::prelude::*;
     use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -249,10 +272,7 @@ pub fn plot(path: &Path, out: &Path, noise: &[NoiseEstimate]) -> Result<()> {
         .enumerate()
         .map(|(i, r)| (i + 1, r))
         .collect();
-    let below_noise: Vec<bool> = kept_gains(&rows, noise)
-        .iter()
-        .map(|(r, before, n)| before.zip(*n).is_some_and(|((b, c), n)| c != r.commit && b - r.val_bpb < n))
-        .collect();
+    let below_noise: Vec<bool> = kept_gains(&rows, noise).iter().map(KeptGain::below_noise).collect();
     let kept: Vec<(usize, f64, &str, bool)> = points
         .iter()
         .filter(|(_, r)| r.status == Status::Keep)

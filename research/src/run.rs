@@ -241,23 +241,24 @@ pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOp
     }
     let content = std::fs::read(ws.root.join(TRAINING_FILE)).with_context(|| format!("reading {TRAINING_FILE}"))?;
     let hash = file_hash(&content);
-    let earlier = if opts.force { None } else { reusable(ws, &hash) };
-    if let Some(earlier) = &earlier {
-        if !(earlier.status == Status::Crash && earlier.retryable) {
-            return reuse(ws, opts, earlier, hash, started);
+    let retry_of = match if opts.force { None } else { earlier_run(ws, &hash) } {
+        Some(Earlier::Reuse(earlier)) => return reuse(ws, opts, &earlier, hash, started),
+        Some(Earlier::Retry(earlier)) => {
+            eprintln!(
+                "run {} crashed with this exact file ({}), which may not be the file's fault: trying it once more",
+                earlier.run, earlier.reason
+            );
+            Some(earlier)
         }
-        eprintln!(
-            "run {} crashed with this exact file ({}), which may not be the file's fault: trying it once more",
-            earlier.run, earlier.reason
-        );
-    }
+        None => None,
+    };
     // A re-measure is a run of its own: this one's time starts after it.
     let started = match opts.decider.rule {
         Rule::Confirm { n, .. } if remeasure_best(ws, trainer, opts, n)? => Instant::now(),
         _ => started,
     };
     let mut exp = begin(ws, opts, &content, hash, started)?;
-    let decision = match build(ws, trainer)? {
+    let mut decision = match build(ws, trainer)? {
         Err(compiler) => {
             std::fs::write(ws.run_dir(exp.run).join("build.log"), &compiler)?;
             std::fs::write(ws.root.join("run.log"), &compiler)?;
@@ -275,26 +276,35 @@ pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOp
             }
         }
     };
-    let mut decision = decision;
-    if let Some(earlier) = earlier {
+    if let Some(earlier) = retry_of {
         decision.reason = format!("retry of run {} (crashed: {}): {}", earlier.run, earlier.reason, decision.reason);
     }
     record(ws, opts, exp, decision)
 }
 
-/// The latest earlier run with this exact training file and a result, if one may stand for this one.
-fn reusable(ws: &Workspace, hash: &str) -> Option<RunMeta> {
+/// What an earlier run with the identical training file means for this one.
+enum Earlier {
+    /// Its result stands for this one.
+    Reuse(RunMeta),
+    /// It crashed in a way that may not be the file's fault, for the first time: run the file once more.
+    Retry(RunMeta),
+}
+
+/// The latest earlier run with this exact training file and a result, if there is one.
+fn earlier_run(ws: &Workspace, hash: &str) -> Option<Earlier> {
     let same: Vec<RunMeta> = ws
         .runs()
         .into_iter()
         .filter(|m| m.file_hash == hash && matches!(m.status, Status::Keep | Status::Discard | Status::Crash))
         .collect();
-    let mut last = same.last()?.clone();
+    let crashes = same.iter().filter(|m| m.status == Status::Crash).count();
+    let last = same.last()?.clone();
     // A crash from outside the file earns one retry: after two crashes the file is not run again.
-    if same.iter().filter(|m| m.status == Status::Crash).count() >= 2 {
-        last.retryable = false;
-    }
-    Some(last)
+    Some(if last.status == Status::Crash && last.retryable && crashes < 2 {
+        Earlier::Retry(last)
+    } else {
+        Earlier::Reuse(last)
+    })
 }
 
 /// Takes the next run number, records it in the journal and commits the training file.
