@@ -1,8 +1,6 @@
-//! The training binary: `autoresearch train` builds and runs it. Everything is in train.rs.
+//! The training binary: `autoresearch train`, `run` and `loop` build it and run it, once to train (the agent's
+//! `train`) and once to evaluate (the harness's code, with the agent's `build` and `logits`).
 
 fn main() {
-    if let Err(e) = train::main() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    autoresearch_evaluate::main(train::train, train::build);
 }

@@ -1,18 +1,22 @@
 //! The training file: the one file the agent edits.
 //!
 //! A GPT (value embeddings, rotary + QK-norm, sliding windows, relu² MLP, softcapped logits), the MuonAdamW
-//! optimizer, and a training loop that runs for a fixed wall-clock budget, evaluates val_bpb through the
-//! harness and prints the summary block. Everything fixed (data, tokenizer, metric, profile, budget) comes
-//! from `autoresearch_harness`; FlashAttention and bf16 autocast come from `autoresearch_ops`.
-//! Run it with `autoresearch train`. Change anything here; keep the summary block.
+//! optimizer, and a training loop that runs for a fixed wall-clock budget. Everything fixed (data, tokenizer,
+//! profile, budget) comes from `autoresearch_harness`; FlashAttention and bf16 autocast from
+//! `autoresearch_ops`. Run it with `autoresearch train`. Change anything here, within the contract:
+//! - `train(run)` trains and returns the model; `build(run)` makes the same model untrained.
+//! - The harness evaluates: it loads the trained weights (`Model::state`) into a model from `build` and takes
+//!   the cross-entropy of `Model::logits` over the validation rows itself. The logits must be causal (checked).
+//! - Training runs in a sandbox: the validation data is unreadable and only temporary files are writable; the
+//!   harness stops it at the time budget plus a fixed allowance for start-up and warm-up.
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, ensure, Context, Result};
+use autoresearch_evaluate::{Model, Trained};
 use autoresearch_harness::dataloader::Batch;
-use autoresearch_harness::device::{mfu_unknown_note, peak_bf16_flops, peak_rss_mb};
+use autoresearch_harness::device::{mfu_unknown_note, peak_bf16_flops};
 use autoresearch_harness::profile::Run;
-use autoresearch_harness::summary::Summary;
 use tch::{Device, Kind, Tensor};
 
 // ---------------------------------------------------------------------------------------------------------
@@ -562,24 +566,54 @@ pub fn batch_tensors(batch: &Batch, device: Device) -> (Tensor, Tensor) {
 
 /// Steps before this one are warm-up: not counted in the training time.
 const WARMUP_STEPS: usize = 10;
+/// Seconds kept free before the harness's limit, for the last step and the checkpoint.
+const HANDOVER_MARGIN: f64 = 5.0;
 
-pub fn main() -> Result<()> {
-    let run = Run::from_env()?;
-    let profile = run.profile().clone();
-    let h = hyper_for(&profile.name)?;
-    tch::manual_seed(run.seed as i64);
+/// The device, set up as the original does (bf16 autocast and TF32 on CUDA).
+fn device() -> Device {
     let device = Device::cuda_if_available();
-    let device_name = match device {
-        Device::Cuda(i) => autoresearch_ops::cuda_device_name(i).unwrap_or_else(|| "CUDA".into()),
-        _ => format!("cpu ({} threads)", tch::get_num_threads()),
-    };
     if device.is_cuda() {
         autoresearch_ops::use_bf16_autocast();
         autoresearch_ops::allow_tf32();
     }
+    device
+}
 
-    let config = GptConfig::from_hyper(h, profile.vocab_size as i64, profile.max_seq_len as i64);
-    let model = Gpt::new(config.clone(), device);
+/// The model of this profile, initialised: the harness calls this to rebuild the trained model from its
+/// checkpoint for the evaluation.
+pub fn build(run: &Run) -> Result<Gpt> {
+    let h = hyper_for(&run.profile().name)?;
+    let config = GptConfig::from_hyper(h, run.profile().vocab_size as i64, run.profile().max_seq_len as i64);
+    Ok(Gpt::new(config, device()))
+}
+
+/// What the harness evaluates: the final logits, softcapped, under autocast on CUDA.
+impl Model for Gpt {
+    fn logits(&self, inputs: &Tensor) -> Tensor {
+        autoresearch_ops::autocast(self.device.is_cuda(), || Gpt::logits(self, inputs))
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        self.named_parameters().into_iter().map(|(n, p)| (n, p.shallow_clone())).collect()
+    }
+
+    fn load_state(&self, tensors: &[(String, Tensor)]) -> Result<()> {
+        self.load(tensors)
+    }
+}
+
+/// Trains a model for the time budget; the harness then evaluates it.
+pub fn train(run: &Run) -> Result<Trained<Gpt>> {
+    let profile = run.profile().clone();
+    let h = hyper_for(&profile.name)?;
+    tch::manual_seed(run.seed as i64);
+    let model = build(run)?;
+    let (config, device) = (model.config.clone(), model.device);
+    let device_name = autoresearch_evaluate::device_name(device);
     let t = config.sequence_len;
     ensure!(
         h.total_batch_size % (h.device_batch_size * t) == 0,
@@ -665,7 +699,10 @@ pub fn main() -> Result<()> {
         use std::io::Write as _;
         std::io::stdout().flush()?;
         step += 1;
-        if step > WARMUP_STEPS && training_time >= run.time_budget {
+        // The harness stops a training at its budget plus an allowance for start-up and warm-up; a slow
+        // warm-up ends the training early rather than past that.
+        let out_of_time = run.seconds_left() < 2.0 * dt + HANDOVER_MARGIN;
+        if step > WARMUP_STEPS && (training_time >= run.time_budget || out_of_time) {
             break;
         }
     }
@@ -676,41 +713,15 @@ pub fn main() -> Result<()> {
         loop_start.elapsed().as_secs_f64(),
         WARMUP_STEPS + 1
     );
-
-    let val_bpb = tch::no_grad(|| {
-        run.evaluate_bpb(b as usize, |batch| {
-            let (x, y) = batch_tensors(batch, device);
-            let losses = autoresearch_ops::autocast(cuda, || model.per_token_loss(&x, &y));
-            Ok(Vec::<f32>::try_from(losses.to_kind(Kind::Float).flatten(0, -1).to_device(Device::Cpu))?)
-        })
-    })?;
-    if val_bpb.is_nan() {
-        bail!("val_bpb is NaN");
-    }
-    // As the original counts: steps after the first WARMUP_STEPS.
-    let timed_steps = step.saturating_sub(WARMUP_STEPS) as f64;
-    let mfu = peak_bf16_flops(&device_name)
-        .filter(|_| training_time > 0.0)
-        .map(|peak| 100.0 * flops_per_token * h.total_batch_size as f64 * timed_steps / training_time / peak);
-    let peak_memory = match device {
-        Device::Cuda(i) => autoresearch_ops::cuda_peak_memory_mb(i),
-        _ => peak_rss_mb(),
-    };
-    let summary = Summary {
-        val_bpb,
-        training_seconds: training_time,
-        total_seconds: run.elapsed(),
-        peak_vram_mb: peak_memory.unwrap_or(0.0),
-        mfu_percent: mfu,
-        total_tokens_m: (step as i64 * h.total_batch_size) as f64 / 1e6,
-        num_steps: step as u64,
-        num_params_m: model.num_params() as f64 / 1e6,
+    // As the original counts for MFU: steps after the first WARMUP_STEPS.
+    let timed_steps = step.saturating_sub(WARMUP_STEPS) as u64;
+    Ok(Trained {
+        steps: step as u64,
+        tokens: step as u64 * h.total_batch_size as u64,
+        timed_seconds: training_time,
+        timed_tokens: timed_steps * h.total_batch_size as u64,
+        flops_per_token,
         depth: config.n_layer as u64,
-        profile: profile.name.clone(),
-        time_budget: run.time_budget,
-        device: device_name,
-        seed: run.seed,
-    };
-    println!("{summary}");
-    Ok(())
+        model,
+    })
 }

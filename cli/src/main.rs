@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Get data and train the tokenizer for a profile (once, before training)
     Prepare(prepare::Args),
-    /// Build the training file and run it once (output to the terminal)
+    /// Build the training file, train once and evaluate (output to the terminal)
     Train(train_cmd::Args),
     /// Start a research session: branch autoresearch/<TAG>, results.tsv
     Init(research::InitArgs),
@@ -36,11 +36,27 @@ enum Command {
     Loop(research::LoopArgs),
     /// Rerun the best commit with other seeds to measure how much val_bpb moves by chance
     Noise(research::NoiseArgs),
+    /// Evaluate a run's saved model again, without training (after a crash in evaluation, say)
+    Eval(research::EvalArgs),
     /// Summarise a results.tsv: totals, keep rate, best vs baseline, kept rows, progress.png
     Report(report::Args),
     /// Measure the harness's throughput (tokenizer training, encoding, data loading)
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Run a command in a sandbox (how the harness builds the training file)
+    #[command(hide = true)]
+    Sandboxed {
+        /// What the command may read and write (JSON)
+        #[arg(long)]
+        policy: String,
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
+}
+
+fn sandboxed(policy: &str, command: &[std::ffi::OsString]) -> anyhow::Result<()> {
+    let policy = serde_json::from_str(policy).map_err(|e| anyhow::anyhow!("parsing --policy: {e}"))?;
+    Err(autoresearch_harness::sandbox::exec_sandboxed(&policy, &command[0], &command[1..]))
 }
 
 fn main() -> ExitCode {
@@ -59,8 +75,10 @@ fn main() -> ExitCode {
         Command::Run(args) => research::run(args),
         Command::Loop(args) => research::research_loop_cmd(args),
         Command::Noise(args) => research::noise(args),
+        Command::Eval(args) => research::eval(args),
         Command::Report(args) => report::run(args),
         Command::Bench(b) => bench::run(b),
+        Command::Sandboxed { policy, command } => sandboxed(&policy, &command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

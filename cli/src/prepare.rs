@@ -63,7 +63,7 @@ pub fn run(args: Args) -> Result<()> {
         Source::Texts(
             DEMO_TEXTS
                 .iter()
-                .map(|(name, bytes)| TextInput { name: name.to_string(), bytes: bytes.to_vec() })
+                .map(|(name, bytes)| TextInput { name: name.to_string(), bytes: bytes.to_vec(), path: None })
                 .collect(),
         )
     } else {

@@ -1,4 +1,4 @@
-//! The research commands: `init`, `run`, `loop`, `noise`.
+//! The research commands: `init`, `run`, `loop`, `noise`, `eval`.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -8,8 +8,11 @@ use anyhow::{bail, Context, Result};
 use autoresearch_harness::profile::{cache_root, Prepared};
 use autoresearch_research::agent::{research_loop, LoopOptions};
 use autoresearch_research::rules::{noise_for, Decider, Rule};
-use autoresearch_research::run::{default_timeout, describe, measure_noise, run_experiment, ExperimentOptions};
+use autoresearch_research::run::{
+    default_timeout, describe, evaluate_run, measure_noise, run_experiment, ExperimentOptions,
+};
 use autoresearch_research::trainer::{repo_root, Trainer};
+use autoresearch_research::training::build_sandbox;
 use autoresearch_research::{self as experiment, Interrupts, Workspace};
 
 use crate::train_cmd::Device;
@@ -86,6 +89,12 @@ pub struct LoopArgs {
 }
 
 #[derive(clap::Args)]
+pub struct EvalArgs {
+    /// The run whose checkpoint to evaluate [default: the latest run that has one]
+    run: Option<u64>,
+}
+
+#[derive(clap::Args)]
 pub struct NoiseArgs {
     /// Reruns of the best commit, with seeds 43, 44, ...
     #[arg(long, default_value_t = 5, value_name = "K")]
@@ -129,8 +138,11 @@ fn options(
     Ok(ExperimentOptions { description, decider, timeout, force: false, interrupts, abort_at })
 }
 
-fn trainer(ws: &Workspace) -> Trainer {
-    Trainer::new(ws.root.clone(), Device::parse_name(&ws.state.device))
+fn trainer(ws: &Workspace) -> Result<Trainer> {
+    let mut trainer = Trainer::new(ws.root.clone(), Device::parse_name(&ws.state.device));
+    let prepared = Prepared::load(&cache_root()?, Some(&ws.state.profile))?;
+    trainer.build_sandbox = Some((std::env::current_exe()?, build_sandbox(&ws.root, &prepared)));
+    Ok(trainer)
 }
 
 pub fn init(args: InitArgs) -> Result<()> {
@@ -162,7 +174,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         bail!("-m: describe the change");
     }
     opts.force = args.force;
-    let trainer = trainer(&ws);
+    let trainer = trainer(&ws)?;
     let outcome = run_experiment(&mut ws, &trainer, &opts)?;
     println!("{}", describe(&outcome));
     if let Some(t) = &outcome.log_tail {
@@ -190,7 +202,7 @@ pub fn research_loop_cmd(args: LoopArgs) -> Result<()> {
         program,
         run: options(&ws, &args.rule, String::new(), interrupts, 2)?,
     };
-    let trainer = trainer(&ws);
+    let trainer = trainer(&ws)?;
     eprintln!(
         "loop: agent `{}`, rule {}, profile {}, {} s per run",
         opts.agent, opts.run.decider.label, ws.state.profile, ws.state.time_budget
@@ -211,7 +223,7 @@ pub fn noise(args: NoiseArgs) -> Result<()> {
     let interrupts = interrupts("interrupted: stopping")?;
     let rule = RuleArgs { rule: "lower".into(), z: 2.0, min_delta: None, timeout: args.timeout };
     let opts = options(&ws, &rule, "noise".into(), interrupts, 1)?;
-    let trainer = trainer(&ws);
+    let trainer = trainer(&ws)?;
     let estimate = measure_noise(&mut ws, &trainer, args.runs, &opts)?;
     println!(
         "noise for profile {} at {} s: val_bpb {:.6} ± {:.6} (mean ± sd of {} seeds, commit {})",
@@ -221,6 +233,24 @@ pub fn noise(args: NoiseArgs) -> Result<()> {
         estimate.std,
         estimate.values.len(),
         &estimate.commit[..7]
+    );
+    Ok(())
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let mut ws = Workspace::open(&repo_root()?)?;
+    let interrupts = interrupts("interrupted: stopping")?;
+    let rule = RuleArgs { rule: "lower".into(), z: 2.0, min_delta: None, timeout: None };
+    let opts = options(&ws, &rule, "eval".into(), interrupts, 1)?;
+    let trainer = trainer(&ws)?;
+    let (run, result) = evaluate_run(&mut ws, &trainer, args.run, &opts)?;
+    let recorded = ws.read_meta(run).map_or("-".to_string(), |m| match m.val_bpb {
+        Some(v) => format!("{} {v:.6}", m.status),
+        None => format!("{}: {}", m.status, m.reason),
+    });
+    println!(
+        "run {run}: val_bpb {:.6} ({} eval tokens in {:.1} s on {}; recorded: {recorded})",
+        result.val_bpb, result.eval_tokens, result.seconds, result.device
     );
     Ok(())
 }

@@ -16,6 +16,8 @@ use autoresearch_research::state::State;
 use autoresearch_research::RunMeta;
 
 const MAIN_REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+/// The first line of the training file's `train`, where the tests insert their edits.
+const TRAIN_FN: &str = "pub fn train(run: &Run) -> Result<Trained<Gpt>> {";
 
 struct Session {
     repo: PathBuf,
@@ -58,9 +60,9 @@ fn test_training_file(original: &str) -> String {
         .replace("total_batch_size: 1 << 13,", "total_batch_size: 1 << 11,")
         .replace("device_batch_size: 16,", "device_batch_size: 8,")
         .replace("..H100", slow);
-    let capped = "if step >= 25 || (step > WARMUP_STEPS && training_time >= run.time_budget) {";
+    let capped = "if step >= 25 || (step > WARMUP_STEPS && (training_time >= run.time_budget || out_of_time)) {";
     let text = format!("{}{small}{}", &original[..start], &original[end..])
-        .replace("if step > WARMUP_STEPS && training_time >= run.time_budget {", capped);
+        .replace("if step > WARMUP_STEPS && (training_time >= run.time_budget || out_of_time) {", capped);
     assert!(
         text.contains(capped) && text.contains("matrix_lr: 0.0004,") && text.contains("depth: 2,"),
         "the training file changed shape: update this test"
@@ -213,7 +215,7 @@ fn a_research_session_end_to_end() {
         assert_eq!((crash.val_bpb, crash.memory_gb), (0.0, 0.0));
         let dir = s.repo.join(format!(".autoresearch/runs/{}", run_of(crash)));
         assert!(
-            std::fs::read_to_string(dir.join("change.diff")).unwrap().contains("pub fn main()"),
+            std::fs::read_to_string(dir.join("change.diff")).unwrap().contains("pub fn train("),
             "the failed change is kept"
         );
     }
@@ -388,6 +390,171 @@ fn a_research_session_end_to_end() {
     s.assert_consistent();
 }
 
+/// Edits to the training file that would fake val_bpb, one experiment each: every one ends as a crash or a
+/// discard, with the reason named, and no number of theirs reaches the ledger; an honest improvement after them
+/// is still kept.
+#[test]
+fn attacks_on_the_metric_are_not_kept() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Session::new("attacks");
+    // A short budget, so that a training that overstays is stopped soon (2 s + the allowance); 15 steps, well
+    // within it, so that the honest result does not depend on the machine's speed (up to float noise).
+    let train = s.repo.join("train/train.rs");
+    let honest = std::fs::read_to_string(&train).unwrap().replace("if step >= 25 ||", "if step >= 15 ||");
+    std::fs::write(&train, &honest).unwrap();
+    git(&s.repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-am", "15 steps"]);
+    assert!(s.run(&["init", "a1", "--profile", "small", "--time-budget", "2", "--device", "cpu"]).status.success());
+    assert!(s.run(&["run", "-m", "baseline"]).status.success());
+    let baseline = s.rows()[0].clone();
+    assert_eq!(baseline.status, Status::Keep);
+    let log = std::fs::read_to_string(s.repo.join("run.log")).unwrap();
+    assert!(log.contains("sandbox: Landlock: "), "this kernel has Landlock, and the training ran in it: {log}");
+
+    let insert = |code: &str| honest.replace(TRAIN_FN, &format!("{TRAIN_FN}\n{code}"));
+    // An honest improvement: the learning rates up tenfold.
+    let better = honest
+        .replace("embedding_lr: 0.006,", "embedding_lr: 0.06,")
+        .replace("unembedding_lr: 0.00004,", "unembedding_lr: 0.0004,")
+        .replace("matrix_lr: 0.0004,", "matrix_lr: 0.004,");
+    let attacks = [
+        (
+            "print a made-up summary",
+            insert(r#"    println!("---\nval_bpb:          0.000100\ntraining_seconds: 1.0\ntotal_seconds:    1.0\npeak_vram_mb:     1.0\nmfu_percent:      n/a\ntotal_tokens_M:   0.1\nnum_steps:        1\nnum_params_M:     0.1\ndepth:            2\nprofile:          small\ntime_budget:      2\ndevice:           cpu\nseed:             42");"#),
+            Status::Discard,
+            "≤ margin",
+        ),
+        (
+            "write the ledger, the state and the run folders",
+            insert(
+                r#"    use std::io::Write as _;
+    let _ = std::fs::OpenOptions::new().append(true).open("results.tsv").map(|mut f| writeln!(f, "abcdef0\t0.000100\t0.0\tkeep\tplanted"));
+    let _ = std::fs::write(".autoresearch/state.json", "{}");
+    let _ = std::fs::write(".autoresearch/planted.json", "{}");
+    for dir in std::fs::read_dir(".autoresearch/runs")? {
+        let _ = std::fs::write(dir?.path().join("planted.json"), "{}");
+    }"#,
+            ),
+            Status::Discard,
+            "≤ margin",
+        ),
+        (
+            "train on the validation data",
+            insert(
+                r#"    let val = autoresearch_harness::shards::split_files(&run.prepared.data_dir, autoresearch_harness::shards::Split::Val)?;
+    for p in [val[0].clone(), std::path::PathBuf::from("data/demo/tinyshakespeare.txt")] {
+        if std::fs::read(&p).is_ok() {
+            anyhow::bail!("LEAK: read {}", p.display());
+        }
+    }
+    std::fs::read(&val[0])?;"#,
+            ),
+            Status::Crash,
+            "Permission denied",
+        ),
+        (
+            "a longer time budget",
+            insert(
+                r#"    std::env::set_var("AUTORESEARCH_TIME_BUDGET", "1000");
+    let run = &Run::from_env()?;
+    std::thread::sleep(std::time::Duration::from_secs_f64(run.time_budget.min(60.0)));"#,
+            ),
+            Status::Crash,
+            "over time: the training phase took longer than the budget of 2 s plus the allowance of 10.2 s",
+        ),
+        (
+            // On top of higher learning rates, so that attention carries what it sees.
+            "attention that sees later tokens",
+            better.replace(
+                "let y = autoresearch_ops::attention(&q, &k, &v, window);",
+                "let _ = window;\n        let y = Tensor::scaled_dot_product_attention(&q.transpose(1, 2), &k.transpose(1, 2), &v.transpose(1, 2), None::<Tensor>, 0.0, false, None, false).transpose(1, 2);",
+            ),
+            Status::Crash,
+            "evaluation: non-causal: position ",
+        ),
+        (
+            "a model that sees the next token",
+            honest.replace(
+                "let mut x = rms_norm(&Tensor::embedding(&self.wte, idx, -1, false, false));",
+                "let next = Tensor::embedding(&self.wte, &idx.roll([-1], [1]), -1, false, false);\n        let mut x = rms_norm(&(Tensor::embedding(&self.wte, idx, -1, false, false) + next));",
+            ),
+            Status::Crash,
+            "evaluation: non-causal: position ",
+        ),
+        (
+            "compile the validation data in",
+            insert(r#"    let _val: &[u8] = include_bytes!(concat!(env!("AUTORESEARCH_CACHE"), "/small/data/shard_06542.parquet"));"#),
+            Status::Crash,
+            "compile error",
+        ),
+        (
+            "unsafe code",
+            insert("    let _ = unsafe { std::ptr::read_volatile(&0u8) };"),
+            Status::Crash,
+            "compile error",
+        ),
+    ];
+    for (description, file, status, reason) in attacks {
+        assert_ne!(file, honest, "{description}: the edit applies");
+        std::fs::write(&train, file).unwrap();
+        // A margin: the honest result of an attack that trains as the baseline does is not a gain by chance.
+        let out = s.run(&["run", "-m", description, "--rule", "margin", "--min-delta", "0.01"]);
+        assert!(out.status.success(), "{description}");
+        let row = s.rows().last().unwrap().clone();
+        let why = &row.extra.as_ref().unwrap().reason;
+        assert_eq!((row.status, row.description.as_str()), (status, description), "{row:?}");
+        assert!(why.contains(reason), "{description}: {why}");
+        if status == Status::Discard {
+            assert!((row.val_bpb - baseline.val_bpb).abs() < 1e-4, "{description}: the honest value, {row:?}");
+        }
+        if reason == "compile error" {
+            let build_log = s.repo.join(format!(".autoresearch/runs/{}/build.log", run_of(&row)));
+            let build_log = std::fs::read_to_string(build_log).unwrap();
+            let why = if description == "unsafe code" {
+                "error: usage of an `unsafe` block"
+            } else {
+                "shard_06542.parquet`: Permission denied"
+            };
+            assert!(build_log.contains(why), "{description}: {build_log}");
+        }
+        s.assert_consistent();
+    }
+    let ledger = std::fs::read_to_string(s.repo.join("results.tsv")).unwrap();
+    assert!(!ledger.contains("planted"), "{ledger}");
+    let planted: Vec<_> =
+        walk_files(&s.repo.join(".autoresearch")).into_iter().filter(|p| p.ends_with("planted.json")).collect();
+    assert!(planted.is_empty(), "{planted:?}");
+
+    // The honest improvement is still kept.
+    std::fs::write(&train, &better).unwrap();
+    assert!(s.run(&["run", "-m", "learning rates up tenfold"]).status.success());
+    let row = s.rows().last().unwrap().clone();
+    assert_eq!(row.status, Status::Keep, "{row:?}");
+    assert!(row.val_bpb < baseline.val_bpb);
+    s.assert_consistent();
+    // Its checkpoint is kept, evaluated again by `eval` to the same value; the discarded runs' are gone.
+    let run = run_of(&row);
+    assert!(s.repo.join(format!(".autoresearch/runs/{run}/seed-42/model.safetensors")).is_file());
+    assert!(!s.repo.join(format!(".autoresearch/runs/{}/seed-42", run_of(&s.rows()[1]))).exists());
+    let out = s.run(&["eval"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("run {run}: val_bpb {:.6}", row.val_bpb)), "{stdout}");
+    s.assert_consistent();
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 /// Waits until a loop's experiment is training: its run number and process group.
 fn wait_for_training(s: &Session) -> (u64, i32) {
     let (state, child) = wait_for(s, Role::Training, |st| st.in_progress.is_some());
@@ -467,21 +634,17 @@ fn kill_9_at_any_moment() {
     s.assert_consistent();
 
     // While training, then while evaluating: the experiment is interrupted, without a row.
-    for (step, phase) in [("good4", "train"), ("slow_eval", "eval")] {
+    for (step, phase) in [("good4", Role::Training), ("slow_eval", Role::Evaluation)] {
         let agent = s.agent(&[step, "nothing"]);
-        let run_log = s.repo.join("run.log");
-        let _ = std::fs::remove_file(&run_log);
-        let r = kill_when(&["loop", "--agent", &agent, "--max-experiments", "1"], Role::Training, &|st| {
-            st.in_progress.is_some()
-                && (phase != "eval" || std::fs::read_to_string(&run_log).is_ok_and(|l| l.contains("\nloop: ")))
-        });
+        let r =
+            kill_when(&["loop", "--agent", &agent, "--max-experiments", "1"], phase, &|st| st.in_progress.is_some());
         let run = s.state().in_progress.unwrap().run;
         let out = s.run(&["loop", "--agent", &agent, "--max-experiments", "0"]);
         left_alone(&r, &out);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(&format!("recovered: run {run} was interrupted")), "{phase}: {stderr}");
-        assert_eq!(s.meta(run).status, Status::Interrupted, "{phase}");
-        assert_eq!(s.rows().len(), rows, "{phase}: no row for an interrupted run");
+        assert!(stderr.contains(&format!("recovered: run {run} was interrupted")), "{phase:?}: {stderr}");
+        assert_eq!(s.meta(run).status, Status::Interrupted, "{phase:?}");
+        assert_eq!(s.rows().len(), rows, "{phase:?}: no row for an interrupted run");
         s.assert_consistent();
     }
 
@@ -489,8 +652,8 @@ fn kill_9_at_any_moment() {
     // the identical file one retry; a second crash bars it.
     let train = s.repo.join("train/train.rs");
     let selfkill = std::fs::read_to_string(&train).unwrap().replace(
-        "pub fn main() -> Result<()> {",
-        "pub fn main() -> Result<()> {\n    std::process::Command::new(\"kill\").args([\"-9\", &std::process::id().to_string()]).status()?;",
+        TRAIN_FN,
+        &format!("{TRAIN_FN}\n    std::process::Command::new(\"kill\").args([\"-9\", &std::process::id().to_string()]).status()?;"),
     );
     for (attempt, reason) in
         [("killed", "killed (signal 9"), ("retried", "retry of run"), ("barred", "identical to run")]

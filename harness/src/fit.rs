@@ -63,7 +63,7 @@ pub fn fit_device_batch(
 
 /// Runs `f`, turning a panic into an error with its message; the panic is not printed (an out-of-memory
 /// panic of a trial step is expected).
-fn quietly(f: impl FnOnce() -> Result<()>) -> Result<()> {
+pub fn quietly<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let result = catch_unwind(AssertUnwindSafe(f));

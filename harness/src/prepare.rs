@@ -27,6 +27,9 @@ pub enum Source {
 pub struct TextInput {
     pub name: String,
     pub bytes: Vec<u8>,
+    /// The file it was read from: the training's sandbox keeps it unreadable, since validation documents are
+    /// among its own.
+    pub path: Option<PathBuf>,
 }
 
 impl TextInput {
@@ -46,7 +49,7 @@ impl TextInput {
             .into_iter()
             .map(|f| {
                 let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
-                Ok(TextInput { name: f.display().to_string(), bytes })
+                Ok(TextInput { name: f.display().to_string(), bytes, path: std::fs::canonicalize(&f).ok() })
             })
             .collect()
     }
@@ -217,6 +220,7 @@ pub fn prepare_tokenizer(cache: &Path, profile: &Profile, data_dir: &Path) -> Re
 
 /// Prepares `profile` from `source` under the cache root.
 pub fn prepare(cache: &Path, profile: &Profile, source: Source) -> Result<Prepared> {
+    let mut val_sources = Vec::new();
     let (data_dir, described) = match source {
         Source::Climbmix { num_shards, download } => {
             let dir = cache.join("data");
@@ -233,6 +237,7 @@ pub fn prepare(cache: &Path, profile: &Profile, source: Source) -> Result<Prepar
             let described = format!("text: {}", names.join(", "));
             let written = write_text_shards(&dir, &inputs)?;
             eprintln!("data: {} {}", if written { "shards written to" } else { "up to date in" }, dir.display());
+            val_sources = inputs.iter().filter_map(|i| i.path.clone()).collect();
             (dir, described)
         }
         Source::Parquet(dir) => {
@@ -243,7 +248,7 @@ pub fn prepare(cache: &Path, profile: &Profile, source: Source) -> Result<Prepar
         }
     };
     prepare_tokenizer(cache, profile, &data_dir)?;
-    let prepared = Prepared { profile: profile.clone(), data_dir, source: described };
+    let prepared = Prepared { profile: profile.clone(), data_dir, source: described, val_sources };
     prepared.save(cache)?;
     Ok(prepared)
 }
@@ -264,7 +269,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let text: String = (0..50).map(|i| format!("doc {i}\nline two\n\n")).collect();
-        let inputs = vec![TextInput { name: "t.txt".into(), bytes: text.into_bytes() }];
+        let inputs = vec![TextInput { name: "t.txt".into(), bytes: text.into_bytes(), path: None }];
         assert!(write_text_shards(&data, &inputs).unwrap());
         let read = |split| -> Vec<String> {
             split_files(&data, split)
@@ -289,10 +294,10 @@ mod tests {
     #[test]
     fn bad_text_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        let bad = vec![TextInput { name: "bad.txt".into(), bytes: b"ok\n\n\xff\xfe".to_vec() }];
+        let bad = vec![TextInput { name: "bad.txt".into(), bytes: b"ok\n\n\xff\xfe".to_vec(), path: None }];
         let err = write_text_shards(&dir.path().join("d"), &bad).unwrap_err().to_string();
         assert!(err.contains("bad.txt") && err.contains("offset 4"), "{err}");
-        let one = vec![TextInput { name: "one.txt".into(), bytes: b"just one".to_vec() }];
+        let one = vec![TextInput { name: "one.txt".into(), bytes: b"just one".to_vec(), path: None }];
         assert!(write_text_shards(&dir.path().join("d"), &one).is_err());
         assert!(!dir.path().join("d").exists());
     }

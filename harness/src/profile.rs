@@ -61,6 +61,9 @@ pub struct Prepared {
     pub data_dir: PathBuf,
     /// Where the data came from, in words.
     pub source: String,
+    /// Files the validation documents were taken from (local texts), which the training may not read.
+    #[serde(default)]
+    pub val_sources: Vec<PathBuf>,
 }
 
 pub fn cache_root() -> Result<PathBuf> {
@@ -76,6 +79,12 @@ pub fn cache_root() -> Result<PathBuf> {
 
 pub fn profile_dir(cache: &Path, profile: &str) -> PathBuf {
     cache.join(profile)
+}
+
+/// Where the training remembers the device batch that fits (`device-batch.json`): the one folder of the cache
+/// the sandboxed training may write to.
+pub fn fit_dir(cache: &Path, profile: &str) -> PathBuf {
+    profile_dir(cache, profile).join("fit")
 }
 
 pub fn tokenizer_dir(cache: &Path, profile: &str) -> PathBuf {
@@ -157,7 +166,7 @@ pub fn load_tokenizer(cache: &Path, prepared: &Prepared) -> Result<Tokenizer> {
     Ok(tok)
 }
 
-/// Everything a training run gets from the harness: the profile, its data, tokenizer and metric.
+/// Everything a training run gets from the harness: the profile, its training data and tokenizer, the budget.
 ///
 /// Set by the environment (the runner sets it): `AUTORESEARCH_CACHE`, `AUTORESEARCH_PROFILE` (else the
 /// active one), `AUTORESEARCH_TIME_BUDGET` (seconds; a short budget for smoke tests, printed in the summary)
@@ -198,22 +207,33 @@ impl Run {
         &self.prepared.profile
     }
 
+    /// The same run, timed from `started` (the start of the process, say).
+    pub fn started_at(self, started: std::time::Instant) -> Run {
+        Run { started, ..self }
+    }
+
     /// Seconds since the run started.
     pub fn elapsed(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
 
+    /// Seconds until the harness stops the training: the budget plus its allowance for start-up and warm-up
+    /// ([`crate::handover::allowance`]), less the time since the start.
+    pub fn seconds_left(&self) -> f64 {
+        self.time_budget + crate::handover::allowance(self.time_budget) - self.elapsed()
+    }
+
     /// The largest device batch up to `configured` rows whose step fits in memory (see [`crate::fit`]), said on
     /// stdout. `key` names what sets a step's memory (the device, the model's shape, the batch asked for): an
-    /// experiment with the same key takes the earlier answer without trying. The file is the profile's
-    /// `device-batch.json` in the cache.
+    /// experiment with the same key takes the earlier answer without trying. The file is
+    /// `device-batch.json` in the profile's [`fit_dir`].
     pub fn fit_device_batch(
         &self,
         key: &str,
         configured: usize,
         try_batch: impl FnMut(usize) -> Result<()>,
     ) -> Result<usize> {
-        let file = profile_dir(&self.cache, &self.profile().name).join("device-batch.json");
+        let file = fit_dir(&self.cache, &self.profile().name).join("device-batch.json");
         let fit = crate::fit::fit_device_batch(&file, key, configured, try_batch)?;
         let too_big: Vec<String> = fit.too_big.iter().map(usize::to_string).collect();
         match (fit.remembered, too_big.is_empty()) {
@@ -232,20 +252,5 @@ impl Run {
     pub fn train_loader(&self, b: usize) -> Result<DataLoader> {
         let files = split_files(&self.prepared.data_dir, Split::Train)?;
         Ok(DataLoader::new(self.tokenizer.clone(), files, b, self.profile().max_seq_len, LoaderOptions::default()))
-    }
-
-    /// val_bpb over the profile's eval tokens, in batches of `b` rows; `per_token_loss` gives one loss
-    /// (nats) per target of a batch, row-major.
-    pub fn evaluate_bpb(
-        &self,
-        b: usize,
-        per_token_loss: impl FnMut(&crate::dataloader::Batch) -> Result<Vec<f32>>,
-    ) -> Result<f64> {
-        let t = self.profile().max_seq_len;
-        let steps = self.profile().eval_tokens / (b * t);
-        ensure!(steps > 0, "eval batch {b}×{t} is larger than the {} eval tokens", self.profile().eval_tokens);
-        let files = split_files(&self.prepared.data_dir, Split::Val)?;
-        let loader = DataLoader::new(self.tokenizer.clone(), files, b, t, LoaderOptions::default());
-        crate::metric::evaluate_bpb(loader, steps, self.tokenizer.token_bytes(), per_token_loss)
     }
 }

@@ -48,7 +48,8 @@ fn prepared_state_loads_and_stale_tokenizers_are_refused() {
 #[test]
 fn a_vocabulary_larger_than_the_data_gives_is_refused_and_nothing_is_kept() {
     let cache = tempfile::tempdir().unwrap();
-    let text = TextInput { name: "tiny.txt".into(), bytes: b"one small doc\n\nanother small doc\n".to_vec() };
+    let text =
+        TextInput { name: "tiny.txt".into(), bytes: b"one small doc\n\nanother small doc\n".to_vec(), path: None };
     let err = prepare(cache.path(), &small_text_profile(8192), Source::Texts(vec![text])).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("8192") && msg.contains("fewer than"), "{msg}");

@@ -4,11 +4,13 @@
 //! [`Workspace`] is an open session; [`run`] runs one experiment; [`agent`] drives a coding agent through many;
 //! [`rules`] decides what is kept; [`results`] reads and writes results.tsv; [`report`] summarises it and
 //! [`compare`] sets sessions side by side;
-//! [`trainer`] builds and starts the training binary; [`state`] is the journal; [`git`] wraps the git calls.
+//! [`trainer`] builds the training binary and [`training`] runs it (train, then evaluate); [`state`] is the
+//! journal; [`git`] wraps the git calls.
 //!
 //! On disk, in the repository: `results.tsv` (one row per experiment) and `.autoresearch/` (both ignored by
-//! git): `state.json`, `runs/<n>/` (meta.json, the training file as run, its log, build log, and the diff of
-//! every discarded or crashed change), `noise.json`, `notes.md` (the agents'), `leftovers/` (unrun changes set
+//! git): `state.json`, `runs/<n>/` (meta.json, the training file as run, its log, build log, the evaluation's
+//! `result-<seed>.json`, the diff of every discarded or crashed change, and `seed-42/`, the hand-over folder
+//! whose checkpoint is kept for kept runs and crashed evaluations), `noise.json`, `notes.md` (the agents'), `leftovers/` (unrun changes set
 //! aside), `stash/` (a change waiting while the best is re-measured), a lock file.
 
 pub mod agent;
@@ -21,6 +23,7 @@ pub mod rules;
 pub mod run;
 pub mod state;
 pub mod trainer;
+pub mod training;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -14,6 +14,7 @@ pub enum Role {
     Agent,
     Build,
     Training,
+    Evaluation,
 }
 
 /// A process group started by the harness.

@@ -4,23 +4,22 @@
 //! Words: a *run* is one numbered experiment (its row in results.tsv, its folder `.autoresearch/runs/<n>`); a
 //! *training* is one process of the training binary with one seed, of which a run has one or more.
 
-use std::path::Path;
-use std::process::ExitStatus;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::process::{wait_or_kill, Role};
+use crate::process::{Recorded, Role};
 use crate::results::{self, Extra, Row, Status};
 use crate::rules::{mean_std, Decider, NoiseEstimate, Rule};
 pub use crate::state::SEED;
 use crate::state::{Best, InProgress};
 use crate::trainer::{Trainer, TrainingSettings};
+use crate::training::{evaluate_again, train_and_evaluate, Processes, Trained, TrainingFiles};
+pub use crate::training::{tail, Crash, TAIL_LINES};
 use crate::{file_hash, now_utc, Interrupts, RunMeta, Workspace, TRAINING_FILE};
-use autoresearch_harness::summary::Summary;
-
-/// Lines of a failed training's log shown to the agent.
-pub const TAIL_LINES: usize = 50;
+use autoresearch_harness::handover::{EvalResult, CHECKPOINT};
 
 #[derive(Clone)]
 pub struct ExperimentOptions {
@@ -56,23 +55,6 @@ pub struct Outcome {
     pub harness_overhead: f64,
 }
 
-/// Why a training (or the build) failed.
-#[derive(Clone, Debug, PartialEq)]
-struct Crash {
-    reason: String,
-    /// The cause may lie outside the training file (timeout under load, a kill, memory taken by another
-    /// process): the identical file may be tried once more.
-    retryable: bool,
-    log_tail: String,
-}
-
-/// One training's result.
-struct Trained {
-    result: std::result::Result<Summary, Crash>,
-    wall: f64,
-    interrupted: bool,
-}
-
 /// Builds the training binary, the build process recorded in the journal while it runs.
 pub fn build(ws: &mut Workspace, trainer: &Trainer) -> Result<std::result::Result<String, String>> {
     let mut recorded = None;
@@ -90,12 +72,39 @@ pub fn build(ws: &mut Workspace, trainer: &Trainer) -> Result<std::result::Resul
     result
 }
 
-/// Trains once with `seed`, output into `log_path`, under the hard timeout.
+/// The journal records each process of a training while it runs; an interrupt stops it.
+struct Journaled<'a> {
+    ws: &'a mut Workspace,
+    opts: &'a ExperimentOptions,
+    running: Option<Recorded>,
+}
+
+impl Processes for Journaled<'_> {
+    fn start(&mut self, cmd: &mut Command, role: Role) -> Result<Child> {
+        let (child, recorded) = self.ws.spawn(cmd, role).context("starting the training binary")?;
+        self.running = Some(recorded);
+        Ok(child)
+    }
+
+    fn ended(&mut self, _: &Child) -> Result<()> {
+        match self.running.take() {
+            Some(r) => self.ws.forget(&r),
+            None => Ok(()),
+        }
+    }
+
+    fn interrupted(&self) -> bool {
+        self.opts.interrupts.count() >= self.opts.abort_at
+    }
+}
+
+/// Trains once with `seed` (and evaluates), its files in `dir` and its output in `log`, under the hard timeout.
 fn train(
     ws: &mut Workspace,
     trainer: &Trainer,
     seed: u64,
-    log_path: &Path,
+    dir: &Path,
+    log: PathBuf,
     opts: &ExperimentOptions,
 ) -> Result<Trained> {
     let settings = TrainingSettings {
@@ -103,67 +112,22 @@ fn train(
         time_budget: Some(ws.state.time_budget),
         seed: Some(seed),
     };
-    let log = std::fs::File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    let mut cmd = trainer.training_command(&settings)?;
-    cmd.stdout(log.try_clone()?).stderr(log);
-    let started = Instant::now();
-    // Its own process group: Ctrl-C reaches only us, and a timeout kills everything it started.
-    let (mut child, recorded) =
-        ws.spawn(&mut cmd, Role::Training).with_context(|| format!("starting {}", trainer.binary().display()))?;
-    let (mut timed_out, mut interrupted) = (false, false);
-    let status = wait_or_kill(&mut child, || {
-        timed_out = started.elapsed() > opts.timeout;
-        interrupted = !timed_out && opts.interrupts.count() >= opts.abort_at;
-        timed_out || interrupted
-    })?;
-    ws.forget(&recorded)?;
-    let wall = started.elapsed().as_secs_f64();
-    let log = String::from_utf8_lossy(&std::fs::read(log_path)?).into_owned();
-    let crash = |reason: String, retryable: bool| Err(Crash { reason, retryable, log_tail: tail(&log, TAIL_LINES) });
-    let result = match status {
-        _ if timed_out => crash(format!("timeout: killed after {:.0} s", opts.timeout.as_secs_f64()), true),
-        None => crash("interrupted".into(), true),
-        Some(status) => match crash_reason(status, &log) {
-            Some((reason, retryable)) => crash(reason, retryable),
-            None => match Summary::parse(&log) {
-                Ok(s) if s.val_bpb.is_finite() => Ok(s),
-                Ok(s) => crash(format!("val_bpb is {}", s.val_bpb), false),
-                Err(e) => crash(format!("{e:#}"), false),
-            },
-        },
-    };
-    Ok(Trained { result, wall, interrupted })
+    let files = TrainingFiles::in_folder(dir, seed, log);
+    train_and_evaluate(trainer, &settings, &files, opts.timeout, &mut Journaled { ws, opts, running: None })
 }
 
-/// Why a finished training counts as a crash, if it does, and whether the cause may lie outside the file.
-fn crash_reason(status: ExitStatus, log: &str) -> Option<(String, bool)> {
-    use std::os::unix::process::ExitStatusExt;
-    if status.success() {
-        return None;
+/// Checkpoints take room (about 200 MB at the h100 profile): a run keeps its first seed's when it was kept or
+/// its evaluation crashed (for `autoresearch eval`); the others go.
+fn prune_checkpoints(dir: &Path, keep_first: bool) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with("seed-") && path.is_dir() && !(keep_first && name == format!("seed-{SEED}")) {
+            std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
     }
-    let lines: Vec<&str> = log.split(['\n', '\r']).collect();
-    if lines.iter().any(|l| l.starts_with("FAIL")) {
-        return Some(("FAIL: the loss was NaN or above 100".into(), false));
-    }
-    if log.contains("out of memory") || log.contains("CUDA error: out of memory") {
-        return Some(("out of memory".into(), true));
-    }
-    if let Some(i) = lines.iter().position(|l| l.contains("panicked at")) {
-        let message = lines.get(i + 1).map_or("", |m| m.trim());
-        return Some((format!("panic: {message}"), false));
-    }
-    Some(match status.signal() {
-        Some(9) => ("killed (signal 9: out of memory?)".into(), true),
-        Some(15) => ("killed by signal 15".into(), true),
-        Some(sig) => (format!("killed by signal {sig}"), false),
-        None => (format!("exit code {}", status.code().unwrap_or(-1)), false),
-    })
-}
-
-/// The last `n` lines of a log, progress lines (\r) counted as lines.
-pub fn tail(log: &str, n: usize) -> String {
-    let lines: Vec<&str> = log.split(['\n', '\r']).filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    Ok(())
 }
 
 /// What the current tree holds, before an experiment.
@@ -356,7 +320,7 @@ fn train_and_decide(
         opts.timeout.as_secs_f64()
     );
     let run_log = ws.root.join("run.log");
-    let first = train(ws, trainer, SEED, &run_log, opts)?;
+    let first = train(ws, trainer, SEED, &ws.run_dir(exp.run), run_log.clone(), opts)?;
     exp.training_wall += first.wall;
     std::fs::copy(&run_log, ws.run_dir(exp.run).join("run.log"))?;
     if first.interrupted {
@@ -441,7 +405,8 @@ fn rerun(
 ) -> Result<Option<Reruns>> {
     let mut out = Reruns { rows: Vec::new(), values: Vec::new(), crash: None };
     for (k, &seed) in seeds.iter().enumerate() {
-        let t = train(ws, trainer, seed, &ws.run_dir(run).join(format!("rerun-{seed}.log")), opts)?;
+        let dir = ws.run_dir(run);
+        let t = train(ws, trainer, seed, &dir, dir.join(format!("rerun-{seed}.log")), opts)?;
         *training_wall += t.wall;
         if t.interrupted {
             return Ok(None);
@@ -504,6 +469,8 @@ fn record(ws: &mut Workspace, opts: &ExperimentOptions, exp: Started, decision: 
         }
         _ => ws.set_aside(run, Some(&commit))?,
     }
+    let crashed_in_evaluation = decision.crash.as_ref().is_some_and(|c| c.reason.starts_with("evaluation: "));
+    prune_checkpoints(&ws.run_dir(run), decision.status == Status::Keep || crashed_in_evaluation)?;
     let overhead = seconds - training_wall;
     meta.status = decision.status;
     meta.val_bpb = decision.value;
@@ -708,7 +675,8 @@ pub fn measure_noise(
     for i in 1..=k {
         let seed = SEED + i as u64;
         let log = dir.join(format!("seed-{seed}.log"));
-        let t = train(ws, trainer, seed, &log, opts)?;
+        let t = train(ws, trainer, seed, &dir, log.clone(), opts)?;
+        prune_checkpoints(&dir, false)?;
         if t.interrupted {
             bail!("interrupted");
         }
@@ -734,31 +702,51 @@ pub fn describe(o: &Outcome) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::process::ExitStatusExt;
-
-    #[test]
-    fn crashes_are_named_from_the_exit_and_the_log() {
-        let exit = |code: i32| ExitStatus::from_raw(code << 8);
-        let signal = |sig: i32| ExitStatus::from_raw(sig);
-        let named = |status, log| crash_reason(status, log).unwrap();
-        assert_eq!(crash_reason(exit(0), "anything"), None);
-        let nan = "step 00012 | loss: nan\r\nFAIL: loss NaN at step 12\n";
-        assert_eq!(named(exit(1), nan), ("FAIL: the loss was NaN or above 100".into(), false));
-        assert_eq!(named(exit(101), "CUDA out of memory. Tried to allocate 2.00 GiB"), ("out of memory".into(), true));
-        let panic = "thread 'main' (7) panicked at train/train.rs:12:5:\nindex out of bounds\nnote: run with RUST_BACKTRACE=1\n";
-        assert_eq!(named(exit(101), panic), ("panic: index out of bounds".into(), false));
-        assert_eq!(named(signal(9), ""), ("killed (signal 9: out of memory?)".into(), true));
-        assert_eq!(named(signal(11), ""), ("killed by signal 11".into(), false));
-        assert_eq!(named(exit(3), "error: no data"), ("exit code 3".into(), false));
+/// Evaluates the checkpoint of run `run` (else of the latest run that has one) again, without training: for
+/// an evaluation that crashed, say. The training file is built as that run had it (the tree's own is put aside
+/// meanwhile and comes back after). The ledger is not changed; the result and log go to the run's folder.
+pub fn evaluate_run(
+    ws: &mut Workspace,
+    trainer: &Trainer,
+    run: Option<u64>,
+    opts: &ExperimentOptions,
+) -> Result<(u64, EvalResult)> {
+    let has_checkpoint =
+        |ws: &Workspace, run: u64| ws.run_dir(run).join(format!("seed-{SEED}")).join(CHECKPOINT).is_file();
+    let run = match run {
+        Some(run) => run,
+        None => match ws.runs().iter().rev().find(|m| has_checkpoint(ws, m.run)) {
+            Some(m) => m.run,
+            None => bail!("no run has a checkpoint (they are kept for kept runs and crashed evaluations)"),
+        },
+    };
+    let dir = ws.run_dir(run);
+    let as_run = std::fs::read(dir.join("train.rs")).with_context(|| format!("no run {run} in {}", dir.display()))?;
+    let current = std::fs::read(ws.root.join(TRAINING_FILE)).with_context(|| format!("reading {TRAINING_FILE}"))?;
+    let swap = as_run != current;
+    if swap {
+        ws.stash()?;
+        autoresearch_harness::fsutil::write_atomic(&ws.root.join(TRAINING_FILE), &as_run)?;
     }
-
-    #[test]
-    fn tails_count_progress_lines() {
-        let log = "a\nstep 1\rstep 2\rstep 3\n\nb\n";
-        assert_eq!(tail(log, 2), "step 3\nb");
-        assert_eq!(tail(log, 10), "a\nstep 1\nstep 2\nstep 3\nb");
+    let result = (|| {
+        if let Err(compiler) = build(ws, trainer)? {
+            bail!("run {run}'s training file does not build any more:\n{}", tail(&compiler, TAIL_LINES));
+        }
+        let settings = TrainingSettings {
+            profile: Some(ws.state.profile.clone()),
+            time_budget: Some(ws.state.time_budget),
+            seed: Some(SEED),
+        };
+        let files = TrainingFiles {
+            handover: dir.join(format!("seed-{SEED}")),
+            result: dir.join("eval-result.json"),
+            log: dir.join("eval.log"),
+        };
+        evaluate_again(trainer, &settings, &files, &mut Journaled { ws, opts, running: None })
+    })();
+    if swap {
+        ws.git.run(&["checkout", ws.state.reference_commit(), "--", TRAINING_FILE])?;
+        ws.unstash()?;
     }
+    result.map(|r| (run, r))
 }

@@ -1,10 +1,12 @@
-//! Building the training binary (incrementally) and running it with the harness's settings.
+//! Building the training binary (incrementally) and the commands that run it with the harness's settings.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use autoresearch_harness::handover::{PhaseArgs, TMP};
+use autoresearch_harness::sandbox::Policy;
 
 /// The repository: the nearest folder upwards from the current one that holds `train/train.rs`.
 pub fn repo_root() -> Result<PathBuf> {
@@ -60,12 +62,18 @@ pub struct Trainer {
     pub device: DeviceChoice,
     /// The cargo that builds the training file: $CARGO (set when we run under cargo) or `cargo`.
     pub cargo: PathBuf,
+    /// A training binary built elsewhere, run instead of building one.
+    pub prebuilt: Option<PathBuf>,
+    /// The build runs sandboxed where this is set: the program that applies the policy and runs cargo
+    /// (`autoresearch sandboxed`), and the policy (the validation data unreadable, so that the training file
+    /// cannot compile it in with `include_bytes!`).
+    pub build_sandbox: Option<(PathBuf, Policy)>,
 }
 
 impl Trainer {
     pub fn new(root: PathBuf, device: DeviceChoice) -> Trainer {
         let cargo = std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from);
-        Trainer { root, device: device.resolve(), cargo }
+        Trainer { root, device: device.resolve(), cargo, prebuilt: None, build_sandbox: None }
     }
 
     fn libtorch_link(&self) -> PathBuf {
@@ -84,18 +92,25 @@ impl Trainer {
     }
 
     pub fn binary(&self) -> PathBuf {
-        self.target_dir().join("release/autoresearch-train")
+        self.prebuilt.clone().unwrap_or_else(|| self.target_dir().join("release/autoresearch-train"))
     }
 
     /// The cargo command that builds the binary; its output is the compiler's.
-    pub fn build_command(&self) -> Command {
-        let mut cmd = Command::new(&self.cargo);
+    pub fn build_command(&self) -> Result<Command> {
+        let mut cmd = match &self.build_sandbox {
+            Some((launcher, policy)) => {
+                let mut cmd = Command::new(launcher);
+                cmd.args(["sandboxed", "--policy", &serde_json::to_string(policy)?, "--"]).arg(&self.cargo);
+                cmd
+            }
+            None => Command::new(&self.cargo),
+        };
         cmd.current_dir(&self.root).args(["build", "--release", "--message-format=short", "-p", "autoresearch-train"]);
         cmd.arg("--target-dir").arg(self.target_dir());
         if self.device == DeviceChoice::Cuda {
             cmd.args(["--features", "cuda"]).env("LIBTORCH", self.libtorch_link());
         }
-        cmd
+        Ok(cmd)
     }
 
     /// Fetches libtorch with scripts/libtorch.sh if this checkout has none yet.
@@ -127,7 +142,7 @@ impl Trainer {
         use std::sync::mpsc::{channel, RecvTimeoutError};
         self.ensure_libtorch()?;
         let first = !self.binary().exists();
-        let mut cmd = self.build_command();
+        let mut cmd = self.build_command()?;
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = spawn(&mut cmd).context("running cargo")?;
         let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
@@ -175,10 +190,11 @@ impl Trainer {
         Ok(if status.success() { Ok(text) } else { Err(text) })
     }
 
-    /// The command that runs one training run.
-    pub fn training_command(&self, settings: &TrainingSettings) -> Result<Command> {
+    /// The command that runs one phase of a training (see [`autoresearch_harness::handover`]), with the
+    /// harness's settings in its environment and its temporary files in the hand-over folder.
+    pub fn phase_command(&self, settings: &TrainingSettings, args: &PhaseArgs) -> Result<Command> {
         let mut cmd = Command::new(self.binary());
-        cmd.current_dir(&self.root).stdin(Stdio::null());
+        cmd.current_dir(&self.root).args(args.to_args()?).env("TMPDIR", args.handover.join(TMP));
         if let Some(p) = &settings.profile {
             cmd.env("AUTORESEARCH_PROFILE", p);
         }
@@ -241,7 +257,13 @@ mod tests {
         std::fs::write(&script, format!("#!/bin/sh\nprintf '{progress}' >&2\necho out\nexit {code}\n")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Trainer { root: dir.to_path_buf(), device: DeviceChoice::Cpu, cargo: script }
+        Trainer {
+            root: dir.to_path_buf(),
+            device: DeviceChoice::Cpu,
+            cargo: script,
+            prebuilt: None,
+            build_sandbox: None,
+        }
     }
 
     fn build(t: &Trainer) -> (std::result::Result<String, String>, Vec<String>) {

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use autoresearch_evaluate::causality;
+use autoresearch_evaluate::evaluation::{evaluate, ValRows};
 use autoresearch_golden::Reference;
 use autoresearch_harness::dataloader::{DataLoader, LoaderOptions};
-use autoresearch_harness::metric::evaluate_bpb;
 use autoresearch_harness::shards::{split_files, Split};
 use autoresearch_harness::tokenizer::{parse_ranks, Tokenizer};
 use tch::{Device, Kind, Tensor};
-use train::{batch_tensors, muon_momentum, Gpt, GptConfig, MuonAdamW, OptimizerConfig};
+use train::{muon_momentum, Gpt, GptConfig, MuonAdamW, OptimizerConfig};
 
 mod common;
 use common::rel_err;
@@ -170,23 +171,21 @@ fn three_training_steps_give_the_reference_losses() {
 }
 
 #[test]
-fn val_bpb_through_the_harness_metric_equals_the_reference() {
+fn val_bpb_through_the_harness_evaluation_equals_the_reference() {
     let r = Reference::load().unwrap();
     let model = reference_model(&r);
     let vocab = r.usize(&["model", "vocab_size"]);
     let ranks = std::fs::read_to_string(r.path(&format!("tokenizer-{vocab}/ranks.tiktoken"))).unwrap();
     let tok = Arc::new(Tokenizer::from_ranks(parse_ranks(&ranks).unwrap(), vec![]).unwrap());
-    let (b, t) = (r.usize(&["evaluate_bpb", "batch_size"]), r.usize(&["evaluate_bpb", "max_seq_len"]));
-    let steps = r.usize(&["evaluate_bpb", "eval_tokens"]) / (b * t);
+    let t = r.usize(&["evaluate_bpb", "max_seq_len"]);
+    let rows = r.usize(&["evaluate_bpb", "eval_tokens"]) / t;
     let files = split_files(&r.path("data"), Split::Val).unwrap();
-    let loader = DataLoader::new(tok.clone(), files, b, t, LoaderOptions::default());
+    let val = ValRows::read(DataLoader::new(tok.clone(), files, rows, t, LoaderOptions::default())).unwrap();
+    // The harness's evaluation: the model's logits, the cross-entropy and the metric in fixed code.
     let bpb = tch::no_grad(|| {
-        evaluate_bpb(loader, steps, tok.token_bytes(), |batch| {
-            let (x, y) = batch_tensors(batch, Device::Cpu);
-            Ok(Vec::<f32>::try_from(model.per_token_loss(&x, &y).flatten(0, -1))?)
-        })
-    })
-    .unwrap();
+        causality::check(&model, &val, vocab, "reference").unwrap();
+        evaluate(&model, &val, vocab, tok.token_bytes()).unwrap()
+    });
     let want = r.f64(&["evaluate_bpb", "val_bpb"]);
     assert!((bpb - want).abs() / want < 1e-5, "val_bpb {bpb} vs {want}");
     eprintln!("val_bpb {bpb} vs {want} ({:e} relative)", (bpb - want).abs() / want);

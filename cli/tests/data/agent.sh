@@ -15,18 +15,18 @@ improve)   # learning rates from 1% to 10% of the defaults
     sed -i 's/embedding_lr: 0.006,/embedding_lr: 0.06,/; s/unembedding_lr: 0.00004,/unembedding_lr: 0.0004,/; s/matrix_lr: 0.0004,/matrix_lr: 0.004,/; s/scalar_lr: 0.005,/scalar_lr: 0.05,/' $file
     say "learning rates up tenfold" ;;
 regress)   sed -i 's/matrix_lr: 0.004,/matrix_lr: 0.0,/; s/embedding_lr: 0.06,/embedding_lr: 0.0,/' $file; say "freeze the matrices and embeddings" ;;
-break)     sed -i 's/^pub fn main() -> Result<()> {$/pub fn main() -> Result<()> {\n    let oops: u32 = "not a number";/' $file; say "a change that does not compile" ;;
+break)     sed -i 's/^pub fn train(run: \&Run) -> Result<Trained<Gpt>> {$/pub fn train(run: \&Run) -> Result<Trained<Gpt>> {\n    let oops: u32 = "not a number";/' $file; say "a change that does not compile" ;;
 fix)       grep -q "does not compile" "$prompt"; sed -i '/let oops: u32/d; s/scalar_lr: 0.05,/scalar_lr: 0.06,/' $file ;;
 nofix)     grep -q "does not compile" "$prompt" ;;
-panic)     sed -i 's/^pub fn main() -> Result<()> {$/pub fn main() -> Result<()> {\n    panic!("boom");/' $file; say "panic at start" ;;
-sleep)     sed -i 's/^pub fn main() -> Result<()> {$/pub fn main() -> Result<()> {\n    std::thread::sleep(std::time::Duration::from_secs(3600));/' $file; say "hang" ;;
+panic)     sed -i 's/^pub fn train(run: \&Run) -> Result<Trained<Gpt>> {$/pub fn train(run: \&Run) -> Result<Trained<Gpt>> {\n    panic!("boom");/' $file; say "panic at start" ;;
+sleep)     sed -i 's/^pub fn train(run: \&Run) -> Result<Trained<Gpt>> {$/pub fn train(run: \&Run) -> Result<Trained<Gpt>> {\n    std::thread::sleep(std::time::Duration::from_secs(3600));/' $file; say "hang" ;;
 harness)   echo "// an edit to the fixed harness" >> harness/src/lib.rs; sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.07,/' $file; say "touch the harness" ;;
 good)      sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.045,/' $file; say "scalar lr 0.045" ;;
 good2)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.035,/' $file; say "scalar lr 0.035" ;;
 good3)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.025,/' $file; say "scalar lr 0.025" ;;
 linger)    sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.015,/' $file; sleep 60; say "never finished" ;;
 good4)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.055,/' $file; say "scalar lr 0.055" ;;
-slow_eval) sed -i 's/^\( *\)let (x, y) = batch_tensors(batch, device);$/\1std::thread::sleep(std::time::Duration::from_millis(500));\n\1let (x, y) = batch_tensors(batch, device);/' $file
+slow_eval) sed -i 's/^\(    fn logits(&self, inputs: &Tensor) -> Tensor {\)$/\1\n        std::thread::sleep(std::time::Duration::from_millis(500));/' $file
            grep -q 'from_millis(500)' $file; say "slow evaluation" ;;
 nothing)   ;;
 *)         echo "no step $((n + 1)) ($step)" >&2; exit 1 ;;

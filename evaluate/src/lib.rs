@@ -1,0 +1,147 @@
+//! The fixed half of the training binary. The agent's file provides `train` (a trained [`Model`]) and `build`
+//! (the same model, untrained); this crate runs them in the two phases described in
+//! [`autoresearch_harness::handover`]: training in the sandbox, then the evaluation, which feeds the validation
+//! inputs to the model's [`Model::logits`], checks that the model is causal ([`causality`]), and computes the
+//! cross-entropy and val_bpb itself ([`evaluation`]). The agent's code never sees validation targets.
+
+pub mod causality;
+pub mod evaluation;
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use autoresearch_harness::device::peak_rss_mb;
+use autoresearch_harness::handover::{EvalResult, Phase, PhaseArgs, TrainingStats, CHECKPOINT, TRAINING_STATS};
+use autoresearch_harness::profile::Run;
+use tch::{Device, Tensor};
+
+/// A trained language model, as the harness sees it.
+pub trait Model {
+    /// The final logits (batch, sequence, vocabulary) for token ids (batch, sequence), after any softcap: the
+    /// evaluation takes their cross-entropy. Causal: the logits at a position depend on no later token.
+    fn logits(&self, inputs: &Tensor) -> Tensor;
+    /// The device the model runs on; inputs are put there.
+    fn device(&self) -> Device;
+    /// Every tensor the trained model needs, by name: what the checkpoint holds.
+    fn state(&self) -> Vec<(String, Tensor)>;
+    /// Copies a checkpoint's tensors into a model from `build`.
+    fn load_state(&self, tensors: &[(String, Tensor)]) -> Result<()>;
+}
+
+/// What `train` returns: the model, and its account of the training for the summary (informational: val_bpb
+/// does not depend on it).
+pub struct Trained<M> {
+    pub model: M,
+    pub steps: u64,
+    /// Tokens trained on, in all steps.
+    pub tokens: u64,
+    /// Seconds and tokens of the timed steps (after warm-up), for MFU.
+    pub timed_seconds: f64,
+    pub timed_tokens: u64,
+    pub flops_per_token: f64,
+    pub depth: u64,
+}
+
+/// The training binary's main: runs the phase the harness asked for, and exits non-zero with the error.
+pub fn main<M: Model>(train: fn(&Run) -> Result<Trained<M>>, build: fn(&Run) -> Result<M>) {
+    if let Err(e) = run_phase(train, build) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_phase<M: Model>(train: fn(&Run) -> Result<Trained<M>>, build: fn(&Run) -> Result<M>) -> Result<()> {
+    let args = PhaseArgs::parse(std::env::args().skip(1))?;
+    match args.phase {
+        Phase::Train => training_phase(&args, train),
+        Phase::Evaluate => evaluation_phase(&args, build),
+    }
+}
+
+fn training_phase<M: Model>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<M>>) -> Result<()> {
+    let started = Instant::now();
+    // First of all, before any thread exists: a thread started earlier would stay outside the sandbox.
+    println!("{}", args.sandbox.apply()?);
+    let run = Run::from_env()?.started_at(started);
+    let trained = train(&run)?;
+    let state = trained.model.state();
+    let device = trained.model.device();
+    let peak_memory_mb = match device {
+        Device::Cuda(i) => autoresearch_ops::cuda_peak_memory_mb(i),
+        _ => peak_rss_mb(),
+    };
+    let num_params = state.iter().map(|(_, t)| t.numel() as u64).sum();
+    let cpu: Vec<(String, Tensor)> =
+        state.iter().map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous())).collect();
+    let checkpoint = args.handover.join(CHECKPOINT);
+    Tensor::write_safetensors(&cpu, &checkpoint).with_context(|| format!("saving {}", checkpoint.display()))?;
+    let stats = TrainingStats {
+        steps: trained.steps,
+        tokens: trained.tokens,
+        timed_seconds: trained.timed_seconds,
+        timed_tokens: trained.timed_tokens,
+        flops_per_token: trained.flops_per_token,
+        depth: trained.depth,
+        num_params,
+        peak_memory_mb: peak_memory_mb.unwrap_or(0.0),
+        device: device_name(device),
+    };
+    std::fs::write(args.handover.join(TRAINING_STATS), serde_json::to_vec_pretty(&stats)?)?;
+    println!("model handed over: {} tensors, {:.2}M parameters", cpu.len(), num_params as f64 / 1e6);
+    Ok(())
+}
+
+fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) -> Result<()> {
+    let started = Instant::now();
+    let mut nonce = String::new();
+    std::io::stdin().lock().read_line(&mut nonce).context("reading the nonce from stdin")?;
+    let nonce = nonce.trim().to_string();
+    ensure!(!nonce.is_empty(), "no nonce on stdin: the evaluation is started by the harness");
+    let run = Run::from_env()?;
+    // The validation rows are read before the sandbox shuts the data away, and before any of the agent's code.
+    let rows = evaluation::ValRows::load(&run)?;
+    let result_path = args.result.as_ref().expect("parse checks that evaluate has --result");
+    let mut result_file =
+        std::fs::File::create(result_path).with_context(|| format!("creating {}", result_path.display()))?;
+    println!("{}", args.sandbox.apply()?);
+
+    let model = build(&run)?;
+    load_checkpoint(&model, &args.handover.join(CHECKPOINT))?;
+    let vocab = run.profile().vocab_size;
+    tch::no_grad(|| -> Result<()> {
+        causality::check(&model, &rows, vocab, &nonce)?;
+        let val_bpb = evaluation::evaluate(&model, &rows, vocab, run.tokenizer.token_bytes())?;
+        if !val_bpb.is_finite() {
+            bail!("val_bpb is {val_bpb}");
+        }
+        let result = EvalResult {
+            nonce: nonce.clone(),
+            val_bpb,
+            eval_tokens: (rows.rows * rows.cols) as u64,
+            profile: run.profile().name.clone(),
+            time_budget: run.time_budget,
+            seed: run.seed,
+            device: device_name(model.device()),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        result_file.write_all(&serde_json::to_vec_pretty(&result)?)?;
+        println!("evaluated {} tokens in {:.1} s: val_bpb {val_bpb:.6}", result.eval_tokens, result.seconds);
+        Ok(())
+    })
+}
+
+fn load_checkpoint<M: Model>(model: &M, path: &Path) -> Result<()> {
+    let tensors =
+        Tensor::read_safetensors(path).with_context(|| format!("reading the checkpoint {}", path.display()))?;
+    model.load_state(&tensors).with_context(|| format!("loading {} into the model from `build`", path.display()))
+}
+
+/// The device in words, as the summary gives it.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(i) => autoresearch_ops::cuda_device_name(i).unwrap_or_else(|| "CUDA".into()),
+        _ => format!("cpu ({} threads)", tch::get_num_threads()),
+    }
+}

@@ -1,0 +1,149 @@
+//! How the harness runs the training binary, and what passes between them. The binary runs twice per
+//! training, as two processes:
+//!
+//! 1. `train`: sandboxed (see [`crate::sandbox`]: the validation data unreadable, writes only to the hand-over
+//!    folder), the agent's code trains a model; fixed code saves it to the hand-over folder as a safetensors
+//!    checkpoint, with [`TrainingStats`]. The harness times this phase from the start of the process to its end
+//!    and stops it at the budget plus [`allowance`].
+//! 2. `evaluate`: fixed code reads the validation rows first, then sandboxes itself (no data readable, no
+//!    writes), has the agent's code build the model and loads the checkpoint into it, checks that it is causal,
+//!    and computes val_bpb from its logits. The result goes to a file the harness named and the binary opened
+//!    before the agent's code ran, with a nonce the harness gave on stdin: [`EvalResult`].
+//!
+//! The summary block is then printed by the harness, from these and its own clock.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::Policy;
+
+/// The checkpoint in the hand-over folder.
+pub const CHECKPOINT: &str = "model.safetensors";
+/// The training's own account of itself in the hand-over folder.
+pub const TRAINING_STATS: &str = "training.json";
+/// The temporary folder ($TMPDIR) of both phases, inside the hand-over folder.
+pub const TMP: &str = "tmp";
+
+/// Seconds past the budget that the training phase may take, for start-up, the untimed warm-up steps and the
+/// checkpoint: 10 s plus 10% of the budget (40 s at 300 s). A training phase that takes longer is stopped and
+/// counts as a crash.
+pub fn allowance(time_budget: f64) -> f64 {
+    10.0 + 0.1 * time_budget
+}
+
+/// What a training reports about itself, for the summary (informational: val_bpb does not depend on it). Peak
+/// memory, parameters and device are measured by fixed code.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingStats {
+    pub steps: u64,
+    /// Tokens trained on, in all steps.
+    pub tokens: u64,
+    /// Seconds and tokens of the timed steps (after warm-up), for MFU.
+    pub timed_seconds: f64,
+    pub timed_tokens: u64,
+    pub flops_per_token: f64,
+    pub depth: u64,
+    pub num_params: u64,
+    pub peak_memory_mb: f64,
+    pub device: String,
+}
+
+/// What the evaluation reports to the harness.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    /// The nonce the harness gave on stdin: the result is the evaluation's, not written by anything else.
+    pub nonce: String,
+    pub val_bpb: f64,
+    /// Target tokens evaluated.
+    pub eval_tokens: u64,
+    pub profile: String,
+    pub time_budget: f64,
+    pub seed: u64,
+    pub device: String,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Train,
+    Evaluate,
+}
+
+/// The arguments of one phase of the training binary.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhaseArgs {
+    pub phase: Phase,
+    pub handover: PathBuf,
+    /// Where the evaluation writes its [`EvalResult`].
+    pub result: Option<PathBuf>,
+    pub sandbox: Policy,
+}
+
+impl PhaseArgs {
+    pub fn to_args(&self) -> Result<Vec<String>> {
+        let phase = match self.phase {
+            Phase::Train => "train",
+            Phase::Evaluate => "evaluate",
+        };
+        let mut args = vec![phase.to_string(), "--handover".into(), path_arg(&self.handover)?];
+        if let Some(r) = &self.result {
+            args.extend(["--result".into(), path_arg(r)?]);
+        }
+        args.extend(["--sandbox".into(), serde_json::to_string(&self.sandbox)?]);
+        Ok(args)
+    }
+
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<PhaseArgs> {
+        const USAGE: &str = "the training binary is run by the harness (`autoresearch train`, `run` or `loop`): \
+                             usage: autoresearch-train train|evaluate --handover DIR [--result FILE] --sandbox JSON";
+        let mut args = args.into_iter();
+        let phase = match args.next().as_deref() {
+            Some("train") => Phase::Train,
+            Some("evaluate") => Phase::Evaluate,
+            _ => bail!(USAGE),
+        };
+        let (mut handover, mut result, mut sandbox) = (None, None, None);
+        while let Some(flag) = args.next() {
+            let value = args.next().with_context(|| format!("{flag} needs a value; {USAGE}"))?;
+            match flag.as_str() {
+                "--handover" => handover = Some(PathBuf::from(value)),
+                "--result" => result = Some(PathBuf::from(value)),
+                "--sandbox" => sandbox = Some(serde_json::from_str(&value).context("parsing --sandbox")?),
+                _ => bail!("unknown argument {flag:?}; {USAGE}"),
+            }
+        }
+        let parsed = PhaseArgs { phase, handover: handover.context(USAGE)?, result, sandbox: sandbox.context(USAGE)? };
+        if phase == Phase::Evaluate && parsed.result.is_none() {
+            bail!("evaluate needs --result; {USAGE}");
+        }
+        Ok(parsed)
+    }
+}
+
+fn path_arg(p: &Path) -> Result<String> {
+    p.to_str().map(str::to_string).with_context(|| format!("{} is not UTF-8", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_arguments_round_trip_and_bad_ones_are_named() {
+        let args = PhaseArgs {
+            phase: Phase::Evaluate,
+            handover: "/r/runs/3/seed-42".into(),
+            result: Some("/r/runs/3/result-42.json".into()),
+            sandbox: Policy { deny_read: vec!["/c/data".into()], write: vec!["/r/runs/3/seed-42/tmp".into()] },
+        };
+        assert_eq!(PhaseArgs::parse(args.to_args().unwrap()).unwrap(), args);
+        let err = |a: &[&str]| PhaseArgs::parse(a.iter().map(|s| s.to_string())).unwrap_err().to_string();
+        assert!(err(&[]).contains("run by the harness"));
+        assert!(err(&["train", "--handover"]).contains("--handover needs a value"));
+        assert!(err(&["train", "--handover", "d", "--bogus", "x"]).contains("\"--bogus\""));
+        assert!(err(&["evaluate", "--handover", "d", "--sandbox", "{}"]).contains("--result"));
+        assert_eq!(allowance(300.0), 40.0);
+    }
+}

@@ -1,0 +1,158 @@
+//! The sandbox the agent's code runs in (Linux Landlock, unprivileged): it may read everything but the
+//! validation data, and write only beneath a few folders. The training binary applies it to itself before the
+//! agent's code starts; children inherit it.
+//!
+//! Landlock only grants: to deny one file, every entry of each folder on the way down to it is granted one by
+//! one, and the folders on the way get only the right to list them. Symbolic links are judged by where they
+//! lead, so that a link to a folder above the validation data does not open it. Not covered: bind mounts and
+//! hard links of the data elsewhere, and files created later directly in a folder on the way.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use landlock::{
+    Access, AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, ABI,
+};
+use serde::{Deserialize, Serialize};
+
+/// What the sandboxed process may not read, and where alone it may write.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Policy {
+    /// Files and folders it may neither read, list nor run.
+    pub deny_read: Vec<PathBuf>,
+    /// Folders beneath which it may write; nothing else is writable.
+    pub write: Vec<PathBuf>,
+}
+
+/// The Landlock version whose rights we handle: file system reads and writes, truncation and device ioctls.
+const ABI_USED: ABI = ABI::V5;
+
+impl Policy {
+    /// Restricts this thread and the threads and processes it starts from now on. Returns a line for the log:
+    /// what is enforced, or that the kernel offers no sandbox (the run goes on unconfined).
+    pub fn apply(&self) -> Result<String> {
+        let deny: Vec<PathBuf> = self.deny_read.iter().filter_map(|p| p.canonicalize().ok()).collect();
+        let rules = read_rules(&deny)?;
+        let read = AccessFs::from_read(ABI_USED);
+        let write = AccessFs::from_write(ABI_USED);
+        let rule = |path: &Path, access: BitFlags<AccessFs>| -> Result<PathBeneath<PathFd>> {
+            Ok(PathBeneath::new(
+                PathFd::new(path).with_context(|| format!("sandbox: opening {}", path.display()))?,
+                access,
+            ))
+        };
+        let mut ruleset = Ruleset::default().handle_access(AccessFs::from_all(ABI_USED))?.create()?;
+        for (path, whole) in &rules {
+            // Listing is a right of folders only: a file's rule without it, or Landlock counts the rule as
+            // only partly enforced.
+            let access = match (*whole, path.is_dir()) {
+                (true, true) => read,
+                (true, false) => read & AccessFs::from_file(ABI_USED),
+                (false, _) => AccessFs::ReadDir.into(),
+            };
+            ruleset = ruleset.add_rule(rule(path, access)?)?;
+        }
+        for dir in &self.write {
+            ruleset = ruleset.add_rule(rule(dir, write)?)?;
+        }
+        let status = ruleset.restrict_self().context("sandbox: enforcing the Landlock rules")?;
+        let what = format!("{} unreadable, writes only beneath {}", list(&self.deny_read), list(&self.write));
+        Ok(match status.ruleset {
+            RulesetStatus::FullyEnforced => format!("sandbox: Landlock: {what}"),
+            RulesetStatus::PartiallyEnforced => {
+                format!("sandbox: Landlock, partly (an older kernel enforces a subset): {what}")
+            }
+            RulesetStatus::NotEnforced => {
+                "sandbox: none (this kernel has no Landlock): the agent's code runs unconfined".to_string()
+            }
+        })
+    }
+}
+
+/// Restricts this process by `policy` and replaces it with `program`: how a command (the build of the training
+/// file) runs sandboxed. Returns only on an error.
+pub fn exec_sandboxed(policy: &Policy, program: &std::ffi::OsStr, args: &[std::ffi::OsString]) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    if let Err(e) = policy.apply() {
+        return e;
+    }
+    let error = std::process::Command::new(program).args(args).exec();
+    anyhow::Error::new(error).context(format!("running {}", program.to_string_lossy()))
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Read rules that reach everything but `deny` (canonical paths): (path, true) grants reading beneath it,
+/// (path, false) only listing it (a folder on the way to a denied path).
+pub fn read_rules(deny: &[PathBuf]) -> Result<Vec<(PathBuf, bool)>> {
+    let mut rules = Vec::new();
+    if deny.is_empty() {
+        rules.push((PathBuf::from("/"), true));
+    } else {
+        rules.push((PathBuf::from("/"), false));
+        walk(Path::new("/"), deny, &mut rules)?;
+    }
+    Ok(rules)
+}
+
+fn walk(dir: &Path, deny: &[PathBuf], rules: &mut Vec<(PathBuf, bool)>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("sandbox: listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for path in entries {
+        // Where the entry leads; a dangling link leads nowhere and needs no rule.
+        let Ok(real) = path.canonicalize() else { continue };
+        if deny.iter().any(|d| real.starts_with(d)) {
+            continue;
+        }
+        if deny.iter().any(|d| d.starts_with(&real)) {
+            // On the way to a denied path: through its real location only, never through a link.
+            if real == path {
+                rules.push((path.clone(), false));
+                walk(&path, deny, rules)?;
+            }
+            continue;
+        }
+        rules.push((path, true));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_but_the_denied_ones_is_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        for d in ["data", "data/sub", "other"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in ["data/val.parquet", "data/train.parquet", "other/x"] {
+            std::fs::write(root.join(f), "").unwrap();
+        }
+        std::os::unix::fs::symlink(root.join("data"), root.join("link-to-data")).unwrap();
+        std::os::unix::fs::symlink(root.join("data/val.parquet"), root.join("link-to-val")).unwrap();
+        std::os::unix::fs::symlink(root.join("other"), root.join("link-to-other")).unwrap();
+        let val = root.join("data/val.parquet");
+        let rules = read_rules(std::slice::from_ref(&val)).unwrap();
+        let whole = |p: &Path| rules.iter().any(|(r, w)| *w && p.starts_with(r));
+        let listed = |p: &Path| rules.iter().any(|(r, w)| !*w && r == p);
+        assert!(!whole(&val), "the denied file is not readable");
+        assert!(rules.iter().all(|(r, _)| r != &root.join("link-to-data") && r != &root.join("link-to-val")));
+        for p in ["data/train.parquet", "data/sub", "other/x", "link-to-other"] {
+            assert!(whole(&root.join(p)), "{p} is readable");
+        }
+        assert!(whole(Path::new("/usr/lib")) && whole(Path::new("/etc")));
+        for p in [Path::new("/"), &root, &root.join("data")] {
+            assert!(listed(p) && !whole(p), "{} is only listed", p.display());
+        }
+        assert_eq!(read_rules(&[]).unwrap(), vec![(PathBuf::from("/"), true)]);
+    }
+}

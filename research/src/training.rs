@@ -1,0 +1,465 @@
+//! One training: the training binary's two phases (see [`autoresearch_harness::handover`]), timed and checked
+//! here. The training phase runs sandboxed and is stopped at the budget plus its allowance; the evaluation
+//! phase reports through a result file with a nonce, and the summary block is composed here, from that result,
+//! the training's account of itself and this clock.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use autoresearch_harness::device::peak_bf16_flops;
+use autoresearch_harness::handover::{
+    allowance, EvalResult, Phase, PhaseArgs, TrainingStats, CHECKPOINT, TMP, TRAINING_STATS,
+};
+use autoresearch_harness::profile::{cache_root, fit_dir, Prepared};
+use autoresearch_harness::sandbox::Policy;
+use autoresearch_harness::shards::{split_files, Split};
+use autoresearch_harness::summary::Summary;
+
+use crate::process::{wait_or_kill, Role};
+use crate::trainer::{Trainer, TrainingSettings};
+
+/// Lines of a failed training's log shown to the agent.
+pub const TAIL_LINES: usize = 50;
+
+/// Why a training failed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Crash {
+    pub reason: String,
+    /// The cause may lie outside the training file (timeout under load, a kill, memory taken by another
+    /// process): the identical file may be tried once more.
+    pub retryable: bool,
+    pub log_tail: String,
+}
+
+/// One training's result.
+pub struct Trained {
+    pub result: std::result::Result<Summary, Crash>,
+    /// Seconds in the training binary, both phases.
+    pub wall: f64,
+    pub interrupted: bool,
+}
+
+/// How the caller starts processes (recorded in its journal, say) and when it wants them stopped.
+pub trait Processes {
+    fn start(&mut self, cmd: &mut Command, role: Role) -> Result<Child>;
+    /// `child` has ended (or was killed).
+    fn ended(&mut self, child: &Child) -> Result<()>;
+    /// Whether an interrupt asks to stop the training now.
+    fn interrupted(&self) -> bool;
+}
+
+/// Where one training keeps its files: the hand-over folder (the only place its training phase may write;
+/// the checkpoint stays there), the evaluation's result file and the log.
+#[derive(Clone, Debug)]
+pub struct TrainingFiles {
+    pub handover: PathBuf,
+    pub result: PathBuf,
+    pub log: PathBuf,
+}
+
+impl TrainingFiles {
+    /// The files of the training with `seed` in a folder: `seed-<seed>/` (hand-over), `result-<seed>.json`.
+    pub fn in_folder(dir: &Path, seed: u64, log: PathBuf) -> TrainingFiles {
+        TrainingFiles {
+            handover: dir.join(format!("seed-{seed}")),
+            result: dir.join(format!("result-{seed}.json")),
+            log,
+        }
+    }
+}
+
+/// What the sandboxes allow, from the prepared profile and where this training keeps its files.
+pub struct Sandboxes {
+    pub training: Policy,
+    pub evaluation: Policy,
+}
+
+/// The validation data and everything it was made from: the validation shard, the texts a local profile was
+/// prepared from, the repository's built-in demo texts, and this program (which carries them).
+pub fn validation_sources(root: &Path, prepared: &Prepared) -> Vec<PathBuf> {
+    let mut paths = split_files(&prepared.data_dir, Split::Val).unwrap_or_default();
+    paths.extend(prepared.val_sources.iter().cloned());
+    paths.push(root.join("data/demo"));
+    paths.extend(std::env::current_exe().ok());
+    paths.retain(|p| p.exists());
+    paths
+}
+
+/// The sandbox of the build: the validation data unreadable (`include_bytes!` would compile it in), writes
+/// anywhere.
+pub fn build_sandbox(root: &Path, prepared: &Prepared) -> Policy {
+    Policy { deny_read: validation_sources(root, prepared), write: vec![PathBuf::from("/")] }
+}
+
+pub fn sandboxes(root: &Path, cache: &Path, prepared: &Prepared, files: &TrainingFiles) -> Result<Sandboxes> {
+    let fit = fit_dir(cache, &prepared.profile.name);
+    std::fs::create_dir_all(&fit).with_context(|| format!("creating {}", fit.display()))?;
+    // Devices (GPUs, /dev/null, /dev/shm) and CUDA's kernel cache are needed by any training.
+    let mut shared = vec![PathBuf::from("/dev")];
+    shared.extend(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".nv")).filter(|p| p.is_dir()));
+    let deny = validation_sources(root, prepared);
+    let mut training_writes = vec![files.handover.clone(), fit];
+    training_writes.extend(shared.iter().cloned());
+    let mut evaluation_writes = vec![files.handover.join(TMP)];
+    evaluation_writes.extend(shared);
+    let mut evaluation_deny = deny.clone();
+    evaluation_deny.push(prepared.data_dir.clone());
+    Ok(Sandboxes {
+        training: Policy { deny_read: deny, write: training_writes },
+        evaluation: Policy { deny_read: evaluation_deny, write: evaluation_writes },
+    })
+}
+
+/// A fresh nonce: 16 random bytes, in hex.
+fn nonce() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Why a finished phase counts as a crash, if it does, and whether the cause may lie outside the file.
+pub fn crash_reason(status: ExitStatus, log: &str) -> Option<(String, bool)> {
+    use std::os::unix::process::ExitStatusExt;
+    if status.success() {
+        return None;
+    }
+    let lines: Vec<&str> = log.split(['\n', '\r']).collect();
+    if lines.iter().any(|l| l.starts_with("FAIL")) {
+        return Some(("FAIL: the loss was NaN or above 100".into(), false));
+    }
+    if log.contains("out of memory") {
+        return Some(("out of memory".into(), true));
+    }
+    if let Some(i) = lines.iter().position(|l| l.contains("panicked at")) {
+        let message = lines.get(i + 1).map_or("", |m| m.trim());
+        return Some((format!("panic: {message}"), false));
+    }
+    if let Some(error) = lines.iter().rev().find_map(|l| l.strip_prefix("error: ")) {
+        let error: String = error.chars().take(300).collect();
+        return Some((error, false));
+    }
+    Some(match status.signal() {
+        Some(9) => ("killed (signal 9: out of memory?)".into(), true),
+        Some(15) => ("killed by signal 15".into(), true),
+        Some(sig) => (format!("killed by signal {sig}"), false),
+        None => (format!("exit code {}", status.code().unwrap_or(-1)), false),
+    })
+}
+
+/// The last `n` lines of a log, progress lines (\r) counted as lines.
+pub fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.split(['\n', '\r']).filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// How one phase ended.
+enum Ended {
+    Exited(ExitStatus),
+    /// Stopped by us: the training phase past its time, or the whole training past the hard timeout.
+    OverTime(String),
+    Interrupted,
+}
+
+/// Runs one phase to its end, its output appended to the log; `limit` is its time from its start, `deadline`
+/// the hard timeout of the whole training.
+fn run_phase(
+    procs: &mut dyn Processes,
+    mut cmd: Command,
+    role: Role,
+    log: &Path,
+    stdin: Option<&str>,
+    limit: Option<(Duration, String)>,
+    deadline: (Instant, String),
+) -> Result<(Ended, f64)> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    cmd.stdout(file.try_clone()?).stderr(file);
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let started = Instant::now();
+    let mut child = procs.start(&mut cmd, role)?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A phase that dies at once closes the pipe; its exit status tells why.
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    let mut stopped = None;
+    let status = wait_or_kill(&mut child, || {
+        if procs.interrupted() {
+            stopped = Some(Ended::Interrupted);
+        } else if let Some((limit, why)) = limit.as_ref().filter(|(l, _)| started.elapsed() > *l) {
+            stopped = Some(Ended::OverTime(format!("{why} (stopped after {:.0} s)", limit.as_secs_f64())));
+        } else if Instant::now() > deadline.0 {
+            stopped = Some(Ended::OverTime(deadline.1.clone()));
+        }
+        stopped.is_some()
+    });
+    procs.ended(&child)?;
+    let wall = started.elapsed().as_secs_f64();
+    Ok(match status? {
+        Some(status) => (Ended::Exited(status), wall),
+        None => (stopped.expect("killed only when asked to stop"), wall),
+    })
+}
+
+/// Trains once with `settings` (its seed set) and evaluates: the summary, or why it crashed. `timeout` bounds
+/// the whole; the training phase alone is stopped at the budget plus [`allowance`].
+pub fn train_and_evaluate(
+    trainer: &Trainer,
+    settings: &TrainingSettings,
+    files: &TrainingFiles,
+    timeout: Duration,
+    procs: &mut dyn Processes,
+) -> Result<Trained> {
+    let started = Instant::now();
+    let cache = cache_root()?;
+    let prepared = Prepared::load(&cache, settings.profile.as_deref())?;
+    let budget = settings.time_budget.unwrap_or(prepared.profile.time_budget);
+    let seed = settings.seed.unwrap_or(crate::state::SEED);
+    for path in [&files.handover] {
+        if path.exists() {
+            std::fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    std::fs::create_dir_all(files.handover.join(TMP))
+        .with_context(|| format!("creating {}", files.handover.display()))?;
+    let _ = std::fs::remove_file(&files.result);
+    std::fs::write(&files.log, "").with_context(|| format!("creating {}", files.log.display()))?;
+    let sandboxes = sandboxes(&trainer.root, &cache, &prepared, files)?;
+    let deadline = (started + timeout, format!("timeout: killed after {:.0} s", timeout.as_secs_f64()));
+    let read_log = || String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
+    let crash = |reason: String, retryable: bool| Crash { reason, retryable, log_tail: tail(&read_log(), TAIL_LINES) };
+    let done = |result, interrupted| Ok(Trained { result, wall: started.elapsed().as_secs_f64(), interrupted });
+
+    let args =
+        PhaseArgs { phase: Phase::Train, handover: files.handover.clone(), result: None, sandbox: sandboxes.training };
+    let limit = budget + allowance(budget);
+    let over = format!(
+        "over time: the training phase took longer than the budget of {budget} s plus the allowance of {} s",
+        allowance(budget)
+    );
+    let cmd = trainer.phase_command(settings, &args)?;
+    let (ended, training_wall) = run_phase(
+        procs,
+        cmd,
+        Role::Training,
+        &files.log,
+        None,
+        Some((Duration::from_secs_f64(limit), over)),
+        deadline.clone(),
+    )?;
+    match ended {
+        Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
+        Ended::OverTime(why) => return done(Err(crash(why, true)), false),
+        Ended::Exited(status) => {
+            if let Some((reason, retryable)) = crash_reason(status, &read_log()) {
+                return done(Err(crash(reason, retryable)), false);
+            }
+        }
+    }
+    let stats: TrainingStats = match read_json(&files.handover.join(TRAINING_STATS)) {
+        Ok(s) => s,
+        Err(e) => return done(Err(crash(format!("no model handed over: {e:#}"), false)), false),
+    };
+
+    // The evaluation; one that fails in a way that may not be the model's fault is tried once more.
+    let mut tries = 0;
+    let (result, eval_wall) = loop {
+        tries += 1;
+        let nonce = nonce()?;
+        let args = PhaseArgs {
+            phase: Phase::Evaluate,
+            handover: files.handover.clone(),
+            result: Some(files.result.clone()),
+            sandbox: sandboxes.evaluation.clone(),
+        };
+        let _ = std::fs::remove_file(&files.result);
+        let cmd = trainer.phase_command(settings, &args)?;
+        let (ended, wall) =
+            run_phase(procs, cmd, Role::Evaluation, &files.log, Some(&format!("{nonce}\n")), None, deadline.clone())?;
+        let failure = match ended {
+            Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
+            Ended::OverTime(why) => return done(Err(crash(why, true)), false),
+            Ended::Exited(status) => crash_reason(status, &read_log()),
+        };
+        match failure {
+            Some((reason, true)) if tries == 1 => {
+                append(&files.log, &format!("\nthe evaluation failed ({reason}): evaluating the checkpoint again\n"))?;
+            }
+            Some((reason, retryable)) => return done(Err(crash(format!("evaluation: {reason}"), retryable)), false),
+            None => break (read_result(&files.result, &nonce), wall),
+        }
+    };
+    let result = match result.and_then(|r| check_result(r, &prepared, budget, seed)) {
+        Ok(r) => r,
+        Err(e) => return done(Err(crash(format!("evaluation: {e:#}"), false)), false),
+    };
+    let mfu_percent = peak_bf16_flops(&stats.device)
+        .filter(|_| stats.timed_seconds > 0.0)
+        .map(|peak| 100.0 * stats.flops_per_token * stats.timed_tokens as f64 / stats.timed_seconds / peak);
+    let summary = Summary {
+        val_bpb: result.val_bpb,
+        training_seconds: training_wall,
+        total_seconds: training_wall + eval_wall,
+        peak_vram_mb: stats.peak_memory_mb,
+        mfu_percent,
+        total_tokens_m: stats.tokens as f64 / 1e6,
+        num_steps: stats.steps,
+        num_params_m: stats.num_params as f64 / 1e6,
+        depth: stats.depth,
+        profile: result.profile,
+        time_budget: budget,
+        device: result.device,
+        seed,
+    };
+    append(&files.log, &format!("\n{summary}\n"))?;
+    let _ = std::fs::remove_dir_all(files.handover.join(TMP));
+    done(Ok(summary), false)
+}
+
+fn append(path: &Path, text: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn read_result(path: &Path, nonce: &str) -> Result<EvalResult> {
+    let result: EvalResult = read_json(path)?;
+    if result.nonce != nonce {
+        bail!("{} does not carry this evaluation's nonce: not written by the evaluation", path.display());
+    }
+    Ok(result)
+}
+
+/// The result must be of this session's profile, budget and seed, over all of the profile's eval tokens.
+fn check_result(r: EvalResult, prepared: &Prepared, budget: f64, seed: u64) -> Result<EvalResult> {
+    let p = &prepared.profile;
+    let tokens = (p.eval_tokens / p.max_seq_len * p.max_seq_len) as u64;
+    if r.profile != p.name || r.time_budget != budget || r.seed != seed || r.eval_tokens != tokens {
+        bail!(
+            "the result is for profile {}, budget {} s, seed {}, {} eval tokens; this training is profile {}, \
+             budget {budget} s, seed {seed}, {tokens} eval tokens",
+            r.profile,
+            r.time_budget,
+            r.seed,
+            r.eval_tokens,
+            p.name
+        );
+    }
+    Ok(r)
+}
+
+/// Evaluates the checkpoint a training left in `files.handover` again, without training: the result, or why it
+/// failed. For `autoresearch eval`.
+pub fn evaluate_again(
+    trainer: &Trainer,
+    settings: &TrainingSettings,
+    files: &TrainingFiles,
+    procs: &mut dyn Processes,
+) -> Result<EvalResult> {
+    let cache = cache_root()?;
+    let prepared = Prepared::load(&cache, settings.profile.as_deref())?;
+    let checkpoint = files.handover.join(CHECKPOINT);
+    if !checkpoint.is_file() {
+        bail!("no checkpoint at {} (kept for kept runs and crashed evaluations)", checkpoint.display());
+    }
+    std::fs::create_dir_all(files.handover.join(TMP))?;
+    let sandboxes = sandboxes(&trainer.root, &cache, &prepared, files)?;
+    let nonce = nonce()?;
+    let args = PhaseArgs {
+        phase: Phase::Evaluate,
+        handover: files.handover.clone(),
+        result: Some(files.result.clone()),
+        sandbox: sandboxes.evaluation,
+    };
+    let _ = std::fs::remove_file(&files.result);
+    let deadline = (Instant::now() + Duration::from_secs(24 * 3600), String::new());
+    let cmd = trainer.phase_command(settings, &args)?;
+    let (ended, _) = run_phase(procs, cmd, Role::Evaluation, &files.log, Some(&format!("{nonce}\n")), None, deadline)?;
+    let log = String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
+    match ended {
+        Ended::Exited(status) => {
+            if let Some((reason, _)) = crash_reason(status, &log) {
+                bail!("the evaluation failed: {reason}\n{}", tail(&log, TAIL_LINES));
+            }
+        }
+        _ => bail!("the evaluation was interrupted"),
+    }
+    let _ = std::fs::remove_dir_all(files.handover.join(TMP));
+    let budget = settings.time_budget.unwrap_or(prepared.profile.time_budget);
+    check_result(read_result(&files.result, &nonce)?, &prepared, budget, settings.seed.unwrap_or(crate::state::SEED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn crashes_are_named_from_the_exit_and_the_log() {
+        let exit = |code: i32| ExitStatus::from_raw(code << 8);
+        let signal = |sig: i32| ExitStatus::from_raw(sig);
+        let named = |status, log| crash_reason(status, log).unwrap();
+        assert_eq!(crash_reason(exit(0), "anything"), None);
+        let nan = "step 00012 | loss: nan\r\nFAIL: loss NaN at step 12\n";
+        assert_eq!(named(exit(1), nan), ("FAIL: the loss was NaN or above 100".into(), false));
+        assert_eq!(named(exit(101), "CUDA out of memory. Tried to allocate 2.00 GiB"), ("out of memory".into(), true));
+        let panic = "thread 'main' (7) panicked at train/train.rs:12:5:\nindex out of bounds\nnote: run with RUST_BACKTRACE=1\n";
+        assert_eq!(named(exit(101), panic), ("panic: index out of bounds".into(), false));
+        let error = "sandbox: Landlock: ...\nerror: non-causal: position 3 sees later tokens\n";
+        assert_eq!(named(exit(1), error), ("non-causal: position 3 sees later tokens".into(), false));
+        assert_eq!(named(signal(9), ""), ("killed (signal 9: out of memory?)".into(), true));
+        assert_eq!(named(signal(11), ""), ("killed by signal 11".into(), false));
+        assert_eq!(named(exit(3), "no data"), ("exit code 3".into(), false));
+    }
+
+    #[test]
+    fn tails_count_progress_lines() {
+        let log = "a\nstep 1\rstep 2\rstep 3\n\nb\n";
+        assert_eq!(tail(log, 2), "step 3\nb");
+        assert_eq!(tail(log, 10), "a\nstep 1\nstep 2\nstep 3\nb");
+    }
+
+    #[test]
+    fn a_result_must_carry_the_nonce_and_match_the_training() {
+        let dir = tempfile::tempdir().unwrap();
+        let prepared = Prepared {
+            profile: autoresearch_harness::profile::Profile::builtin("small").unwrap(),
+            data_dir: dir.path().into(),
+            source: "test".into(),
+            val_sources: Vec::new(),
+        };
+        let result = EvalResult {
+            nonce: "n1".into(),
+            val_bpb: 1.5,
+            eval_tokens: 1 << 17,
+            profile: "small".into(),
+            time_budget: 60.0,
+            seed: 42,
+            device: "cpu".into(),
+            seconds: 1.0,
+        };
+        let path = dir.path().join("result.json");
+        std::fs::write(&path, serde_json::to_vec(&result).unwrap()).unwrap();
+        assert!(read_result(&path, "n2").unwrap_err().to_string().contains("nonce"));
+        let read = read_result(&path, "n1").unwrap();
+        assert_eq!(check_result(read.clone(), &prepared, 60.0, 42).unwrap(), result);
+        for bad in [
+            EvalResult { seed: 43, ..result.clone() },
+            EvalResult { time_budget: 600.0, ..result.clone() },
+            EvalResult { eval_tokens: 1000, ..result.clone() },
+        ] {
+            assert!(check_result(bad, &prepared, 60.0, 42).unwrap_err().to_string().contains("this training is"));
+        }
+    }
+}
