@@ -31,7 +31,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable"):
         print(m["executable"])')
     rm -rf "$stage" && mkdir -p "$stage/bin" "$stage/cache/data" "$stage/reference"
-    cp target/cuda/release/autoresearch-train "$stage/bin/"
+    cp target/cuda/release/autoresearch target/cuda/release/autoresearch-train "$stage/bin/"
     cp "$tests" "$stage/bin/cuda-tests"
     cargo build --release --quiet -p autoresearch-train --features cuda --target-dir target/cuda --example gpu_breakdown
     cp target/cuda/release/examples/gpu_breakdown "$stage/bin/"
@@ -55,13 +55,14 @@ summary = dict(re.findall(r"^(\w+):\s+(.+)$", log.split("\n---\n")[-1], re.M))
 loop = re.search(r"loop: (\d+) steps in ([\d.]+)s \(([\d.]+)s of them in the untimed first (\d+) steps\)", log)
 tokens_per_step = int(re.search(r"tokens/step: (\d+)", log).group(1))
 steps, loop_s, warm_s, warm_n = int(loop.group(1)), float(loop.group(2)), float(loop.group(3)), int(loop.group(4))
-train_s, total_s = float(summary["training_seconds"]), float(summary["total_seconds"])
-timed = steps - warm_n
+total_s = float(summary["total_seconds"])
+# The timed steps, as the original counts training time (summary's training_seconds is the whole process).
+timed, train_s = steps - warm_n, loop_s - warm_s
 rows = [
     ("card", card), ("commit", commit), ("profile / budget", f'{summary["profile"]} / {summary["time_budget"]} s'),
     ("tokens/s", f"{tokens_per_step * timed / train_s:,.0f}"), ("MFU", summary["mfu_percent"] + ("" if summary["mfu_percent"] == "n/a" else " %")),
     ("step time", f"{1000 * train_s / timed:.0f} ms ({timed} timed steps)"),
-    ("start-up (before step 0 + after the last)", f"{total_s - loop_s:.1f} s"),
+    ("start-up (before step 0 + after the last, evaluation included)", f"{total_s - loop_s:.1f} s"),
     ("overhead (total - training, as the original counts)", f"{total_s - train_s:.1f} s (warm-up steps {warm_s:.1f} s)"),
     ("peak memory", f'{float(summary["peak_vram_mb"]):,.0f} MiB'), ("val_bpb", summary["val_bpb"]),
 ]
@@ -92,8 +93,8 @@ device() {
         echo "SMOKE TESTS FAILED (exit $smoke)"
     fi
     echo "== h100 baseline, ${budget}s budget"
-    AUTORESEARCH_CACHE=$stage/cache AUTORESEARCH_PROFILE=h100 AUTORESEARCH_TIME_BUDGET=$budget \
-        "$stage/bin/autoresearch-train" > "$out/train.log" 2>&1 || { tail -c 3000 "$out/train.log"; exit 1; }
+    "$stage/bin/autoresearch" --cache-dir "$stage/cache" train --device cuda --profile h100 --time-budget "$budget" \
+        --binary "$stage/bin/autoresearch-train" > "$out/train.log" 2>&1 || { tail -c 3000 "$out/train.log"; exit 1; }
     tr '\r' '\n' < "$out/train.log" | grep -E '^step' | tail -3
     sed -n '/^---$/,$p' "$out/train.log"
     table "$out/train.log" "$card" "$(cat "$stage/commit")" | tee "$out/table.md"
@@ -110,7 +111,7 @@ cpu() {
     cache=$(mktemp -d)
     trap 'rm -rf "$cache"' RETURN
     target/release/autoresearch --cache-dir "$cache" prepare --profile small
-    AUTORESEARCH_CACHE=$cache AUTORESEARCH_TIME_BUDGET=${BUDGET:-5} target/release/autoresearch-train > "$cache/train.log" 2>&1 \
+    target/release/autoresearch --cache-dir "$cache" train --device cpu --time-budget "${BUDGET:-5}" > "$cache/train.log" 2>&1 \
         || { tail -c 3000 "$cache/train.log"; return 1; }
     table "$cache/train.log" "cpu: $(nproc) cores" "$(git rev-parse --short HEAD)"
 }
