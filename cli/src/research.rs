@@ -141,7 +141,7 @@ fn options(
 fn trainer(ws: &Workspace) -> Result<Trainer> {
     let mut trainer = Trainer::new(ws.root.clone(), Device::parse_name(&ws.state.device));
     let prepared = Prepared::load(&cache_root()?, Some(&ws.state.profile))?;
-    trainer.build_sandbox = Some((std::env::current_exe()?, build_sandbox(&ws.root, &prepared)));
+    trainer.build_sandbox = Some((std::env::current_exe()?, build_sandbox(&prepared)));
     Ok(trainer)
 }
 

@@ -110,7 +110,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mut trainer = Trainer::new(repo_root()?, args.device.choice());
     let prepared = Prepared::load(&cache_root()?, args.profile.as_deref())?;
-    trainer.build_sandbox = Some((std::env::current_exe()?, build_sandbox(&trainer.root, &prepared)));
+    trainer.build_sandbox = Some((std::env::current_exe()?, build_sandbox(&prepared)));
     match args.binary {
         Some(binary) => trainer.prebuilt = Some(binary),
         None => {

@@ -102,6 +102,7 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) ->
     let run = Run::from_env()?;
     // The validation rows are read before the sandbox shuts the data away, and before any of the agent's code.
     let rows = evaluation::ValRows::load(&run)?;
+    let read = started.elapsed().as_secs_f64();
     let result_path = args.result.as_ref().expect("parse checks that evaluate has --result");
     let mut result_file =
         std::fs::File::create(result_path).with_context(|| format!("creating {}", result_path.display()))?;
@@ -109,9 +110,11 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) ->
 
     let model = build(&run)?;
     load_checkpoint(&model, &args.handover.join(CHECKPOINT))?;
+    let loaded = started.elapsed().as_secs_f64();
     let vocab = run.profile().vocab_size;
     tch::no_grad(|| -> Result<()> {
         causality::check(&model, &rows, vocab, &nonce)?;
+        let checked = started.elapsed().as_secs_f64();
         let val_bpb = evaluation::evaluate(&model, &rows, vocab, run.tokenizer.token_bytes())?;
         if !val_bpb.is_finite() {
             bail!("val_bpb is {val_bpb}");
@@ -127,7 +130,15 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) ->
             seconds: started.elapsed().as_secs_f64(),
         };
         result_file.write_all(&serde_json::to_vec_pretty(&result)?)?;
-        println!("evaluated {} tokens in {:.1} s: val_bpb {val_bpb:.6}", result.eval_tokens, result.seconds);
+        println!(
+            "evaluated {} tokens in {:.1} s (validation rows read {read:.1} s, model loaded {:.1} s, causality \
+             checked {:.1} s, metric {:.1} s): val_bpb {val_bpb:.6}",
+            result.eval_tokens,
+            result.seconds,
+            loaded - read,
+            checked - loaded,
+            result.seconds - checked
+        );
         Ok(())
     })
 }

@@ -107,6 +107,11 @@ impl Trainer {
         };
         cmd.current_dir(&self.root).args(["build", "--release", "--message-format=short", "-p", "autoresearch-train"]);
         cmd.arg("--target-dir").arg(self.target_dir());
+        // The compiler's temporary files in the target folder: in a sandbox, a file created later in a folder on
+        // the way to the validation data (/tmp, where the cache is there) could not be read back.
+        let tmp = self.target_dir().join("tmp");
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        cmd.env("TMPDIR", tmp);
         if self.device == DeviceChoice::Cuda {
             cmd.args(["--features", "cuda"]).env("LIBTORCH", self.libtorch_link());
         }

@@ -77,30 +77,28 @@ pub struct Sandboxes {
     pub evaluation: Policy,
 }
 
-/// The validation data and everything it was made from: the validation shard, the texts a local profile was
-/// prepared from, the repository's built-in demo texts, and this program (which carries them).
-pub fn validation_sources(root: &Path, prepared: &Prepared) -> Vec<PathBuf> {
+/// The validation data and what it was made from: the validation shard, and the text files a profile was
+/// prepared from with `--text`. (Not the built-in demo corpus: it is in the repository and in this program.)
+pub fn validation_sources(prepared: &Prepared) -> Vec<PathBuf> {
     let mut paths = split_files(&prepared.data_dir, Split::Val).unwrap_or_default();
     paths.extend(prepared.val_sources.iter().cloned());
-    paths.push(root.join("data/demo"));
-    paths.extend(std::env::current_exe().ok());
     paths.retain(|p| p.exists());
     paths
 }
 
 /// The sandbox of the build: the validation data unreadable (`include_bytes!` would compile it in), writes
 /// anywhere.
-pub fn build_sandbox(root: &Path, prepared: &Prepared) -> Policy {
-    Policy { deny_read: validation_sources(root, prepared), write: vec![PathBuf::from("/")] }
+pub fn build_sandbox(prepared: &Prepared) -> Policy {
+    Policy { deny_read: validation_sources(prepared), write: vec![PathBuf::from("/")] }
 }
 
-pub fn sandboxes(root: &Path, cache: &Path, prepared: &Prepared, files: &TrainingFiles) -> Result<Sandboxes> {
+pub fn sandboxes(cache: &Path, prepared: &Prepared, files: &TrainingFiles) -> Result<Sandboxes> {
     let fit = fit_dir(cache, &prepared.profile.name);
     std::fs::create_dir_all(&fit).with_context(|| format!("creating {}", fit.display()))?;
     // Devices (GPUs, /dev/null, /dev/shm) and CUDA's kernel cache are needed by any training.
     let mut shared = vec![PathBuf::from("/dev")];
     shared.extend(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".nv")).filter(|p| p.is_dir()));
-    let deny = validation_sources(root, prepared);
+    let deny = validation_sources(prepared);
     let mut training_writes = vec![files.handover.clone(), fit];
     training_writes.extend(shared.iter().cloned());
     let mut evaluation_writes = vec![files.handover.join(TMP)];
@@ -230,7 +228,7 @@ pub fn train_and_evaluate(
         .with_context(|| format!("creating {}", files.handover.display()))?;
     let _ = std::fs::remove_file(&files.result);
     std::fs::write(&files.log, "").with_context(|| format!("creating {}", files.log.display()))?;
-    let sandboxes = sandboxes(&trainer.root, &cache, &prepared, files)?;
+    let sandboxes = sandboxes(&cache, &prepared, files)?;
     let deadline = (started + timeout, format!("timeout: killed after {:.0} s", timeout.as_secs_f64()));
     let read_log = || String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
     let crash = |reason: String, retryable: bool| Crash { reason, retryable, log_tail: tail(&read_log(), TAIL_LINES) };
@@ -374,7 +372,7 @@ pub fn evaluate_again(
         bail!("no checkpoint at {} (kept for kept runs and crashed evaluations)", checkpoint.display());
     }
     std::fs::create_dir_all(files.handover.join(TMP))?;
-    let sandboxes = sandboxes(&trainer.root, &cache, &prepared, files)?;
+    let sandboxes = sandboxes(&cache, &prepared, files)?;
     let nonce = nonce()?;
     let args = PhaseArgs {
         phase: Phase::Evaluate,
