@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # The test suite: every crate's tests (reference parity included, against the golden set in tests/golden or
 # $AUTORESEARCH_REFERENCE), then the GPU check script's CPU path. Fetches libtorch once (scripts/libtorch.sh)
-# if this checkout has none.
+# if this checkout has none, and installs Debian's chromium and chromium-driver if they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ -d .libtorch/lib ]] || scripts/libtorch.sh
+# The dashboard's tests drive a real headless Chromium through ChromeDriver (Debian's packages).
+if ! command -v chromedriver >/dev/null; then
+    if [[ $(id -u) == 0 ]]; then as_root=(); elif command -v sudo >/dev/null; then as_root=(sudo); else
+        echo "the dashboard's browser tests need chromium and chromium-driver: apt-get install chromium chromium-driver" >&2
+        exit 1
+    fi
+    "${as_root[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 cargo test --workspace --release
 BUDGET=2 scripts/gpu-check.sh cpu

@@ -1,6 +1,7 @@
 //! `autoresearch`: prepare data, train, and run the research loop.
 
 mod bench;
+mod dashboard_cmd;
 mod prepare;
 mod report;
 mod research;
@@ -40,6 +41,8 @@ enum Command {
     Eval(research::EvalArgs),
     /// Summarise a results.tsv: totals, keep rate, best vs baseline, kept rows, progress.png
     Report(report::Args),
+    /// Serve a live, read-only web page over research sessions (progress, what runs now, every experiment)
+    Dashboard(dashboard_cmd::Args),
     /// Measure the harness's throughput (tokenizer training, encoding, data loading)
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Noise(args) => research::noise(args),
         Command::Eval(args) => research::eval(args),
         Command::Report(args) => report::run(args),
+        Command::Dashboard(args) => dashboard_cmd::run(args),
         Command::Bench(b) => bench::run(b),
         Command::Sandboxed { policy, command } => sandboxed(&policy, &command),
     };

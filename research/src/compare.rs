@@ -50,7 +50,8 @@ pub fn compare(paths: &[PathBuf]) -> Result<Comparison> {
     Ok(Comparison { sessions })
 }
 
-fn session(path: &Path) -> Result<Session> {
+/// One session's line of the comparison, from its results file.
+pub fn session(path: &Path) -> Result<Session> {
     let file = results::read(path)?;
     let rows = file.rows.clone();
     let r = report::build_from(path, file, Vec::new());

@@ -1,0 +1,355 @@
+//! The dashboard over fixture sessions: its HTTP surface (token, paths, a 1,000-experiment session), and the
+//! page in a real headless Chromium driven through ChromeDriver (table, chart, live steps, a run's diff, two
+//! sessions side by side), which leaves a screenshot in the test's scratch folder.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use autoresearch_dashboard::data::Session;
+use autoresearch_dashboard::{serve, Server};
+use autoresearch_research::process::{start_time, Recorded, Role};
+use autoresearch_research::results::{self, Extra, Row, Status};
+use autoresearch_research::rules::{save_noise, NoiseEstimate};
+use autoresearch_research::state::{Best, InProgress, State};
+use autoresearch_research::RunMeta;
+use serde_json::{json, Value};
+
+fn row(run: u64, status: Status, val_bpb: f64, description: &str, reason: &str) -> Row {
+    Row {
+        commit: format!("c{run:06}"),
+        val_bpb,
+        memory_gb: 0.6,
+        status,
+        description: description.into(),
+        extra: Some(Extra {
+            profile: "small".into(),
+            budget: 60.0,
+            seconds: 75.0,
+            run,
+            rule: "lower".into(),
+            reason: reason.into(),
+        }),
+    }
+}
+
+/// A progress line of a training log.
+fn step_line(step: u64) -> String {
+    format!(
+        "\rstep {step:05} ({:.1}%) | loss: {:.6} | lrm: 1.00 | dt: 90ms | tok/sec: 9000 | mfu: n/a | epoch: 1 | remaining: {}s    ",
+        step as f64,
+        7.0 - 0.1 * step as f64,
+        60 - step
+    )
+}
+
+/// A session folder with keeps (one gain below the noise), a discard, a crash, a rerun and a reused result;
+/// run 7 is training now (the journal records this test's own process as its training), at step 5. Run 3's
+/// diff is a link to a file outside the session.
+fn fixture(dir: &Path, name: &str) -> PathBuf {
+    let root = dir.join(name);
+    let state_dir = root.join(".autoresearch");
+    std::fs::create_dir_all(state_dir.join("runs")).unwrap();
+    let rows = vec![
+        row(1, Status::Keep, 1.90, "baseline", "first result: the baseline"),
+        row(2, Status::Discard, 1.95, "freeze the embeddings", "gain -0.050000 over best 1.900000 (run 1) ≤ 0"),
+        row(3, Status::Keep, 1.80, "learning rates up", "gain 0.100000 over best 1.900000 (run 1) > 0"),
+        row(4, Status::Crash, 0.0, "a panic", "panic: boom"),
+        row(5, Status::Keep, 1.799, "scalar lr 0.45", "gain 0.001000 over best 1.800000 (run 3) > 0"),
+        row(5, Status::Rerun, 1.801, "rerun 1/1 (seed 43) of: scalar lr 0.45", "seed 43"),
+        row(
+            6,
+            Status::Discard,
+            1.95,
+            "freeze again",
+            "identical to run 2 (discard, val_bpb 1.950000): its result reused",
+        ),
+    ];
+    results::create(&root.join("results.tsv")).unwrap();
+    results::append(&root.join("results.tsv"), &rows).unwrap();
+    let pid = std::process::id() as i32;
+    let state = State {
+        tag: name.into(),
+        branch: format!("autoresearch/{name}"),
+        base: "0000000".into(),
+        profile: "small".into(),
+        time_budget: 60.0,
+        device: "cpu".into(),
+        best: Some(Best { commit: "c000005".into(), val_bpb: 1.799, run: 5, seeds: vec![42] }),
+        next_run: 8,
+        in_progress: Some(InProgress { run: 7, commit: None, seeds: vec![42] }),
+        children: vec![Recorded { role: Role::Training, pgid: pid, start_time: start_time(pid).unwrap() }],
+    };
+    std::fs::write(state_dir.join("state.json"), serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    save_noise(&state_dir, &NoiseEstimate::new("small", 60.0, "c000003", vec![43, 44], vec![1.80, 1.81]).unwrap())
+        .unwrap();
+    for run in 1..=7 {
+        let run_dir = state_dir.join("runs").join(run.to_string());
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let meta = RunMeta { run, description: format!("experiment {run}"), ..Default::default() };
+        std::fs::write(run_dir.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+    }
+    let run2 = state_dir.join("runs/2");
+    std::fs::write(run2.join("change.diff"), "-        embedding_lr: 0.6,\n+        embedding_lr: 0.0,\n").unwrap();
+    std::fs::write(run2.join("run.log"), "profile small\nval_bpb:          1.950000\n").unwrap();
+    std::fs::write(dir.join("outside.txt"), "SECRET outside the session").unwrap();
+    std::os::unix::fs::symlink(dir.join("outside.txt"), state_dir.join("runs/3/change.diff")).unwrap();
+    let log: String = (0..=5).map(step_line).collect();
+    std::fs::write(root.join("run.log"), format!("profile small{log}")).unwrap();
+    root
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+}
+
+fn get(url: &str) -> (u16, String) {
+    let mut response = agent().get(url).call().unwrap();
+    (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+}
+
+fn start(sessions: &[&Path], ip: &str) -> Server {
+    let sessions = sessions.iter().map(|d| Session::open(d).unwrap()).collect();
+    serve(sessions, SocketAddr::new(ip.parse().unwrap(), 0)).unwrap()
+}
+
+#[test]
+fn another_address_needs_the_token_on_every_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = fixture(dir.path(), "night");
+    let server = start(&[&root], "0.0.0.0");
+    let token = server.token.clone().expect("a token where the address is not a loopback one");
+    let base = format!("http://127.0.0.1:{}", server.addr.port());
+    for path in ["/", "/api/overview", "/api/rows?session=0", "/api/run?session=0&run=2"] {
+        assert_eq!(get(&format!("{base}{path}")).0, 401, "{path} without the token");
+        assert_eq!(get(&format!("{base}{path}{}token=wrong", if path.contains('?') { "&" } else { "?" })).0, 401);
+        let with = format!("{base}{path}{}token={token}", if path.contains('?') { "&" } else { "?" });
+        assert_eq!(get(&with).0, 200, "{path} with the token");
+    }
+    let mut response = agent()
+        .get(&format!("{base}/api/overview"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.body_mut().read_to_string().unwrap().contains("\"night\""));
+    // On a loopback address there is none to give.
+    let local = start(&[&root], "127.0.0.1");
+    assert!(local.token.is_none());
+    assert_eq!(get(&local.url()).0, 200);
+}
+
+#[test]
+fn nothing_outside_the_session_can_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = fixture(dir.path(), "night");
+    let server = start(&[&root], "127.0.0.1");
+    let base = format!("http://{}", server.addr);
+    let (status, body) = get(&format!("{base}/api/run?session=0&run=2"));
+    assert_eq!(status, 200);
+    assert!(body.contains("embedding_lr: 0.0"), "{body}");
+    for path in [
+        "/api/run?session=0&run=../../outside.txt",
+        "/api/run?session=0&run=%2Fetc%2Fpasswd",
+        "/api/run?session=1&run=2",
+        "/api/run?session=0&run=99",
+        "/etc/passwd",
+        "/../outside.txt",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/api/rows?session=-1",
+    ] {
+        let (status, body) = get(&format!("{base}{path}"));
+        assert!((400..500).contains(&status), "{path}: {status}");
+        assert!(!body.contains("SECRET") && !body.contains("root:"), "{path}: {body}");
+    }
+    // Read-only: nothing takes a write.
+    let post = agent().post(&format!("{base}/api/overview")).send("").unwrap();
+    assert_eq!(post.status().as_u16(), 405);
+    let (status, body) = get(&format!("{base}/api/run?session=0&run=3"));
+    assert_eq!(status, 403, "a link that leads out of the session");
+    assert!(body.contains("outside the session") && !body.contains("SECRET"), "{body}");
+}
+
+#[test]
+fn a_thousand_experiments_are_served_in_under_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("long");
+    std::fs::create_dir_all(root.join(".autoresearch")).unwrap();
+    let description = "raise the matrix learning rate a little and shorten the warmdown to a third of the budget";
+    let rows: Vec<Row> = (1..=1000)
+        .map(|k| {
+            let status = if k % 7 == 0 {
+                Status::Keep
+            } else if k % 13 == 0 {
+                Status::Crash
+            } else {
+                Status::Discard
+            };
+            row(k, status, 2.0 - k as f64 * 1e-4, description, "gain 0.000100 over best 1.950000 (run 999) ≤ 0")
+        })
+        .collect();
+    results::create(&root.join("results.tsv")).unwrap();
+    results::append(&root.join("results.tsv"), &rows).unwrap();
+    let server = start(&[&root], "127.0.0.1");
+    let base = format!("http://{}", server.addr);
+    // What a browser loads, as a browser asks for it (gzip), timed and counted as it travels.
+    let started = Instant::now();
+    let mut bytes = 0;
+    for path in ["/", "/api/overview", "/api/rows?session=0"] {
+        let mut response = agent().get(&format!("{base}{path}")).header("Accept-Encoding", "gzip").call().unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        bytes += response.body_mut().read_to_vec().unwrap().len();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!("1000 experiments: page and data in {seconds:.3} s, {bytes} bytes (gzip)");
+    assert!(seconds < 1.0, "{seconds:.3} s");
+    assert!(bytes < 200_000, "{bytes} bytes per page load");
+    let rows: Value = serde_json::from_str(&get(&format!("{base}/api/rows?session=0")).1).unwrap();
+    assert_eq!(rows["rows"].as_array().unwrap().len(), 1000);
+}
+
+/// ChromeDriver on a free port, and a headless Chromium session in it.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian: apt-get install chromium chromium-driver; .ci/run installs them)");
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while agent().get(&format!("{base}/status")).call().is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1500"]
+        }}}});
+        let reply: Value =
+            agent().post(&format!("{base}/session")).send_json(&caps).unwrap().body_mut().read_json().unwrap();
+        let session = reply["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {reply}")).to_string();
+        Browser { driver, base, session }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut response = match method {
+            "GET" => agent().get(&url).call().unwrap(),
+            _ => agent().post(&url).send_json(&body).unwrap(),
+        };
+        let reply: Value = response.body_mut().read_json().unwrap();
+        reply["value"].clone()
+    }
+
+    fn go(&self, url: &str) {
+        self.call("POST", "/url", json!({ "url": url }));
+    }
+
+    fn js(&self, script: &str) -> Value {
+        self.call("POST", "/execute/sync", json!({ "script": script, "args": [] }))
+    }
+
+    /// Waits until `script` returns true.
+    fn wait_for(&self, script: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.js(script) != json!(true) {
+            assert!(Instant::now() < deadline, "the page never showed {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn screenshot(&self, path: &Path) {
+        use base64::Engine as _;
+        let png = self.call("GET", "/screenshot", Value::Null);
+        let bytes = base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = agent().delete(&format!("{}/session/{}", self.base, self.session)).call();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[test]
+fn the_page_in_a_real_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = fixture(dir.path(), "night");
+    let server = start(&[&root], "127.0.0.1");
+    let browser = Browser::start();
+    browser.go(&server.url());
+    browser.wait_for("return document.querySelectorAll('#rows tbody tr').length === 7", "the 7 rows");
+    // The table: statuses, the change against the best at the time, the gain below the noise marked.
+    let statuses =
+        browser.js("return [...document.querySelectorAll('#rows tbody tr td:nth-child(3)')].map(t => t.textContent)");
+    assert_eq!(statuses, json!(["discard", "rerun", "keep *", "crash", "keep", "discard", "keep"]));
+    let delta = browser.js(
+        "return document.querySelector('#rows tbody tr:last-child').previousElementSibling.children[4].textContent",
+    );
+    assert_eq!(delta, json!("+0.050000"));
+    // The chart: a point per row that has a value, in its status's colour, the running best and the noise band.
+    let points = browser.js(
+        "return [...document.querySelectorAll('#progress circle[data-status]')].map(c => c.dataset.status).join(',')",
+    );
+    assert_eq!(points, json!("keep,discard,keep,crash,keep,rerun"));
+    assert_eq!(browser.js("return document.querySelectorAll('#progress circle:not([data-status])').length"), json!(1));
+    assert_eq!(browser.js("return document.querySelectorAll('#progress polygon').length"), json!(1), "noise band");
+    // Totals.
+    let totals = browser.js("return document.getElementById('totals').textContent");
+    assert!(
+        totals.as_str().unwrap().contains("6experiments") && totals.as_str().unwrap().contains("1.799000best"),
+        "{totals}"
+    );
+    // What runs now, then new steps in the log: the page shows them without a reload.
+    browser.wait_for("return document.querySelector('#live .step')?.textContent === '5'", "step 5");
+    assert!(browser
+        .js("return document.getElementById('live').textContent")
+        .as_str()
+        .unwrap()
+        .contains("experiment 7"));
+    browser.js("window.notReloaded = true; return true");
+    let more: String = (6..=9).map(step_line).collect();
+    std::fs::OpenOptions::new().append(true).open(root.join("run.log")).unwrap().write_all(more.as_bytes()).unwrap();
+    browser.wait_for("return document.querySelector('#live .step')?.textContent === '9'", "step 9");
+    assert_eq!(browser.js("return window.notReloaded === true"), json!(true), "updated in place, not reloaded");
+    // A new row appears too.
+    results::append(&root.join("results.tsv"), &[row(7, Status::Keep, 1.70, "a new best", "gain 0.099 > 0")]).unwrap();
+    browser.wait_for("return document.querySelectorAll('#rows tbody tr').length === 8", "the new row");
+    // A row opens its diff and the end of its log.
+    browser.js("document.querySelector('#rows tbody tr[data-run=\"2\"]').click(); return true");
+    browser.wait_for("return !!document.getElementById('diff')", "run 2's diff");
+    let diff =
+        browser.js("return document.getElementById('diff').textContent + document.getElementById('log').textContent");
+    assert!(diff.as_str().unwrap().contains("embedding_lr: 0.0") && diff.as_str().unwrap().contains("1.950000"));
+    browser.screenshot(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png"));
+    // On a phone's width the page fits: only the table scrolls sideways, inside its box.
+    browser.call("POST", "/window/rect", json!({"width": 390, "height": 844}));
+    browser.wait_for("return window.innerWidth < 500", "the narrow window");
+    assert_eq!(browser.js("return document.documentElement.scrollWidth <= window.innerWidth"), json!(true));
+    browser.screenshot(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-phone.png"));
+    browser.call("POST", "/window/rect", json!({"width": 1280, "height": 1500}));
+
+    // Two sessions side by side: their best-so-far curves on one chart and a line each in the table.
+    let other = fixture(dir.path(), "other-agent");
+    let both = start(&[&root, &other], "127.0.0.1");
+    browser.go(&both.url());
+    browser.wait_for("return !document.getElementById('compare').hidden", "the comparison");
+    browser.wait_for("return document.querySelectorAll('#compare-table tr').length === 3", "a line per session");
+    assert_eq!(browser.js("return document.querySelectorAll('#compare-chart path').length"), json!(2));
+    browser.js("document.getElementById('by-hours').click(); return true");
+    assert_eq!(browser.js("return document.querySelectorAll('#compare-chart path').length"), json!(2));
+    browser.screenshot(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-two-sessions.png"));
+}
