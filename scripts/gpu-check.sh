@@ -58,6 +58,8 @@ steps, loop_s, warm_s, warm_n = int(loop.group(1)), float(loop.group(2)), float(
 total_s = float(summary["total_seconds"])
 # The timed steps, as the original counts training time (summary's training_seconds is the whole process).
 timed, train_s = steps - warm_n, loop_s - warm_s
+if timed <= 0 or train_s <= 0:
+    sys.exit(f"no timed steps: the {warm_n} warm-up steps took the whole budget and allowance ({loop_s} s)")
 rows = [
     ("card", card), ("commit", commit), ("profile / budget", f'{summary["profile"]} / {summary["time_budget"]} s'),
     ("tokens/s", f"{tokens_per_step * timed / train_s:,.0f}"), ("MFU", summary["mfu_percent"] + ("" if summary["mfu_percent"] == "n/a" else " %")),

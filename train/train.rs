@@ -16,6 +16,7 @@ use anyhow::{bail, ensure, Context, Result};
 use autoresearch_evaluate::{Model, Trained};
 use autoresearch_harness::dataloader::Batch;
 use autoresearch_harness::device::{mfu_unknown_note, peak_bf16_flops};
+use autoresearch_harness::handover::TrainingReport;
 use autoresearch_harness::profile::Run;
 use tch::{Device, Kind, Tensor};
 
@@ -715,13 +716,13 @@ pub fn train(run: &Run) -> Result<Trained<Gpt>> {
     );
     // As the original counts for MFU: steps after the first WARMUP_STEPS.
     let timed_steps = step.saturating_sub(WARMUP_STEPS) as u64;
-    Ok(Trained {
+    let report = TrainingReport {
         steps: step as u64,
         tokens: step as u64 * h.total_batch_size as u64,
         timed_seconds: training_time,
         timed_tokens: timed_steps * h.total_batch_size as u64,
         flops_per_token,
         depth: config.n_layer as u64,
-        model,
-    })
+    };
+    Ok(Trained { model, report })
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use autoresearch_research::compare::{self, BestSoFar};
+use autoresearch_research::compare;
 use autoresearch_research::process::{alive, start_time, Role};
 use autoresearch_research::report;
 use autoresearch_research::results::{self, Status};
@@ -55,20 +55,13 @@ pub struct SessionView {
     pub rows: usize,
     pub profile: Option<String>,
     pub budget: Option<f64>,
-    pub experiments: usize,
-    pub kept: usize,
     pub crashed: usize,
-    pub keep_rate: Option<f64>,
-    pub baseline: Option<f64>,
-    pub best: Option<f64>,
-    pub improvement: Option<f64>,
-    pub improvement_percent: Option<f64>,
-    /// The experiments' wall time added up.
-    pub hours: Option<f64>,
-    pub experiments_per_hour: Option<f64>,
     /// Mean and standard deviation of val_bpb over seeds, where `noise` measured them.
     pub noise: Option<(f64, f64)>,
-    pub best_so_far: Vec<BestSoFar>,
+    /// Experiments, keep rate, best against baseline, experiments per hour, best-so-far: as `report` compares
+    /// sessions (absent before the first row).
+    #[serde(flatten)]
+    pub totals: Option<compare::Session>,
     pub live: Vec<Live>,
 }
 
@@ -99,34 +92,21 @@ fn view(s: &Session) -> Result<SessionView> {
         Some(st) => noise_for(&s.state_dir(), &st.profile, st.time_budget)?,
         None => None,
     };
-    let (rows, line) = if results.is_file() {
+    let (rows, crashed, totals) = if results.is_file() {
         let file = results::read(&results)?;
         let crashed = file.rows.iter().filter(|r| r.status == Status::Crash).count();
-        (file.rows.len(), Some((compare::session(&results)?, crashed)))
+        (file.rows.len(), crashed, Some(compare::session(&results)?))
     } else {
-        (0, None)
-    };
-    let (c, crashed) = match line {
-        Some((c, crashed)) => (Some(c), crashed),
-        None => (None, 0),
+        (0, 0, None)
     };
     Ok(SessionView {
         name: s.name.clone(),
         rows,
         profile: state.as_ref().map(|st| st.profile.clone()),
         budget: state.as_ref().map(|st| st.time_budget),
-        experiments: c.as_ref().map_or(0, |c| c.experiments),
-        kept: c.as_ref().map_or(0, |c| c.kept),
         crashed,
-        keep_rate: c.as_ref().and_then(|c| c.keep_rate),
-        baseline: c.as_ref().and_then(|c| c.baseline),
-        best: c.as_ref().and_then(|c| c.best),
-        improvement: c.as_ref().and_then(|c| c.improvement),
-        improvement_percent: c.as_ref().and_then(|c| c.improvement_percent),
-        hours: c.as_ref().and_then(|c| c.hours),
-        experiments_per_hour: c.as_ref().and_then(|c| c.experiments_per_hour),
         noise: noise.map(|n| (n.mean, n.std)),
-        best_so_far: c.map(|c| c.best_so_far).unwrap_or_default(),
+        totals,
         live: state.map(|st| live(s, &st)).unwrap_or_default(),
     })
 }

@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use autoresearch_harness::device::peak_rss_mb;
-use autoresearch_harness::handover::{EvalResult, Phase, PhaseArgs, TrainingStats, CHECKPOINT, TRAINING_STATS};
+use autoresearch_harness::handover::{
+    EvalResult, Phase, PhaseArgs, TrainingReport, TrainingStats, CHECKPOINT, TRAINING_STATS,
+};
 use autoresearch_harness::profile::Run;
 use tch::{Device, Tensor};
 
@@ -30,18 +32,10 @@ pub trait Model {
     fn load_state(&self, tensors: &[(String, Tensor)]) -> Result<()>;
 }
 
-/// What `train` returns: the model, and its account of the training for the summary (informational: val_bpb
-/// does not depend on it).
+/// What `train` returns: the model, and its account of the training for the summary.
 pub struct Trained<M> {
     pub model: M,
-    pub steps: u64,
-    /// Tokens trained on, in all steps.
-    pub tokens: u64,
-    /// Seconds and tokens of the timed steps (after warm-up), for MFU.
-    pub timed_seconds: f64,
-    pub timed_tokens: u64,
-    pub flops_per_token: f64,
-    pub depth: u64,
+    pub report: TrainingReport,
 }
 
 /// The training binary's main: runs the phase the harness asked for, and exits non-zero with the error.
@@ -78,12 +72,7 @@ fn training_phase<M: Model>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<
     let checkpoint = args.handover.join(CHECKPOINT);
     Tensor::write_safetensors(&cpu, &checkpoint).with_context(|| format!("saving {}", checkpoint.display()))?;
     let stats = TrainingStats {
-        steps: trained.steps,
-        tokens: trained.tokens,
-        timed_seconds: trained.timed_seconds,
-        timed_tokens: trained.timed_tokens,
-        flops_per_token: trained.flops_per_token,
-        depth: trained.depth,
+        report: trained.report,
         num_params,
         peak_memory_mb: peak_memory_mb.unwrap_or(0.0),
         device: device_name(device),

@@ -33,10 +33,9 @@ pub fn allowance(time_budget: f64) -> f64 {
     10.0 + 0.1 * time_budget
 }
 
-/// What a training reports about itself, for the summary (informational: val_bpb does not depend on it). Peak
-/// memory, parameters and device are measured by fixed code.
+/// What a training says about itself, for the summary (informational: val_bpb does not depend on it).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct TrainingStats {
+pub struct TrainingReport {
     pub steps: u64,
     /// Tokens trained on, in all steps.
     pub tokens: u64,
@@ -45,6 +44,13 @@ pub struct TrainingStats {
     pub timed_tokens: u64,
     pub flops_per_token: f64,
     pub depth: u64,
+}
+
+/// The training's report and what fixed code measured of it, in the hand-over folder.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainingStats {
+    #[serde(flatten)]
+    pub report: TrainingReport,
     pub num_params: u64,
     pub peak_memory_mb: f64,
     pub device: String,
@@ -136,7 +142,11 @@ mod tests {
             phase: Phase::Evaluate,
             handover: "/r/runs/3/seed-42".into(),
             result: Some("/r/runs/3/result-42.json".into()),
-            sandbox: Policy { deny_read: vec!["/c/data".into()], write: vec!["/r/runs/3/seed-42/tmp".into()] },
+            sandbox: Policy {
+                deny_read: vec!["/c/data".into()],
+                write: vec!["/r/runs/3/seed-42/tmp".into()],
+                off: false,
+            },
         };
         assert_eq!(PhaseArgs::parse(args.to_args().unwrap()).unwrap(), args);
         let err = |a: &[&str]| PhaseArgs::parse(a.iter().map(|s| s.to_string())).unwrap_err().to_string();

@@ -23,15 +23,29 @@ pub struct Policy {
     pub deny_read: Vec<PathBuf>,
     /// Folders beneath which it may write; nothing else is writable.
     pub write: Vec<PathBuf>,
+    /// No sandbox at all: the user turned it off (`AUTORESEARCH_SANDBOX=off`).
+    pub off: bool,
 }
 
 /// The Landlock version whose rights we handle: file system reads and writes, truncation and device ioctls.
 const ABI_USED: ABI = ABI::V5;
 
 impl Policy {
+    /// No sandbox, where the user's environment says `AUTORESEARCH_SANDBOX=off` (a way out on a machine where
+    /// the sandbox gets in the way of its drivers); else `self`.
+    pub fn unless_turned_off(self) -> Policy {
+        match std::env::var("AUTORESEARCH_SANDBOX") {
+            Ok(v) if v == "off" => Policy { off: true, ..Policy::default() },
+            _ => self,
+        }
+    }
+
     /// Restricts this thread and the threads and processes it starts from now on. Returns a line for the log:
     /// what is enforced, or that the kernel offers no sandbox (the run goes on unconfined).
     pub fn apply(&self) -> Result<String> {
+        if self.off {
+            return Ok("sandbox: off (AUTORESEARCH_SANDBOX=off): the agent's code runs unconfined".into());
+        }
         let deny: Vec<PathBuf> = self.deny_read.iter().filter_map(|p| p.canonicalize().ok()).collect();
         let rules = read_rules(&deny)?;
         let read = AccessFs::from_read(ABI_USED);
@@ -154,5 +168,12 @@ mod tests {
             assert!(listed(p) && !whole(p), "{} is only listed", p.display());
         }
         assert_eq!(read_rules(&[]).unwrap(), vec![(PathBuf::from("/"), true)]);
+    }
+
+    #[test]
+    fn a_sandbox_turned_off_says_so_and_restricts_nothing() {
+        let off = Policy { deny_read: vec![PathBuf::from("/etc")], off: true, ..Policy::default() };
+        assert!(off.apply().unwrap().starts_with("sandbox: off (AUTORESEARCH_SANDBOX=off)"));
+        assert!(std::fs::read_dir("/etc").is_ok(), "this thread is not restricted");
     }
 }

@@ -89,7 +89,7 @@ pub fn validation_sources(prepared: &Prepared) -> Vec<PathBuf> {
 /// The sandbox of the build: the validation data unreadable (`include_bytes!` would compile it in), writes
 /// anywhere.
 pub fn build_sandbox(prepared: &Prepared) -> Policy {
-    Policy { deny_read: validation_sources(prepared), write: vec![PathBuf::from("/")] }
+    Policy { deny_read: validation_sources(prepared), write: vec![PathBuf::from("/")], off: false }.unless_turned_off()
 }
 
 pub fn sandboxes(cache: &Path, prepared: &Prepared, files: &TrainingFiles) -> Result<Sandboxes> {
@@ -106,8 +106,8 @@ pub fn sandboxes(cache: &Path, prepared: &Prepared, files: &TrainingFiles) -> Re
     let mut evaluation_deny = deny.clone();
     evaluation_deny.push(prepared.data_dir.clone());
     Ok(Sandboxes {
-        training: Policy { deny_read: deny, write: training_writes },
-        evaluation: Policy { deny_read: evaluation_deny, write: evaluation_writes },
+        training: Policy { deny_read: deny, write: training_writes, off: false }.unless_turned_off(),
+        evaluation: Policy { deny_read: evaluation_deny, write: evaluation_writes, off: false }.unless_turned_off(),
     })
 }
 
@@ -297,19 +297,20 @@ pub fn train_and_evaluate(
         Ok(r) => r,
         Err(e) => return done(Err(crash(format!("evaluation: {e:#}"), false)), false),
     };
+    let report = &stats.report;
     let mfu_percent = peak_bf16_flops(&stats.device)
-        .filter(|_| stats.timed_seconds > 0.0)
-        .map(|peak| 100.0 * stats.flops_per_token * stats.timed_tokens as f64 / stats.timed_seconds / peak);
+        .filter(|_| report.timed_seconds > 0.0)
+        .map(|peak| 100.0 * report.flops_per_token * report.timed_tokens as f64 / report.timed_seconds / peak);
     let summary = Summary {
         val_bpb: result.val_bpb,
         training_seconds: training_wall,
         total_seconds: training_wall + eval_wall,
         peak_vram_mb: stats.peak_memory_mb,
         mfu_percent,
-        total_tokens_m: stats.tokens as f64 / 1e6,
-        num_steps: stats.steps,
+        total_tokens_m: report.tokens as f64 / 1e6,
+        num_steps: report.steps,
         num_params_m: stats.num_params as f64 / 1e6,
-        depth: stats.depth,
+        depth: report.depth,
         profile: result.profile,
         time_budget: budget,
         device: result.device,
