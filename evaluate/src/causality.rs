@@ -35,12 +35,25 @@ impl Draw {
     }
 }
 
-/// Ok if the model is causal on the rows checked; else the error names the first position that sees later
-/// tokens.
-pub fn check<M: Model>(model: &M, rows: &ValRows, vocab: usize, seed: &str) -> Result<()> {
+/// The rows checked and the model's logits for them, kept to check after the metric that the model still gives
+/// the same: a model that changes while it is evaluated (one that trains on the validation inputs it is fed)
+/// would be measured on what it learnt from them.
+#[derive(Debug)]
+pub struct Probe {
+    batch: Tensor,
+    /// Rows checked; the batch holds them as given, then altered from `cut[j]` on, then as given again.
+    k: usize,
+    cut: Vec<usize>,
+    /// (3k, t, vocab), float64 on the CPU.
+    logits: Tensor,
+}
+
+/// Ok (with the probe) if the model is causal on the rows checked; else the error names the first position
+/// that sees later tokens.
+pub fn check<M: Model>(model: &M, rows: &ValRows, vocab: usize, seed: &str) -> Result<Option<Probe>> {
     let (n, t) = (rows.rows, rows.cols);
     if t < 2 {
-        return Ok(());
+        return Ok(None);
     }
     let mut draw = Draw::new(seed);
     let k = ROWS.min(n);
@@ -60,16 +73,8 @@ pub fn check<M: Model>(model: &M, rows: &ValRows, vocab: usize, seed: &str) -> R
         altered.extend(changed);
         cut.push(p);
     }
-    let rows_in_batch = 3 * k as i64;
-    let batch = Tensor::from_slice(&[original.clone(), altered, original].concat()).view([rows_in_batch, t as i64]);
-    let logits = model.logits(&batch.to_device(model.device()));
-    if logits.size() != [rows_in_batch, t as i64, vocab as i64] {
-        bail!(
-            "the model's logits have shape {:?}; the evaluation needs [{rows_in_batch}, {t}, {vocab}]",
-            logits.size()
-        );
-    }
-    let logits = logits.to_kind(Kind::Double).to_device(Device::Cpu);
+    let batch = Tensor::from_slice(&[original.clone(), altered, original].concat()).view([3 * k as i64, t as i64]);
+    let logits = probe_logits(model, &batch, vocab)?;
     for (j, &p) in cut.iter().enumerate() {
         let before = logits.get(j as i64).narrow(0, 0, p as i64);
         let after = logits.get((k + j) as i64).narrow(0, 0, p as i64);
@@ -85,5 +90,37 @@ pub fn check<M: Model>(model: &M, rows: &ValRows, vocab: usize, seed: &str) -> R
             );
         }
     }
-    Ok(())
+    Ok(Some(Probe { batch, k, cut, logits }))
+}
+
+/// The model's logits for a probe batch, shape-checked, as float64 on the CPU.
+fn probe_logits<M: Model>(model: &M, batch: &Tensor, vocab: usize) -> Result<Tensor> {
+    let (rows, t) = batch.size2()?;
+    let logits = model.logits(&batch.to_device(model.device()));
+    if logits.size() != [rows, t, vocab as i64] {
+        bail!("the model's logits have shape {:?}; the evaluation needs [{rows}, {t}, {vocab}]", logits.size());
+    }
+    Ok(logits.to_kind(Kind::Double).to_device(Device::Cpu))
+}
+
+impl Probe {
+    /// Ok if the model gives the probe's rows the logits it gave them before the metric.
+    pub fn check_unchanged<M: Model>(&self, model: &M, vocab: usize) -> Result<()> {
+        let now = probe_logits(model, &self.batch, vocab)?;
+        for j in 0..self.k {
+            let first = self.logits.get(j as i64);
+            let again = self.logits.get((2 * self.k + j) as i64).narrow(0, 0, self.cut[j] as i64);
+            let noise = (&first.narrow(0, 0, self.cut[j] as i64) - &again).abs().max().double_value(&[]);
+            let change = (&first - now.get(j as i64)).abs().max().double_value(&[]);
+            let scale = first.abs().max().double_value(&[]);
+            // Ten times the causality check's allowance for rounding: two calls may take other kernels' paths.
+            if change.is_nan() || change > tolerance(10.0 * scale, noise) {
+                bail!(
+                    "the model changed while it was evaluated: its logits for the same rows moved by {change:.3} \
+                     between before and after the metric"
+                );
+            }
+        }
+        Ok(())
+    }
 }

@@ -105,12 +105,20 @@ mod tests {
         max_rows: i64,
         /// Random noise added to every logit, as a nondeterministic device might.
         noise: f64,
+        /// Each call shifts the table: a model that learns from what it is fed.
+        drift: bool,
     }
 
     impl Toy {
         fn new(vocab: i64, peek: bool, max_rows: i64) -> Toy {
             tch::manual_seed(1);
-            Toy { table: Tensor::randn([vocab, vocab], (Kind::Float, Device::Cpu)), peek, max_rows, noise: 0.0 }
+            Toy {
+                table: Tensor::randn([vocab, vocab], (Kind::Float, Device::Cpu)),
+                peek,
+                max_rows,
+                noise: 0.0,
+                drift: false,
+            }
         }
     }
 
@@ -118,6 +126,9 @@ mod tests {
         fn logits(&self, inputs: &Tensor) -> Tensor {
             let (n, _) = inputs.size2().unwrap();
             assert!(n <= self.max_rows, "CUDA out of memory (a test's stand-in): {n} rows");
+            if self.drift {
+                let _ = self.table.shallow_clone().g_add_scalar_(0.01).g_mul_scalar_(1.01);
+            }
             let logits = Tensor::embedding(&self.table, inputs, -1, false, false);
             let logits = &logits + logits.randn_like() * self.noise;
             if !self.peek {
@@ -170,15 +181,22 @@ mod tests {
     fn the_causality_check_passes_a_causal_model_and_names_a_leak() {
         let (vocab, val) = (16, rows(6, 12, 16));
         for seed in ["a", "b", "c"] {
-            causality::check(&Toy::new(vocab, false, 64), &val, vocab as usize, seed).unwrap();
+            causality::check(&Toy::new(vocab, false, 64), &val, vocab as usize, seed).unwrap().unwrap();
             let err = causality::check(&Toy::new(vocab, true, 64), &val, vocab as usize, seed).unwrap_err();
             assert!(err.to_string().starts_with("non-causal: position "), "{err}");
             assert!(err.to_string().contains("sees later tokens"), "{err}");
         }
         // A device's own noise is allowed for; a leak stands out of it.
         let noisy = |peek| Toy { noise: 1e-3, ..Toy::new(vocab, peek, 64) };
-        causality::check(&noisy(false), &val, vocab as usize, "noisy").unwrap();
+        let probe = causality::check(&noisy(false), &val, vocab as usize, "noisy").unwrap().unwrap();
+        probe.check_unchanged(&noisy(false), vocab as usize).unwrap();
         assert!(causality::check(&noisy(true), &val, vocab as usize, "noisy").is_err());
+        // A model that changes as it is fed the validation inputs is caught after the metric.
+        let drifting = Toy { drift: true, ..Toy::new(vocab, false, 64) };
+        let probe = causality::check(&drifting, &val, vocab as usize, "drift").unwrap().unwrap();
+        evaluate(&drifting, &val, vocab as usize, vec![1; vocab as usize]).unwrap();
+        let err = probe.check_unchanged(&drifting, vocab as usize).unwrap_err();
+        assert!(err.to_string().starts_with("the model changed while it was evaluated"), "{err}");
         // The leak pays: the peeking model's val_bpb is far lower than the honest one's.
         let bytes = vec![1; vocab as usize];
         let honest = evaluate(&Toy::new(vocab, false, 64), &val, vocab as usize, bytes.clone()).unwrap();

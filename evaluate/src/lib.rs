@@ -1,8 +1,8 @@
 //! The fixed half of the training binary. The agent's file provides `train` (a trained [`Model`]) and `build`
 //! (the same model, untrained); this crate runs them in the two phases described in
 //! [`autoresearch_harness::handover`]: training in the sandbox, then the evaluation, which feeds the validation
-//! inputs to the model's [`Model::logits`], checks that the model is causal ([`causality`]), and computes the
-//! cross-entropy and val_bpb itself ([`evaluation`]). The agent's code never sees validation targets.
+//! inputs to the model's [`Model::logits`], checks that the model is causal and that it does not change while it
+//! is evaluated ([`causality`]), and computes the cross-entropy and val_bpb itself ([`evaluation`]). The agent's code never sees validation targets.
 
 pub mod causality;
 pub mod evaluation;
@@ -102,9 +102,12 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) ->
     let loaded = started.elapsed().as_secs_f64();
     let vocab = run.profile().vocab_size;
     tch::no_grad(|| -> Result<()> {
-        causality::check(&model, &rows, vocab, &nonce)?;
+        let probe = causality::check(&model, &rows, vocab, &nonce)?;
         let checked = started.elapsed().as_secs_f64();
         let val_bpb = evaluation::evaluate(&model, &rows, vocab, run.tokenizer.token_bytes())?;
+        if let Some(probe) = probe {
+            probe.check_unchanged(&model, vocab)?;
+        }
         if !val_bpb.is_finite() {
             bail!("val_bpb is {val_bpb}");
         }

@@ -183,8 +183,10 @@ fn val_bpb_through_the_harness_evaluation_equals_the_reference() {
     let val = ValRows::read(DataLoader::new(tok.clone(), files, rows, t, LoaderOptions::default())).unwrap();
     // The harness's evaluation: the model's logits, the cross-entropy and the metric in fixed code.
     let bpb = tch::no_grad(|| {
-        causality::check(&model, &val, vocab, "reference").unwrap();
-        evaluate(&model, &val, vocab, tok.token_bytes()).unwrap()
+        let probe = causality::check(&model, &val, vocab, "reference").unwrap().unwrap();
+        let bpb = evaluate(&model, &val, vocab, tok.token_bytes()).unwrap();
+        probe.check_unchanged(&model, vocab).unwrap();
+        bpb
     });
     let want = r.f64(&["evaluate_bpb", "val_bpb"]);
     assert!((bpb - want).abs() / want < 1e-5, "val_bpb {bpb} vs {want}");
