@@ -140,6 +140,7 @@ fn options(
 
 fn trainer(ws: &Workspace) -> Result<Trainer> {
     let mut trainer = Trainer::new(ws.root.clone(), Device::parse_name(&ws.state.device));
+    trainer.check_gpu()?;
     let prepared = Prepared::load(&cache_root()?, Some(&ws.state.profile))?;
     trainer.build_sandbox = Some((std::env::current_exe()?, build_sandbox(&prepared)));
     Ok(trainer)

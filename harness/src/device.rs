@@ -1,4 +1,5 @@
-//! Facts about the machine a run is on: accelerator peak rates (for MFU) and peak memory of the process.
+//! Facts about the machine a run is on: accelerator peak rates (for MFU), whether a GPU is new enough, and peak
+//! memory of the process.
 
 /// Dense bf16 peak FLOP/s (datasheet figures: no sparsity; for GeForce cards, tensor cores with float32
 /// accumulation, which is what bf16 matrix products use) by a substring of the device name; the longest match
@@ -58,6 +59,44 @@ pub fn mfu_unknown_note(device_name: &str) -> Option<String> {
     })
 }
 
+/// A GPU, as `nvidia-smi --query-gpu=name,compute_cap --format=csv,noheader` lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gpu {
+    pub name: String,
+    pub compute_capability: (u32, u32),
+}
+
+/// The GPUs in the output of `nvidia-smi --query-gpu=name,compute_cap --format=csv,noheader`, in order; a line
+/// it cannot read (a driver too old for `compute_cap` prints `[N/A]`) is left out.
+pub fn parse_gpus(text: &str) -> Vec<Gpu> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, cap) = line.rsplit_once(',')?;
+            let (major, minor) = cap.trim().split_once('.')?;
+            Some(Gpu { name: name.trim().to_string(), compute_capability: (major.parse().ok()?, minor.parse().ok()?) })
+        })
+        .collect()
+}
+
+/// The oldest compute capability the training file runs on: Ampere's, for bf16 and FlashAttention-2.
+pub const MIN_COMPUTE_CAPABILITY: (u32, u32) = (8, 0);
+
+/// Ok where the training file runs on `gpu`; else an error that names the card, its compute capability and
+/// what is needed. Decided from the compute capability, never from the name.
+pub fn check_gpu(gpu: &Gpu) -> anyhow::Result<()> {
+    let (major, minor) = gpu.compute_capability;
+    if gpu.compute_capability >= MIN_COMPUTE_CAPABILITY {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} has compute capability {major}.{minor}; the training file needs {}.{} or newer (Ampere, Ada, Hopper, \
+         Blackwell) for bf16 and FlashAttention-2. Train on the CPU (`--device cpu`) or on such a card.",
+        gpu.name,
+        MIN_COMPUTE_CAPABILITY.0,
+        MIN_COMPUTE_CAPABILITY.1
+    )
+}
+
 /// Peak resident memory of this process in MiB (Linux; None elsewhere).
 pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -89,5 +128,23 @@ mod tests {
         let note = mfu_unknown_note("Tesla V100-SXM2-16GB").unwrap();
         assert!(note.contains("Tesla V100-SXM2-16GB") && note.contains("harness/src/device.rs"), "{note}");
         assert!(peak_rss_mb().unwrap() > 1.0);
+    }
+
+    #[test]
+    fn cards_before_ampere_are_refused_by_their_compute_capability() {
+        let listed =
+            "NVIDIA H100 80GB HBM3, 9.0\nNVIDIA GeForce RTX 4090, 8.9\nTesla T4, 7.5\nTesla V100-SXM2-16GB, 7.0\n\
+                      NVIDIA A100-SXM4-80GB, 8.0\nQuadro P1000, [N/A]\n";
+        let gpus = parse_gpus(listed);
+        let caps: Vec<(u32, u32)> = gpus.iter().map(|g| g.compute_capability).collect();
+        assert_eq!(caps, [(9, 0), (8, 9), (7, 5), (7, 0), (8, 0)], "the unreadable line is left out");
+        let ok: Vec<bool> = gpus.iter().map(|g| check_gpu(g).is_ok()).collect();
+        assert_eq!(ok, [true, true, false, false, true]);
+        let err = check_gpu(&gpus[2]).unwrap_err().to_string();
+        assert!(err.starts_with("Tesla T4 has compute capability 7.5; the training file needs 8.0 or newer"), "{err}");
+        // The capability decides, not the name: an unknown name with 8.6 runs, a familiar one with 7.5 does not.
+        assert!(check_gpu(&Gpu { name: "Some Future Card".into(), compute_capability: (8, 6) }).is_ok());
+        assert!(check_gpu(&Gpu { name: "NVIDIA A100".into(), compute_capability: (7, 5) }).is_err());
+        assert!(parse_gpus("").is_empty() && parse_gpus("garbage").is_empty());
     }
 }

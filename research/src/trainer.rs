@@ -76,6 +76,30 @@ impl Trainer {
         Trainer { root, device: device.resolve(), cargo, prebuilt: None, build_sandbox: None }
     }
 
+    /// On CUDA: refuses a GPU older than the training file needs (see
+    /// [`autoresearch_harness::device::check_gpu`]), before anything is built or run. The GPU is the first visible
+    /// one, as `nvidia-smi` lists it; where it cannot say (no `nvidia-smi`, an old driver), nothing is refused.
+    pub fn check_gpu(&self) -> Result<()> {
+        use autoresearch_harness::device::{check_gpu, parse_gpus};
+        if self.device != DeviceChoice::Cuda {
+            return Ok(());
+        }
+        let Ok(out) =
+            Command::new("nvidia-smi").args(["--query-gpu=name,compute_cap", "--format=csv,noheader"]).output()
+        else {
+            return Ok(());
+        };
+        let gpus = parse_gpus(&String::from_utf8_lossy(&out.stdout));
+        let first_visible = std::env::var("CUDA_VISIBLE_DEVICES")
+            .ok()
+            .and_then(|v| v.split(',').next().and_then(|i| i.trim().parse::<usize>().ok()))
+            .unwrap_or(0);
+        match gpus.get(first_visible) {
+            Some(gpu) => check_gpu(gpu),
+            None => Ok(()),
+        }
+    }
+
     fn libtorch_link(&self) -> PathBuf {
         self.root.join(if self.device == DeviceChoice::Cuda { ".libtorch-cuda" } else { ".libtorch" })
     }
