@@ -269,17 +269,8 @@ pub fn train_and_evaluate(
     let mut tries = 0;
     let (result, eval_wall) = loop {
         tries += 1;
-        let nonce = nonce()?;
-        let args = PhaseArgs {
-            phase: Phase::Evaluate,
-            handover: files.handover.clone(),
-            result: Some(files.result.clone()),
-            sandbox: sandboxes.evaluation.clone(),
-        };
-        let _ = std::fs::remove_file(&files.result);
-        let cmd = trainer.phase_command(settings, &args)?;
-        let (ended, wall) =
-            run_phase(procs, cmd, Role::Evaluation, &files.log, Some(&format!("{nonce}\n")), None, deadline.clone())?;
+        let (ended, wall, nonce) =
+            evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline.clone())?;
         let failure = match ended {
             Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
             Ended::OverTime(why) => return done(Err(crash(why, true)), false),
@@ -319,6 +310,30 @@ pub fn train_and_evaluate(
     append(&files.log, &format!("\n{summary}\n"))?;
     let _ = std::fs::remove_dir_all(files.handover.join(TMP));
     done(Ok(summary), false)
+}
+
+/// Runs the evaluation phase once on the checkpoint in `files.handover`, with a fresh nonce on its stdin: how
+/// it ended, its seconds, and the nonce its result must carry.
+fn evaluation_phase(
+    trainer: &Trainer,
+    settings: &TrainingSettings,
+    files: &TrainingFiles,
+    sandbox: &Policy,
+    procs: &mut dyn Processes,
+    deadline: (Instant, String),
+) -> Result<(Ended, f64, String)> {
+    let nonce = nonce()?;
+    let args = PhaseArgs {
+        phase: Phase::Evaluate,
+        handover: files.handover.clone(),
+        result: Some(files.result.clone()),
+        sandbox: sandbox.clone(),
+    };
+    let _ = std::fs::remove_file(&files.result);
+    let cmd = trainer.phase_command(settings, &args)?;
+    let (ended, wall) =
+        run_phase(procs, cmd, Role::Evaluation, &files.log, Some(&format!("{nonce}\n")), None, deadline)?;
+    Ok((ended, wall, nonce))
 }
 
 fn append(path: &Path, text: &str) -> Result<()> {
@@ -374,17 +389,8 @@ pub fn evaluate_again(
     }
     std::fs::create_dir_all(files.handover.join(TMP))?;
     let sandboxes = sandboxes(&cache, &prepared, files)?;
-    let nonce = nonce()?;
-    let args = PhaseArgs {
-        phase: Phase::Evaluate,
-        handover: files.handover.clone(),
-        result: Some(files.result.clone()),
-        sandbox: sandboxes.evaluation,
-    };
-    let _ = std::fs::remove_file(&files.result);
     let deadline = (Instant::now() + Duration::from_secs(24 * 3600), String::new());
-    let cmd = trainer.phase_command(settings, &args)?;
-    let (ended, _) = run_phase(procs, cmd, Role::Evaluation, &files.log, Some(&format!("{nonce}\n")), None, deadline)?;
+    let (ended, _, nonce) = evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline)?;
     let log = String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
     match ended {
         Ended::Exited(status) => {
