@@ -120,12 +120,28 @@ fn failure(status: StatusCode, e: anyhow::Error) -> Response {
     (status, format!("{e:#}")).into_response()
 }
 
-async fn overview(State(app): State<Arc<App>>) -> Response {
-    match tokio::task::spawn_blocking(move || data::overview(&app.sessions)).await {
-        Ok(Ok(o)) => Json(o).into_response(),
-        Ok(Err(e)) => failure(StatusCode::INTERNAL_SERVER_ERROR, e),
+/// Reads off the async threads (the reading is file I/O): the value as JSON, `missing` as a 404, an error as
+/// `error_status`.
+async fn read_json<T: serde::Serialize + Send + 'static>(
+    error_status: StatusCode,
+    missing: &'static str,
+    read: impl FnOnce() -> Result<Option<T>> + Send + 'static,
+) -> Response {
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(Some(value))) => Json(value).into_response(),
+        Ok(Ok(None)) => (StatusCode::NOT_FOUND, missing).into_response(),
+        Ok(Err(e)) => failure(error_status, e),
         Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, e.into()),
     }
+}
+
+/// The session a request names by number.
+fn session(app: &App, index: usize) -> Option<Session> {
+    app.sessions.get(index).cloned()
+}
+
+async fn overview(State(app): State<Arc<App>>) -> Response {
+    read_json(StatusCode::INTERNAL_SERVER_ERROR, "", move || data::overview(&app.sessions).map(Some)).await
 }
 
 #[derive(Deserialize)]
@@ -136,14 +152,10 @@ struct RowsQuery {
 }
 
 async fn rows(State(app): State<Arc<App>>, Query(q): Query<RowsQuery>) -> Response {
-    let Some(s) = app.sessions.get(q.session).cloned() else {
+    let Some(s) = session(&app, q.session) else {
         return (StatusCode::NOT_FOUND, "no such session").into_response();
     };
-    match tokio::task::spawn_blocking(move || data::rows(&s, q.from)).await {
-        Ok(Ok(r)) => Json(r).into_response(),
-        Ok(Err(e)) => failure(StatusCode::INTERNAL_SERVER_ERROR, e),
-        Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, e.into()),
-    }
+    read_json(StatusCode::INTERNAL_SERVER_ERROR, "", move || data::rows(&s, q.from).map(Some)).await
 }
 
 #[derive(Deserialize)]
@@ -152,14 +164,10 @@ struct RunQuery {
     run: u64,
 }
 
+/// A run's files; one that lies outside the session is refused (403).
 async fn run(State(app): State<Arc<App>>, Query(q): Query<RunQuery>) -> Response {
-    let Some(s) = app.sessions.get(q.session).cloned() else {
+    let Some(s) = session(&app, q.session) else {
         return (StatusCode::NOT_FOUND, "no such session").into_response();
     };
-    match tokio::task::spawn_blocking(move || data::run_files(&s, q.run)).await {
-        Ok(Ok(Some(r))) => Json(r).into_response(),
-        Ok(Ok(None)) => (StatusCode::NOT_FOUND, "no such run").into_response(),
-        Ok(Err(e)) => failure(StatusCode::FORBIDDEN, e),
-        Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, e.into()),
-    }
+    read_json(StatusCode::FORBIDDEN, "no such run", move || data::run_files(&s, q.run)).await
 }

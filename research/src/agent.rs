@@ -9,8 +9,9 @@ use anyhow::{Context, Result};
 
 use crate::process::{wait_or_kill, Role};
 use crate::results::{self, Row, Status};
-use crate::run::{build, check, refusal_message, run_experiment, tail, Check, ExperimentOptions, TAIL_LINES};
+use crate::run::{build, check, refusal_message, run_experiment, Check, ExperimentOptions};
 use crate::trainer::Trainer;
+use crate::training::{tail, TAIL_LINES};
 use crate::{now_utc, RunMeta, Workspace, TRAINING_FILE};
 
 pub struct LoopOptions {

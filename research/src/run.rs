@@ -17,7 +17,7 @@ pub use crate::state::SEED;
 use crate::state::{Best, InProgress};
 use crate::trainer::{Trainer, TrainingSettings};
 use crate::training::{evaluate_again, train_and_evaluate, Processes, Trained, TrainingFiles};
-pub use crate::training::{tail, Crash, TAIL_LINES};
+use crate::training::{tail, Crash, TAIL_LINES};
 use crate::{file_hash, now_utc, Interrupts, RunMeta, Workspace, TRAINING_FILE};
 use autoresearch_harness::handover::{EvalResult, CHECKPOINT};
 
