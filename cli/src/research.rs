@@ -11,8 +11,10 @@ use autoresearch_research::rules::{noise_for, Decider, Rule};
 use autoresearch_research::run::{
     default_timeout, describe, evaluate_run, measure_noise, run_experiment, ExperimentOptions,
 };
+use autoresearch_research::trainer::DeviceChoice;
 use autoresearch_research::trainer::{repo_root, Trainer};
 use autoresearch_research::training::build_sandbox;
+use autoresearch_research::workers::{local_setups, run_workers};
 use autoresearch_research::{self as experiment, Interrupts, Workspace};
 
 use crate::train_cmd::Device;
@@ -84,6 +86,13 @@ pub struct LoopArgs {
     /// The agent's instructions [default: program.md in the repository]
     #[arg(long, value_name = "FILE")]
     program: Option<PathBuf>,
+    /// Agents at once, each in its own git worktree with one GPU (or its share of the CPU's cores); one
+    /// results.tsv and one best for all
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    workers: usize,
+    /// The GPUs the workers use, one each [default: every visible GPU]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    gpus: Option<Vec<String>>,
     #[command(flatten)]
     rule: RuleArgs,
 }
@@ -208,7 +217,25 @@ pub fn research_loop_cmd(args: LoopArgs) -> Result<()> {
         "loop: agent `{}`, rule {}, profile {}, {} s per run",
         opts.agent, opts.run.decider.label, ws.state.profile, ws.state.time_budget
     );
-    let report = research_loop(&mut ws, &trainer, &opts, &mut |line| println!("{line}"))?;
+    let report = if args.workers > 1 {
+        let gpus = match (trainer.device, &args.gpus) {
+            (DeviceChoice::Cuda, Some(list)) => Some(list.clone()),
+            (DeviceChoice::Cuda, None) => Some(visible_gpus()?),
+            (_, Some(_)) => bail!("--gpus: this session trains on the CPU"),
+            _ => None,
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let setups = local_setups(args.workers, gpus.as_deref(), cores)?;
+        let say = |line: &str| println!("{line}");
+        let report = run_workers(ws, &trainer, &opts, &setups, &say)?;
+        ws = Workspace::open(&root)?;
+        report
+    } else {
+        if args.gpus.is_some() {
+            bail!("--gpus is for several workers: with one, choose the GPU with CUDA_VISIBLE_DEVICES");
+        }
+        research_loop(&mut ws, &trainer, &opts, &mut |line| println!("{line}"))?
+    };
     println!(
         "loop stopped ({}): {} experiments, {} kept, {} crashed, {} refused",
         report.stop_reason, report.experiments, report.kept, report.crashes, report.refused
@@ -217,6 +244,18 @@ pub fn research_loop_cmd(args: LoopArgs) -> Result<()> {
         println!("best: val_bpb {:.6} (commit {}, run {})", best.val_bpb, &best.commit[..7], best.run);
     }
     Ok(())
+}
+
+/// The GPUs a worker may be given: those CUDA_VISIBLE_DEVICES lists, else every GPU `nvidia-smi` sees.
+fn visible_gpus() -> Result<Vec<String>> {
+    if let Ok(list) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        return Ok(list.split(',').map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect());
+    }
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=index", "--format=csv,noheader"])
+        .output()
+        .context("running nvidia-smi to count the GPUs (or give them with --gpus)")?;
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
 }
 
 pub fn noise(args: NoiseArgs) -> Result<()> {

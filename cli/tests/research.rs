@@ -156,10 +156,14 @@ impl Session {
         assert!(state.in_progress.is_none());
         let head = git(&self.repo, &["rev-parse", "HEAD"]).trim().to_string();
         assert_eq!(head, state.best.as_ref().unwrap().commit, "HEAD is the best commit");
-        let on_branch: Vec<String> = git(&self.repo, &["rev-list", &format!("{}..HEAD", state.base)])
-            .lines()
-            .map(|c| c[..7].to_string())
-            .collect();
+        let range = format!("{}..HEAD", state.base);
+        let on_branch: Vec<String> =
+            git(&self.repo, &["rev-list", "--no-merges", &range]).lines().map(|c| c[..7].to_string()).collect();
+        // A keep of a worker's commit that grew from an older best is a merge holding that commit's tree.
+        for merge in git(&self.repo, &["rev-list", "--merges", &range]).lines() {
+            let tree = |c: &str| git(&self.repo, &["rev-parse", &format!("{c}^{{tree}}")]);
+            assert_eq!(tree(merge), tree(&format!("{merge}^2")), "merge {merge} holds its kept commit's file");
+        }
         let rows = self.rows();
         for c in &on_branch {
             assert!(
@@ -169,8 +173,8 @@ impl Session {
         }
         let text = std::fs::read_to_string(self.repo.join("results.tsv")).unwrap();
         assert!(
-            text.ends_with('\n') && text.lines().skip(1).all(|l| l.split('\t').count() == 11),
-            "whole 11-column rows"
+            text.ends_with('\n') && text.lines().skip(1).all(|l| l.split('\t').count() == 12),
+            "whole 12-column rows"
         );
     }
 }
@@ -674,6 +678,120 @@ fn kill_9_at_any_moment() {
     let r = kill_when(&["noise", "--runs", "2"], Role::Training, &|_| true);
     assert!(s.run(&["init", "k2", "--profile", "small", "--time-budget", "60", "--device", "cpu"]).status.success());
     assert!(!alive(r.pgid), "the old session's orphaned training was stopped");
+}
+
+/// `loop --workers 2`: two agents at once, each in its own worktree with one thread, one ledger and one best;
+/// then a kill -9 of the coordinator while both train, and the next start puts each worker's experiment right.
+#[test]
+fn two_workers_share_one_ledger_and_one_best() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Session::new("session");
+    assert!(s.run(&["init", "w1", "--profile", "small", "--time-budget", "60", "--device", "cpu"]).status.success());
+    let steps = |k: usize, steps: &[&str]| {
+        std::fs::write(s.agent_state.join(format!("steps-{k}")), steps.join("\n") + "\n").unwrap();
+        let _ = std::fs::remove_file(s.agent_state.join(format!("count-{k}")));
+    };
+    steps(1, &["improve", "good", "nothing", "nothing", "nothing"]);
+    steps(2, &["good2", "good3", "nothing", "nothing", "nothing"]);
+    let agent = format!("bash {}/tests/data/agent.sh", env!("CARGO_MANIFEST_DIR"));
+    let out = s.run(&["loop", "--workers", "2", "--agent", &agent, "--max-experiments", "5", "--timeout", "60"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("2 workers (worker 1: 1 thread; worker 2: 1 thread)"), "{stdout}");
+    let rows = s.rows();
+    let summary: Vec<_> = rows.iter().map(|r| (r.status, r.extra.as_ref().unwrap().worker, &r.description)).collect();
+    assert_eq!(rows.len(), 5, "{summary:?}");
+    assert_eq!((rows[0].status, rows[0].description.as_str()), (Status::Keep, "baseline"));
+    for k in [1, 2] {
+        assert!(rows[1..].iter().any(|r| r.extra.as_ref().unwrap().worker == Some(k)), "{summary:?}");
+    }
+    // One best: every keep beats the best before it, and the session's best is the last keep.
+    let keeps: Vec<&Row> = rows.iter().filter(|r| r.status == Status::Keep).collect();
+    assert!(keeps.windows(2).all(|w| w[1].val_bpb < w[0].val_bpb), "{summary:?}");
+    let best = s.state().best.unwrap();
+    let last_keep = keeps.last().unwrap();
+    assert_eq!((best.run, format!("{:.6}", best.val_bpb)), (run_of(last_keep), format!("{:.6}", last_keep.val_bpb)));
+    // The session branch holds every kept commit, and its tree is the best's file exactly.
+    let tree = |c: &str| git(&s.repo, &["rev-parse", &format!("{c}^{{tree}}")]);
+    assert_eq!(tree("HEAD"), tree(&last_keep.commit));
+    for k in &keeps {
+        assert!(Command::new("git")
+            .current_dir(&s.repo)
+            .args(["merge-base", "--is-ancestor", &k.commit, "HEAD"])
+            .status()
+            .unwrap()
+            .success());
+    }
+    assert_eq!(git(&s.repo, &["status", "--porcelain"]), "", "the repository's tree is clean");
+    // The coordinator's own time per experiment: outside the agent, the build and the training processes.
+    let own: Vec<f64> = rows
+        .iter()
+        .map(|r| s.meta(run_of(r)))
+        .map(|m| m.harness_overhead_seconds.unwrap() - m.build_seconds.unwrap())
+        .collect();
+    println!("coordinator's own time per experiment: {own:.2?} s");
+    assert!(own.iter().all(|&t| t < 1.0), "{own:?}");
+    // Each worker trained with its share of the cores (that they train at the same time, the kill below shows).
+    for r in &rows[1..] {
+        let log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/run.log", run_of(r)))).unwrap();
+        assert!(log.contains("device:           cpu (1 threads)"), "{log}");
+    }
+    // Each prompt says what the other worker is trying; the notes file is one for both.
+    let prompts: Vec<String> = std::fs::read_dir(&s.agent_state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("prompt-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(prompts.iter().all(|p| p.contains("You are worker ")), "{prompts:?}");
+    assert!(prompts.iter().any(|p| p.contains("The other workers are trying right now:\n\n- worker ")), "{prompts:?}");
+    let notes = std::fs::read_to_string(s.repo.join(".autoresearch/notes.md")).unwrap();
+    assert!(notes.contains("call-1 1: tried improve") && notes.contains("call-2 1: tried good2"), "{notes}");
+    for k in [1, 2] {
+        let journal = State::load(&s.repo.join(format!(".autoresearch/workers/{k}"))).unwrap();
+        assert!(journal.in_progress.is_none() && journal.children.is_empty(), "worker {k}: {journal:?}");
+    }
+
+    // kill -9 of the coordinator while both workers train: the next start stops both trainings and undoes both
+    // experiments; nothing is recorded for them.
+    steps(1, &["good4", "nothing"]);
+    steps(2, &["good5", "nothing"]);
+    let before = s.rows().len();
+    let mut child = s
+        .cmd(&["loop", "--workers", "2", "--agent", &agent, "--max-experiments", "4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = |k: usize| State::load(&s.repo.join(format!(".autoresearch/workers/{k}"))).ok();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let training = |k: usize| {
+        journal(k).and_then(|j| j.children.iter().find(|c| c.role == Role::Training).cloned().zip(j.in_progress))
+    };
+    let (a, b) = loop {
+        assert!(Instant::now() < deadline, "the two workers never trained at once");
+        if let (Some(a), Some(b)) = (training(1), training(2)) {
+            break (a, b);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(alive(a.0.pgid) && alive(b.0.pgid), "the trainings outlive the killed coordinator");
+    let out = s.run(&["loop", "--workers", "2", "--agent", &agent, "--max-experiments", "0"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (k, (recorded, ip)) in [(1, &a), (2, &b)] {
+        assert!(!alive(recorded.pgid), "worker {k}'s orphaned training was stopped");
+        assert!(stderr.contains(&format!("worker {k}: recovered: run {} was interrupted", ip.run)), "{stderr}");
+        assert_eq!(s.meta(ip.run).status, Status::Interrupted);
+        let journal = journal(k).unwrap();
+        assert!(journal.in_progress.is_none() && journal.children.is_empty());
+        let tree = s.repo.join(format!(".autoresearch/workers/{k}/tree"));
+        assert_eq!(git(&tree, &["status", "--porcelain"]), "", "worker {k}'s worktree is clean");
+    }
+    assert_eq!(s.rows().len(), before, "no rows for the interrupted experiments");
+    s.assert_consistent();
 }
 
 extern "C" {

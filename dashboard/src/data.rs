@@ -11,7 +11,7 @@ use autoresearch_research::report;
 use autoresearch_research::results::{self, Status};
 use autoresearch_research::rules::{load_noise, noise_for};
 use autoresearch_research::state::State;
-use autoresearch_research::{RunMeta, RESULTS_FILE, STATE_DIR};
+use autoresearch_research::{worker_journals, RunMeta, RESULTS_FILE, STATE_DIR};
 use serde::Serialize;
 
 /// A session folder: the repository a session runs in (results.tsv and `.autoresearch/`).
@@ -111,11 +111,24 @@ fn view(s: &Session) -> Result<SessionView> {
     })
 }
 
-/// The processes the journal records that still run (a journal left by a killed loop lists dead ones).
+/// What the journals record as running now: the lone loop's, or each worker's (a journal left by a killed
+/// loop lists dead processes, which are not shown).
 fn live(s: &Session, st: &State) -> Vec<Live> {
-    let running =
-        st.children.iter().filter(|c| alive(c.pgid) && start_time(c.pgid) == Some(c.start_time)).collect::<Vec<_>>();
-    let Some(child) = running.last() else { return Vec::new() };
+    let workers = worker_journals(&s.state_dir());
+    if workers.is_empty() {
+        return live_one(s, st, None, &s.root.join("run.log")).into_iter().collect();
+    }
+    workers
+        .iter()
+        .filter_map(|(k, journal)| {
+            let log = s.state_dir().join("workers").join(k.to_string()).join("tree/run.log");
+            live_one(s, journal, Some(*k), &log)
+        })
+        .collect()
+}
+
+fn live_one(s: &Session, st: &State, worker: Option<usize>, log: &Path) -> Option<Live> {
+    let child = st.children.iter().filter(|c| alive(c.pgid) && start_time(c.pgid) == Some(c.start_time)).last()?;
     let run = st.in_progress.as_ref().map(|ip| ip.run);
     let meta: Option<RunMeta> = run.and_then(|r| {
         let bytes = std::fs::read(s.state_dir().join("runs").join(r.to_string()).join("meta.json")).ok()?;
@@ -128,7 +141,7 @@ fn live(s: &Session, st: &State) -> Vec<Live> {
         Role::Evaluation => "evaluation",
     };
     let mut live = Live {
-        worker: None,
+        worker: worker.map(|k| format!("worker {k}")),
         run,
         description: meta.map(|m| m.description).unwrap_or_default(),
         phase: phase.into(),
@@ -138,11 +151,11 @@ fn live(s: &Session, st: &State) -> Vec<Live> {
         loss: Vec::new(),
     };
     if matches!(child.role, Role::Training | Role::Evaluation) {
-        if let Some(log) = s.inside(&s.root.join("run.log")).and_then(|p| std::fs::read(p).ok()) {
+        if let Some(log) = s.inside(log).and_then(|p| std::fs::read(p).ok()) {
             read_progress(&String::from_utf8_lossy(&log), &mut live);
         }
     }
-    vec![live]
+    Some(live)
 }
 
 /// Step lines of a training log: `step 00012 (4.5%) | loss: 6.123456 | ... | remaining: 287s`.
@@ -230,7 +243,7 @@ pub fn rows(s: &Session, from: usize) -> Result<Rows> {
             e.map(|e| e.rule.as_str()),
             e.map(|e| e.reason.as_str()),
             r.description,
-            serde_json::Value::Null,
+            e.and_then(|e| e.worker),
             r.status == Status::Keep && below.contains(&r.commit),
             r.commit,
         ]));

@@ -55,14 +55,26 @@ pub fn research_loop(
     let mut report = LoopReport::default();
     let mut feedback: Option<String> = None;
     let mut idle = 0;
-    let prompt_path = ws.dir.join("prompt.md");
-    let description_path = ws.dir.join("description.txt");
+    let prompt_path = ws.own.join("prompt.md");
+    let description_path = ws.own.join("description.txt");
     set_aside_leftovers(ws)?;
+    // A worker's experiments count against --max-experiments with the others': each claims one before it
+    // starts, and gives it back if nothing ran.
+    let ledger = ws.ledger.clone();
+    let mut claimed = false;
     loop {
+        if std::mem::take(&mut claimed) {
+            ledger.as_ref().map(|l| l.release());
+        }
+        let all_taken = match &ledger {
+            Some(l) => !l.claim(opts.max_experiments),
+            None => opts.max_experiments.is_some_and(|m| report.experiments >= m),
+        };
+        claimed = ledger.is_some() && !all_taken;
         let stop = if opts.run.interrupts.count() > 0 {
             Some("stopped by a signal".to_string())
-        } else if opts.max_experiments.is_some_and(|m| report.experiments >= m) {
-            Some(format!("reached --max-experiments {}", report.experiments))
+        } else if all_taken {
+            Some(format!("reached --max-experiments {}", opts.max_experiments.unwrap_or_default()))
         } else if opts.max_hours.is_some_and(|h| started.elapsed().as_secs_f64() > h * 3600.0) {
             Some("reached --max-hours".to_string())
         } else if idle >= MAX_IDLE_CALLS {
@@ -71,8 +83,14 @@ pub fn research_loop(
             None
         };
         if let Some(reason) = stop {
+            if std::mem::take(&mut claimed) {
+                ledger.as_ref().map(|l| l.release());
+            }
             report.stop_reason = reason;
             return Ok(report);
+        }
+        if ledger.is_some() {
+            start_from_the_best(ws)?;
         }
 
         let description = if ws.state.best.is_none() && !ws.training_file_changed()? {
@@ -132,6 +150,7 @@ pub fn research_loop(
             }
             Err(e) => return Err(e),
         };
+        claimed = false;
         report.experiments += 1;
         match outcome.status {
             Status::Keep => report.kept += 1,
@@ -154,17 +173,28 @@ pub fn research_loop(
     }
 }
 
+/// A worker starts each experiment from the session's best as it is now (another worker may have kept one).
+fn start_from_the_best(ws: &mut Workspace) -> Result<()> {
+    let best = ws.best_now();
+    if let Some(b) = &best {
+        if ws.git.head()? != b.commit {
+            ws.git.reset_hard(&b.commit)?;
+        }
+    }
+    ws.state.best = best;
+    ws.save_state()
+}
+
 fn set_aside_leftovers(ws: &Workspace) -> Result<()> {
     if let Some(dir) = ws.set_aside_leftovers()? {
-        eprintln!("an unrun change was set aside in {}", dir.display());
+        ws.say(&format!("an unrun change was set aside in {}", dir.display()));
     }
     Ok(())
 }
 
 /// A refused change: its own run folder (no row, nothing ran), then the tree back at the best commit.
 fn record_refusal(ws: &mut Workspace, problem: &str) -> Result<()> {
-    let run = ws.state.next_run;
-    ws.state.next_run += 1;
+    let run = ws.take_run()?;
     ws.set_aside(run, None)?;
     ws.write_meta(&RunMeta {
         run,
@@ -193,10 +223,10 @@ fn call_agent(ws: &mut Workspace, opts: &LoopOptions, prompt: &Path, description
     } else {
         format!("{} {}", opts.agent, shell_quote(prompt))
     };
-    let log_path = ws.dir.join("agent.log");
+    let log_path = ws.own.join("agent.log");
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     use std::io::Write;
-    writeln!(log, "\n=== {} run {}: {line}", now_utc(), ws.state.next_run)?;
+    writeln!(log, "\n=== {}: {line}", now_utc())?;
     let mut cmd = std::process::Command::new("sh");
     cmd.arg("-c")
         .arg(&line)
@@ -228,7 +258,10 @@ fn history(rows: &[Row]) -> String {
     let mut best: Option<f64> = None;
     let mut out = String::new();
     for (_, r) in crate::report::experiments(rows) {
-        let run = r.extra.as_ref().map_or("-".to_string(), |e| e.run.to_string());
+        let run = match r.extra.as_ref() {
+            Some(e) => format!("{}{}", e.run, e.worker.map_or(String::new(), |w| format!(" (worker {w})"))),
+            None => "-".to_string(),
+        };
         let result = match r.status {
             Status::Crash => {
                 let reason = r.extra.as_ref().map_or("", |e| e.reason.as_str());
@@ -279,6 +312,19 @@ fn build_prompt(
         None => p += "- No result yet.\n",
     }
     p += &format!("- Keep rule: {}.\n", opts.run.decider.label);
+    if let (Some(l), Some(k)) = (&ws.ledger, ws.worker) {
+        p += &format!(
+            "- You are worker {k}; other workers run experiments at the same time, each from the best at its start. \
+             Pick an idea that differs from theirs.\n"
+        );
+        let others = l.others(k);
+        if !others.is_empty() {
+            p += "\nThe other workers are trying right now:\n\n";
+            for (w, run, description) in others {
+                p += &format!("- worker {w}, run {run}: {description}\n");
+            }
+        }
+    }
     let history = history(&rows);
     if !history.is_empty() {
         p += "\nEvery experiment so far, oldest first (val_bpb, and its change against the best at the time: \

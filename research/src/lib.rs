@@ -16,6 +16,7 @@
 pub mod agent;
 pub mod compare;
 pub mod git;
+pub mod ledger;
 pub mod process;
 pub mod report;
 pub mod results;
@@ -24,16 +25,18 @@ pub mod run;
 pub mod state;
 pub mod trainer;
 pub mod training;
+pub mod workers;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use git::Git;
+use ledger::Ledger;
 use results::Status;
 use state::{Best, State};
 
@@ -70,6 +73,9 @@ pub struct RunMeta {
     pub started: String,
     pub seconds: f64,
     pub harness_overhead_seconds: Option<f64>,
+    /// Of the overhead, the build's seconds (a worker's wait for the repository's tree included).
+    #[serde(default)]
+    pub build_seconds: Option<f64>,
 }
 
 pub fn file_hash(bytes: &[u8]) -> String {
@@ -92,14 +98,25 @@ pub fn now_utc() -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-/// A repository with a research session, locked against a second `run` or `loop`.
+/// A repository with a research session, locked against a second `run` or `loop`; or one worker of a session
+/// run by several (see [`ledger`]), which makes its experiments in a worktree of its own.
 pub struct Workspace {
+    /// The tree experiments are made in: the repository, or the worker's worktree.
     pub root: PathBuf,
     pub git: Git,
+    /// The session's folder, `.autoresearch` in the repository: run folders, notes, noise.
     pub dir: PathBuf,
+    /// This loop's own files: its journal (state.json), prompt, agent log, stash and leftovers. The session's
+    /// folder for a lone loop, `workers/<k>/` in it for worker k.
+    pub own: PathBuf,
     pub results: PathBuf,
+    /// A lone loop's: the session's state. A worker's: its journal, whose `best` is the best its current
+    /// experiment started from (the session's best is the ledger's).
     pub state: State,
-    _lock: File,
+    /// The worker's number (from 1) and the session's shared ledger, for a worker.
+    pub worker: Option<usize>,
+    pub ledger: Option<Arc<Ledger>>,
+    _lock: Option<File>,
 }
 
 /// Starts a session: branch `autoresearch/<tag>` from HEAD, the results.tsv header, the state.
@@ -121,15 +138,20 @@ pub fn init(root: &Path, tag: &str, profile: &str, time_budget: f64, device: &st
     let lock = lock(&dir)?;
     if let Ok(old) = State::load(&dir) {
         // What a killed command of that session left running stops first; then its files move aside, whole.
-        for c in &old.children {
+        let workers = worker_journals(&dir);
+        for c in old.children.iter().chain(workers.iter().flat_map(|(_, w)| &w.children)) {
             c.kill_if_ours();
         }
         let archive = dir.join("archive").join(&old.tag);
         std::fs::create_dir_all(&archive)?;
-        for name in ["state.json", "runs", "noise.json", "prompt.md", "agent.log", "notes.md", "leftovers"] {
+        for name in ["state.json", "runs", "noise.json", "prompt.md", "agent.log", "notes.md", "leftovers", "workers"] {
             if dir.join(name).exists() {
                 std::fs::rename(dir.join(name), archive.join(name))?;
             }
+        }
+        if !workers.is_empty() {
+            // Their worktrees moved with them: git forgets them (their branches stay).
+            git.run(&["worktree", "prune"])?;
         }
         if root.join(RESULTS_FILE).exists() {
             std::fs::rename(root.join(RESULTS_FILE), archive.join(RESULTS_FILE))?;
@@ -155,6 +177,23 @@ pub fn init(root: &Path, tag: &str, profile: &str, time_budget: f64, device: &st
     Ok(state)
 }
 
+/// The journals of a session's workers, by number (none for a session run by one loop).
+pub fn worker_journals(dir: &Path) -> Vec<(usize, State)> {
+    let mut found: Vec<(usize, State)> = std::fs::read_dir(dir.join("workers"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    let e = e.ok()?;
+                    let k = e.file_name().to_str()?.parse().ok()?;
+                    Some((k, State::load(&e.path()).ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort_by_key(|(k, _)| *k);
+    found
+}
+
 fn lock(dir: &Path) -> Result<File> {
     let path = dir.join("lock");
     let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -177,9 +216,12 @@ impl Workspace {
             root: root.to_path_buf(),
             git: Git::new(root),
             results: root.join(RESULTS_FILE),
+            own: dir.clone(),
             dir,
             state,
-            _lock: lock,
+            worker: None,
+            ledger: None,
+            _lock: Some(lock),
         };
         let branch = ws.git.branch()?;
         if branch != ws.state.branch {
@@ -199,8 +241,87 @@ impl Workspace {
         Ok(ws)
     }
 
+    /// Opens worker `k`'s side of a session run by several: its worktree (made on first use, on branch
+    /// `<session branch>-w<k>`, at the session's best) and its journal, and puts right what a killed
+    /// coordinator left of its experiment.
+    pub fn worker(ledger: &Arc<Ledger>, k: usize) -> Result<Workspace> {
+        let session = ledger.state();
+        let own = ledger.dir.join("workers").join(k.to_string());
+        let tree = own.join("tree");
+        let start = session.reference_commit().to_string();
+        if !tree.join(".git").exists() {
+            std::fs::create_dir_all(&own).with_context(|| format!("creating {}", own.display()))?;
+            let git = Git::new(&ledger.root);
+            git.run(&["worktree", "prune"])?;
+            let branch = format!("{}-w{k}", session.branch);
+            git.run(&["worktree", "add", "--quiet", "-B", &branch, &tree.display().to_string(), &start])?;
+        }
+        let mut state =
+            State::load(&own).unwrap_or_else(|_| State { in_progress: None, children: Vec::new(), ..session.clone() });
+        if state.in_progress.is_none() {
+            state.best = session.best.clone();
+        }
+        drop(session);
+        let mut ws = Workspace {
+            git: Git::new(&tree),
+            root: tree,
+            dir: ledger.dir.clone(),
+            own,
+            results: ledger.root.join(RESULTS_FILE),
+            state,
+            worker: Some(k),
+            ledger: Some(ledger.clone()),
+            _lock: None,
+        };
+        ws.save_state()?;
+        if let Some(msg) = ws.recover()? {
+            ws.say(&msg);
+        }
+        Ok(ws)
+    }
+
     pub fn save_state(&self) -> Result<()> {
-        self.state.save(&self.dir)
+        self.state.save(&self.own)
+    }
+
+    /// A message on stderr, each line headed by the worker's number where there are several.
+    pub fn say(&self, text: &str) {
+        say(self.worker, text)
+    }
+
+    /// The session's state as it is now: the ledger's for a worker, else this loop's own.
+    pub fn session(&self) -> SessionState<'_> {
+        match &self.ledger {
+            Some(l) => SessionState::Shared(l.state()),
+            None => SessionState::Own(&self.state),
+        }
+    }
+
+    /// The session's best now (for a worker, possibly newer than the one its experiment started from).
+    pub fn best_now(&self) -> Option<Best> {
+        self.session().best.clone()
+    }
+
+    /// Takes the next run number.
+    pub fn take_run(&mut self) -> Result<u64> {
+        match &self.ledger {
+            Some(l) => l.take_run(),
+            None => {
+                self.state.next_run += 1;
+                Ok(self.state.next_run - 1)
+            }
+        }
+    }
+
+    /// Puts the new best in place: for a worker, in the ledger (unless it is there already), with the session
+    /// branch advanced to it; the best this loop's next experiment starts from too.
+    pub fn apply_keep(&mut self, best: Best, message: &str) -> Result<()> {
+        let best = match &self.ledger {
+            Some(l) => l.keep(&mut l.state(), best, message)?,
+            None => best,
+        };
+        self.state.best = Some(best);
+        Ok(())
     }
 
     pub fn run_dir(&self, run: u64) -> PathBuf {
@@ -309,7 +430,9 @@ impl Workspace {
                 // The row was written: finish what followed it.
                 if row.status == Status::Keep {
                     let commit = ip.commit.clone().unwrap_or_else(|| self.state.reference_commit().to_string());
-                    self.state.best = Some(Best { commit, val_bpb: row.val_bpb, run: ip.run, seeds: ip.seeds.clone() });
+                    let best = Best { commit, val_bpb: row.val_bpb, run: ip.run, seeds: ip.seeds.clone() };
+                    let message = format!("keep run {}: {}", ip.run, row.description);
+                    self.apply_keep(best, &message)?;
                 } else {
                     self.set_aside(ip.run, ip.commit.as_deref())?;
                 }
@@ -339,7 +462,7 @@ impl Workspace {
     }
 
     fn stash_path(&self) -> PathBuf {
-        self.dir.join("stash").join("train.rs")
+        self.own.join("stash").join("train.rs")
     }
 
     /// Puts the uncommitted training file aside (in `.autoresearch/stash`, where recovery finds it) and the best
@@ -371,7 +494,7 @@ impl Workspace {
         // One folder each, also for two in the same second.
         let stamp = now_utc().replace(':', "");
         let dir = (0..)
-            .map(|k| self.dir.join("leftovers").join(if k == 0 { stamp.clone() } else { format!("{stamp}-{k}") }))
+            .map(|k| self.own.join("leftovers").join(if k == 0 { stamp.clone() } else { format!("{stamp}-{k}") }))
             .find(|d| !d.exists())
             .unwrap();
         self.set_aside_to(&dir, None)?;
@@ -389,6 +512,38 @@ impl Workspace {
 
     /// The run folders, oldest first.
     pub fn runs(&self) -> Vec<RunMeta> {
-        (1..self.state.next_run).filter_map(|n| self.read_meta(n)).collect()
+        let next = self.session().next_run;
+        (1..next).filter_map(|n| self.read_meta(n)).collect()
     }
+}
+
+/// The session's state, read where it lives.
+pub enum SessionState<'a> {
+    Own(&'a State),
+    Shared(MutexGuard<'a, State>),
+}
+
+impl std::ops::Deref for SessionState<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        match self {
+            SessionState::Own(s) => s,
+            SessionState::Shared(g) => g,
+        }
+    }
+}
+
+/// A message on stderr, each line headed by the number of the worker saying it, if any.
+pub fn say(worker: Option<usize>, text: &str) {
+    for line in text.lines() {
+        match worker {
+            Some(k) => eprintln!("worker {k}: {line}"),
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+/// A mutex whose holder panicked still guards consistent data here (every change is saved whole).
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -10,8 +10,9 @@ use anyhow::{bail, Context, Result};
 /// The original's columns.
 pub const ORIGINAL_COLUMNS: [&str; 5] = ["commit", "val_bpb", "memory_gb", "status", "description"];
 /// Ours after them: the profile and time budget (runs are only comparable within one), the experiment's wall
-/// time, its run folder, and the keep rule with the reason for the decision.
-pub const EXTRA_COLUMNS: [&str; 6] = ["profile", "budget", "seconds", "run", "rule", "reason"];
+/// time, its run folder, the keep rule with the reason for the decision, and the worker that ran it (`-` where
+/// one loop or `run` did; files written before this column have eleven columns and still read).
+pub const EXTRA_COLUMNS: [&str; 7] = ["profile", "budget", "seconds", "run", "rule", "reason", "worker"];
 
 /// What became of an experiment: the first four appear in results.tsv rows, the rest only in run folders.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -99,6 +100,8 @@ pub struct Extra {
     pub run: u64,
     pub rule: String,
     pub reason: String,
+    /// The worker (1, 2, ...) of a session run by several.
+    pub worker: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -136,21 +139,18 @@ impl Row {
                 e.run.to_string(),
                 clean(&e.rule),
                 clean(&e.reason),
+                e.worker.map_or("-".to_string(), |w| w.to_string()),
             ]);
         }
         cols.join("\t")
     }
 
-    /// Parses a row of five (the original) or eleven (ours) columns.
+    /// Parses a row of five (the original), eleven (ours before the worker column) or twelve columns.
     pub fn parse(line: &str) -> Result<Row> {
         let cols: Vec<&str> = line.split('\t').collect();
-        if cols.len() != ORIGINAL_COLUMNS.len() && cols.len() != ORIGINAL_COLUMNS.len() + EXTRA_COLUMNS.len() {
-            bail!(
-                "{} columns, expected {} or {}",
-                cols.len(),
-                ORIGINAL_COLUMNS.len(),
-                ORIGINAL_COLUMNS.len() + EXTRA_COLUMNS.len()
-            );
+        let ours = ORIGINAL_COLUMNS.len() + EXTRA_COLUMNS.len();
+        if ![ORIGINAL_COLUMNS.len(), ours - 1, ours].contains(&cols.len()) {
+            bail!("{} columns, expected {}, {} or {ours}", cols.len(), ORIGINAL_COLUMNS.len(), ours - 1);
         }
         let number = |name: &str, v: &str| -> Result<f64> {
             let x: f64 = v.trim().parse().map_err(|_| anyhow::anyhow!("{name} {v:?} is not a number"))?;
@@ -168,6 +168,10 @@ impl Row {
                 run: cols[8].trim().parse().map_err(|_| anyhow::anyhow!("run {:?} is not a whole number", cols[8]))?,
                 rule: cols[9].to_string(),
                 reason: cols[10].to_string(),
+                worker: match cols.get(11).map(|w| w.trim()) {
+                    None | Some("-") => None,
+                    Some(w) => Some(w.parse().map_err(|_| anyhow::anyhow!("worker {w:?} is not a whole number"))?),
+                },
             })
         } else {
             None
@@ -260,6 +264,7 @@ mod tests {
                 run: 1,
                 rule: "lower".into(),
                 reason: "first result".into(),
+                worker: Some(2),
             }),
         }
     }
@@ -269,13 +274,17 @@ mod tests {
         let line = row().to_line();
         assert_eq!(
             line,
-            "a1b2c3d\t0.997900\t44.0\tkeep\tbaseline with a tab\th100\t300\t325.9\t1\tlower\tfirst result"
+            "a1b2c3d\t0.997900\t44.0\tkeep\tbaseline with a tab\th100\t300\t325.9\t1\tlower\tfirst result\t2"
         );
         let back = Row::parse(&line).unwrap();
         assert_eq!(back.description, "baseline with a tab");
         assert_eq!(back.extra, row().extra);
         let original = Row::parse("a1b2c3d\t0.000000\t0.0\tcrash\tOOM").unwrap();
         assert_eq!((original.status, original.extra), (Status::Crash, None));
+        let before_workers =
+            Row::parse("a1b2c3d\t1.000000\t1.0\tdiscard\tx\tsmall\t60\t70.0\t3\tlower\tworse").unwrap();
+        assert_eq!(before_workers.extra.unwrap().worker, None);
+        assert!(Row::parse(&(line + "\t")).unwrap_err().to_string().contains("13 columns"));
     }
 
     #[test]

@@ -55,17 +55,30 @@ pub struct Outcome {
     pub harness_overhead: f64,
 }
 
-/// Builds the training binary, the build process recorded in the journal while it runs.
+/// Builds the training binary, the build process recorded in the journal while it runs. A worker's file is
+/// built in the repository's tree, one worker at a time (see [`crate::ledger`]), into the worker's own binary.
 pub fn build(ws: &mut Workspace, trainer: &Trainer) -> Result<std::result::Result<String, String>> {
     let mut recorded = None;
-    let result = trainer.build(
-        &mut |cmd| {
-            let (child, r) = ws.spawn(cmd, Role::Build)?;
-            recorded = Some(r);
-            Ok(child)
-        },
-        &mut |line| eprintln!("{line}"),
-    );
+    let ledger = ws.ledger.clone();
+    let worker = ws.worker;
+    let mut build = |ws: &mut Workspace| {
+        trainer.build(
+            &mut |cmd| {
+                let (child, r) = ws.spawn(cmd, Role::Build)?;
+                recorded = Some(r);
+                Ok(child)
+            },
+            &mut |line| crate::say(worker, line),
+        )
+    };
+    let result = match &ledger {
+        Some(l) => {
+            let file =
+                std::fs::read(ws.root.join(TRAINING_FILE)).with_context(|| format!("reading {TRAINING_FILE}"))?;
+            l.build_in_tree(&file, || build(ws))
+        }
+        None => build(ws),
+    };
     if let Some(r) = recorded {
         ws.forget(&r)?;
     }
@@ -166,6 +179,8 @@ struct Started {
     started: Instant,
     /// Seconds spent in training processes.
     training_wall: f64,
+    /// Seconds spent building (for a worker, waiting for the repository's tree included).
+    build_wall: f64,
 }
 
 /// What the experiment came to, before it is recorded.
@@ -179,6 +194,8 @@ struct Decision {
     /// The seeds `value` averages.
     seeds: Vec<u64>,
     reruns: Vec<Row>,
+    /// The run of the best it was judged against.
+    against: Option<u64>,
 }
 
 impl Decision {
@@ -191,6 +208,7 @@ impl Decision {
             crash: Some(crash),
             seeds: Vec::new(),
             reruns: Vec::new(),
+            against: None,
         }
     }
 }
@@ -208,21 +226,21 @@ pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOp
     let retry_of = match if opts.force { None } else { earlier_run(ws, &hash) } {
         Some(Earlier::Reuse(earlier)) => return reuse(ws, opts, &earlier, hash, started),
         Some(Earlier::Retry(earlier)) => {
-            eprintln!(
+            ws.say(&format!(
                 "run {} crashed with this exact file ({}), which may not be the file's fault: trying it once more",
                 earlier.run, earlier.reason
-            );
+            ));
             Some(earlier)
         }
         None => None,
     };
     // A re-measure is a run of its own: this one's time starts after it.
-    let started = match opts.decider.rule {
-        Rule::Confirm { n, .. } if remeasure_best(ws, trainer, opts, n)? => Instant::now(),
-        _ => started,
-    };
+    let started = if remeasure_if_needed(ws, trainer, opts)? { Instant::now() } else { started };
     let mut exp = begin(ws, opts, &content, hash, started)?;
-    let mut decision = match build(ws, trainer)? {
+    let building = Instant::now();
+    let built = build(ws, trainer)?;
+    exp.build_wall = building.elapsed().as_secs_f64();
+    let mut decision = match built {
         Err(compiler) => {
             std::fs::write(ws.run_dir(exp.run).join("build.log"), &compiler)?;
             std::fs::write(ws.root.join("run.log"), &compiler)?;
@@ -279,8 +297,10 @@ fn begin(
     hash: String,
     started: Instant,
 ) -> Result<Started> {
-    let run = ws.state.next_run;
-    ws.state.next_run += 1;
+    let run = ws.take_run()?;
+    if let (Some(l), Some(k)) = (&ws.ledger, ws.worker) {
+        l.announce(k, run, &opts.description);
+    }
     let mut meta = RunMeta {
         run,
         description: opts.description.clone(),
@@ -302,7 +322,7 @@ fn begin(
     ws.state.in_progress.as_mut().unwrap().commit = Some(commit.clone());
     ws.save_state()?;
     ws.write_meta(&meta)?;
-    Ok(Started { run, commit, meta, started, training_wall: 0.0 })
+    Ok(Started { run, commit, meta, started, training_wall: 0.0, build_wall: 0.0 })
 }
 
 /// Trains with the first seed and, where the rule asks, more; decides. None when interrupted.
@@ -312,13 +332,14 @@ fn train_and_decide(
     opts: &ExperimentOptions,
     exp: &mut Started,
 ) -> Result<Option<Decision>> {
-    eprintln!(
-        "run {}: training for {} s (profile {}, timeout {:.0} s); output in run.log",
+    ws.say(&format!(
+        "run {}: training for {} s (profile {}, timeout {:.0} s); output in {}",
         exp.run,
         ws.state.time_budget,
         ws.state.profile,
-        opts.timeout.as_secs_f64()
-    );
+        opts.timeout.as_secs_f64(),
+        if ws.worker.is_some() { ws.root.join("run.log").display().to_string() } else { "run.log".into() }
+    ));
     let run_log = ws.root.join("run.log");
     let first = train(ws, trainer, SEED, &ws.run_dir(exp.run), run_log.clone(), opts)?;
     exp.training_wall += first.wall;
@@ -330,7 +351,8 @@ fn train_and_decide(
         Err(crash) => return Ok(Some(Decision::crash(crash))),
         Ok(s) => s,
     };
-    let best = ws.state.best.clone();
+    // Judged against the session's best as it is now (another worker may have kept one meanwhile).
+    let best = ws.best_now();
     let mut decision = Decision {
         status: Status::Discard,
         value: Some(summary.val_bpb),
@@ -339,6 +361,7 @@ fn train_and_decide(
         crash: None,
         seeds: vec![SEED],
         reruns: Vec::new(),
+        against: best.as_ref().map(|b| b.run),
     };
     if let Some(b) = &best {
         if !opts.decider.promising(summary.val_bpb, b.val_bpb) {
@@ -443,14 +466,29 @@ fn extra(ws: &Workspace, opts: &ExperimentOptions, run: u64, seconds: f64, reaso
         run,
         rule: opts.decider.label.clone(),
         reason,
+        worker: ws.worker,
     }
 }
 
 /// Writes the experiment's rows (first: once they are there, recovery can always finish the rest), then keeps
-/// its commit as the best or sets the change aside.
-fn record(ws: &mut Workspace, opts: &ExperimentOptions, exp: Started, decision: Decision) -> Result<Outcome> {
-    let Started { run, commit, mut meta, started, training_wall } = exp;
+/// its commit as the best or sets the change aside. A worker holds the ledger meanwhile, and a keep judged
+/// against a best that another worker has since replaced is judged again against the new one.
+fn record(ws: &mut Workspace, opts: &ExperimentOptions, exp: Started, mut decision: Decision) -> Result<Outcome> {
+    let Started { run, commit, mut meta, started, training_wall, build_wall } = exp;
     let seconds = started.elapsed().as_secs_f64();
+    let ledger = ws.ledger.clone();
+    let mut shared = ledger.as_deref().map(crate::ledger::Ledger::state);
+    if let (Some(now), Some(value), Status::Keep) =
+        (shared.as_ref().and_then(|s| s.best.clone()), decision.value, decision.status)
+    {
+        if decision.against != Some(now.run) {
+            let (keep, why) = opts.decider.verdict(value, now.val_bpb, now.run);
+            if !keep {
+                decision.status = Status::Discard;
+                decision.reason = format!("{}; meanwhile run {} was kept: {why}", decision.reason, now.run);
+            }
+        }
+    }
     let mut rows = vec![Row {
         commit: commit.clone(),
         val_bpb: decision.value.unwrap_or(0.0),
@@ -465,9 +503,21 @@ fn record(ws: &mut Workspace, opts: &ExperimentOptions, exp: Started, decision: 
     results::append(&ws.results, &rows)?;
     match (decision.status, decision.value) {
         (Status::Keep, Some(val_bpb)) => {
-            ws.state.best = Some(Best { commit: commit.clone(), val_bpb, run, seeds: decision.seeds })
+            let best = Best { commit: commit.clone(), val_bpb, run, seeds: decision.seeds };
+            let best = match (&ledger, shared.as_deref_mut()) {
+                (Some(l), Some(state)) => l.keep(state, best, &format!("keep run {run}: {}", opts.description))?,
+                _ => best,
+            };
+            ws.state.best = Some(best);
+            drop(shared);
         }
-        _ => ws.set_aside(run, Some(&commit))?,
+        _ => {
+            drop(shared);
+            ws.set_aside(run, Some(&commit))?
+        }
+    }
+    if let (Some(l), Some(k)) = (&ws.ledger, ws.worker) {
+        l.done(k);
     }
     let crashed_in_evaluation = decision.crash.as_ref().is_some_and(|c| c.reason.starts_with("evaluation: "));
     prune_checkpoints(&ws.run_dir(run), decision.status == Status::Keep || crashed_in_evaluation)?;
@@ -478,6 +528,7 @@ fn record(ws: &mut Workspace, opts: &ExperimentOptions, exp: Started, decision: 
     meta.retryable = decision.crash.as_ref().is_some_and(|c| c.retryable);
     meta.seconds = seconds;
     meta.harness_overhead_seconds = Some(overhead);
+    meta.build_seconds = Some(build_wall);
     ws.write_meta(&meta)?;
     ws.state.in_progress = None;
     ws.save_state()?;
@@ -492,12 +543,21 @@ fn record(ws: &mut Workspace, opts: &ExperimentOptions, exp: Started, decision: 
     })
 }
 
+/// The re-measure of the best that the rule may need before the next experiment (see [`remeasure_best`]);
+/// whether it ran.
+pub fn remeasure_if_needed(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOptions) -> Result<bool> {
+    match opts.decider.rule {
+        Rule::Confirm { n, .. } => remeasure_best(ws, trainer, opts, n),
+        _ => Ok(false),
+    }
+}
+
 /// Under `confirm N` a candidate's value is a mean over seeds 42 … 42+N; a best measured on fewer seeds (under
 /// another rule) is first trained with the missing ones, so that the two means compare like with like. The
 /// re-measure is a run of its own: a keep row of the best's commit with the mean over all its seeds, which
 /// becomes the best. A change waiting in the tree is put aside meanwhile and comes back after. Whether it ran.
 fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOptions, n: usize) -> Result<bool> {
-    let Some(best) = ws.state.best.clone() else { return Ok(false) };
+    let Some(best) = ws.best_now() else { return Ok(false) };
     let wanted: Vec<u64> = (0..=n as u64).map(|k| SEED + k).collect();
     let missing: Vec<u64> = wanted.iter().copied().filter(|s| !best.seeds.contains(s)).collect();
     if missing.is_empty() {
@@ -513,15 +573,14 @@ fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOption
         best_row.as_ref().map_or("", |r| r.description.as_str())
     );
     let opts = ExperimentOptions { description: description.clone(), ..opts.clone() };
-    eprintln!(
+    ws.say(&format!(
         "the best (run {}) was measured with seed(s) {}; `confirm {n}` compares means over seeds {}: training it with {} first",
         best.run,
         seed_list(&best.seeds),
         seed_list(&wanted),
         seed_list(&missing)
-    );
-    let run = ws.state.next_run;
-    ws.state.next_run += 1;
+    ));
+    let run = ws.take_run()?;
     let meta = RunMeta {
         run,
         description: description.clone(),
@@ -538,7 +597,7 @@ fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOption
         ws.unstash()?;
         bail!("the best commit does not build any more:\n{}", tail(&compiler, TAIL_LINES));
     }
-    let mut exp = Started { run, commit: best.commit.clone(), meta, started, training_wall: 0.0 };
+    let mut exp = Started { run, commit: best.commit.clone(), meta, started, training_wall: 0.0, build_wall: 0.0 };
     let Some(reruns) = rerun(ws, trainer, &opts, run, &best.commit, "of the best", &missing, &mut exp.training_wall)?
     else {
         let result = interrupted(ws, exp.meta);
@@ -556,6 +615,7 @@ fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOption
             crash: None,
             seeds: Vec::new(),
             reruns: reruns.rows,
+            against: None,
         },
         None => {
             let k = best.seeds.len() as f64;
@@ -574,17 +634,21 @@ fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOption
                 crash: None,
                 seeds: wanted,
                 reruns: reruns.rows,
+                against: Some(best.run),
             }
         }
     };
     let outcome = record(ws, &opts, exp, decision)?;
     ws.unstash()?;
-    eprintln!("{}", describe(&outcome));
+    ws.say(&describe(&outcome));
     Ok(true)
 }
 
 /// An interrupted experiment: its change set aside, no row, the tree back at the best commit.
 fn interrupted(ws: &mut Workspace, mut meta: RunMeta) -> Result<Outcome> {
+    if let (Some(l), Some(k)) = (&ws.ledger, ws.worker) {
+        l.done(k);
+    }
     let commit = ws.state.in_progress.as_ref().and_then(|ip| ip.commit.clone());
     ws.set_aside(meta.run, commit.as_deref())?;
     meta.status = Status::Interrupted;
@@ -607,8 +671,7 @@ fn reuse(
     hash: String,
     started: Instant,
 ) -> Result<Outcome> {
-    let run = ws.state.next_run;
-    ws.state.next_run += 1;
+    let run = ws.take_run()?;
     let rows = results::read(&ws.results)?.rows;
     let earlier_row = results::experiment_row(&rows, earlier.run);
     let status = if earlier.status == Status::Crash { Status::Crash } else { Status::Discard };

@@ -57,6 +57,7 @@ pub struct TrainingSettings {
     pub seed: Option<u64>,
 }
 
+#[derive(Clone)]
 pub struct Trainer {
     pub root: PathBuf,
     pub device: DeviceChoice,
@@ -64,6 +65,11 @@ pub struct Trainer {
     pub cargo: PathBuf,
     /// A training binary built elsewhere, run instead of building one.
     pub prebuilt: Option<PathBuf>,
+    /// Where a successful build's binary is copied and run from (a worker's own copy: the next build in the
+    /// shared target folder may be another worker's).
+    pub installed: Option<PathBuf>,
+    /// Set in the environment of both phases (a worker's GPU or thread count).
+    pub env: Vec<(String, String)>,
     /// The build runs sandboxed where this is set: the program that applies the policy and runs cargo
     /// (`autoresearch sandboxed`), and the policy (the validation data unreadable, so that the training file
     /// cannot compile it in with `include_bytes!`).
@@ -73,7 +79,15 @@ pub struct Trainer {
 impl Trainer {
     pub fn new(root: PathBuf, device: DeviceChoice) -> Trainer {
         let cargo = std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from);
-        Trainer { root, device: device.resolve(), cargo, prebuilt: None, build_sandbox: None }
+        Trainer {
+            root,
+            device: device.resolve(),
+            cargo,
+            prebuilt: None,
+            installed: None,
+            env: Vec::new(),
+            build_sandbox: None,
+        }
     }
 
     /// On CUDA: refuses a GPU older than the training file needs (see
@@ -90,8 +104,9 @@ impl Trainer {
             return Ok(());
         };
         let gpus = parse_gpus(&String::from_utf8_lossy(&out.stdout));
-        let first_visible = std::env::var("CUDA_VISIBLE_DEVICES")
-            .ok()
+        let visible = self.env.iter().find(|(k, _)| k == "CUDA_VISIBLE_DEVICES").map(|(_, v)| v.clone());
+        let first_visible = visible
+            .or_else(|| std::env::var("CUDA_VISIBLE_DEVICES").ok())
             .and_then(|v| v.split(',').next().and_then(|i| i.trim().parse::<usize>().ok()))
             .unwrap_or(0);
         match gpus.get(first_visible) {
@@ -115,8 +130,14 @@ impl Trainer {
         }
     }
 
+    /// The binary cargo builds.
+    fn built(&self) -> PathBuf {
+        self.target_dir().join("release/autoresearch-train")
+    }
+
+    /// The binary the phases run.
     pub fn binary(&self) -> PathBuf {
-        self.prebuilt.clone().unwrap_or_else(|| self.target_dir().join("release/autoresearch-train"))
+        self.prebuilt.clone().or_else(|| self.installed.clone()).unwrap_or_else(|| self.built())
     }
 
     /// The cargo command that builds the binary; its output is the compiler's.
@@ -170,7 +191,7 @@ impl Trainer {
         use std::io::{BufRead, BufReader, Read};
         use std::sync::mpsc::{channel, RecvTimeoutError};
         self.ensure_libtorch()?;
-        let first = !self.binary().exists();
+        let first = !self.built().exists();
         let mut cmd = self.build_command()?;
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = spawn(&mut cmd).context("running cargo")?;
@@ -216,7 +237,16 @@ impl Trainer {
             let done = if status.success() { "done" } else { "failed" };
             show(&format!("build {done} after {:.0} s", started.elapsed().as_secs_f64()));
         }
-        Ok(if status.success() { Ok(text) } else { Err(text) })
+        if !status.success() {
+            return Ok(Err(text));
+        }
+        if let Some(to) = &self.installed {
+            let tmp = to.with_extension("tmp");
+            std::fs::create_dir_all(to.parent().unwrap_or(Path::new(".")))?;
+            std::fs::copy(self.built(), &tmp).with_context(|| format!("copying the binary to {}", tmp.display()))?;
+            std::fs::rename(&tmp, to)?;
+        }
+        Ok(Ok(text))
     }
 
     /// The command that runs one phase of a training (see [`autoresearch_harness::handover`]), with the
@@ -236,6 +266,7 @@ impl Trainer {
         if self.device == DeviceChoice::Cuda {
             cmd.env("LD_LIBRARY_PATH", cuda_library_path()?);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         Ok(cmd)
     }
 }
@@ -291,6 +322,8 @@ mod tests {
             device: DeviceChoice::Cpu,
             cargo: script,
             prebuilt: None,
+            installed: None,
+            env: Vec::new(),
             build_sandbox: None,
         }
     }

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # A scripted agent for the research tests. Call k applies the k-th edit named in $AGENT_STATE/steps to the
 # repository (the current folder) and writes its description where the loop asked. $1 is the prompt file.
+# In worker k's worktree (.autoresearch/workers/k/tree) it keeps count-k, steps-k and prompt-k-<call>.md.
 set -eu
 prompt=$1
-n=$(cat "$AGENT_STATE/count" 2>/dev/null || echo 0)
-echo $((n + 1)) > "$AGENT_STATE/count"
-step=$(sed -n "$((n + 1))p" "$AGENT_STATE/steps")
-cp "$prompt" "$AGENT_STATE/prompt-$((n + 1)).md"
-echo "call $((n + 1)): tried $step" >> "$AUTORESEARCH_NOTES"
+w=""
+case $PWD in */workers/*/tree) w="-$(basename "$(dirname "$PWD")")" ;; esac
+n=$(cat "$AGENT_STATE/count$w" 2>/dev/null || echo 0)
+echo $((n + 1)) > "$AGENT_STATE/count$w"
+step=$(sed -n "$((n + 1))p" "$AGENT_STATE/steps$w")
+cp "$prompt" "$AGENT_STATE/prompt$w-$((n + 1)).md"
+echo "call$w $((n + 1)): tried $step" >> "$AUTORESEARCH_NOTES"
 file=train/train.rs
 say() { echo "$1" > "$AUTORESEARCH_DESCRIPTION"; }
 case $step in
@@ -26,6 +29,7 @@ good2)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.035,/' $file; say "s
 good3)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.025,/' $file; say "scalar lr 0.025" ;;
 linger)    sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.015,/' $file; sleep 60; say "never finished" ;;
 good4)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.055,/' $file; say "scalar lr 0.055" ;;
+good5)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.065,/' $file; say "scalar lr 0.065" ;;
 slow_eval) sed -i 's/^\(    fn logits(&self, inputs: &Tensor) -> Tensor {\)$/\1\n        std::thread::sleep(std::time::Duration::from_millis(500));/' $file
            grep -q 'from_millis(500)' $file; say "slow evaluation" ;;
 nothing)   ;;

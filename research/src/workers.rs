@@ -1,0 +1,171 @@
+//! `autoresearch loop --workers N`: N agents at once, each in its own git worktree, one experiment at a time
+//! each, all judged against the session's one best and recorded in its one results.tsv (see [`crate::ledger`]).
+//!
+//! The coordinator puts right what a killed one left (each worker's experiment is finished or undone, its
+//! processes or jobs stopped), runs the baseline if there is none yet (and the re-measure a `confirm N` rule
+//! may need), then runs the workers' loops side by side.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::agent::{research_loop, LoopOptions, LoopReport};
+use crate::ledger::Ledger;
+use crate::run::{describe, remeasure_if_needed, run_experiment, ExperimentOptions};
+use crate::trainer::Trainer;
+use crate::{worker_journals, Workspace};
+
+/// What one worker gets: its environment (its GPU, or its share of the CPU's threads).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerSetup {
+    pub env: Vec<(String, String)>,
+    /// In words, for the log: "GPU 3", "2 threads".
+    pub label: String,
+}
+
+/// One worker per GPU in `gpus`; or, on the CPU, `n` workers that split `cores` (a thread count each).
+pub fn local_setups(n: usize, gpus: Option<&[String]>, cores: usize) -> Result<Vec<WorkerSetup>> {
+    if n == 0 {
+        anyhow::bail!("--workers must be at least 1");
+    }
+    Ok(match gpus {
+        Some(gpus) => {
+            if gpus.len() < n {
+                anyhow::bail!(
+                    "{n} workers need {n} GPUs (one each), but {} {} available: {}",
+                    gpus.len(),
+                    if gpus.len() == 1 { "is" } else { "are" },
+                    gpus.join(",")
+                );
+            }
+            gpus[..n]
+                .iter()
+                .map(|g| WorkerSetup {
+                    env: vec![("CUDA_VISIBLE_DEVICES".into(), g.clone())],
+                    label: format!("GPU {g}"),
+                })
+                .collect()
+        }
+        None => {
+            let threads = (cores / n).max(1);
+            let env = vec![("OMP_NUM_THREADS".into(), threads.to_string())];
+            let label = format!("{threads} thread{}", if threads == 1 { "" } else { "s" });
+            vec![WorkerSetup { env, label }; n]
+        }
+    })
+}
+
+/// Runs the session with one worker per setup until each stops; the reports added up.
+pub fn run_workers(
+    session: Workspace,
+    template: &Trainer,
+    opts: &LoopOptions,
+    setups: &[WorkerSetup],
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<LoopReport> {
+    if let Some(dir) = session.set_aside_leftovers()? {
+        say(&format!("an unrun change in the repository's tree was set aside in {}", dir.display()));
+    }
+    session.save_state()?;
+    let ledger = Arc::new(Ledger::new(&session));
+    // A killed coordinator may have left experiments under way, also with workers this start does not use.
+    for (k, _) in worker_journals(&session.dir).into_iter().filter(|(k, _)| *k > setups.len()) {
+        Workspace::worker(&ledger, k)?;
+    }
+    let mut workers = Vec::new();
+    for (i, setup) in setups.iter().enumerate() {
+        let ws = Workspace::worker(&ledger, i + 1)?;
+        let trainer = Trainer {
+            installed: Some(ws.own.join("bin").join("autoresearch-train")),
+            env: setup.env.clone(),
+            ..template.clone()
+        };
+        trainer.check_gpu()?;
+        workers.push((ws, trainer));
+    }
+    let mut total = LoopReport::default();
+    let (first, first_trainer) = workers.first_mut().context("no workers")?;
+    if ledger.state().best.is_none() {
+        // Every worker starts from the best: the unchanged file is measured first, once.
+        if ledger.claim(opts.max_experiments) {
+            let baseline = ExperimentOptions { description: "baseline".into(), ..opts.run.clone() };
+            let outcome = run_experiment(first, first_trainer, &baseline)?;
+            say(&format!("worker 1: {}", describe(&outcome)));
+            total.experiments += 1;
+            total.kept += usize::from(outcome.status == crate::results::Status::Keep);
+            total.crashes += usize::from(outcome.status == crate::results::Status::Crash);
+            if ledger.state().best.is_none() {
+                total.stop_reason =
+                    format!("the unchanged training file gave no result (run {}): {}", outcome.run, outcome.reason);
+                return Ok(total);
+            }
+        }
+    }
+    remeasure_if_needed(first, first_trainer, &opts.run)?;
+    let labels: Vec<String> =
+        setups.iter().enumerate().map(|(i, s)| format!("worker {}: {}", i + 1, s.label)).collect();
+    say(&format!("{} workers ({})", setups.len(), labels.join("; ")));
+    let interrupts = opts.run.interrupts.clone();
+    let results: Vec<(usize, Result<LoopReport>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = workers
+            .iter_mut()
+            .enumerate()
+            .map(|(i, (ws, trainer))| {
+                let interrupts = interrupts.clone();
+                scope.spawn(move || {
+                    let k = i + 1;
+                    let result = research_loop(ws, trainer, opts, &mut |line| say(&format!("worker {k}: {line}")));
+                    if result.is_err() {
+                        // The others stop after their current experiment, as after a first Ctrl-C.
+                        interrupts.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    (k, result)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a worker thread panicked")).collect()
+    });
+    let mut first_error = None;
+    let mut reasons = Vec::new();
+    for (k, result) in results {
+        match result {
+            Ok(r) => {
+                total.experiments += r.experiments;
+                total.kept += r.kept;
+                total.crashes += r.crashes;
+                total.refused += r.refused;
+                reasons.push(format!("worker {k}: {}", r.stop_reason));
+            }
+            Err(e) => {
+                reasons.push(format!("worker {k}: error"));
+                first_error.get_or_insert(e.context(format!("worker {k}")));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    total.stop_reason = reasons.join("; ");
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_get_a_gpu_each_or_split_the_cores() {
+        let gpus: Vec<String> = ["0", "1", "2"].map(String::from).to_vec();
+        let s = local_setups(2, Some(&gpus), 16).unwrap();
+        assert_eq!(s[1].env, vec![("CUDA_VISIBLE_DEVICES".to_string(), "1".to_string())]);
+        assert_eq!(s[0].label, "GPU 0");
+        let err = local_setups(4, Some(&gpus), 16).unwrap_err().to_string();
+        assert!(err.contains("4 workers need 4 GPUs (one each), but 3 are available: 0,1,2"), "{err}");
+        let s = local_setups(2, None, 2).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].env, vec![("OMP_NUM_THREADS".to_string(), "1".to_string())]);
+        assert_eq!(local_setups(3, None, 16).unwrap()[2].label, "5 threads");
+        assert_eq!(local_setups(4, None, 2).unwrap()[0].label, "1 thread");
+        assert!(local_setups(0, None, 2).is_err());
+    }
+}
