@@ -4,8 +4,9 @@
 #   scripts/gpu-check.sh stage    here: build the CUDA variant and stage it in .gpu/ with the golden set's
 #                                 data (tests/golden/data, prepared as the h100 profile)
 #   scripts/gpu-check.sh device   there (repository root, .gpu carried): CUDA smoke tests, then the h100
-#                                 baseline for $BUDGET seconds (default 60); table on stdout and in $OUT;
-#                                 exits non-zero if a smoke test or the baseline fails
+#                                 baseline for $BUDGET seconds (default 60), then the same with the GPU memory
+#                                 capped at each of $CAPS gigabytes (say CAPS="24 40"); tables on stdout and in
+#                                 $OUT; exits non-zero if a smoke test or the baseline fails
 #   scripts/gpu-check.sh cpu      the same run on this machine's CPU with the small profile (a short budget):
 #                                 checks the script end to end where no GPU is at hand
 #
@@ -100,6 +101,27 @@ device() {
     tr '\r' '\n' < "$out/train.log" | grep -E '^step' | tail -3
     sed -n '/^---$/,$p' "$out/train.log"
     table "$out/train.log" "$card" "$(cat "$stage/commit")" | tee "$out/table.md"
+    # The h100 profile with the process's GPU memory capped (the caching allocator's memory fraction), as on a
+    # smaller card: the device batch is searched afresh (the remembered one is for the whole card).
+    local total_mib cap fraction
+    total_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
+    for cap in ${CAPS:-}; do
+        fraction=$(python3 -c "print(round($cap * 1e9 / ($total_mib * 2**20), 4))")
+        echo "== h100 profile capped at $cap GB (per_process_memory_fraction:$fraction of $total_mib MiB), ${budget}s budget"
+        if ! PYTORCH_CUDA_ALLOC_CONF=per_process_memory_fraction:$fraction python3 -c "
+import torch; torch.empty(1, device='cuda'); f = torch.cuda.get_per_process_memory_fraction(0)
+assert abs(f - $fraction) < 1e-6, f; print('torch applies the cap:', f)"; then
+            echo "this torch does not take per_process_memory_fraction from PYTORCH_CUDA_ALLOC_CONF: cap skipped"
+            continue
+        fi
+        rm -rf "$stage/cache/h100/fit"
+        PYTORCH_CUDA_ALLOC_CONF=per_process_memory_fraction:$fraction "$stage/bin/autoresearch" --cache-dir "$stage/cache" \
+            train --device cuda --profile h100 --time-budget "$budget" --binary "$stage/bin/autoresearch-train" \
+            > "$out/train-$cap.log" 2>&1 || { tail -c 3000 "$out/train-$cap.log"; continue; }
+        grep -E "^device batch" "$out/train-$cap.log"
+        table "$out/train-$cap.log" "$card, capped at $cap GB" "$(cat "$stage/commit")" | tee "$out/table-$cap.md"
+    done
+    rm -rf "$stage/cache/h100/fit"
     if [[ ${BREAKDOWN:-1} == 1 ]]; then
         echo "== where the time goes (each part alone, synchronised)"
         "$stage/bin/gpu_breakdown" 2>&1 | tee "$out/breakdown.log" | grep -E "^breakdown|error|panicked"

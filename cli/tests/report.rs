@@ -59,7 +59,7 @@ fn bad_rows_are_named_and_skipped_and_the_original_format_reads() {
     assert!(text.contains("results.tsv: 3 rows"), "{text}");
     assert!(text.contains("skipped line 4: val_bpb \"fast\" is not a number"), "{text}");
     assert!(text.contains("skipped line 5: unknown status \"kept\""), "{text}");
-    assert!(text.contains("skipped line 6: 3 columns, expected 5 or 11"), "{text}");
+    assert!(text.contains("skipped line 6: 3 columns, expected 5, 11 or 12"), "{text}");
     assert!(stderr.contains("line 4") && stderr.contains("(skipped)"));
     assert!(text.contains("improvement: 0.004900 (0.49%)"), "{text}");
     assert!(dir.path().join("p.png").metadata().unwrap().len() > 0);
@@ -125,4 +125,37 @@ fn several_sessions_are_compared_side_by_side() {
     assert_eq!(curve.len(), 20);
     assert!(curve.windows(2).all(|w| w[1] <= w[0]), "the best so far never rises: {curve:?}");
     assert_eq!(*curve.last().unwrap(), 0.9773);
+}
+
+#[test]
+fn a_session_run_by_workers_has_a_lane_each_and_its_hours_are_the_longest_lane() {
+    let head = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\tprofile\tbudget\tseconds\trun\trule\treason\tworker\n";
+    let row = |c: &str, v: f64, st: &str, secs: f64, run: u32, w: usize| {
+        format!("{c}\t{v:.6}\t1.0\t{st}\td{run}\tsmall\t60\t{secs}\t{run}\tlower\tr\t{w}\n")
+    };
+    let results = [
+        head.to_string(),
+        row("a000001", 1.000000, "keep", 900.0, 1, 1),
+        row("a000002", 0.990000, "keep", 1800.0, 2, 2),
+        row("a000003", 0.995000, "discard", 1800.0, 3, 1),
+        row("a000004", 0.000000, "crash", 900.0, 4, 2),
+        row("a000005", 0.980000, "keep", 900.0, 5, 1),
+    ]
+    .concat();
+    let (text, _, dir) = report(&results, &["--no-plot"]);
+    assert!(text.contains("workers:\n  worker  experiments  kept  crashed  hours  exp/hour\n"), "{text}");
+    assert!(text.contains("       1            3     2        0   1.00       3.0\n"), "{text}");
+    assert!(text.contains("       2            2     1        1   0.75       2.7\n"), "{text}");
+    let (json, _, _) = report(&results, &["--json", "--no-plot"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["workers"][1]["crashed"], 1);
+    // Side by side with a lone session: the workers' session took as long as its longest lane (1 h, not the
+    // 1.75 h its experiments add up to).
+    let lone = [head.to_string(), row("b000001", 1.0, "keep", 1800.0, 1, 1).replace("\t1\n", "\t-\n")].concat();
+    std::fs::write(dir.path().join("lone.tsv"), lone).unwrap();
+    let (text, _) = report_in(dir.path(), &["results.tsv", "lone.tsv", "--json", "--no-plot"]);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["sessions"][0]["hours"], 1.0);
+    assert_eq!(v["sessions"][0]["experiments_per_hour"], 5.0);
+    assert_eq!(v["sessions"][1]["hours"], 0.5);
 }

@@ -58,8 +58,19 @@ pub fn session(path: &Path) -> Result<Session> {
     let experiments: Vec<&Row> = report::experiments(&rows).map(|(_, row)| row).collect();
     let timed = experiments.iter().all(|r| r.extra.is_some());
     let (mut seconds, mut best, mut best_so_far) = (0.0, None, Vec::new());
+    // Where workers ran side by side, an experiment ends at its worker's time so far (rows are written as
+    // experiments end, so the latest of those is the session's clock).
+    let mut lane_seconds = std::collections::BTreeMap::new();
     for (i, row) in experiments.iter().enumerate() {
-        seconds += row.extra.as_ref().map_or(0.0, |e| e.seconds);
+        let took = row.extra.as_ref().map_or(0.0, |e| e.seconds);
+        match row.extra.as_ref().and_then(|e| e.worker) {
+            Some(w) => {
+                let lane = lane_seconds.entry(w).or_insert(0.0);
+                *lane += took;
+                seconds = f64::max(seconds, *lane);
+            }
+            None => seconds += took,
+        }
         if row.status == Status::Keep {
             best = Some(row.val_bpb);
         }

@@ -61,6 +61,45 @@ pub struct Report {
     pub gains_below_noise: Option<usize>,
     /// Seed-to-seed spread measured by `autoresearch noise`, where the file has one beside it.
     pub noise: Vec<NoiseEstimate>,
+    /// One lane per worker, for a session run by several (empty otherwise).
+    pub workers: Vec<Lane>,
+}
+
+/// What one worker of a session did.
+#[derive(Debug, Serialize)]
+pub struct Lane {
+    pub worker: usize,
+    pub experiments: usize,
+    pub kept: usize,
+    pub crashed: usize,
+    /// Its experiments' wall time added up (a worker runs one at a time).
+    pub hours: f64,
+    pub experiments_per_hour: Option<f64>,
+}
+
+/// The lanes of the workers that ran `rows`' experiments, by worker number (none where no row names one).
+pub fn lanes(rows: &[Row]) -> Vec<Lane> {
+    let mut lanes: BTreeMap<usize, Lane> = BTreeMap::new();
+    for (_, r) in experiments(rows) {
+        let Some(e) = r.extra.as_ref() else { continue };
+        let Some(worker) = e.worker else { continue };
+        let lane = lanes.entry(worker).or_insert(Lane {
+            worker,
+            experiments: 0,
+            kept: 0,
+            crashed: 0,
+            hours: 0.0,
+            experiments_per_hour: None,
+        });
+        lane.experiments += 1;
+        lane.kept += usize::from(r.status == Status::Keep);
+        lane.crashed += usize::from(r.status == Status::Crash);
+        lane.hours += e.seconds / 3600.0;
+    }
+    for lane in lanes.values_mut() {
+        lane.experiments_per_hour = (lane.hours > 0.0).then(|| lane.experiments as f64 / lane.hours);
+    }
+    lanes.into_values().collect()
 }
 
 /// The noise estimate that applies to a row: the one of its profile and budget; for the original's rows,
@@ -174,6 +213,7 @@ pub fn build_from(path: &Path, file: results::ResultsFile, noise: Vec<NoiseEstim
         top_improvements,
         gains_below_noise,
         noise,
+        workers: lanes(rows),
     }
 }
 
@@ -236,6 +276,22 @@ impl Report {
             }
             if let Some(n) = self.gains_below_noise {
                 let _ = writeln!(t, "kept gains below the noise (2σ): {n} of {}", self.top_improvements.len());
+            }
+        }
+        if !self.workers.is_empty() {
+            t.push_str(
+                "
+workers:
+  worker  experiments  kept  crashed  hours  exp/hour
+",
+            );
+            for l in &self.workers {
+                let rate = l.experiments_per_hour.map_or("-".to_string(), |r| format!("{r:.1}"));
+                let _ = writeln!(
+                    t,
+                    "  {:>6}  {:>11}  {:>4}  {:>7}  {:>5.2}  {rate:>8}",
+                    l.worker, l.experiments, l.kept, l.crashed, l.hours
+                );
             }
         }
         t
