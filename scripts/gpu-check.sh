@@ -140,9 +140,36 @@ cpu() {
     table "$cache/train.log" "cpu: $(nproc) cores" "$(git rev-parse --short HEAD)"
 }
 
+# Whether CUDA starts inside the training's sandbox, and if not, which of its rules stop it: CUDA is started
+# (by torch) under policies from everything allowed to the training's own.
+sandbox() {
+    local torch
+    torch=$(python3 -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+    export LD_LIBRARY_PATH=$torch/lib:$torch/../nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
+    local shard tmp check policy
+    shard=$(ls "$stage"/cache/data/*.parquet | tail -1)
+    tmp=$(mktemp -d)
+    check='import torch; print("cuda available:", torch.cuda.is_available(), torch.cuda.device_count())'
+    echo "| policy | CUDA |"
+    echo "| --- | --- |"
+    for policy in \
+        '{"deny_read": [], "write": ["/"]}' \
+        "{\"deny_read\": [\"$shard\"], \"write\": [\"/\"]}" \
+        "{\"deny_read\": [], \"write\": [\"/dev\", \"$tmp\"]}" \
+        "{\"deny_read\": [\"$shard\"], \"write\": [\"/dev\", \"$tmp\"]}" \
+        "{\"deny_read\": [], \"write\": [\"/dev\", \"$tmp\", \"/proc\", \"/sys\"]}" \
+        "{\"deny_read\": [], \"write\": [\"/dev\", \"/tmp\", \"/run\", \"/var\", \"/root\"]}"; do
+        local said
+        said=$("$stage/bin/autoresearch" sandboxed --policy "$policy" -- python3 -c "$check" 2>&1 | grep -E "cuda available|Error|error" | head -2 | tr '\n' ' ')
+        echo "| $policy | $said |"
+    done
+    rm -rf "$tmp"
+}
+
 case ${1:-} in
     stage) stage ;;
     device) device ;;
+    sandbox) sandbox ;;
     cpu) cpu ;;
-    *) echo "usage: scripts/gpu-check.sh stage|device|cpu" >&2; exit 2 ;;
+    *) echo "usage: scripts/gpu-check.sh stage|device|sandbox|cpu" >&2; exit 2 ;;
 esac

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use autoresearch_harness::device::peak_rss_mb;
 use autoresearch_harness::handover::{
-    EvalResult, Phase, PhaseArgs, TrainingReport, TrainingStats, CHECKPOINT, TRAINING_STATS,
+    check_device, EvalResult, Phase, PhaseArgs, TrainingReport, TrainingStats, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
 };
 use autoresearch_harness::profile::Run;
 use tch::{Device, Tensor};
@@ -58,6 +58,7 @@ fn training_phase<M: Model>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<
     let started = Instant::now();
     // First of all, before any thread exists: a thread started earlier would stay outside the sandbox.
     println!("{}", args.sandbox.apply()?);
+    require_device()?;
     let run = Run::from_env()?.started_at(started);
     let trained = train(&run)?;
     let state = trained.model.state();
@@ -82,6 +83,12 @@ fn training_phase<M: Model>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<
     Ok(())
 }
 
+/// The GPU, where the harness asked for it (and the sandbox did not take it away).
+fn require_device() -> Result<()> {
+    let asked = std::env::var(DEVICE_ENV).ok();
+    check_device(asked.as_deref(), tch::Cuda::is_available())
+}
+
 fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) -> Result<()> {
     let started = Instant::now();
     let mut nonce = String::new();
@@ -96,6 +103,7 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) ->
     let mut result_file =
         std::fs::File::create(result_path).with_context(|| format!("creating {}", result_path.display()))?;
     println!("{}", args.sandbox.apply()?);
+    require_device()?;
 
     let model = build(&run)?;
     load_checkpoint(&model, &args.handover.join(CHECKPOINT))?;

@@ -25,6 +25,21 @@ pub const CHECKPOINT: &str = "model.safetensors";
 pub const TRAINING_STATS: &str = "training.json";
 /// The temporary folder ($TMPDIR) of both phases, inside the hand-over folder.
 pub const TMP: &str = "tmp";
+/// Set to `cuda` where the harness built the binary for the GPU: both phases then stop if they cannot reach
+/// it, instead of running on the CPU.
+pub const DEVICE_ENV: &str = "AUTORESEARCH_DEVICE";
+
+/// Whether a phase may go on: where the harness asked for CUDA (`asked`, from [`DEVICE_ENV`]) and the process
+/// cannot use it, an error that says what to try.
+pub fn check_device(asked: Option<&str>, cuda_available: bool) -> Result<()> {
+    if asked == Some("cuda") && !cuda_available {
+        bail!(
+            "the harness asked for the GPU, but this process cannot use it (CUDA's own warning above says why); \
+             where the sandbox is the cause on this machine, AUTORESEARCH_SANDBOX=off turns it off"
+        );
+    }
+    Ok(())
+}
 
 /// Seconds past the budget that the training phase may take, for start-up, the untimed warm-up steps and the
 /// checkpoint: 10 s plus 10% of the budget (40 s at 300 s). A training phase that takes longer is stopped and
@@ -135,6 +150,14 @@ fn path_arg(p: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_phase_asked_to_use_the_gpu_stops_where_it_cannot() {
+        assert!(check_device(Some("cuda"), true).is_ok());
+        assert!(check_device(None, false).is_ok());
+        let err = check_device(Some("cuda"), false).unwrap_err().to_string();
+        assert!(err.contains("cannot use it") && err.contains("AUTORESEARCH_SANDBOX=off"), "{err}");
+    }
 
     #[test]
     fn phase_arguments_round_trip_and_bad_ones_are_named() {

@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use autoresearch_harness::handover::{PhaseArgs, TMP};
+use autoresearch_harness::handover::{PhaseArgs, DEVICE_ENV, TMP};
 use autoresearch_harness::sandbox::Policy;
 
 /// The repository: the nearest folder upwards from the current one that holds `train/train.rs`.
@@ -264,7 +264,7 @@ impl Trainer {
             cmd.env("AUTORESEARCH_SEED", s.to_string());
         }
         if self.device == DeviceChoice::Cuda {
-            cmd.env("LD_LIBRARY_PATH", cuda_library_path()?);
+            cmd.env("LD_LIBRARY_PATH", cuda_library_path()?).env(DEVICE_ENV, "cuda");
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         Ok(cmd)

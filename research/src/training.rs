@@ -95,8 +95,12 @@ pub fn build_sandbox(prepared: &Prepared) -> Policy {
 pub fn sandboxes(cache: &Path, prepared: &Prepared, files: &TrainingFiles) -> Result<Sandboxes> {
     let fit = fit_dir(cache, &prepared.profile.name);
     std::fs::create_dir_all(&fit).with_context(|| format!("creating {}", fit.display()))?;
-    // Devices (GPUs, /dev/null, /dev/shm) and CUDA's kernel cache are needed by any training.
-    let mut shared = vec![PathBuf::from("/dev")];
+    // Devices (GPUs, /dev/null, /dev/shm) and CUDA's kernel cache are needed by any training; and CUDA does
+    // not start without writes beneath /proc or /sys (measured on an H200: cudaGetDeviceCount fails with
+    // error 304 when only /dev and a temporary folder are writable, and works with /proc and /sys added).
+    // Writing there reaches neither the data nor the ledger: Landlock keeps a sandboxed process from other
+    // processes' /proc entries, and /proc/self/root resolves to paths the rules judge as any other.
+    let mut shared = vec![PathBuf::from("/dev"), PathBuf::from("/proc"), PathBuf::from("/sys")];
     shared.extend(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".nv")).filter(|p| p.is_dir()));
     let deny = validation_sources(prepared);
     let mut training_writes = vec![files.handover.clone(), fit];
