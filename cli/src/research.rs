@@ -11,10 +11,11 @@ use autoresearch_research::rules::{noise_for, Decider, Rule};
 use autoresearch_research::run::{
     default_timeout, describe, evaluate_run, measure_noise, run_experiment, ExperimentOptions,
 };
+use autoresearch_research::slurm::{Backend, SlurmOptions};
 use autoresearch_research::trainer::DeviceChoice;
 use autoresearch_research::trainer::{repo_root, Trainer};
 use autoresearch_research::training::build_sandbox;
-use autoresearch_research::workers::{local_setups, run_workers};
+use autoresearch_research::workers::{local_setups, run_workers, slurm_setups};
 use autoresearch_research::{self as experiment, Interrupts, Workspace};
 
 use crate::train_cmd::Device;
@@ -52,6 +53,66 @@ pub struct RuleArgs {
     timeout: Option<f64>,
 }
 
+/// Where trainings run.
+#[derive(clap::Args, Clone)]
+pub struct BackendArgs {
+    /// local: processes on this machine; slurm: each training a Slurm job (the repository and the cache on a
+    /// filesystem the nodes share)
+    #[arg(long, value_enum, default_value_t = BackendKind::Local)]
+    backend: BackendKind,
+    /// The jobs' partition
+    #[arg(long, value_name = "NAME")]
+    slurm_partition: Option<String>,
+    /// The account the jobs are charged to
+    #[arg(long, value_name = "NAME")]
+    slurm_account: Option<String>,
+    /// CPUs per job (the training's thread count on the CPU) [default: 1 on the CPU, Slurm's with a GPU]
+    #[arg(long, value_name = "N")]
+    slurm_cpus: Option<usize>,
+    /// Another option for salloc, e.g. --slurm-arg=--qos=high (repeatable)
+    #[arg(long = "slurm-arg", value_name = "ARG", allow_hyphen_values = true)]
+    slurm_args: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+enum BackendKind {
+    Local,
+    Slurm,
+}
+
+impl BackendArgs {
+    fn local() -> BackendArgs {
+        BackendArgs {
+            backend: BackendKind::Local,
+            slurm_partition: None,
+            slurm_account: None,
+            slurm_cpus: None,
+            slurm_args: Vec::new(),
+        }
+    }
+
+    fn backend(&self, device: DeviceChoice) -> Result<Backend> {
+        let slurm_flags = self.slurm_partition.is_some()
+            || self.slurm_account.is_some()
+            || self.slurm_cpus.is_some()
+            || !self.slurm_args.is_empty();
+        Ok(match self.backend {
+            BackendKind::Local if slurm_flags => bail!("the --slurm-* options need --backend slurm"),
+            BackendKind::Local => Backend::Local,
+            BackendKind::Slurm => {
+                let gpu = device == DeviceChoice::Cuda;
+                Backend::Slurm(SlurmOptions {
+                    partition: self.slurm_partition.clone(),
+                    account: self.slurm_account.clone(),
+                    cpus: self.slurm_cpus.or((!gpu).then_some(1)),
+                    gpu,
+                    args: self.slurm_args.clone(),
+                })
+            }
+        })
+    }
+}
+
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// What this experiment changes (the commit message and the results row)
@@ -62,6 +123,8 @@ pub struct RunArgs {
     force: bool,
     #[command(flatten)]
     rule: RuleArgs,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 #[derive(clap::Args)]
@@ -95,6 +158,8 @@ pub struct LoopArgs {
     gpus: Option<Vec<String>>,
     #[command(flatten)]
     rule: RuleArgs,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 #[derive(clap::Args)]
@@ -111,6 +176,8 @@ pub struct NoiseArgs {
     /// Hard limit per training run [default: 2 × budget + 120 s]
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 /// Ctrl-C and SIGTERM, counted; the training and agent processes run in their own process groups and do not
@@ -144,15 +211,20 @@ fn options(
         Some(t) => bail!("--timeout must be positive, not {t}"),
         None => default_timeout(ws.state.time_budget),
     };
-    Ok(ExperimentOptions { description, decider, timeout, force: false, interrupts, abort_at })
+    Ok(ExperimentOptions { description, decider, timeout, force: false, interrupts, abort_at, backend: Backend::Local })
 }
 
-fn trainer(ws: &Workspace) -> Result<Trainer> {
+/// The session's trainer and where its trainings run; on this machine's GPU (the local backend), the GPU is
+/// checked first.
+fn trainer(ws: &Workspace, backend: &BackendArgs) -> Result<(Trainer, Backend)> {
     let mut trainer = Trainer::new(ws.root.clone(), Device::parse_name(&ws.state.device));
-    trainer.check_gpu()?;
+    let backend = backend.backend(trainer.device)?;
+    if backend == Backend::Local {
+        trainer.check_gpu()?;
+    }
     let prepared = Prepared::load(&cache_root()?, Some(&ws.state.profile))?;
     trainer.build_sandbox = Some((std::env::current_exe()?, build_sandbox(&prepared)));
-    Ok(trainer)
+    Ok((trainer, backend))
 }
 
 pub fn init(args: InitArgs) -> Result<()> {
@@ -184,7 +256,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         bail!("-m: describe the change");
     }
     opts.force = args.force;
-    let trainer = trainer(&ws)?;
+    let (trainer, backend) = trainer(&ws, &args.backend)?;
+    opts.backend = backend;
     let outcome = run_experiment(&mut ws, &trainer, &opts)?;
     println!("{}", describe(&outcome));
     if let Some(t) = &outcome.log_tail {
@@ -212,20 +285,29 @@ pub fn research_loop_cmd(args: LoopArgs) -> Result<()> {
         program,
         run: options(&ws, &args.rule, String::new(), interrupts, 2)?,
     };
-    let trainer = trainer(&ws)?;
+    let (trainer, backend) = trainer(&ws, &args.backend)?;
+    let mut opts = opts;
+    opts.run.backend = backend;
     eprintln!(
         "loop: agent `{}`, rule {}, profile {}, {} s per run",
         opts.agent, opts.run.decider.label, ws.state.profile, ws.state.time_budget
     );
-    let report = if args.workers > 1 {
-        let gpus = match (trainer.device, &args.gpus) {
-            (DeviceChoice::Cuda, Some(list)) => Some(list.clone()),
-            (DeviceChoice::Cuda, None) => Some(visible_gpus()?),
-            (_, Some(_)) => bail!("--gpus: this session trains on the CPU"),
-            _ => None,
+    let slurm = matches!(opts.run.backend, Backend::Slurm(_));
+    let report = if args.workers > 1 || slurm {
+        let setups = match &opts.run.backend {
+            Backend::Slurm(s) if args.gpus.is_none() => slurm_setups(args.workers, s)?,
+            Backend::Slurm(_) => bail!("--gpus is for the local backend: Slurm gives each job its GPU"),
+            Backend::Local => {
+                let gpus = match (trainer.device, &args.gpus) {
+                    (DeviceChoice::Cuda, Some(list)) => Some(list.clone()),
+                    (DeviceChoice::Cuda, None) => Some(visible_gpus()?),
+                    (_, Some(_)) => bail!("--gpus: this session trains on the CPU"),
+                    _ => None,
+                };
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                local_setups(args.workers, gpus.as_deref(), cores)?
+            }
         };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let setups = local_setups(args.workers, gpus.as_deref(), cores)?;
         let say = |line: &str| println!("{line}");
         let report = run_workers(ws, &trainer, &opts, &setups, &say)?;
         ws = Workspace::open(&root)?;
@@ -262,8 +344,9 @@ pub fn noise(args: NoiseArgs) -> Result<()> {
     let mut ws = Workspace::open(&repo_root()?)?;
     let interrupts = interrupts("interrupted: stopping")?;
     let rule = RuleArgs { rule: "lower".into(), z: 2.0, min_delta: None, timeout: args.timeout };
-    let opts = options(&ws, &rule, "noise".into(), interrupts, 1)?;
-    let trainer = trainer(&ws)?;
+    let mut opts = options(&ws, &rule, "noise".into(), interrupts, 1)?;
+    let (trainer, backend) = trainer(&ws, &args.backend)?;
+    opts.backend = backend;
     let estimate = measure_noise(&mut ws, &trainer, args.runs, &opts)?;
     println!(
         "noise for profile {} at {} s: val_bpb {:.6} ± {:.6} (mean ± sd of {} seeds, commit {})",
@@ -282,7 +365,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let interrupts = interrupts("interrupted: stopping")?;
     let rule = RuleArgs { rule: "lower".into(), z: 2.0, min_delta: None, timeout: None };
     let opts = options(&ws, &rule, "eval".into(), interrupts, 1)?;
-    let trainer = trainer(&ws)?;
+    let (trainer, _) = trainer(&ws, &BackendArgs::local())?;
     let (run, result) = evaluate_run(&mut ws, &trainer, args.run, &opts)?;
     let recorded = ws.read_meta(run).map_or("-".to_string(), |m| match m.val_bpb {
         Some(v) => format!("{} {v:.6}", m.status),

@@ -794,6 +794,197 @@ fn two_workers_share_one_ledger_and_one_best() {
     s.assert_consistent();
 }
 
+/// A single-node Slurm cluster on this machine (`scripts/slurm.sh`), stopped when dropped.
+struct Cluster {
+    dir: PathBuf,
+    conf: String,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("slurm");
+        let script = Path::new(MAIN_REPO).join("scripts/slurm.sh");
+        let _ = Command::new(&script).arg("stop").arg(&dir).status();
+        let out = Command::new(&script).arg("start").arg(&dir).stderr(Stdio::inherit()).output().unwrap();
+        assert!(out.status.success(), "scripts/slurm.sh could not start a cluster");
+        let conf =
+            String::from_utf8(out.stdout).unwrap().trim().strip_prefix("export SLURM_CONF=").unwrap().to_string();
+        Cluster { dir, conf }
+    }
+
+    fn script(&self, what: &str) {
+        let status = Command::new(Path::new(MAIN_REPO).join("scripts/slurm.sh")).arg(what).arg(&self.dir).status();
+        assert!(status.unwrap().success(), "scripts/slurm.sh {what}");
+    }
+
+    /// Slurm's client `program` with `args`: its stdout.
+    fn client(&self, program: &str, args: &[&str]) -> String {
+        let out = Command::new(program).args(args).env("SLURM_CONF", &self.conf).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The states of the queue's jobs.
+    fn queue(&self) -> Vec<String> {
+        self.client("squeue", &["-h", "-o", "%T"]).lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.script("stop");
+    }
+}
+
+/// The Slurm backend against a real single-node cluster: two workers whose trainings are jobs, one of which
+/// fails; a job cancelled with scancel; a kill -9 of the coordinator while two jobs run; a controller that is
+/// down for a while.
+#[test]
+fn slurm_jobs_for_two_workers_and_their_faults() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = Cluster::start();
+    let s = Session::new("session");
+    let cmd = |args: &[&str]| {
+        let mut cmd = s.cmd(args);
+        cmd.env("SLURM_CONF", &cluster.conf);
+        cmd
+    };
+    let run = |args: &[&str]| {
+        let out = cmd(args).output().unwrap();
+        eprintln!(
+            "$ autoresearch {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let steps = |k: usize, steps: &[&str]| {
+        std::fs::write(s.agent_state.join(format!("steps-{k}")), steps.join("\n") + "\n").unwrap();
+        let _ = std::fs::remove_file(s.agent_state.join(format!("count-{k}")));
+    };
+    let agent = format!("bash {}/tests/data/agent.sh", env!("CARGO_MANIFEST_DIR"));
+    let journal = |k: usize| State::load(&s.repo.join(format!(".autoresearch/workers/{k}"))).unwrap();
+    assert!(run(&["init", "s1", "--profile", "small", "--time-budget", "60", "--device", "cpu"]).status.success());
+
+    // Two workers, one job per training; a training that fails in its job is a crash and its worker goes on.
+    steps(1, &["improve", "panic", "good", "good4"]);
+    steps(2, &["good2", "good3", "good5", "good4"]);
+    let loop_args = ["loop", "--backend", "slurm", "--agent", &agent, "--timeout", "60"];
+    let out = run(&[&loop_args[..], &["--workers", "2", "--max-experiments", "5"]].concat());
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("2 workers (worker 1: Slurm jobs, 1 CPU; worker 2: Slurm jobs, 1 CPU)"), "{stdout}");
+    let rows = s.rows();
+    assert_eq!(rows.len(), 5);
+    for k in [1, 2] {
+        assert!(rows[1..].iter().any(|r| r.extra.as_ref().unwrap().worker == Some(k)), "{rows:?}");
+    }
+    let panic = rows.iter().find(|r| r.description == "panic at start").expect("the failing training's row");
+    assert_eq!((panic.status, panic.extra.as_ref().unwrap().reason.as_str()), (Status::Crash, "panic: boom"));
+    assert!(rows.iter().filter(|r| r.status != Status::Crash).count() >= 4);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let latencies: Vec<f64> = stderr
+        .lines()
+        .filter_map(|l| l.split("slurm: job ").nth(1)?.split(" started ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    println!("Slurm submit-to-start latency per job: {latencies:.2?} s");
+    assert!(latencies.len() >= 5, "{stderr}");
+    assert!(cluster.queue().is_empty(), "every job was cancelled at the end of its training");
+    assert!(journal(1).slurm_jobs.is_empty() && journal(2).slurm_jobs.is_empty());
+    s.assert_consistent();
+
+    // scancel of a running training's job: a crash row that says so, and the worker goes on.
+    steps(1, &["good6", "good7"]);
+    let mut child = cmd(&[&loop_args[..], &["--max-experiments", "2"]].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let job = loop {
+        assert!(Instant::now() < deadline, "no job ever ran");
+        let j = State::load(&s.repo.join(".autoresearch/workers/1")).ok();
+        if let Some(name) = j
+            .filter(|j| j.children.iter().any(|c| c.role == Role::Training))
+            .and_then(|j| j.slurm_jobs.first().cloned())
+        {
+            if cluster.client("squeue", &["-h", "-o", "%T", &format!("--name={name}")]).trim() == "RUNNING" {
+                break name;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    cluster.client("scancel", &[&format!("--name={job}")]);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = s.rows();
+    let (cancelled, next) = (&rows[rows.len() - 2], &rows[rows.len() - 1]);
+    assert_eq!(cancelled.status, Status::Crash, "{rows:?}");
+    assert!(cancelled.extra.as_ref().unwrap().reason.starts_with("slurm job CANCELLED"), "{cancelled:?}");
+    assert!(next.status != Status::Crash && next.description == "scalar lr 0.095", "{next:?}");
+
+    // kill -9 of the coordinator while both workers' jobs run: the next start cancels both and undoes both
+    // experiments.
+    steps(1, &["nap", "nothing"]);
+    steps(2, &["nap", "nothing"]);
+    let before = s.rows().len();
+    let mut child = cmd(&[&loop_args[..], &["--workers", "2", "--max-experiments", "4"]].concat())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let training =
+        |k: usize| journal(k).children.iter().any(|c| c.role == Role::Training) && journal(k).in_progress.is_some();
+    while !(training(1) && training(2) && cluster.queue() == ["RUNNING", "RUNNING"]) {
+        assert!(Instant::now() < deadline, "the two workers' jobs never ran at once");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(cluster.queue(), ["RUNNING", "RUNNING"], "the jobs outlive the killed coordinator");
+    let out = run(&[&loop_args[..], &["--workers", "2", "--max-experiments", "0"]].concat());
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for k in [1, 2] {
+        assert!(
+            stderr.contains(&format!("worker {k}: recovered: cancelled the Slurm jobs the last process left")),
+            "{stderr}"
+        );
+        assert!(journal(k).slurm_jobs.is_empty() && journal(k).in_progress.is_none());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.queue().is_empty() {
+        assert!(Instant::now() < deadline, "the cancelled jobs left the queue");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.rows().len(), before);
+    s.assert_consistent();
+
+    // A controller that is down: the experiment waits for it, said plainly, and goes on when it is back.
+    cluster.script("ctld-stop");
+    steps(1, &["good4", "nothing"]);
+    let log = s.agent_state.join("ctld.log");
+    let mut child = cmd(&[&loop_args[..], &["--max-experiments", "1"]].concat())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::fs::read_to_string(&log).unwrap().contains("the controller does not answer") {
+        assert!(Instant::now() < deadline, "no word of the controller: {}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(journal(1).in_progress.is_some(), "the experiment waits in the journal");
+    cluster.script("ctld-start");
+    assert!(child.wait().unwrap().success());
+    assert!(std::fs::read_to_string(&log).unwrap().contains("the controller answers again"));
+    let last = s.rows().last().unwrap().clone();
+    assert_eq!(last.description, "scalar lr 0.055", "{last:?}");
+    assert!(last.status != Status::Crash, "{last:?}");
+    s.assert_consistent();
+}
+
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;

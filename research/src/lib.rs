@@ -22,6 +22,7 @@ pub mod report;
 pub mod results;
 pub mod rules;
 pub mod run;
+pub mod slurm;
 pub mod state;
 pub mod trainer;
 pub mod training;
@@ -170,6 +171,7 @@ pub fn init(root: &Path, tag: &str, profile: &str, time_budget: f64, device: &st
         next_run: 1,
         in_progress: None,
         children: Vec::new(),
+        slurm_jobs: Vec::new(),
     };
     results::create(&root.join(RESULTS_FILE))?;
     state.save(&dir)?;
@@ -256,8 +258,12 @@ impl Workspace {
             let branch = format!("{}-w{k}", session.branch);
             git.run(&["worktree", "add", "--quiet", "-B", &branch, &tree.display().to_string(), &start])?;
         }
-        let mut state =
-            State::load(&own).unwrap_or_else(|_| State { in_progress: None, children: Vec::new(), ..session.clone() });
+        let mut state = State::load(&own).unwrap_or_else(|_| State {
+            in_progress: None,
+            children: Vec::new(),
+            slurm_jobs: Vec::new(),
+            ..session.clone()
+        });
         if state.in_progress.is_none() {
             state.best = session.best.clone();
         }
@@ -401,6 +407,18 @@ impl Workspace {
             let roles: Vec<String> =
                 children.iter().map(|c| format!("{:?} (group {})", c.role, c.pgid).to_lowercase()).collect();
             msgs.push(format!("recovered: stopped what the last process left running: {}", roles.join(", ")));
+        }
+        if !self.state.slurm_jobs.is_empty() {
+            let jobs = self.state.slurm_jobs.join(", ");
+            match slurm::cancel(&self.state.slurm_jobs) {
+                Ok(()) => {
+                    self.state.slurm_jobs.clear();
+                    self.save_state()?;
+                    msgs.push(format!("recovered: cancelled the Slurm jobs the last process left: {jobs}"));
+                }
+                // They stay in the journal, to be cancelled by the next start.
+                Err(e) => msgs.push(format!("could not cancel the Slurm jobs the last process left ({jobs}): {e:#}")),
+            }
         }
         if let Some(ip) = self.state.in_progress.clone() {
             msgs.push(self.finish_or_undo(&ip)?);

@@ -4,19 +4,21 @@
 //! Words: a *run* is one numbered experiment (its row in results.tsv, its folder `.autoresearch/runs/<n>`); a
 //! *training* is one process of the training binary with one seed, of which a run has one or more.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::process::{Recorded, Role};
+use crate::process::{wait_or_kill, Recorded, Role};
 use crate::results::{self, Extra, Row, Status};
 use crate::rules::{mean_std, Decider, NoiseEstimate, Rule};
+use crate::slurm::{self, Backend, Job, SlurmOptions};
 pub use crate::state::SEED;
 use crate::state::{Best, InProgress};
 use crate::trainer::{Trainer, TrainingSettings};
-use crate::training::{evaluate_again, train_and_evaluate, Processes, Trained, TrainingFiles};
+use crate::training::{evaluate_again, train_and_evaluate, Begun, Processes, Trained, TrainingFiles};
 use crate::training::{tail, Crash, TAIL_LINES};
 use crate::{file_hash, now_utc, Interrupts, RunMeta, Workspace, TRAINING_FILE};
 use autoresearch_harness::handover::{EvalResult, CHECKPOINT};
@@ -33,6 +35,8 @@ pub struct ExperimentOptions {
     /// Interrupt requests after which a training is killed (`run`: 1; `loop`: 2, since the first only asks it
     /// to stop after the current experiment).
     pub abort_at: usize,
+    /// Where trainings run.
+    pub backend: Backend,
 }
 
 /// The default hard timeout: twice the budget plus two minutes (12 minutes at 300 s; the original's program.md
@@ -85,14 +89,120 @@ pub fn build(ws: &mut Workspace, trainer: &Trainer) -> Result<std::result::Resul
     result
 }
 
-/// The journal records each process of a training while it runs; an interrupt stops it.
+/// The journal records each process of a training while it runs (and the Slurm job it runs in); an interrupt
+/// stops it.
 struct Journaled<'a> {
     ws: &'a mut Workspace,
     opts: &'a ExperimentOptions,
     running: Option<Recorded>,
+    job: Option<Job>,
+}
+
+impl<'a> Journaled<'a> {
+    fn new(ws: &'a mut Workspace, opts: &'a ExperimentOptions) -> Journaled<'a> {
+        Journaled { ws, opts, running: None, job: None }
+    }
+
+    /// Allocates the training's job: its name in the journal first; while the controller does not answer,
+    /// tries again.
+    fn allocate(&mut self, slurm: &SlurmOptions, limit: Duration) -> Result<Begun> {
+        let name = format!("autoresearch-{}", crate::training::nonce()?.get(..12).unwrap_or_default());
+        self.ws.state.slurm_jobs.push(name.clone());
+        self.ws.save_state()?;
+        let mut waiting = false;
+        loop {
+            let submitted = Instant::now();
+            let mut cmd = slurm::allocate_command(slurm, &name, limit);
+            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let (mut child, recorded) = self.ws.spawn(&mut cmd, Role::Training).context("running salloc")?;
+            let opts = self.opts;
+            let status = wait_or_kill(&mut child, || opts.interrupts.count() >= opts.abort_at)?;
+            self.ws.forget(&recorded)?;
+            let mut text = String::new();
+            if let Some(mut out) = child.stdout.take() {
+                let _ = out.read_to_string(&mut text);
+            }
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut text);
+            }
+            if status.is_none() {
+                let _ = slurm::cancel(std::slice::from_ref(&name));
+                return Ok(Begun::Interrupted);
+            }
+            if let Some(id) = slurm::granted_job(&text) {
+                if waiting {
+                    self.ws.say("slurm: the controller answers again; the experiment goes on");
+                }
+                self.ws.say(&format!(
+                    "slurm: job {id} started {:.2} s after it was submitted",
+                    submitted.elapsed().as_secs_f64()
+                ));
+                self.job = Some(Job { id, name });
+                return Ok(Begun::Ready);
+            }
+            if slurm::controller_unreachable(&text) {
+                if !waiting {
+                    waiting = true;
+                    let said = text.lines().last().unwrap_or_default().trim().to_string();
+                    self.ws.say(&format!(
+                        "slurm: the controller does not answer ({said}): waiting for it (nothing is lost; the \
+                         experiment stays in the journal)"
+                    ));
+                }
+                let until = Instant::now() + slurm::CONTROLLER_RETRY;
+                while Instant::now() < until && self.opts.interrupts.count() < self.opts.abort_at {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                continue;
+            }
+            let _ = slurm::cancel(std::slice::from_ref(&name));
+            self.ws.state.slurm_jobs.retain(|n| n != &name);
+            self.ws.save_state()?;
+            let error = text.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("no output").trim();
+            return Ok(Begun::Failed(format!("slurm: no job: {error}")));
+        }
+    }
 }
 
 impl Processes for Journaled<'_> {
+    fn begin(&mut self, limit: Duration) -> Result<Begun> {
+        match &self.opts.backend {
+            Backend::Local => Ok(Begun::Ready),
+            Backend::Slurm(slurm) => {
+                let slurm = slurm.clone();
+                self.allocate(&slurm, limit)
+            }
+        }
+    }
+
+    fn wrap(&mut self, cmd: Command) -> Command {
+        match &self.job {
+            Some(job) => slurm::step_command(job, &cmd),
+            None => cmd,
+        }
+    }
+
+    fn failure(&mut self) -> Option<String> {
+        let job = self.job.as_ref()?;
+        let (state, reason) = slurm::job_state(job)?;
+        slurm::job_failure(&state, &reason).map(|why| format!("{why}, job {}", job.id))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let Some(job) = self.job.take() else { return Ok(()) };
+        match slurm::cancel(std::slice::from_ref(&job.name)) {
+            Ok(()) => {
+                self.ws.state.slurm_jobs.retain(|n| n != &job.name);
+                self.ws.save_state()
+            }
+            // It stays in the journal: the next start cancels it.
+            Err(e) => {
+                self.ws.say(&format!("slurm: could not cancel job {} ({e:#}); the next start will", job.id));
+                Ok(())
+            }
+        }
+    }
+
     fn start(&mut self, cmd: &mut Command, role: Role) -> Result<Child> {
         let (child, recorded) = self.ws.spawn(cmd, role).context("starting the training binary")?;
         self.running = Some(recorded);
@@ -126,7 +236,7 @@ fn train(
         seed: Some(seed),
     };
     let files = TrainingFiles::in_folder(dir, seed, log);
-    train_and_evaluate(trainer, &settings, &files, opts.timeout, &mut Journaled { ws, opts, running: None })
+    train_and_evaluate(trainer, &settings, &files, opts.timeout, &mut Journaled::new(ws, opts))
 }
 
 /// Checkpoints take room (about 200 MB at the h100 profile): a run keeps its first seed's when it was kept or
@@ -805,7 +915,7 @@ pub fn evaluate_run(
             result: dir.join("eval-result.json"),
             log: dir.join("eval.log"),
         };
-        evaluate_again(trainer, &settings, &files, &mut Journaled { ws, opts, running: None })
+        evaluate_again(trainer, &settings, &files, &mut Journaled::new(ws, opts))
     })();
     if swap {
         ws.git.run(&["checkout", ws.state.reference_commit(), "--", TRAINING_FILE])?;

@@ -53,6 +53,9 @@ pub struct State {
     /// Process groups the harness started that are running (agent, build, training).
     #[serde(default)]
     pub children: Vec<Recorded>,
+    /// Names of Slurm jobs submitted for trainings and not yet known to be over.
+    #[serde(default)]
+    pub slurm_jobs: Vec<String>,
 }
 
 impl State {

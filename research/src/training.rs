@@ -42,13 +42,40 @@ pub struct Trained {
     pub interrupted: bool,
 }
 
-/// How the caller starts processes (recorded in its journal, say) and when it wants them stopped.
+/// How the caller starts processes (recorded in its journal, say), where they run (here, or in a Slurm job)
+/// and when it wants them stopped.
 pub trait Processes {
+    /// Before a training's first phase: where trainings run elsewhere, their resources are taken here (a job
+    /// allocated), for at most `limit`.
+    fn begin(&mut self, _limit: Duration) -> Result<Begun> {
+        Ok(Begun::Ready)
+    }
+    /// A phase's command as it is run (in the job, say).
+    fn wrap(&mut self, cmd: Command) -> Command {
+        cmd
+    }
     fn start(&mut self, cmd: &mut Command, role: Role) -> Result<Child>;
     /// `child` has ended (or was killed).
     fn ended(&mut self, child: &Child) -> Result<()>;
+    /// Why a phase that failed failed, where the place it ran knows better than its exit status (a job that
+    /// was cancelled or lost its node).
+    fn failure(&mut self) -> Option<String> {
+        None
+    }
+    /// After the training: what `begin` took is given back.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Whether an interrupt asks to stop the training now.
     fn interrupted(&self) -> bool;
+}
+
+/// How taking a training's resources went.
+pub enum Begun {
+    Ready,
+    Interrupted,
+    /// They cannot be had (the reason): the training is a crash.
+    Failed(String),
 }
 
 /// Where one training keeps its files: the hand-over folder (the only place its training phase may write;
@@ -116,7 +143,7 @@ pub fn sandboxes(cache: &Path, prepared: &Prepared, files: &TrainingFiles) -> Re
 }
 
 /// A fresh nonce: 16 random bytes, in hex.
-fn nonce() -> Result<String> {
+pub fn nonce() -> Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
@@ -170,7 +197,7 @@ enum Ended {
 /// the hard timeout of the whole training.
 fn run_phase(
     procs: &mut dyn Processes,
-    mut cmd: Command,
+    cmd: Command,
     role: Role,
     log: &Path,
     stdin: Option<&str>,
@@ -182,6 +209,7 @@ fn run_phase(
         .append(true)
         .open(log)
         .with_context(|| format!("opening {}", log.display()))?;
+    let mut cmd = procs.wrap(cmd);
     cmd.stdout(file.try_clone()?).stderr(file);
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     let started = Instant::now();
@@ -218,6 +246,20 @@ pub fn train_and_evaluate(
     timeout: Duration,
     procs: &mut dyn Processes,
 ) -> Result<Trained> {
+    let trained = train_and_evaluate_begun(trainer, settings, files, timeout, procs);
+    let finished = procs.finish();
+    let trained = trained?;
+    finished?;
+    Ok(trained)
+}
+
+fn train_and_evaluate_begun(
+    trainer: &Trainer,
+    settings: &TrainingSettings,
+    files: &TrainingFiles,
+    timeout: Duration,
+    procs: &mut dyn Processes,
+) -> Result<Trained> {
     let started = Instant::now();
     let cache = cache_root()?;
     let prepared = Prepared::load(&cache, settings.profile.as_deref())?;
@@ -238,6 +280,16 @@ pub fn train_and_evaluate(
     let crash = |reason: String, retryable: bool| Crash { reason, retryable, log_tail: tail(&read_log(), TAIL_LINES) };
     let done = |result, interrupted| Ok(Trained { result, wall: started.elapsed().as_secs_f64(), interrupted });
 
+    match procs.begin(timeout)? {
+        Begun::Ready => {}
+        Begun::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
+        Begun::Failed(why) => return done(Err(crash(why, false)), false),
+    }
+    // A phase that failed where the place it ran says why (a cancelled job) crashed for that reason, which is
+    // not the file's fault.
+    let failed = |procs: &mut dyn Processes, status, log: &str| {
+        crash_reason(status, log).map(|found| procs.failure().map_or(found, |why| (why, true)))
+    };
     let args =
         PhaseArgs { phase: Phase::Train, handover: files.handover.clone(), result: None, sandbox: sandboxes.training };
     let limit = budget + allowance(budget);
@@ -259,7 +311,7 @@ pub fn train_and_evaluate(
         Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
         Ended::OverTime(why) => return done(Err(crash(why, true)), false),
         Ended::Exited(status) => {
-            if let Some((reason, retryable)) = crash_reason(status, &read_log()) {
+            if let Some((reason, retryable)) = failed(procs, status, &read_log()) {
                 return done(Err(crash(reason, retryable)), false);
             }
         }
@@ -278,7 +330,7 @@ pub fn train_and_evaluate(
         let failure = match ended {
             Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
             Ended::OverTime(why) => return done(Err(crash(why, true)), false),
-            Ended::Exited(status) => crash_reason(status, &read_log()),
+            Ended::Exited(status) => failed(procs, status, &read_log()),
         };
         match failure {
             Some((reason, true)) if tries == 1 => {

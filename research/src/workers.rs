@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use crate::agent::{research_loop, LoopOptions, LoopReport};
 use crate::ledger::Ledger;
 use crate::run::{describe, remeasure_if_needed, run_experiment, ExperimentOptions};
+use crate::slurm::SlurmOptions;
 use crate::trainer::Trainer;
 use crate::{worker_journals, Workspace};
 
@@ -55,6 +56,25 @@ pub fn local_setups(n: usize, gpus: Option<&[String]>, cores: usize) -> Result<V
     })
 }
 
+/// `n` workers whose trainings are Slurm jobs: each job has its GPU from Slurm, or on the CPU its CPUs as the
+/// training's thread count.
+pub fn slurm_setups(n: usize, opts: &SlurmOptions) -> Result<Vec<WorkerSetup>> {
+    if n == 0 {
+        anyhow::bail!("--workers must be at least 1");
+    }
+    let setup = match (opts.gpu, opts.cpus) {
+        (true, _) => WorkerSetup { env: Vec::new(), label: "Slurm jobs, 1 GPU".into() },
+        (false, cpus) => {
+            let threads = cpus.unwrap_or(1);
+            WorkerSetup {
+                env: vec![("OMP_NUM_THREADS".into(), threads.to_string())],
+                label: format!("Slurm jobs, {threads} CPU{}", if threads == 1 { "" } else { "s" }),
+            }
+        }
+    };
+    Ok(vec![setup; n])
+}
+
 /// Runs the session with one worker per setup until each stops; the reports added up.
 pub fn run_workers(
     session: Workspace,
@@ -80,7 +100,9 @@ pub fn run_workers(
             env: setup.env.clone(),
             ..template.clone()
         };
-        trainer.check_gpu()?;
+        if opts.run.backend == crate::slurm::Backend::Local {
+            trainer.check_gpu()?;
+        }
         workers.push((ws, trainer));
     }
     let mut total = LoopReport::default();
