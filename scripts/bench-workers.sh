@@ -17,7 +17,7 @@ cargo build --release --quiet -p autoresearch --manifest-path "$repo/Cargo.toml"
 bin=$repo/target/release/autoresearch
 git clone --quiet "$repo" "$work/repo"
 ln -s "$(readlink -f "$repo/.libtorch")" "$work/repo/.libtorch"
-export CARGO_TARGET_DIR=$repo/target/bench-workers AUTORESEARCH_CACHE=$work/cache
+export CARGO_TARGET_DIR=$repo/target AUTORESEARCH_CACHE=$work/cache
 cd "$work/repo"
 "$bin" prepare --profile small >/dev/null 2>&1
 # Each call sets the scalar learning rate to a value no call used before.

@@ -895,7 +895,7 @@ fn slurm_jobs_for_two_workers_and_their_faults() {
 
     // scancel of a running training's job: a crash row that says so, and the worker goes on.
     steps(1, &["good6", "good7"]);
-    let mut child = cmd(&[&loop_args[..], &["--max-experiments", "2"]].concat())
+    let child = cmd(&[&loop_args[..], &["--max-experiments", "2"]].concat())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

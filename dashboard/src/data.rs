@@ -114,21 +114,16 @@ fn view(s: &Session) -> Result<SessionView> {
 /// What the journals record as running now: the lone loop's, or each worker's (a journal left by a killed
 /// loop lists dead processes, which are not shown).
 fn live(s: &Session, st: &State) -> Vec<Live> {
-    let workers = worker_journals(&s.state_dir());
-    if workers.is_empty() {
-        return live_one(s, st, None, &s.root.join("run.log")).into_iter().collect();
-    }
-    workers
-        .iter()
-        .filter_map(|(k, journal)| {
-            let log = s.state_dir().join("workers").join(k.to_string()).join("tree/run.log");
-            live_one(s, journal, Some(*k), &log)
-        })
-        .collect()
+    let lone = live_one(s, st, None, &s.root.join("run.log"));
+    let workers = worker_journals(&s.state_dir()).into_iter().filter_map(|(k, journal)| {
+        let log = s.state_dir().join("workers").join(k.to_string()).join("tree/run.log");
+        live_one(s, &journal, Some(k), &log)
+    });
+    lone.into_iter().chain(workers).collect()
 }
 
 fn live_one(s: &Session, st: &State, worker: Option<usize>, log: &Path) -> Option<Live> {
-    let child = st.children.iter().filter(|c| alive(c.pgid) && start_time(c.pgid) == Some(c.start_time)).last()?;
+    let child = st.children.iter().rfind(|c| alive(c.pgid) && start_time(c.pgid) == Some(c.start_time))?;
     let run = st.in_progress.as_ref().map(|ip| ip.run);
     let meta: Option<RunMeta> = run.and_then(|r| {
         let bytes = std::fs::read(s.state_dir().join("runs").join(r.to_string()).join("meta.json")).ok()?;

@@ -31,6 +31,7 @@ fn row(run: u64, status: Status, val_bpb: f64, description: &str, reason: &str) 
             run,
             rule: "lower".into(),
             reason: reason.into(),
+            worker: None,
         }),
     }
 }
@@ -81,6 +82,7 @@ fn fixture(dir: &Path, name: &str) -> PathBuf {
         next_run: 8,
         in_progress: Some(InProgress { run: 7, commit: None, seeds: vec![42] }),
         children: vec![Recorded { role: Role::Training, pgid: pid, start_time: start_time(pid).unwrap() }],
+        slurm_jobs: Vec::new(),
     };
     std::fs::write(state_dir.join("state.json"), serde_json::to_vec_pretty(&state).unwrap()).unwrap();
     save_noise(&state_dir, &NoiseEstimate::new("small", 60.0, "c000003", vec![43, 44], vec![1.80, 1.81]).unwrap())
@@ -170,6 +172,54 @@ fn nothing_outside_the_session_can_be_read() {
     let (status, body) = get(&format!("{base}/api/run?session=0&run=3"));
     assert_eq!(status, 403, "a link that leads out of the session");
     assert!(body.contains("outside the session") && !body.contains("SECRET"), "{body}");
+}
+
+/// A session run by two workers: a live line for each from its own journal and log, and the worker of each row.
+#[test]
+fn each_worker_has_its_live_line_and_each_row_its_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = fixture(dir.path(), "workers");
+    let state_dir = root.join(".autoresearch");
+    let mut rows = results::read(&root.join("results.tsv")).unwrap().rows;
+    for (i, r) in rows.iter_mut().enumerate() {
+        r.extra.as_mut().unwrap().worker = Some(1 + i % 2);
+    }
+    std::fs::remove_file(root.join("results.tsv")).unwrap();
+    results::create(&root.join("results.tsv")).unwrap();
+    results::append(&root.join("results.tsv"), &rows).unwrap();
+    // The session's own journal runs nothing; each worker's journal records this test's process as its training.
+    let mut session = State::load(&state_dir).unwrap();
+    let live = session.children.clone();
+    session.children.clear();
+    session.in_progress = None;
+    session.save(&state_dir).unwrap();
+    for (k, run, step) in [(1, 7, 3), (2, 8, 9)] {
+        let own = state_dir.join("workers").join(k.to_string());
+        std::fs::create_dir_all(own.join("tree")).unwrap();
+        let journal = State {
+            in_progress: Some(InProgress { run, commit: None, seeds: vec![42] }),
+            children: live.clone(),
+            ..session.clone()
+        };
+        journal.save(&own).unwrap();
+        let log: String = (0..=step).map(step_line).collect();
+        std::fs::write(own.join("tree/run.log"), format!("profile small{log}")).unwrap();
+    }
+    let server = start(&[&root], "127.0.0.1");
+    let (status, body) = get(&format!("http://{}/api/overview", server.addr));
+    assert_eq!(status, 200);
+    let overview: Value = serde_json::from_str(&body).unwrap();
+    let live = overview["sessions"][0]["live"].as_array().unwrap();
+    let lines: Vec<(&str, u64, u64)> = live
+        .iter()
+        .map(|l| (l["worker"].as_str().unwrap(), l["run"].as_u64().unwrap(), l["step"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(lines, [("worker 1", 7, 3), ("worker 2", 8, 9)]);
+    let (_, body) = get(&format!("http://{}/api/rows?session=0", server.addr));
+    let rows: Value = serde_json::from_str(&body).unwrap();
+    let worker = rows["columns"].as_array().unwrap().iter().position(|c| c == "worker").unwrap();
+    let workers: Vec<u64> = rows["rows"].as_array().unwrap().iter().map(|r| r[worker].as_u64().unwrap()).collect();
+    assert_eq!(workers, [1, 2, 1, 2, 1, 2, 1]);
 }
 
 #[test]

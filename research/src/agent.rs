@@ -63,8 +63,8 @@ pub fn research_loop(
     let ledger = ws.ledger.clone();
     let mut claimed = false;
     loop {
-        if std::mem::take(&mut claimed) {
-            ledger.as_ref().map(|l| l.release());
+        if let Some(l) = ledger.as_ref().filter(|_| std::mem::take(&mut claimed)) {
+            l.release();
         }
         let all_taken = match &ledger {
             Some(l) => !l.claim(opts.max_experiments),
@@ -83,8 +83,8 @@ pub fn research_loop(
             None
         };
         if let Some(reason) = stop {
-            if std::mem::take(&mut claimed) {
-                ledger.as_ref().map(|l| l.release());
+            if let Some(l) = ledger.as_ref().filter(|_| std::mem::take(&mut claimed)) {
+                l.release();
             }
             report.stop_reason = reason;
             return Ok(report);

@@ -158,7 +158,7 @@ impl<'a> Journaled<'a> {
             let _ = slurm::cancel(std::slice::from_ref(&name));
             self.ws.state.slurm_jobs.retain(|n| n != &name);
             self.ws.save_state()?;
-            let error = text.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("no output").trim();
+            let error = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no output").trim();
             return Ok(Begun::Failed(format!("slurm: no job: {error}")));
         }
     }
