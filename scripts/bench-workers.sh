@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Experiments per hour with one local worker and with two, one thread each, on this machine's CPU: the same
 # session (the small profile's default model, a $BUDGET s budget) run by `loop` with a scripted agent that makes
-# a new change each call; $EXPERIMENTS experiments per worker. Prints a table and the ratio.
+# a new change each call; $EXPERIMENTS experiments per worker after the baseline. Prints a table (with where an
+# experiment's time went) and the ratio.
 #
 #   scripts/bench-workers.sh          (EXPERIMENTS=6 BUDGET=15 by default)
 #
@@ -29,22 +30,34 @@ value=$(printf '0.%03d' $(( 300 + n )))
 sed -i -E "s/scalar_lr: [0-9.]+,/scalar_lr: $value,/" train/train.rs
 echo "scalar lr $value" > "$AUTORESEARCH_DESCRIPTION"
 EOF
-echo "| workers | threads each | experiments | wall | experiments per hour |"
-echo "| --- | --- | --- | --- | --- |"
+echo "| workers | threads each | experiments | wall | experiments per hour | an experiment, on average |"
+echo "| --- | --- | --- | --- | --- | --- |"
 declare -A rate
 for workers in 1 2; do
     git checkout --quiet main 2>/dev/null || git checkout --quiet master
     "$bin" init "bench$workers" --profile small --time-budget "$budget" --device cpu >/dev/null
-    # A first build outside the timing (the clone's own crates compile once).
-    [[ $workers == 1 ]] && cargo build --release --quiet -p autoresearch-train 2>/dev/null
+    # The baseline first, untimed (a session measures it once, alone, before any worker starts): the rate is the
+    # steady one.
+    OMP_NUM_THREADS=1 "$bin" run -m baseline > "$work/baseline-$workers.log" 2>&1
     experiments=$((per_worker * workers))
     start=$(date +%s.%N)
     COUNTER=$work/count OMP_NUM_THREADS=1 "$bin" loop --workers "$workers" --agent "bash $work/agent.sh" \
         --max-experiments "$experiments" > "$work/loop-$workers.log" 2>&1 || { tail -20 "$work/loop-$workers.log"; exit 1; }
     end=$(date +%s.%N)
-    done_=$(($(wc -l < results.tsv) - 1))
+    done_=$(($(wc -l < results.tsv) - 2))
     rate[$workers]=$(python3 -c "print(f'{$done_ / ($end - $start) * 3600:.1f}')")
     wall=$(python3 -c "print(f'{$end - $start:.0f} s')")
-    echo "| $workers | 1 | $done_ | $wall | ${rate[$workers]} |"
+    # Where an experiment's time went, on average (run folders; the baseline left out).
+    parts=$(python3 - .autoresearch/runs <<'PY'
+import json, os, sys
+metas = [json.load(open(os.path.join(sys.argv[1], d, "meta.json"))) for d in os.listdir(sys.argv[1])]
+metas = [m for m in metas if m.get("harness_overhead_seconds") is not None and m["run"] > 1]
+mean = lambda f: sum(f(m) for m in metas) / len(metas)
+print(f"{mean(lambda m: m['seconds']):.1f} s: build {mean(lambda m: m['build_seconds']):.1f}, "
+      f"training and evaluation {mean(lambda m: m['seconds'] - m['harness_overhead_seconds']):.1f}, "
+      f"the rest {mean(lambda m: m['harness_overhead_seconds'] - m['build_seconds']):.2f}")
+PY
+)
+    echo "| $workers | 1 | $done_ | $wall | ${rate[$workers]} | $parts |"
 done
 python3 -c "print(f'two workers: {${rate[2]} / ${rate[1]}:.2f}x the experiments per hour of one')"

@@ -24,6 +24,8 @@ struct Session {
     cache: PathBuf,
     target: PathBuf,
     agent_state: PathBuf,
+    /// More environment for every command (a Slurm cluster's SLURM_CONF).
+    env: Vec<(String, String)>,
 }
 
 /// Copies a file keeping its modification time, so that cargo sees unchanged sources as unchanged.
@@ -98,6 +100,7 @@ impl Session {
             target: scratch.join("target"),
             agent_state: scratch.join(format!("{name}-agent")),
             repo,
+            env: Vec::new(),
         };
         let _ = std::fs::remove_dir_all(&session.agent_state);
         std::fs::create_dir_all(&session.agent_state).unwrap();
@@ -113,6 +116,7 @@ impl Session {
             .env("AUTORESEARCH_CACHE", &self.cache)
             .env("CARGO_TARGET_DIR", &self.target)
             .env("AGENT_STATE", &self.agent_state)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }
@@ -132,6 +136,17 @@ impl Session {
         std::fs::write(self.agent_state.join("steps"), steps.join("\n") + "\n").unwrap();
         let _ = std::fs::remove_file(self.agent_state.join("count"));
         format!("bash {}/tests/data/agent.sh", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// The scripted agent's steps for worker `k`'s calls, from its first call on.
+    fn worker_steps(&self, k: usize, steps: &[&str]) {
+        std::fs::write(self.agent_state.join(format!("steps-{k}")), steps.join("\n") + "\n").unwrap();
+        let _ = std::fs::remove_file(self.agent_state.join(format!("count-{k}")));
+    }
+
+    /// Worker `k`'s journal.
+    fn journal(&self, k: usize) -> State {
+        State::load(&self.repo.join(format!(".autoresearch/workers/{k}"))).unwrap()
     }
 
     fn rows(&self) -> Vec<Row> {
@@ -687,10 +702,7 @@ fn two_workers_share_one_ledger_and_one_best() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = Session::new("session");
     assert!(s.run(&["init", "w1", "--profile", "small", "--time-budget", "60", "--device", "cpu"]).status.success());
-    let steps = |k: usize, steps: &[&str]| {
-        std::fs::write(s.agent_state.join(format!("steps-{k}")), steps.join("\n") + "\n").unwrap();
-        let _ = std::fs::remove_file(s.agent_state.join(format!("count-{k}")));
-    };
+    let steps = |k, steps: &[&str]| s.worker_steps(k, steps);
     steps(1, &["improve", "good", "nothing", "nothing", "nothing"]);
     steps(2, &["good2", "good3", "nothing", "nothing", "nothing"]);
     let agent = format!("bash {}/tests/data/agent.sh", env!("CARGO_MANIFEST_DIR"));
@@ -748,7 +760,7 @@ fn two_workers_share_one_ledger_and_one_best() {
     let notes = std::fs::read_to_string(s.repo.join(".autoresearch/notes.md")).unwrap();
     assert!(notes.contains("call-1 1: tried improve") && notes.contains("call-2 1: tried good2"), "{notes}");
     for k in [1, 2] {
-        let journal = State::load(&s.repo.join(format!(".autoresearch/workers/{k}"))).unwrap();
+        let journal = s.journal(k);
         assert!(journal.in_progress.is_none() && journal.children.is_empty(), "worker {k}: {journal:?}");
     }
 
@@ -763,10 +775,10 @@ fn two_workers_share_one_ledger_and_one_best() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let journal = |k: usize| State::load(&s.repo.join(format!(".autoresearch/workers/{k}"))).ok();
     let deadline = Instant::now() + Duration::from_secs(180);
     let training = |k: usize| {
-        journal(k).and_then(|j| j.children.iter().find(|c| c.role == Role::Training).cloned().zip(j.in_progress))
+        let j = State::load(&s.repo.join(format!(".autoresearch/workers/{k}"))).ok()?;
+        j.children.iter().find(|c| c.role == Role::Training).cloned().zip(j.in_progress)
     };
     let (a, b) = loop {
         assert!(Instant::now() < deadline, "the two workers never trained at once");
@@ -785,7 +797,7 @@ fn two_workers_share_one_ledger_and_one_best() {
         assert!(!alive(recorded.pgid), "worker {k}'s orphaned training was stopped");
         assert!(stderr.contains(&format!("worker {k}: recovered: run {} was interrupted", ip.run)), "{stderr}");
         assert_eq!(s.meta(ip.run).status, Status::Interrupted);
-        let journal = journal(k).unwrap();
+        let journal = s.journal(k);
         assert!(journal.in_progress.is_none() && journal.children.is_empty());
         let tree = s.repo.join(format!(".autoresearch/workers/{k}/tree"));
         assert_eq!(git(&tree, &["status", "--porcelain"]), "", "worker {k}'s worktree is clean");
@@ -842,28 +854,12 @@ impl Drop for Cluster {
 fn slurm_jobs_for_two_workers_and_their_faults() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let cluster = Cluster::start();
-    let s = Session::new("session");
-    let cmd = |args: &[&str]| {
-        let mut cmd = s.cmd(args);
-        cmd.env("SLURM_CONF", &cluster.conf);
-        cmd
-    };
-    let run = |args: &[&str]| {
-        let out = cmd(args).output().unwrap();
-        eprintln!(
-            "$ autoresearch {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    };
-    let steps = |k: usize, steps: &[&str]| {
-        std::fs::write(s.agent_state.join(format!("steps-{k}")), steps.join("\n") + "\n").unwrap();
-        let _ = std::fs::remove_file(s.agent_state.join(format!("count-{k}")));
-    };
+    let mut s = Session::new("session");
+    s.env.push(("SLURM_CONF".into(), cluster.conf.clone()));
+    let (cmd, run) = (|args: &[&str]| s.cmd(args), |args: &[&str]| s.run(args));
+    let steps = |k, steps: &[&str]| s.worker_steps(k, steps);
     let agent = format!("bash {}/tests/data/agent.sh", env!("CARGO_MANIFEST_DIR"));
-    let journal = |k: usize| State::load(&s.repo.join(format!(".autoresearch/workers/{k}"))).unwrap();
+    let journal = |k| s.journal(k);
     assert!(run(&["init", "s1", "--profile", "small", "--time-budget", "60", "--device", "cpu"]).status.success());
 
     // Two workers, one job per training; a training that fails in its job is a crash and its worker goes on.
