@@ -15,7 +15,7 @@ use autoresearch_research::slurm::{Backend, SlurmOptions};
 use autoresearch_research::trainer::DeviceChoice;
 use autoresearch_research::trainer::{repo_root, Trainer};
 use autoresearch_research::training::build_sandbox;
-use autoresearch_research::workers::{local_setups, run_workers, slurm_setups};
+use autoresearch_research::workers::{local_setups, measure_noise_workers, run_workers, slurm_setups, WorkerSetup};
 use autoresearch_research::{self as experiment, Interrupts, Workspace};
 
 use crate::train_cmd::Device;
@@ -176,6 +176,12 @@ pub struct NoiseArgs {
     /// Hard limit per training run [default: 2 × budget + 120 s]
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
+    /// Trainings at once, as `loop --workers` runs them
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    workers: usize,
+    /// The GPUs the workers use, one each [default: every visible GPU]
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    gpus: Option<Vec<String>>,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -294,20 +300,7 @@ pub fn research_loop_cmd(args: LoopArgs) -> Result<()> {
     );
     let slurm = matches!(opts.run.backend, Backend::Slurm(_));
     let report = if args.workers > 1 || slurm {
-        let setups = match &opts.run.backend {
-            Backend::Slurm(s) if args.gpus.is_none() => slurm_setups(args.workers, s)?,
-            Backend::Slurm(_) => bail!("--gpus is for the local backend: Slurm gives each job its GPU"),
-            Backend::Local => {
-                let gpus = match (trainer.device, &args.gpus) {
-                    (DeviceChoice::Cuda, Some(list)) => Some(list.clone()),
-                    (DeviceChoice::Cuda, None) => Some(visible_gpus()?),
-                    (_, Some(_)) => bail!("--gpus: this session trains on the CPU"),
-                    _ => None,
-                };
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                local_setups(args.workers, gpus.as_deref(), cores)?
-            }
-        };
+        let setups = setups(args.workers, args.gpus.as_deref(), &trainer, &opts.run.backend)?;
         let say = |line: &str| println!("{line}");
         let report = run_workers(ws, &trainer, &opts, &setups, &say)?;
         ws = Workspace::open(&root)?;
@@ -326,6 +319,24 @@ pub fn research_loop_cmd(args: LoopArgs) -> Result<()> {
         println!("best: val_bpb {:.6} (commit {}, run {})", best.val_bpb, &best.commit[..7], best.run);
     }
     Ok(())
+}
+
+/// What each of `workers` workers gets: its GPU or its share of the cores here, or its Slurm jobs.
+fn setups(workers: usize, gpus: Option<&[String]>, trainer: &Trainer, backend: &Backend) -> Result<Vec<WorkerSetup>> {
+    match backend {
+        Backend::Slurm(s) if gpus.is_none() => slurm_setups(workers, s),
+        Backend::Slurm(_) => bail!("--gpus is for the local backend: Slurm gives each job its GPU"),
+        Backend::Local => {
+            let gpus = match (trainer.device, gpus) {
+                (DeviceChoice::Cuda, Some(list)) => Some(list.to_vec()),
+                (DeviceChoice::Cuda, None) => Some(visible_gpus()?),
+                (_, Some(_)) => bail!("--gpus: this session trains on the CPU"),
+                _ => None,
+            };
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            local_setups(workers, gpus.as_deref(), cores)
+        }
+    }
 }
 
 /// The GPUs a worker may be given: those CUDA_VISIBLE_DEVICES lists, else every GPU `nvidia-smi` sees.
@@ -347,7 +358,15 @@ pub fn noise(args: NoiseArgs) -> Result<()> {
     let mut opts = options(&ws, &rule, "noise".into(), interrupts, 1)?;
     let (trainer, backend) = trainer(&ws, &args.backend)?;
     opts.backend = backend;
-    let estimate = measure_noise(&mut ws, &trainer, args.runs, &opts)?;
+    let estimate = if args.workers > 1 {
+        let setups = setups(args.workers, args.gpus.as_deref(), &trainer, &opts.backend)?;
+        measure_noise_workers(ws, &trainer, args.runs, &opts, &setups)?
+    } else {
+        if args.gpus.is_some() {
+            bail!("--gpus is for several workers: with one, choose the GPU with CUDA_VISIBLE_DEVICES");
+        }
+        measure_noise(&mut ws, &trainer, args.runs, &opts)?
+    };
     println!(
         "noise for profile {} at {} s: val_bpb {:.6} ± {:.6} (mean ± sd of {} seeds, commit {})",
         estimate.profile,

@@ -766,8 +766,8 @@ fn two_workers_share_one_ledger_and_one_best() {
 
     // kill -9 of the coordinator while both workers train: the next start stops both trainings and undoes both
     // experiments; nothing is recorded for them.
-    steps(1, &["good4", "nothing"]);
-    steps(2, &["good5", "nothing"]);
+    steps(1, &["nap", "nothing"]);
+    steps(2, &["nap", "nothing"]);
     let before = s.rows().len();
     let mut child = s
         .cmd(&["loop", "--workers", "2", "--agent", &agent, "--max-experiments", "4"])
@@ -803,6 +803,16 @@ fn two_workers_share_one_ledger_and_one_best() {
         assert_eq!(git(&tree, &["status", "--porcelain"]), "", "worker {k}'s worktree is clean");
     }
     assert_eq!(s.rows().len(), before, "no rows for the interrupted experiments");
+    s.assert_consistent();
+
+    // `noise --workers 2`: the best's seeds trained two at a time, stored as `noise` stores them.
+    let out = s.run(&["noise", "--runs", "2", "--workers", "2"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("worker 1: noise: seed 4") && stderr.contains("worker 2: noise: seed 4"), "{stderr}");
+    let noise: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.repo.join(".autoresearch/noise.json")).unwrap()).unwrap();
+    assert_eq!(noise["small/60"]["seeds"], serde_json::json!([43, 44]));
     s.assert_consistent();
 }
 
@@ -918,6 +928,30 @@ fn slurm_jobs_for_two_workers_and_their_faults() {
     assert_eq!(cancelled.status, Status::Crash, "{rows:?}");
     assert!(cancelled.extra.as_ref().unwrap().reason.starts_with("slurm job CANCELLED"), "{cancelled:?}");
     assert!(next.status != Status::Crash && next.description == "scalar lr 0.095", "{next:?}");
+
+    // A job whose node fails (here: set down): a crash row that says so, and the worker goes on once the node is
+    // back (it returns by itself).
+    steps(1, &["nap", "good8"]);
+    let child = cmd(&[&loop_args[..], &["--max-experiments", "2"]].concat())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(journal(1).children.iter().any(|c| c.role == Role::Training) && cluster.queue() == ["RUNNING"]) {
+        assert!(Instant::now() < deadline, "no job ever ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let host = String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout).unwrap();
+    cluster.client("scontrol", &["update", &format!("NodeName={}", host.trim()), "State=DOWN", "Reason=lost"]);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = s.rows();
+    let (lost, next) = (&rows[rows.len() - 2], &rows[rows.len() - 1]);
+    assert_eq!(lost.status, Status::Crash, "{rows:?}");
+    assert!(lost.extra.as_ref().unwrap().reason.starts_with("slurm job NODE_FAIL (NodeDown)"), "{lost:?}");
+    assert!(next.status != Status::Crash && next.description == "scalar lr 0.0125", "{next:?}");
 
     // kill -9 of the coordinator while both workers' jobs run: the next start cancels both and undoes both
     // experiments.

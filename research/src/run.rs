@@ -79,7 +79,23 @@ pub fn build(ws: &mut Workspace, trainer: &Trainer) -> Result<std::result::Resul
         Some(l) => {
             let file =
                 std::fs::read(ws.root.join(TRAINING_FILE)).with_context(|| format!("reading {TRAINING_FILE}"))?;
-            l.build_in_tree(&file, || build(ws))
+            let binary = trainer.installed.as_ref().context("a worker's trainer has a binary of its own")?;
+            // The worker's binary says what it was built from: the experiment's build after the loop's check of
+            // the same file is then no second compilation (the repository's tree held another file meanwhile).
+            let source = binary.with_extension("source");
+            let hash = file_hash(&file);
+            let built = std::fs::read_to_string(&source).ok().filter(|_| binary.exists());
+            match built.as_deref().and_then(|b| b.strip_prefix(&format!("{hash}\n"))) {
+                Some(output) => Ok(Ok(output.to_string())),
+                None => {
+                    let _ = std::fs::remove_file(&source);
+                    let result = l.build_in_tree(&file, || build(ws));
+                    if let Ok(Ok(output)) = &result {
+                        autoresearch_harness::fsutil::write_atomic(&source, format!("{hash}\n{output}").as_bytes())?;
+                    }
+                    result
+                }
+            }
         }
         None => build(ws),
     };
@@ -832,6 +848,16 @@ pub fn measure_noise(
     k: usize,
     opts: &ExperimentOptions,
 ) -> Result<NoiseEstimate> {
+    let dir = prepare_noise(ws, trainer, k)?;
+    let seeds: Vec<u64> = (1..=k as u64).map(|i| SEED + i).collect();
+    let values = seeds.iter().map(|&seed| noise_training(ws, trainer, seed, &dir, opts)).collect::<Result<_>>()?;
+    let commit = ws.git.head()?;
+    save_noise_estimate(ws, &commit, seeds, values)
+}
+
+/// What `noise` needs before it trains `k` times: the tree at the best commit, built. The folder its trainings
+/// keep their logs in.
+pub fn prepare_noise(ws: &mut Workspace, trainer: &Trainer, k: usize) -> Result<PathBuf> {
     if k < 2 {
         bail!("--runs {k}: a spread needs at least 2 runs");
     }
@@ -841,27 +867,40 @@ pub fn measure_noise(
     if let Err(compiler) = build(ws, trainer)? {
         bail!("the best commit does not build:\n{}", tail(&compiler, TAIL_LINES));
     }
-    let (profile, budget) = (ws.state.profile.clone(), ws.state.time_budget);
-    let dir = ws.dir.join("noise").join(format!("{profile}-{budget}"));
+    let dir = ws.dir.join("noise").join(format!("{}-{}", ws.state.profile, ws.state.time_budget));
     std::fs::create_dir_all(&dir)?;
-    let (mut seeds, mut values) = (Vec::new(), Vec::new());
-    for i in 1..=k {
-        let seed = SEED + i as u64;
-        let log = dir.join(format!("seed-{seed}.log"));
-        let t = train(ws, trainer, seed, &dir, log.clone(), opts)?;
-        prune_checkpoints(&dir, false)?;
-        if t.interrupted {
-            bail!("interrupted");
-        }
-        let s = match t.result {
-            Ok(s) => s,
-            Err(c) => bail!("the training with seed {seed} crashed ({}); see {}", c.reason, log.display()),
-        };
-        eprintln!("noise: seed {seed}: val_bpb {:.6}", s.val_bpb);
-        seeds.push(seed);
-        values.push(s.val_bpb);
+    Ok(dir)
+}
+
+/// One of `noise`'s trainings, with `seed`: its val_bpb.
+pub fn noise_training(
+    ws: &mut Workspace,
+    trainer: &Trainer,
+    seed: u64,
+    dir: &Path,
+    opts: &ExperimentOptions,
+) -> Result<f64> {
+    let log = dir.join(format!("seed-{seed}.log"));
+    let t = train(ws, trainer, seed, dir, log.clone(), opts)?;
+    let handover = dir.join(format!("seed-{seed}"));
+    if handover.exists() {
+        std::fs::remove_dir_all(&handover).with_context(|| format!("removing {}", handover.display()))?;
     }
-    let estimate = NoiseEstimate::new(&profile, budget, &ws.git.head()?, seeds, values)?;
+    if t.interrupted {
+        bail!("interrupted");
+    }
+    match t.result {
+        Ok(s) => {
+            ws.say(&format!("noise: seed {seed}: val_bpb {:.6}", s.val_bpb));
+            Ok(s.val_bpb)
+        }
+        Err(c) => bail!("the training with seed {seed} crashed ({}); see {}", c.reason, log.display()),
+    }
+}
+
+/// Stores the spread of `values` (of `seeds`, at `commit`) for the session's profile and budget.
+pub fn save_noise_estimate(ws: &Workspace, commit: &str, seeds: Vec<u64>, values: Vec<f64>) -> Result<NoiseEstimate> {
+    let estimate = NoiseEstimate::new(&ws.state.profile, ws.state.time_budget, commit, seeds, values)?;
     crate::rules::save_noise(&ws.dir, &estimate)?;
     Ok(estimate)
 }

@@ -285,10 +285,11 @@ fn train_and_evaluate_begun(
         Begun::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
         Begun::Failed(why) => return done(Err(crash(why, false)), false),
     }
-    // A phase that failed where the place it ran says why (a cancelled job) crashed for that reason, which is
-    // not the file's fault.
-    let failed = |procs: &mut dyn Processes, status, log: &str| {
-        crash_reason(status, log).map(|found| procs.failure().map_or(found, |why| (why, true)))
+    // Where the place a phase ran says it failed (a cancelled job, a lost node: srun may even exit 0 then), that
+    // is the crash's reason, and not the file's fault; else the exit status and the log say.
+    let failed = |procs: &mut dyn Processes, status, log: &str| match procs.failure() {
+        Some(why) => Some((why, true)),
+        None => crash_reason(status, log),
     };
     let args =
         PhaseArgs { phase: Phase::Train, handover: files.handover.clone(), result: None, sandbox: sandboxes.training };

@@ -5,13 +5,17 @@
 //! processes or jobs stopped), runs the baseline if there is none yet (and the re-measure a `confirm N` rule
 //! may need), then runs the workers' loops side by side.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 
 use crate::agent::{research_loop, LoopOptions, LoopReport};
 use crate::ledger::Ledger;
-use crate::run::{describe, remeasure_if_needed, run_experiment, ExperimentOptions};
+use crate::rules::NoiseEstimate;
+use crate::run::{
+    describe, noise_training, prepare_noise, remeasure_if_needed, run_experiment, save_noise_estimate,
+    ExperimentOptions, SEED,
+};
 use crate::slurm::SlurmOptions;
 use crate::trainer::Trainer;
 use crate::{worker_journals, Workspace};
@@ -169,6 +173,62 @@ pub fn run_workers(
     }
     total.stop_reason = reasons.join("; ");
     Ok(total)
+}
+
+/// `noise --workers N`: the best commit, built once, trained with seeds 43, 44, ... on N workers at once; the
+/// spread stored as `noise` stores it.
+pub fn measure_noise_workers(
+    mut session: Workspace,
+    template: &Trainer,
+    k: usize,
+    opts: &ExperimentOptions,
+    setups: &[WorkerSetup],
+) -> Result<NoiseEstimate> {
+    let binary = session.dir.join("noise").join("autoresearch-train");
+    let builder = Trainer { installed: Some(binary.clone()), ..template.clone() };
+    let dir = prepare_noise(&mut session, &builder, k)?;
+    let commit = session.git.head()?;
+    let ledger = Arc::new(Ledger::new(&session));
+    let mut workers = Vec::new();
+    for (i, setup) in setups.iter().enumerate() {
+        let ws = Workspace::worker(&ledger, i + 1)?;
+        let trainer = Trainer { prebuilt: Some(binary.clone()), env: setup.env.clone(), ..template.clone() };
+        workers.push((ws, trainer));
+    }
+    let seeds: Mutex<Vec<u64>> = Mutex::new((1..=k as u64).rev().map(|i| SEED + i).collect());
+    let results: Vec<Result<Vec<(u64, f64)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = workers
+            .iter_mut()
+            .map(|(ws, trainer)| {
+                let (dir, seeds) = (&dir, &seeds);
+                scope.spawn(move || {
+                    let mut done = Vec::new();
+                    loop {
+                        // Taken in a statement of its own: the lock is not held while the seed trains.
+                        let next = crate::locked(seeds).pop();
+                        let Some(seed) = next else { break };
+                        match noise_training(ws, trainer, seed, dir, opts) {
+                            Ok(value) => done.push((seed, value)),
+                            Err(e) => {
+                                // The others stop after their current training.
+                                crate::locked(seeds).clear();
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a worker thread panicked")).collect()
+    });
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    all.sort_by_key(|(seed, _)| *seed);
+    let (seeds, values) = all.into_iter().unzip();
+    save_noise_estimate(&session, &commit, seeds, values)
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ good4)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.055,/' $file; say "s
 good5)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.065,/' $file; say "scalar lr 0.065" ;;
 good6)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.085,/' $file; say "scalar lr 0.085" ;;
 good7)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.095,/' $file; say "scalar lr 0.095" ;;
+good8)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.0125,/' $file; say "scalar lr 0.0125" ;;
 nap)       sed -i 's/^pub fn train(run: \&Run) -> Result<Trained<Gpt>> {$/pub fn train(run: \&Run) -> Result<Trained<Gpt>> {\n    std::thread::sleep(std::time::Duration::from_secs(30));/' $file
            echo "// nap$w" >> $file; say "a nap first" ;;
 slow_eval) sed -i 's/^\(    fn logits(&self, inputs: &Tensor) -> Tensor {\)$/\1\n        std::thread::sleep(std::time::Duration::from_millis(500));/' $file
