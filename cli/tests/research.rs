@@ -814,6 +814,22 @@ fn two_workers_share_one_ledger_and_one_best() {
         serde_json::from_slice(&std::fs::read(s.repo.join(".autoresearch/noise.json")).unwrap()).unwrap();
     assert_eq!(noise["small/60"]["seeds"], serde_json::json!([43, 44]));
     s.assert_consistent();
+
+    // Under `confirm 2` a candidate's reruns are offered to every worker: worker 2, idle between its agent's
+    // calls, trains one while worker 1 trains the other.
+    steps(1, &["defaults", "nothing", "nothing", "nothing"]);
+    steps(2, &["think", "think", "think"]);
+    let out = s.run(&["loop", "--workers", "2", "--agent", &agent, "--max-experiments", "2", "--rule", "confirm 2"]);
+    assert!(out.status.success());
+    let rows = s.rows();
+    let candidate = rows.iter().rposition(|r| r.description == "default learning rates").unwrap();
+    let reason = &rows[candidate].extra.as_ref().unwrap().reason;
+    assert_eq!(rows[candidate].status, Status::Keep, "{reason}");
+    assert!(reason.contains("over 3 seeds (42, 43, 44)"), "{reason}");
+    let reruns = &rows[candidate + 1..candidate + 3];
+    assert!(reruns.iter().all(|r| r.status == Status::Rerun), "{reruns:?}");
+    assert!(reruns.iter().any(|r| r.extra.as_ref().unwrap().reason.ends_with("(trained by worker 2)")), "{reruns:?}");
+    s.assert_consistent();
 }
 
 /// A single-node Slurm cluster on this machine (`scripts/slurm.sh`), stopped when dropped.

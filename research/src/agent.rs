@@ -66,6 +66,10 @@ pub fn research_loop(
         if let Some(l) = ledger.as_ref().filter(|_| std::mem::take(&mut claimed)) {
             l.release();
         }
+        // Between its experiments a worker first trains the confirmation reruns other workers offered.
+        while let Some(task) = ledger.as_ref().and_then(|l| l.take_rerun()) {
+            crate::run::train_rerun(ws, trainer, task, &opts.run);
+        }
         let all_taken = match &ledger {
             Some(l) => !l.claim(opts.max_experiments),
             None => opts.max_experiments.is_some_and(|m| report.experiments >= m),

@@ -5,15 +5,17 @@
 //! The workers are threads of one coordinating process, which holds the session's lock; each has its own
 //! worktree, journal and run folders, so that a killed coordinator is put right worker by worker.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use anyhow::Result;
 
 use crate::git::Git;
 use crate::state::{Best, State};
+use crate::training::Trained;
 use crate::{locked, RESULTS_FILE, TRAINING_FILE};
 
 pub struct Ledger {
@@ -29,6 +31,55 @@ pub struct Ledger {
     tree: Mutex<()>,
     /// Experiments started, against `--max-experiments`.
     started: AtomicUsize,
+    /// Confirmation reruns waiting for a worker.
+    reruns: Mutex<VecDeque<RerunTask>>,
+}
+
+/// A confirmation rerun (`confirm N`) offered to every worker: the candidate's binary trained with one more
+/// seed, by whichever worker is free first (the candidate's own among them).
+pub struct RerunTask {
+    /// The worker whose candidate it confirms, and its run.
+    pub owner: usize,
+    pub run: u64,
+    pub seed: u64,
+    /// The run's folder (the training's files and log go there) and the candidate's binary.
+    pub dir: PathBuf,
+    pub binary: PathBuf,
+    slot: Arc<Slot>,
+}
+
+/// Where a rerun's result waits for the worker that offered it: (the worker that trained it, the training), or
+/// what went wrong.
+#[derive(Default)]
+pub struct Slot {
+    result: Mutex<Option<Result<(usize, Trained), String>>>,
+    filled: Condvar,
+}
+
+impl Slot {
+    pub fn is_filled(&self) -> bool {
+        locked(&self.result).is_some()
+    }
+
+    /// Waits up to `patience` for the result.
+    pub fn wait(&self, patience: Duration) {
+        let guard = locked(&self.result);
+        if guard.is_none() {
+            let _ = self.filled.wait_timeout(guard, patience);
+        }
+    }
+
+    pub fn take(&self) -> Option<Result<(usize, Trained), String>> {
+        locked(&self.result).take()
+    }
+}
+
+impl RerunTask {
+    /// Hands the result to the worker that offered the rerun.
+    pub fn finish(self, result: Result<(usize, Trained), String>) {
+        *locked(&self.slot.result) = Some(result);
+        self.slot.filled.notify_all();
+    }
 }
 
 impl Ledger {
@@ -43,6 +94,7 @@ impl Ledger {
             running: Mutex::new(BTreeMap::new()),
             tree: Mutex::new(()),
             started: AtomicUsize::new(0),
+            reruns: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -115,6 +167,33 @@ impl Ledger {
         self.started
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| max.is_none_or(|m| n < m).then_some(n + 1))
             .is_ok()
+    }
+
+    /// Offers worker `owner`'s reruns of `run` (one per seed, of `binary`, files in `dir`): the slots their results
+    /// will be in, by seed.
+    pub fn offer(&self, owner: usize, run: u64, seeds: &[u64], dir: &Path, binary: &Path) -> Vec<(u64, Arc<Slot>)> {
+        let mut queue = locked(&self.reruns);
+        seeds
+            .iter()
+            .map(|&seed| {
+                let slot = Arc::new(Slot::default());
+                let task = RerunTask {
+                    owner,
+                    run,
+                    seed,
+                    dir: dir.to_path_buf(),
+                    binary: binary.to_path_buf(),
+                    slot: slot.clone(),
+                };
+                queue.push_back(task);
+                (seed, slot)
+            })
+            .collect()
+    }
+
+    /// The oldest rerun that no worker has taken yet.
+    pub fn take_rerun(&self) -> Option<RerunTask> {
+        locked(&self.reruns).pop_front()
     }
 
     /// Gives back a claim that ran no experiment.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::ledger::RerunTask;
 use crate::process::{wait_or_kill, Recorded, Role};
 use crate::results::{self, Extra, Row, Status};
 use crate::rules::{mean_std, Decider, NoiseEstimate, Rule};
@@ -540,7 +541,9 @@ struct Reruns {
     crash: Option<String>,
 }
 
-/// Trains the current tree with each of `seeds`, logs in the run's folder; None when interrupted.
+/// Trains the current tree with each of `seeds`, logs in the run's folder; None when interrupted. A lone loop
+/// trains them one after another and stops at the first crash; a worker offers them to every worker (see
+/// [`crate::ledger::Ledger::offer`]), so that idle workers train them at the same time, and trains what is left itself.
 #[allow(clippy::too_many_arguments)]
 fn rerun(
     ws: &mut Workspace,
@@ -552,17 +555,51 @@ fn rerun(
     seeds: &[u64],
     training_wall: &mut f64,
 ) -> Result<Option<Reruns>> {
-    let mut out = Reruns { rows: Vec::new(), values: Vec::new(), crash: None };
-    for (k, &seed) in seeds.iter().enumerate() {
-        let dir = ws.run_dir(run);
-        let t = train(ws, trainer, seed, &dir, dir.join(format!("rerun-{seed}.log")), opts)?;
-        *training_wall += t.wall;
-        if t.interrupted {
-            return Ok(None);
+    let dir = ws.run_dir(run);
+    let mut trained = Vec::new();
+    match (ws.ledger.clone(), ws.worker) {
+        (Some(l), Some(me)) => {
+            let started = Instant::now();
+            let slots = l.offer(me, run, seeds, &dir, &trainer.binary());
+            // Work the queue (these reruns, or another worker's) until every one of these has its result.
+            while let Some((_, waiting)) = slots.iter().find(|(_, s)| !s.is_filled()) {
+                match l.take_rerun() {
+                    Some(task) => train_rerun(ws, trainer, task, opts),
+                    None => waiting.wait(Duration::from_millis(50)),
+                }
+            }
+            *training_wall += started.elapsed().as_secs_f64();
+            for (seed, slot) in slots {
+                match slot.take().expect("filled") {
+                    Ok((by, t)) => trained.push((seed, by, t)),
+                    Err(e) => bail!("the confirmation rerun with seed {seed} failed: {e}"),
+                }
+            }
         }
+        _ => {
+            for &seed in seeds {
+                let t = train(ws, trainer, seed, &dir, dir.join(format!("rerun-{seed}.log")), opts)?;
+                *training_wall += t.wall;
+                let stop = t.interrupted || t.result.is_err();
+                trained.push((seed, ws.worker.unwrap_or(0), t));
+                if stop {
+                    break;
+                }
+            }
+        }
+    }
+    if trained.iter().any(|(_, _, t)| t.interrupted) {
+        return Ok(None);
+    }
+    let mut out = Reruns { rows: Vec::new(), values: Vec::new(), crash: None };
+    for (k, (seed, by, t)) in trained.into_iter().enumerate() {
+        let helper = match ws.worker {
+            Some(me) if me != by => format!(" (trained by worker {by})"),
+            _ => String::new(),
+        };
         let (val_bpb, memory_gb, note) = match &t.result {
-            Ok(s) => (s.val_bpb, s.peak_vram_mb / 1024.0, format!("seed {seed}")),
-            Err(c) => (0.0, 0.0, format!("seed {seed} crashed: {}", c.reason)),
+            Ok(s) => (s.val_bpb, s.peak_vram_mb / 1024.0, format!("seed {seed}{helper}")),
+            Err(c) => (0.0, 0.0, format!("seed {seed}{helper} crashed: {}", c.reason)),
         };
         out.rows.push(Row {
             commit: commit.to_string(),
@@ -575,12 +612,24 @@ fn rerun(
         match t.result {
             Ok(s) => out.values.push(s.val_bpb),
             Err(c) => {
-                out.crash = Some(c.reason);
-                break;
+                out.crash.get_or_insert(c.reason);
             }
         }
     }
     Ok(Some(out))
+}
+
+/// Trains a confirmation rerun that a worker offered (see [`rerun`]) with the candidate's binary, and hands the
+/// result back.
+pub fn train_rerun(ws: &mut Workspace, trainer: &Trainer, task: RerunTask, opts: &ExperimentOptions) {
+    let me = ws.worker.unwrap_or(0);
+    if task.owner != me {
+        ws.say(&format!("training seed {} of run {} for worker {}", task.seed, task.run, task.owner));
+    }
+    let candidate = Trainer { prebuilt: Some(task.binary.clone()), ..trainer.clone() };
+    let log = task.dir.join(format!("rerun-{}.log", task.seed));
+    let result = train(ws, &candidate, task.seed, &task.dir.clone(), log, opts).map(|t| (me, t));
+    task.finish(result.map_err(|e| format!("{e:#}")));
 }
 
 /// Our columns of a row of `run`.

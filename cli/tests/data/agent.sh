@@ -33,6 +33,11 @@ good5)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.065,/' $file; say "s
 good6)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.085,/' $file; say "scalar lr 0.085" ;;
 good7)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.095,/' $file; say "scalar lr 0.095" ;;
 good8)     sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.0125,/' $file; say "scalar lr 0.0125" ;;
+think)     sleep 14 ;;
+defaults)  # the default learning rates (ten times the "improve" ones), after a nap of 10 s in every training
+    sed -i 's/embedding_lr: 0.06,/embedding_lr: 0.6,/; s/unembedding_lr: 0.0004,/unembedding_lr: 0.004,/; s/matrix_lr: 0.004,/matrix_lr: 0.04,/' $file
+    sed -i 's/^pub fn train(run: \&Run) -> Result<Trained<Gpt>> {$/pub fn train(run: \&Run) -> Result<Trained<Gpt>> {\n    std::thread::sleep(std::time::Duration::from_secs(10));/' $file
+    say "default learning rates" ;;
 nap)       sed -i 's/^pub fn train(run: \&Run) -> Result<Trained<Gpt>> {$/pub fn train(run: \&Run) -> Result<Trained<Gpt>> {\n    std::thread::sleep(std::time::Duration::from_secs(30));/' $file
            echo "// nap$w" >> $file; say "a nap first" ;;
 slow_eval) sed -i 's/^\(    fn logits(&self, inputs: &Tensor) -> Tensor {\)$/\1\n        std::thread::sleep(std::time::Duration::from_millis(500));/' $file
