@@ -886,12 +886,26 @@ fn slurm_jobs_for_two_workers_and_their_faults() {
     let steps = |k, steps: &[&str]| s.worker_steps(k, steps);
     let agent = format!("bash {}/tests/data/agent.sh", env!("CARGO_MANIFEST_DIR"));
     let journal = |k| s.journal(k);
+    // The loop `child` ends well, and its last two rows are a crash whose reason starts with `why`, then the
+    // experiment `next`, which ran.
+    let crash_then = |child: std::process::Child, why: &str, next: &str| {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let rows = s.rows();
+        let (crash, after) = (&rows[rows.len() - 2], &rows[rows.len() - 1]);
+        assert_eq!(crash.status, Status::Crash, "{rows:?}");
+        assert!(crash.extra.as_ref().unwrap().reason.starts_with(why), "{crash:?}");
+        assert!(after.status != Status::Crash && after.description == next, "{after:?}");
+    };
     assert!(run(&["init", "s1", "--profile", "small", "--time-budget", "60", "--device", "cpu"]).status.success());
 
     // Two workers, one job per training; a training that fails in its job is a crash and its worker goes on.
     steps(1, &["improve", "panic", "good", "good4"]);
     steps(2, &["good2", "good3", "good5", "good4"]);
     let loop_args = ["loop", "--backend", "slurm", "--agent", &agent, "--timeout", "60"];
+    let spawn = |more: &[&str]| {
+        cmd(&[&loop_args[..], more].concat()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    };
     let out = run(&[&loop_args[..], &["--workers", "2", "--max-experiments", "5"]].concat());
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -917,11 +931,7 @@ fn slurm_jobs_for_two_workers_and_their_faults() {
 
     // scancel of a running training's job: a crash row that says so, and the worker goes on.
     steps(1, &["good6", "good7"]);
-    let child = cmd(&[&loop_args[..], &["--max-experiments", "2"]].concat())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(&["--max-experiments", "2"]);
     let deadline = Instant::now() + Duration::from_secs(120);
     let job = loop {
         assert!(Instant::now() < deadline, "no job ever ran");
@@ -937,22 +947,12 @@ fn slurm_jobs_for_two_workers_and_their_faults() {
         std::thread::sleep(Duration::from_millis(20));
     };
     cluster.client("scancel", &[&format!("--name={job}")]);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows = s.rows();
-    let (cancelled, next) = (&rows[rows.len() - 2], &rows[rows.len() - 1]);
-    assert_eq!(cancelled.status, Status::Crash, "{rows:?}");
-    assert!(cancelled.extra.as_ref().unwrap().reason.starts_with("slurm job CANCELLED"), "{cancelled:?}");
-    assert!(next.status != Status::Crash && next.description == "scalar lr 0.095", "{next:?}");
+    crash_then(child, "slurm job CANCELLED", "scalar lr 0.095");
 
     // A job whose node fails (here: set down): a crash row that says so, and the worker goes on once the node is
     // back (it returns by itself).
     steps(1, &["nap", "good8"]);
-    let child = cmd(&[&loop_args[..], &["--max-experiments", "2"]].concat())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(&["--max-experiments", "2"]);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !(journal(1).children.iter().any(|c| c.role == Role::Training) && cluster.queue() == ["RUNNING"]) {
         assert!(Instant::now() < deadline, "no job ever ran");
@@ -961,13 +961,7 @@ fn slurm_jobs_for_two_workers_and_their_faults() {
     std::thread::sleep(Duration::from_secs(2));
     let host = String::from_utf8(Command::new("hostname").arg("-s").output().unwrap().stdout).unwrap();
     cluster.client("scontrol", &["update", &format!("NodeName={}", host.trim()), "State=DOWN", "Reason=lost"]);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows = s.rows();
-    let (lost, next) = (&rows[rows.len() - 2], &rows[rows.len() - 1]);
-    assert_eq!(lost.status, Status::Crash, "{rows:?}");
-    assert!(lost.extra.as_ref().unwrap().reason.starts_with("slurm job NODE_FAIL (NodeDown)"), "{lost:?}");
-    assert!(next.status != Status::Crash && next.description == "scalar lr 0.0125", "{next:?}");
+    crash_then(child, "slurm job NODE_FAIL (NodeDown)", "scalar lr 0.0125");
 
     // kill -9 of the coordinator while both workers' jobs run: the next start cancels both and undoes both
     // experiments.
