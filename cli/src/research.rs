@@ -54,7 +54,7 @@ pub struct RuleArgs {
 }
 
 /// Where trainings run.
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, Default)]
 pub struct BackendArgs {
     /// local: processes on this machine; slurm: each training a Slurm job (the repository and the cache on a
     /// filesystem the nodes share)
@@ -74,23 +74,14 @@ pub struct BackendArgs {
     slurm_args: Vec<String>,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq)]
 enum BackendKind {
+    #[default]
     Local,
     Slurm,
 }
 
 impl BackendArgs {
-    fn local() -> BackendArgs {
-        BackendArgs {
-            backend: BackendKind::Local,
-            slurm_partition: None,
-            slurm_account: None,
-            slurm_cpus: None,
-            slurm_args: Vec::new(),
-        }
-    }
-
     fn backend(&self, device: DeviceChoice) -> Result<Backend> {
         let slurm_flags = self.slurm_partition.is_some()
             || self.slurm_account.is_some()
@@ -282,7 +273,7 @@ pub fn research_loop_cmd(args: LoopArgs) -> Result<()> {
     let program_path = args.program.clone().unwrap_or_else(|| root.join("program.md"));
     let program =
         std::fs::read_to_string(&program_path).with_context(|| format!("reading {}", program_path.display()))?;
-    let opts = LoopOptions {
+    let mut opts = LoopOptions {
         agent: args.agent.clone(),
         agent_timeout: Duration::from_secs_f64(args.agent_timeout.max(1.0)),
         max_experiments: args.max_experiments,
@@ -292,7 +283,6 @@ pub fn research_loop_cmd(args: LoopArgs) -> Result<()> {
         run: options(&ws, &args.rule, String::new(), interrupts, 2)?,
     };
     let (trainer, backend) = trainer(&ws, &args.backend)?;
-    let mut opts = opts;
     opts.run.backend = backend;
     eprintln!(
         "loop: agent `{}`, rule {}, profile {}, {} s per run",
@@ -306,9 +296,7 @@ pub fn research_loop_cmd(args: LoopArgs) -> Result<()> {
         ws = Workspace::open(&root)?;
         report
     } else {
-        if args.gpus.is_some() {
-            bail!("--gpus is for several workers: with one, choose the GPU with CUDA_VISIBLE_DEVICES");
-        }
+        one_worker(args.gpus.as_deref())?;
         research_loop(&mut ws, &trainer, &opts, &mut |line| println!("{line}"))?
     };
     println!(
@@ -339,6 +327,14 @@ fn setups(workers: usize, gpus: Option<&[String]>, trainer: &Trainer, backend: &
     }
 }
 
+/// With one worker (no ledger, no worktree), `--gpus` has nothing to choose.
+fn one_worker(gpus: Option<&[String]>) -> Result<()> {
+    if gpus.is_some() {
+        bail!("--gpus is for several workers: with one, choose the GPU with CUDA_VISIBLE_DEVICES");
+    }
+    Ok(())
+}
+
 /// The GPUs a worker may be given: those CUDA_VISIBLE_DEVICES lists, else every GPU `nvidia-smi` sees.
 fn visible_gpus() -> Result<Vec<String>> {
     if let Ok(list) = std::env::var("CUDA_VISIBLE_DEVICES") {
@@ -362,9 +358,7 @@ pub fn noise(args: NoiseArgs) -> Result<()> {
         let setups = setups(args.workers, args.gpus.as_deref(), &trainer, &opts.backend)?;
         measure_noise_workers(ws, &trainer, args.runs, &opts, &setups)?
     } else {
-        if args.gpus.is_some() {
-            bail!("--gpus is for several workers: with one, choose the GPU with CUDA_VISIBLE_DEVICES");
-        }
+        one_worker(args.gpus.as_deref())?;
         measure_noise(&mut ws, &trainer, args.runs, &opts)?
     };
     println!(
@@ -384,7 +378,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let interrupts = interrupts("interrupted: stopping")?;
     let rule = RuleArgs { rule: "lower".into(), z: 2.0, min_delta: None, timeout: None };
     let opts = options(&ws, &rule, "eval".into(), interrupts, 1)?;
-    let (trainer, _) = trainer(&ws, &BackendArgs::local())?;
+    let (trainer, _) = trainer(&ws, &BackendArgs::default())?;
     let (run, result) = evaluate_run(&mut ws, &trainer, args.run, &opts)?;
     let recorded = ws.read_meta(run).map_or("-".to_string(), |m| match m.val_bpb {
         Some(v) => format!("{} {v:.6}", m.status),

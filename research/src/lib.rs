@@ -273,7 +273,7 @@ impl Workspace {
             root: tree,
             dir: ledger.dir.clone(),
             own,
-            results: ledger.root.join(RESULTS_FILE),
+            results: ledger.results.clone(),
             state,
             worker: Some(k),
             ledger: Some(ledger.clone()),

@@ -279,12 +279,7 @@ impl Report {
             }
         }
         if !self.workers.is_empty() {
-            t.push_str(
-                "
-workers:
-  worker  experiments  kept  crashed  hours  exp/hour
-",
-            );
+            t.push_str("\nworkers:\n  worker  experiments  kept  crashed  hours  exp/hour\n");
             for l in &self.workers {
                 let rate = l.experiments_per_hour.map_or("-".to_string(), |r| format!("{r:.1}"));
                 let _ = writeln!(

@@ -628,7 +628,7 @@ pub fn train_rerun(ws: &mut Workspace, trainer: &Trainer, task: RerunTask, opts:
     }
     let candidate = Trainer { prebuilt: Some(task.binary.clone()), ..trainer.clone() };
     let log = task.dir.join(format!("rerun-{}.log", task.seed));
-    let result = train(ws, &candidate, task.seed, &task.dir.clone(), log, opts).map(|t| (me, t));
+    let result = train(ws, &candidate, task.seed, &task.dir, log, opts).map(|t| (me, t));
     task.finish(result.map_err(|e| format!("{e:#}")));
 }
 
