@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite: every crate's tests (reference parity included, against the golden set in tests/golden or
-# $AUTORESEARCH_REFERENCE), then the GPU check script's CPU path. Fetches libtorch once (scripts/libtorch.sh)
-# if this checkout has none, and installs Debian's chromium and chromium-driver, and Slurm, if they are missing.
+# $AUTORESEARCH_REFERENCE), then the GPU check script's CPU path; all of it runs even where a part fails, and the
+# end says which parts failed. Fetches libtorch once (scripts/libtorch.sh) if this checkout has none, and
+# installs Debian's chromium and chromium-driver, and Slurm, if they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ -d .libtorch/lib ]] || scripts/libtorch.sh
@@ -24,9 +25,19 @@ if ! why=$(scripts/slurm.sh install 2>&1); then
     fi
     skip=(--skip slurm_jobs_for_two_workers_and_their_faults)
 fi
-cargo test --workspace --release -- "${skip[@]}"
+# Every test binary runs even when one fails; cargo's list of the failed ones is repeated at the very end.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --release --no-fail-fast -- "${skip[@]}" 2>&1 | tee "$log" || status=$?
+# A budget with room for timed steps after the warm-up on 2 cores (the training stops at budget + allowance).
+BUDGET=15 scripts/gpu-check.sh cpu || { echo "FAILED: scripts/gpu-check.sh cpu"; status=1; }
 if [[ ${#skip[@]} -gt 0 ]]; then
     echo "NOTE: the Slurm tests did not run: Slurm cannot be installed here ($why)"
 fi
-# A budget with room for timed steps after the warm-up on 2 cores (the training stops at budget + allowance).
-BUDGET=15 scripts/gpu-check.sh cpu
+if grep -q '^error: .* failed' "$log"; then
+    echo "FAILED test targets:"
+    # cargo's "error: N targets failed:" and the indented targets under it, or its one "error: test failed, ..."
+    sed -n '/^error: .* failed/,/^[^ ]/{/^error: .* failed/p;/^ /p}' "$log"
+fi
+exit "$status"

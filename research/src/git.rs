@@ -1,9 +1,17 @@
 //! The git operations of the research loop, through the `git` command.
+//!
+//! Every commit the harness makes (an experiment's, a worker's merge of a keep) is made by [`IDENTITY`], set here
+//! for every git command: it works on a machine where git has no identity configured (a fresh cloud box, a
+//! container, a cluster node), and `git log` shows which commits the loop made, whatever the user's own
+//! identity is.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+/// The author and committer of the harness's commits: (name, email).
+pub const IDENTITY: (&str, &str) = ("autoresearch", "autoresearch@localhost");
 
 pub struct Git {
     root: PathBuf,
@@ -16,7 +24,14 @@ impl Git {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("git");
-        cmd.current_dir(&self.root).args(args).env("GIT_TERMINAL_PROMPT", "0");
+        let (name, email) = IDENTITY;
+        cmd.current_dir(&self.root)
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_AUTHOR_NAME", name)
+            .env("GIT_AUTHOR_EMAIL", email)
+            .env("GIT_COMMITTER_NAME", name)
+            .env("GIT_COMMITTER_EMAIL", email);
         cmd
     }
 
@@ -63,20 +78,14 @@ impl Git {
     /// Commits `path` with `message`; returns the new commit.
     pub fn commit_file(&self, path: &str, message: &str) -> Result<String> {
         self.run(&["add", "--", path])?;
-        self.run(&[
-            "-c",
-            "user.name=autoresearch",
-            "-c",
-            "user.email=autoresearch@localhost",
-            "commit",
-            "--quiet",
-            "--no-verify",
-            "-m",
-            message,
-            "--",
-            path,
-        ])?;
+        self.run(&["commit", "--quiet", "--no-verify", "-m", message, "--", path])?;
         self.head()
+    }
+
+    /// A merge commit of `head` and `commit` whose tree is `commit`'s exactly; returns it (no branch moves).
+    pub fn merge_taking(&self, head: &str, commit: &str, message: &str) -> Result<String> {
+        let tree = format!("{commit}^{{tree}}");
+        Ok(self.run(&["commit-tree", &tree, "-p", head, "-p", commit, "-m", message])?.trim().to_string())
     }
 
     /// Moves the branch and the working tree to `commit`, dropping every change to tracked files.
@@ -87,5 +96,46 @@ impl Git {
     /// Untracked files that are not ignored.
     pub fn untracked(&self) -> Result<Vec<String>> {
         Ok(self.run(&["ls-files", "--others", "--exclude-standard"])?.lines().map(str::to_string).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repository whose own configuration gives git no identity and forbids guessing one, whatever the
+    /// machine's global configuration says: what a new user's machine is.
+    fn repo_without_identity() -> (tempfile::TempDir, Git) {
+        let dir = tempfile::tempdir().unwrap();
+        let git = Git::new(dir.path());
+        git.run(&["init", "--quiet"]).unwrap();
+        for (key, value) in [("user.name", ""), ("user.email", ""), ("user.useConfigOnly", "true")] {
+            git.run(&["config", key, value]).unwrap();
+        }
+        (dir, git)
+    }
+
+    #[test]
+    fn commits_and_merges_need_no_configured_identity_and_say_who_made_them() {
+        let (dir, git) = repo_without_identity();
+        let plain = Command::new("git").current_dir(dir.path()).args(["commit", "--allow-empty", "-m", "x"]).output();
+        assert!(!plain.unwrap().status.success(), "a plain commit has no identity here");
+
+        std::fs::write(dir.path().join("train.rs"), "base").unwrap();
+        let base = git.commit_file("train.rs", "baseline").unwrap();
+        std::fs::write(dir.path().join("train.rs"), "a").unwrap();
+        let a = git.commit_file("train.rs", "experiment a").unwrap();
+        git.reset_hard(&base).unwrap();
+        std::fs::write(dir.path().join("train.rs"), "b").unwrap();
+        let b = git.commit_file("train.rs", "experiment b").unwrap();
+        let merge = git.merge_taking(&a, &b, "keep b").unwrap();
+
+        assert_eq!(git.run(&["show", &format!("{merge}:train.rs")]).unwrap(), "b");
+        assert_eq!(git.run(&["rev-list", "--parents", "-n1", &merge]).unwrap().trim(), format!("{merge} {a} {b}"));
+        let (name, email) = IDENTITY;
+        for commit in [&base, &a, &b, &merge] {
+            let who = git.run(&["log", "-1", "--format=%an <%ae> %cn <%ce>", commit]).unwrap();
+            assert_eq!(who.trim(), format!("{name} <{email}> {name} <{email}>"));
+        }
     }
 }

@@ -131,8 +131,7 @@ impl Ledger {
         let new = if self.git.ok(&["merge-base", "--is-ancestor", &head, commit])? {
             commit.to_string()
         } else {
-            let tree = format!("{commit}^{{tree}}");
-            self.git.run(&["commit-tree", &tree, "-p", &head, "-p", commit, "-m", message])?.trim().to_string()
+            self.git.merge_taking(&head, commit, message)?
         };
         self.git.reset_hard(&new)?;
         Ok(new)
