@@ -35,7 +35,8 @@ echo "| --- | --- | --- | --- | --- | --- |"
 declare -A rate
 for workers in 1 2; do
     git checkout --quiet main 2>/dev/null || git checkout --quiet master
-    "$bin" init "bench$workers" --profile small --time-budget "$budget" --device cpu >/dev/null
+    # `lower`: no re-measure of the baseline's noise, so that the rate is the loop's own.
+    "$bin" init "bench$workers" --profile small --time-budget "$budget" --device cpu --rule lower >/dev/null
     # The baseline first, untimed (a session measures it once, alone, before any worker starts): the rate is the
     # steady one.
     OMP_NUM_THREADS=1 "$bin" run -m baseline > "$work/baseline-$workers.log" 2>&1

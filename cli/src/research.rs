@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use autoresearch_harness::profile::{cache_root, Prepared};
 use autoresearch_research::agent::{research_loop, LoopOptions};
-use autoresearch_research::rules::{noise_for, Decider, Rule};
+use autoresearch_research::rules::{noise_for, Decider, Rule, DEFAULT_RULE};
 use autoresearch_research::run::{
     default_timeout, describe, evaluate_run, measure_noise, run_experiment, ExperimentOptions,
 };
@@ -33,15 +33,20 @@ pub struct InitArgs {
     /// Where to train
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
+    /// The session's keep rule, for `run` and `loop` without --rule: margin (a gain beyond z·σ of the
+    /// seed-to-seed noise, which the session measures on the baseline with 3 seeds), lower (the original: any
+    /// improvement) or "confirm N"
+    #[arg(long, default_value = DEFAULT_RULE, value_name = "RULE")]
+    rule: String,
 }
 
 /// How keep decisions are made (recorded in every row).
 #[derive(clap::Args, Clone)]
 pub struct RuleArgs {
     /// lower (any improvement), margin (beat the best by more than z·σ) or "confirm N" (rerun an improvement
-    /// with N other seeds; keep if the mean beats the best by the margin)
-    #[arg(long, default_value = "lower", value_name = "RULE")]
-    rule: String,
+    /// with N other seeds; keep if the mean beats the best by the margin) [default: the session's, from `init`]
+    #[arg(long, value_name = "RULE")]
+    rule: Option<String>,
     /// z of the margin z·σ (σ from `autoresearch noise`)
     #[arg(long, default_value_t = 2.0)]
     z: f64,
@@ -200,7 +205,7 @@ fn options(
     interrupts: Interrupts,
     abort_at: usize,
 ) -> Result<ExperimentOptions> {
-    let rule = Rule::parse(&args.rule, args.z)?;
+    let rule = Rule::parse(args.rule.as_deref().unwrap_or(&ws.state.rule), args.z)?;
     let noise = noise_for(&ws.dir, &ws.state.profile, ws.state.time_budget)?;
     let decider = Decider::new(rule, noise.as_ref(), args.min_delta)?;
     let timeout = match args.timeout {
@@ -232,13 +237,15 @@ pub fn init(args: InitArgs) -> Result<()> {
         bail!("--time-budget must be positive, not {budget}");
     }
     let device = format!("{:?}", args.device).to_lowercase();
-    let state = experiment::init(&root, &args.tag, &prepared.profile.name, budget, &device)?;
+    Rule::parse(&args.rule, 2.0)?;
+    let state = experiment::init(&root, &args.tag, &prepared.profile.name, budget, &device, &args.rule)?;
     println!(
-        "session {} on branch {}: profile {}, {} s per run, results in {}",
+        "session {} on branch {}: profile {}, {} s per run, keep rule {}, results in {}",
         state.tag,
         state.branch,
         state.profile,
         state.time_budget,
+        state.rule,
         root.join(experiment::RESULTS_FILE).display()
     );
     println!("next: `autoresearch run -m baseline` (or `autoresearch loop --agent CMD`)");
@@ -350,7 +357,7 @@ fn visible_gpus() -> Result<Vec<String>> {
 pub fn noise(args: NoiseArgs) -> Result<()> {
     let mut ws = Workspace::open(&repo_root()?)?;
     let interrupts = interrupts("interrupted: stopping")?;
-    let rule = RuleArgs { rule: "lower".into(), z: 2.0, min_delta: None, timeout: args.timeout };
+    let rule = RuleArgs { rule: Some("lower".into()), z: 2.0, min_delta: None, timeout: args.timeout };
     let mut opts = options(&ws, &rule, "noise".into(), interrupts, 1)?;
     let (trainer, backend) = trainer(&ws, &args.backend)?;
     opts.backend = backend;
@@ -376,7 +383,7 @@ pub fn noise(args: NoiseArgs) -> Result<()> {
 pub fn eval(args: EvalArgs) -> Result<()> {
     let mut ws = Workspace::open(&repo_root()?)?;
     let interrupts = interrupts("interrupted: stopping")?;
-    let rule = RuleArgs { rule: "lower".into(), z: 2.0, min_delta: None, timeout: None };
+    let rule = RuleArgs { rule: Some("lower".into()), z: 2.0, min_delta: None, timeout: None };
     let opts = options(&ws, &rule, "eval".into(), interrupts, 1)?;
     let (trainer, _) = trainer(&ws, &BackendArgs::default())?;
     let (run, result) = evaluate_run(&mut ws, &trainer, args.run, &opts)?;

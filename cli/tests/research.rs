@@ -206,7 +206,7 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 fn a_research_session_end_to_end() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = Session::new("session");
-    let out = s.run(&["init", "t1", "--profile", "small", "--time-budget", "60", "--device", "cpu"]);
+    let out = s.run(&["init", "t1", "--profile", "small", "--time-budget", "60", "--device", "cpu", "--rule", "lower"]);
     assert!(out.status.success());
     assert_eq!(git(&s.repo, &["rev-parse", "--abbrev-ref", "HEAD"]).trim(), "autoresearch/t1");
 
@@ -422,7 +422,10 @@ fn attacks_on_the_metric_are_not_kept() {
     let honest = std::fs::read_to_string(&train).unwrap().replace("if step >= 25 ||", "if step >= 15 ||");
     std::fs::write(&train, &honest).unwrap();
     git(&s.repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-am", "15 steps"]);
-    assert!(s.run(&["init", "a1", "--profile", "small", "--time-budget", "2", "--device", "cpu"]).status.success());
+    assert!(s
+        .run(&["init", "a1", "--profile", "small", "--time-budget", "2", "--device", "cpu", "--rule", "lower"])
+        .status
+        .success());
     assert!(s.run(&["run", "-m", "baseline"]).status.success());
     let baseline = s.rows()[0].clone();
     assert_eq!(baseline.status, Status::Keep);
@@ -599,7 +602,10 @@ fn kill_9_at_any_moment() {
     let s = Session::new("session");
     // A machine whose libtorch cache is elsewhere has its own .libtorch-cuda link: not the session's business.
     std::os::unix::fs::symlink("/elsewhere/libtorch-2.11.0-cuda/torch", s.repo.join(".libtorch-cuda")).unwrap();
-    assert!(s.run(&["init", "k1", "--profile", "small", "--time-budget", "60", "--device", "cpu"]).status.success());
+    assert!(s
+        .run(&["init", "k1", "--profile", "small", "--time-budget", "60", "--device", "cpu", "--rule", "lower"])
+        .status
+        .success());
     // Under `confirm N` the baseline is a mean over N + 1 seeds too.
     assert!(s.run(&["run", "-m", "baseline", "--rule", "confirm 1"]).status.success());
     let (baseline, best) = (s.rows()[0].clone(), s.state().best.unwrap());
@@ -691,7 +697,10 @@ fn kill_9_at_any_moment() {
 
     // A new session started over a killed one stops what the old one left running before archiving it.
     let r = kill_when(&["noise", "--runs", "2"], Role::Training, &|_| true);
-    assert!(s.run(&["init", "k2", "--profile", "small", "--time-budget", "60", "--device", "cpu"]).status.success());
+    assert!(s
+        .run(&["init", "k2", "--profile", "small", "--time-budget", "60", "--device", "cpu", "--rule", "lower"])
+        .status
+        .success());
     assert!(!alive(r.pgid), "the old session's orphaned training was stopped");
 }
 
@@ -701,7 +710,10 @@ fn kill_9_at_any_moment() {
 fn two_workers_share_one_ledger_and_one_best() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = Session::new("session");
-    assert!(s.run(&["init", "w1", "--profile", "small", "--time-budget", "60", "--device", "cpu"]).status.success());
+    assert!(s
+        .run(&["init", "w1", "--profile", "small", "--time-budget", "60", "--device", "cpu", "--rule", "lower"])
+        .status
+        .success());
     let steps = |k, steps: &[&str]| s.worker_steps(k, steps);
     steps(1, &["improve", "good", "nothing", "nothing", "nothing"]);
     steps(2, &["good2", "good3", "nothing", "nothing", "nothing"]);
@@ -829,7 +841,124 @@ fn two_workers_share_one_ledger_and_one_best() {
     let reruns = &rows[candidate + 1..candidate + 3];
     assert!(reruns.iter().all(|r| r.status == Status::Rerun), "{reruns:?}");
     assert!(reruns.iter().any(|r| r.extra.as_ref().unwrap().reason.ends_with("(trained by worker 2)")), "{reruns:?}");
+    // Before the workers started, the best (measured with one seed under `lower`) was re-measured over the same
+    // seeds, the two workers side by side.
+    let remeasure = rows.iter().rposition(|r| r.description.starts_with("re-measure of the best")).unwrap();
+    let reruns = &rows[remeasure + 1..remeasure + 3];
+    assert!(reruns.iter().all(|r| r.status == Status::Rerun), "{reruns:?}");
+    assert!(reruns.iter().any(|r| r.extra.as_ref().unwrap().reason.ends_with("(trained by worker 2)")), "{reruns:?}");
     s.assert_consistent();
+}
+
+/// Trust by default: a session started without a rule keeps by `margin`, and measures the seed-to-seed spread
+/// itself (the baseline on 3 seeds) before its first comparison; a change of no consequence is then not kept
+/// (under `lower` it would be, about half the time), a real improvement is; a training file that ignores its
+/// seed is refused by `confirm N` and by `noise`, with the reason.
+#[test]
+fn a_new_session_keeps_by_the_noise_it_measured_and_refuses_a_seed_blind_file() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Session::new("trust");
+    // 15 steps, their schedule by step rather than by the clock: a training is then a function of its seed alone
+    // (the CPU's arithmetic is deterministic), so that a seed-blind file gives equal values.
+    let train = s.repo.join("train/train.rs");
+    let by_clock = "let progress = (training_time / run.time_budget).min(1.0);";
+    let original = std::fs::read_to_string(&train).unwrap();
+    assert!(original.contains(by_clock), "the training file's schedule changed: update this test");
+    let honest = original
+        .replace("if step >= 25 ||", "if step >= 15 ||")
+        .replace(by_clock, "let progress = (step as f64 / 15.0).min(1.0);");
+    std::fs::write(&train, &honest).unwrap();
+    git(&s.repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-am", "15 steps"]);
+    let out = s.run(&["init", "d1", "--profile", "small", "--time-budget", "2", "--device", "cpu"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("keep rule margin"));
+    assert_eq!(s.state().rule, "margin");
+    assert!(s.run(&["run", "-m", "baseline"]).status.success());
+    let baseline = s.rows()[0].clone();
+    assert_eq!(baseline.status, Status::Keep);
+    assert!(baseline.extra.as_ref().unwrap().rule.contains("σ not measured yet"), "{baseline:?}");
+
+    // The next experiment first trains the baseline with seeds 43 and 44; their spread is the session's noise.
+    std::fs::write(&train, format!("{honest}\n// a comment\n")).unwrap();
+    let out = s.run(&["run", "-m", "a comment"]);
+    assert!(out.status.success());
+    let rows = s.rows();
+    assert_eq!(rows.len(), 5, "baseline, re-measure and its 2 reruns, the comment: {rows:?}");
+    let (remeasure, reruns, comment) = (&rows[1], &rows[2..4], &rows[4]);
+    assert_eq!((remeasure.status, &remeasure.commit), (Status::Keep, &baseline.commit));
+    assert!(remeasure.extra.as_ref().unwrap().reason.contains("over seeds 42, 43, 44"), "{remeasure:?}");
+    assert!(reruns.iter().all(|r| r.status == Status::Rerun));
+    let noise: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.repo.join(".autoresearch/noise.json")).unwrap()).unwrap();
+    let estimate = &noise["small/2"];
+    assert_eq!(estimate["seeds"], serde_json::json!([42, 43, 44]));
+    let values: Vec<f64> = serde_json::from_value(estimate["values"].clone()).unwrap();
+    assert_eq!(format!("{:.6}", values[0]), format!("{:.6}", baseline.val_bpb));
+    let std = estimate["std"].as_f64().unwrap();
+    assert!(std > 0.0);
+    // The comment trains exactly as the baseline did with seed 42, which is never more than 2/√3 σ below the
+    // mean of three: within the margin of 2σ. (Under `lower` it would be kept whenever seed 42 drew low.)
+    assert_eq!(format!("{:.6}", comment.val_bpb), format!("{:.6}", baseline.val_bpb));
+    let extra = comment.extra.as_ref().unwrap();
+    assert_eq!(comment.status, Status::Discard, "{comment:?}");
+    assert!(extra.rule.starts_with(&format!("margin 2σ = {:.6} (σ from 3 seeds)", 2.0 * std)), "{extra:?}");
+    assert!(extra.reason.contains("≤ margin"), "{extra:?}");
+    s.assert_consistent();
+
+    // A real improvement is kept under the same rule.
+    let better = honest
+        .replace("embedding_lr: 0.006,", "embedding_lr: 0.06,")
+        .replace("unembedding_lr: 0.00004,", "unembedding_lr: 0.0004,")
+        .replace("matrix_lr: 0.0004,", "matrix_lr: 0.004,");
+    std::fs::write(&train, &better).unwrap();
+    assert!(s.run(&["run", "-m", "learning rates up tenfold"]).status.success());
+    let kept = s.rows().last().unwrap().clone();
+    assert_eq!(kept.status, Status::Keep, "{kept:?}");
+    assert!(kept.extra.as_ref().unwrap().rule.starts_with("margin 2σ"), "{kept:?}");
+
+    // A file that ignores its seed: `confirm 1` sees the same value twice and refuses it.
+    let seed = "tch::manual_seed(run.seed as i64);";
+    assert!(better.contains(seed), "the training file seeds torch with the run's seed: update this test");
+    // Seed-blind, and the default learning rates (ten times these): promising enough to be rerun.
+    let blind = better
+        .replace(seed, "tch::manual_seed(42);")
+        .replace("embedding_lr: 0.06,", "embedding_lr: 0.6,")
+        .replace("unembedding_lr: 0.0004,", "unembedding_lr: 0.004,")
+        .replace("matrix_lr: 0.004,", "matrix_lr: 0.04,");
+    std::fs::write(&train, &blind).unwrap();
+    assert!(s.run(&["run", "-m", "ignores its seed", "--rule", "confirm 1"]).status.success());
+    let rows = s.rows();
+    let (refused, rerun) = (&rows[rows.len() - 2], &rows[rows.len() - 1]);
+    assert_eq!((refused.status, rerun.status), (Status::Crash, Status::Rerun), "{rows:?}");
+    assert_eq!(format!("{:.6}", rerun.val_bpb), format!("{:.6}", refused_value(&s, refused)));
+    let reason = &refused.extra.as_ref().unwrap().reason;
+    assert!(reason.contains("with every seed (42, 43)") && reason.contains("ignores its seed"), "{reason}");
+    s.assert_consistent();
+
+    // Kept under `lower` (told so), `noise` cannot measure it: the estimate stays as it was.
+    std::fs::write(&train, &blind).unwrap();
+    assert!(s.run(&["run", "-m", "ignores its seed, under lower", "--rule", "lower", "--force"]).status.success());
+    assert_eq!(s.rows().last().unwrap().status, Status::Keep);
+    let out = s.run(&["noise", "--runs", "2"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("with every seed (43, 44)") && stderr.contains("ignores its seed"), "{stderr}");
+    let after: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.repo.join(".autoresearch/noise.json")).unwrap()).unwrap();
+    assert_eq!(after, noise, "the session's noise estimate is unchanged");
+
+    // The report says which rule kept what.
+    let report = String::from_utf8_lossy(&s.run(&["report", "--no-plot"]).stdout).into_owned();
+    let kept_line = |row: &Row| report.lines().find(|l| l.contains(&row.commit) && l.contains(&row.description));
+    assert!(kept_line(&kept).is_some_and(|l| l.contains("margin 2σ = ")), "{report}");
+    assert!(report.lines().any(|l| l.contains("lower") && l.contains("ignores its seed, under lower")), "{report}");
+    s.assert_consistent();
+}
+
+/// The value a crash row held before it was refused: its first training's, from its run folder's log.
+fn refused_value(s: &Session, row: &Row) -> f64 {
+    let log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/run.log", run_of(row)))).unwrap();
+    let line = log.lines().find_map(|l| l.strip_prefix("val_bpb:")).expect("the first training's summary");
+    line.trim().parse().unwrap()
 }
 
 /// A single-node Slurm cluster on this machine (`scripts/slurm.sh`), stopped when dropped.
@@ -897,7 +1026,9 @@ fn slurm_jobs_for_two_workers_and_their_faults() {
         assert!(crash.extra.as_ref().unwrap().reason.starts_with(why), "{crash:?}");
         assert!(after.status != Status::Crash && after.description == next, "{after:?}");
     };
-    assert!(run(&["init", "s1", "--profile", "small", "--time-budget", "60", "--device", "cpu"]).status.success());
+    assert!(run(&["init", "s1", "--profile", "small", "--time-budget", "60", "--device", "cpu", "--rule", "lower"])
+        .status
+        .success());
 
     // Two workers, one job per training; a training that fails in its job is a crash and its worker goes on.
     steps(1, &["improve", "panic", "good", "good4"]);

@@ -78,6 +78,7 @@ fn fixture(dir: &Path, name: &str) -> PathBuf {
         profile: "small".into(),
         time_budget: 60.0,
         device: "cpu".into(),
+        rule: "lower".into(),
         best: Some(Best { commit: "c000005".into(), val_bpb: 1.799, run: 5, seeds: vec![42] }),
         next_run: 8,
         in_progress: Some(InProgress { run: 7, commit: None, seeds: vec![42] }),

@@ -315,7 +315,8 @@ fn build_prompt(
         }
         None => p += "- No result yet.\n",
     }
-    p += &format!("- Keep rule: {}.\n", opts.run.decider.label);
+    let decider = opts.run.decider.resolved(&ws.dir, &ws.state.profile, ws.state.time_budget)?;
+    p += &format!("- Keep rule: {}.\n", decider.label);
     if let (Some(l), Some(k)) = (&ws.ledger, ws.worker) {
         p += &format!(
             "- You are worker {k}; other workers run experiments at the same time, each from the best at its start. \

@@ -121,7 +121,7 @@ pub struct Workspace {
 }
 
 /// Starts a session: branch `autoresearch/<tag>` from HEAD, the results.tsv header, the state.
-pub fn init(root: &Path, tag: &str, profile: &str, time_budget: f64, device: &str) -> Result<State> {
+pub fn init(root: &Path, tag: &str, profile: &str, time_budget: f64, device: &str, rule: &str) -> Result<State> {
     if tag.is_empty() || !tag.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         bail!("tag {tag:?}: use letters, digits, '-', '_' and '.'");
     }
@@ -167,6 +167,7 @@ pub fn init(root: &Path, tag: &str, profile: &str, time_budget: f64, device: &st
         profile: profile.to_string(),
         time_budget,
         device: device.to_string(),
+        rule: rule.to_string(),
         best: None,
         next_run: 1,
         in_progress: None,

@@ -18,6 +18,9 @@ pub struct Point {
     pub commit: String,
     pub val_bpb: f64,
     pub description: String,
+    /// The keep rule that decided the row, as recorded (the original's rows name none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -165,6 +168,7 @@ pub fn build_from(path: &Path, file: results::ResultsFile, noise: Vec<NoiseEstim
         commit: r.commit.clone(),
         val_bpb: r.val_bpb,
         description: r.description.clone(),
+        rule: r.extra.as_ref().map(|e| e.rule.clone()),
     };
     let mut totals: BTreeMap<String, usize> =
         ["keep", "discard", "crash", "rerun"].iter().map(|s| (s.to_string(), 0)).collect();
@@ -262,9 +266,19 @@ impl Report {
             );
         }
         if !self.kept.is_empty() {
-            t.push_str("\nkept, in order:\n  row  commit   val_bpb   description\n");
-            for k in &self.kept {
-                let _ = writeln!(t, "  {:>3}  {:<7}  {:.6}  {}", k.row, k.commit, k.val_bpb, k.description);
+            // The rule that kept each, where the rows say (its margin's numbers; the σ's origin left out).
+            let rules: Vec<Option<&str>> =
+                self.kept.iter().map(|k| k.rule.as_deref().map(|r| r.split(" (").next().unwrap_or(r))).collect();
+            let width = rules.iter().flatten().map(|r| r.chars().count()).max();
+            match width {
+                Some(w) => {
+                    let _ = writeln!(t, "\nkept, in order:\n  row  commit   val_bpb   {:<w$}  description", "rule");
+                }
+                None => t.push_str("\nkept, in order:\n  row  commit   val_bpb   description\n"),
+            }
+            for (k, rule) in self.kept.iter().zip(&rules) {
+                let rule = width.map_or(String::new(), |w| format!("{:<w$}  ", rule.unwrap_or("-")));
+                let _ = writeln!(t, "  {:>3}  {:<7}  {:.6}  {rule}{}", k.row, k.commit, k.val_bpb, k.description);
             }
         }
         if !self.top_improvements.is_empty() {

@@ -1,6 +1,8 @@
-//! Keep decisions: `lower` (the original: any improvement), `margin` (beat the best by more than z·σ) and
-//! `confirm N` (an improvement is rerun with N other seeds and kept only if the mean still beats the best by
-//! the margin). σ is the seed-to-seed spread of val_bpb, measured by `autoresearch noise`.
+//! Keep decisions: `lower` (the original: any improvement), `margin` (beat the best by more than z·σ; the
+//! default) and `confirm N` (an improvement is rerun with N other seeds and kept only if the mean still beats
+//! the best by the margin). σ is the seed-to-seed spread of val_bpb: measured by `autoresearch noise`, or by the
+//! session itself under `margin` (the baseline trained on [`BASELINE_SEEDS`] seeds before the first comparison).
+//! A training file whose val_bpb is the same for every seed has no measurable spread, and is refused.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,6 +16,11 @@ pub enum Rule {
     Margin { z: f64 },
     Confirm { n: usize, z: f64 },
 }
+
+/// The rule of a new session unless told otherwise: only a gain beyond the seed-to-seed noise is kept.
+pub const DEFAULT_RULE: &str = "margin";
+/// Under `margin` with no spread measured, the baseline is trained on this many seeds first.
+pub const BASELINE_SEEDS: usize = 3;
 
 impl Rule {
     /// Parses `lower`, `margin`, or `confirm N` (also `confirm:N`).
@@ -48,8 +55,12 @@ pub struct NoiseEstimate {
 }
 
 impl NoiseEstimate {
+    /// The spread of `values` (one per seed); an error where they are all the same (see [`seed_blind`]).
     pub fn new(profile: &str, budget: f64, commit: &str, seeds: Vec<u64>, values: Vec<f64>) -> Result<NoiseEstimate> {
         let (mean, std) = mean_std(&values).context("a noise estimate needs at least 2 runs")?;
+        if let Some(why) = seed_blind(&seeds, &values) {
+            bail!("{why}");
+        }
         Ok(NoiseEstimate { profile: profile.into(), budget, commit: commit.into(), seeds, values, mean, std })
     }
 }
@@ -63,6 +74,19 @@ pub fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
     let mean = values.iter().sum::<f64>() / n;
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
     Some((mean, var.sqrt()))
+}
+
+/// Why `values` (val_bpb with each of `seeds`) cannot measure a spread, if they cannot: two or more, all the
+/// same. A file that ignores its seed would make σ = 0, and `margin` as credulous as `lower`.
+pub fn seed_blind(seeds: &[u64], values: &[f64]) -> Option<String> {
+    let first = *values.first()?;
+    (values.len() >= 2 && values.iter().all(|v| v.to_bits() == first.to_bits())).then(|| {
+        let seeds = seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
+        format!(
+            "val_bpb {first:.6} with every seed ({seeds}): the training file ignores its seed, so the seed-to-seed \
+             spread cannot be measured"
+        )
+    })
 }
 
 fn noise_key(profile: &str, budget: f64) -> String {
@@ -95,6 +119,9 @@ pub struct Decider {
     pub margin: f64,
     /// The rule as results.tsv records it.
     pub label: String,
+    /// `margin` with no spread measured yet: the session measures it on the baseline (see
+    /// [`crate::run::remeasure_if_needed`]) before anything is compared.
+    pub awaiting_noise: bool,
 }
 
 impl Decider {
@@ -110,18 +137,42 @@ impl Decider {
             }
         };
         Ok(match rule {
-            Rule::Lower => Decider { rule, margin: 0.0, label: "lower".into() },
-            Rule::Margin { z } => {
-                let Some((margin, text)) = resolve(z) else {
-                    bail!("the margin rule needs the seed-to-seed spread: run `autoresearch noise` for this profile and budget, or give --min-delta");
-                };
-                Decider { rule, margin, label: format!("margin {text}") }
-            }
+            Rule::Lower => Decider { rule, margin: 0.0, label: "lower".into(), awaiting_noise: false },
+            Rule::Margin { z } => match resolve(z) {
+                Some((margin, text)) => {
+                    Decider { rule, margin, label: format!("margin {text}"), awaiting_noise: false }
+                }
+                None => Decider {
+                    rule,
+                    margin: 0.0,
+                    label: format!("margin {z}σ (σ not measured yet: from the baseline on {BASELINE_SEEDS} seeds)"),
+                    awaiting_noise: true,
+                },
+            },
             Rule::Confirm { n, z } => {
                 let (margin, text) = resolve(z).unwrap_or((0.0, "no margin (no noise estimate)".into()));
-                Decider { rule, margin, label: format!("confirm {n}, {text}") }
+                Decider { rule, margin, label: format!("confirm {n}, {text}"), awaiting_noise: false }
             }
         })
+    }
+
+    /// z of the margin z·σ (0 for `lower`).
+    pub fn z(&self) -> f64 {
+        match self.rule {
+            Rule::Lower => 0.0,
+            Rule::Margin { z } | Rule::Confirm { z, .. } => z,
+        }
+    }
+
+    /// This decider, with the spread that the session has measured meanwhile where it was awaiting one.
+    pub fn resolved(&self, dir: &Path, profile: &str, budget: f64) -> Result<Decider> {
+        if !self.awaiting_noise {
+            return Ok(self.clone());
+        }
+        match noise_for(dir, profile, budget)? {
+            Some(noise) => Decider::new(self.rule.clone(), Some(&noise), None),
+            None => Ok(self.clone()),
+        }
     }
 
     /// Whether a first result deserves a place (or, for `confirm`, reruns): with the best's value.
@@ -161,10 +212,29 @@ mod tests {
         assert!((d.margin - 0.2).abs() < 1e-12);
         assert!(!d.verdict(0.9, 1.0, 1).0, "a gain of 0.1 is within 2σ = 0.2");
         assert!(d.verdict(0.7, 1.0, 1).0);
-        assert!(Decider::new(Rule::Margin { z: 2.0 }, None, None).is_err());
+        let awaiting = Decider::new(Rule::Margin { z: 2.0 }, None, None).unwrap();
+        assert!(awaiting.awaiting_noise && awaiting.label.contains("σ not measured yet"), "{}", awaiting.label);
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(awaiting.resolved(dir.path(), "small", 10.0).unwrap(), awaiting, "nothing measured yet");
+        save_noise(dir.path(), &noise).unwrap();
+        let measured = awaiting.resolved(dir.path(), "small", 10.0).unwrap();
+        assert!(!measured.awaiting_noise && (measured.margin - 0.2).abs() < 1e-12, "{measured:?}");
+        assert!(measured.label.starts_with("margin 2σ = 0.200000 (σ from 3 seeds)"), "{}", measured.label);
+        assert_eq!(awaiting.resolved(dir.path(), "small", 60.0).unwrap(), awaiting, "another budget's spread");
         let d = Decider::new(Rule::Margin { z: 2.0 }, Some(&noise), Some(0.05)).unwrap();
         assert_eq!(d.margin, 0.05, "--min-delta wins");
         let lower = Decider::new(Rule::Lower, None, None).unwrap();
         assert!(lower.verdict(0.999, 1.0, 1).0 && !lower.verdict(1.0, 1.0, 1).0);
+    }
+
+    #[test]
+    fn values_the_same_for_every_seed_are_refused() {
+        let why = seed_blind(&[42, 43, 44], &[1.25, 1.25, 1.25]).unwrap();
+        assert!(why.contains("val_bpb 1.250000 with every seed (42, 43, 44)") && why.contains("ignores its seed"));
+        let err = NoiseEstimate::new("small", 10.0, "abc", vec![43, 44], vec![0.5, 0.5]).unwrap_err().to_string();
+        assert!(err.contains("ignores its seed"), "{err}");
+        assert!(seed_blind(&[42, 43], &[1.25, 1.25 + 1e-12]).is_none(), "any difference is a spread");
+        assert!(seed_blind(&[42], &[1.25]).is_none(), "one value says nothing");
+        assert!(seed_blind(&[], &[]).is_none());
     }
 }

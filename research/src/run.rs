@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use crate::ledger::RerunTask;
 use crate::process::{wait_or_kill, Recorded, Role};
 use crate::results::{self, Extra, Row, Status};
-use crate::rules::{mean_std, Decider, NoiseEstimate, Rule};
+use crate::rules::{mean_std, noise_for, seed_blind, Decider, NoiseEstimate, Rule, BASELINE_SEEDS};
 use crate::slurm::{self, Backend, Job, SlurmOptions};
 pub use crate::state::SEED;
 use crate::state::{Best, InProgress};
@@ -363,6 +363,13 @@ pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOp
     };
     // A re-measure is a run of its own: this one's time starts after it.
     let started = if remeasure_if_needed(ws, trainer, opts)? { Instant::now() } else { started };
+    let decider = opts.decider.resolved(&ws.dir, &ws.state.profile, ws.state.time_budget)?;
+    if decider.awaiting_noise && ws.best_now().is_some() {
+        bail!(
+            "the margin rule has no seed-to-seed spread to compare with: run `autoresearch noise`, or give --min-delta"
+        );
+    }
+    let opts = &ExperimentOptions { decider, ..opts.clone() };
     let mut exp = begin(ws, opts, &content, hash, started)?;
     let building = Instant::now();
     let built = build(ws, trainer)?;
@@ -511,6 +518,10 @@ fn train_and_decide(
         }
         values.extend(reruns.values);
         decision.seeds.extend(seeds);
+        if let Some(why) = seed_blind(&decision.seeds, &values) {
+            (decision.status, decision.value, decision.reason) = (Status::Crash, None, format!("confirm {n}: {why}"));
+            return Ok(Some(decision));
+        }
     }
     let value = values.iter().sum::<f64>() / values.len() as f64;
     let spread = match mean_std(&values) {
@@ -719,10 +730,22 @@ fn record(ws: &mut Workspace, opts: &ExperimentOptions, exp: Started, mut decisi
 }
 
 /// The re-measure of the best that the rule may need before the next experiment (see [`remeasure_best`]);
-/// whether it ran.
+/// whether it ran. Under `margin` with no spread measured, that is the best (the baseline, in a new session)
+/// trained on [`BASELINE_SEEDS`] seeds, whose spread is then the session's noise estimate.
 pub fn remeasure_if_needed(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOptions) -> Result<bool> {
     match opts.decider.rule {
         Rule::Confirm { n, .. } => remeasure_best(ws, trainer, opts, n),
+        Rule::Margin { .. }
+            if opts.decider.awaiting_noise
+                && noise_for(&ws.dir, &ws.state.profile, ws.state.time_budget)?.is_none()
+                && ws.best_now().is_some() =>
+        {
+            ws.say(&format!(
+                "the margin rule needs the seed-to-seed spread, and this session has none yet: measuring it on the \
+                 best with {BASELINE_SEEDS} seeds"
+            ));
+            remeasure_best(ws, trainer, opts, BASELINE_SEEDS - 1)
+        }
         _ => Ok(false),
     }
 }
@@ -748,11 +771,15 @@ fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOption
         best_row.as_ref().map_or("", |r| r.description.as_str())
     );
     let opts = ExperimentOptions { description: description.clone(), ..opts.clone() };
+    let why = if opts.decider.awaiting_noise {
+        "the margin rule takes the spread of val_bpb over seeds".to_string()
+    } else {
+        format!("`confirm {n}` compares means over seeds {}", seed_list(&wanted))
+    };
     ws.say(&format!(
-        "the best (run {}) was measured with seed(s) {}; `confirm {n}` compares means over seeds {}: training it with {} first",
+        "the best (run {}) was measured with seed(s) {}; {why}: training it with {} first",
         best.run,
         seed_list(&best.seeds),
-        seed_list(&wanted),
         seed_list(&missing)
     ));
     let run = ws.take_run()?;
@@ -780,6 +807,7 @@ fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOption
         return result.map(|_| true);
     };
     let memory_gb = best_row.as_ref().map_or(0.0, |r| r.memory_gb);
+    let mut refused = None;
     let decision = match reruns.crash {
         // The best stays as it was; the candidate is then compared with it as it is.
         Some(why) => Decision {
@@ -792,31 +820,94 @@ fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOption
             reruns: reruns.rows,
             against: None,
         },
-        None => {
-            let k = best.seeds.len() as f64;
-            let value = (best.val_bpb * k + reruns.values.iter().sum::<f64>()) / (k + reruns.values.len() as f64);
-            let reason = format!(
-                "mean {value:.6} over seeds {} (earlier: {:.6} over {}); the best's value for `confirm {n}`",
-                seed_list(&wanted),
-                best.val_bpb,
-                seed_list(&best.seeds)
-            );
-            Decision {
-                status: Status::Keep,
-                value: Some(value),
-                memory_gb,
-                reason,
-                crash: None,
-                seeds: wanted,
-                reruns: reruns.rows,
-                against: Some(best.run),
+        None if opts.decider.awaiting_noise => {
+            // The spread needs each seed's value: the best's own where it is one seed's, and the reruns'.
+            let (mut seeds, mut values) = match best.seeds.len() {
+                1 => (best.seeds.clone(), vec![best.val_bpb]),
+                _ => (Vec::new(), Vec::new()),
+            };
+            seeds.extend(&missing);
+            values.extend(&reruns.values);
+            match NoiseEstimate::new(&ws.state.profile, ws.state.time_budget, &best.commit, seeds, values) {
+                Ok(noise) => {
+                    crate::rules::save_noise(&ws.dir, &noise)?;
+                    ws.say(&format!(
+                        "noise: val_bpb {:.6} ± {:.6} over seeds {}; the margin is {}σ of it",
+                        noise.mean,
+                        noise.std,
+                        seed_list(&noise.seeds),
+                        opts.decider.z()
+                    ));
+                    remeasured(
+                        &best,
+                        &wanted,
+                        &reruns.values,
+                        memory_gb,
+                        reruns.rows,
+                        "the baseline's spread for `margin`",
+                    )
+                }
+                Err(e) => {
+                    refused = Some(format!("{e:#}"));
+                    Decision {
+                        status: Status::Crash,
+                        value: None,
+                        memory_gb: 0.0,
+                        reason: format!("re-measure for the margin rule: {e:#}"),
+                        crash: None,
+                        seeds: Vec::new(),
+                        reruns: reruns.rows,
+                        against: None,
+                    }
+                }
             }
         }
+        None => remeasured(
+            &best,
+            &wanted,
+            &reruns.values,
+            memory_gb,
+            reruns.rows,
+            &format!("the best's value for `confirm {n}`"),
+        ),
     };
     let outcome = record(ws, &opts, exp, decision)?;
     ws.unstash()?;
     ws.say(&describe(&outcome));
+    if let Some(why) = refused {
+        bail!("the margin rule cannot be used with this training file: {why}; give --min-delta, or --rule lower");
+    }
     Ok(true)
+}
+
+/// The keep decision of a re-measure: the best's commit with the mean over all of `wanted`, its earlier value and
+/// `rerun_values` (the seeds it lacked) weighted by their counts.
+fn remeasured(
+    best: &Best,
+    wanted: &[u64],
+    rerun_values: &[f64],
+    memory_gb: f64,
+    reruns: Vec<Row>,
+    what: &str,
+) -> Decision {
+    let k = best.seeds.len() as f64;
+    let value = (best.val_bpb * k + rerun_values.iter().sum::<f64>()) / (k + rerun_values.len() as f64);
+    let reason = format!(
+        "mean {value:.6} over seeds {} (earlier: {:.6} over {}); {what}",
+        seed_list(wanted),
+        best.val_bpb,
+        seed_list(&best.seeds)
+    );
+    Decision {
+        status: Status::Keep,
+        value: Some(value),
+        memory_gb,
+        reason,
+        crash: None,
+        seeds: wanted.to_vec(),
+        reruns,
+        against: Some(best.run),
+    }
 }
 
 /// An interrupted experiment: its change set aside, no row, the tree back at the best commit.

@@ -25,6 +25,10 @@ fn first_seed() -> Vec<u64> {
     vec![SEED]
 }
 
+fn original_rule() -> String {
+    "lower".into()
+}
+
 /// An experiment under way: what recovery must finish or undo.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InProgress {
@@ -47,6 +51,10 @@ pub struct State {
     pub time_budget: f64,
     /// "auto", "cpu" or "cuda".
     pub device: String,
+    /// The keep rule of `run` and `loop` where they are given none (`--rule`). Sessions from before there was a
+    /// session rule kept by `lower`.
+    #[serde(default = "original_rule")]
+    pub rule: String,
     pub best: Option<Best>,
     pub next_run: u64,
     pub in_progress: Option<InProgress>,

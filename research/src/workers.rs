@@ -2,10 +2,13 @@
 //! each, all judged against the session's one best and recorded in its one results.tsv (see [`crate::ledger`]).
 //!
 //! The coordinator puts right what a killed one left (each worker's experiment is finished or undone, its
-//! processes or jobs stopped), runs the baseline if there is none yet (and the re-measure a `confirm N` rule
-//! may need), then runs the workers' loops side by side.
+//! processes or jobs stopped), runs the baseline if there is none yet (and the re-measure its rule may need:
+//! the baseline's seeds for `margin`, the best's for `confirm N`, trained by all workers at once), then runs the
+//! workers' loops side by side.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -13,7 +16,7 @@ use crate::agent::{research_loop, LoopOptions, LoopReport};
 use crate::ledger::Ledger;
 use crate::rules::NoiseEstimate;
 use crate::run::{
-    describe, noise_training, prepare_noise, remeasure_if_needed, run_experiment, save_noise_estimate,
+    describe, noise_training, prepare_noise, remeasure_if_needed, run_experiment, save_noise_estimate, train_rerun,
     ExperimentOptions, SEED,
 };
 use crate::slurm::SlurmOptions;
@@ -127,7 +130,7 @@ pub fn run_workers(
             }
         }
     }
-    remeasure_if_needed(first, first_trainer, &opts.run)?;
+    remeasure_side_by_side(&ledger, &mut workers, &opts.run)?;
     let labels: Vec<String> =
         setups.iter().enumerate().map(|(i, s)| format!("worker {}: {}", i + 1, s.label)).collect();
     say(&format!("{} workers ({})", setups.len(), labels.join("; ")));
@@ -143,7 +146,7 @@ pub fn run_workers(
                     let result = research_loop(ws, trainer, opts, &mut |line| say(&format!("worker {k}: {line}")));
                     if result.is_err() {
                         // The others stop after their current experiment, as after a first Ctrl-C.
-                        interrupts.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        interrupts.0.fetch_add(1, Ordering::SeqCst);
                     }
                     (k, result)
                 })
@@ -173,6 +176,34 @@ pub fn run_workers(
     }
     total.stop_reason = reasons.join("; ");
     Ok(total)
+}
+
+/// The re-measure the rule may need before the workers start (the baseline's seeds for `margin`, the best's for
+/// `confirm N`), its seeds trained by every worker at once: the first offers them, the others take them from the
+/// ledger until it has all its results.
+fn remeasure_side_by_side(
+    ledger: &Ledger,
+    workers: &mut [(Workspace, Trainer)],
+    opts: &ExperimentOptions,
+) -> Result<()> {
+    let ((first, first_trainer), others) = workers.split_first_mut().context("no workers")?;
+    let remeasuring = AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        for (ws, trainer) in others {
+            let remeasuring = &remeasuring;
+            scope.spawn(move || {
+                while remeasuring.load(Ordering::SeqCst) {
+                    match ledger.take_rerun() {
+                        Some(task) => train_rerun(ws, trainer, task, opts),
+                        None => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            });
+        }
+        let result = remeasure_if_needed(first, first_trainer, opts);
+        remeasuring.store(false, Ordering::SeqCst);
+        result.map(drop)
+    })
 }
 
 /// `noise --workers N`: the best commit, built once, trained with seeds 43, 44, ... on N workers at once; the
