@@ -703,10 +703,11 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
     assert_eq!(lingering_pids(&s, warm).len(), 1);
     let seconds = |run| summary_value(&s, run, "training_seconds");
     println!("training seconds: unchanged file {:.2}, more warm-up {:.2}", seconds(honest), seconds(warm));
-    // Both train until `train` must return (2 s + 10 s - 3 s from the start): up to a step and the noise of
-    // this machine's clock.
-    assert!(seconds(warm) <= seconds(honest) + 1.0, "{} vs {}", seconds(warm), seconds(honest));
-    assert!(seconds(honest) > 8.0 && seconds(honest) < 12.0, "{}", seconds(honest));
+    // Both train until `train` must return (2 s + 10 s - 3 s from the start; earlier on a busy machine, where
+    // a step no longer fits): the same, up to the noise of this machine's steps. (Before the one clock the
+    // warm-up steps were not counted, and the second trained until the harness's limit.)
+    assert!(seconds(warm) <= seconds(honest) + 2.0, "{} vs {}", seconds(warm), seconds(honest));
+    assert!(seconds(honest) < 12.0 && seconds(warm) < 12.0, "both within the deadline");
     s.assert_consistent();
 
     // The honest improvement is still kept, and `eval` reproduces it.
@@ -878,7 +879,7 @@ fn two_workers_share_one_ledger_and_one_best() {
     let out = s.run(&["loop", "--workers", "2", "--agent", &agent, "--max-experiments", "5", "--timeout", "60"]);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("2 workers (worker 1: 1 thread; worker 2: 1 thread)"), "{stdout}");
+    assert!(stdout.contains("2 workers (worker 1: 1 thread (core 0); worker 2: 1 thread (core 1))"), "{stdout}");
     let rows = s.rows();
     let summary: Vec<_> = rows.iter().map(|r| (r.status, r.extra.as_ref().unwrap().worker, &r.description)).collect();
     assert_eq!(rows.len(), 5, "{summary:?}");
@@ -916,6 +917,8 @@ fn two_workers_share_one_ledger_and_one_best() {
     for r in &rows[1..] {
         let log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/run.log", run_of(r)))).unwrap();
         assert!(log.contains("device:           cpu (1 threads)"), "{log}");
+        let core = r.extra.as_ref().unwrap().worker.map_or(0, |k| k - 1);
+        assert!(log.contains(&format!("\ncores: {core}\n")), "pinned to its core: {log}");
     }
     // Each prompt says what the other worker is trying; the notes file is one for both.
     let prompts: Vec<String> = std::fs::read_dir(&s.agent_state)

@@ -140,6 +140,7 @@ fn training_phase<M: Model>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<
         run.seconds_left(),
         allowance(&profile)
     );
+    println!("cores: {}", cores());
     let trained = train(&run)?;
     let late = -run.seconds_left();
     let lingering = supervisor::kill_descendants();
@@ -174,6 +175,19 @@ fn training_phase<M: Model>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<
     std::fs::write(args.handover.join(TRAINING_STATS), serde_json::to_vec_pretty(&stats)?)?;
     println!("model handed over: {} tensors, {:.2}M parameters", cpu.len(), num_params as f64 / 1e6);
     Ok(())
+}
+
+/// The cores this process may run on (its CPU affinity), for the log: a worker's share.
+fn cores() -> String {
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return "unknown".into();
+    }
+    let cores: Vec<String> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .map(|c| c.to_string())
+        .collect();
+    cores.join(",")
 }
 
 /// The GPU, where the harness asked for it (and the sandbox did not take it away).
