@@ -59,12 +59,13 @@ steps, loop_s, warm_s, warm_n = int(loop.group(1)), float(loop.group(2)), float(
 total_s = float(summary["total_seconds"])
 # The timed steps, as the original counts training time (summary's training_seconds is the whole process).
 timed, train_s = steps - warm_n, loop_s - warm_s
-if timed <= 0 or train_s <= 0:
-    sys.exit(f"no steps after the {warm_n} warm-up steps: they took all the time up to the deadline ({loop_s} s)")
+# A machine so slow (or busy) that the deadline came within the warm-up: the training ended well, its rate is n/a.
+measured = timed > 0 and train_s > 0
+none = f"n/a (no steps after the {warm_n} warm-up steps, {loop_s} s)"
 rows = [
     ("card", card), ("commit", commit), ("profile / budget", f'{summary["profile"]} / {summary["time_budget"]} s'),
-    ("tokens/s", f"{tokens_per_step * timed / train_s:,.0f}"), ("MFU", summary["mfu_percent"] + ("" if summary["mfu_percent"] == "n/a" else " %")),
-    ("step time", f"{1000 * train_s / timed:.0f} ms ({timed} timed steps)"),
+    ("tokens/s", f"{tokens_per_step * timed / train_s:,.0f}" if measured else none), ("MFU", summary["mfu_percent"] + ("" if summary["mfu_percent"] == "n/a" else " %")),
+    ("step time", f"{1000 * train_s / timed:.0f} ms ({timed} timed steps)" if measured else none),
     ("start-up (before step 0 + after the last, evaluation included)", f"{total_s - loop_s:.1f} s"),
     ("overhead (total - training, as the original counts)", f"{total_s - train_s:.1f} s (warm-up steps {warm_s:.1f} s)"),
     ("peak memory", f'{float(summary["peak_vram_mb"]):,.0f} MiB'), ("val_bpb", summary["val_bpb"]),
