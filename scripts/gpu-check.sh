@@ -53,18 +53,19 @@ table() {
 import re, sys
 log, card, commit = open(sys.argv[1]).read().replace("\r", "\n"), sys.argv[2], sys.argv[3]
 summary = dict(re.findall(r"^(\w+):\s+(.+)$", log.split("\n---\n")[-1], re.M))
-loop = re.search(r"loop: (\d+) steps in ([\d.]+)s \(([\d.]+)s of them in the untimed first (\d+) steps\)", log)
+loop = re.search(r"loop: (\d+) steps in ([\d.]+)s \(([\d.]+)s of them in the first (\d+) steps, not counted for MFU\)", log)
 tokens_per_step = int(re.search(r"tokens/step: (\d+)", log).group(1))
 steps, loop_s, warm_s, warm_n = int(loop.group(1)), float(loop.group(2)), float(loop.group(3)), int(loop.group(4))
 total_s = float(summary["total_seconds"])
 # The timed steps, as the original counts training time (summary's training_seconds is the whole process).
 timed, train_s = steps - warm_n, loop_s - warm_s
-if timed <= 0 or train_s <= 0:
-    sys.exit(f"no timed steps: the {warm_n} warm-up steps took the whole budget and allowance ({loop_s} s)")
+# A machine so slow (or busy) that the deadline came within the warm-up: the training ended well, its rate is n/a.
+measured = timed > 0 and train_s > 0
+none = f"n/a (no steps after the {warm_n} warm-up steps, {loop_s} s)"
 rows = [
     ("card", card), ("commit", commit), ("profile / budget", f'{summary["profile"]} / {summary["time_budget"]} s'),
-    ("tokens/s", f"{tokens_per_step * timed / train_s:,.0f}"), ("MFU", summary["mfu_percent"] + ("" if summary["mfu_percent"] == "n/a" else " %")),
-    ("step time", f"{1000 * train_s / timed:.0f} ms ({timed} timed steps)"),
+    ("tokens/s", f"{tokens_per_step * timed / train_s:,.0f}" if measured else none), ("MFU", summary["mfu_percent"] + ("" if summary["mfu_percent"] == "n/a" else " %")),
+    ("step time", f"{1000 * train_s / timed:.0f} ms ({timed} timed steps)" if measured else none),
     ("start-up (before step 0 + after the last, evaluation included)", f"{total_s - loop_s:.1f} s"),
     ("overhead (total - training, as the original counts)", f"{total_s - train_s:.1f} s (warm-up steps {warm_s:.1f} s)"),
     ("peak memory", f'{float(summary["peak_vram_mb"]):,.0f} MiB'), ("val_bpb", summary["val_bpb"]),

@@ -30,7 +30,8 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --release --no-fail-fast -- "${skip[@]}" 2>&1 | tee "$log" || status=$?
-# A budget with room for timed steps after the warm-up on 2 cores (the training stops at budget + allowance).
+# A budget with room for steps after the warm-up on 2 cores (the training runs until its deadline, less the
+# hand-over: budget + the profile's allowance - the reserve).
 BUDGET=15 scripts/gpu-check.sh cpu || { echo "FAILED: scripts/gpu-check.sh cpu"; status=1; }
 if [[ ${#skip[@]} -gt 0 ]]; then
     echo "NOTE: the Slurm tests did not run: Slurm cannot be installed here ($why)"

@@ -7,8 +7,10 @@
 //! - `train(run)` trains and returns the model; `build(run)` makes the same model untrained.
 //! - The harness evaluates: it loads the trained weights (`Model::state`) into a model from `build` and takes
 //!   the cross-entropy of `Model::logits` over the validation rows itself. The logits must be causal (checked).
-//! - Training runs in a sandbox: the validation data is unreadable and only temporary files are writable; the
-//!   harness stops it at the time budget plus a fixed allowance for start-up and warm-up.
+//! - Training runs in a sandbox: the validation data and earlier experiments' files are unreadable, only
+//!   temporary files are writable, the network is closed. One clock: `train` must return by `run.seconds_left()`
+//!   (the budget plus the profile's fixed allowance for start-up, less the hand-over reserve, from the start of
+//!   the process); every step counts, warm-up included. Returning later is a crash, `over time`.
 
 use std::collections::BTreeMap;
 
@@ -565,10 +567,29 @@ pub fn batch_tensors(batch: &Batch, device: Device) -> (Tensor, Tensor) {
     (x, y)
 }
 
-/// Steps before this one are warm-up: not counted in the training time.
+/// Steps before this one are warm-up (kernels compiled, memory allocated): not counted for MFU, as the original
+/// counts. They count for the clock like any other step.
 const WARMUP_STEPS: usize = 10;
-/// Seconds kept free before the harness's limit, for the last step and the checkpoint.
-const HANDOVER_MARGIN: f64 = 5.0;
+/// A step starts only where the time left holds this many of the slowest recent steps: a step on a busy machine
+/// may take longer than the last ones, and `train` must return in time.
+const STEP_MARGIN: f64 = 2.0;
+
+/// Durations of the last 10 steps (or micro-batches).
+#[derive(Default)]
+struct Recent(std::collections::VecDeque<f64>);
+
+impl Recent {
+    fn push(&mut self, seconds: f64) {
+        self.0.push_back(seconds);
+        if self.0.len() > 10 {
+            self.0.pop_front();
+        }
+    }
+
+    fn slowest(&self) -> f64 {
+        self.0.iter().cloned().fold(0.0, f64::max)
+    }
+}
 
 /// The device, set up as the original does (bf16 autocast and TF32 on CUDA).
 fn device() -> Device {
@@ -656,35 +677,52 @@ pub fn train(run: &Run) -> Result<Trained<Gpt>> {
         }
     };
 
-    let mut training_time = 0.0;
+    // The schedule (LR warmdown, weight decay) runs over the time until `train` must return.
+    let span = run.seconds_left().max(1e-3);
+    println!("training for {span:.1}s (until `train` must return)");
+    let (mut training_time, mut timed_time) = (0.0, 0.0);
+    // The last 10 steps' and micro-batches' seconds.
+    let (mut recent, mut recent_micro) = (Recent::default(), Recent::default());
     let mut smooth_loss = 0.0;
     let mut step = 0usize;
     let loop_start = std::time::Instant::now();
-    loop {
+    'training: loop {
+        if run.seconds_left() <= STEP_MARGIN * recent.slowest() {
+            break;
+        }
         sync();
         let t0 = std::time::Instant::now();
         let mut train_loss = Tensor::zeros([], (Kind::Float, device));
         for _ in 0..grad_accum {
+            // Where even a micro-batch no longer fits (a machine that slowed down, a slow first step), the step
+            // is dropped, its gradients with it. (On CUDA micro-batches are timed as launched: the step's check.)
+            if run.seconds_left() <= STEP_MARGIN * recent_micro.slowest() {
+                opt.zero_grad();
+                break 'training;
+            }
+            let m0 = std::time::Instant::now();
             let (x, y) = batch_tensors(&batch, device);
             let loss = autoresearch_ops::autocast(cuda, || model.loss(&x, &y));
             train_loss = loss.detach();
             (loss / grad_accum as f64).backward();
             batch = loader.next_batch()?;
+            recent_micro.push(m0.elapsed().as_secs_f64());
         }
-        let progress = (training_time / run.time_budget).min(1.0);
+        let progress = (loop_start.elapsed().as_secs_f64() / span).min(1.0);
         let lrm = lr_multiplier(h, progress);
         opt.step(lrm, muon_momentum(step), weight_decay(h, progress));
         opt.zero_grad();
         let loss = train_loss.double_value(&[]);
         if loss.is_nan() || loss > 100.0 {
-            println!("\nFAIL: loss {loss} at step {step}");
-            std::process::exit(1);
+            bail!("FAIL: loss {loss} at step {step}");
         }
         sync();
         let dt = t0.elapsed().as_secs_f64();
+        training_time += dt;
         if step > WARMUP_STEPS {
-            training_time += dt;
+            timed_time += dt;
         }
+        recent.push(dt);
         smooth_loss = 0.9 * smooth_loss + 0.1 * loss;
         let debiased = smooth_loss / (1.0 - 0.9f64.powi(step as i32 + 1));
         let tok_per_sec = h.total_batch_size as f64 / dt;
@@ -695,31 +733,25 @@ pub fn train(run: &Run) -> Result<Trained<Gpt>> {
             100.0 * progress,
             dt * 1000.0,
             batch.epoch,
-            (run.time_budget - training_time).max(0.0)
+            run.seconds_left().max(0.0)
         );
         use std::io::Write as _;
         std::io::stdout().flush()?;
         step += 1;
-        // The harness stops a training at its budget plus an allowance for start-up and warm-up; a slow
-        // warm-up ends the training early rather than past that.
-        let out_of_time = run.seconds_left() < 2.0 * dt + HANDOVER_MARGIN;
-        if step > WARMUP_STEPS && (training_time >= run.time_budget || out_of_time) {
-            break;
-        }
     }
     println!();
-    let warmup = loop_start.elapsed().as_secs_f64() - training_time;
+    let warmup = training_time - timed_time;
     println!(
-        "loop: {step} steps in {:.1}s ({warmup:.1}s of them in the untimed first {} steps)",
+        "loop: {step} steps in {:.1}s ({warmup:.1}s of them in the first {} steps, not counted for MFU)",
         loop_start.elapsed().as_secs_f64(),
-        WARMUP_STEPS + 1
+        (WARMUP_STEPS + 1).min(step)
     );
     // As the original counts for MFU: steps after the first WARMUP_STEPS.
     let timed_steps = step.saturating_sub(WARMUP_STEPS) as u64;
     let report = TrainingReport {
         steps: step as u64,
         tokens: step as u64 * h.total_batch_size as u64,
-        timed_seconds: training_time,
+        timed_seconds: timed_time,
         timed_tokens: timed_steps * h.total_batch_size as u64,
         flops_per_token,
         depth: config.n_layer as u64,

@@ -15,7 +15,9 @@ use autoresearch_research::slurm::{Backend, SlurmOptions};
 use autoresearch_research::trainer::DeviceChoice;
 use autoresearch_research::trainer::{repo_root, Trainer};
 use autoresearch_research::training::build_sandbox;
-use autoresearch_research::workers::{local_setups, measure_noise_workers, run_workers, slurm_setups, WorkerSetup};
+use autoresearch_research::workers::{
+    allowed_cpus, local_setups, measure_noise_workers, run_workers, slurm_setups, WorkerSetup,
+};
 use autoresearch_research::{self as experiment, Interrupts, Workspace};
 
 use crate::train_cmd::Device;
@@ -328,8 +330,7 @@ fn setups(workers: usize, gpus: Option<&[String]>, trainer: &Trainer, backend: &
                 (_, Some(_)) => bail!("--gpus: this session trains on the CPU"),
                 _ => None,
             };
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            local_setups(workers, gpus.as_deref(), cores)
+            local_setups(workers, gpus.as_deref(), &allowed_cpus())
         }
     }
 }

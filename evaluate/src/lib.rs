@@ -4,17 +4,25 @@
 //! inputs to the model's [`Model::logits`], checks that the model is causal and that it does not change while it
 //! is evaluated ([`causality`]), and computes the cross-entropy and val_bpb itself ([`evaluation`]). The agent's code never sees validation targets.
 
+//!
+//! Both phases run under a [`supervisor`] (every process they start ends with them) and report how they ended
+//! in the status file the harness named ([`PhaseStatus`]). The training phase keeps the harness's clock: the
+//! agent's `train` is given the deadline less the hand-over reserve, and one that returns later is a crash.
+
 pub mod causality;
 pub mod evaluation;
+pub mod supervisor;
 
 use std::io::{BufRead, Write};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
 use autoresearch_harness::device::peak_rss_mb;
+use autoresearch_harness::fit::{is_out_of_memory, REPORT_FILE};
 use autoresearch_harness::handover::{
-    check_device, EvalResult, Phase, PhaseArgs, TrainingReport, TrainingStats, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
+    allowance, check_device, handover_reserve, EvalResult, Outcome, Phase, PhaseArgs, PhaseStatus, TrainingReport,
+    TrainingStats, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
 };
 use autoresearch_harness::profile::Run;
 use tch::{Device, Tensor};
@@ -38,29 +46,115 @@ pub struct Trained<M> {
     pub report: TrainingReport,
 }
 
-/// The training binary's main: runs the phase the harness asked for, and exits non-zero with the error.
+/// The training binary's main: runs the phase the harness asked for under a [`supervisor`], writes how it
+/// ended to the status file, and exits non-zero with the error.
 pub fn main<M: Model>(train: fn(&Run) -> Result<Trained<M>>, build: fn(&Run) -> Result<M>) {
-    if let Err(e) = run_phase(train, build) {
+    let fail = |e: anyhow::Error| -> ! {
         eprintln!("error: {e:#}");
+        std::process::exit(1)
+    };
+    let args = PhaseArgs::parse(std::env::args().skip(1)).unwrap_or_else(|e| fail(e));
+    // First of all, before any thread exists (fork copies only the calling thread).
+    supervisor::supervise().unwrap_or_else(|e| fail(e));
+    // Opened before the sandbox, in a folder it does not let the agent's code write: only fixed code writes it.
+    let mut status_file = args
+        .status
+        .as_ref()
+        .map(|path| std::fs::File::create(path).unwrap_or_else(|e| fail(anyhow::anyhow!("{}: {e}", path.display()))));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match args.phase {
+        Phase::Train => training_phase(&args, train),
+        Phase::Evaluate => evaluation_phase(&args, build),
+    }));
+    let status = phase_status(result);
+    if let Some(file) = status_file.as_mut() {
+        let written = serde_json::to_vec(&status).map_err(anyhow::Error::from).and_then(|b| Ok(file.write_all(&b)?));
+        if let Err(e) = written {
+            fail(e.context("writing the phase's status"));
+        }
+    }
+    if status.outcome != Outcome::Success {
+        if status.outcome != Outcome::Panic {
+            eprintln!("error: {}", status.message);
+        }
         std::process::exit(1);
     }
 }
 
-fn run_phase<M: Model>(train: fn(&Run) -> Result<Trained<M>>, build: fn(&Run) -> Result<M>) -> Result<()> {
-    let args = PhaseArgs::parse(std::env::args().skip(1))?;
-    match args.phase {
-        Phase::Train => training_phase(&args, train),
-        Phase::Evaluate => evaluation_phase(&args, build),
+/// Stopped by fixed code because the agent's `train` returned past its end.
+#[derive(Debug)]
+struct OverTime(String);
+
+impl std::fmt::Display for OverTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OverTime {}
+
+/// How a phase ended, classified by its own error or panic (never by what it printed).
+fn phase_status(result: std::thread::Result<Result<()>>) -> PhaseStatus {
+    let (outcome, message) = match result {
+        Ok(Ok(())) => (Outcome::Success, String::new()),
+        Ok(Err(e)) if e.downcast_ref::<OverTime>().is_some() => (Outcome::OverTime, format!("{e:#}")),
+        Ok(Err(e)) => {
+            let message = format!("{e:#}");
+            (if is_out_of_memory(&message) { Outcome::OutOfMemory } else { Outcome::Error }, message)
+        }
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic without a message".into());
+            (if is_out_of_memory(&message) { Outcome::OutOfMemory } else { Outcome::Panic }, message)
+        }
+    };
+    PhaseStatus { outcome, message }
+}
+
+/// The instant of a time given in seconds since the Unix epoch.
+fn instant_of(unix_seconds: f64) -> Instant {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let ahead = unix_seconds - now;
+    let (now, delta) = (Instant::now(), Duration::from_secs_f64(ahead.abs().min(1e9)));
+    if ahead >= 0.0 {
+        now + delta
+    } else {
+        now.checked_sub(delta).unwrap_or(now)
     }
 }
 
 fn training_phase<M: Model>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<M>>) -> Result<()> {
-    let started = Instant::now();
     // First of all, before any thread exists: a thread started earlier would stay outside the sandbox.
     println!("{}", args.sandbox.apply()?);
     require_device()?;
-    let run = Run::from_env()?.started_at(started);
+    let deadline = args.deadline.context("the training phase needs --deadline")?;
+    let run = Run::from_env()?;
+    let (budget, profile) = (run.time_budget, run.profile().name.clone());
+    let reserve = handover_reserve(&profile);
+    let run = run.ending_at(instant_of(deadline - reserve), args.handover.join(REPORT_FILE));
+    println!(
+        "clock: {:.1} s until `train` must return (budget {budget} s + allowance {} s for start-up, less {reserve} s \
+         for the hand-over, from the phase's start)",
+        run.seconds_left(),
+        allowance(&profile)
+    );
+    println!("cores: {}", cores());
     let trained = train(&run)?;
+    let late = -run.seconds_left();
+    let lingering = supervisor::kill_descendants();
+    if lingering > 0 {
+        println!("{lingering} process(es) the training started were still running when `train` returned: killed");
+    }
+    if late > 0.0 {
+        return Err(OverTime(format!(
+            "over time: `train` returned {late:.1} s past its end (budget {budget} s + allowance {} s, less {reserve} \
+             s for the hand-over)",
+            allowance(&profile)
+        ))
+        .into());
+    }
     let state = trained.model.state();
     let device = trained.model.device();
     let peak_memory_mb = match device {
@@ -81,6 +175,19 @@ fn training_phase<M: Model>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<
     std::fs::write(args.handover.join(TRAINING_STATS), serde_json::to_vec_pretty(&stats)?)?;
     println!("model handed over: {} tensors, {:.2}M parameters", cpu.len(), num_params as f64 / 1e6);
     Ok(())
+}
+
+/// The cores this process may run on (its CPU affinity), for the log: a worker's share.
+fn cores() -> String {
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return "unknown".into();
+    }
+    let cores: Vec<String> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .map(|c| c.to_string())
+        .collect();
+    cores.join(",")
 }
 
 /// The GPU, where the harness asked for it (and the sandbox did not take it away).

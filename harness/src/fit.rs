@@ -1,14 +1,27 @@
 //! The largest device batch that fits the accelerator's memory. The training file tries a step at its
 //! configured batch; where that runs out of memory, the batch is halved (and the gradient accumulation doubled
 //! by the caller, so the total batch and the recipe stay the same) until a step fits. The answer is remembered
-//! per key (the device and whatever sets the memory a step takes), so that the next experiment with the same
-//! key starts at once.
+//! per key (the device and whatever sets the memory a step takes), so that the next training of the same file
+//! (a rerun with another seed, a retry) starts at once.
+//!
+//! The training only reports: it reads its file's answers from a report file in its hand-over folder and writes
+//! its own there. The harness keeps them in the cache (`<cache>/<profile>/fit/device-batches.json`), per
+//! training binary, and writes them there only after a training that handed over its model, and only answers
+//! that pass [`validate`]: no training can plant an answer that another binary would take.
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+
+/// Device batches by key: what a training reads and reports.
+pub type Answers = BTreeMap<String, usize>;
+
+/// The harness's cache file in a profile's fit folder: [`Answers`] by training file.
+pub const CACHE_FILE: &str = "device-batches.json";
+/// The training's report file in its hand-over folder.
+pub const REPORT_FILE: &str = "fit.json";
 
 /// What the search found.
 #[derive(Debug, PartialEq)]
@@ -27,16 +40,18 @@ pub fn is_out_of_memory(message: &str) -> bool {
 
 /// Starting at `configured` rows, halves the batch while `try_batch(rows)` runs out of memory, staying a
 /// divisor of `configured` (a panic with an out-of-memory message counts as running out; any other error or
-/// panic is returned as it is). The answer is remembered in `cache_file` under `key`.
+/// panic is returned as it is). The answer is taken from and added to `report_file` under `key` (none: nothing
+/// remembered).
 pub fn fit_device_batch(
-    cache_file: &Path,
+    report_file: Option<&Path>,
     key: &str,
     configured: usize,
     mut try_batch: impl FnMut(usize) -> Result<()>,
 ) -> Result<Fit> {
-    let mut cache: BTreeMap<String, usize> = match std::fs::read(cache_file) {
-        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", cache_file.display()))?,
-        Err(_) => BTreeMap::new(),
+    let mut cache: Answers = match report_file.map(std::fs::read) {
+        Some(Ok(bytes)) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("parsing {}", report_file.unwrap_or(Path::new("")).display()))?,
+        _ => BTreeMap::new(),
     };
     if let Some(&rows) = cache.get(key) {
         return Ok(Fit { rows, too_big: Vec::new(), remembered: true });
@@ -56,9 +71,44 @@ pub fn fit_device_batch(
             Err(e) => return Err(e),
         }
     }
-    cache.insert(key.to_string(), rows);
-    crate::fsutil::write_atomic(cache_file, serde_json::to_string_pretty(&cache)?.as_bytes())?;
+    if let Some(file) = report_file {
+        cache.insert(key.to_string(), rows);
+        crate::fsutil::write_atomic(file, serde_json::to_string_pretty(&cache)?.as_bytes())?;
+    }
     Ok(Fit { rows, too_big, remembered: false })
+}
+
+/// A training's report, as the harness accepts it: at most 64 keys of at most 4096 bytes, each 1 to 2^20 rows.
+pub fn validate(bytes: &[u8]) -> Result<Answers> {
+    let answers: Answers = serde_json::from_slice(bytes).context("not a map of keys to rows")?;
+    ensure!(answers.len() <= 64, "{} keys (at most 64)", answers.len());
+    for (key, &rows) in &answers {
+        ensure!(key.len() <= 4096, "a key of {} bytes (at most 4096)", key.len());
+        ensure!((1..=1 << 20).contains(&rows), "{rows} rows for {key:?} (1 to 1048576)");
+    }
+    Ok(answers)
+}
+
+/// The answers the harness keeps for the training binary `binary` in `cache_file` (none where it has none, or
+/// the file cannot be read).
+pub fn remembered(cache_file: &Path, binary: &str) -> Answers {
+    let all: BTreeMap<String, Answers> =
+        std::fs::read(cache_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    all.get(binary).cloned().unwrap_or_default()
+}
+
+/// Keeps a training's report (validated) as the answers for the training binary `binary` in `cache_file`, in
+/// place of its earlier ones. Returns what was kept.
+pub fn keep(cache_file: &Path, binary: &str, report: &[u8]) -> Result<Answers> {
+    let answers = validate(report)?;
+    let mut all: BTreeMap<String, Answers> =
+        std::fs::read(cache_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    all.insert(binary.to_string(), answers.clone());
+    if let Some(dir) = cache_file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    crate::fsutil::write_atomic(cache_file, serde_json::to_string_pretty(&all)?.as_bytes())?;
+    Ok(answers)
 }
 
 /// Runs `f`, turning a panic into an error with its message; the panic is not printed (an out-of-memory
@@ -101,26 +151,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("device-batch.json");
         let mut tried = Vec::new();
-        let fit = fit_device_batch(&cache, "RTX 4090 | depth 8", 128, device(40, &mut tried)).unwrap();
+        let fit = fit_device_batch(Some(&cache), "RTX 4090 | depth 8", 128, device(40, &mut tried)).unwrap();
         assert_eq!(fit, Fit { rows: 32, too_big: vec![128, 64], remembered: false });
         assert_eq!(tried, [128, 64, 32]);
 
         // The same key again: no step is tried.
         let mut tried = Vec::new();
-        let fit = fit_device_batch(&cache, "RTX 4090 | depth 8", 128, device(40, &mut tried)).unwrap();
+        let fit = fit_device_batch(Some(&cache), "RTX 4090 | depth 8", 128, device(40, &mut tried)).unwrap();
         assert_eq!(fit, Fit { rows: 32, too_big: vec![], remembered: true });
         assert!(tried.is_empty());
 
         // Something that matters changed (another key): searched again; both answers kept.
         let mut tried = Vec::new();
-        let fit = fit_device_batch(&cache, "RTX 4090 | depth 12", 128, device(20, &mut tried)).unwrap();
+        let fit = fit_device_batch(Some(&cache), "RTX 4090 | depth 12", 128, device(20, &mut tried)).unwrap();
         assert_eq!(fit.rows, 16);
         let saved: BTreeMap<String, usize> = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
         assert_eq!(saved.len(), 2);
 
         // A batch that fits at once is tried once.
         let mut tried = Vec::new();
-        assert_eq!(fit_device_batch(&cache, "H100 | depth 8", 128, device(1000, &mut tried)).unwrap().rows, 128);
+        assert_eq!(fit_device_batch(Some(&cache), "H100 | depth 8", 128, device(1000, &mut tried)).unwrap().rows, 128);
         assert_eq!(tried, [128]);
     }
 
@@ -128,16 +178,38 @@ mod tests {
     fn other_failures_are_not_taken_for_memory() {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("device-batch.json");
-        let err = fit_device_batch(&cache, "k", 64, |_| panic!("index out of bounds")).unwrap_err();
+        let err = fit_device_batch(Some(&cache), "k", 64, |_| panic!("index out of bounds")).unwrap_err();
         assert_eq!(format!("{err:#}"), "index out of bounds");
-        let err = fit_device_batch(&cache, "k", 64, |_| bail!("shape mismatch")).unwrap_err();
+        let err = fit_device_batch(Some(&cache), "k", 64, |_| bail!("shape mismatch")).unwrap_err();
         assert_eq!(format!("{err:#}"), "shape mismatch");
         assert!(!cache.exists(), "nothing remembered from a failure");
 
         let mut tried = Vec::new();
-        let err = fit_device_batch(&cache, "k", 6, device(2, &mut tried)).unwrap_err();
+        let err = fit_device_batch(Some(&cache), "k", 6, device(2, &mut tried)).unwrap_err();
         assert!(format!("{err:#}").contains("3 rows does not fit in memory, and 3 cannot be halved"), "{err:#}");
         assert_eq!(tried, [6, 3]);
+    }
+
+    #[test]
+    fn the_harness_keeps_valid_reports_per_training_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("fit").join(CACHE_FILE);
+        assert!(remembered(&cache, "aaa").is_empty());
+        let kept = keep(&cache, "aaa", br#"{"cpu | depth 2": 8}"#).unwrap();
+        assert_eq!(kept, Answers::from([("cpu | depth 2".to_string(), 8)]));
+        assert_eq!(remembered(&cache, "aaa"), kept);
+        assert!(remembered(&cache, "bbb").is_empty(), "another file does not take it");
+        for bad in [&br#"{"k": 0}"#[..], br#"{"k": 99999999}"#, br#"[1]"#, b"not json"] {
+            assert!(keep(&cache, "bbb", bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let many: Answers = (0..65).map(|i| (i.to_string(), 1)).collect();
+        assert!(validate(&serde_json::to_vec(&many).unwrap()).unwrap_err().to_string().contains("65 keys"));
+        assert_eq!(remembered(&cache, "aaa"), kept, "a refused report changes nothing");
+        // Without a report file nothing is remembered.
+        let mut tried = Vec::new();
+        assert_eq!(fit_device_batch(None, "k", 8, device(4, &mut tried)).unwrap().rows, 4);
+        let mut tried = Vec::new();
+        assert!(!fit_device_batch(None, "k", 8, device(4, &mut tried)).unwrap().remembered);
     }
 
     #[test]

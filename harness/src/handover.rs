@@ -1,16 +1,20 @@
 //! How the harness runs the training binary, and what passes between them. The binary runs twice per
 //! training, as two processes:
 //!
-//! 1. `train`: sandboxed (see [`crate::sandbox`]: the validation data unreadable, writes only to the hand-over
-//!    folder), the agent's code trains a model; fixed code saves it to the hand-over folder as a safetensors
-//!    checkpoint, with [`TrainingStats`]. The harness times this phase from the start of the process to its end
-//!    and stops it at the budget plus [`allowance`].
+//! 1. `train`: sandboxed (see [`crate::sandbox`]: the validation data and earlier experiments' files unreadable,
+//!    writes only to the hand-over folder, no network), the agent's code trains a model; fixed code saves it to
+//!    the hand-over folder as a safetensors checkpoint, with [`TrainingStats`]. One clock: the harness gives the
+//!    phase a deadline (its start + the budget + the profile's [`allowance`]) and stops it there; the agent's
+//!    `train` must return [`handover_reserve`] seconds before it, so that the checkpoint is saved in time.
 //! 2. `evaluate`: fixed code reads the validation rows first, then sandboxes itself (no data readable, no
 //!    writes), has the agent's code build the model and loads the checkpoint into it, checks that it is causal,
 //!    and computes val_bpb from its logits. The result goes to a file the harness named and the binary opened
 //!    before the agent's code ran, with a nonce the harness gave on stdin: [`EvalResult`].
 //!
-//! The summary block is then printed by the harness, from these and its own clock.
+//! Each phase reports how it ended in a status file ([`PhaseStatus`]) that the harness named and fixed code
+//! opened before the agent's code ran: crashes are classified by the phase's own error, not by the log. Fixed
+//! code supervises each phase (a subreaper outside the sandbox): when the phase ends, every process it started
+//! is gone. The summary block is then printed by the harness, from these and its own clock.
 
 use std::path::{Path, PathBuf};
 
@@ -41,11 +45,63 @@ pub fn check_device(asked: Option<&str>, cuda_available: bool) -> Result<()> {
     Ok(())
 }
 
-/// Seconds past the budget that the training phase may take, for start-up, the untimed warm-up steps and the
-/// checkpoint: 10 s plus 10% of the budget (40 s at 300 s). A training phase that takes longer is stopped and
-/// counts as a crash.
-pub fn allowance(time_budget: f64) -> f64 {
-    10.0 + 0.1 * time_budget
+/// Seconds past the budget that the training phase has, for start-up (loading libtorch, the data and the
+/// tokenizer, building the model, the device-batch search) and the checkpoint: fixed per profile, the same for
+/// every training file and budget. `h100`: 40 s (CUDA's start-up, its kernels compiled at run time; the
+/// deadline at 300 s stays where it was measured on an H200); `small` (and any other): 10 s. The phase's
+/// deadline is its start plus the budget plus this; a phase still running then is stopped and is a crash.
+pub fn allowance(profile: &str) -> f64 {
+    match profile {
+        "h100" => 40.0,
+        _ => 10.0,
+    }
+}
+
+/// Seconds before the deadline by which the agent's `train` must have returned, kept for fixed code to save
+/// the checkpoint and for the process to end: `h100` 10 s (about 200 MB of weights), others 3 s. A `train`
+/// that returns later is a crash, `over time`: no file gains steps by cutting into it.
+pub fn handover_reserve(profile: &str) -> f64 {
+    match profile {
+        "h100" => 10.0,
+        _ => 3.0,
+    }
+}
+
+/// How a phase ended, as its fixed code saw it: the status file's content.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhaseStatus {
+    pub outcome: Outcome,
+    /// The error or panic message (empty where the phase succeeded).
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    /// The phase's own error: an error its code returned.
+    Error,
+    /// A panic, with its message.
+    Panic,
+    /// The error or panic was the accelerator (or the host) running out of memory, as libtorch reports it: may
+    /// not be the file's fault.
+    OutOfMemory,
+    /// The agent's `train` returned past its end (the deadline less the hand-over reserve).
+    OverTime,
+}
+
+impl PhaseStatus {
+    /// The crash's reason for the ledger and whether the identical file may be tried once more (None: success).
+    pub fn crash(&self) -> Option<(String, bool)> {
+        let first_line = |m: &str| m.lines().next().unwrap_or_default().chars().take(300).collect::<String>();
+        Some(match self.outcome {
+            Outcome::Success => return None,
+            Outcome::Error => (first_line(&self.message), false),
+            Outcome::Panic => (format!("panic: {}", first_line(&self.message)), false),
+            Outcome::OutOfMemory => (format!("out of memory: {}", first_line(&self.message)), true),
+            Outcome::OverTime => (first_line(&self.message), true),
+        })
+    }
 }
 
 /// What a training says about itself, for the summary (informational: val_bpb does not depend on it).
@@ -99,6 +155,11 @@ pub struct PhaseArgs {
     pub handover: PathBuf,
     /// Where the evaluation writes its [`EvalResult`].
     pub result: Option<PathBuf>,
+    /// Where fixed code writes the phase's [`PhaseStatus`] (a folder the sandbox does not let it write).
+    pub status: Option<PathBuf>,
+    /// The phase's deadline, in seconds since the Unix epoch (the harness's clock: the harness stops the phase
+    /// then).
+    pub deadline: Option<f64>,
     pub sandbox: Policy,
 }
 
@@ -112,30 +173,49 @@ impl PhaseArgs {
         if let Some(r) = &self.result {
             args.extend(["--result".into(), path_arg(r)?]);
         }
+        if let Some(s) = &self.status {
+            args.extend(["--status".into(), path_arg(s)?]);
+        }
+        if let Some(d) = self.deadline {
+            args.extend(["--deadline".into(), d.to_string()]);
+        }
         args.extend(["--sandbox".into(), serde_json::to_string(&self.sandbox)?]);
         Ok(args)
     }
 
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<PhaseArgs> {
         const USAGE: &str = "the training binary is run by the harness (`autoresearch train`, `run` or `loop`): \
-                             usage: autoresearch-train train|evaluate --handover DIR [--result FILE] --sandbox JSON";
+                             usage: autoresearch-train train|evaluate --handover DIR [--result FILE] [--status FILE] \
+                             [--deadline UNIX-SECONDS] --sandbox JSON";
         let mut args = args.into_iter();
         let phase = match args.next().as_deref() {
             Some("train") => Phase::Train,
             Some("evaluate") => Phase::Evaluate,
             _ => bail!(USAGE),
         };
-        let (mut handover, mut result, mut sandbox) = (None, None, None);
+        let (mut handover, mut result, mut status, mut deadline, mut sandbox) = (None, None, None, None, None);
         while let Some(flag) = args.next() {
             let value = args.next().with_context(|| format!("{flag} needs a value; {USAGE}"))?;
             match flag.as_str() {
                 "--handover" => handover = Some(PathBuf::from(value)),
                 "--result" => result = Some(PathBuf::from(value)),
+                "--status" => status = Some(PathBuf::from(value)),
+                "--deadline" => {
+                    let d: f64 = value.parse().with_context(|| format!("--deadline {value:?} is not a number"))?;
+                    deadline = Some(d)
+                }
                 "--sandbox" => sandbox = Some(serde_json::from_str(&value).context("parsing --sandbox")?),
                 _ => bail!("unknown argument {flag:?}; {USAGE}"),
             }
         }
-        let parsed = PhaseArgs { phase, handover: handover.context(USAGE)?, result, sandbox: sandbox.context(USAGE)? };
+        let parsed = PhaseArgs {
+            phase,
+            handover: handover.context(USAGE)?,
+            result,
+            status,
+            deadline,
+            sandbox: sandbox.context(USAGE)?,
+        };
         if phase == Phase::Evaluate && parsed.result.is_none() {
             bail!("evaluate needs --result; {USAGE}");
         }
@@ -165,10 +245,12 @@ mod tests {
             phase: Phase::Evaluate,
             handover: "/r/runs/3/seed-42".into(),
             result: Some("/r/runs/3/result-42.json".into()),
+            status: Some("/r/runs/3/status-42.json".into()),
+            deadline: Some(1_700_000_000.25),
             sandbox: Policy {
                 deny_read: vec!["/c/data".into()],
                 write: vec!["/r/runs/3/seed-42/tmp".into()],
-                off: false,
+                ..Policy::default()
             },
         };
         assert_eq!(PhaseArgs::parse(args.to_args().unwrap()).unwrap(), args);
@@ -177,6 +259,22 @@ mod tests {
         assert!(err(&["train", "--handover"]).contains("--handover needs a value"));
         assert!(err(&["train", "--handover", "d", "--bogus", "x"]).contains("\"--bogus\""));
         assert!(err(&["evaluate", "--handover", "d", "--sandbox", "{}"]).contains("--result"));
-        assert_eq!(allowance(300.0), 40.0);
+        assert!(err(&["train", "--handover", "d", "--deadline", "soon"]).contains("\"soon\" is not a number"));
+    }
+
+    #[test]
+    fn the_clock_is_the_profiles_and_crashes_are_classified_by_the_phases_error() {
+        assert_eq!((allowance("h100"), handover_reserve("h100")), (40.0, 10.0));
+        assert_eq!((allowance("small"), handover_reserve("small")), (10.0, 3.0));
+        let status = |outcome, message: &str| PhaseStatus { outcome, message: message.into() };
+        assert_eq!(status(Outcome::Success, "").crash(), None);
+        assert_eq!(status(Outcome::Panic, "boom\nmore").crash(), Some(("panic: boom".into(), false)));
+        // Words in an error are only its message: the class decides whether it is tried again.
+        assert_eq!(
+            status(Outcome::Error, "CUDA out of memory, says the file").crash(),
+            Some(("CUDA out of memory, says the file".into(), false))
+        );
+        assert!(status(Outcome::OutOfMemory, "CUDA out of memory.").crash().unwrap().1);
+        assert_eq!(status(Outcome::OverTime, "over time: x").crash(), Some(("over time: x".into(), true)));
     }
 }

@@ -81,8 +81,8 @@ pub fn profile_dir(cache: &Path, profile: &str) -> PathBuf {
     cache.join(profile)
 }
 
-/// Where the training remembers the device batch that fits (`device-batch.json`): the one folder of the cache
-/// the sandboxed training may write to.
+/// Where the harness remembers the device batch that fits (`device-batch.json`, see [`crate::fit`]); the
+/// training reads its file's entries from its hand-over folder and reports there, and never writes here.
 pub fn fit_dir(cache: &Path, profile: &str) -> PathBuf {
     profile_dir(cache, profile).join("fit")
 }
@@ -178,7 +178,10 @@ pub struct Run {
     pub tokenizer: Arc<Tokenizer>,
     pub time_budget: f64,
     pub seed: u64,
-    started: std::time::Instant,
+    /// When `train` must have returned: the phase's deadline less the hand-over reserve.
+    end: std::time::Instant,
+    /// The device batches remembered for this training file ([`crate::fit`]), and where it reports its own.
+    fit_file: Option<PathBuf>,
 }
 
 fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
@@ -191,6 +194,8 @@ fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
 }
 
 impl Run {
+    /// The run the environment describes, its `train` due at the budget plus the profile's allowance less the
+    /// hand-over reserve from now (the training phase sets the harness's deadline instead: [`Run::ending_at`]).
     pub fn from_env() -> Result<Run> {
         let started = std::time::Instant::now();
         let cache = cache_root()?;
@@ -200,41 +205,42 @@ impl Run {
         let time_budget = env_number::<f64>("AUTORESEARCH_TIME_BUDGET")?.unwrap_or(prepared.profile.time_budget);
         ensure!(time_budget > 0.0, "AUTORESEARCH_TIME_BUDGET must be positive");
         let seed = env_number::<u64>("AUTORESEARCH_SEED")?.unwrap_or(42);
-        Ok(Run { cache, prepared, tokenizer, time_budget, seed, started })
+        let name = &prepared.profile.name;
+        let span = time_budget + crate::handover::allowance(name) - crate::handover::handover_reserve(name);
+        let end = started + std::time::Duration::from_secs_f64(span.max(0.0));
+        Ok(Run { cache, prepared, tokenizer, time_budget, seed, end, fit_file: None })
     }
 
     pub fn profile(&self) -> &Profile {
         &self.prepared.profile
     }
 
-    /// The same run, timed from `started` (the start of the process, say).
-    pub fn started_at(self, started: std::time::Instant) -> Run {
-        Run { started, ..self }
+    /// The same run, its `train` due at `end` (the harness's deadline less the hand-over reserve), remembering
+    /// device batches in `fit_file`.
+    pub fn ending_at(self, end: std::time::Instant, fit_file: PathBuf) -> Run {
+        Run { end, fit_file: Some(fit_file), ..self }
     }
 
-    /// Seconds since the run started.
-    pub fn elapsed(&self) -> f64 {
-        self.started.elapsed().as_secs_f64()
-    }
-
-    /// Seconds until the harness stops the training: the budget plus its allowance for start-up and warm-up
-    /// ([`crate::handover::allowance`]), less the time since the start.
+    /// Seconds until `train` must have returned (negative: past it). The one clock: warm-up, compilation and
+    /// the device-batch search all count; a `train` that returns later is a crash, `over time`.
     pub fn seconds_left(&self) -> f64 {
-        self.time_budget + crate::handover::allowance(self.time_budget) - self.elapsed()
+        match self.end.checked_duration_since(std::time::Instant::now()) {
+            Some(left) => left.as_secs_f64(),
+            None => -std::time::Instant::now().duration_since(self.end).as_secs_f64(),
+        }
     }
 
     /// The largest device batch up to `configured` rows whose step fits in memory (see [`crate::fit`]), said on
-    /// stdout. `key` names what sets a step's memory (the device, the model's shape, the batch asked for): an
-    /// experiment with the same key takes the earlier answer without trying. The file is
-    /// `device-batch.json` in the profile's [`fit_dir`].
+    /// stdout. `key` names what sets a step's memory (the device, the model's shape, the batch asked for): a
+    /// training of the same file with the same key takes the earlier answer without trying (the harness keeps
+    /// the answers, per training file; outside the harness nothing is remembered).
     pub fn fit_device_batch(
         &self,
         key: &str,
         configured: usize,
         try_batch: impl FnMut(usize) -> Result<()>,
     ) -> Result<usize> {
-        let file = fit_dir(&self.cache, &self.profile().name).join("device-batch.json");
-        let fit = crate::fit::fit_device_batch(&file, key, configured, try_batch)?;
+        let fit = crate::fit::fit_device_batch(self.fit_file.as_deref(), key, configured, try_batch)?;
         let too_big: Vec<String> = fit.too_big.iter().map(usize::to_string).collect();
         match (fit.remembered, too_big.is_empty()) {
             (true, _) => println!("device batch: {} rows (found earlier for this device and model)", fit.rows),

@@ -1,17 +1,22 @@
 //! The sandbox the agent's code runs in (Linux Landlock, unprivileged): it may read everything but the
-//! validation data, and write only beneath a few folders. The training binary applies it to itself before the
-//! agent's code starts; children inherit it.
+//! validation data and earlier experiments' files (save its own hand-over folder), write only beneath a few
+//! folders and device nodes, open no TCP connection and bind no TCP port (Landlock ABI 4), and signal or reach
+//! through abstract Unix sockets no process outside its sandbox (ABI 6). The training binary applies it to
+//! itself before the agent's code starts; children inherit it. Where the kernel's Landlock lacks the network or
+//! scope rules, the log line says so.
 //!
 //! Landlock only grants: to deny one file, every entry of each folder on the way down to it is granted one by
 //! one, and the folders on the way get only the right to list them. Symbolic links are judged by where they
 //! lead, so that a link to a folder above the validation data does not open it. Not covered: bind mounts and
-//! hard links of the data elsewhere, and files created later directly in a folder on the way.
+//! hard links of the data elsewhere, files created later directly in a folder on the way, and names: the
+//! root's listing right reaches every folder beneath it, so a denied folder can be listed, not read.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use landlock::{
-    Access, AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, ABI,
+    Access, AccessFs, AccessNet, BitFlags, LandlockStatus, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 use serde::{Deserialize, Serialize};
 
@@ -21,8 +26,12 @@ use serde::{Deserialize, Serialize};
 pub struct Policy {
     /// Files and folders it may neither read, list nor run.
     pub deny_read: Vec<PathBuf>,
-    /// Folders beneath which it may write; nothing else is writable.
+    /// Folders beneath which it may read, even inside a denied one (its own hand-over folder in the session's).
+    pub read: Vec<PathBuf>,
+    /// Folders beneath which it may write, and files (device nodes) it may write; nothing else is writable.
     pub write: Vec<PathBuf>,
+    /// TCP stays open (the build, which may fetch crates); else no TCP connection or bound port.
+    pub allow_network: bool,
     /// No sandbox at all: the user turned it off (`AUTORESEARCH_SANDBOX=off`).
     pub off: bool,
 }
@@ -50,37 +59,53 @@ impl Policy {
         let rules = read_rules(&deny)?;
         let read = AccessFs::from_read(ABI_USED);
         let write = AccessFs::from_write(ABI_USED);
+        // Listing is a right of folders only: a file's rule without it, or Landlock counts the rule as only
+        // partly enforced.
         let rule = |path: &Path, access: BitFlags<AccessFs>| -> Result<PathBeneath<PathFd>> {
+            let access = if path.is_dir() { access } else { access & AccessFs::from_file(ABI_USED) };
             Ok(PathBeneath::new(
                 PathFd::new(path).with_context(|| format!("sandbox: opening {}", path.display()))?,
                 access,
             ))
         };
-        let mut ruleset = Ruleset::default().handle_access(AccessFs::from_all(ABI_USED))?.create()?;
+        let mut ruleset = Ruleset::default().handle_access(AccessFs::from_all(ABI_USED))?;
+        if !self.allow_network {
+            ruleset = ruleset.handle_access(AccessNet::from_all(ABI::V4))?;
+        }
+        let mut ruleset = ruleset.scope(Scope::from_all(ABI::V6))?.create()?;
         for (path, whole) in &rules {
-            // Listing is a right of folders only: a file's rule without it, or Landlock counts the rule as
-            // only partly enforced.
-            let access = match (*whole, path.is_dir()) {
-                (true, true) => read,
-                (true, false) => read & AccessFs::from_file(ABI_USED),
-                (false, _) => AccessFs::ReadDir.into(),
-            };
-            ruleset = ruleset.add_rule(rule(path, access)?)?;
+            ruleset = ruleset.add_rule(rule(path, if *whole { read } else { AccessFs::ReadDir.into() })?)?;
+        }
+        for dir in &self.read {
+            ruleset = ruleset.add_rule(rule(dir, read)?)?;
         }
         for dir in &self.write {
             ruleset = ruleset.add_rule(rule(dir, write)?)?;
         }
         let status = ruleset.restrict_self().context("sandbox: enforcing the Landlock rules")?;
-        let what = format!("{} unreadable, writes only beneath {}", list(&self.deny_read), list(&self.write));
-        Ok(match status.ruleset {
-            RulesetStatus::FullyEnforced => format!("sandbox: Landlock: {what}"),
-            RulesetStatus::PartiallyEnforced => {
-                format!("sandbox: Landlock, partly (an older kernel enforces a subset): {what}")
-            }
-            RulesetStatus::NotEnforced => {
-                "sandbox: none (this kernel has no Landlock): the agent's code runs unconfined".to_string()
-            }
-        })
+        if status.ruleset == RulesetStatus::NotEnforced {
+            return Ok("sandbox: none (this kernel has no Landlock): the agent's code runs unconfined".to_string());
+        }
+        let abi = match status.landlock {
+            LandlockStatus::Available { effective_abi, .. } => effective_abi,
+            _ => ABI::Unsupported,
+        };
+        let mut what = format!("{} unreadable", list(&self.deny_read));
+        if !self.read.is_empty() {
+            what += &format!(" (but {})", list(&self.read));
+        }
+        what += &format!(", writes only to {}", list(&self.write));
+        what += match (self.allow_network, abi >= ABI::V4) {
+            (true, _) => ", network open",
+            (false, true) => ", network closed (no TCP connect or bind)",
+            (false, false) => ", network OPEN: this kernel's Landlock has no TCP rules (ABI 4)",
+        };
+        what += if abi >= ABI::V6 {
+            ", no signals or abstract sockets out of the sandbox"
+        } else {
+            ", signals out of the sandbox OPEN: this kernel's Landlock has no scopes (ABI 6)"
+        };
+        Ok(format!("sandbox: Landlock ABI {}: {what}", abi as i32))
     }
 }
 
@@ -168,6 +193,46 @@ mod tests {
             assert!(listed(p) && !whole(p), "{} is only listed", p.display());
         }
         assert_eq!(read_rules(&[]).unwrap(), vec![(PathBuf::from("/"), true)]);
+    }
+
+    #[test]
+    fn a_sandboxed_process_reads_its_own_folder_only_and_reaches_no_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let (session, own) = (root.join("session"), root.join("session/runs/2/seed-42"));
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::create_dir_all(root.join("session/runs/1/seed-42")).unwrap();
+        std::fs::write(root.join("session/runs/1/seed-42/model.safetensors"), "old").unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let policy = Policy {
+            deny_read: vec![session.clone()],
+            read: vec![own.clone()],
+            write: vec![own.clone(), PathBuf::from("/dev/null")],
+            ..Policy::default()
+        };
+        // In a thread of its own: the sandbox restricts the thread that applies it and what it starts.
+        let (own2, session2) = (own.clone(), session.clone());
+        let line = std::thread::spawn(move || {
+            let line = policy.apply().unwrap();
+
+            std::fs::write(own2.join("x"), "mine").unwrap();
+            assert_eq!(std::fs::read_to_string(own2.join("x")).unwrap(), "mine", "its own folder");
+            assert!(std::fs::OpenOptions::new().write(true).open("/dev/null").is_ok(), "a device node granted");
+            let denied = |r: std::io::Result<()>| r.unwrap_err().kind() == std::io::ErrorKind::PermissionDenied;
+
+            assert!(denied(std::fs::read(session2.join("runs/1/seed-42/model.safetensors")).map(drop)));
+            // (Listing a folder stays possible: the root's rule lets every folder be listed.)
+            assert!(denied(std::fs::write(session2.join("planted"), "x")));
+            assert!(std::fs::write("/dev/shm/autoresearch-sandbox-test", "x").is_err(), "no other device");
+            assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "no TCP connection");
+            assert!(std::net::TcpListener::bind("127.0.0.1:0").is_err(), "no TCP port");
+            line
+        })
+        .join()
+        .unwrap();
+        assert!(line.contains("network closed") && line.contains("no signals"), "{line}");
+        assert!(std::fs::read_dir(&session).is_ok(), "other threads are not restricted");
     }
 
     #[test]

@@ -72,14 +72,25 @@ pub fn alive(pid: i32) -> bool {
     stat_fields(pid).is_some_and(|fields| !fields.trim_start().starts_with('Z'))
 }
 
-/// Waits for `child`, polling `stop` every 50 ms; kills its whole group and returns None when `stop` says so.
+/// How long a stopped child has to end what it started (the training binary's supervisor kills every
+/// process of its phase, also those that left the group) before its group is killed.
+pub const GRACE: Duration = Duration::from_secs(2);
+
+/// Waits for `child`, polling `stop` every 50 ms. When `stop` says so: asks the child to stop (SIGTERM), gives
+/// it [`GRACE`] to end its own processes, then kills its whole group; returns None.
 pub fn wait_or_kill(child: &mut Child, mut stop: impl FnMut() -> bool) -> Result<Option<ExitStatus>> {
     loop {
         if let Some(status) = child.try_wait().context("waiting for a child process")? {
             return Ok(Some(status));
         }
         if stop() {
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let pid = child.id() as i32;
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + GRACE;
+            while child.try_wait()?.is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
             child.wait()?;
             return Ok(None);
         }

@@ -70,6 +70,9 @@ pub struct Trainer {
     pub installed: Option<PathBuf>,
     /// Set in the environment of both phases (a worker's GPU or thread count).
     pub env: Vec<(String, String)>,
+    /// The cores both phases are pinned to (a worker's share; empty: not pinned). A process may widen its own
+    /// affinity again: this keeps honest trainings apart, it does not confine one.
+    pub cpus: Vec<usize>,
     /// The build runs sandboxed where this is set: the program that applies the policy and runs cargo
     /// (`autoresearch sandboxed`), and the policy (the validation data unreadable, so that the training file
     /// cannot compile it in with `include_bytes!`).
@@ -86,6 +89,7 @@ impl Trainer {
             prebuilt: None,
             installed: None,
             env: Vec::new(),
+            cpus: Vec::new(),
             build_sandbox: None,
         }
     }
@@ -267,6 +271,23 @@ impl Trainer {
             cmd.env("LD_LIBRARY_PATH", cuda_library_path()?).env(DEVICE_ENV, "cuda");
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        if !self.cpus.is_empty() {
+            let cpus = self.cpus.clone();
+            use std::os::unix::process::CommandExt;
+            // In the child between fork and exec: sched_setaffinity is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    for &c in &cpus {
+                        libc::CPU_SET(c, &mut set);
+                    }
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                })
+            };
+        }
         Ok(cmd)
     }
 }
@@ -324,6 +345,7 @@ mod tests {
             prebuilt: None,
             installed: None,
             env: Vec::new(),
+            cpus: Vec::new(),
             build_sandbox: None,
         }
     }

@@ -1,7 +1,10 @@
 //! One training: the training binary's two phases (see [`autoresearch_harness::handover`]), timed and checked
-//! here. The training phase runs sandboxed and is stopped at the budget plus its allowance; the evaluation
-//! phase reports through a result file with a nonce, and the summary block is composed here, from that result,
-//! the training's account of itself and this clock.
+//! here. The training phase runs sandboxed and is stopped at its deadline (its start + the budget + the
+//! profile's allowance); the evaluation phase reports through a result file with a nonce, and the summary block
+//! is composed here, from that result, the training's account of itself and this clock. A crash is classified
+//! by the status file the phase's fixed code wrote, else by how the process ended; never by its log. The
+//! hand-over folder's temporary files are removed on every outcome, and the device batch the training reports is
+//! kept here for the next training of the same binary ([`autoresearch_harness::fit`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use autoresearch_harness::device::peak_bf16_flops;
+use autoresearch_harness::fit;
 use autoresearch_harness::handover::{
-    allowance, EvalResult, Phase, PhaseArgs, TrainingStats, CHECKPOINT, TMP, TRAINING_STATS,
+    allowance, EvalResult, Phase, PhaseArgs, PhaseStatus, TrainingStats, CHECKPOINT, TMP, TRAINING_STATS,
 };
 use autoresearch_harness::profile::{cache_root, fit_dir, Prepared};
 use autoresearch_harness::sandbox::Policy;
@@ -19,7 +23,7 @@ use autoresearch_harness::shards::{split_files, Split};
 use autoresearch_harness::summary::Summary;
 
 use crate::process::{wait_or_kill, Role};
-use crate::trainer::{Trainer, TrainingSettings};
+use crate::trainer::{DeviceChoice, Trainer, TrainingSettings};
 
 /// Lines of a failed training's log shown to the agent.
 pub const TAIL_LINES: usize = 50;
@@ -96,6 +100,20 @@ impl TrainingFiles {
             log,
         }
     }
+
+    /// Where a phase's fixed code writes how it ended: beside the result, where the sandbox does not let it write.
+    pub fn status(&self) -> PathBuf {
+        self.result.with_extension("status.json")
+    }
+}
+
+/// Removes the hand-over folder's temporary files when dropped: on every outcome.
+struct TemporaryFiles(PathBuf);
+
+impl Drop for TemporaryFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// What the sandboxes allow, from the prepared profile and where this training keeps its files.
@@ -114,32 +132,69 @@ pub fn validation_sources(prepared: &Prepared) -> Vec<PathBuf> {
 }
 
 /// The sandbox of the build: the validation data unreadable (`include_bytes!` would compile it in), writes
-/// anywhere.
+/// anywhere, the network open (cargo may fetch crates).
 pub fn build_sandbox(prepared: &Prepared) -> Policy {
-    Policy { deny_read: validation_sources(prepared), write: vec![PathBuf::from("/")], off: false }.unless_turned_off()
+    Policy {
+        deny_read: validation_sources(prepared),
+        write: vec![PathBuf::from("/")],
+        allow_network: true,
+        ..Policy::default()
+    }
+    .unless_turned_off()
 }
 
-pub fn sandboxes(cache: &Path, prepared: &Prepared, files: &TrainingFiles) -> Result<Sandboxes> {
-    let fit = fit_dir(cache, &prepared.profile.name);
-    std::fs::create_dir_all(&fit).with_context(|| format!("creating {}", fit.display()))?;
-    // Devices (GPUs, /dev/null, /dev/shm) and CUDA's kernel cache are needed by any training; and CUDA does
-    // not start without writes beneath /proc or /sys (measured on an H200: cudaGetDeviceCount fails with
-    // error 304 when only /dev and a temporary folder are writable, and works with /proc and /sys added).
-    // Writing there reaches neither the data nor the ledger: Landlock keeps a sandboxed process from other
-    // processes' /proc entries, and /proc/self/root resolves to paths the rules judge as any other.
-    let mut shared = vec![PathBuf::from("/dev"), PathBuf::from("/proc"), PathBuf::from("/sys")];
-    shared.extend(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".nv")).filter(|p| p.is_dir()));
-    let deny = validation_sources(prepared);
-    let mut training_writes = vec![files.handover.clone(), fit];
-    training_writes.extend(shared.iter().cloned());
+/// Device nodes a training on the CPU may write, one by one: not /dev/shm, nor anything else that outlives it.
+pub const CPU_DEVICES: [&str; 6] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"];
+
+/// What no phase may read: the validation data, and what earlier experiments left in the repository `root` (the
+/// session's folder with its runs, checkpoints, logs and workers' trees; the ledger; the last log).
+pub fn unreadable(prepared: &Prepared, root: &Path) -> Vec<PathBuf> {
+    let mut deny = validation_sources(prepared);
+    deny.extend([crate::STATE_DIR, crate::RESULTS_FILE, "run.log"].map(|p| root.join(p)));
+    deny
+}
+
+pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingFiles) -> Sandboxes {
+    let mut devices: Vec<PathBuf> = if cuda {
+        // CUDA needs the GPUs' device nodes, and does not start without writes beneath /proc or /sys (measured
+        // on an H200: cudaGetDeviceCount fails with error 304 when only /dev and a temporary folder are
+        // writable, and works with /proc and /sys added); its kernel cache is ~/.nv. Kept as measured: no GPU
+        // has run a narrower policy yet. Writing there reaches neither the data nor the ledger: Landlock keeps
+        // a sandboxed process from other processes' /proc entries, and /proc/self/root resolves to paths the
+        // rules judge as any other.
+        let mut d = vec![PathBuf::from("/dev"), PathBuf::from("/proc"), PathBuf::from("/sys")];
+        d.extend(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".nv")).filter(|p| p.is_dir()));
+        d
+    } else {
+        CPU_DEVICES.iter().map(PathBuf::from).filter(|p| p.exists()).collect()
+    };
+    let mut deny = unreadable(prepared, root);
+    if !cuda {
+        // Files left there by an earlier training would be read back.
+        deny.push(PathBuf::from("/dev/shm"));
+    }
+    let mut training_writes = vec![files.handover.clone()];
+    training_writes.append(&mut devices.clone());
     let mut evaluation_writes = vec![files.handover.join(TMP)];
-    evaluation_writes.extend(shared);
+    evaluation_writes.append(&mut devices);
     let mut evaluation_deny = deny.clone();
     evaluation_deny.push(prepared.data_dir.clone());
-    Ok(Sandboxes {
-        training: Policy { deny_read: deny, write: training_writes, off: false }.unless_turned_off(),
-        evaluation: Policy { deny_read: evaluation_deny, write: evaluation_writes, off: false }.unless_turned_off(),
-    })
+    let read = vec![files.handover.clone()];
+    Sandboxes {
+        training: Policy { deny_read: deny, read: read.clone(), write: training_writes, ..Policy::default() }
+            .unless_turned_off(),
+        evaluation: Policy { deny_read: evaluation_deny, read, write: evaluation_writes, ..Policy::default() }
+            .unless_turned_off(),
+    }
+}
+
+/// Which training binary this is, for the device batches kept per binary: its file's identity (device, inode,
+/// size, modification time), which every build changes and no training can set (it writes no binary). Cheaper
+/// than hashing the ~100 MB binary, and the same for every rerun of one build.
+fn binary_identity(path: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("{}:{}:{}:{}.{:09}", m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 /// A fresh nonce: 16 random bytes, in hex.
@@ -150,33 +205,27 @@ pub fn nonce() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Why a finished phase counts as a crash, if it does, and whether the cause may lie outside the file.
-pub fn crash_reason(status: ExitStatus, log: &str) -> Option<(String, bool)> {
+/// Why a finished phase counts as a crash, if it does, and whether the cause may lie outside the file: the
+/// status its fixed code wrote, else (a process that died before it could write one) how the process ended.
+pub fn crash_reason(status: ExitStatus, phase: Option<&PhaseStatus>) -> Option<(String, bool)> {
     use std::os::unix::process::ExitStatusExt;
     if status.success() {
         return None;
     }
-    let lines: Vec<&str> = log.split(['\n', '\r']).collect();
-    if lines.iter().any(|l| l.starts_with("FAIL")) {
-        return Some(("FAIL: the loss was NaN or above 100".into(), false));
-    }
-    if log.contains("out of memory") {
-        return Some(("out of memory".into(), true));
-    }
-    if let Some(i) = lines.iter().position(|l| l.contains("panicked at")) {
-        let message = lines.get(i + 1).map_or("", |m| m.trim());
-        return Some((format!("panic: {message}"), false));
-    }
-    if let Some(error) = lines.iter().rev().find_map(|l| l.strip_prefix("error: ")) {
-        let error: String = error.chars().take(300).collect();
-        return Some((error, false));
+    if let Some(crash) = phase.and_then(PhaseStatus::crash) {
+        return Some(crash);
     }
     Some(match status.signal() {
         Some(9) => ("killed (signal 9: out of memory?)".into(), true),
         Some(15) => ("killed by signal 15".into(), true),
         Some(sig) => (format!("killed by signal {sig}"), false),
-        None => (format!("exit code {}", status.code().unwrap_or(-1)), false),
+        None => (format!("exit code {} (the phase wrote no status)", status.code().unwrap_or(-1)), false),
     })
+}
+
+/// The status a phase's fixed code wrote (none where it wrote none or it does not parse).
+fn read_status(path: &Path) -> Option<PhaseStatus> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// The last `n` lines of a log, progress lines (\r) counted as lines.
@@ -272,9 +321,16 @@ fn train_and_evaluate_begun(
     }
     std::fs::create_dir_all(files.handover.join(TMP))
         .with_context(|| format!("creating {}", files.handover.display()))?;
+    let _temporary = TemporaryFiles(files.handover.join(TMP));
     let _ = std::fs::remove_file(&files.result);
     std::fs::write(&files.log, "").with_context(|| format!("creating {}", files.log.display()))?;
-    let sandboxes = sandboxes(&cache, &prepared, files)?;
+    let sandboxes = sandboxes(&prepared, &trainer.root, trainer.device == DeviceChoice::Cuda, files);
+    // The device batches remembered for this binary: the training reads them, and reports its own, there.
+    let fit_cache = fit_dir(&cache, &prepared.profile.name).join(fit::CACHE_FILE);
+    let binary = binary_identity(&trainer.binary())?;
+    let report = files.handover.join(fit::REPORT_FILE);
+    std::fs::write(&report, serde_json::to_vec(&fit::remembered(&fit_cache, &binary))?)
+        .with_context(|| format!("writing {}", report.display()))?;
     let deadline = (started + timeout, format!("timeout: killed after {:.0} s", timeout.as_secs_f64()));
     let read_log = || String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
     let crash = |reason: String, retryable: bool| Crash { reason, retryable, log_tail: tail(&read_log(), TAIL_LINES) };
@@ -286,18 +342,27 @@ fn train_and_evaluate_begun(
         Begun::Failed(why) => return done(Err(crash(why, false)), false),
     }
     // Where the place a phase ran says it failed (a cancelled job, a lost node: srun may even exit 0 then), that
-    // is the crash's reason, and not the file's fault; else the exit status and the log say.
-    let failed = |procs: &mut dyn Processes, status, log: &str| match procs.failure() {
+    // is the crash's reason, and not the file's fault; else the phase's status file and its exit status say.
+    let failed = |procs: &mut dyn Processes, status| match procs.failure() {
         Some(why) => Some((why, true)),
-        None => crash_reason(status, log),
+        None => crash_reason(status, read_status(&files.status()).as_ref()),
     };
-    let args =
-        PhaseArgs { phase: Phase::Train, handover: files.handover.clone(), result: None, sandbox: sandboxes.training };
-    let limit = budget + allowance(budget);
+    let allowance = allowance(&prepared.profile.name);
+    let limit = budget + allowance;
+    let unix_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+    let args = PhaseArgs {
+        phase: Phase::Train,
+        handover: files.handover.clone(),
+        result: None,
+        status: Some(files.status()),
+        deadline: Some(unix_now + limit),
+        sandbox: sandboxes.training,
+    };
     let over = format!(
-        "over time: the training phase took longer than the budget of {budget} s plus the allowance of {} s",
-        allowance(budget)
+        "over time: the training phase was stopped at its deadline, the budget of {budget} s plus the allowance of \
+         {allowance} s"
     );
+    let _ = std::fs::remove_file(files.status());
     let cmd = trainer.phase_command(settings, &args)?;
     let (ended, training_wall) = run_phase(
         procs,
@@ -312,7 +377,7 @@ fn train_and_evaluate_begun(
         Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
         Ended::OverTime(why) => return done(Err(crash(why, true)), false),
         Ended::Exited(status) => {
-            if let Some((reason, retryable)) = failed(procs, status, &read_log()) {
+            if let Some((reason, retryable)) = failed(procs, status) {
                 return done(Err(crash(reason, retryable)), false);
             }
         }
@@ -321,6 +386,10 @@ fn train_and_evaluate_begun(
         Ok(s) => s,
         Err(e) => return done(Err(crash(format!("no model handed over: {e:#}"), false)), false),
     };
+    match std::fs::read(&report).map_err(anyhow::Error::from).and_then(|r| fit::keep(&fit_cache, &binary, &r)) {
+        Ok(_) => {}
+        Err(e) => append(&files.log, &format!("device batch not remembered: {}: {e:#}\n", report.display()))?,
+    }
 
     // The evaluation; one that fails in a way that may not be the model's fault is tried once more.
     let mut tries = 0;
@@ -331,7 +400,7 @@ fn train_and_evaluate_begun(
         let failure = match ended {
             Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
             Ended::OverTime(why) => return done(Err(crash(why, true)), false),
-            Ended::Exited(status) => failed(procs, status, &read_log()),
+            Ended::Exited(status) => failed(procs, status),
         };
         match failure {
             Some((reason, true)) if tries == 1 => {
@@ -365,7 +434,6 @@ fn train_and_evaluate_begun(
         seed,
     };
     append(&files.log, &format!("\n{summary}\n"))?;
-    let _ = std::fs::remove_dir_all(files.handover.join(TMP));
     done(Ok(summary), false)
 }
 
@@ -384,9 +452,12 @@ fn evaluation_phase(
         phase: Phase::Evaluate,
         handover: files.handover.clone(),
         result: Some(files.result.clone()),
+        status: Some(files.status()),
+        deadline: None,
         sandbox: sandbox.clone(),
     };
     let _ = std::fs::remove_file(&files.result);
+    let _ = std::fs::remove_file(files.status());
     let cmd = trainer.phase_command(settings, &args)?;
     let (ended, wall) =
         run_phase(procs, cmd, Role::Evaluation, &files.log, Some(&format!("{nonce}\n")), None, deadline)?;
@@ -445,19 +516,19 @@ pub fn evaluate_again(
         bail!("no checkpoint at {} (kept for kept runs and crashed evaluations)", checkpoint.display());
     }
     std::fs::create_dir_all(files.handover.join(TMP))?;
-    let sandboxes = sandboxes(&cache, &prepared, files)?;
+    let _temporary = TemporaryFiles(files.handover.join(TMP));
+    let sandboxes = sandboxes(&prepared, &trainer.root, trainer.device == DeviceChoice::Cuda, files);
     let deadline = (Instant::now() + Duration::from_secs(24 * 3600), String::new());
     let (ended, _, nonce) = evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline)?;
     let log = String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
     match ended {
         Ended::Exited(status) => {
-            if let Some((reason, _)) = crash_reason(status, &log) {
+            if let Some((reason, _)) = crash_reason(status, read_status(&files.status()).as_ref()) {
                 bail!("the evaluation failed: {reason}\n{}", tail(&log, TAIL_LINES));
             }
         }
         _ => bail!("the evaluation was interrupted"),
     }
-    let _ = std::fs::remove_dir_all(files.handover.join(TMP));
     let budget = settings.time_budget.unwrap_or(prepared.profile.time_budget);
     check_result(read_result(&files.result, &nonce)?, &prepared, budget, settings.seed.unwrap_or(crate::state::SEED))
 }
@@ -468,21 +539,56 @@ mod tests {
     use std::os::unix::process::ExitStatusExt;
 
     #[test]
-    fn crashes_are_named_from_the_exit_and_the_log() {
+    fn crashes_are_named_from_the_phases_status_and_the_exit() {
+        use autoresearch_harness::handover::Outcome;
         let exit = |code: i32| ExitStatus::from_raw(code << 8);
         let signal = |sig: i32| ExitStatus::from_raw(sig);
-        let named = |status, log| crash_reason(status, log).unwrap();
-        assert_eq!(crash_reason(exit(0), "anything"), None);
-        let nan = "step 00012 | loss: nan\r\nFAIL: loss NaN at step 12\n";
-        assert_eq!(named(exit(1), nan), ("FAIL: the loss was NaN or above 100".into(), false));
-        assert_eq!(named(exit(101), "CUDA out of memory. Tried to allocate 2.00 GiB"), ("out of memory".into(), true));
-        let panic = "thread 'main' (7) panicked at train/train.rs:12:5:\nindex out of bounds\nnote: run with RUST_BACKTRACE=1\n";
-        assert_eq!(named(exit(101), panic), ("panic: index out of bounds".into(), false));
-        let error = "sandbox: Landlock: ...\nerror: non-causal: position 3 sees later tokens\n";
-        assert_eq!(named(exit(1), error), ("non-causal: position 3 sees later tokens".into(), false));
-        assert_eq!(named(signal(9), ""), ("killed (signal 9: out of memory?)".into(), true));
-        assert_eq!(named(signal(11), ""), ("killed by signal 11".into(), false));
-        assert_eq!(named(exit(3), "no data"), ("exit code 3".into(), false));
+        let status = |outcome, message: &str| Some(PhaseStatus { outcome, message: message.into() });
+        assert_eq!(crash_reason(exit(0), None), None);
+        let oom = status(Outcome::OutOfMemory, "CUDA out of memory. Tried to allocate 2.00 GiB");
+        assert!(crash_reason(exit(1), oom.as_ref()).unwrap().1);
+        let error = status(Outcome::Error, "non-causal: position 3 sees later tokens");
+        assert_eq!(
+            crash_reason(exit(1), error.as_ref()),
+            Some(("non-causal: position 3 sees later tokens".into(), false))
+        );
+        // The status, not the log: "out of memory" printed by the agent's code is not read.
+        let panic = status(Outcome::Panic, "boom");
+        assert_eq!(crash_reason(exit(1), panic.as_ref()), Some(("panic: boom".into(), false)));
+        assert_eq!(crash_reason(signal(9), None), Some(("killed (signal 9: out of memory?)".into(), true)));
+        assert_eq!(crash_reason(signal(11), None), Some(("killed by signal 11".into(), false)));
+        assert_eq!(crash_reason(exit(3), None), Some(("exit code 3 (the phase wrote no status)".into(), false)));
+    }
+
+    fn prepared(dir: &Path) -> Prepared {
+        Prepared {
+            profile: autoresearch_harness::profile::Profile::builtin("small").unwrap(),
+            data_dir: dir.into(),
+            source: "test".into(),
+            val_sources: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn no_phase_reads_what_earlier_experiments_left_and_the_cpu_gets_device_nodes_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TrainingFiles::in_folder(&dir.path().join("repo/.autoresearch/runs/3"), 42, dir.path().join("l"));
+        let cpu = sandboxes(&prepared(dir.path()), &dir.path().join("repo"), false, &files);
+        for p in [".autoresearch", "results.tsv", "run.log"] {
+            assert!(cpu.training.deny_read.contains(&dir.path().join("repo").join(p)), "{p}");
+            assert!(cpu.evaluation.deny_read.contains(&dir.path().join("repo").join(p)), "{p}");
+        }
+        assert!(cpu.training.deny_read.contains(&PathBuf::from("/dev/shm")));
+        assert_eq!(cpu.training.read, vec![files.handover.clone()], "its own hand-over folder");
+        assert!(cpu.training.write.contains(&files.handover) && cpu.training.write.contains(&"/dev/null".into()));
+        assert!(!cpu.training.write.iter().any(|w| w == Path::new("/dev") || w.starts_with("/proc")));
+        assert!(!cpu.training.allow_network && !cpu.evaluation.allow_network);
+        // CUDA keeps the policy measured on an H200.
+        let cuda = sandboxes(&prepared(dir.path()), &dir.path().join("repo"), true, &files);
+        for p in ["/dev", "/proc", "/sys"] {
+            assert!(cuda.training.write.contains(&PathBuf::from(p)), "{p}");
+        }
+        assert!(files.status().ends_with("runs/3/result-42.status.json"));
     }
 
     #[test]
@@ -495,12 +601,7 @@ mod tests {
     #[test]
     fn a_result_must_carry_the_nonce_and_match_the_training() {
         let dir = tempfile::tempdir().unwrap();
-        let prepared = Prepared {
-            profile: autoresearch_harness::profile::Profile::builtin("small").unwrap(),
-            data_dir: dir.path().into(),
-            source: "test".into(),
-            val_sources: Vec::new(),
-        };
+        let prepared = prepared(dir.path());
         let result = EvalResult {
             nonce: "n1".into(),
             val_bpb: 1.5,

@@ -23,16 +23,29 @@ use crate::slurm::SlurmOptions;
 use crate::trainer::Trainer;
 use crate::{worker_journals, Workspace};
 
-/// What one worker gets: its environment (its GPU, or its share of the CPU's threads).
+/// What one worker gets: its environment (its GPU, or its share of the CPU's threads) and, on the CPU, the
+/// cores its trainings are pinned to.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerSetup {
     pub env: Vec<(String, String)>,
-    /// In words, for the log: "GPU 3", "2 threads".
+    /// CPU affinity of its training phases (empty: not pinned).
+    pub cpus: Vec<usize>,
+    /// In words, for the log: "GPU 3", "2 threads (cores 0-1)".
     pub label: String,
 }
 
-/// One worker per GPU in `gpus`; or, on the CPU, `n` workers that split `cores` (a thread count each).
-pub fn local_setups(n: usize, gpus: Option<&[String]>, cores: usize) -> Result<Vec<WorkerSetup>> {
+/// The cores this process may run on (its CPU affinity), in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+    }
+    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+}
+
+/// One worker per GPU in `gpus`; or, on the CPU, `n` workers that split `cores` (the core ids): each gets its
+/// own cores (its trainings pinned to them) and as many threads. Fewer cores than workers: shared, round robin.
+pub fn local_setups(n: usize, gpus: Option<&[String]>, cores: &[usize]) -> Result<Vec<WorkerSetup>> {
     if n == 0 {
         anyhow::bail!("--workers must be at least 1");
     }
@@ -50,15 +63,31 @@ pub fn local_setups(n: usize, gpus: Option<&[String]>, cores: usize) -> Result<V
                 .iter()
                 .map(|g| WorkerSetup {
                     env: vec![("CUDA_VISIBLE_DEVICES".into(), g.clone())],
+                    cpus: Vec::new(),
                     label: format!("GPU {g}"),
                 })
                 .collect()
         }
         None => {
-            let threads = (cores / n).max(1);
-            let env = vec![("OMP_NUM_THREADS".into(), threads.to_string())];
-            let label = format!("{threads} thread{}", if threads == 1 { "" } else { "s" });
-            vec![WorkerSetup { env, label }; n]
+            let threads = (cores.len() / n).max(1);
+            (0..n)
+                .map(|i| {
+                    let cpus: Vec<usize> = if cores.len() >= n {
+                        cores[i * threads..(i + 1) * threads].to_vec()
+                    } else {
+                        cores.get(i % cores.len().max(1)).copied().into_iter().collect()
+                    };
+                    let env = vec![("OMP_NUM_THREADS".into(), threads.to_string())];
+                    let ids: Vec<String> = cpus.iter().map(usize::to_string).collect();
+                    let label = format!(
+                        "{threads} thread{} (core{} {})",
+                        if threads == 1 { "" } else { "s" },
+                        if cpus.len() == 1 { "" } else { "s" },
+                        ids.join(",")
+                    );
+                    WorkerSetup { env, cpus, label }
+                })
+                .collect()
         }
     })
 }
@@ -70,11 +99,12 @@ pub fn slurm_setups(n: usize, opts: &SlurmOptions) -> Result<Vec<WorkerSetup>> {
         anyhow::bail!("--workers must be at least 1");
     }
     let setup = match (opts.gpu, opts.cpus) {
-        (true, _) => WorkerSetup { env: Vec::new(), label: "Slurm jobs, 1 GPU".into() },
+        (true, _) => WorkerSetup { env: Vec::new(), cpus: Vec::new(), label: "Slurm jobs, 1 GPU".into() },
         (false, cpus) => {
             let threads = cpus.unwrap_or(1);
             WorkerSetup {
                 env: vec![("OMP_NUM_THREADS".into(), threads.to_string())],
+                cpus: Vec::new(),
                 label: format!("Slurm jobs, {threads} CPU{}", if threads == 1 { "" } else { "s" }),
             }
         }
@@ -105,6 +135,7 @@ pub fn run_workers(
         let trainer = Trainer {
             installed: Some(ws.own.join("bin").join("autoresearch-train")),
             env: setup.env.clone(),
+            cpus: setup.cpus.clone(),
             ..template.clone()
         };
         if opts.run.backend == crate::slurm::Backend::Local {
@@ -223,7 +254,12 @@ pub fn measure_noise_workers(
     let mut workers = Vec::new();
     for (i, setup) in setups.iter().enumerate() {
         let ws = Workspace::worker(&ledger, i + 1)?;
-        let trainer = Trainer { prebuilt: Some(binary.clone()), env: setup.env.clone(), ..template.clone() };
+        let trainer = Trainer {
+            prebuilt: Some(binary.clone()),
+            env: setup.env.clone(),
+            cpus: setup.cpus.clone(),
+            ..template.clone()
+        };
         workers.push((ws, trainer));
     }
     let seeds: Mutex<Vec<u64>> = Mutex::new((1..=k as u64).rev().map(|i| SEED + i).collect());
@@ -269,16 +305,23 @@ mod tests {
     #[test]
     fn workers_get_a_gpu_each_or_split_the_cores() {
         let gpus: Vec<String> = ["0", "1", "2"].map(String::from).to_vec();
-        let s = local_setups(2, Some(&gpus), 16).unwrap();
+        let cores = |n: usize| (0..n).collect::<Vec<usize>>();
+        let s = local_setups(2, Some(&gpus), &cores(16)).unwrap();
         assert_eq!(s[1].env, vec![("CUDA_VISIBLE_DEVICES".to_string(), "1".to_string())]);
-        assert_eq!(s[0].label, "GPU 0");
-        let err = local_setups(4, Some(&gpus), 16).unwrap_err().to_string();
+        assert_eq!((s[0].label.as_str(), s[0].cpus.len()), ("GPU 0", 0));
+        let err = local_setups(4, Some(&gpus), &cores(16)).unwrap_err().to_string();
         assert!(err.contains("4 workers need 4 GPUs (one each), but 3 are available: 0,1,2"), "{err}");
-        let s = local_setups(2, None, 2).unwrap();
+        let s = local_setups(2, None, &cores(2)).unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].env, vec![("OMP_NUM_THREADS".to_string(), "1".to_string())]);
-        assert_eq!(local_setups(3, None, 16).unwrap()[2].label, "5 threads");
-        assert_eq!(local_setups(4, None, 2).unwrap()[0].label, "1 thread");
-        assert!(local_setups(0, None, 2).is_err());
+        assert_eq!((s[0].cpus.clone(), s[1].cpus.clone()), (vec![0], vec![1]), "a core each");
+        let s = local_setups(3, None, &[2, 3, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]).unwrap();
+        assert_eq!(
+            (s[2].label.as_str(), &s[2].cpus[..]),
+            ("5 threads (cores 14,15,16,17,18)", &[14, 15, 16, 17, 18][..])
+        );
+        assert_eq!(local_setups(4, None, &cores(2)).unwrap()[3].label, "1 thread (core 1)");
+        assert!(local_setups(0, None, &cores(2)).is_err());
+        assert!(!allowed_cpus().is_empty());
     }
 }
