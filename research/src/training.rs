@@ -365,12 +365,11 @@ fn train_and_evaluate_begun(
         seed,
     };
     append(&files.log, &format!("\n{summary}\n"))?;
-    let _ = std::fs::remove_dir_all(files.handover.join(TMP));
     done(Ok(summary), false)
 }
 
-/// Runs the evaluation phase once on the checkpoint in `files.handover`, with a fresh nonce on its stdin: how
-/// it ended, its seconds, and the nonce its result must carry.
+/// Runs the evaluation phase once on the checkpoint in `files.handover`, with a fresh nonce on its stdin and a
+/// fresh temporary folder, removed after it: how it ended, its seconds, and the nonce its result must carry.
 fn evaluation_phase(
     trainer: &Trainer,
     settings: &TrainingSettings,
@@ -387,9 +386,14 @@ fn evaluation_phase(
         sandbox: sandbox.clone(),
     };
     let _ = std::fs::remove_file(&files.result);
+    let tmp = files.handover.join(TMP);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let cmd = trainer.phase_command(settings, &args)?;
     let (ended, wall) =
         run_phase(procs, cmd, Role::Evaluation, &files.log, Some(&format!("{nonce}\n")), None, deadline)?;
+    // Where the agent's code could write during the evaluation (on CUDA), what it was fed does not outlive it,
+    // not even when the evaluation failed.
+    let _ = std::fs::remove_dir_all(&tmp);
     Ok((ended, wall, nonce))
 }
 
@@ -444,7 +448,6 @@ pub fn evaluate_again(
     if !checkpoint.is_file() {
         bail!("no checkpoint at {} (kept for kept runs and crashed evaluations)", checkpoint.display());
     }
-    std::fs::create_dir_all(files.handover.join(TMP))?;
     let sandboxes = sandboxes(&cache, &prepared, files)?;
     let deadline = (Instant::now() + Duration::from_secs(24 * 3600), String::new());
     let (ended, _, nonce) = evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline)?;
@@ -457,7 +460,6 @@ pub fn evaluate_again(
         }
         _ => bail!("the evaluation was interrupted"),
     }
-    let _ = std::fs::remove_dir_all(files.handover.join(TMP));
     let budget = settings.time_budget.unwrap_or(prepared.profile.time_budget);
     check_result(read_result(&files.result, &nonce)?, &prepared, budget, settings.seed.unwrap_or(crate::state::SEED))
 }
