@@ -156,6 +156,10 @@ fn evaluate_in_model_process(
         sandbox: Policy { write: Vec::new(), ..args.sandbox.clone() },
     };
     let mut model = model_process::ModelProcess::start(&model_args, vocab)?;
+    let device = device_name(Device::Cpu);
+    // This process only takes cross-entropies between the model process's answers: one thread, so that idle
+    // worker threads here do not spin on the cores the model process computes on.
+    tch::set_num_threads(1);
     // Its policy has no folder to write beneath: the line says so in words.
     let sandbox = model.sandbox.strip_suffix(", writes only beneath").map(|l| format!("{l}, nothing writable"));
     println!("model process: {}", sandbox.as_deref().unwrap_or(&model.sandbox));
@@ -175,7 +179,7 @@ fn evaluate_in_model_process(
         plan.repeats,
         escape
     );
-    Ok((evaluated.val_bpb, device_name(Device::Cpu), timing))
+    Ok((evaluated.val_bpb, device, timing))
 }
 
 /// On CUDA, as measured on an H200: the agent's code in this process, the causality check of [`causality`]

@@ -51,6 +51,8 @@ pub fn serve<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) -> Result
     answers.flush()?;
     let vocab = run.profile().vocab_size as i64;
     let mut requests = BufReader::new(std::io::stdin().lock());
+    // One buffer for every answer, of the same size each time: no fresh pages to fault in per call.
+    let mut bytes = Vec::new();
     while let Some((rows, cols, tokens)) = read_request(&mut requests)? {
         let x = Tensor::from_slice(&tokens).view([rows, cols]).to_device(model.device());
         let logits = quietly(|| {
@@ -65,7 +67,7 @@ pub fn serve<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) -> Result
         });
         match logits {
             Ok(logits) => {
-                let mut bytes = vec![0u8; logits.numel() * 4];
+                bytes.resize(logits.numel() * 4, 0);
                 logits.copy_data_u8(&mut bytes, logits.numel());
                 answers.write_all(&[0])?;
                 answers.write_all(&bytes)?;
@@ -92,18 +94,18 @@ fn read_u32(input: &mut impl Read) -> std::io::Result<u32> {
     Ok(u32::from_le_bytes(b))
 }
 
-/// A text of the child, at most [`SHOWN`] characters of it, control characters but newlines made spaces.
-fn read_text(input: &mut impl Read) -> Result<String> {
+/// A text of the child, its last `cap` characters, control characters but newlines made spaces.
+fn read_text(input: &mut impl Read, cap: usize) -> Result<String> {
     let len = read_u32(input)? as usize;
     let mut bytes = vec![0u8; len.min(1 << 16)];
     input.read_exact(&mut bytes)?;
     ensure!(len <= 1 << 16, "the model process sent a text of {len} bytes");
-    Ok(shown(&String::from_utf8_lossy(&bytes)))
+    Ok(shown(&String::from_utf8_lossy(&bytes), cap))
 }
 
-fn shown(text: &str) -> String {
+fn shown(text: &str, cap: usize) -> String {
     let chars: Vec<char> = text.trim().chars().map(|c| if c.is_control() && c != '\n' { ' ' } else { c }).collect();
-    chars[chars.len().saturating_sub(SHOWN)..].iter().collect()
+    chars[chars.len().saturating_sub(cap)..].iter().collect()
 }
 
 /// The next request, or None where the evaluation closed stdin.
@@ -127,6 +129,8 @@ pub struct ModelProcess {
     answers: BufReader<ChildStdout>,
     stderr: Option<JoinHandle<String>>,
     vocab: i64,
+    /// Where answers are read to, reused.
+    buffer: Vec<u8>,
     /// The child's sandbox line, for the log.
     pub sandbox: String,
 }
@@ -142,6 +146,13 @@ impl ModelProcess {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting the model process")?;
+        // An answer is megabytes: pipes of 1 MiB (Linux's ceiling for a user) rather than 64 KiB spare most of the
+        // switches between the two processes, slow where other processes share the cores. A pipe left at its
+        // size is only slower.
+        for pipe in [child.stdin.as_ref().map(AsRawFd::as_raw_fd), child.stdout.as_ref().map(AsRawFd::as_raw_fd)] {
+            // SAFETY: fcntl on a descriptor this process holds open.
+            let _ = pipe.map(|fd| unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) });
+        }
         let mut stderr = child.stderr.take().expect("piped");
         // Read to the end, so that the child never blocks on a full pipe; only the tail is kept.
         let stderr = std::thread::spawn(move || {
@@ -162,9 +173,11 @@ impl ModelProcess {
             child,
             stderr: Some(stderr),
             vocab: vocab as i64,
+            buffer: Vec::new(),
             sandbox: String::new(),
         };
-        process.sandbox = match read_text(&mut process.answers) {
+        // Sent before any validation input, so it cannot carry one: shown whole, up to a long line.
+        process.sandbox = match read_text(&mut process.answers, 4096) {
             Ok(line) => line,
             Err(_) => return Err(process.failure()),
         };
@@ -191,13 +204,13 @@ impl ModelProcess {
         }
         match status[0] {
             0 => {
-                let mut bytes = vec![0u8; (rows * cols * self.vocab * 4) as usize];
-                if self.answers.read_exact(&mut bytes).is_err() {
+                self.buffer.resize((rows * cols * self.vocab * 4) as usize, 0);
+                if self.answers.read_exact(&mut self.buffer).is_err() {
                     return Err(self.failure());
                 }
-                Ok(Tensor::from_data_size(&bytes, &[rows, cols, self.vocab], Kind::Float))
+                Ok(Tensor::from_data_size(&self.buffer, &[rows, cols, self.vocab], Kind::Float))
             }
-            1 => match read_text(&mut self.answers) {
+            1 => match read_text(&mut self.answers, SHOWN) {
                 Ok(error) => bail!("{error}"),
                 Err(_) => Err(self.failure()),
             },
@@ -234,7 +247,7 @@ impl ModelProcess {
             Ok(s) => s.to_string(),
             Err(e) => format!("not waited for: {e}"),
         };
-        anyhow::anyhow!("the model process failed ({how}): {}", shown(&said))
+        anyhow::anyhow!("the model process failed ({how}): {}", shown(&said, SHOWN))
     }
 }
 
