@@ -409,6 +409,16 @@ fn a_research_session_end_to_end() {
     s.assert_consistent();
 }
 
+/// The test's training file capped at 15 steps, its schedules by step rather than by time: the result does not
+/// depend on the machine's speed (up to float noise), not even where other processes slow some steps down.
+fn fifteen_steps(training_file: &str) -> String {
+    let by_time = "let progress = (training_time / run.time_budget).min(1.0);";
+    assert!(training_file.contains(by_time), "the training file changed shape: update this test");
+    training_file
+        .replace("if step >= 25 ||", "if step >= 15 ||")
+        .replace(by_time, "let progress = (step as f64 / 15.0).min(1.0);")
+}
+
 /// Edits to the training file that would fake val_bpb, one experiment each: every one ends as a crash or a
 /// discard, with the reason named, and no number of theirs reaches the ledger; an honest improvement after them
 /// is still kept.
@@ -417,9 +427,9 @@ fn attacks_on_the_metric_are_not_kept() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = Session::new("attacks");
     // A short budget, so that a training that overstays is stopped soon (2 s + the allowance); 15 steps, well
-    // within it, so that the honest result does not depend on the machine's speed (up to float noise).
+    // within it.
     let train = s.repo.join("train/train.rs");
-    let honest = std::fs::read_to_string(&train).unwrap().replace("if step >= 25 ||", "if step >= 15 ||");
+    let honest = fifteen_steps(&std::fs::read_to_string(&train).unwrap());
     std::fs::write(&train, &honest).unwrap();
     git(&s.repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-am", "15 steps"]);
     assert!(s
@@ -1019,6 +1029,128 @@ fn two_workers_share_one_ledger_and_one_best() {
     let reruns = &rows[remeasure + 1..remeasure + 3];
     assert!(reruns.iter().all(|r| r.status == Status::Rerun), "{reruns:?}");
     assert!(reruns.iter().any(|r| r.extra.as_ref().unwrap().reason.ends_with("(trained by worker 2)")), "{reruns:?}");
+    s.assert_consistent();
+}
+
+/// Attacks on the evaluation itself, in the model's `logits` (on the CPU, in the evaluation's model process):
+/// models that behave on the check's rows alone (its first call) or leak where a check seldom looks (every fourth
+/// position, between the rows of a call), and one that tries to keep the validation inputs it is fed where a
+/// later training could read them (`/dev/shm`, its temporary folder, the session's folder, the log) or to reach
+/// the evaluation's memory. Each ends as a crash, or runs honestly and leaves nothing behind; an honest
+/// improvement after them is still kept.
+#[test]
+fn attacks_on_the_evaluation_are_not_kept() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Session::new("evaluation-attacks");
+    let train = s.repo.join("train/train.rs");
+    let honest = fifteen_steps(&std::fs::read_to_string(&train).unwrap());
+    std::fs::write(&train, &honest).unwrap();
+    git(&s.repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-am", "15 steps"]);
+    // A budget that 15 steps keep even on a machine shared with other work.
+    assert!(s
+        .run(&["init", "e1", "--profile", "small", "--time-budget", "30", "--device", "cpu", "--rule", "lower"])
+        .status
+        .success());
+    assert!(s.run(&["run", "-m", "baseline"]).status.success());
+    let baseline = s.rows()[0].clone();
+    assert_eq!(baseline.status, Status::Keep);
+    let logits_fn = "    fn logits(&self, inputs: &Tensor) -> Tensor {
+        autoresearch_ops::autocast(self.device.is_cuda(), || Gpt::logits(self, inputs))
+    }";
+    assert!(honest.contains(logits_fn), "the training file changed shape: update this test");
+    let model = |body: &str| {
+        honest.replace(
+            logits_fn,
+            &format!(
+                "    fn logits(&self, inputs: &Tensor) -> Tensor {{
+        let honest = autoresearch_ops::autocast(self.device.is_cuda(), || Gpt::logits(self, inputs));
+{body}
+    }}"
+            ),
+        )
+    };
+    let peek = "inputs.roll([-1], [1]).one_hot(self.config.vocab_size).to_kind(Kind::Float) * 20.0";
+    let caught = ["evaluation: non-causal: position ", "evaluation: the model changed while it was evaluated"];
+    let keep = r#"        let tokens = Vec::<i64>::try_from(inputs.flatten(0, -1)).unwrap();
+        let text = format!("LEAKED-INPUTS {:?}", &tokens[..8]);
+        println!("{text}");
+        eprintln!("{text}");
+        let tmp = std::env::var("TMPDIR").unwrap_or_default();
+        for path in ["/dev/shm/autoresearch-leak".to_string(), format!("{tmp}/leak"), ".autoresearch/leak".into()] {
+            match std::fs::write(&path, &text) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                other => panic!("writing {path}: {other:?}"),
+            }
+        }
+        let parent = std::os::unix::process::parent_id();
+        for (path, write) in [(format!("/proc/{parent}/mem"), false), ("/proc/self/mem".to_string(), true)] {
+            match std::fs::OpenOptions::new().read(!write).write(write).open(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                other => panic!("opening {path}: {other:?}"),
+            }
+        }
+        honest"#;
+    let evaluation_attacks = [
+        (
+            "honest on the evaluation's first call alone",
+            model(&format!(
+                "        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        if CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {{
+            return honest;
+        }}
+        honest + {peek}"
+            )),
+            &caught[..],
+        ),
+        (
+            "a leak at every fourth position",
+            model(&format!(
+                "        let column = Tensor::arange(inputs.size()[1], (Kind::Float, inputs.device()));
+        honest + {peek} * column.remainder(4.0).eq(3.0).to_kind(Kind::Float).view([1, -1, 1])"
+            )),
+            &caught[..],
+        ),
+        (
+            "a leak between the rows of a call",
+            model("        &honest + honest.mean_dim(0, true, Kind::Float) * 0.5"),
+            &caught[..],
+        ),
+        ("keep the validation inputs", model(keep), &["≤ margin"][..]),
+    ];
+    for (description, file, reasons) in evaluation_attacks {
+        std::fs::write(&train, file).unwrap();
+        let out = s.run(&["run", "-m", description, "--rule", "margin", "--min-delta", "0.01"]);
+        assert!(out.status.success(), "{description}");
+        let row = s.rows().last().unwrap().clone();
+        let why = &row.extra.as_ref().unwrap().reason;
+        assert_eq!(row.description, description);
+        assert!(reasons.iter().any(|r| why.contains(r)), "{description}: {row:?}");
+        if row.status == Status::Discard {
+            // It ran, honestly, and kept nothing: no file, nothing of what it printed in the log.
+            assert!((row.val_bpb - baseline.val_bpb).abs() < 1e-4, "{description}: the honest value, {row:?}");
+            let log = std::fs::read_to_string(s.repo.join("run.log")).unwrap();
+            assert!(log.contains("model process: sandbox: Landlock: "), "{log}");
+            assert!(!log.contains("LEAKED-INPUTS"), "{log}");
+            assert!(!Path::new("/dev/shm/autoresearch-leak").exists());
+            assert!(!s.repo.join(".autoresearch/leak").exists());
+            let kept: Vec<_> =
+                walk_files(&s.repo.join(".autoresearch")).into_iter().filter(|p| p.ends_with("leak")).collect();
+            assert!(kept.is_empty(), "{kept:?}");
+        } else {
+            assert_eq!(row.status, Status::Crash, "{row:?}");
+        }
+        s.assert_consistent();
+    }
+    // The honest improvement is still kept.
+    let better = honest
+        .replace("embedding_lr: 0.006,", "embedding_lr: 0.06,")
+        .replace("unembedding_lr: 0.00004,", "unembedding_lr: 0.0004,")
+        .replace("matrix_lr: 0.0004,", "matrix_lr: 0.004,");
+    std::fs::write(&train, &better).unwrap();
+    assert!(s.run(&["run", "-m", "learning rates up tenfold"]).status.success());
+    let row = s.rows().last().unwrap().clone();
+    assert_eq!(row.status, Status::Keep, "{row:?}");
+    assert!(row.val_bpb < baseline.val_bpb);
     s.assert_consistent();
 }
 

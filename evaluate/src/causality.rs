@@ -1,4 +1,5 @@
-//! The causality check: a language model that sees later tokens predicts them for free, and its val_bpb
+//! The causality check of the evaluation on CUDA (on the CPU, [`crate::probes`] checks instead, measured there
+//! but not yet on a GPU): a language model that sees later tokens predicts them for free, and its val_bpb
 //! collapses. On a few validation rows, the logits before a position p must not change when the tokens from p
 //! on are replaced (by another row's, so that the input still looks like text); p is drawn at random. The same
 //! batch holds each row twice, unchanged: the difference between those two is the device's own noise (zero
@@ -15,19 +16,19 @@ const ROWS: usize = 4;
 
 /// The largest change of a logit that counts as the same, for logits up to `scale` in size and a device that
 /// gave `noise` between two copies of one row: a few times that noise, plus rounding.
-fn tolerance(scale: f64, noise: f64) -> f64 {
+pub(crate) fn tolerance(scale: f64, noise: f64) -> f64 {
     1e-4 * scale + 1e-6 + 4.0 * noise
 }
 
 /// A small generator (xorshift64*), seeded from the nonce so that the positions checked cannot be foreseen.
-struct Draw(u64);
+pub(crate) struct Draw(u64);
 
 impl Draw {
-    fn new(seed: &str) -> Draw {
+    pub(crate) fn new(seed: &str) -> Draw {
         Draw(autoresearch_harness::fsutil::fnv1a(autoresearch_harness::fsutil::FNV_START, seed.as_bytes()) | 1)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;

@@ -61,7 +61,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, vocab: usize) -> Result<
 /// Rows per forward pass to start with: float32 logits of at most 4 GiB on a GPU (64 rows at h100: the
 /// evaluation's process holds nothing but the model), 8 MiB on the CPU (measured fastest there: the passes stay
 /// in cache; 4 rows at small). A pass that runs out of memory is retried with half as many.
-fn first_batch(cols: usize, vocab: usize, device: Device) -> usize {
+pub fn first_batch(cols: usize, vocab: usize, device: Device) -> usize {
     let budget: usize = if device.is_cuda() { 1 << 32 } else { 1 << 23 };
     (budget / (cols * vocab * 4)).max(1)
 }

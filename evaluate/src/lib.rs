@@ -1,8 +1,11 @@
 //! The fixed half of the training binary. The agent's file provides `train` (a trained [`Model`]) and `build`
-//! (the same model, untrained); this crate runs them in the two phases described in
+//! (the same model, untrained); this crate runs them in the phases described in
 //! [`autoresearch_harness::handover`]: training in the sandbox, then the evaluation, which feeds the validation
 //! inputs to the model's [`Model::logits`], checks that the model is causal and that it does not change while it
-//! is evaluated ([`causality`]), and computes the cross-entropy and val_bpb itself ([`evaluation`]). The agent's code never sees validation targets.
+//! is evaluated, and computes the cross-entropy and val_bpb itself ([`evaluation`]). On the CPU the agent's code
+//! runs in a model process of its own ([`model_process`]) and the causality probes are mixed into the metric's
+//! calls ([`probes`]); on CUDA it runs in the evaluation's process, with the check of [`causality`] (the model
+//! process is not measured on a GPU yet). The agent's code never sees validation targets.
 
 //!
 //! Both phases run under a [`supervisor`] (every process they start ends with them) and report how they ended
@@ -11,6 +14,8 @@
 
 pub mod causality;
 pub mod evaluation;
+pub mod model_process;
+pub mod probes;
 pub mod supervisor;
 
 use std::io::{BufRead, Write};
@@ -25,6 +30,7 @@ use autoresearch_harness::handover::{
     TrainingStats, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
 };
 use autoresearch_harness::profile::Run;
+use autoresearch_harness::sandbox::Policy;
 use tch::{Device, Tensor};
 
 /// A trained language model, as the harness sees it.
@@ -54,8 +60,11 @@ pub fn main<M: Model>(train: fn(&Run) -> Result<Trained<M>>, build: fn(&Run) -> 
         std::process::exit(1)
     };
     let args = PhaseArgs::parse(std::env::args().skip(1)).unwrap_or_else(|e| fail(e));
-    // First of all, before any thread exists (fork copies only the calling thread).
-    supervisor::supervise().unwrap_or_else(|e| fail(e));
+    // First of all, before any thread exists (fork copies only the calling thread). The model process needs no
+    // supervisor of its own: it is a child of the evaluation, whose supervisor ends what it leaves.
+    if args.phase != Phase::Model {
+        supervisor::supervise().unwrap_or_else(|e| fail(e));
+    }
     // Opened before the sandbox, in a folder it does not let the agent's code write: only fixed code writes it.
     let mut status_file = args
         .status
@@ -64,6 +73,7 @@ pub fn main<M: Model>(train: fn(&Run) -> Result<Trained<M>>, build: fn(&Run) -> 
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match args.phase {
         Phase::Train => training_phase(&args, train),
         Phase::Evaluate => evaluation_phase(&args, build),
+        Phase::Model => model_process::serve(&args, build),
     }));
     let status = phase_status(result);
     if let Some(file) = status_file.as_mut() {
@@ -211,46 +221,110 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) ->
         std::fs::File::create(result_path).with_context(|| format!("creating {}", result_path.display()))?;
     println!("{}", args.sandbox.apply()?);
     require_device()?;
+    let on_cuda = std::env::var(DEVICE_ENV).is_ok_and(|d| d == "cuda");
+    let (val_bpb, device, timing) = if on_cuda {
+        evaluate_in_process(&run, &rows, &nonce, build, &args.handover, started)?
+    } else {
+        evaluate_in_model_process(&run, &rows, &nonce, args, started)?
+    };
+    if !val_bpb.is_finite() {
+        bail!("val_bpb is {val_bpb}");
+    }
+    let result = EvalResult {
+        nonce: nonce.clone(),
+        val_bpb,
+        eval_tokens: (rows.rows * rows.cols) as u64,
+        profile: run.profile().name.clone(),
+        time_budget: run.time_budget,
+        seed: run.seed,
+        device,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    result_file.write_all(&serde_json::to_vec_pretty(&result)?)?;
+    println!(
+        "evaluated {} tokens in {:.1} s (validation rows read {read:.1} s, {timing}): val_bpb {val_bpb:.6}",
+        result.eval_tokens, result.seconds,
+    );
+    Ok(())
+}
 
-    let model = build(&run)?;
-    load_checkpoint(&model, &args.handover.join(CHECKPOINT))?;
+/// On the CPU: the agent's code in a model process of its own, sandboxed further (nothing writable); the
+/// metric's calls and the causality probes mixed ([`probes`]). val_bpb, the device, and the timing for the log.
+fn evaluate_in_model_process(
+    run: &Run,
+    rows: &evaluation::ValRows,
+    nonce: &str,
+    args: &PhaseArgs,
+    started: Instant,
+) -> Result<(f64, String, String)> {
+    let at_start = started.elapsed().as_secs_f64();
+    let vocab = run.profile().vocab_size;
+    let model_args = PhaseArgs {
+        phase: Phase::Model,
+        handover: args.handover.clone(),
+        result: None,
+        status: None,
+        deadline: None,
+        sandbox: Policy { write: Vec::new(), ..args.sandbox.clone() },
+    };
+    let mut model = model_process::ModelProcess::start(&model_args, vocab)?;
+    let device = device_name(Device::Cpu);
+    // This process only takes cross-entropies between the model process's answers: one thread, so that idle
+    // worker threads here do not spin on the cores the model process computes on.
+    tch::set_num_threads(1);
+    println!("model process: {}", model.sandbox);
+    let loaded = started.elapsed().as_secs_f64();
+    let plan = probes::Plan::new(rows, vocab, evaluation::first_batch(rows.cols, vocab, Device::Cpu), nonce)?;
+    let evaluated = probes::evaluate(&plan, rows, vocab, run.tokenizer.token_bytes(), |x| model.logits(x))?;
+    model.finish()?;
+    let escape = probes::escape_bound(plan.altered, 1.0 / 256.0);
+    let timing = format!(
+        "model process started and model loaded {:.1} s, metric with causality probes {:.1} s: {} calls, {} \
+         altered copies and {} repeats of rows mixed in; a leak at 1/256 of the positions or rows escapes them \
+         with probability at most {:.3}",
+        loaded - at_start,
+        started.elapsed().as_secs_f64() - loaded,
+        evaluated.calls,
+        plan.altered,
+        plan.repeats,
+        escape
+    );
+    Ok((evaluated.val_bpb, device, timing))
+}
+
+/// On CUDA, as measured on an H200: the agent's code in this process, the causality check of [`causality`]
+/// before the metric and the model's unchanged logits after it.
+fn evaluate_in_process<M: Model>(
+    run: &Run,
+    rows: &evaluation::ValRows,
+    nonce: &str,
+    build: fn(&Run) -> Result<M>,
+    handover: &Path,
+    started: Instant,
+) -> Result<(f64, String, String)> {
+    let at_start = started.elapsed().as_secs_f64();
+    let model = build(run)?;
+    load_checkpoint(&model, &handover.join(CHECKPOINT))?;
     let loaded = started.elapsed().as_secs_f64();
     let vocab = run.profile().vocab_size;
-    tch::no_grad(|| -> Result<()> {
-        let probe = causality::check(&model, &rows, vocab, &nonce)?;
+    tch::no_grad(|| {
+        let probe = causality::check(&model, rows, vocab, nonce)?;
         let checked = started.elapsed().as_secs_f64();
-        let val_bpb = evaluation::evaluate(&model, &rows, vocab, run.tokenizer.token_bytes())?;
+        let val_bpb = evaluation::evaluate(&model, rows, vocab, run.tokenizer.token_bytes())?;
         if let Some(probe) = probe {
             probe.check_unchanged(&model, vocab)?;
         }
-        if !val_bpb.is_finite() {
-            bail!("val_bpb is {val_bpb}");
-        }
-        let result = EvalResult {
-            nonce: nonce.clone(),
-            val_bpb,
-            eval_tokens: (rows.rows * rows.cols) as u64,
-            profile: run.profile().name.clone(),
-            time_budget: run.time_budget,
-            seed: run.seed,
-            device: device_name(model.device()),
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        result_file.write_all(&serde_json::to_vec_pretty(&result)?)?;
-        println!(
-            "evaluated {} tokens in {:.1} s (validation rows read {read:.1} s, model loaded {:.1} s, causality \
-             checked {:.1} s, metric {:.1} s): val_bpb {val_bpb:.6}",
-            result.eval_tokens,
-            result.seconds,
-            loaded - read,
+        let timing = format!(
+            "model loaded {:.1} s, causality checked {:.1} s, metric {:.1} s",
+            loaded - at_start,
             checked - loaded,
-            result.seconds - checked
+            started.elapsed().as_secs_f64() - checked
         );
-        Ok(())
+        Ok((val_bpb, device_name(model.device()), timing))
     })
 }
 
-fn load_checkpoint<M: Model>(model: &M, path: &Path) -> Result<()> {
+pub(crate) fn load_checkpoint<M: Model>(model: &M, path: &Path) -> Result<()> {
     let tensors =
         Tensor::read_safetensors(path).with_context(|| format!("reading the checkpoint {}", path.display()))?;
     model.load_state(&tensors).with_context(|| format!("loading {} into the model from `build`", path.display()))

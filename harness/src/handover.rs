@@ -1,5 +1,5 @@
 //! How the harness runs the training binary, and what passes between them. The binary runs twice per
-//! training, as two processes:
+//! training, as two processes (three on the CPU):
 //!
 //! 1. `train`: sandboxed (see [`crate::sandbox`]: the validation data and earlier experiments' files unreadable,
 //!    writes only to the hand-over folder, no network), the agent's code trains a model; fixed code saves it to
@@ -9,7 +9,11 @@
 //! 2. `evaluate`: fixed code reads the validation rows first, then sandboxes itself (no data readable, no
 //!    writes), has the agent's code build the model and loads the checkpoint into it, checks that it is causal,
 //!    and computes val_bpb from its logits. The result goes to a file the harness named and the binary opened
-//!    before the agent's code ran, with a nonce the harness gave on stdin: [`EvalResult`].
+//!    before the agent's code ran, with a nonce the harness gave on stdin: [`EvalResult`]. On the CPU the agent's
+//!    code does not run in this process: it starts
+//! 3. `model`, a child of its own that sandboxes itself further (nothing writable), builds the model, loads the
+//!    checkpoint and answers each batch of inputs the evaluation sends with their logits. It never holds a
+//!    target, the nonce or the result file.
 //!
 //! Each phase reports how it ended in a status file ([`PhaseStatus`]) that the harness named and fixed code
 //! opened before the agent's code ran: crashes are classified by the phase's own error, not by the log. Fixed
@@ -146,6 +150,8 @@ pub struct EvalResult {
 pub enum Phase {
     Train,
     Evaluate,
+    /// The evaluation's model process (started by `evaluate`, not by the harness).
+    Model,
 }
 
 /// The arguments of one phase of the training binary.
@@ -168,6 +174,7 @@ impl PhaseArgs {
         let phase = match self.phase {
             Phase::Train => "train",
             Phase::Evaluate => "evaluate",
+            Phase::Model => "model",
         };
         let mut args = vec![phase.to_string(), "--handover".into(), path_arg(&self.handover)?];
         if let Some(r) = &self.result {
@@ -185,12 +192,13 @@ impl PhaseArgs {
 
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<PhaseArgs> {
         const USAGE: &str = "the training binary is run by the harness (`autoresearch train`, `run` or `loop`): \
-                             usage: autoresearch-train train|evaluate --handover DIR [--result FILE] [--status FILE] \
-                             [--deadline UNIX-SECONDS] --sandbox JSON";
+                             usage: autoresearch-train train|evaluate|model --handover DIR [--result FILE] \
+                             [--status FILE] [--deadline UNIX-SECONDS] --sandbox JSON";
         let mut args = args.into_iter();
         let phase = match args.next().as_deref() {
             Some("train") => Phase::Train,
             Some("evaluate") => Phase::Evaluate,
+            Some("model") => Phase::Model,
             _ => bail!(USAGE),
         };
         let (mut handover, mut result, mut status, mut deadline, mut sandbox) = (None, None, None, None, None);
@@ -254,6 +262,8 @@ mod tests {
             },
         };
         assert_eq!(PhaseArgs::parse(args.to_args().unwrap()).unwrap(), args);
+        let model = PhaseArgs { phase: Phase::Model, result: None, ..args.clone() };
+        assert_eq!(PhaseArgs::parse(model.to_args().unwrap()).unwrap(), model);
         let err = |a: &[&str]| PhaseArgs::parse(a.iter().map(|s| s.to_string())).unwrap_err().to_string();
         assert!(err(&[]).contains("run by the harness"));
         assert!(err(&["train", "--handover"]).contains("--handover needs a value"));

@@ -94,7 +94,10 @@ impl Policy {
         if !self.read.is_empty() {
             what += &format!(" (but {})", list(&self.read));
         }
-        what += &format!(", writes only to {}", list(&self.write));
+        what += &match self.write.is_empty() {
+            true => ", nothing writable".to_string(),
+            false => format!(", writes only to {}", list(&self.write)),
+        };
         what += match (self.allow_network, abi >= ABI::V4) {
             (true, _) => ", network open",
             (false, true) => ", network closed (no TCP connect or bind)",

@@ -437,8 +437,8 @@ fn train_and_evaluate_begun(
     done(Ok(summary), false)
 }
 
-/// Runs the evaluation phase once on the checkpoint in `files.handover`, with a fresh nonce on its stdin: how
-/// it ended, its seconds, and the nonce its result must carry.
+/// Runs the evaluation phase once on the checkpoint in `files.handover`, with a fresh nonce on its stdin and a
+/// fresh temporary folder, removed after it: how it ended, its seconds, and the nonce its result must carry.
 fn evaluation_phase(
     trainer: &Trainer,
     settings: &TrainingSettings,
@@ -458,9 +458,15 @@ fn evaluation_phase(
     };
     let _ = std::fs::remove_file(&files.result);
     let _ = std::fs::remove_file(files.status());
+    let tmp = files.handover.join(TMP);
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let cmd = trainer.phase_command(settings, &args)?;
     let (ended, wall) =
         run_phase(procs, cmd, Role::Evaluation, &files.log, Some(&format!("{nonce}\n")), None, deadline)?;
+    // Where the agent's code could write during the evaluation (on CUDA), what it was fed does not outlive it,
+    // not even when the evaluation failed.
+    let _ = std::fs::remove_dir_all(&tmp);
     Ok((ended, wall, nonce))
 }
 
@@ -515,7 +521,6 @@ pub fn evaluate_again(
     if !checkpoint.is_file() {
         bail!("no checkpoint at {} (kept for kept runs and crashed evaluations)", checkpoint.display());
     }
-    std::fs::create_dir_all(files.handover.join(TMP))?;
     let _temporary = TemporaryFiles(files.handover.join(TMP));
     let sandboxes = sandboxes(&prepared, &trainer.root, trainer.device == DeviceChoice::Cuda, files);
     let deadline = (Instant::now() + Duration::from_secs(24 * 3600), String::new());

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use autoresearch_evaluate::causality;
 use autoresearch_evaluate::evaluation::{evaluate, ValRows};
+use autoresearch_evaluate::{causality, probes, Model};
 use autoresearch_golden::Reference;
 use autoresearch_harness::dataloader::{DataLoader, LoaderOptions};
 use autoresearch_harness::shards::{split_files, Split};
@@ -181,16 +181,21 @@ fn val_bpb_through_the_harness_evaluation_equals_the_reference() {
     let rows = r.usize(&["evaluate_bpb", "eval_tokens"]) / t;
     let files = split_files(&r.path("data"), Split::Val).unwrap();
     let val = ValRows::read(DataLoader::new(tok.clone(), files, rows, t, LoaderOptions::default())).unwrap();
-    // The harness's evaluation: the model's logits, the cross-entropy and the metric in fixed code.
-    let bpb = tch::no_grad(|| {
+    // The harness's evaluations: the model's logits, the cross-entropy and the metric in fixed code, on CUDA
+    // (the model in this process) and on the CPU (the probes mixed into the metric's calls).
+    let (on_cuda, on_cpu) = tch::no_grad(|| {
         let probe = causality::check(&model, &val, vocab, "reference").unwrap().unwrap();
         let bpb = evaluate(&model, &val, vocab, tok.token_bytes()).unwrap();
         probe.check_unchanged(&model, vocab).unwrap();
-        bpb
+        let plan = probes::Plan::new(&val, vocab, 4, "reference").unwrap();
+        let on_cpu = probes::evaluate(&plan, &val, vocab, tok.token_bytes(), |x| Ok(Model::logits(&model, x)));
+        (bpb, on_cpu.unwrap().val_bpb)
     });
     let want = r.f64(&["evaluate_bpb", "val_bpb"]);
-    assert!((bpb - want).abs() / want < 1e-5, "val_bpb {bpb} vs {want}");
-    eprintln!("val_bpb {bpb} vs {want} ({:e} relative)", (bpb - want).abs() / want);
+    for bpb in [on_cuda, on_cpu] {
+        assert!((bpb - want).abs() / want < 1e-5, "val_bpb {bpb} vs {want}");
+        eprintln!("val_bpb {bpb} vs {want} ({:e} relative)", (bpb - want).abs() / want);
+    }
 }
 
 #[test]

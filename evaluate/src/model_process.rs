@@ -1,0 +1,259 @@
+//! The evaluation's model process (on the CPU): the agent's code (`build`, loading the checkpoint, `logits`)
+//! runs in a child of the evaluation, the training binary's `model` phase, and answers each batch of input
+//! tokens with its logits. The evaluation (fixed code) keeps the targets, the nonce and the result file, and
+//! takes the cross-entropy and every check itself: whatever the child sends is at most a model's logits.
+//!
+//! The child sandboxes itself further than the evaluation before any of the agent's code runs: the validation
+//! data unreadable and nothing writable (so not `/proc/self/mem`, `/dev/shm`, a temporary folder or the log),
+//! and, as a process in a Landlock domain of its own, it cannot trace its parent or open the parent's
+//! `/proc/<pid>/mem`. Its stdout leads to `/dev/null`; its stderr is read here and dropped but for the last
+//! [`SHOWN`] characters when it fails (the error, for the log): what the agent's code prints carries no
+//! validation text into the log, beyond that tail of a failure.
+//!
+//! The protocol, little-endian: the child first sends its sandbox line (u32 length, text) once the model is
+//! loaded; then, per request
+//! (u32 rows, u32 columns, rows × columns i64 tokens), either 0u8 and the logits (rows × columns × vocabulary
+//! f32) or 1u8 and an error (u32 length, text). The evaluation closes the child's stdin when it is done.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::thread::JoinHandle;
+
+use anyhow::{bail, ensure, Context, Result};
+use autoresearch_harness::fit::quietly;
+use autoresearch_harness::handover::{PhaseArgs, CHECKPOINT};
+use autoresearch_harness::profile::Run;
+use tch::{Device, Kind, Tensor};
+
+use crate::Model;
+
+/// Characters of a failed model process's stderr (and of an error it sends) shown in the log.
+pub const SHOWN: usize = 200;
+
+/// The `model` phase: builds the model, loads the checkpoint and answers requests on stdin until it closes.
+pub fn serve<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) -> Result<()> {
+    // The answers go out on a copy of stdout; stdout itself then leads to /dev/null, so that what the agent's
+    // code prints neither mixes into the answers nor reaches the log.
+    let answers = std::io::stdout().as_fd().try_clone_to_owned().context("duplicating stdout")?;
+    let mut answers = BufWriter::with_capacity(1 << 20, File::from(answers));
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null").context("opening /dev/null")?;
+    // SAFETY: both descriptors are open; dup2 only replaces descriptor 1 (stdout, flushed: nothing written yet).
+    if unsafe { libc::dup2(null.as_raw_fd(), 1) } < 0 {
+        bail!("pointing stdout at /dev/null: {}", std::io::Error::last_os_error());
+    }
+    let sandbox = args.sandbox.apply()?;
+    let run = Run::from_env()?;
+    let model = build(&run)?;
+    crate::load_checkpoint(&model, &args.handover.join(CHECKPOINT))?;
+    send_text(&mut answers, &sandbox)?;
+    answers.flush()?;
+    let vocab = run.profile().vocab_size as i64;
+    let mut requests = BufReader::new(std::io::stdin().lock());
+    // One buffer for every answer, of the same size each time: no fresh pages to fault in per call.
+    let mut bytes = Vec::new();
+    while let Some((rows, cols, tokens)) = read_request(&mut requests)? {
+        let x = Tensor::from_slice(&tokens).view([rows, cols]).to_device(model.device());
+        let logits = quietly(|| {
+            let logits = tch::no_grad(|| model.logits(&x));
+            ensure!(
+                logits.size() == [rows, cols, vocab],
+                "the model's logits have shape {:?}; the evaluation needs [{rows}, {cols}, {vocab}] (batch, \
+                 sequence, vocabulary)",
+                logits.size()
+            );
+            Ok(logits.to_kind(Kind::Float).to_device(Device::Cpu).contiguous())
+        });
+        match logits {
+            Ok(logits) => {
+                bytes.resize(logits.numel() * 4, 0);
+                logits.copy_data_u8(&mut bytes, logits.numel());
+                answers.write_all(&[0])?;
+                answers.write_all(&bytes)?;
+            }
+            Err(e) => {
+                answers.write_all(&[1])?;
+                send_text(&mut answers, &format!("{e:#}"))?;
+            }
+        }
+        answers.flush()?;
+    }
+    Ok(())
+}
+
+fn send_text(out: &mut impl Write, text: &str) -> Result<()> {
+    out.write_all(&(text.len() as u32).to_le_bytes())?;
+    out.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn read_u32(input: &mut impl Read) -> std::io::Result<u32> {
+    let mut b = [0u8; 4];
+    input.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+/// A text of the child, its last `cap` characters, control characters but newlines made spaces.
+fn read_text(input: &mut impl Read, cap: usize) -> Result<String> {
+    let len = read_u32(input)? as usize;
+    let mut bytes = vec![0u8; len.min(1 << 16)];
+    input.read_exact(&mut bytes)?;
+    ensure!(len <= 1 << 16, "the model process sent a text of {len} bytes");
+    Ok(shown(&String::from_utf8_lossy(&bytes), cap))
+}
+
+fn shown(text: &str, cap: usize) -> String {
+    let chars: Vec<char> = text.trim().chars().map(|c| if c.is_control() && c != '\n' { ' ' } else { c }).collect();
+    chars[chars.len().saturating_sub(cap)..].iter().collect()
+}
+
+/// The next request, or None where the evaluation closed stdin.
+fn read_request(input: &mut impl Read) -> Result<Option<(i64, i64, Vec<i64>)>> {
+    let rows = match read_u32(input) {
+        Ok(r) => r as i64,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let cols = read_u32(input)? as i64;
+    let mut bytes = vec![0u8; (rows * cols * 8) as usize];
+    input.read_exact(&mut bytes)?;
+    Ok(Some((rows, cols, bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect())))
+}
+
+/// The evaluation's side: the running model process.
+pub struct ModelProcess {
+    child: Child,
+    /// None once closed.
+    requests: Option<BufWriter<ChildStdin>>,
+    answers: BufReader<ChildStdout>,
+    stderr: Option<JoinHandle<String>>,
+    vocab: i64,
+    /// Where answers are read to, reused.
+    buffer: Vec<u8>,
+    /// The child's sandbox line, for the log.
+    pub sandbox: String,
+}
+
+impl ModelProcess {
+    /// Starts this binary's `model` phase with `args`, and waits until it has loaded the model.
+    pub fn start(args: &PhaseArgs, vocab: usize) -> Result<ModelProcess> {
+        let exe = std::env::current_exe().context("finding the training binary")?;
+        let mut child = Command::new(exe)
+            .args(args.to_args()?)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the model process")?;
+        // An answer is megabytes: pipes of 1 MiB (Linux's ceiling for a user) rather than 64 KiB spare most of the
+        // switches between the two processes, slow where other processes share the cores. A pipe left at its
+        // size is only slower.
+        for pipe in [child.stdin.as_ref().map(AsRawFd::as_raw_fd), child.stdout.as_ref().map(AsRawFd::as_raw_fd)] {
+            // SAFETY: fcntl on a descriptor this process holds open.
+            let _ = pipe.map(|fd| unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) });
+        }
+        let mut stderr = child.stderr.take().expect("piped");
+        // Read to the end, so that the child never blocks on a full pipe; only the tail is kept.
+        let stderr = std::thread::spawn(move || {
+            let (mut tail, mut buf) = (Vec::new(), [0u8; 8192]);
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&buf[..n]);
+                let excess = tail.len().saturating_sub(4 * SHOWN);
+                tail.drain(..excess);
+            }
+            String::from_utf8_lossy(&tail).into_owned()
+        });
+        let mut process = ModelProcess {
+            requests: Some(BufWriter::with_capacity(1 << 20, child.stdin.take().expect("piped"))),
+            answers: BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped")),
+            child,
+            stderr: Some(stderr),
+            vocab: vocab as i64,
+            buffer: Vec::new(),
+            sandbox: String::new(),
+        };
+        // Sent before any validation input, so it cannot carry one: shown whole, up to a long line.
+        process.sandbox = match read_text(&mut process.answers, 4096) {
+            Ok(line) => line,
+            Err(_) => return Err(process.failure()),
+        };
+        Ok(process)
+    }
+
+    /// The logits (rows, t, vocab) for token ids (rows, t), float32 on the CPU; an error the model's call
+    /// raised (out of memory, say) is an error here too, and the process goes on.
+    pub fn logits(&mut self, inputs: &Tensor) -> Result<Tensor> {
+        let (rows, cols) = inputs.size2()?;
+        let tokens = Vec::<i64>::try_from(inputs.flatten(0, -1))?;
+        let requests = self.requests.as_mut().context("the model process was closed")?;
+        let sent = (|| -> std::io::Result<()> {
+            requests.write_all(&(rows as u32).to_le_bytes())?;
+            requests.write_all(&(cols as u32).to_le_bytes())?;
+            for t in &tokens {
+                requests.write_all(&t.to_le_bytes())?;
+            }
+            requests.flush()
+        })();
+        let mut status = [0u8];
+        if sent.is_err() || self.answers.read_exact(&mut status).is_err() {
+            return Err(self.failure());
+        }
+        match status[0] {
+            0 => {
+                self.buffer.resize((rows * cols * self.vocab * 4) as usize, 0);
+                if self.answers.read_exact(&mut self.buffer).is_err() {
+                    return Err(self.failure());
+                }
+                Ok(Tensor::from_data_size(&self.buffer, &[rows, cols, self.vocab], Kind::Float))
+            }
+            1 => match read_text(&mut self.answers, SHOWN) {
+                Ok(error) => bail!("{error}"),
+                Err(_) => Err(self.failure()),
+            },
+            other => bail!("the model process sent a malformed answer (status {other})"),
+        }
+    }
+
+    /// Closes the requests and waits for the child to end.
+    pub fn finish(mut self) -> Result<()> {
+        drop(self.requests.take());
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("the model process failed at the end ({status})");
+        }
+        Ok(())
+    }
+
+    /// Why the child stopped answering: its exit and the end of its stderr.
+    fn failure(&mut self) -> anyhow::Error {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.child.wait();
+        let stderr = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        let lines: Vec<&str> = stderr.lines().collect();
+        // Its own error line where it wrote one, else a panic's message, else the whole tail.
+        let said = if let Some(e) = lines.iter().rev().find_map(|l| l.strip_prefix("error: ")) {
+            e.to_string()
+        } else if let Some(i) = lines.iter().position(|l| l.contains("panicked at")) {
+            format!("panic: {}", lines.get(i + 1).map_or("", |m| m.trim()))
+        } else {
+            stderr.clone()
+        };
+        let how = match status {
+            Ok(s) if s.signal() == Some(9) => "killed (signal 9: out of memory?)".to_string(),
+            Ok(s) => s.to_string(),
+            Err(e) => format!("not waited for: {e}"),
+        };
+        anyhow::anyhow!("the model process failed ({how}): {}", shown(&said, SHOWN))
+    }
+}
+
+impl Drop for ModelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
