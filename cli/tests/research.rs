@@ -122,6 +122,9 @@ impl Session {
             .env("AUTORESEARCH_CACHE", &self.cache)
             .env("CARGO_TARGET_DIR", &self.target)
             .env("AGENT_STATE", &self.agent_state)
+            // One thread a training: on a machine shared with other work, two OpenMP threads wait on each other at
+            // every barrier, and a step of the test's tiny model takes seconds instead of milliseconds.
+            .env("OMP_NUM_THREADS", "1")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
