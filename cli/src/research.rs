@@ -49,7 +49,7 @@ pub struct RuleArgs {
     /// with N other seeds; keep if the mean beats the best by the margin) [default: the session's, from `init`]
     #[arg(long, value_name = "RULE")]
     rule: Option<String>,
-    /// z of the margin z·σ (σ from `autoresearch noise`)
+    /// z of the margin z·σ (σ from `autoresearch noise`, or measured by the session on its baseline)
     #[arg(long, default_value_t = 2.0)]
     z: f64,
     /// The margin itself, instead of z·σ

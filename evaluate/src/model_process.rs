@@ -11,18 +11,20 @@
 //! validation text into the log, beyond that tail of a failure.
 //!
 //! The protocol, little-endian: the child first sends its sandbox line (u32 length, text) once the model is
-//! loaded; then, per request
-//! (u32 rows, u32 columns, rows × columns i64 tokens), either 0u8 and the logits (rows × columns × vocabulary
-//! f32) or 1u8 and an error (u32 length, text). The evaluation closes the child's stdin when it is done.
+//! loaded; then, per request (u32 rows, u32 columns, rows × columns i64 tokens), either 0u8 and the logits
+//! (rows × columns × vocabulary f32), or 1u8 and an error (u32 length, text), or 2u8 and an error that was the
+//! machine running out of memory (the evaluation then halves its call). The evaluation closes the child's stdin
+//! when it is done.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use autoresearch_harness::fit::quietly;
+use autoresearch_harness::fit::{is_out_of_memory, quietly};
 use autoresearch_harness::handover::{PhaseArgs, CHECKPOINT};
 use autoresearch_harness::profile::Run;
 use tch::{Device, Kind, Tensor};
@@ -73,8 +75,11 @@ pub fn serve<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) -> Result
                 answers.write_all(&bytes)?;
             }
             Err(e) => {
-                answers.write_all(&[1])?;
-                send_text(&mut answers, &format!("{e:#}"))?;
+                // Out of memory is decided here, from the whole message (libtorch's ends in stack frames that the
+                // evaluation does not see): the evaluation then halves its call.
+                let message = format!("{e:#}");
+                answers.write_all(&[if is_out_of_memory(&message) { 2 } else { 1 }])?;
+                send_text(&mut answers, &message)?;
             }
         }
         answers.flush()?;
@@ -214,6 +219,10 @@ impl ModelProcess {
                 Ok(error) => bail!("{error}"),
                 Err(_) => Err(self.failure()),
             },
+            2 => match read_text(&mut self.answers, SHOWN) {
+                Ok(error) => bail!("out of memory in the model process: {error}"),
+                Err(_) => Err(self.failure()),
+            },
             other => bail!("the model process sent a malformed answer (status {other})"),
         }
     }
@@ -231,8 +240,18 @@ impl ModelProcess {
     /// Why the child stopped answering: its exit and the end of its stderr.
     fn failure(&mut self) -> anyhow::Error {
         use std::os::unix::process::ExitStatusExt;
+        // It may still live (waiting for a request after a garbled answer): it is ended first. A process it
+        // started could hold its stderr open; that tail is then not waited for (the phase's supervisor ends it).
+        let _ = self.child.kill();
         let status = self.child.wait();
-        let stderr = self.stderr.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default();
+        let stderr = self.stderr.take().and_then(|h| {
+            let waited = Instant::now();
+            while !h.is_finished() && waited.elapsed() < Duration::from_secs(1) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            h.is_finished().then(|| h.join().unwrap_or_default())
+        });
+        let stderr = stderr.unwrap_or_default();
         let lines: Vec<&str> = stderr.lines().collect();
         // Its own error line where it wrote one, else a panic's message, else the whole tail.
         let said = if let Some(e) = lines.iter().rev().find_map(|l| l.strip_prefix("error: ")) {

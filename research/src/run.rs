@@ -809,17 +809,23 @@ fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOption
     let memory_gb = best_row.as_ref().map_or(0.0, |r| r.memory_gb);
     let mut refused = None;
     let decision = match reruns.crash {
-        // The best stays as it was; the candidate is then compared with it as it is.
-        Some(why) => Decision {
-            status: Status::Crash,
-            value: None,
-            memory_gb: 0.0,
-            reason: format!("re-measure crashed: {why}"),
-            crash: None,
-            seeds: Vec::new(),
-            reruns: reruns.rows,
-            against: None,
-        },
+        // The best stays as it was; the candidate is then compared with it as it is (under `margin` there is
+        // nothing to compare with yet: the session stops, and says why).
+        Some(why) => {
+            if opts.decider.awaiting_noise {
+                refused = Some(format!("training the best with seeds {} crashed: {why}", seed_list(&missing)));
+            }
+            Decision {
+                status: Status::Crash,
+                value: None,
+                memory_gb: 0.0,
+                reason: format!("re-measure crashed: {why}"),
+                crash: None,
+                seeds: Vec::new(),
+                reruns: reruns.rows,
+                against: None,
+            }
+        }
         None if opts.decider.awaiting_noise => {
             // The spread needs each seed's value: the best's own where it is one seed's, and the reruns'.
             let (mut seeds, mut values) = match best.seeds.len() {
@@ -828,7 +834,17 @@ fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOption
             };
             seeds.extend(&missing);
             values.extend(&reruns.values);
-            match NoiseEstimate::new(&ws.state.profile, ws.state.time_budget, &best.commit, seeds, values) {
+            let estimate = match values.len() {
+                // A best kept as a mean over seeds (under `confirm N`) holds no single seed's value.
+                0 | 1 => Err(anyhow::anyhow!(
+                    "the best (run {}) is a mean over seeds {}, not each seed's value: measure the spread with \
+                     `autoresearch noise`",
+                    best.run,
+                    seed_list(&best.seeds)
+                )),
+                _ => NoiseEstimate::new(&ws.state.profile, ws.state.time_budget, &best.commit, seeds, values),
+            };
+            match estimate {
                 Ok(noise) => {
                     crate::rules::save_noise(&ws.dir, &noise)?;
                     ws.say(&format!(
@@ -875,7 +891,10 @@ fn remeasure_best(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOption
     ws.unstash()?;
     ws.say(&describe(&outcome));
     if let Some(why) = refused {
-        bail!("the margin rule cannot be used with this training file: {why}; give --min-delta, or --rule lower");
+        bail!(
+            "the margin rule needs the seed-to-seed spread, and measuring it on the best failed: {why}. Give \
+             --min-delta, or --rule lower"
+        );
     }
     Ok(true)
 }

@@ -154,7 +154,7 @@ pub fn unreadable(prepared: &Prepared, root: &Path) -> Vec<PathBuf> {
     deny
 }
 
-pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingFiles) -> Sandboxes {
+pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingFiles, binary: &Path) -> Sandboxes {
     let mut devices: Vec<PathBuf> = if cuda {
         // CUDA needs the GPUs' device nodes, and does not start without writes beneath /proc or /sys (measured
         // on an H200: cudaGetDeviceCount fails with error 304 when only /dev and a temporary folder are
@@ -180,11 +180,18 @@ pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingF
     let mut evaluation_deny = deny.clone();
     evaluation_deny.push(prepared.data_dir.clone());
     let read = vec![files.handover.clone()];
+    // The evaluation starts its own binary again as the model process: a worker's (or `noise`'s) lives beneath
+    // .autoresearch, which is otherwise unreadable.
+    let evaluation_read = vec![files.handover.clone(), binary.to_path_buf()];
     Sandboxes {
-        training: Policy { deny_read: deny, read: read.clone(), write: training_writes, ..Policy::default() }
-            .unless_turned_off(),
-        evaluation: Policy { deny_read: evaluation_deny, read, write: evaluation_writes, ..Policy::default() }
-            .unless_turned_off(),
+        training: Policy { deny_read: deny, read, write: training_writes, ..Policy::default() }.unless_turned_off(),
+        evaluation: Policy {
+            deny_read: evaluation_deny,
+            read: evaluation_read,
+            write: evaluation_writes,
+            ..Policy::default()
+        }
+        .unless_turned_off(),
     }
 }
 
@@ -210,7 +217,15 @@ pub fn nonce() -> Result<String> {
 pub fn crash_reason(status: ExitStatus, phase: Option<&PhaseStatus>) -> Option<(String, bool)> {
     use std::os::unix::process::ExitStatusExt;
     if status.success() {
-        return None;
+        // Fixed code writes the status last: a process that ended well without it was ended by the agent's
+        // code (`std::process::exit(0)` skips the checks that follow `train`).
+        return match phase {
+            Some(p) => p.crash(),
+            None => Some((
+                "the phase exited without the status its fixed code writes (ended by the file's code)".into(),
+                false,
+            )),
+        };
     }
     if let Some(crash) = phase.and_then(PhaseStatus::crash) {
         return Some(crash);
@@ -324,7 +339,7 @@ fn train_and_evaluate_begun(
     let _temporary = TemporaryFiles(files.handover.join(TMP));
     let _ = std::fs::remove_file(&files.result);
     std::fs::write(&files.log, "").with_context(|| format!("creating {}", files.log.display()))?;
-    let sandboxes = sandboxes(&prepared, &trainer.root, trainer.device == DeviceChoice::Cuda, files);
+    let sandboxes = sandboxes(&prepared, &trainer.root, trainer.device == DeviceChoice::Cuda, files, &trainer.binary());
     // The device batches remembered for this binary: the training reads them, and reports its own, there.
     let fit_cache = fit_dir(&cache, &prepared.profile.name).join(fit::CACHE_FILE);
     let binary = binary_identity(&trainer.binary())?;
@@ -522,7 +537,7 @@ pub fn evaluate_again(
         bail!("no checkpoint at {} (kept for kept runs and crashed evaluations)", checkpoint.display());
     }
     let _temporary = TemporaryFiles(files.handover.join(TMP));
-    let sandboxes = sandboxes(&prepared, &trainer.root, trainer.device == DeviceChoice::Cuda, files);
+    let sandboxes = sandboxes(&prepared, &trainer.root, trainer.device == DeviceChoice::Cuda, files, &trainer.binary());
     let deadline = (Instant::now() + Duration::from_secs(24 * 3600), String::new());
     let (ended, _, nonce) = evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline)?;
     let log = String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
@@ -549,7 +564,9 @@ mod tests {
         let exit = |code: i32| ExitStatus::from_raw(code << 8);
         let signal = |sig: i32| ExitStatus::from_raw(sig);
         let status = |outcome, message: &str| Some(PhaseStatus { outcome, message: message.into() });
-        assert_eq!(crash_reason(exit(0), None), None);
+        assert_eq!(crash_reason(exit(0), status(Outcome::Success, "").as_ref()), None);
+        let (why, retryable) = crash_reason(exit(0), None).unwrap();
+        assert!(why.starts_with("the phase exited without the status") && !retryable, "{why}");
         let oom = status(Outcome::OutOfMemory, "CUDA out of memory. Tried to allocate 2.00 GiB");
         assert!(crash_reason(exit(1), oom.as_ref()).unwrap().1);
         let error = status(Outcome::Error, "non-causal: position 3 sees later tokens");
@@ -578,18 +595,21 @@ mod tests {
     fn no_phase_reads_what_earlier_experiments_left_and_the_cpu_gets_device_nodes_one_by_one() {
         let dir = tempfile::tempdir().unwrap();
         let files = TrainingFiles::in_folder(&dir.path().join("repo/.autoresearch/runs/3"), 42, dir.path().join("l"));
-        let cpu = sandboxes(&prepared(dir.path()), &dir.path().join("repo"), false, &files);
+        // A worker's binary, beneath the otherwise unreadable .autoresearch.
+        let binary = dir.path().join("repo/.autoresearch/workers/1/bin/autoresearch-train");
+        let cpu = sandboxes(&prepared(dir.path()), &dir.path().join("repo"), false, &files, &binary);
         for p in [".autoresearch", "results.tsv", "run.log"] {
             assert!(cpu.training.deny_read.contains(&dir.path().join("repo").join(p)), "{p}");
             assert!(cpu.evaluation.deny_read.contains(&dir.path().join("repo").join(p)), "{p}");
         }
         assert!(cpu.training.deny_read.contains(&PathBuf::from("/dev/shm")));
         assert_eq!(cpu.training.read, vec![files.handover.clone()], "its own hand-over folder");
+        assert_eq!(cpu.evaluation.read, vec![files.handover.clone(), binary.clone()], "and the binary it runs again");
         assert!(cpu.training.write.contains(&files.handover) && cpu.training.write.contains(&"/dev/null".into()));
         assert!(!cpu.training.write.iter().any(|w| w == Path::new("/dev") || w.starts_with("/proc")));
         assert!(!cpu.training.allow_network && !cpu.evaluation.allow_network);
         // CUDA keeps the policy measured on an H200.
-        let cuda = sandboxes(&prepared(dir.path()), &dir.path().join("repo"), true, &files);
+        let cuda = sandboxes(&prepared(dir.path()), &dir.path().join("repo"), true, &files, &binary);
         for p in ["/dev", "/proc", "/sys"] {
             assert!(cuda.training.write.contains(&PathBuf::from(p)), "{p}");
         }
