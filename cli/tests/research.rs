@@ -1154,7 +1154,7 @@ fn attacks_on_the_evaluation_are_not_kept() {
             // It ran, honestly, and kept nothing: no file, nothing of what it printed in the log.
             assert!((row.val_bpb - baseline.val_bpb).abs() < 1e-4, "{description}: the honest value, {row:?}");
             let log = std::fs::read_to_string(s.repo.join("run.log")).unwrap();
-            assert!(log.contains("model process: sandbox: Landlock: "), "{log}");
+            assert!(log.contains("model process: sandbox: Landlock ABI "), "{log}");
             assert!(!log.contains("LEAKED-INPUTS"), "{log}");
             assert!(!Path::new("/dev/shm/autoresearch-leak").exists());
             assert!(!s.repo.join(".autoresearch/leak").exists());
