@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
 use autoresearch_harness::device::peak_rss_mb;
-use autoresearch_harness::fit::{is_out_of_memory, REPORT_FILE};
+use autoresearch_harness::fit::{is_out_of_memory, panic_message, REPORT_FILE};
 use autoresearch_harness::handover::{
     allowance, check_device, handover_reserve, EvalResult, Outcome, Phase, PhaseArgs, PhaseStatus, TrainingReport,
     TrainingStats, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
@@ -112,11 +112,7 @@ fn phase_status(result: std::thread::Result<Result<()>>) -> PhaseStatus {
             (if is_out_of_memory(&message) { Outcome::OutOfMemory } else { Outcome::Error }, message)
         }
         Err(payload) => {
-            let message = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a panic without a message".into());
+            let message = panic_message(payload.as_ref());
             (if is_out_of_memory(&message) { Outcome::OutOfMemory } else { Outcome::Panic }, message)
         }
     };

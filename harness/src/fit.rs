@@ -33,6 +33,15 @@ pub struct Fit {
     pub remembered: bool,
 }
 
+/// A caught panic's message (its payload's text).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 /// Whether an error message is an accelerator (or the host) running out of memory.
 pub fn is_out_of_memory(message: &str) -> bool {
     message.contains("out of memory") || message.contains("can't allocate memory")
@@ -121,11 +130,7 @@ pub fn quietly<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     match result {
         Ok(r) => r,
         Err(payload) => {
-            let message = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "a panic without a message".into());
+            let message = panic_message(payload.as_ref());
             bail!("{message}")
         }
     }
