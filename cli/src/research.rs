@@ -227,7 +227,7 @@ fn trainer(ws: &Workspace, backend: &BackendArgs) -> Result<(Trainer, Backend)> 
         trainer.check_gpu()?;
     }
     let prepared = Prepared::load(&cache_root()?, Some(&ws.state.profile))?;
-    trainer.build_sandbox = Some((std::env::current_exe()?, build_sandbox(&prepared)));
+    trainer.build_sandbox = Some((std::env::current_exe()?, build_sandbox(&prepared, &trainer.root)));
     Ok((trainer, backend))
 }
 

@@ -111,7 +111,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut trainer = Trainer::new(repo_root()?, args.device.choice());
     trainer.check_gpu()?;
     let prepared = Prepared::load(&cache_root()?, args.profile.as_deref())?;
-    trainer.build_sandbox = Some((std::env::current_exe()?, build_sandbox(&prepared)));
+    trainer.build_sandbox = Some((std::env::current_exe()?, build_sandbox(&prepared, &trainer.root)));
     match args.binary {
         Some(binary) => trainer.prebuilt = Some(binary),
         None => {

@@ -694,6 +694,16 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
         s.assert_consistent();
     }
     assert_eq!(lingering_pids(&s, run_of(&s.rows()[6])).len(), 1, "the child was there to be stopped");
+    // Nor can the build compile the saved model in.
+    let description = "compile the best checkpoint in";
+    let relative = format!("../.autoresearch/runs/{}/seed-42/model.safetensors", run_of(&baseline));
+    assert!(s.repo.join("train").join(&relative).is_file());
+    std::fs::write(&train, insert(&format!("    let _warm = include_bytes!({relative:?}).len();"))).unwrap();
+    assert!(s.run(&["run", "-m", description]).status.success());
+    let row = s.rows().last().unwrap().clone();
+    assert_eq!((row.status, row.extra.as_ref().unwrap().reason.as_str()), (Status::Crash, "compile error"), "{row:?}");
+    let build_log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/build.log", run_of(&row))));
+    assert!(build_log.unwrap().contains("Permission denied"), "the compiler could not read it");
     let _ = std::fs::remove_file(&left);
     let fit = std::fs::read_to_string(s.cache.join("small/fit/device-batches.json")).unwrap();
     assert!(!fit.contains("\"x\""), "{fit}");
@@ -1057,12 +1067,13 @@ fn two_workers_share_one_ledger_and_one_best() {
     s.assert_consistent();
 }
 
-/// Attacks on the evaluation itself, in the model's `logits` (on the CPU, in the evaluation's model process):
+/// Attacks on the evaluation itself, in the model's `logits` (on the CPU, in the evaluation's model processes):
 /// models that behave on the check's rows alone (its first call) or leak where a check seldom looks (every fourth
-/// position, between the rows of a call), and one that tries to keep the validation inputs it is fed where a
-/// later training could read them (`/dev/shm`, its temporary folder, the session's folder, the log) or to reach
-/// the evaluation's memory. Each ends as a crash, or runs honestly and leaves nothing behind; an honest
-/// improvement after them is still kept.
+/// position, between the rows of a call), one that answers a row like an earlier one sharing its prefix (so that
+/// an altered copy looks causal beside its original), one that tries to keep the validation inputs it is fed
+/// where a later training could read them (`/dev/shm`, its temporary folder, the session's folder, the log) or to
+/// reach the evaluation's memory; and, in `load_state`, more training before the metric. Each ends as a crash,
+/// or runs honestly and leaves nothing behind; an honest improvement after them is still kept.
 #[test]
 fn attacks_on_the_evaluation_are_not_kept() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -1115,6 +1126,23 @@ fn attacks_on_the_evaluation_are_not_kept() {
             }
         }
         honest"#;
+    // Steps the training's clock never saw, in the evaluation's model process.
+    let load_state = "    fn load_state(&self, tensors: &[(String, Tensor)]) -> Result<()> {\n";
+    let honest_load = format!("{load_state}        self.load(tensors)\n");
+    assert!(honest.contains(&honest_load), "the training file changed shape: update this test");
+    let train_on = r#"        self.load(tensors)?;
+        let x = Tensor::randint(self.config.vocab_size, [4, self.config.sequence_len], (Kind::Int64, self.device));
+        let started = std::time::Instant::now();
+        while started.elapsed().as_secs() < 60 {
+            self.loss(&x, &x).backward();
+            tch::no_grad(|| {
+                for (_, p) in self.state().into_iter().filter(|(_, p)| p.grad().defined()) {
+                    let _ = p.shallow_clone().f_sub_(&(p.grad() * 1e-4));
+                    let _ = p.grad().f_zero_();
+                }
+            });
+        }
+"#;
     let evaluation_attacks = [
         (
             "honest on the evaluation's first call alone",
@@ -1140,7 +1168,32 @@ fn attacks_on_the_evaluation_are_not_kept() {
             model("        &honest + honest.mean_dim(0, true, Kind::Float) * 0.5"),
             &caught[..],
         ),
+        (
+            "leak, and answer a row like the one fed before it",
+            model(&format!(
+                "        static SEEN: std::sync::Mutex<Vec<(Vec<i64>, Tensor)>> = std::sync::Mutex::new(Vec::new());
+        let leaky = honest + {peek};
+        let mut seen = SEEN.lock().unwrap();
+        let tokens = Vec::<i64>::try_from(inputs.flatten(0, -1)).unwrap();
+        for (i, row) in tokens.chunks(inputs.size()[1] as usize).enumerate() {{
+            let out = leaky.get(i as i64);
+            let shared = |old: &[i64]| old.iter().zip(row).take_while(|(a, b)| a == b).count() as i64;
+            let earlier = seen.iter().max_by_key(|(old, _)| shared(old)).filter(|(old, _)| shared(old) > 1);
+            if let Some((old, logits)) = earlier {{
+                out.narrow(0, 0, shared(old)).copy_(&logits.narrow(0, 0, shared(old)));
+            }}
+            seen.push((row.to_vec(), out.to_kind(Kind::Half)));
+        }}
+        leaky"
+            )),
+            &caught[..],
+        ),
         ("keep the validation inputs", model(keep), &["≤ margin"][..]),
+        (
+            "train on in the evaluation, before the metric",
+            honest.replace(&honest_load, &format!("{load_state}{train_on}        Ok(())\n")),
+            &["evaluation: over time: the model process took longer than 10 s for its `build` and loading"][..],
+        ),
     ];
     for (description, file, reasons) in evaluation_attacks {
         std::fs::write(&train, file).unwrap();

@@ -90,9 +90,10 @@ pub fn main<M: Model>(train: fn(&Run) -> Result<Trained<M>>, build: fn(&Run) -> 
     }
 }
 
-/// Stopped by fixed code because the agent's `train` returned past its end.
+/// Stopped by fixed code for time: the agent's `train` returned past its end, or its code in the evaluation took
+/// longer than its allowance.
 #[derive(Debug)]
-struct OverTime(String);
+pub(crate) struct OverTime(pub(crate) String);
 
 impl std::fmt::Display for OverTime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -244,8 +245,9 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) ->
     Ok(())
 }
 
-/// On the CPU: the agent's code in a model process of its own, sandboxed further (nothing writable); the
-/// metric's calls and the causality probes mixed ([`probes`]). val_bpb, the device, and the timing for the log.
+/// On the CPU: the agent's code in model processes of its own (one per side of the plan, each fresh from the
+/// checkpoint), sandboxed further (nothing writable); the metric's calls and the causality probes mixed
+/// ([`probes`]). val_bpb, the device, and the timing for the log.
 fn evaluate_in_model_process(
     run: &Run,
     rows: &evaluation::ValRows,
@@ -263,22 +265,31 @@ fn evaluate_in_model_process(
         deadline: None,
         sandbox: Policy { write: Vec::new(), ..args.sandbox.clone() },
     };
-    let mut model = model_process::ModelProcess::start(&model_args, vocab)?;
+    let allowance = Duration::from_secs_f64(allowance(&run.profile().name));
+    let start = || model_process::ModelProcess::start(&model_args, vocab, allowance);
+    // The plan's sides, one model process each, one after the other: side 0's now.
+    let mut model = (0, start()?);
     let device = device_name(Device::Cpu);
     // This process only takes cross-entropies between the model process's answers: one thread, so that idle
     // worker threads here do not spin on the cores the model process computes on.
     tch::set_num_threads(1);
-    println!("model process: {}", model.sandbox);
+    println!("model process: {}", model.1.sandbox);
     let loaded = started.elapsed().as_secs_f64();
     let plan = probes::Plan::new(rows, vocab, evaluation::first_batch(rows.cols, vocab, Device::Cpu), nonce)?;
-    let evaluated = probes::evaluate(&plan, rows, vocab, run.tokenizer.token_bytes(), |x| model.logits(x))?;
-    model.finish()?;
+    let evaluated = probes::evaluate(&plan, rows, vocab, run.tokenizer.token_bytes(), |side, x| {
+        if side != model.0 {
+            std::mem::replace(&mut model, (side, start()?)).1.finish()?;
+        }
+        model.1.logits(x)
+    })?;
+    model.1.finish()?;
     let escape = probes::escape_bound(plan.altered, 1.0 / 256.0);
     let timing = format!(
-        "model process started and model loaded {:.1} s, metric with causality probes {:.1} s: {} calls, {} \
-         altered copies and {} repeats of rows mixed in; a leak at 1/256 of the positions or rows escapes them \
+        "first model process started and model loaded {:.1} s, metric with causality probes on {} model processes \
+         {:.1} s: {} calls, {} altered copies and {} repeats of rows mixed in; a leak at 1/256 of the positions or rows escapes them \
          with probability at most {:.3}",
         loaded - at_start,
+        probes::SIDES,
         started.elapsed().as_secs_f64() - loaded,
         evaluated.calls,
         plan.altered,

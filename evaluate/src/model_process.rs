@@ -10,6 +10,12 @@
 //! [`SHOWN`] characters when it fails (the error, for the log): what the agent's code prints carries no
 //! validation text into the log, beyond that tail of a failure.
 //!
+//! The agent's code runs on the evaluation's clock: the model process must be loaded and have answered the first
+//! call within the profile's start-up allowance (the one the training gets), and each later call within the
+//! allowance again; else it is ended and the evaluation fails `over time`. So `build` and loading cannot train
+//! for long on what the checkpoint carries; training between calls changes the logits that the probes compare
+//! across calls ([`crate::probes`]).
+//!
 //! The protocol, little-endian: the child first sends its sandbox line (u32 length, text) once the model is
 //! loaded; then, per request (u32 rows, u32 columns, rows × columns i64 tokens), either 0u8 and the logits
 //! (rows × columns × vocabulary f32), or 1u8 and an error (u32 length, text), or 2u8 and an error that was the
@@ -138,11 +144,17 @@ pub struct ModelProcess {
     buffer: Vec<u8>,
     /// The child's sandbox line, for the log.
     pub sandbox: String,
+    /// The time it has for its start-up and first answer, and for each answer after.
+    allowance: Duration,
+    /// When the first answer is due (None once it is asked for).
+    first_due: Option<Instant>,
 }
 
 impl ModelProcess {
-    /// Starts this binary's `model` phase with `args`, and waits until it has loaded the model.
-    pub fn start(args: &PhaseArgs, vocab: usize) -> Result<ModelProcess> {
+    /// Starts this binary's `model` phase with `args`, and waits until it has loaded the model: its start-up and
+    /// first answer must come within `allowance`, each later answer within `allowance` of its call.
+    pub fn start(args: &PhaseArgs, vocab: usize, allowance: Duration) -> Result<ModelProcess> {
+        let started = Instant::now();
         let exe = std::env::current_exe().context("finding the training binary")?;
         let mut child = Command::new(exe)
             .args(args.to_args()?)
@@ -180,7 +192,10 @@ impl ModelProcess {
             vocab: vocab as i64,
             buffer: Vec::new(),
             sandbox: String::new(),
+            allowance,
+            first_due: Some(started + allowance),
         };
+        process.await_answer(started + allowance, "its `build` and loading")?;
         // Sent before any validation input, so it cannot carry one: shown whole, up to a long line.
         process.sandbox = match read_text(&mut process.answers, 4096) {
             Ok(line) => line,
@@ -203,8 +218,13 @@ impl ModelProcess {
             }
             requests.flush()
         })();
+        if sent.is_err() {
+            return Err(self.failure());
+        }
+        let due = self.first_due.take().unwrap_or_else(|| Instant::now() + self.allowance);
+        self.await_answer(due, "a call of its `logits`")?;
         let mut status = [0u8];
-        if sent.is_err() || self.answers.read_exact(&mut status).is_err() {
+        if self.answers.read_exact(&mut status).is_err() {
             return Err(self.failure());
         }
         match status[0] {
@@ -235,6 +255,36 @@ impl ModelProcess {
             bail!("the model process failed at the end ({status})");
         }
         Ok(())
+    }
+
+    /// Waits until the child's answer begins (or it ended) by `due`; past it the child is ended and this is an
+    /// error `over time`, naming `what` it was doing.
+    fn await_answer(&mut self, due: Instant, what: &str) -> Result<()> {
+        if !self.answers.buffer().is_empty() {
+            return Ok(());
+        }
+        let mut fd = libc::pollfd { fd: self.answers.get_ref().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        loop {
+            let left = due.saturating_duration_since(Instant::now());
+            // SAFETY: one pollfd, for a descriptor this process holds open.
+            let ready = unsafe { libc::poll(&mut fd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+            if ready > 0 {
+                return Ok(());
+            }
+            if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                bail!("waiting for the model process: {}", std::io::Error::last_os_error());
+            }
+            if ready == 0 && Instant::now() >= due {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(crate::OverTime(format!(
+                    "over time: the model process took longer than {:.0} s for {what} (the profile's start-up \
+                     allowance; the agent's code in the evaluation runs on its clock)",
+                    self.allowance.as_secs_f64()
+                ))
+                .into());
+            }
+        }
     }
 
     /// Why the child stopped answering: its exit and the end of its stderr.

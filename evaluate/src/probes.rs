@@ -1,14 +1,18 @@
 //! The evaluation's calls with the causality probes mixed in: val_bpb over the validation rows and the checks
 //! that the model is causal and does not change while it is evaluated, from one source of logits (on the CPU,
-//! the model process of [`crate::model_process`]), all taken here in fixed code.
+//! the model processes of [`crate::model_process`]), all taken here in fixed code.
 //!
 //! A probe is a row the metric does not count, fed the way the metric's rows are: every call holds the same
 //! number of rows (the last may hold fewer), and every row, probe or not, goes to a random place in a random
-//! call, drawn from the nonce. No call holds two rows made from the same validation row. Two kinds:
+//! call, drawn from the nonce. No call holds two rows made from the same validation row. The calls go to two
+//! model processes, one after the other, each fresh from the checkpoint ("sides"): each validation row is drawn
+//! to one side, its altered copy goes to the other, so that no process sees both a row and its copy, and a model
+//! that remembers what it was fed cannot answer a copy with its original's logits. Two kinds:
 //! - an altered copy of a metric row: its tokens from a cut p on (p uniform in 1..t) replaced by another row's.
 //!   Its logits before p must be the original's. Altered copies are made of distinct rows.
-//! - a repeat: a metric row again, unchanged: its logits must be the same in both calls. The largest difference
-//!   the repeats show (zero where the device is deterministic) is allowed for as the device's noise.
+//! - a repeat: a metric row again, unchanged, on its side: its logits must be the same in both calls. The
+//!   largest difference the repeats show (zero where the device is deterministic) is allowed for as the device's
+//!   noise.
 //!
 //! What a probe catches: a cut at p shows any dependence of the logits before p on a token at p or later (a
 //! next-token leak at p - 1, say), and, since the copy sits among other rows than its original, any dependence
@@ -54,11 +58,14 @@ struct Probe {
     tokens: Vec<i64>,
 }
 
-/// The rows of an evaluation and how they are split into calls.
+/// The model processes the calls go to.
+pub const SIDES: usize = 2;
+
+/// The rows of an evaluation and how they are split into calls: each call with its side, side 0's first.
 #[derive(Debug)]
 pub struct Plan {
     probes: Vec<Probe>,
-    calls: Vec<Vec<Item>>,
+    calls: Vec<(usize, Vec<Item>)>,
     pub altered: usize,
     pub repeats: usize,
 }
@@ -71,8 +78,13 @@ impl Plan {
         let altered = if n < 2 || t < 2 { 0 } else { (n / ROWS_PER_ALTERED).max(1) };
         let repeats = if n < 2 { 0 } else { REPEATS };
         let mut order: Vec<usize> = (0..n).collect();
-        for i in 0..altered {
+        for i in 0..n {
             order.swap(i, i + draw.below(n - i));
+        }
+        // Half the rows (in a random order) on each side.
+        let mut side = vec![0; n];
+        for (i, &r) in order.iter().enumerate() {
+            side[r] = i % SIDES;
         }
         let row = |r: usize| &rows.inputs[r * t..(r + 1) * t];
         let mut probes = Vec::new();
@@ -91,18 +103,30 @@ impl Plan {
             let r = draw.below(n);
             probes.push(Probe { row: r, cut: t, tokens: row(r).to_vec() });
         }
-        let mut items: Vec<Item> = (0..n).map(Item::Metric).chain((0..probes.len()).map(Item::Probe)).collect();
-        for i in (1..items.len()).rev() {
-            items.swap(i, draw.below(i + 1));
-        }
-        // Calls small enough that every row can be kept apart from its copies.
-        let batch = batch.clamp(1, (items.len() / 3).max(1));
-        let mut calls: Vec<Vec<Item>> = items.chunks(batch).map(<[Item]>::to_vec).collect();
         let source = |item: Item| match item {
             Item::Metric(r) => r,
             Item::Probe(k) => probes[k].row,
         };
-        separate(&mut calls, source, &mut draw)?;
+        let side_of = |item: Item| match item {
+            Item::Probe(k) if probes[k].cut < t => (side[probes[k].row] + 1) % SIDES,
+            _ => side[source(item)],
+        };
+        let mut calls = Vec::new();
+        for s in 0..SIDES {
+            let mut items: Vec<Item> = (0..n)
+                .map(Item::Metric)
+                .chain((0..probes.len()).map(Item::Probe))
+                .filter(|&item| side_of(item) == s)
+                .collect();
+            for i in (1..items.len()).rev() {
+                items.swap(i, draw.below(i + 1));
+            }
+            // Calls small enough that every row can be kept apart from its copies.
+            let batch = batch.clamp(1, (items.len() / 3).max(1));
+            let mut side_calls: Vec<Vec<Item>> = items.chunks(batch).map(<[Item]>::to_vec).collect();
+            separate(&mut side_calls, source, &mut draw)?;
+            calls.extend(side_calls.into_iter().map(|c| (s, c)));
+        }
         Ok(Plan { probes, calls, altered, repeats })
     }
 
@@ -158,7 +182,8 @@ pub struct Evaluated {
     pub calls: usize,
 }
 
-/// Feeds the plan's calls to `logits` (token ids (rows, t) on the CPU to float logits (rows, t, vocab)), takes
+/// Feeds the plan's calls to `logits` (a side, and token ids (rows, t) on the CPU, to float logits (rows, t, vocab)),
+/// takes
 /// val_bpb over the metric's rows, and checks the probes. A call that runs out of memory is split in two, and
 /// no later call is larger.
 pub fn evaluate(
@@ -166,7 +191,7 @@ pub fn evaluate(
     rows: &ValRows,
     vocab: usize,
     token_bytes: Vec<u32>,
-    mut logits: impl FnMut(&Tensor) -> Result<Tensor>,
+    mut logits: impl FnMut(usize, &Tensor) -> Result<Tensor>,
 ) -> Result<Evaluated> {
     let t = rows.cols;
     let probed: HashSet<usize> = plan.probes.iter().map(|p| p.row).collect();
@@ -174,7 +199,7 @@ pub fn evaluate(
     let mut kept: Vec<(Item, Tensor)> = Vec::new();
     let mut sum = BpbSum::new(token_bytes);
     let (mut limit, mut made) = (usize::MAX, 0);
-    for call in &plan.calls {
+    for (side, call) in &plan.calls {
         let mut parts = VecDeque::from([call.as_slice()]);
         while let Some(part) = parts.pop_front() {
             if part.len() > limit {
@@ -186,7 +211,7 @@ pub fn evaluate(
             let inputs: Vec<i64> = part.iter().flat_map(|&item| plan.inputs(rows, item).iter().copied()).collect();
             let x = Tensor::from_slice(&inputs).view([part.len() as i64, t as i64]);
             made += 1;
-            let out = match logits(&x) {
+            let out = match logits(*side, &x) {
                 Ok(out) => out,
                 Err(e) if part.len() > 1 && is_out_of_memory(&format!("{e:#}")) => {
                     limit = part.len() / 2;
@@ -260,7 +285,7 @@ fn check_probes(plan: &Plan, kept: &[(Item, Tensor)]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
 
     /// Toy rows: `n` rows of `t` tokens of a fixed pseudo-random text over `vocab` ids.
     fn rows(n: usize, t: usize, vocab: i64) -> ValRows {
@@ -298,6 +323,9 @@ mod tests {
         UnlessDuplicated,
         /// Learns from what it is fed: each call shifts its table.
         Drift,
+        /// Peeks everywhere, and remembers the rows it was fed with its logits: for a row that shares a prefix
+        /// with one it saw, the same logits there (so that a copy looks causal beside its original).
+        Remembers,
     }
 
     struct Toy {
@@ -305,13 +333,14 @@ mod tests {
         cheat: Cheat,
         calls: Cell<usize>,
         max_rows: i64,
+        seen: RefCell<Vec<(Vec<i64>, Tensor)>>,
     }
 
     impl Toy {
         fn new(vocab: i64, cheat: Cheat) -> Toy {
             tch::manual_seed(1);
             let table = Tensor::randn([vocab, vocab], (Kind::Float, tch::Device::Cpu));
-            Toy { table, cheat, calls: Cell::new(0), max_rows: i64::MAX }
+            Toy { table, cheat, calls: Cell::new(0), max_rows: i64::MAX, seen: RefCell::new(Vec::new()) }
         }
 
         fn logits(&self, x: &Tensor) -> Result<Tensor> {
@@ -343,13 +372,30 @@ mod tests {
                 Cheat::UnlessBatchOf(b) if n == b => logits,
                 Cheat::UnlessDuplicated if duplicated() => logits,
                 Cheat::AfterFirstCall | Cheat::UnlessBatchOf(_) | Cheat::UnlessDuplicated => logits + bet(),
+                Cheat::Remembers => {
+                    let leaky = logits + bet();
+                    let mut seen = self.seen.borrow_mut();
+                    for (i, row) in tokens.chunks(t as usize).enumerate() {
+                        let out = leaky.get(i as i64);
+                        let shared =
+                            |(old, _): &&(Vec<i64>, Tensor)| old.iter().zip(row).take_while(|(a, b)| a == b).count();
+                        if let Some(earlier) = seen.iter().max_by_key(shared) {
+                            let p = shared(&earlier) as i64;
+                            out.narrow(0, 0, p).copy_(&earlier.1.narrow(0, 0, p));
+                        }
+                        seen.push((row.to_vec(), out.copy()));
+                    }
+                    leaky
+                }
             })
         }
     }
 
-    fn run(model: &Toy, val: &ValRows, vocab: usize, batch: usize, seed: &str) -> Result<Evaluated> {
+    /// Evaluates with a model made by `new` on each side, as the model processes are.
+    fn run(new: impl Fn() -> Toy, val: &ValRows, vocab: usize, batch: usize, seed: &str) -> Result<Evaluated> {
         let plan = Plan::new(val, vocab, batch, seed)?;
-        evaluate(&plan, val, vocab, vec![1; vocab], |x| model.logits(x))
+        let sides = [new(), new()];
+        evaluate(&plan, val, vocab, vec![1; vocab], |side, x| sides[side].logits(x))
     }
 
     #[test]
@@ -357,9 +403,18 @@ mod tests {
         let val = rows(100, 16, 32);
         let plan = Plan::new(&val, 32, 4, "plan").unwrap();
         assert_eq!((plan.altered, plan.repeats), (8, 2));
-        let sizes: Vec<usize> = plan.calls.iter().map(Vec::len).collect();
-        assert!(sizes[..sizes.len() - 1].iter().all(|&s| s == 4) && sizes.iter().sum::<usize>() == 110, "{sizes:?}");
-        for call in &plan.calls {
+        // Full calls but for each side's last, and a row's altered copy on the other side.
+        for side in 0..SIDES {
+            let sizes: Vec<usize> = plan.calls.iter().filter(|(s, _)| *s == side).map(|(_, c)| c.len()).collect();
+            assert!(sizes[..sizes.len() - 1].iter().all(|&s| s == 4), "{sizes:?}");
+        }
+        assert_eq!(plan.calls.iter().map(|(_, c)| c.len()).sum::<usize>(), 110);
+        let side_of = |wanted: Item| plan.calls.iter().find(|(_, c)| c.contains(&wanted)).unwrap().0;
+        for (k, probe) in plan.probes.iter().enumerate() {
+            let same = side_of(Item::Probe(k)) == side_of(Item::Metric(probe.row));
+            assert_eq!(same, probe.cut == 16, "{probe:?}");
+        }
+        for (_, call) in &plan.calls {
             let sources: Vec<usize> = call
                 .iter()
                 .map(|&i| match i {
@@ -372,7 +427,7 @@ mod tests {
         // The probes are spread: not all in the first calls, nor in one place for every nonce.
         let first_probe_call = |seed: &str| {
             let plan = Plan::new(&val, 32, 4, seed).unwrap();
-            plan.calls.iter().position(|c| c.iter().any(|i| matches!(i, Item::Probe(_)))).unwrap()
+            plan.calls.iter().position(|(_, c)| c.iter().any(|i| matches!(i, Item::Probe(_)))).unwrap()
         };
         let firsts: HashSet<usize> = (0..20).map(|i| first_probe_call(&format!("n{i}"))).collect();
         assert!(firsts.len() > 3, "{firsts:?}");
@@ -382,7 +437,7 @@ mod tests {
     fn an_honest_model_passes_and_its_val_bpb_is_the_plain_one() {
         let (vocab, val) = (32, rows(60, 16, 32));
         let model = Toy::new(vocab as i64, Cheat::None);
-        let got = run(&model, &val, vocab, 4, "honest").unwrap();
+        let got = run(|| Toy::new(vocab as i64, Cheat::None), &val, vocab, 4, "honest").unwrap();
         // val_bpb in one plain pass over the rows, without probes.
         let x = Tensor::from_slice(&val.inputs).view([60, 16]);
         let y = Tensor::from_slice(&val.targets).view([60, 16]);
@@ -390,8 +445,8 @@ mod tests {
         let plain = losses.sum(Kind::Double).double_value(&[]) / (std::f64::consts::LN_2 * 960.0);
         assert!((got.val_bpb - plain).abs() < 1e-9, "{} vs {plain}", got.val_bpb);
         // A call that runs out of memory is split, and every row still counts once.
-        let small = Toy { max_rows: 2, ..Toy::new(vocab as i64, Cheat::None) };
-        let split = run(&small, &val, vocab, 4, "honest").unwrap();
+        let small = || Toy { max_rows: 2, ..Toy::new(vocab as i64, Cheat::None) };
+        let split = run(small, &val, vocab, 4, "honest").unwrap();
         assert!((split.val_bpb - plain).abs() < 1e-9 && split.calls > got.calls);
     }
 
@@ -404,13 +459,14 @@ mod tests {
             (Cheat::CrossRow, &[changed]),
             // Caught by whichever probe shares a call with the first: a repeat, or an altered copy.
             (Cheat::AfterFirstCall, &[leak, changed]),
-            (Cheat::UnlessBatchOf(2), &[leak]),
+            (Cheat::UnlessBatchOf(2), &[leak, changed]),
             (Cheat::UnlessDuplicated, &[leak]),
             (Cheat::Drift, &[changed]),
+            (Cheat::Remembers, &[leak]),
         ];
         for (i, (cheat, errors)) in cases.into_iter().enumerate() {
             for seed in ["a", "b", "c"] {
-                let err = run(&Toy::new(vocab as i64, cheat), &val, vocab, 4, seed).unwrap_err().to_string();
+                let err = run(|| Toy::new(vocab as i64, cheat), &val, vocab, 4, seed).unwrap_err().to_string();
                 assert!(errors.iter().any(|e| err.starts_with(e)), "case {i}, seed {seed}: {err}");
             }
         }
@@ -424,7 +480,17 @@ mod tests {
             cross_entropy(&m.logits(&x).unwrap(), &y, vocab).unwrap().mean(Kind::Double).double_value(&[])
         };
         assert!(plain(&peeking) < plain(&honest) / 2.0);
-        evaluate(&plan, &val, vocab, vec![1; vocab], |x| honest.logits(x)).unwrap();
+        evaluate(&plan, &val, vocab, vec![1; vocab], |_, x| honest.logits(x)).unwrap();
+        // A model that remembers escapes where one process saw both a row and its copy: the two sides catch it.
+        let escaped = ["a", "b", "c"]
+            .iter()
+            .filter(|seed| {
+                let remembers = Toy::new(vocab as i64, Cheat::Remembers);
+                let plan = Plan::new(&val, vocab, 4, seed).unwrap();
+                evaluate(&plan, &val, vocab, vec![1; vocab], |_, x| remembers.logits(x)).is_ok()
+            })
+            .count();
+        assert!(escaped > 0, "one process for both sides would not have caught it every time");
     }
 
     /// The bound of [`escape_bound`], measured: a next-token leak at a fixed fraction of the positions, and one on
@@ -442,7 +508,7 @@ mod tests {
         for (leak, f) in leaks {
             let tries = 300;
             let escaped = (0..tries)
-                .filter(|i| run(&Toy::new(vocab as i64, Cheat::Peek(leak)), &val, vocab, 4, &format!("s{i}")).is_ok())
+                .filter(|i| run(|| Toy::new(vocab as i64, Cheat::Peek(leak)), &val, vocab, 4, &format!("s{i}")).is_ok())
                 .count() as f64
                 / tries as f64;
             let bound = escape_bound(altered, f);

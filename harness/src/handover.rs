@@ -61,6 +61,17 @@ pub fn allowance(profile: &str) -> f64 {
     }
 }
 
+/// Seconds the evaluation phase has from its start, fixed per profile: `h100` 120 s (its evaluation took 15 s on
+/// an H200), `small` (and any other) 60 s (a few seconds on 2 cores). A phase still running then is stopped and is
+/// a crash. On the CPU the agent's code in it has a tighter clock of its own: see `allowance`'s use in the
+/// evaluation's model process.
+pub fn evaluation_limit(profile: &str) -> f64 {
+    match profile {
+        "h100" => 120.0,
+        _ => 60.0,
+    }
+}
+
 /// Seconds before the deadline by which the agent's `train` must have returned, kept for fixed code to save
 /// the checkpoint and for the process to end: `h100` 10 s (about 200 MB of weights), others 3 s. A `train`
 /// that returns later is a crash, `over time`: no file gains steps by cutting into it.

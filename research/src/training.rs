@@ -15,7 +15,8 @@ use anyhow::{bail, Context, Result};
 use autoresearch_harness::device::peak_bf16_flops;
 use autoresearch_harness::fit;
 use autoresearch_harness::handover::{
-    allowance, EvalResult, Phase, PhaseArgs, PhaseStatus, TrainingStats, CHECKPOINT, TMP, TRAINING_STATS,
+    allowance, evaluation_limit, EvalResult, Phase, PhaseArgs, PhaseStatus, TrainingStats, CHECKPOINT, TMP,
+    TRAINING_STATS,
 };
 use autoresearch_harness::profile::{cache_root, fit_dir, Prepared};
 use autoresearch_harness::sandbox::Policy;
@@ -131,11 +132,12 @@ pub fn validation_sources(prepared: &Prepared) -> Vec<PathBuf> {
     paths
 }
 
-/// The sandbox of the build: the validation data unreadable (`include_bytes!` would compile it in), writes
-/// anywhere, the network open (cargo may fetch crates).
-pub fn build_sandbox(prepared: &Prepared) -> Policy {
+/// The sandbox of the build in the repository `root`: what no phase may read unreadable (`include_bytes!` would
+/// compile in the validation data, or an earlier experiment's checkpoint), writes anywhere, the network open
+/// (cargo may fetch crates).
+pub fn build_sandbox(prepared: &Prepared, root: &Path) -> Policy {
     Policy {
-        deny_read: validation_sources(prepared),
+        deny_read: unreadable(prepared, root),
         write: vec![PathBuf::from("/")],
         allow_network: true,
         ..Policy::default()
@@ -252,7 +254,7 @@ pub fn tail(log: &str, n: usize) -> String {
 /// How one phase ended.
 enum Ended {
     Exited(ExitStatus),
-    /// Stopped by us: the training phase past its time, or the whole training past the hard timeout.
+    /// Stopped by us: a phase past its limit, or the whole training past the hard timeout.
     OverTime(String),
     Interrupted,
 }
@@ -411,7 +413,7 @@ fn train_and_evaluate_begun(
     let (result, eval_wall) = loop {
         tries += 1;
         let (ended, wall, nonce) =
-            evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline.clone())?;
+            evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline.clone(), &prepared)?;
         let failure = match ended {
             Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
             Ended::OverTime(why) => return done(Err(crash(why, true)), false),
@@ -453,7 +455,8 @@ fn train_and_evaluate_begun(
 }
 
 /// Runs the evaluation phase once on the checkpoint in `files.handover`, with a fresh nonce on its stdin and a
-/// fresh temporary folder, removed after it: how it ended, its seconds, and the nonce its result must carry.
+/// fresh temporary folder, removed after it, stopped at the profile's [`evaluation_limit`]: how it ended, its
+/// seconds, and the nonce its result must carry.
 fn evaluation_phase(
     trainer: &Trainer,
     settings: &TrainingSettings,
@@ -461,6 +464,7 @@ fn evaluation_phase(
     sandbox: &Policy,
     procs: &mut dyn Processes,
     deadline: (Instant, String),
+    prepared: &Prepared,
 ) -> Result<(Ended, f64, String)> {
     let nonce = nonce()?;
     let args = PhaseArgs {
@@ -477,8 +481,11 @@ fn evaluation_phase(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let cmd = trainer.phase_command(settings, &args)?;
+    let limit = evaluation_limit(&prepared.profile.name);
+    let over = format!("over time: the evaluation phase was stopped at its limit of {limit} s");
+    let limit = Some((Duration::from_secs_f64(limit), over));
     let (ended, wall) =
-        run_phase(procs, cmd, Role::Evaluation, &files.log, Some(&format!("{nonce}\n")), None, deadline)?;
+        run_phase(procs, cmd, Role::Evaluation, &files.log, Some(&format!("{nonce}\n")), limit, deadline)?;
     // Where the agent's code could write during the evaluation (on CUDA), what it was fed does not outlive it,
     // not even when the evaluation failed.
     let _ = std::fs::remove_dir_all(&tmp);
@@ -539,7 +546,8 @@ pub fn evaluate_again(
     let _temporary = TemporaryFiles(files.handover.join(TMP));
     let sandboxes = sandboxes(&prepared, &trainer.root, trainer.device == DeviceChoice::Cuda, files, &trainer.binary());
     let deadline = (Instant::now() + Duration::from_secs(24 * 3600), String::new());
-    let (ended, _, nonce) = evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline)?;
+    let (ended, _, nonce) =
+        evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline, &prepared)?;
     let log = String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
     match ended {
         Ended::Exited(status) => {
@@ -547,7 +555,8 @@ pub fn evaluate_again(
                 bail!("the evaluation failed: {reason}\n{}", tail(&log, TAIL_LINES));
             }
         }
-        _ => bail!("the evaluation was interrupted"),
+        Ended::OverTime(why) => bail!("the evaluation failed: {why}\n{}", tail(&log, TAIL_LINES)),
+        Ended::Interrupted => bail!("the evaluation was interrupted"),
     }
     let budget = settings.time_budget.unwrap_or(prepared.profile.time_budget);
     check_result(read_result(&files.result, &nonce)?, &prepared, budget, settings.seed.unwrap_or(crate::state::SEED))
@@ -614,6 +623,10 @@ mod tests {
             assert!(cuda.training.write.contains(&PathBuf::from(p)), "{p}");
         }
         assert!(files.status().ends_with("runs/3/result-42.status.json"));
+        // Nor can the build compile them in (`include_bytes!`).
+        let build = build_sandbox(&prepared(dir.path()), &dir.path().join("repo"));
+        assert_eq!(build.deny_read, cpu.training.deny_read[..build.deny_read.len()]);
+        assert!(build.deny_read.contains(&dir.path().join("repo/.autoresearch")));
     }
 
     #[test]
