@@ -20,7 +20,7 @@ use autoresearch_research::workers::{
 };
 use autoresearch_research::{self as experiment, Interrupts, Workspace};
 
-use crate::train_cmd::Device;
+use crate::train_cmd::device_parser;
 
 #[derive(clap::Args)]
 pub struct InitArgs {
@@ -32,9 +32,9 @@ pub struct InitArgs {
     /// Seconds of training per run [default: the profile's budget]
     #[arg(long, value_name = "SECONDS")]
     time_budget: Option<f64>,
-    /// Where to train
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    device: Device,
+    /// Where to train (auto: CUDA if `nvidia-smi` finds a GPU, else the CPU)
+    #[arg(long, default_value = "auto", value_parser = device_parser())]
+    device: DeviceChoice,
     /// The session's keep rule, for `run` and `loop` without --rule: margin (a gain beyond z·σ of the
     /// seed-to-seed noise, which the session measures on the baseline with 3 seeds), lower (the original: any
     /// improvement) or "confirm N"
@@ -221,7 +221,7 @@ fn options(
 /// The session's trainer and where its trainings run; on this machine's GPU (the local backend), the GPU is
 /// checked first.
 fn trainer(ws: &Workspace, backend: &BackendArgs) -> Result<(Trainer, Backend)> {
-    let mut trainer = Trainer::new(ws.root.clone(), Device::parse_name(&ws.state.device));
+    let mut trainer = Trainer::new(ws.root.clone(), ws.state.device);
     let backend = backend.backend(trainer.device)?;
     if backend == Backend::Local {
         trainer.check_gpu()?;
@@ -234,13 +234,12 @@ fn trainer(ws: &Workspace, backend: &BackendArgs) -> Result<(Trainer, Backend)> 
 pub fn init(args: InitArgs) -> Result<()> {
     let root = repo_root()?;
     let prepared = Prepared::load(&cache_root()?, args.profile.as_deref())?;
-    let budget = args.time_budget.unwrap_or(prepared.profile.time_budget);
+    let budget = prepared.profile.budget(args.time_budget);
     if !budget.is_finite() || budget <= 0.0 {
         bail!("--time-budget must be positive, not {budget}");
     }
-    let device = format!("{:?}", args.device).to_lowercase();
     Rule::parse(&args.rule, 2.0)?;
-    let state = experiment::init(&root, &args.tag, &prepared.profile.name, budget, &device, &args.rule)?;
+    let state = experiment::init(&root, &args.tag, &prepared.profile.name, budget, args.device, &args.rule)?;
     println!(
         "session {} on branch {}: profile {}, {} s per run, keep rule {}, results in {}",
         state.tag,

@@ -14,30 +14,11 @@ use autoresearch_research::run::default_timeout;
 use autoresearch_research::trainer::{repo_root, DeviceChoice, Trainer, TrainingSettings};
 use autoresearch_research::training::{build_sandbox, train_and_evaluate, Processes, TrainingFiles};
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum Device {
-    /// CUDA if `nvidia-smi` finds a GPU, else the CPU
-    Auto,
-    Cpu,
-    Cuda,
-}
-
-impl Device {
-    pub fn choice(self) -> DeviceChoice {
-        match self {
-            Device::Auto => DeviceChoice::Auto,
-            Device::Cpu => DeviceChoice::Cpu,
-            Device::Cuda => DeviceChoice::Cuda,
-        }
-    }
-
-    pub fn parse_name(name: &str) -> DeviceChoice {
-        match name {
-            "cpu" => DeviceChoice::Cpu,
-            "cuda" => DeviceChoice::Cuda,
-            _ => DeviceChoice::Auto,
-        }
-    }
+/// `--device`: one of [`DeviceChoice::NAMES`] (auto: CUDA if `nvidia-smi` finds a GPU, else the CPU).
+pub fn device_parser() -> impl clap::builder::TypedValueParser<Value = DeviceChoice> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(DeviceChoice::NAMES)
+        .map(|name| name.parse::<DeviceChoice>().expect("one of the possible values"))
 }
 
 #[derive(clap::Args)]
@@ -55,8 +36,8 @@ pub struct Args {
     seed: Option<u64>,
 
     /// Where to train
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
-    device: Device,
+    #[arg(long, default_value = "auto", value_parser = device_parser())]
+    device: DeviceChoice,
 
     /// Run this training binary, built elsewhere, instead of building one (a GPU machine without Rust)
     #[arg(long, value_name = "FILE")]
@@ -108,7 +89,7 @@ pub fn run(args: Args) -> Result<()> {
             bail!("--time-budget must be positive, not {b}");
         }
     }
-    let mut trainer = Trainer::new(repo_root()?, args.device.choice());
+    let mut trainer = Trainer::new(repo_root()?, args.device);
     trainer.check_gpu()?;
     let prepared = Prepared::load(&cache_root()?, args.profile.as_deref())?;
     trainer.build_sandbox = Some((std::env::current_exe()?, build_sandbox(&prepared, &trainer.root)));
@@ -127,7 +108,7 @@ pub fn run(args: Args) -> Result<()> {
     let files = TrainingFiles::in_folder(folder.path(), seed, folder.path().join("train.log"));
     let done = Arc::new(AtomicBool::new(false));
     let follower = follow(files.log.clone(), done.clone());
-    let timeout = default_timeout(settings.time_budget.unwrap_or(300.0));
+    let timeout = default_timeout(prepared.profile.budget(settings.time_budget));
     let trained = train_and_evaluate(&trainer, &settings, &files, timeout, &mut Terminal);
     done.store(true, Ordering::SeqCst);
     let _ = follower.join();

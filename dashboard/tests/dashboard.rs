@@ -14,6 +14,7 @@ use autoresearch_research::process::{start_time, Recorded, Role};
 use autoresearch_research::results::{self, Extra, Row, Status};
 use autoresearch_research::rules::{save_noise, NoiseEstimate};
 use autoresearch_research::state::{Best, InProgress, State};
+use autoresearch_research::trainer::DeviceChoice;
 use autoresearch_research::RunMeta;
 use serde_json::{json, Value};
 
@@ -77,7 +78,7 @@ fn fixture(dir: &Path, name: &str) -> PathBuf {
         base: "0000000".into(),
         profile: "small".into(),
         time_budget: 60.0,
-        device: "cpu".into(),
+        device: DeviceChoice::Cpu,
         rule: "lower".into(),
         best: Some(Best { commit: "c000005".into(), val_bpb: 1.799, run: 5, seeds: vec![42] }),
         next_run: 8,

@@ -34,7 +34,15 @@ pub struct Profile {
 
 pub const PROFILE_NAMES: [&str; 2] = ["h100", "small"];
 
+/// The seed of a training that is given none.
+pub const DEFAULT_SEED: u64 = 42;
+
 impl Profile {
+    /// The training budget: the one `given` (a flag, the environment), else the profile's.
+    pub fn budget(&self, given: Option<f64>) -> f64 {
+        given.unwrap_or(self.time_budget)
+    }
+
     pub fn builtin(name: &str) -> Result<Profile> {
         let p = |max_seq_len, eval_tokens, vocab_size, source: &str| Profile {
             name: name.to_string(),
@@ -202,9 +210,9 @@ impl Run {
         let prepared =
             Prepared::load(&cache, std::env::var("AUTORESEARCH_PROFILE").ok().filter(|s| !s.is_empty()).as_deref())?;
         let tokenizer = Arc::new(load_tokenizer(&cache, &prepared)?);
-        let time_budget = env_number::<f64>("AUTORESEARCH_TIME_BUDGET")?.unwrap_or(prepared.profile.time_budget);
+        let time_budget = prepared.profile.budget(env_number::<f64>("AUTORESEARCH_TIME_BUDGET")?);
         ensure!(time_budget > 0.0, "AUTORESEARCH_TIME_BUDGET must be positive");
-        let seed = env_number::<u64>("AUTORESEARCH_SEED")?.unwrap_or(42);
+        let seed = env_number::<u64>("AUTORESEARCH_SEED")?.unwrap_or(DEFAULT_SEED);
         let name = &prepared.profile.name;
         let span = time_budget + crate::handover::allowance(name) - crate::handover::handover_reserve(name);
         let end = started + std::time::Duration::from_secs_f64(span.max(0.0));

@@ -40,6 +40,7 @@ use git::Git;
 use ledger::Ledger;
 use results::Status;
 use state::{Best, State};
+use trainer::DeviceChoice;
 
 /// The one file the agent may change.
 pub const TRAINING_FILE: &str = "train/train.rs";
@@ -121,7 +122,14 @@ pub struct Workspace {
 }
 
 /// Starts a session: branch `autoresearch/<tag>` from HEAD, the results.tsv header, the state.
-pub fn init(root: &Path, tag: &str, profile: &str, time_budget: f64, device: &str, rule: &str) -> Result<State> {
+pub fn init(
+    root: &Path,
+    tag: &str,
+    profile: &str,
+    time_budget: f64,
+    device: DeviceChoice,
+    rule: &str,
+) -> Result<State> {
     if tag.is_empty() || !tag.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         bail!("tag {tag:?}: use letters, digits, '-', '_' and '.'");
     }
@@ -166,7 +174,7 @@ pub fn init(root: &Path, tag: &str, profile: &str, time_budget: f64, device: &st
         base: git.head()?,
         profile: profile.to_string(),
         time_budget,
-        device: device.to_string(),
+        device,
         rule: rule.to_string(),
         best: None,
         next_run: 1,

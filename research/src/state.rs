@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::process::Recorded;
+use crate::trainer::DeviceChoice;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Best {
@@ -18,8 +19,8 @@ pub struct Best {
     pub seeds: Vec<u64>,
 }
 
-/// The seed of every experiment's first training run (the original's).
-pub const SEED: u64 = 42;
+/// The seed of every experiment's first training run (the original's, the harness's default).
+pub const SEED: u64 = autoresearch_harness::profile::DEFAULT_SEED;
 
 fn first_seed() -> Vec<u64> {
     vec![SEED]
@@ -49,8 +50,7 @@ pub struct State {
     /// Every run of the session uses this profile and time budget, so that their results compare.
     pub profile: String,
     pub time_budget: f64,
-    /// "auto", "cpu" or "cuda".
-    pub device: String,
+    pub device: DeviceChoice,
     /// The keep rule of `run` and `loop` where they are given none (`--rule`). Sessions from before there was a
     /// session rule kept by `lower`.
     #[serde(default = "original_rule")]
@@ -88,5 +88,36 @@ impl State {
     /// The commit experiments start from: the best kept one, or the session's base before any.
     pub fn reference_commit(&self) -> &str {
         self.best.as_ref().map_or(&self.base, |b| &b.commit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_is_stored_by_name_and_an_unknown_one_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State {
+            tag: "t".into(),
+            branch: "autoresearch/t".into(),
+            base: "abc".into(),
+            profile: "small".into(),
+            time_budget: 60.0,
+            device: DeviceChoice::Cuda,
+            rule: "margin".into(),
+            best: None,
+            next_run: 1,
+            in_progress: None,
+            children: Vec::new(),
+            slurm_jobs: Vec::new(),
+        };
+        state.save(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(text.contains(r#""device": "cuda""#), "{text}");
+        assert_eq!(State::load(dir.path()).unwrap(), state);
+        std::fs::write(dir.path().join("state.json"), text.replace(r#""cuda""#, r#""gpu""#)).unwrap();
+        let err = format!("{:#}", State::load(dir.path()).unwrap_err());
+        assert!(err.contains("state.json") && err.contains("unknown variant `gpu`"), "{err}");
     }
 }

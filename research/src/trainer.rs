@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use autoresearch_harness::handover::{PhaseArgs, DEVICE_ENV, TMP};
 use autoresearch_harness::sandbox::Policy;
+use serde::{Deserialize, Serialize};
 
 /// The repository: the nearest folder upwards from the current one that holds `train/train.rs`.
 pub fn repo_root() -> Result<PathBuf> {
@@ -22,7 +23,10 @@ pub fn repo_root() -> Result<PathBuf> {
 /// A build that takes longer than this shows cargo's progress.
 pub const LONG_BUILD: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where trainings run, as the user chose it: the one device type of the command line, the session's state
+/// (`"auto"`, `"cpu"` or `"cuda"` in state.json) and the trainer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// CUDA if `nvidia-smi` finds a GPU, else the CPU
     Auto,
@@ -30,7 +34,22 @@ pub enum DeviceChoice {
     Cuda,
 }
 
+impl std::str::FromStr for DeviceChoice {
+    type Err = anyhow::Error;
+
+    fn from_str(name: &str) -> Result<DeviceChoice> {
+        match name {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            _ => bail!("unknown device {name:?} (known: {})", DeviceChoice::NAMES.join(", ")),
+        }
+    }
+}
+
 impl DeviceChoice {
+    pub const NAMES: [&'static str; 3] = ["auto", "cpu", "cuda"];
+
     pub fn resolve(self) -> DeviceChoice {
         match self {
             DeviceChoice::Auto => {

@@ -329,7 +329,7 @@ fn train_and_evaluate_begun(
     let started = Instant::now();
     let cache = cache_root()?;
     let prepared = Prepared::load(&cache, settings.profile.as_deref())?;
-    let budget = settings.time_budget.unwrap_or(prepared.profile.time_budget);
+    let budget = prepared.profile.budget(settings.time_budget);
     let seed = settings.seed.unwrap_or(crate::state::SEED);
     for path in [&files.handover] {
         if path.exists() {
@@ -558,7 +558,7 @@ pub fn evaluate_again(
         Ended::OverTime(why) => bail!("the evaluation failed: {why}\n{}", tail(&log, TAIL_LINES)),
         Ended::Interrupted => bail!("the evaluation was interrupted"),
     }
-    let budget = settings.time_budget.unwrap_or(prepared.profile.time_budget);
+    let budget = prepared.profile.budget(settings.time_budget);
     check_result(read_result(&files.result, &nonce)?, &prepared, budget, settings.seed.unwrap_or(crate::state::SEED))
 }
 
