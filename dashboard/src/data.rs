@@ -214,13 +214,11 @@ pub fn rows(s: &Session, from: usize) -> Result<Rows> {
         .filter(|g| g.below_noise)
         .map(|g| g.commit)
         .collect();
-    let mut best: Option<f64> = None;
+    let running = results::running_best(&all);
     let mut out = Vec::new();
     for (i, r) in all.iter().enumerate() {
-        let delta = best.filter(|_| r.status != Status::Crash).map(|b| r.val_bpb - b);
-        if r.status == Status::Keep {
-            best = Some(r.val_bpb);
-        }
+        let best_before = i.checked_sub(1).and_then(|j| running[j]);
+        let delta = best_before.filter(|_| r.status != Status::Crash).map(|b| r.val_bpb - b);
         if i < from {
             continue;
         }

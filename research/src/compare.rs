@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::report::{self, PLOT_SIZE};
-use crate::results::{self, Row, Status};
+use crate::results::{self, Row};
 
 /// The session's best after an experiment.
 #[derive(Clone, Debug, Serialize)]
@@ -55,13 +55,14 @@ pub fn session(path: &Path) -> Result<Session> {
     let file = results::read(path)?;
     let rows = file.rows.clone();
     let r = report::build_from(path, file, Vec::new());
-    let experiments: Vec<&Row> = report::experiments(&rows).map(|(_, row)| row).collect();
-    let timed = experiments.iter().all(|r| r.extra.is_some());
-    let (mut seconds, mut best, mut best_so_far) = (0.0, None, Vec::new());
+    let running = results::running_best(&rows);
+    let experiments: Vec<(usize, &Row)> = report::experiments(&rows).collect();
+    let timed = experiments.iter().all(|(_, r)| r.extra.is_some());
+    let (mut seconds, mut best_so_far) = (0.0, Vec::new());
     // Where workers ran side by side, an experiment ends at its worker's time so far (rows are written as
     // experiments end, so the latest of those is the session's clock).
     let mut lane_seconds = std::collections::BTreeMap::new();
-    for (i, row) in experiments.iter().enumerate() {
+    for (i, &(index, row)) in experiments.iter().enumerate() {
         let took = row.extra.as_ref().map_or(0.0, |e| e.seconds);
         match row.extra.as_ref().and_then(|e| e.worker) {
             Some(w) => {
@@ -71,10 +72,7 @@ pub fn session(path: &Path) -> Result<Session> {
             }
             None => seconds += took,
         }
-        if row.status == Status::Keep {
-            best = Some(row.val_bpb);
-        }
-        if let Some(val_bpb) = best {
+        if let Some(val_bpb) = running[index] {
             best_so_far.push(BestSoFar { experiment: i + 1, hours: timed.then_some(seconds / 3600.0), val_bpb });
         }
     }

@@ -388,16 +388,16 @@ pub fn plot(path: &Path, out: &Path, noise: &[NoiseEstimate]) -> Result<()> {
                 .map(|(x, r)| Circle::new((*x as f64, r.val_bpb), 5, grey.filled())),
         )
         .map_err(draw)?;
-    // Running best: flat until the next keep, then down to it.
+    // Running best ([`results::running_best`]): flat until the next keep, then to it.
     let green = RGBColor(46, 160, 67);
     let mut steps = Vec::new();
-    let mut current = f64::INFINITY;
+    let mut current: Option<f64> = None;
     for &(x, y, _, _) in &kept {
-        if current.is_finite() {
-            steps.push((x as f64, current));
+        if let Some(before) = current {
+            steps.push((x as f64, before));
         }
-        current = current.min(y);
-        steps.push((x as f64, current));
+        current = Some(y);
+        steps.push((x as f64, y));
     }
     if let Some(&(_, y)) = steps.last() {
         steps.push((n as f64 + 0.5, y));
