@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use autoresearch_research::compare;
+use autoresearch_research::files::{BUILD_LOG, CHANGE_FILE, META_FILE, RUNS_DIR, RUN_LOG, WORKERS_DIR, WORKER_TREE};
 use autoresearch_research::process::{alive, start_time, Role};
 use autoresearch_research::report;
 use autoresearch_research::results::{self, Status};
@@ -114,9 +115,9 @@ fn view(s: &Session) -> Result<SessionView> {
 /// What the journals record as running now: the lone loop's, or each worker's (a journal left by a killed
 /// loop lists dead processes, which are not shown).
 fn live(s: &Session, st: &State) -> Vec<Live> {
-    let lone = live_one(s, st, None, &s.root.join("run.log"));
+    let lone = live_one(s, st, None, &s.root.join(RUN_LOG));
     let workers = worker_journals(&s.state_dir()).into_iter().filter_map(|(k, journal)| {
-        let log = s.state_dir().join("workers").join(k.to_string()).join("tree/run.log");
+        let log = s.state_dir().join(WORKERS_DIR).join(k.to_string()).join(WORKER_TREE).join(RUN_LOG);
         live_one(s, &journal, Some(k), &log)
     });
     lone.into_iter().chain(workers).collect()
@@ -126,7 +127,7 @@ fn live_one(s: &Session, st: &State, worker: Option<usize>, log: &Path) -> Optio
     let child = st.children.iter().rfind(|c| alive(c.pgid) && start_time(c.pgid) == Some(c.start_time))?;
     let run = st.in_progress.as_ref().map(|ip| ip.run);
     let meta: Option<RunMeta> = run.and_then(|r| {
-        let bytes = std::fs::read(s.state_dir().join("runs").join(r.to_string()).join("meta.json")).ok()?;
+        let bytes = std::fs::read(s.state_dir().join(RUNS_DIR).join(r.to_string()).join(META_FILE)).ok()?;
         serde_json::from_slice(&bytes).ok()
     });
     let phase = match child.role {
@@ -258,7 +259,7 @@ const LOG_LINES: usize = 60;
 /// The files of run `run` (None: no such run), each only if it lies inside the session folder: a link that
 /// leads out is an error.
 pub fn run_files(s: &Session, run: u64) -> Result<Option<RunFiles>> {
-    let dir = s.state_dir().join("runs").join(run.to_string());
+    let dir = s.state_dir().join(RUNS_DIR).join(run.to_string());
     if !dir.is_dir() {
         return Ok(None);
     }
@@ -270,13 +271,13 @@ pub fn run_files(s: &Session, run: u64) -> Result<Option<RunFiles>> {
         let Some(real) = s.inside(&path) else { bail!("{name} of run {run} lies outside the session") };
         Ok(Some(String::from_utf8_lossy(&std::fs::read(real)?).into_owned()))
     };
-    let log = match read("run.log")? {
+    let log = match read(RUN_LOG)? {
         Some(log) => Some(log),
-        None => read("build.log")?,
+        None => read(BUILD_LOG)?,
     };
     Ok(Some(RunFiles {
         run,
-        diff: read("change.diff")?,
+        diff: read(CHANGE_FILE)?,
         log_tail: log.map(|l| autoresearch_research::training::tail(&l, LOG_LINES)),
     }))
 }

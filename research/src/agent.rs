@@ -38,7 +38,7 @@ pub struct LoopReport {
 }
 
 /// The notes agents keep across calls, in the session's folder (outside the training file's guard).
-pub const NOTES_FILE: &str = "notes.md";
+pub use crate::files::NOTES_FILE;
 /// The end of the notes that goes into a prompt, in bytes.
 const NOTES_IN_PROMPT: usize = 8000;
 
@@ -55,7 +55,7 @@ pub fn research_loop(
     let mut report = LoopReport::default();
     let mut feedback: Option<String> = None;
     let mut idle = 0;
-    let prompt_path = ws.own.join("prompt.md");
+    let prompt_path = ws.own.join(crate::files::PROMPT_FILE);
     let description_path = ws.own.join("description.txt");
     set_aside_leftovers(ws)?;
     // A worker's experiments count against --max-experiments with the others': each claims one before it
@@ -227,7 +227,7 @@ fn call_agent(ws: &mut Workspace, opts: &LoopOptions, prompt: &Path, description
     } else {
         format!("{} {}", opts.agent, shell_quote(prompt))
     };
-    let log_path = ws.own.join("agent.log");
+    let log_path = ws.own.join(crate::files::AGENT_LOG);
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     use std::io::Write;
     writeln!(log, "\n=== {}: {line}", now_utc())?;

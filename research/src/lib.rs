@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod compare;
+pub mod files;
 pub mod git;
 pub mod ledger;
 pub mod process;
@@ -42,10 +43,8 @@ use results::Status;
 use state::{Best, State};
 use trainer::DeviceChoice;
 
-/// The one file the agent may change.
-pub const TRAINING_FILE: &str = "train/train.rs";
-pub const RESULTS_FILE: &str = "results.tsv";
-pub const STATE_DIR: &str = ".autoresearch";
+use files::*;
+pub use files::{RESULTS_FILE, STATE_DIR, TRAINING_FILE};
 
 /// Interrupt requests (Ctrl-C, SIGTERM) counted by the caller's signal handler.
 #[derive(Clone, Default)]
@@ -151,9 +150,10 @@ pub fn init(
         for c in old.children.iter().chain(workers.iter().flat_map(|(_, w)| &w.children)) {
             c.kill_if_ours();
         }
-        let archive = dir.join("archive").join(&old.tag);
+        let archive = dir.join(ARCHIVE_DIR).join(&old.tag);
         std::fs::create_dir_all(&archive)?;
-        for name in ["state.json", "runs", "noise.json", "prompt.md", "agent.log", "notes.md", "leftovers", "workers"] {
+        let names = [STATE_FILE, RUNS_DIR, NOISE_FILE, PROMPT_FILE, AGENT_LOG, NOTES_FILE, LEFTOVERS_DIR, WORKERS_DIR];
+        for name in names {
             if dir.join(name).exists() {
                 std::fs::rename(dir.join(name), archive.join(name))?;
             }
@@ -190,7 +190,7 @@ pub fn init(
 
 /// The journals of a session's workers, by number (none for a session run by one loop).
 pub fn worker_journals(dir: &Path) -> Vec<(usize, State)> {
-    let mut found: Vec<(usize, State)> = std::fs::read_dir(dir.join("workers"))
+    let mut found: Vec<(usize, State)> = std::fs::read_dir(dir.join(WORKERS_DIR))
         .map(|entries| {
             entries
                 .filter_map(|e| {
@@ -257,8 +257,8 @@ impl Workspace {
     /// coordinator left of its experiment.
     pub fn worker(ledger: &Arc<Ledger>, k: usize) -> Result<Workspace> {
         let session = ledger.state();
-        let own = ledger.dir.join("workers").join(k.to_string());
-        let tree = own.join("tree");
+        let own = ledger.dir.join(WORKERS_DIR).join(k.to_string());
+        let tree = own.join(WORKER_TREE);
         let start = session.reference_commit().to_string();
         if !tree.join(".git").exists() {
             std::fs::create_dir_all(&own).with_context(|| format!("creating {}", own.display()))?;
@@ -340,20 +340,17 @@ impl Workspace {
     }
 
     pub fn run_dir(&self, run: u64) -> PathBuf {
-        self.dir.join("runs").join(run.to_string())
+        self.dir.join(RUNS_DIR).join(run.to_string())
     }
 
     pub fn read_meta(&self, run: u64) -> Option<RunMeta> {
-        serde_json::from_slice(&std::fs::read(self.run_dir(run).join("meta.json")).ok()?).ok()
+        serde_json::from_slice(&std::fs::read(self.run_dir(run).join(META_FILE)).ok()?).ok()
     }
 
     pub fn write_meta(&self, meta: &RunMeta) -> Result<()> {
         let dir = self.run_dir(meta.run);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        autoresearch_harness::fsutil::write_atomic(
-            &dir.join("meta.json"),
-            serde_json::to_string_pretty(meta)?.as_bytes(),
-        )
+        autoresearch_harness::fsutil::write_atomic(&dir.join(META_FILE), serde_json::to_string_pretty(meta)?.as_bytes())
     }
 
     /// Saves the change from the reference commit (committed or not) and any new files into `run`'s folder,
@@ -372,7 +369,7 @@ impl Workspace {
         };
         diff += &self.git.diff(commit.unwrap_or(&reference), None)?;
         if !diff.is_empty() {
-            autoresearch_harness::fsutil::write_atomic(&dir.join("change.diff"), diff.as_bytes())?;
+            autoresearch_harness::fsutil::write_atomic(&dir.join(CHANGE_FILE), diff.as_bytes())?;
         }
         for file in self.git.untracked()? {
             let to = dir.join("untracked").join(&file);
@@ -521,7 +518,7 @@ impl Workspace {
         // One folder each, also for two in the same second.
         let stamp = now_utc().replace(':', "");
         let dir = (0..)
-            .map(|k| self.own.join("leftovers").join(if k == 0 { stamp.clone() } else { format!("{stamp}-{k}") }))
+            .map(|k| self.own.join(LEFTOVERS_DIR).join(if k == 0 { stamp.clone() } else { format!("{stamp}-{k}") }))
             .find(|d| !d.exists())
             .unwrap();
         self.set_aside_to(&dir, None)?;

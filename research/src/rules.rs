@@ -94,7 +94,7 @@ fn noise_key(profile: &str, budget: f64) -> String {
 }
 
 pub fn load_noise(dir: &Path) -> Result<BTreeMap<String, NoiseEstimate>> {
-    let path = dir.join("noise.json");
+    let path = dir.join(crate::files::NOISE_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display())),
         Err(_) => Ok(BTreeMap::new()),
@@ -108,7 +108,10 @@ pub fn noise_for(dir: &Path, profile: &str, budget: f64) -> Result<Option<NoiseE
 pub fn save_noise(dir: &Path, estimate: &NoiseEstimate) -> Result<()> {
     let mut all = load_noise(dir)?;
     all.insert(noise_key(&estimate.profile, estimate.budget), estimate.clone());
-    autoresearch_harness::fsutil::write_atomic(&dir.join("noise.json"), serde_json::to_string_pretty(&all)?.as_bytes())
+    autoresearch_harness::fsutil::write_atomic(
+        &dir.join(crate::files::NOISE_FILE),
+        serde_json::to_string_pretty(&all)?.as_bytes(),
+    )
 }
 
 /// A rule with its margin resolved for one profile and budget.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::files::{handover_dir, is_handover_dir, seed_log, BUILD_LOG, RUN_LOG};
 use crate::ledger::RerunTask;
 use crate::process::{wait_or_kill, Recorded, Role};
 use crate::results::{self, Extra, Row, Status};
@@ -263,7 +264,7 @@ fn prune_checkpoints(dir: &Path, keep_first: bool) -> Result<()> {
     for entry in entries {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.starts_with("seed-") && path.is_dir() && !(keep_first && name == format!("seed-{SEED}")) {
+        if is_handover_dir(name) && path.is_dir() && !(keep_first && name == handover_dir(SEED)) {
             std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
         }
     }
@@ -376,8 +377,8 @@ pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOp
     exp.build_wall = building.elapsed().as_secs_f64();
     let mut decision = match built {
         Err(compiler) => {
-            std::fs::write(ws.run_dir(exp.run).join("build.log"), &compiler)?;
-            std::fs::write(ws.root.join("run.log"), &compiler)?;
+            std::fs::write(ws.run_dir(exp.run).join(BUILD_LOG), &compiler)?;
+            std::fs::write(ws.root.join(RUN_LOG), &compiler)?;
             Decision::crash(Crash {
                 reason: "compile error".into(),
                 retryable: false,
@@ -385,7 +386,7 @@ pub fn run_experiment(ws: &mut Workspace, trainer: &Trainer, opts: &ExperimentOp
             })
         }
         Ok(output) => {
-            std::fs::write(ws.run_dir(exp.run).join("build.log"), output)?;
+            std::fs::write(ws.run_dir(exp.run).join(BUILD_LOG), output)?;
             match train_and_decide(ws, trainer, opts, &mut exp)? {
                 Some(decision) => decision,
                 None => return interrupted(ws, exp.meta),
@@ -472,12 +473,12 @@ fn train_and_decide(
         ws.state.time_budget,
         ws.state.profile,
         opts.timeout.as_secs_f64(),
-        if ws.worker.is_some() { ws.root.join("run.log").display().to_string() } else { "run.log".into() }
+        if ws.worker.is_some() { ws.root.join(RUN_LOG).display().to_string() } else { RUN_LOG.into() }
     ));
-    let run_log = ws.root.join("run.log");
+    let run_log = ws.root.join(RUN_LOG);
     let first = train(ws, trainer, SEED, &ws.run_dir(exp.run), run_log.clone(), opts)?;
     exp.training_wall += first.wall;
-    std::fs::copy(&run_log, ws.run_dir(exp.run).join("run.log"))?;
+    std::fs::copy(&run_log, ws.run_dir(exp.run).join(RUN_LOG))?;
     if first.interrupted {
         return Ok(None);
     }
@@ -1039,9 +1040,9 @@ pub fn noise_training(
     dir: &Path,
     opts: &ExperimentOptions,
 ) -> Result<f64> {
-    let log = dir.join(format!("seed-{seed}.log"));
+    let log = dir.join(seed_log(seed));
     let t = train(ws, trainer, seed, dir, log.clone(), opts)?;
-    let handover = dir.join(format!("seed-{seed}"));
+    let handover = dir.join(handover_dir(seed));
     if handover.exists() {
         std::fs::remove_dir_all(&handover).with_context(|| format!("removing {}", handover.display()))?;
     }
@@ -1082,8 +1083,7 @@ pub fn evaluate_run(
     run: Option<u64>,
     opts: &ExperimentOptions,
 ) -> Result<(u64, EvalResult)> {
-    let has_checkpoint =
-        |ws: &Workspace, run: u64| ws.run_dir(run).join(format!("seed-{SEED}")).join(CHECKPOINT).is_file();
+    let has_checkpoint = |ws: &Workspace, run: u64| ws.run_dir(run).join(handover_dir(SEED)).join(CHECKPOINT).is_file();
     let run = match run {
         Some(run) => run,
         None => match ws.runs().iter().rev().find(|m| has_checkpoint(ws, m.run)) {
@@ -1109,7 +1109,7 @@ pub fn evaluate_run(
             seed: Some(SEED),
         };
         let files = TrainingFiles {
-            handover: dir.join(format!("seed-{SEED}")),
+            handover: dir.join(handover_dir(SEED)),
             result: dir.join("eval-result.json"),
             log: dir.join("eval.log"),
         };

@@ -68,7 +68,7 @@ pub struct State {
 
 impl State {
     pub fn load(dir: &Path) -> Result<State> {
-        let path = dir.join("state.json");
+        let path = dir.join(crate::files::STATE_FILE);
         let bytes = std::fs::read(&path).with_context(|| {
             format!(
                 "no research session here ({} is missing): start one with `autoresearch init <tag>`",
@@ -80,7 +80,7 @@ impl State {
 
     pub fn save(&self, dir: &Path) -> Result<()> {
         autoresearch_harness::fsutil::write_atomic(
-            &dir.join("state.json"),
+            &dir.join(crate::files::STATE_FILE),
             serde_json::to_string_pretty(self)?.as_bytes(),
         )
     }

@@ -96,8 +96,8 @@ impl TrainingFiles {
     /// The files of the training with `seed` in a folder: `seed-<seed>/` (hand-over), `result-<seed>.json`.
     pub fn in_folder(dir: &Path, seed: u64, log: PathBuf) -> TrainingFiles {
         TrainingFiles {
-            handover: dir.join(format!("seed-{seed}")),
-            result: dir.join(format!("result-{seed}.json")),
+            handover: dir.join(crate::files::handover_dir(seed)),
+            result: dir.join(crate::files::result_file(seed)),
             log,
         }
     }
@@ -152,7 +152,7 @@ pub const CPU_DEVICES: [&str; 6] = ["/dev/null", "/dev/zero", "/dev/full", "/dev
 /// session's folder with its runs, checkpoints, logs and workers' trees; the ledger; the last log).
 pub fn unreadable(prepared: &Prepared, root: &Path) -> Vec<PathBuf> {
     let mut deny = validation_sources(prepared);
-    deny.extend([crate::STATE_DIR, crate::RESULTS_FILE, "run.log"].map(|p| root.join(p)));
+    deny.extend([crate::STATE_DIR, crate::RESULTS_FILE, crate::files::RUN_LOG].map(|p| root.join(p)));
     deny
 }
 
