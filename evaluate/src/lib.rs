@@ -149,6 +149,9 @@ fn training_phase<M: Model>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<
     );
     println!("cores: {}", cores());
     let trained = train(&run)?;
+    // The agent's `state` and `device` run on `train`'s clock too: work there is no time from the hand-over's.
+    let state = trained.model.state();
+    let device = trained.model.device();
     let late = -run.seconds_left();
     let lingering = supervisor::kill_descendants();
     if lingering > 0 {
@@ -156,14 +159,12 @@ fn training_phase<M: Model>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<
     }
     if late > 0.0 {
         return Err(OverTime(format!(
-            "over time: `train` returned {late:.1} s past its end (budget {budget} s + allowance {} s, less {reserve} \
-             s for the hand-over)",
+            "over time: `train` (and the model's `state`) returned {late:.1} s past its end (budget {budget} s + \
+             allowance {} s, less {reserve} s for the hand-over)",
             allowance(&profile)
         ))
         .into());
     }
-    let state = trained.model.state();
-    let device = trained.model.device();
     let peak_memory_mb = match device {
         Device::Cuda(i) => autoresearch_ops::cuda_peak_memory_mb(i),
         _ => peak_rss_mb(),
@@ -267,22 +268,28 @@ fn evaluate_in_model_process(
     };
     let allowance = Duration::from_secs_f64(allowance(&run.profile().name));
     let start = || model_process::ModelProcess::start(&model_args, vocab, allowance);
-    // The plan's sides, one model process each, one after the other: side 0's now.
-    let mut model = (0, start()?);
+    // The plan's sides, one model process each, one after the other (the first has ended before the second
+    // starts, so they share no time in which to talk): side 0's now.
+    let mut model = Some((0, start()?));
     let device = device_name(Device::Cpu);
     // This process only takes cross-entropies between the model process's answers: one thread, so that idle
     // worker threads here do not spin on the cores the model process computes on.
     tch::set_num_threads(1);
-    println!("model process: {}", model.1.sandbox);
+    println!("model process: {}", model.as_ref().map_or("", |m| m.1.sandbox.as_str()));
     let loaded = started.elapsed().as_secs_f64();
     let plan = probes::Plan::new(rows, vocab, evaluation::first_batch(rows.cols, vocab, Device::Cpu), nonce)?;
     let evaluated = probes::evaluate(&plan, rows, vocab, run.tokenizer.token_bytes(), |side, x| {
-        if side != model.0 {
-            std::mem::replace(&mut model, (side, start()?)).1.finish()?;
+        if model.as_ref().map(|m| m.0) != Some(side) {
+            if let Some((_, done)) = model.take() {
+                done.finish()?;
+            }
+            model = Some((side, start()?));
         }
-        model.1.logits(x)
+        model.as_mut().context("no model process")?.1.logits(x)
     })?;
-    model.1.finish()?;
+    if let Some((_, done)) = model {
+        done.finish()?;
+    }
     let escape = probes::escape_bound(plan.altered, 1.0 / 256.0);
     let timing = format!(
         "first model process started and model loaded {:.1} s, metric with causality probes on {} model processes \

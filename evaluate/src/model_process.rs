@@ -290,9 +290,20 @@ impl ModelProcess {
     /// Why the child stopped answering: its exit and the end of its stderr.
     fn failure(&mut self) -> anyhow::Error {
         use std::os::unix::process::ExitStatusExt;
-        // It may still live (waiting for a request after a garbled answer): it is ended first. A process it
-        // started could hold its stderr open; that tail is then not waited for (the phase's supervisor ends it).
-        let _ = self.child.kill();
+        // It may be ending on its own error (up to a second is given), or still live, waiting for a request after
+        // a garbled answer: then it is ended here, and its end is not mistaken for the kernel's OOM killer. A
+        // process it started could hold its stderr open; that tail is then not waited for (the phase's
+        // supervisor ends it).
+        let waited = Instant::now();
+        let mut ended = self.child.try_wait();
+        while matches!(ended, Ok(None)) && waited.elapsed() < Duration::from_secs(1) {
+            std::thread::sleep(Duration::from_millis(10));
+            ended = self.child.try_wait();
+        }
+        let ended_here = matches!(ended, Ok(None));
+        if ended_here {
+            let _ = self.child.kill();
+        }
         let status = self.child.wait();
         let stderr = self.stderr.take().and_then(|h| {
             let waited = Instant::now();
@@ -312,6 +323,7 @@ impl ModelProcess {
             stderr.clone()
         };
         let how = match status {
+            Ok(_) if ended_here => "it stopped answering and was ended".to_string(),
             Ok(s) if s.signal() == Some(9) => "killed (signal 9: out of memory?)".to_string(),
             Ok(s) => s.to_string(),
             Err(e) => format!("not waited for: {e}"),

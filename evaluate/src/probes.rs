@@ -26,7 +26,7 @@ use autoresearch_harness::fit::is_out_of_memory;
 use autoresearch_harness::metric::BpbSum;
 use tch::{Kind, Tensor};
 
-use crate::causality::{tolerance, Draw};
+use crate::causality::Draw;
 use crate::evaluation::{cross_entropy, ValRows};
 
 /// One altered copy per this many metric rows; with the repeats, the probes add about a twelfth to the metric's
@@ -34,6 +34,17 @@ use crate::evaluation::{cross_entropy, ValRows};
 const ROWS_PER_ALTERED: usize = 12;
 /// Repeats of metric rows.
 const REPEATS: usize = 2;
+/// The checks compare log-probabilities (log-softmax, what the metric reads), floored here: below it a
+/// probability is nothing to the metric, and a model cannot widen what counts as the same with huge logits.
+const LOG_PROB_FLOOR: f64 = -100.0;
+/// The largest change of a log-probability (in nats) between two calls of one row that counts as the device's
+/// rounding (other batch shapes take other kernels' paths: about 1e-6 on the CPU); more is a model that changed.
+const REPEAT_LIMIT: f64 = 1e-3;
+/// What an altered copy's log-probabilities before its cut may differ from its original's by: rounding, and four
+/// times the largest change the repeats showed.
+fn allowed(noise: f64) -> f64 {
+    1e-4 + 4.0 * noise
+}
 
 /// The probability that a leak at a fraction `f` of the positions (or on a fraction `f` of the rows) escapes
 /// `altered` altered copies of distinct rows with uniform cuts: each finds it with probability f.
@@ -195,7 +206,7 @@ pub fn evaluate(
 ) -> Result<Evaluated> {
     let t = rows.cols;
     let probed: HashSet<usize> = plan.probes.iter().map(|p| p.row).collect();
-    // The logits of every probe and of every row a probe is made from, kept for the checks.
+    // The log-probabilities of every probe and of every row a probe is made from, kept for the checks.
     let mut kept: Vec<(Item, Tensor)> = Vec::new();
     let mut sum = BpbSum::new(token_bytes);
     let (mut limit, mut made) = (usize::MAX, 0);
@@ -235,7 +246,7 @@ pub fn evaluate(
                     sum.add(&rows.targets[r * t..(r + 1) * t], &Vec::<f32>::try_from(losses.flatten(0, -1))?)?;
                 }
                 if matches!(item, Item::Probe(_)) || matches!(item, Item::Metric(r) if probed.contains(&r)) {
-                    kept.push((item, row.copy()));
+                    kept.push((item, row.log_softmax(-1, Kind::Float).clamp_min(LOG_PROB_FLOOR)));
                 }
             }
         }
@@ -256,11 +267,10 @@ fn check_probes(plan: &Plan, kept: &[(Item, Tensor)]) -> Result<()> {
     for (k, probe) in plan.probes.iter().enumerate().filter(|(_, p)| p.cut == p.tokens.len()) {
         let (first, again) = (logits(Item::Metric(probe.row))?, logits(Item::Probe(k))?);
         let change = max_abs(&(&first - &again));
-        // Ten times the altered copies' allowance for rounding: calls may take other kernels' paths.
-        if change.is_nan() || change > tolerance(10.0 * max_abs(&first), 0.0) {
+        if change.is_nan() || change > REPEAT_LIMIT {
             bail!(
-                "the model changed while it was evaluated: its logits for the same row moved by {change:.3} \
-                 between two calls (or they depend on the other rows of a call)"
+                "the model changed while it was evaluated: its log-probabilities for the same row moved by \
+                 {change:.3} between two calls (or they depend on the other rows of a call)"
             );
         }
         noise = noise.max(change);
@@ -269,12 +279,12 @@ fn check_probes(plan: &Plan, kept: &[(Item, Tensor)]) -> Result<()> {
         let p = probe.cut as i64;
         let before = logits(Item::Metric(probe.row))?.narrow(0, 0, p);
         let after = logits(Item::Probe(k))?.narrow(0, 0, p);
-        let allowed = tolerance(max_abs(&before), noise);
+        let allowed = allowed(noise);
         let changes = Vec::<f64>::try_from((&before - &after).abs().amax([-1], false))?;
         if let Some(q) = changes.iter().position(|&c| c.is_nan() || c > allowed) {
             bail!(
-                "non-causal: position {q} sees later tokens or other rows (its logits changed by {:.3} when the \
-                 tokens from position {p} on were replaced, in another call)",
+                "non-causal: position {q} sees later tokens or other rows (its log-probabilities changed by {:.3} \
+                 when the tokens from position {p} on were replaced, in another call)",
                 changes[q]
             );
         }
@@ -321,8 +331,11 @@ mod tests {
         UnlessBatchOf(i64),
         /// Peeks everywhere but in calls holding a row whose first 8 tokens another row of the call shares.
         UnlessDuplicated,
-        /// Learns from what it is fed: each call shifts its table.
+        /// Learns from what it is fed: each call scales its table.
         Drift,
+        /// Peeks everywhere, and gives one token a logit of -1e30 (a token the metric never meets), so that a
+        /// tolerance scaled by the logits' size would let any leak through.
+        PeekWithAHugeLogit,
         /// Peeks everywhere, and remembers the rows it was fed with its logits: for a row that shares a prefix
         /// with one it saw, the same logits there (so that a copy looks causal beside its original).
         Remembers,
@@ -348,7 +361,7 @@ mod tests {
             ensure!(n <= self.max_rows, "CUDA out of memory (a test's stand-in): {n} rows");
             self.calls.set(self.calls.get() + 1);
             if let Cheat::Drift = self.cheat {
-                let _ = self.table.shallow_clone().g_add_scalar_(0.01);
+                let _ = self.table.shallow_clone().g_mul_scalar_(1.01);
             }
             let logits = Tensor::embedding(&self.table, x, -1, false, false);
             let vocab = self.table.size()[0];
@@ -372,6 +385,11 @@ mod tests {
                 Cheat::UnlessBatchOf(b) if n == b => logits,
                 Cheat::UnlessDuplicated if duplicated() => logits,
                 Cheat::AfterFirstCall | Cheat::UnlessBatchOf(_) | Cheat::UnlessDuplicated => logits + bet(),
+                Cheat::PeekWithAHugeLogit => {
+                    let huge = Tensor::zeros([vocab], (Kind::Float, tch::Device::Cpu));
+                    let _ = huge.narrow(0, vocab - 1, 1).fill_(-1e30);
+                    logits + bet() + huge
+                }
                 Cheat::Remembers => {
                     let leaky = logits + bet();
                     let mut seen = self.seen.borrow_mut();
@@ -463,6 +481,7 @@ mod tests {
             (Cheat::UnlessDuplicated, &[leak]),
             (Cheat::Drift, &[changed]),
             (Cheat::Remembers, &[leak]),
+            (Cheat::PeekWithAHugeLogit, &[leak]),
         ];
         for (i, (cheat, errors)) in cases.into_iter().enumerate() {
             for seed in ["a", "b", "c"] {

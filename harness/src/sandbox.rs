@@ -1,6 +1,7 @@
 //! The sandbox the agent's code runs in (Linux Landlock, unprivileged): it may read everything but the
 //! validation data and earlier experiments' files (save its own hand-over folder), write only beneath a few
-//! folders and device nodes, open no TCP connection and bind no TCP port (Landlock ABI 4), and signal or reach
+//! folders and device nodes, open no TCP connection and bind no TCP port (Landlock ABI 4; on the CPU no IPv4 or
+//! IPv6 socket at all, by a seccomp filter), and signal or reach
 //! through abstract Unix sockets no process outside its sandbox (ABI 6). The training binary applies it to
 //! itself before the agent's code starts; children inherit it. Where the kernel's Landlock lacks the network or
 //! scope rules, the log line says so.
@@ -32,6 +33,9 @@ pub struct Policy {
     pub write: Vec<PathBuf>,
     /// TCP stays open (the build, which may fetch crates); else no TCP connection or bound port.
     pub allow_network: bool,
+    /// No IPv4 or IPv6 socket at all, UDP included, and no io_uring (which could open one past the filter): a
+    /// seccomp filter, on top of Landlock's TCP rules. Set on the CPU; CUDA keeps the policy measured on a GPU.
+    pub no_inet_sockets: bool,
     /// No sandbox at all: the user turned it off (`AUTORESEARCH_SANDBOX=off`).
     pub off: bool,
 }
@@ -54,6 +58,9 @@ impl Policy {
     pub fn apply(&self) -> Result<String> {
         if self.off {
             return Ok("sandbox: off (AUTORESEARCH_SANDBOX=off): the agent's code runs unconfined".into());
+        }
+        if self.no_inet_sockets {
+            refuse_inet_sockets()?;
         }
         let deny: Vec<PathBuf> = self.deny_read.iter().filter_map(|p| p.canonicalize().ok()).collect();
         let rules = read_rules(&deny)?;
@@ -103,6 +110,9 @@ impl Policy {
             (false, true) => ", network closed (no TCP connect or bind)",
             (false, false) => ", network OPEN: this kernel's Landlock has no TCP rules (ABI 4)",
         };
+        if self.no_inet_sockets {
+            what += ", no IPv4 or IPv6 sockets (UDP included)";
+        }
         what += if abi >= ABI::V6 {
             ", no signals or abstract sockets out of the sandbox"
         } else {
@@ -121,6 +131,33 @@ pub fn exec_sandboxed(policy: &Policy, program: &std::ffi::OsStr, args: &[std::f
     }
     let error = std::process::Command::new(program).args(args).exec();
     anyhow::Error::new(error).context(format!("running {}", program.to_string_lossy()))
+}
+
+/// Makes `socket` fail (EACCES) for IPv4 and IPv6 and `io_uring_setup` for everything, in this thread and what
+/// it starts from now on.
+fn refuse_inet_sockets() -> Result<()> {
+    use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
+    let domain = |family: i32| -> Result<SeccompRule> {
+        let is = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family as u64)?;
+        Ok(SeccompRule::new(vec![is])?)
+    };
+    let rules = [
+        (libc::SYS_socket, vec![domain(libc::AF_INET)?, domain(libc::AF_INET6)?]),
+        (libc::SYS_io_uring_setup, Vec::new()),
+    ];
+    let arch = std::env::consts::ARCH.try_into().context("sandbox: seccomp on this architecture")?;
+    let filter = SeccompFilter::new(
+        rules.into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        arch,
+    )?;
+    let program: seccompiler::BpfProgram = filter.try_into()?;
+    // SAFETY: prctl with constant arguments; it only sets this thread's no_new_privs bit (which seccomp needs).
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        anyhow::bail!("sandbox: setting no_new_privs: {}", std::io::Error::last_os_error());
+    }
+    seccompiler::apply_filter(&program).context("sandbox: applying the seccomp filter")
 }
 
 fn list(paths: &[PathBuf]) -> String {
@@ -212,6 +249,7 @@ mod tests {
             deny_read: vec![session.clone()],
             read: vec![own.clone()],
             write: vec![own.clone(), PathBuf::from("/dev/null")],
+            no_inet_sockets: true,
             ..Policy::default()
         };
         // In a thread of its own: the sandbox restricts the thread that applies it and what it starts.
@@ -230,12 +268,18 @@ mod tests {
             assert!(std::fs::write("/dev/shm/autoresearch-sandbox-test", "x").is_err(), "no other device");
             assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "no TCP connection");
             assert!(std::net::TcpListener::bind("127.0.0.1:0").is_err(), "no TCP port");
+            assert!(denied(std::net::UdpSocket::bind("127.0.0.1:0").map(drop)), "no UDP socket");
+            assert!(denied(std::net::UdpSocket::bind("[::1]:0").map(drop)), "nor an IPv6 one");
+            let pair = std::os::unix::net::UnixStream::pair();
+            assert!(pair.is_ok(), "Unix sockets between its own processes stay");
             line
         })
         .join()
         .unwrap();
-        assert!(line.contains("network closed") && line.contains("no signals"), "{line}");
+        assert!(line.contains("network closed") && line.contains("no IPv4 or IPv6 sockets"), "{line}");
+        assert!(line.contains("no signals"), "{line}");
         assert!(std::fs::read_dir(&session).is_ok(), "other threads are not restricted");
+        assert!(std::net::UdpSocket::bind("127.0.0.1:0").is_ok(), "nor is their network");
     }
 
     #[test]

@@ -186,11 +186,13 @@ pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingF
     // .autoresearch, which is otherwise unreadable.
     let evaluation_read = vec![files.handover.clone(), binary.to_path_buf()];
     Sandboxes {
-        training: Policy { deny_read: deny, read, write: training_writes, ..Policy::default() }.unless_turned_off(),
+        training: Policy { deny_read: deny, read, write: training_writes, no_inet_sockets: !cuda, ..Policy::default() }
+            .unless_turned_off(),
         evaluation: Policy {
             deny_read: evaluation_deny,
             read: evaluation_read,
             write: evaluation_writes,
+            no_inet_sockets: !cuda,
             ..Policy::default()
         }
         .unless_turned_off(),
@@ -617,6 +619,7 @@ mod tests {
         assert!(cpu.training.write.contains(&files.handover) && cpu.training.write.contains(&"/dev/null".into()));
         assert!(!cpu.training.write.iter().any(|w| w == Path::new("/dev") || w.starts_with("/proc")));
         assert!(!cpu.training.allow_network && !cpu.evaluation.allow_network);
+        assert!(cpu.training.no_inet_sockets && cpu.evaluation.no_inet_sockets, "UDP closed too");
         // CUDA keeps the policy measured on an H200.
         let cuda = sandboxes(&prepared(dir.path()), &dir.path().join("repo"), true, &files, &binary);
         for p in ["/dev", "/proc", "/sys"] {
