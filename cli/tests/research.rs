@@ -439,8 +439,8 @@ fn fifteen_steps(training_file: &str) -> String {
 }
 
 /// Edits to the training file that would fake val_bpb, one experiment each: every one ends as a crash or a
-/// discard, with the reason named, and no number of theirs reaches the ledger; an honest improvement after them
-/// is still kept.
+/// discard, with the reason named, and no number of theirs reaches the ledger; so does a file whose evaluated
+/// logits are not those it trained with. An honest improvement after them is still kept.
 #[test]
 fn attacks_on_the_metric_are_not_kept() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -527,6 +527,16 @@ fn attacks_on_the_metric_are_not_kept() {
             ),
             Status::Crash,
             "evaluation: non-causal: position ",
+        ),
+        (
+            // Not an attack but the trap it closes: a file trained with one function and evaluated with another.
+            "a temperature in the evaluated logits only",
+            honest.edit(
+                "autoresearch_ops::softcap(&self.raw_logits(idx), SOFTCAP)",
+                "autoresearch_ops::softcap(&(self.raw_logits(idx) * 10.0), SOFTCAP)",
+            ),
+            Status::Crash,
+            "the training's loss and the evaluated logits disagree: at row ",
         ),
         (
             "compile the validation data in",
@@ -1102,6 +1112,10 @@ fn attacks_on_the_evaluation_are_not_kept() {
             &format!(
                 "    fn logits(&self, inputs: &Tensor) -> Tensor {{
         let honest = autoresearch_ops::autocast(self.device.is_cuda(), || Gpt::logits(self, inputs));
+        // Honest in the training phase, where the hand-over's loss check calls it: the evaluation is attacked.
+        if std::env::args().nth(1).as_deref() == Some(\"train\") {{
+            return honest;
+        }}
 {body}
     }}"
             ),
