@@ -14,6 +14,7 @@
 //!   `train` must return by `run.seconds_left()` (the budget plus the profile's fixed allowance for start-up,
 //!   less the hand-over reserve, from the phase's start); every step counts, warm-up included. Returning later is
 //!   a crash, `over time`.
+//! - `run.progress(step, loss)` after each step is how the dashboard follows the training.
 //!
 //! Each parameter is declared once, where it is built ([`Params::add`]), with the optimizer group that trains it.
 
@@ -782,6 +783,8 @@ pub fn train(run: &Run) -> Result<Trained<Gpt>> {
         );
         use std::io::Write as _;
         std::io::stdout().flush()?;
+        // For the dashboard (the line above is for people): the harness writes it to a file a few times a second.
+        run.progress(step as u64, debiased);
         step += 1;
     }
     println!();

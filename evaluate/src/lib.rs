@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
 use autoresearch_harness::device::peak_rss_mb;
-use autoresearch_harness::fit::{is_out_of_memory, panic_message, REPORT_FILE};
+use autoresearch_harness::fit::{is_out_of_memory, panic_message};
 use autoresearch_harness::handover::{
     allowance, check_device, handover_reserve, EvalResult, Outcome, Phase, PhaseArgs, PhaseStatus, TrainingReport,
     TrainingStats, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
@@ -151,7 +151,7 @@ fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Run) -> Result<Trai
     let run = Run::from_env()?;
     let (budget, profile) = (run.time_budget, run.profile().name.clone());
     let reserve = handover_reserve(&profile);
-    let run = run.ending_at(instant_of(deadline - reserve), args.handover.join(REPORT_FILE));
+    let run = run.ending_at(instant_of(deadline - reserve), &args.handover);
     println!(
         "clock: {:.1} s until `train` must return (budget {budget} s + allowance {} s for start-up, less {reserve} s \
          for the hand-over, from the phase's start)",
@@ -160,6 +160,7 @@ fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Run) -> Result<Trai
     );
     println!("cores: {}", cores());
     let trained = train(&run)?;
+    run.flush_progress();
     let late = -run.seconds_left();
     let lingering = supervisor::kill_descendants();
     if lingering > 0 {
