@@ -266,8 +266,7 @@ fn rms_norm(x: &Tensor) -> Tensor {
 }
 
 impl Gpt {
-    /// A model initialised as the original does (the random draws in its order). On CUDA the embeddings are
-    /// bf16.
+    /// A model initialised as the original does. On CUDA the embeddings are bf16.
     pub fn new(config: GptConfig, device: Device) -> Gpt {
         let (d, v) = (config.n_embd, config.vocab_size);
         let f32 = (Kind::Float, device);

@@ -183,11 +183,13 @@ fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Run) -> Result<Trai
     // On the CPU only: on CUDA (the fused loss against float32 logits under autocast) the check's tolerance and
     // its memory at h100 have not been measured on a GPU yet.
     if device == Device::Cpu {
+        let checking = Instant::now();
         let worst = loss_check::check_on_training_rows(&trained.model, &run)?;
         println!(
             "loss check: the training's loss is the cross-entropy of the evaluated logits on {} training rows \
-             (largest difference {worst:.1e} nats)",
-            loss_check::ROWS
+             (largest difference {worst:.1e} nats; {:.2} s)",
+            loss_check::ROWS,
+            checking.elapsed().as_secs_f64()
         );
     }
     let state = trained.model.state();
