@@ -2,20 +2,26 @@
 //!
 //! A GPT (value embeddings, rotary + QK-norm, sliding windows, relu² MLP, softcapped logits), the MuonAdamW
 //! optimizer, and a training loop that runs for a fixed wall-clock budget. Everything fixed (data, tokenizer,
-//! profile, budget) comes from `autoresearch_harness`; FlashAttention and bf16 autocast from
+//! profile, budget) comes from `autoresearch_harness`; FlashAttention, the softcapped loss and bf16 autocast from
 //! `autoresearch_ops`. Run it with `autoresearch train`. Change anything here, within the contract:
 //! - `train(run)` trains and returns the model; `build(run)` makes the same model untrained.
 //! - The harness evaluates: it loads the trained weights (`Model::state`) into a model from `build` and takes
 //!   the cross-entropy of `Model::logits` over the validation rows itself. The logits must be causal (checked).
-//! - Training runs in a sandbox: the validation data and earlier experiments' files are unreadable, only
-//!   temporary files are writable, the network is closed. One clock: `train` must return by `run.seconds_left()`
-//!   (the budget plus the profile's fixed allowance for start-up, less the hand-over reserve, from the start of
-//!   the process); every step counts, warm-up included. Returning later is a crash, `over time`.
+//! - Training and evaluation judge one function: before it saves the model, the harness checks on a few training
+//!   rows that the training's loss (`Trainable::per_token_loss`) is the cross-entropy of `Model::logits`.
+//! - Training runs in a sandbox: the validation data and earlier experiments' files are unreadable, only the
+//!   training's own hand-over folder (its temporary files with it) is writable, the network is closed. One clock:
+//!   `train` must return by `run.seconds_left()` (the budget plus the profile's fixed allowance for start-up,
+//!   less the hand-over reserve, from the phase's start); every step counts, warm-up included. Returning later is
+//!   a crash, `over time`.
+//! - `run.progress(step, loss)` after each step is how the dashboard follows the training.
+//!
+//! Each parameter is declared once, where it is built ([`Params::add`]), with the optimizer group that trains it.
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, ensure, Context, Result};
-use autoresearch_evaluate::{Model, Trained};
+use autoresearch_evaluate::{Model, Trainable, Trained};
 use autoresearch_harness::dataloader::Batch;
 use autoresearch_harness::device::{mfu_unknown_note, peak_bf16_flops};
 use autoresearch_harness::handover::TrainingReport;
@@ -39,7 +45,8 @@ pub struct Hyper {
     /// Sequences per forward/backward pass.
     pub device_batch_size: i64,
     pub opt: OptimizerConfig,
-    /// Fractions of the time budget: LR warmup at the start, linear warmdown at the end to final_lr_frac.
+    /// Fractions of the training's time (until `train` must return): LR warmup at the start, linear warmdown at
+    /// the end to final_lr_frac.
     pub warmup_ratio: f64,
     pub warmdown_ratio: f64,
     pub final_lr_frac: f64,
@@ -114,7 +121,7 @@ pub struct GptConfig {
 
 /// Channels of x that feed the value-embedding gate.
 const VE_GATE_CHANNELS: i64 = 32;
-/// Logits are squashed to (-SOFTCAP, SOFTCAP).
+/// Logits are squashed to (−SOFTCAP, SOFTCAP), in [`Gpt::logits`] (evaluated) and [`Gpt::per_token_loss`] (trained).
 const SOFTCAP: f64 = 15.0;
 const ROTARY_BASE: f64 = 10000.0;
 
@@ -158,6 +165,52 @@ impl GptConfig {
     }
 }
 
+/// Which optimizer group trains a parameter: given where the parameter is built (see [`Params::add`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// wte and value embeddings: AdamW at `embedding_lr`.
+    Embedding,
+    /// lm_head: AdamW at `unembedding_lr`.
+    Unembedding,
+    /// Block matrices: Muon at `matrix_lr`, stacked by shape.
+    Matrix,
+    /// resid_lambdas: AdamW at 1% of `scalar_lr`.
+    ResidScalars,
+    /// x0_lambdas: AdamW at `scalar_lr`, betas (0.96, 0.95).
+    X0Scalars,
+}
+
+/// One trainable tensor of the model.
+pub struct Param {
+    /// The original's name: checkpoints and the golden files use it.
+    pub name: String,
+    pub group: Group,
+    pub tensor: Tensor,
+}
+
+/// The model's parameters, each registered once, where it is built: loading, saving, counting and the
+/// optimizer's groups all read this list.
+#[derive(Default)]
+pub struct Params(Vec<Param>);
+
+impl Params {
+    /// Registers `init` as a trainable parameter named `name`, trained by `group`; returns it (the same storage).
+    pub fn add(&mut self, name: String, group: Group, init: Tensor) -> Tensor {
+        let tensor = init.set_requires_grad(true);
+        self.0.push(Param { name, group, tensor: tensor.shallow_clone() });
+        tensor
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Param> {
+        self.0.iter()
+    }
+
+    /// Elements of the parameters in `groups`.
+    pub fn numel(&self, groups: &[Group]) -> usize {
+        self.0.iter().filter(|p| groups.contains(&p.group)).map(|p| p.tensor.numel()).sum()
+    }
+}
+
 struct Block {
     c_q: Tensor,
     c_k: Tensor,
@@ -169,23 +222,33 @@ struct Block {
 }
 
 impl Block {
-    /// The block's parameters, named as in the original under `transformer.h.{i}`. A new parameter goes here
-    /// once; the optimizer trains everything under `transformer.h` with Muon.
-    fn parameters(&self) -> Vec<(&'static str, &Tensor)> {
-        let mut p = vec![
-            ("attn.c_q.weight", &self.c_q),
-            ("attn.c_k.weight", &self.c_k),
-            ("attn.c_v.weight", &self.c_v),
-            ("attn.c_proj.weight", &self.attn_proj),
-        ];
-        p.extend(self.ve_gate.as_ref().map(|g| ("attn.ve_gate.weight", g)));
-        p.extend([("mlp.c_fc.weight", &self.c_fc), ("mlp.c_proj.weight", &self.mlp_proj)]);
-        p
+    /// Block `i`, initialised as the original does. Its parameters are named as in the original under
+    /// `transformer.h.{i}`, and all are matrices that Muon trains: a new one is a field and a line here.
+    fn new(params: &mut Params, config: &GptConfig, i: i64, device: Device) -> Block {
+        let d = config.n_embd;
+        let s = 3f64.sqrt() / (d as f64).sqrt();
+        let mut matrix =
+            |name: &str, init: Tensor| params.add(format!("transformer.h.{i}.{name}"), Group::Matrix, init);
+        let uniform = |rows: i64, cols: i64| Tensor::empty([rows, cols], (Kind::Float, device)).uniform_(-s, s);
+        let zeros = |rows: i64, cols: i64| Tensor::zeros([rows, cols], (Kind::Float, device));
+        let kv_dim = config.n_kv_head * config.head_dim();
+        Block {
+            c_q: matrix("attn.c_q.weight", uniform(config.n_head * config.head_dim(), d)),
+            c_k: matrix("attn.c_k.weight", uniform(kv_dim, d)),
+            c_v: matrix("attn.c_v.weight", uniform(kv_dim, d)),
+            attn_proj: matrix("attn.c_proj.weight", zeros(d, d)),
+            ve_gate: config
+                .has_value_embedding(i)
+                .then(|| matrix("attn.ve_gate.weight", zeros(config.n_kv_head, VE_GATE_CHANNELS))),
+            c_fc: matrix("mlp.c_fc.weight", uniform(4 * d, d)),
+            mlp_proj: matrix("mlp.c_proj.weight", zeros(d, 4 * d)),
+        }
     }
 }
 
 pub struct Gpt {
     pub config: GptConfig,
+    pub params: Params,
     wte: Tensor,
     blocks: Vec<Block>,
     value_embeds: Vec<Option<Tensor>>,
@@ -195,10 +258,6 @@ pub struct Gpt {
     cos: Tensor,
     sin: Tensor,
     device: Device,
-}
-
-fn param(t: Tensor) -> Tensor {
-    t.set_requires_grad(true)
 }
 
 fn rms_norm(x: &Tensor) -> Tensor {
@@ -213,90 +272,63 @@ impl Gpt {
         let f32 = (Kind::Float, device);
         let emb_kind = if device.is_cuda() { Kind::BFloat16 } else { Kind::Float };
         let s = 3f64.sqrt() / (d as f64).sqrt();
-        let uniform = |rows: i64, cols: i64| param(Tensor::empty([rows, cols], f32).uniform_(-s, s));
-        let zeros = |rows: i64, cols: i64| param(Tensor::zeros([rows, cols], f32));
         let kv_dim = config.n_kv_head * config.head_dim();
-        let blocks = (0..config.n_layer)
-            .map(|i| Block {
-                c_q: uniform(config.n_head * config.head_dim(), d),
-                c_k: uniform(kv_dim, d),
-                c_v: uniform(kv_dim, d),
-                attn_proj: zeros(d, d),
-                ve_gate: config.has_value_embedding(i).then(|| zeros(config.n_kv_head, VE_GATE_CHANNELS)),
-                c_fc: uniform(4 * d, d),
-                mlp_proj: zeros(d, 4 * d),
-            })
-            .collect();
+        let mut params = Params::default();
+        let blocks = (0..config.n_layer).map(|i| Block::new(&mut params, &config, i, device)).collect();
         let value_embeds = (0..config.n_layer)
             .map(|i| {
+                let init = || Tensor::empty([v, kv_dim], f32).uniform_(-s, s).to_kind(emb_kind);
                 config
                     .has_value_embedding(i)
-                    .then(|| param(Tensor::empty([v, kv_dim], f32).uniform_(-s, s).to_kind(emb_kind).detach()))
+                    .then(|| params.add(format!("value_embeds.{i}.weight"), Group::Embedding, init()))
             })
             .collect();
+        let wte =
+            params.add("transformer.wte.weight".into(), Group::Embedding, Tensor::randn([v, d], f32).to_kind(emb_kind));
+        let lm_head = params.add("lm_head.weight".into(), Group::Unembedding, Tensor::randn([v, d], f32) * 0.001);
+        let n = config.n_layer;
+        let resid_lambdas = params.add("resid_lambdas".into(), Group::ResidScalars, Tensor::ones([n], f32));
+        let x0_lambdas = params.add("x0_lambdas".into(), Group::X0Scalars, Tensor::full([n], 0.1, f32));
         let (cos, sin) = rotary_tables(config.sequence_len * 10, config.head_dim(), emb_kind, device);
-        Gpt {
-            wte: param(Tensor::randn([v, d], f32).to_kind(emb_kind).detach()),
-            lm_head: param(Tensor::randn([v, d], f32) * 0.001),
-            resid_lambdas: param(Tensor::ones([config.n_layer], f32)),
-            x0_lambdas: param(Tensor::full([config.n_layer], 0.1, f32)),
-            blocks,
-            value_embeds,
-            cos,
-            sin,
-            device,
-            config,
-        }
+        Gpt { config, params, wte, blocks, value_embeds, lm_head, resid_lambdas, x0_lambdas, cos, sin, device }
     }
 
-    /// Every parameter under the original's name, in a fixed order. The one list of the model's parameters:
-    /// loading, counting and the optimizer's groups all read it.
+    /// Every parameter under the original's name, in the order they were built.
     pub fn named_parameters(&self) -> Vec<(String, &Tensor)> {
-        let mut out = vec![("transformer.wte.weight".to_string(), &self.wte)];
-        for (i, b) in self.blocks.iter().enumerate() {
-            out.extend(b.parameters().into_iter().map(|(name, p)| (format!("transformer.h.{i}.{name}"), p)));
-        }
-        for (i, ve) in self.value_embeds.iter().enumerate() {
-            out.extend(ve.as_ref().map(|ve| (format!("value_embeds.{i}.weight"), ve)));
-        }
-        out.push(("lm_head.weight".into(), &self.lm_head));
-        out.push(("resid_lambdas".into(), &self.resid_lambdas));
-        out.push(("x0_lambdas".into(), &self.x0_lambdas));
-        out
+        self.params.iter().map(|p| (p.name.clone(), &p.tensor)).collect()
     }
 
     /// Copies weights in by the original's names; every parameter must be given, with its shape.
     pub fn load(&self, tensors: &[(String, Tensor)]) -> Result<()> {
         let given: BTreeMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         tch::no_grad(|| {
-            for (name, p) in self.named_parameters() {
-                let src = given.get(name.as_str()).with_context(|| format!("no weights for {name}"))?;
-                ensure!(src.size() == p.size(), "{name}: shape {:?}, the model has {:?}", src.size(), p.size());
-                p.shallow_clone().copy_(src);
+            for p in self.params.iter() {
+                let src = given.get(p.name.as_str()).with_context(|| format!("no weights for {}", p.name))?;
+                let (name, size) = (&p.name, p.tensor.size());
+                ensure!(src.size() == size, "{name}: shape {:?}, the model has {size:?}", src.size());
+                p.tensor.shallow_clone().copy_(src);
             }
             Ok(())
         })
     }
 
     pub fn num_params(&self) -> i64 {
-        self.named_parameters().iter().map(|(_, p)| p.numel() as i64).sum()
+        self.params.iter().map(|p| p.tensor.numel() as i64).sum()
     }
 
     /// Training FLOPs per token: 6 × the parameters in matrix products (all but the embeddings and the
     /// λ scalars), plus attention, 12 × heads × head_dim × the keys each query sees, per layer.
     pub fn flops_per_token(&self) -> f64 {
-        let embeddings = self.wte.numel() + self.value_embeds.iter().flatten().map(|t| t.numel()).sum::<usize>();
-        let scalars = self.resid_lambdas.numel() + self.x0_lambdas.numel();
-        let dense = self.num_params() as f64 - (embeddings + scalars) as f64;
+        let dense = self.params.numel(&[Group::Unembedding, Group::Matrix]) as f64;
         let c = &self.config;
         let attention: f64 =
             c.window_sizes().iter().map(|&w| 12.0 * (c.n_head * c.head_dim() * w.min(c.sequence_len)) as f64).sum();
         6.0 * dense + attention
     }
 
-    /// Logits (B, T, vocab) in float32, softcapped.
+    /// Logits (B, T, vocab) in float32, softcapped: what the harness evaluates.
     pub fn logits(&self, idx: &Tensor) -> Tensor {
-        softcap(&self.raw_logits(idx).to_kind(Kind::Float))
+        autoresearch_ops::softcap(&self.raw_logits(idx), SOFTCAP)
     }
 
     /// lm_head's output before the softcap (bf16 under autocast).
@@ -332,21 +364,18 @@ impl Gpt {
         y.contiguous().view([bsz, t, h * hd]).linear(&b.attn_proj, None::<Tensor>)
     }
 
-    /// Mean cross-entropy of predicting `targets`.
+    /// Mean cross-entropy of predicting `targets`: the training's loss.
     pub fn loss(&self, idx: &Tensor, targets: &Tensor) -> Tensor {
         self.per_token_loss(idx, targets).mean(Kind::Float)
     }
 
-    /// Cross-entropy of each target (B, T), for the metric.
+    /// Cross-entropy of each target (B, T): that of [`Gpt::logits`], computed from the logits before the
+    /// softcap (on CUDA one fused kernel, which makes no float32 copy of them). The harness checks that the two
+    /// agree: change the softcap in both or neither.
     pub fn per_token_loss(&self, idx: &Tensor, targets: &Tensor) -> Tensor {
         let logits = self.raw_logits(idx).view([-1, self.config.vocab_size]);
         autoresearch_ops::softcap_cross_entropy(&logits, &targets.view([-1]), SOFTCAP).view_as(targets)
     }
-}
-
-/// Squashes logits into (−SOFTCAP, SOFTCAP).
-fn softcap(logits: &Tensor) -> Tensor {
-    (logits / SOFTCAP).tanh() * SOFTCAP
 }
 
 /// cos and sin of the rotary angles, (1, len, 1, head_dim / 2).
@@ -417,21 +446,26 @@ impl MuonAdamW {
             lr,
             betas,
         };
-        // Every parameter lands in exactly one group, by its name: one that fits none stops the run here rather
-        // than going silently untrained.
+        // Every parameter lands in exactly one group, the one it was built with; a Muon parameter must be a
+        // matrix.
         let (mut unembedding, mut embedding, mut resid, mut x0) = (vec![], vec![], vec![], vec![]);
         let mut by_shape: BTreeMap<Vec<i64>, Vec<Tensor>> = BTreeMap::new();
-        for (name, p) in model.named_parameters() {
-            match name.as_str() {
-                "lm_head.weight" => unembedding.push(p),
-                "transformer.wte.weight" => embedding.push(p),
-                n if n.starts_with("value_embeds.") => embedding.push(p),
-                "resid_lambdas" => resid.push(p),
-                "x0_lambdas" => x0.push(p),
-                n if n.starts_with("transformer.h.") && p.dim() == 2 => {
-                    by_shape.entry(p.size()).or_default().push(p.shallow_clone())
+        for p in model.params.iter() {
+            match p.group {
+                Group::Unembedding => unembedding.push(&p.tensor),
+                Group::Embedding => embedding.push(&p.tensor),
+                Group::ResidScalars => resid.push(&p.tensor),
+                Group::X0Scalars => x0.push(&p.tensor),
+                Group::Matrix => {
+                    assert!(
+                        p.tensor.dim() == 2,
+                        "parameter {} is in Muon's group but has {} dimensions: Muon trains matrices (give it an \
+                         AdamW group where it is built)",
+                        p.name,
+                        p.tensor.dim()
+                    );
+                    by_shape.entry(p.tensor.size()).or_default().push(p.tensor.shallow_clone())
                 }
-                n => panic!("parameter {n} belongs to no optimizer group: add it to one in MuonAdamW::new"),
             }
         }
         let adam = vec![
@@ -457,7 +491,11 @@ impl MuonAdamW {
             })
             .collect();
         let polar_kind = if model.device.is_cuda() { Kind::BFloat16 } else { Kind::Float };
-        MuonAdamW { adam, muon, step: 0, polar_kind }
+        let opt = MuonAdamW { adam, muon, step: 0, polar_kind };
+        let grouped = opt.adam.iter().map(|g| g.params.len()).sum::<usize>()
+            + opt.muon.iter().map(|g| g.params.len()).sum::<usize>();
+        assert_eq!(grouped, model.params.iter().count(), "every parameter is in exactly one optimizer group");
+        opt
     }
 
     /// One update from the accumulated gradients: learning rates × `lr_mult`, Muon momentum `momentum`,
@@ -532,7 +570,7 @@ fn normuon(x: Tensor, second_moment: &mut Tensor, red_dim: i64) -> Tensor {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Schedules, by progress = training time / budget
+// Schedules, by progress = time in the loop / the time it has (until `train` must return)
 // ---------------------------------------------------------------------------------------------------------
 
 pub fn lr_multiplier(h: &Hyper, progress: f64) -> f64 {
@@ -567,8 +605,8 @@ pub fn batch_tensors(batch: &Batch, device: Device) -> (Tensor, Tensor) {
     (x, y)
 }
 
-/// Steps before this one are warm-up (kernels compiled, memory allocated): not counted for MFU, as the original
-/// counts. They count for the clock like any other step.
+/// Steps 0 ..= this one are warm-up (kernels compiled, memory allocated): not timed for MFU, as in the original.
+/// They count for the clock like any other step.
 const WARMUP_STEPS: usize = 10;
 /// A step starts only where the time left holds this many of the slowest recent steps: a step on a busy machine
 /// may take longer than the last ones, and `train` must return in time.
@@ -625,6 +663,13 @@ impl Model for Gpt {
 
     fn load_state(&self, tensors: &[(String, Tensor)]) -> Result<()> {
         self.load(tensors)
+    }
+}
+
+/// The loss `train` minimises, as the harness checks it against `logits` before it saves the model.
+impl Trainable for Gpt {
+    fn per_token_loss(&self, inputs: &Tensor, targets: &Tensor) -> Tensor {
+        autoresearch_ops::autocast(self.device.is_cuda(), || Gpt::per_token_loss(self, inputs, targets))
     }
 }
 
@@ -737,6 +782,8 @@ pub fn train(run: &Run) -> Result<Trained<Gpt>> {
         );
         use std::io::Write as _;
         std::io::stdout().flush()?;
+        // For the dashboard (the line above is for people): the harness writes it to a file a few times a second.
+        run.progress(step as u64, debiased);
         step += 1;
     }
     println!();

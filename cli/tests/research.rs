@@ -19,6 +19,19 @@ const MAIN_REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// The first line of the training file's `train`, where the tests insert their edits.
 const TRAIN_FN: &str = "pub fn train(run: &Run) -> Result<Trained<Gpt>> {";
 
+/// The tests' edits of the training file: each fails loudly where the text it replaces is missing, since an edit
+/// that silently did nothing would leave its test testing nothing.
+trait Edit {
+    fn edit(&self, from: &str, to: &str) -> String;
+}
+
+impl Edit for str {
+    fn edit(&self, from: &str, to: &str) -> String {
+        assert!(self.contains(from), "the training file has no {from:?}: it changed shape, update this test");
+        self.replace(from, to)
+    }
+}
+
 struct Session {
     repo: PathBuf,
     cache: PathBuf,
@@ -59,15 +72,15 @@ fn test_training_file(original: &str) -> String {
     },
     ..H100";
     let small = original[start..end]
-        .replace("depth: 4,", "depth: 2,")
-        .replace("total_batch_size: 1 << 13,", "total_batch_size: 1 << 11,")
-        .replace("device_batch_size: 16,", "device_batch_size: 8,")
-        .replace("..H100", slow);
+        .edit("depth: 4,", "depth: 2,")
+        .edit("total_batch_size: 1 << 13,", "total_batch_size: 1 << 11,")
+        .edit("device_batch_size: 16,", "device_batch_size: 8,")
+        .edit("..H100", slow);
     let capped = "if step >= 25 || run.seconds_left() <= STEP_MARGIN * recent.slowest() {";
     let schedule = "let progress = (loop_start.elapsed().as_secs_f64() / span).min(1.0);";
     let text = format!("{}{small}{}", &original[..start], &original[end..])
-        .replace("if run.seconds_left() <= STEP_MARGIN * recent.slowest() {", capped)
-        .replace(schedule, "let progress = 0.0;");
+        .edit("if run.seconds_left() <= STEP_MARGIN * recent.slowest() {", capped)
+        .edit(schedule, "let progress = 0.0;");
     assert!(
         text.contains(capped)
             && !text.contains(schedule)
@@ -376,9 +389,9 @@ fn a_research_session_end_to_end() {
 
     // A real improvement (the default learning rates, ten times the current) is kept under `confirm 2`.
     let better = best_file
-        .replace("embedding_lr: 0.06,", "embedding_lr: 0.6,")
-        .replace("unembedding_lr: 0.0004,", "unembedding_lr: 0.004,")
-        .replace("matrix_lr: 0.004,", "matrix_lr: 0.04,");
+        .edit("embedding_lr: 0.06,", "embedding_lr: 0.6,")
+        .edit("unembedding_lr: 0.0004,", "unembedding_lr: 0.004,")
+        .edit("matrix_lr: 0.004,", "matrix_lr: 0.04,");
     assert_ne!(better, best_file);
     std::fs::write(&train, better).unwrap();
     let old_best = s.state().best.unwrap();
@@ -422,12 +435,12 @@ fn a_research_session_end_to_end() {
 /// depend on the machine's speed (up to float noise), not even where other processes slow some steps down.
 fn fifteen_steps(training_file: &str) -> String {
     assert!(training_file.contains("if step >= 25 ||"), "the training file changed shape: update this test");
-    training_file.replace("if step >= 25 ||", "if step >= 15 ||")
+    training_file.edit("if step >= 25 ||", "if step >= 15 ||")
 }
 
 /// Edits to the training file that would fake val_bpb, one experiment each: every one ends as a crash or a
-/// discard, with the reason named, and no number of theirs reaches the ledger; an honest improvement after them
-/// is still kept.
+/// discard, with the reason named, and no number of theirs reaches the ledger; so does a file whose evaluated
+/// logits are not those it trained with. An honest improvement after them is still kept.
 #[test]
 fn attacks_on_the_metric_are_not_kept() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -450,12 +463,12 @@ fn attacks_on_the_metric_are_not_kept() {
     assert!(log.contains("sandbox: Landlock ABI "), "this kernel has Landlock, and the training ran in it: {log}");
     assert!(log.contains("network closed"), "this kernel's Landlock closes TCP: {log}");
 
-    let insert = |code: &str| honest.replace(TRAIN_FN, &format!("{TRAIN_FN}\n{code}"));
+    let insert = |code: &str| honest.edit(TRAIN_FN, &format!("{TRAIN_FN}\n{code}"));
     // An honest improvement: the learning rates up tenfold.
     let better = honest
-        .replace("embedding_lr: 0.006,", "embedding_lr: 0.06,")
-        .replace("unembedding_lr: 0.00004,", "unembedding_lr: 0.0004,")
-        .replace("matrix_lr: 0.0004,", "matrix_lr: 0.004,");
+        .edit("embedding_lr: 0.006,", "embedding_lr: 0.06,")
+        .edit("unembedding_lr: 0.00004,", "unembedding_lr: 0.0004,")
+        .edit("matrix_lr: 0.0004,", "matrix_lr: 0.004,");
     let attacks = [
         (
             "print a made-up summary",
@@ -499,7 +512,7 @@ fn attacks_on_the_metric_are_not_kept() {
         (
             // On top of higher learning rates, so that attention carries what it sees.
             "attention that sees later tokens",
-            better.replace(
+            better.edit(
                 "let y = autoresearch_ops::attention(&q, &k, &v, window);",
                 "let _ = window;\n        let y = Tensor::scaled_dot_product_attention(&q.transpose(1, 2), &k.transpose(1, 2), &v.transpose(1, 2), None::<Tensor>, 0.0, false, None, false).transpose(1, 2);",
             ),
@@ -508,12 +521,22 @@ fn attacks_on_the_metric_are_not_kept() {
         ),
         (
             "a model that sees the next token",
-            honest.replace(
+            honest.edit(
                 "let mut x = rms_norm(&Tensor::embedding(&self.wte, idx, -1, false, false));",
                 "let next = Tensor::embedding(&self.wte, &idx.roll([-1], [1]), -1, false, false);\n        let mut x = rms_norm(&(Tensor::embedding(&self.wte, idx, -1, false, false) + next));",
             ),
             Status::Crash,
             "evaluation: non-causal: position ",
+        ),
+        (
+            // Not an attack but the trap it closes: a file trained with one function and evaluated with another.
+            "a temperature in the evaluated logits only",
+            honest.edit(
+                "autoresearch_ops::softcap(&self.raw_logits(idx), SOFTCAP)",
+                "autoresearch_ops::softcap(&(self.raw_logits(idx) * 10.0), SOFTCAP)",
+            ),
+            Status::Crash,
+            "the training's loss and the evaluated logits disagree: at row ",
         ),
         (
             "compile the validation data in",
@@ -600,7 +623,7 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let s = Session::new("carry-over");
     let train = s.repo.join("train/train.rs");
-    let capped = std::fs::read_to_string(&train).unwrap().replace("if step >= 25 ||", "if step >= 15 ||");
+    let capped = std::fs::read_to_string(&train).unwrap().edit("if step >= 25 ||", "if step >= 15 ||");
     std::fs::write(&train, &capped).unwrap();
     git(&s.repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-am", "15 steps"]);
     assert!(s.run(&["init", "c1", "--profile", "small", "--time-budget", "2", "--device", "cpu"]).status.success());
@@ -617,9 +640,9 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
     std::fs::copy(&kept_model, &left).unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let insert = |code: &str| capped.replace(TRAIN_FN, &format!("{TRAIN_FN}\n{code}"));
+    let insert = |code: &str| capped.edit(TRAIN_FN, &format!("{TRAIN_FN}\n{code}"));
     // The default loop without the step cap: it trains until `train` must return.
-    let uncapped = capped.replace("if step >= 15 || run.seconds_left()", "if run.seconds_left()");
+    let uncapped = capped.edit("if step >= 15 || run.seconds_left()", "if run.seconds_left()");
     assert_ne!(uncapped, capped);
     let micro = "if run.seconds_left() <= STEP_MARGIN * recent_micro.slowest() {";
     assert!(uncapped.contains(micro));
@@ -661,17 +684,17 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
         (
             "ignore the clock, and leave a child behind",
             uncapped
-                .replace(TRAIN_FN, &format!("{TRAIN_FN}\n{linger}"))
-                .replace("if run.seconds_left() <= STEP_MARGIN * recent.slowest() {", "if false {")
-                .replace(micro, "if false {"),
+                .edit(TRAIN_FN, &format!("{TRAIN_FN}\n{linger}"))
+                .edit("if run.seconds_left() <= STEP_MARGIN * recent.slowest() {", "if false {")
+                .edit(micro, "if false {"),
             "over time: the training phase was stopped at its deadline",
             true,
         ),
         (
             "train until the end has passed",
             uncapped
-                .replace("if run.seconds_left() <= STEP_MARGIN * recent.slowest() {", "if run.seconds_left() < 0.0 {")
-                .replace(micro, "if false {"),
+                .edit("if run.seconds_left() <= STEP_MARGIN * recent.slowest() {", "if run.seconds_left() < 0.0 {")
+                .edit(micro, "if false {"),
             "over time: `train` (and the model's `state`) returned ",
             true,
         ),
@@ -724,8 +747,8 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
         (
             "a hundred thousand warm-up steps, and a child behind",
             uncapped
-                .replace("const WARMUP_STEPS: usize = 10;", "const WARMUP_STEPS: usize = 100_000;")
-                .replace(TRAIN_FN, &format!("{TRAIN_FN}\n{linger}")),
+                .edit("const WARMUP_STEPS: usize = 10;", "const WARMUP_STEPS: usize = 100_000;")
+                .edit(TRAIN_FN, &format!("{TRAIN_FN}\n{linger}")),
         ),
     ] {
         std::fs::write(&train, file).unwrap();
@@ -768,9 +791,9 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
 
     // The honest improvement is still kept, and `eval` reproduces it.
     let better = uncapped
-        .replace("embedding_lr: 0.006,", "embedding_lr: 0.06,")
-        .replace("unembedding_lr: 0.00004,", "unembedding_lr: 0.0004,")
-        .replace("matrix_lr: 0.0004,", "matrix_lr: 0.004,");
+        .edit("embedding_lr: 0.006,", "embedding_lr: 0.06,")
+        .edit("unembedding_lr: 0.00004,", "unembedding_lr: 0.0004,")
+        .edit("matrix_lr: 0.0004,", "matrix_lr: 0.004,");
     std::fs::write(&train, &better).unwrap();
     assert!(s.run(&["run", "-m", "learning rates up tenfold"]).status.success());
     let row = s.rows().last().unwrap().clone();
@@ -894,7 +917,7 @@ fn kill_9_at_any_moment() {
     // A crash from outside the file (here it kills itself with SIGKILL, as the kernel's OOM killer would) earns
     // the identical file one retry; a second crash bars it.
     let train = s.repo.join("train/train.rs");
-    let selfkill = std::fs::read_to_string(&train).unwrap().replace(
+    let selfkill = std::fs::read_to_string(&train).unwrap().edit(
         TRAIN_FN,
         &format!("{TRAIN_FN}\n    std::process::Command::new(\"kill\").args([\"-9\", &std::process::id().to_string()]).status()?;"),
     );
@@ -1103,11 +1126,15 @@ fn attacks_on_the_evaluation_are_not_kept() {
     }";
     assert!(honest.contains(logits_fn), "the training file changed shape: update this test");
     let model = |body: &str| {
-        honest.replace(
+        honest.edit(
             logits_fn,
             &format!(
                 "    fn logits(&self, inputs: &Tensor) -> Tensor {{
         let honest = autoresearch_ops::autocast(self.device.is_cuda(), || Gpt::logits(self, inputs));
+        // Honest in the training phase, where the hand-over's loss check calls it: the evaluation is attacked.
+        if std::env::args().nth(1).as_deref() == Some(\"train\") {{
+            return honest;
+        }}
 {body}
     }}"
             ),
@@ -1229,9 +1256,9 @@ fn attacks_on_the_evaluation_are_not_kept() {
     }
     // The honest improvement is still kept.
     let better = honest
-        .replace("embedding_lr: 0.006,", "embedding_lr: 0.06,")
-        .replace("unembedding_lr: 0.00004,", "unembedding_lr: 0.0004,")
-        .replace("matrix_lr: 0.0004,", "matrix_lr: 0.004,");
+        .edit("embedding_lr: 0.006,", "embedding_lr: 0.06,")
+        .edit("unembedding_lr: 0.00004,", "unembedding_lr: 0.0004,")
+        .edit("matrix_lr: 0.0004,", "matrix_lr: 0.004,");
     std::fs::write(&train, &better).unwrap();
     assert!(s.run(&["run", "-m", "learning rates up tenfold"]).status.success());
     let row = s.rows().last().unwrap().clone();
@@ -1254,7 +1281,7 @@ fn a_new_session_keeps_by_the_noise_it_measured_and_refuses_a_seed_blind_file() 
     let train = s.repo.join("train/train.rs");
     let original = std::fs::read_to_string(&train).unwrap();
     assert!(original.contains("if step >= 25 ||"), "the training file changed shape: update this test");
-    let honest = original.replace("if step >= 25 ||", "if step >= 6 ||");
+    let honest = original.edit("if step >= 25 ||", "if step >= 6 ||");
     std::fs::write(&train, &honest).unwrap();
     git(&s.repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-am", "6 steps"]);
     let out = s.run(&["init", "d1", "--profile", "small", "--time-budget", "5", "--device", "cpu"]);
@@ -1294,9 +1321,9 @@ fn a_new_session_keeps_by_the_noise_it_measured_and_refuses_a_seed_blind_file() 
 
     // A real improvement is kept under the same rule.
     let better = honest
-        .replace("embedding_lr: 0.006,", "embedding_lr: 0.06,")
-        .replace("unembedding_lr: 0.00004,", "unembedding_lr: 0.0004,")
-        .replace("matrix_lr: 0.0004,", "matrix_lr: 0.004,");
+        .edit("embedding_lr: 0.006,", "embedding_lr: 0.06,")
+        .edit("unembedding_lr: 0.00004,", "unembedding_lr: 0.0004,")
+        .edit("matrix_lr: 0.0004,", "matrix_lr: 0.004,");
     std::fs::write(&train, &better).unwrap();
     assert!(s.run(&["run", "-m", "learning rates up tenfold"]).status.success());
     let kept = s.rows().last().unwrap().clone();
@@ -1308,10 +1335,10 @@ fn a_new_session_keeps_by_the_noise_it_measured_and_refuses_a_seed_blind_file() 
     assert!(better.contains(seed), "the training file seeds torch with the run's seed: update this test");
     // Seed-blind, and the default learning rates (ten times these): promising enough to be rerun.
     let blind = better
-        .replace(seed, "tch::manual_seed(42);")
-        .replace("embedding_lr: 0.06,", "embedding_lr: 0.6,")
-        .replace("unembedding_lr: 0.0004,", "unembedding_lr: 0.004,")
-        .replace("matrix_lr: 0.004,", "matrix_lr: 0.04,");
+        .edit(seed, "tch::manual_seed(42);")
+        .edit("embedding_lr: 0.06,", "embedding_lr: 0.6,")
+        .edit("unembedding_lr: 0.0004,", "unembedding_lr: 0.004,")
+        .edit("matrix_lr: 0.004,", "matrix_lr: 0.04,");
     std::fs::write(&train, &blind).unwrap();
     assert!(s.run(&["run", "-m", "ignores its seed", "--rule", "confirm 1"]).status.success());
     let rows = s.rows();

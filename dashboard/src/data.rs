@@ -1,12 +1,13 @@
 //! What the page shows, read from a session's files on each request: results.tsv, the journal
-//! (`.autoresearch/state.json`), the noise estimate, the run folders and the running training's log. Nothing
-//! here writes.
+//! (`.autoresearch/state.json`), the noise estimate, the run folders and the running training's progress file
+//! ([`autoresearch_harness::progress`]). Nothing here writes.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use autoresearch_harness::progress::{Progress, PROGRESS_FILE};
 use autoresearch_research::compare;
-use autoresearch_research::files::{BUILD_LOG, CHANGE_FILE, META_FILE, RUNS_DIR, RUN_LOG, WORKERS_DIR, WORKER_TREE};
+use autoresearch_research::files::{is_handover_dir, BUILD_LOG, CHANGE_FILE, META_FILE, RUNS_DIR, RUN_LOG};
 use autoresearch_research::process::{alive, start_time, Role};
 use autoresearch_research::report;
 use autoresearch_research::results::{self, Status};
@@ -115,15 +116,12 @@ fn view(s: &Session) -> Result<SessionView> {
 /// What the journals record as running now: the lone loop's, or each worker's (a journal left by a killed
 /// loop lists dead processes, which are not shown).
 fn live(s: &Session, st: &State) -> Vec<Live> {
-    let lone = live_one(s, st, None, &s.root.join(RUN_LOG));
-    let workers = worker_journals(&s.state_dir()).into_iter().filter_map(|(k, journal)| {
-        let log = s.state_dir().join(WORKERS_DIR).join(k.to_string()).join(WORKER_TREE).join(RUN_LOG);
-        live_one(s, &journal, Some(k), &log)
-    });
+    let lone = live_one(s, st, None);
+    let workers = worker_journals(&s.state_dir()).into_iter().filter_map(|(k, journal)| live_one(s, &journal, Some(k)));
     lone.into_iter().chain(workers).collect()
 }
 
-fn live_one(s: &Session, st: &State, worker: Option<usize>, log: &Path) -> Option<Live> {
+fn live_one(s: &Session, st: &State, worker: Option<usize>) -> Option<Live> {
     let child = st.children.iter().rfind(|c| alive(c.pgid) && start_time(c.pgid) == Some(c.start_time))?;
     let run = st.in_progress.as_ref().map(|ip| ip.run);
     let meta: Option<RunMeta> = run.and_then(|r| {
@@ -146,35 +144,28 @@ fn live_one(s: &Session, st: &State, worker: Option<usize>, log: &Path) -> Optio
         remaining_seconds: None,
         loss: Vec::new(),
     };
-    if matches!(child.role, Role::Training | Role::Evaluation) {
-        if let Some(log) = s.inside(log).and_then(|p| std::fs::read(p).ok()) {
-            read_progress(&String::from_utf8_lossy(&log), &mut live);
+    if let (Role::Training | Role::Evaluation, Some(run)) = (child.role, run) {
+        if let Some(progress) = training_progress(s, &s.state_dir().join(RUNS_DIR).join(run.to_string())) {
+            live.step = Some(progress.step);
+            live.progress_percent = Some(100.0 * progress.fraction);
+            live.remaining_seconds = Some(progress.remaining_seconds);
+            live.loss = progress.curve;
         }
     }
     Some(live)
 }
 
-/// Step lines of a training log: `step 00012 (4.5%) | loss: 6.123456 | ... | remaining: 287s`.
-fn read_progress(log: &str, live: &mut Live) {
-    /// Points of the loss curve sent at most.
-    const POINTS: usize = 200;
-    let mut all = Vec::new();
-    for line in log.split(['\r', '\n']).filter(|l| l.starts_with("step ")) {
-        let field = |name: &str| line.split(" | ").find_map(|f| f.trim().strip_prefix(name)).map(str::trim);
-        let Some(step) = line[5..].split_whitespace().next().and_then(|s| s.parse::<u64>().ok()) else { continue };
-        let Some(loss) = field("loss:").and_then(|l| l.parse::<f64>().ok()) else { continue };
-        live.progress_percent =
-            line.split_once('(').and_then(|(_, rest)| rest.split_once("%)")).and_then(|(p, _)| p.parse().ok());
-        live.remaining_seconds = field("remaining:").and_then(|r| r.trim_end_matches('s').parse().ok());
-        live.step = Some(step);
-        all.push((step, loss));
-    }
-    let stride = all.len().div_ceil(POINTS).max(1);
-    let last = all.last().copied();
-    live.loss = all.into_iter().step_by(stride).collect();
-    if let Some(last) = last.filter(|l| live.loss.last() != Some(l)) {
-        live.loss.push(last);
-    }
+/// The progress of the run's latest training: the progress file in its newest hand-over folder (`seed-<seed>/`,
+/// one per training of the run), if that lies inside the session. A training that has not reported a step yet
+/// has none, rather than the previous seed's.
+fn training_progress(s: &Session, run_dir: &Path) -> Option<Progress> {
+    let newest = std::fs::read_dir(run_dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_str().is_some_and(is_handover_dir))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .max()?;
+    Progress::read(&s.inside(&newest.1.join(PROGRESS_FILE))?)
 }
 
 /// The rows from `from` on, as arrays in the order of [`ROW_COLUMNS`].
@@ -287,25 +278,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn step_lines_give_the_step_the_progress_and_the_loss_curve() {
-        let log = "profile small\r\nstep 00000 (0.0%) | loss: 7.600000 | lrm: 1.00 | dt: 90ms | tok/sec: 9000 | \
-                   mfu: n/a | epoch: 1 | remaining: 60s    \rstep 00001 (1.5%) | loss: 7.400000 | lrm: 1.00 | \
-                   dt: 90ms | tok/sec: 9000 | mfu: n/a | epoch: 1 | remaining: 59s    ";
-        let mut live = Live {
-            worker: None,
-            run: None,
-            description: String::new(),
-            phase: "training".into(),
-            step: None,
-            progress_percent: None,
-            remaining_seconds: None,
-            loss: Vec::new(),
+    fn the_newest_training_of_the_run_gives_its_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        std::fs::create_dir_all(root.join(".autoresearch/runs/3/seed-42")).unwrap();
+        let s = Session::open(&root).unwrap();
+        let run = s.state_dir().join("runs/3");
+        let progress = |step| Progress {
+            step,
+            loss: 5.0,
+            fraction: 0.5,
+            remaining_seconds: 30.0,
+            curve: vec![(0, 7.0), (step, 5.0)],
         };
-        read_progress(log, &mut live);
-        assert_eq!((live.step, live.progress_percent, live.remaining_seconds), (Some(1), Some(1.5), Some(59.0)));
-        assert_eq!(live.loss, vec![(0, 7.6), (1, 7.4)]);
-        let long: String = (0..1000).map(|k| format!("\rstep {k:05} (1.0%) | loss: 5.0 | remaining: 1s")).collect();
-        read_progress(&long, &mut live);
-        assert!(live.loss.len() <= 201 && live.loss.last() == Some(&(999, 5.0)), "{}", live.loss.len());
+        std::fs::write(run.join("seed-42").join(PROGRESS_FILE), serde_json::to_vec(&progress(9)).unwrap()).unwrap();
+        assert_eq!(training_progress(&s, &run), Some(progress(9)));
+        // The next seed's training started (its folder is newer) and has not reported a step yet.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::create_dir_all(run.join("seed-43")).unwrap();
+        assert_eq!(training_progress(&s, &run), None);
+        std::fs::write(run.join("seed-43").join(PROGRESS_FILE), serde_json::to_vec(&progress(2)).unwrap()).unwrap();
+        assert_eq!(training_progress(&s, &run), Some(progress(2)));
+        // A progress file that is a link out of the session is not read.
+        std::fs::remove_file(run.join("seed-43").join(PROGRESS_FILE)).unwrap();
+        let outside = dir.path().join("elsewhere.json");
+        std::fs::write(&outside, serde_json::to_vec(&progress(7)).unwrap()).unwrap();
+        std::os::unix::fs::symlink(&outside, run.join("seed-43").join(PROGRESS_FILE)).unwrap();
+        assert_eq!(training_progress(&s, &run), None);
     }
 }

@@ -2,7 +2,6 @@
 //! page in a real headless Chromium driven through ChromeDriver (table, chart, live steps, a run's diff, two
 //! sessions side by side), which leaves a screenshot in the test's scratch folder.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use autoresearch_dashboard::data::Session;
 use autoresearch_dashboard::{serve, Server};
+use autoresearch_harness::progress::{Progress, PROGRESS_FILE};
 use autoresearch_research::process::{start_time, Recorded, Role};
 use autoresearch_research::results::{self, Extra, Row, Status};
 use autoresearch_research::rules::{save_noise, NoiseEstimate};
@@ -37,18 +37,23 @@ fn row(run: u64, status: Status, val_bpb: f64, description: &str, reason: &str) 
     }
 }
 
-/// A progress line of a training log.
-fn step_line(step: u64) -> String {
-    format!(
-        "\rstep {step:05} ({:.1}%) | loss: {:.6} | lrm: 1.00 | dt: 90ms | tok/sec: 9000 | mfu: n/a | epoch: 1 | remaining: {}s    ",
-        step as f64,
-        7.0 - 0.1 * step as f64,
-        60 - step
-    )
+/// The progress file of run `run`'s training (seed 42) in `state_dir`, as the harness writes it, at `step`.
+fn report_progress(state_dir: &Path, run: u64, step: u64) {
+    let handover = state_dir.join(format!("runs/{run}/seed-42"));
+    std::fs::create_dir_all(&handover).unwrap();
+    let progress = Progress {
+        step,
+        loss: 7.0 - 0.1 * step as f64,
+        fraction: step as f64 / 100.0,
+        remaining_seconds: (60 - step) as f64,
+        curve: (0..=step).map(|k| (k, 7.0 - 0.1 * k as f64)).collect(),
+    };
+    std::fs::write(handover.join(PROGRESS_FILE), serde_json::to_vec(&progress).unwrap()).unwrap();
 }
 
 /// A session folder with keeps (one gain below the noise), a discard, a crash, a rerun and a reused result;
-/// run 7 is training now (the journal records this test's own process as its training), at step 5. Run 3's
+/// run 7 is training now (the journal records this test's own process as its training), at step 5 by its
+/// progress file. Run 3's
 /// diff is a link to a file outside the session.
 fn fixture(dir: &Path, name: &str) -> PathBuf {
     let root = dir.join(name);
@@ -100,8 +105,7 @@ fn fixture(dir: &Path, name: &str) -> PathBuf {
     std::fs::write(run2.join("run.log"), "profile small\nval_bpb:          1.950000\n").unwrap();
     std::fs::write(dir.join("outside.txt"), "SECRET outside the session").unwrap();
     std::os::unix::fs::symlink(dir.join("outside.txt"), state_dir.join("runs/3/change.diff")).unwrap();
-    let log: String = (0..=5).map(step_line).collect();
-    std::fs::write(root.join("run.log"), format!("profile small{log}")).unwrap();
+    report_progress(&state_dir, 7, 5);
     root
 }
 
@@ -176,7 +180,8 @@ fn nothing_outside_the_session_can_be_read() {
     assert!(body.contains("outside the session") && !body.contains("SECRET"), "{body}");
 }
 
-/// A session run by two workers: a live line for each from its own journal and log, and the worker of each row.
+/// A session run by two workers: a live line for each from its own journal and its run's progress file, and the
+/// worker of each row.
 #[test]
 fn each_worker_has_its_live_line_and_each_row_its_worker() {
     let dir = tempfile::tempdir().unwrap();
@@ -204,8 +209,7 @@ fn each_worker_has_its_live_line_and_each_row_its_worker() {
             ..session.clone()
         };
         journal.save(&own).unwrap();
-        let log: String = (0..=step).map(step_line).collect();
-        std::fs::write(own.join("tree/run.log"), format!("profile small{log}")).unwrap();
+        report_progress(&state_dir, run, step);
     }
     let server = start(&[&root], "127.0.0.1");
     let (status, body) = get(&format!("http://{}/api/overview", server.addr));
@@ -373,8 +377,7 @@ fn the_page_in_a_real_browser() {
         .unwrap()
         .contains("experiment 7"));
     browser.js("window.notReloaded = true; return true");
-    let more: String = (6..=9).map(step_line).collect();
-    std::fs::OpenOptions::new().append(true).open(root.join("run.log")).unwrap().write_all(more.as_bytes()).unwrap();
+    report_progress(&root.join(".autoresearch"), 7, 9);
     browser.wait_for("return document.querySelector('#live .step')?.textContent === '9'", "step 9");
     assert_eq!(browser.js("return window.notReloaded === true"), json!(true), "updated in place, not reloaded");
     // A new row appears too.

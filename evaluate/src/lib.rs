@@ -5,7 +5,9 @@
 //! is evaluated, and computes the cross-entropy and val_bpb itself ([`evaluation`]). On the CPU the agent's code
 //! runs in a model process of its own ([`model_process`]) and the causality probes are mixed into the metric's
 //! calls ([`probes`]); on CUDA it runs in the evaluation's process, with the check of [`causality`] (the model
-//! process is not measured on a GPU yet). The agent's code never sees validation targets.
+//! process is not measured on a GPU yet). The agent's code never sees validation targets. Before the model is
+//! handed over, fixed code checks that the training's loss is the cross-entropy of the logits the evaluation
+//! will take ([`loss_check`]; on the CPU, where it is measured).
 
 //!
 //! Both phases run under a [`supervisor`] (every process they start ends with them) and report how they ended
@@ -14,6 +16,7 @@
 
 pub mod causality;
 pub mod evaluation;
+pub mod loss_check;
 pub mod model_process;
 pub mod probes;
 pub mod supervisor;
@@ -24,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
 use autoresearch_harness::device::peak_rss_mb;
-use autoresearch_harness::fit::{is_out_of_memory, panic_message, REPORT_FILE};
+use autoresearch_harness::fit::{is_out_of_memory, panic_message};
 use autoresearch_harness::handover::{
     allowance, check_device, handover_reserve, EvalResult, Outcome, Phase, PhaseArgs, PhaseStatus, TrainingReport,
     TrainingStats, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
@@ -46,6 +49,15 @@ pub trait Model {
     fn load_state(&self, tensors: &[(String, Tensor)]) -> Result<()>;
 }
 
+/// A model as the training phase hands it over: with the loss it was trained with, which fixed code compares
+/// with the cross-entropy of [`Model::logits`] before the checkpoint is saved ([`loss_check`]).
+pub trait Trainable: Model {
+    /// The cross-entropy of each target (batch, sequence), computed as the training computes it (its softcap,
+    /// its kernels, its autocast). Auxiliary terms of the training's objective (a z-loss, say) are not part of
+    /// it.
+    fn per_token_loss(&self, inputs: &Tensor, targets: &Tensor) -> Tensor;
+}
+
 /// What `train` returns: the model, and its account of the training for the summary.
 pub struct Trained<M> {
     pub model: M,
@@ -54,7 +66,7 @@ pub struct Trained<M> {
 
 /// The training binary's main: runs the phase the harness asked for under a [`supervisor`], writes how it
 /// ended to the status file, and exits non-zero with the error.
-pub fn main<M: Model>(train: fn(&Run) -> Result<Trained<M>>, build: fn(&Run) -> Result<M>) {
+pub fn main<M: Trainable>(train: fn(&Run) -> Result<Trained<M>>, build: fn(&Run) -> Result<M>) {
     let fail = |e: anyhow::Error| -> ! {
         eprintln!("error: {e:#}");
         std::process::exit(1)
@@ -132,7 +144,7 @@ fn instant_of(unix_seconds: f64) -> Instant {
     }
 }
 
-fn training_phase<M: Model>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<M>>) -> Result<()> {
+fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<M>>) -> Result<()> {
     // First of all, before any thread exists: a thread started earlier would stay outside the sandbox.
     println!("{}", args.sandbox.apply()?);
     require_device()?;
@@ -140,7 +152,7 @@ fn training_phase<M: Model>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<
     let run = Run::from_env()?;
     let (budget, profile) = (run.time_budget, run.profile().name.clone());
     let reserve = handover_reserve(&profile);
-    let run = run.ending_at(instant_of(deadline - reserve), args.handover.join(REPORT_FILE));
+    let run = run.ending_at(instant_of(deadline - reserve), &args.handover);
     println!(
         "clock: {:.1} s until `train` must return (budget {budget} s + allowance {} s for start-up, less {reserve} s \
          for the hand-over, from the phase's start)",
@@ -152,6 +164,7 @@ fn training_phase<M: Model>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<
     // The agent's `state` and `device` run on `train`'s clock too: work there is no time from the hand-over's.
     let state = trained.model.state();
     let device = trained.model.device();
+    run.flush_progress();
     let late = -run.seconds_left();
     let lingering = supervisor::kill_descendants();
     if lingering > 0 {
@@ -165,13 +178,33 @@ fn training_phase<M: Model>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<
         ))
         .into());
     }
+    // The weights as `train` left them, copied out before the check below runs the agent's code again (which
+    // could otherwise still change them); on CUDA the move to the CPU is the copy.
+    let cpu: Vec<(String, Tensor)> = state
+        .iter()
+        .map(|(n, t)| {
+            let moved = t.detach().to_device(Device::Cpu).contiguous();
+            (n.clone(), if device == Device::Cpu { moved.copy() } else { moved })
+        })
+        .collect();
+    // Before the check, which reads training data of its own.
     let peak_memory_mb = match device {
         Device::Cuda(i) => autoresearch_ops::cuda_peak_memory_mb(i),
         _ => peak_rss_mb(),
     };
-    let num_params = state.iter().map(|(_, t)| t.numel() as u64).sum();
-    let cpu: Vec<(String, Tensor)> =
-        state.iter().map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).contiguous())).collect();
+    // On the CPU only: on CUDA (the fused loss against float32 logits under autocast) the check's tolerance and
+    // its memory at h100 have not been measured on a GPU yet.
+    if device == Device::Cpu {
+        let checking = Instant::now();
+        let worst = loss_check::check_on_training_rows(&trained.model, &run)?;
+        println!(
+            "loss check: the training's loss is the cross-entropy of the evaluated logits on {} training rows \
+             (largest difference {worst:.1e} nats; {:.2} s)",
+            loss_check::ROWS,
+            checking.elapsed().as_secs_f64()
+        );
+    }
+    let num_params = cpu.iter().map(|(_, t)| t.numel() as u64).sum();
     let checkpoint = args.handover.join(CHECKPOINT);
     Tensor::write_safetensors(&cpu, &checkpoint).with_context(|| format!("saving {}", checkpoint.display()))?;
     let stats = TrainingStats {

@@ -14,6 +14,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::dataloader::{DataLoader, LoaderOptions};
+use crate::progress::{Recorder, PROGRESS_FILE};
 use crate::shards::{split_files, Split};
 use crate::tokenizer::Tokenizer;
 
@@ -190,6 +191,10 @@ pub struct Run {
     end: std::time::Instant,
     /// The device batches remembered for this training file ([`crate::fit`]), and where it reports its own.
     fit_file: Option<PathBuf>,
+    /// When the run's clock started (the process's start, as good as).
+    start: std::time::Instant,
+    /// Where the training's progress goes ([`crate::progress`]): only in the harness's training phase.
+    progress: Option<std::sync::Mutex<Recorder>>,
 }
 
 fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
@@ -216,17 +221,45 @@ impl Run {
         let name = &prepared.profile.name;
         let span = time_budget + crate::handover::allowance(name) - crate::handover::handover_reserve(name);
         let end = started + std::time::Duration::from_secs_f64(span.max(0.0));
-        Ok(Run { cache, prepared, tokenizer, time_budget, seed, end, fit_file: None })
+        Ok(Run { cache, prepared, tokenizer, time_budget, seed, end, fit_file: None, start: started, progress: None })
     }
 
     pub fn profile(&self) -> &Profile {
         &self.prepared.profile
     }
 
-    /// The same run, its `train` due at `end` (the harness's deadline less the hand-over reserve), remembering
-    /// device batches in `fit_file`.
-    pub fn ending_at(self, end: std::time::Instant, fit_file: PathBuf) -> Run {
-        Run { end, fit_file: Some(fit_file), ..self }
+    /// The same run, its `train` due at `end` (the harness's deadline less the hand-over reserve), with its
+    /// files in the hand-over folder `handover`: the device batches ([`crate::fit::REPORT_FILE`]) and the
+    /// progress ([`PROGRESS_FILE`]).
+    pub fn ending_at(self, end: std::time::Instant, handover: &Path) -> Run {
+        let progress = Recorder::new(handover.join(PROGRESS_FILE), self.start, end);
+        Run {
+            end,
+            fit_file: Some(handover.join(crate::fit::REPORT_FILE)),
+            progress: Some(std::sync::Mutex::new(progress)),
+            ..self
+        }
+    }
+
+    /// Step `step` (0 = the first) has ended, with smoothed loss `loss`: for whoever watches (the dashboard).
+    /// Cheap: the harness writes it to the progress file at most a few times a second. Outside the harness's
+    /// training phase it does nothing.
+    pub fn progress(&self, step: u64, loss: f64) {
+        self.with_progress(|recorder| recorder.record(step, loss));
+    }
+
+    /// Writes the last progress reported, where the file does not hold it yet (fixed code, after `train`).
+    pub fn flush_progress(&self) {
+        self.with_progress(Recorder::flush);
+    }
+
+    fn with_progress(&self, write: impl FnOnce(&mut Recorder) -> Result<()>) {
+        if let Some(recorder) = &self.progress {
+            // Progress is for watching: a file that cannot be written costs the training nothing but its display.
+            if let Err(e) = write(&mut recorder.lock().unwrap_or_else(|e| e.into_inner())) {
+                eprintln!("progress not written: {e:#}");
+            }
+        }
     }
 
     /// Seconds until `train` must have returned (negative: past it). The one clock: warm-up, compilation and

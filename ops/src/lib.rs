@@ -1,8 +1,8 @@
 //! libtorch pieces that the training file needs and tch does not wrap, part of the fixed harness:
 //! - [`attention`]: causal sliding-window attention in one call; the backend is picked here (FlashAttention-2
 //!   for windows on CUDA, SDPA otherwise, with the window masks cached);
-//! - [`softcap_cross_entropy`]: the loss of softcapped logits, a fused CUDA kernel where it loads, plain ops
-//!   elsewhere;
+//! - [`softcap`] and [`softcap_cross_entropy`]: softcapped logits, and their loss (a fused CUDA kernel where it
+//!   loads, elsewhere the cross-entropy of [`softcap`]'s logits);
 //! - bf16 [`autocast`], TF32, and facts about the CUDA device.
 
 use std::collections::BTreeMap;
@@ -65,9 +65,15 @@ fn window_mask(window: i64, t: i64, device: Device) -> Tensor {
     mask
 }
 
-/// Per-row cross-entropy of `cap`·tanh(`logits` / `cap`) against `targets` (rows with a negative target count
-/// 0). logits: (rows, vocab); targets: (rows,) int64; returns (rows,) float32. On CUDA one fused kernel each
-/// way where NVRTC can build it (checked once per device; a warning and plain ops if not), elsewhere plain ops.
+/// `cap`·tanh(`logits` / `cap`) in float32: logits squashed into (−cap, cap).
+pub fn softcap(logits: &Tensor, cap: f64) -> Tensor {
+    (logits.to_kind(Kind::Float) / cap).tanh() * cap
+}
+
+/// Per-row cross-entropy of [`softcap`]`(logits, cap)` against `targets` (rows with a negative target count 0).
+/// logits: (rows, vocab); targets: (rows,) int64; returns (rows,) float32. On CUDA one fused kernel each way
+/// where NVRTC can build it (checked once per device; a warning and plain ops if not), so that no float32 copy
+/// of the logits is made; elsewhere the cross-entropy of [`softcap`]'s logits.
 pub fn softcap_cross_entropy(logits: &Tensor, targets: &Tensor, cap: f64) -> Tensor {
     if let Device::Cuda(index) = logits.device() {
         static AVAILABLE: Mutex<BTreeMap<usize, bool>> = Mutex::new(BTreeMap::new());
@@ -80,8 +86,7 @@ pub fn softcap_cross_entropy(logits: &Tensor, targets: &Tensor, cap: f64) -> Ten
             return fused_softcap_cross_entropy(logits, targets, cap).expect("fused loss");
         }
     }
-    let capped = (logits.to_kind(Kind::Float) / cap).tanh() * cap;
-    capped.cross_entropy_loss(targets, None::<Tensor>, Reduction::None, -1, 0.0)
+    softcap(logits, cap).cross_entropy_loss(targets, None::<Tensor>, Reduction::None, -1, 0.0)
 }
 
 /// Causal attention where query i sees keys i − `window_left` ..= i, with FlashAttention-2.

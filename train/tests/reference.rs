@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use autoresearch_evaluate::evaluation::{evaluate, ValRows};
-use autoresearch_evaluate::{causality, probes, Model};
+use autoresearch_evaluate::{causality, loss_check, probes, Model};
 use autoresearch_golden::Reference;
 use autoresearch_harness::dataloader::{DataLoader, LoaderOptions};
 use autoresearch_harness::shards::{split_files, Split};
 use autoresearch_harness::tokenizer::{parse_ranks, Tokenizer};
 use tch::{Device, Kind, Tensor};
-use train::{muon_momentum, Gpt, GptConfig, MuonAdamW, OptimizerConfig};
+use train::{muon_momentum, Gpt, GptConfig, Group, MuonAdamW, OptimizerConfig};
 
 mod common;
 use common::rel_err;
@@ -188,7 +188,7 @@ fn val_bpb_through_the_harness_evaluation_equals_the_reference() {
         let bpb = evaluate(&model, &val, vocab, tok.token_bytes()).unwrap();
         probe.check_unchanged(&model, vocab).unwrap();
         let plan = probes::Plan::new(&val, vocab, 4, "reference").unwrap();
-        let on_cpu = probes::evaluate(&plan, &val, vocab, tok.token_bytes(), |x| Ok(Model::logits(&model, x)));
+        let on_cpu = probes::evaluate(&plan, &val, vocab, tok.token_bytes(), |_, x| Ok(Model::logits(&model, x)));
         (bpb, on_cpu.unwrap().val_bpb)
     });
     let want = r.f64(&["evaluate_bpb", "val_bpb"]);
@@ -213,4 +213,35 @@ fn reference_initialisation_has_the_reference_distributions() {
         assert!((a - b).abs() <= 0.1 * b + 1e-12, "{name}: std {a} vs {b}");
         assert!((mean(p) - mean(theirs)).abs() <= 0.1 * b + 1e-9, "{name}: mean {} vs {}", mean(p), mean(theirs));
     }
+}
+
+#[test]
+fn the_training_loss_is_the_cross_entropy_of_the_evaluated_logits() {
+    let r = Reference::load().unwrap();
+    let model = reference_model(&r);
+    let (x, y) = golden_batch(&r, "train", 0);
+    // The harness's own check at the hand-over, on the reference weights.
+    let worst = loss_check::check(&model, &x, &y, r.usize(&["model", "vocab_size"])).unwrap();
+    assert!(worst < 1e-5, "largest difference {worst:e}");
+}
+
+/// Each parameter's optimizer group, given where it is built, is the one the original gives its name.
+#[test]
+fn every_parameter_is_in_the_originals_optimizer_group() {
+    let r = Reference::load().unwrap();
+    let model = reference_model(&r);
+    for p in model.params.iter() {
+        let by_name = match p.name.as_str() {
+            "lm_head.weight" => Group::Unembedding,
+            "transformer.wte.weight" => Group::Embedding,
+            n if n.starts_with("value_embeds.") => Group::Embedding,
+            "resid_lambdas" => Group::ResidScalars,
+            "x0_lambdas" => Group::X0Scalars,
+            n if n.starts_with("transformer.h.") => Group::Matrix,
+            n => panic!("a parameter the original does not have: {n}"),
+        };
+        assert_eq!(p.group, by_name, "{}", p.name);
+    }
+    let golden = load(&r, "model/forward_backward.safetensors");
+    assert_eq!(model.params.iter().count() + 2, golden.len(), "every parameter of the original, once");
 }
