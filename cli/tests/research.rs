@@ -1519,7 +1519,8 @@ fn slurm_jobs_for_two_workers_and_their_faults() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
+    // Both builds, one after the other, then both jobs running: minutes on a loaded 2-core machine.
+    let deadline = Instant::now() + Duration::from_secs(300);
     let training =
         |k: usize| journal(k).children.iter().any(|c| c.role == Role::Training) && journal(k).in_progress.is_some();
     while !(training(1) && training(2) && cluster.queue() == ["RUNNING", "RUNNING"]) {
