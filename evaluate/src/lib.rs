@@ -303,12 +303,13 @@ fn evaluate_in_model_process(
     let start = || model_process::ModelProcess::start(&model_args, vocab, allowance);
     // The plan's sides, one model process each, one after the other (the first has ended before the second
     // starts, so they share no time in which to talk): side 0's now.
-    let mut model = Some((0, start()?));
+    let first = start()?;
+    println!("model process: {}", first.sandbox);
+    let mut model = Some((0, first));
     let device = device_name(Device::Cpu);
     // This process only takes cross-entropies between the model process's answers: one thread, so that idle
     // worker threads here do not spin on the cores the model process computes on.
     tch::set_num_threads(1);
-    println!("model process: {}", model.as_ref().map_or("", |m| m.1.sandbox.as_str()));
     let loaded = started.elapsed().as_secs_f64();
     let plan = probes::Plan::new(rows, vocab, evaluation::first_batch(rows.cols, vocab, Device::Cpu), nonce)?;
     let evaluated = probes::evaluate(&plan, rows, vocab, run.tokenizer.token_bytes(), |side, x| {
@@ -326,8 +327,8 @@ fn evaluate_in_model_process(
     let escape = probes::escape_bound(plan.altered, 1.0 / 256.0);
     let timing = format!(
         "first model process started and model loaded {:.1} s, metric with causality probes on {} model processes \
-         {:.1} s: {} calls, {} altered copies and {} repeats of rows mixed in; a leak at 1/256 of the positions or rows escapes them \
-         with probability at most {:.3}",
+         {:.1} s: {} calls, {} altered copies and {} repeats of rows mixed in; a leak at 1/256 of the positions or \
+         rows escapes them with probability at most {:.3}",
         loaded - at_start,
         probes::SIDES,
         started.elapsed().as_secs_f64() - loaded,

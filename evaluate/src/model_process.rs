@@ -294,24 +294,13 @@ impl ModelProcess {
         // a garbled answer: then it is ended here, and its end is not mistaken for the kernel's OOM killer. A
         // process it started could hold its stderr open; that tail is then not waited for (the phase's
         // supervisor ends it).
-        let waited = Instant::now();
-        let mut ended = self.child.try_wait();
-        while matches!(ended, Ok(None)) && waited.elapsed() < Duration::from_secs(1) {
-            std::thread::sleep(Duration::from_millis(10));
-            ended = self.child.try_wait();
-        }
-        let ended_here = matches!(ended, Ok(None));
+        let ended_here = !within_a_second(|| !matches!(self.child.try_wait(), Ok(None)));
         if ended_here {
             let _ = self.child.kill();
         }
         let status = self.child.wait();
-        let stderr = self.stderr.take().and_then(|h| {
-            let waited = Instant::now();
-            while !h.is_finished() && waited.elapsed() < Duration::from_secs(1) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            h.is_finished().then(|| h.join().unwrap_or_default())
-        });
+        let stderr =
+            self.stderr.take().filter(|h| within_a_second(|| h.is_finished())).map(|h| h.join().unwrap_or_default());
         let stderr = stderr.unwrap_or_default();
         let lines: Vec<&str> = stderr.lines().collect();
         // Its own error line where it wrote one, else a panic's message, else the whole tail.
@@ -330,6 +319,18 @@ impl ModelProcess {
         };
         anyhow::anyhow!("the model process failed ({how}): {}", shown(&said, SHOWN))
     }
+}
+
+/// Whether `done` holds within a second (asked every 10 ms).
+fn within_a_second(mut done: impl FnMut() -> bool) -> bool {
+    let waited = Instant::now();
+    while !done() {
+        if waited.elapsed() >= Duration::from_secs(1) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
 }
 
 impl Drop for ModelProcess {
