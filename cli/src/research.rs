@@ -2,23 +2,22 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use autoresearch_harness::profile::{cache_root, Prepared};
-use autoresearch_research::agent::{research_loop, LoopOptions};
+use autoresearch_research::agent::LoopOptions;
+use autoresearch_research::backend::{Backend, Local};
+use autoresearch_research::experiment::{default_timeout, describe, evaluate_run, run_experiment, ExperimentOptions};
+use autoresearch_research::noise::measure_noise;
+use autoresearch_research::pool::run_pool;
 use autoresearch_research::rules::{noise_for, Decider, Rule, DEFAULT_RULE};
-use autoresearch_research::run::{
-    default_timeout, describe, evaluate_run, measure_noise, run_experiment, ExperimentOptions,
-};
-use autoresearch_research::slurm::{Backend, SlurmOptions};
+use autoresearch_research::slurm::{Slurm, SlurmOptions};
 use autoresearch_research::trainer::DeviceChoice;
 use autoresearch_research::trainer::{repo_root, Trainer};
 use autoresearch_research::training::build_sandbox;
-use autoresearch_research::workers::{
-    allowed_cpus, local_setups, measure_noise_workers, run_workers, slurm_setups, WorkerSetup,
-};
-use autoresearch_research::{self as experiment, Interrupts, Workspace};
+use autoresearch_research::{session, Interrupts, Session, Worker, RESULTS_FILE};
 
 use crate::train_cmd::device_parser;
 
@@ -89,23 +88,23 @@ enum BackendKind {
 }
 
 impl BackendArgs {
-    fn backend(&self, device: DeviceChoice) -> Result<Backend> {
+    fn backend(&self, device: DeviceChoice) -> Result<Arc<dyn Backend>> {
         let slurm_flags = self.slurm_partition.is_some()
             || self.slurm_account.is_some()
             || self.slurm_cpus.is_some()
             || !self.slurm_args.is_empty();
         Ok(match self.backend {
             BackendKind::Local if slurm_flags => bail!("the --slurm-* options need --backend slurm"),
-            BackendKind::Local => Backend::Local,
+            BackendKind::Local => Arc::new(Local),
             BackendKind::Slurm => {
                 let gpu = device == DeviceChoice::Cuda;
-                Backend::Slurm(SlurmOptions {
+                Arc::new(Slurm(SlurmOptions {
                     partition: self.slurm_partition.clone(),
                     account: self.slurm_account.clone(),
                     cpus: self.slurm_cpus.or((!gpu).then_some(1)),
                     gpu,
                     args: self.slurm_args.clone(),
-                })
+                }))
             }
         })
     }
@@ -201,32 +200,41 @@ fn interrupts(first_message: &'static str) -> Result<Interrupts> {
 }
 
 fn options(
-    ws: &Workspace,
+    session: &Session,
     args: &RuleArgs,
     description: String,
     interrupts: Interrupts,
     abort_at: usize,
 ) -> Result<ExperimentOptions> {
-    let rule = Rule::parse(args.rule.as_deref().unwrap_or(&ws.state.rule), args.z)?;
-    let noise = noise_for(&ws.dir, &ws.state.profile, ws.state.time_budget)?;
+    let settings = &session.settings;
+    let rule = Rule::parse(args.rule.as_deref().unwrap_or(&settings.rule), args.z)?;
+    let noise = noise_for(&session.dir, &settings.profile, settings.time_budget)?;
     let decider = Decider::new(rule, noise.as_ref(), args.min_delta)?;
     let timeout = match args.timeout {
         Some(t) if t > 0.0 => Duration::from_secs_f64(t),
         Some(t) => bail!("--timeout must be positive, not {t}"),
-        None => default_timeout(ws.state.time_budget),
+        None => default_timeout(settings.time_budget),
     };
-    Ok(ExperimentOptions { description, decider, timeout, force: false, interrupts, abort_at, backend: Backend::Local })
+    Ok(ExperimentOptions {
+        description,
+        decider,
+        timeout,
+        force: false,
+        interrupts,
+        abort_at,
+        backend: Arc::new(Local),
+    })
 }
 
 /// The session's trainer and where its trainings run; on this machine's GPU (the local backend), the GPU is
 /// checked first.
-fn trainer(ws: &Workspace, backend: &BackendArgs) -> Result<(Trainer, Backend)> {
-    let mut trainer = Trainer::new(ws.root.clone(), ws.state.device);
+fn trainer(session: &Session, backend: &BackendArgs) -> Result<(Trainer, Arc<dyn Backend>)> {
+    let mut trainer = Trainer::new(session.root.clone(), session.settings.device);
     let backend = backend.backend(trainer.device)?;
-    if backend == Backend::Local {
+    if backend.is_local() {
         trainer.check_gpu()?;
     }
-    let prepared = Prepared::load(&cache_root()?, Some(&ws.state.profile))?;
+    let prepared = Prepared::load(&cache_root()?, Some(&session.settings.profile))?;
     trainer.build_sandbox = Some((std::env::current_exe()?, build_sandbox(&prepared, &trainer.root)));
     Ok((trainer, backend))
 }
@@ -239,44 +247,51 @@ pub fn init(args: InitArgs) -> Result<()> {
         bail!("--time-budget must be positive, not {budget}");
     }
     Rule::parse(&args.rule, 2.0)?;
-    let state = experiment::init(&root, &args.tag, &prepared.profile.name, budget, args.device, &args.rule)?;
+    let state = session::init(&root, &args.tag, &prepared.profile.name, budget, args.device, &args.rule)?;
+    let settings = &state.settings;
     println!(
         "session {} on branch {}: profile {}, {} s per run, keep rule {}, results in {}",
-        state.tag,
-        state.branch,
-        state.profile,
-        state.time_budget,
-        state.rule,
-        root.join(experiment::RESULTS_FILE).display()
+        settings.tag,
+        settings.branch,
+        settings.profile,
+        settings.time_budget,
+        settings.rule,
+        root.join(RESULTS_FILE).display()
     );
     println!("next: `autoresearch run -m baseline` (or `autoresearch loop --agent CMD`)");
     Ok(())
 }
 
+/// The session's best, in a line.
+fn say_best(session: &Session) {
+    if let Some(best) = session.best() {
+        println!("best: val_bpb {:.6} (commit {}, run {})", best.val_bpb, &best.commit[..7], best.run);
+    }
+}
+
 pub fn run(args: RunArgs) -> Result<()> {
-    let mut ws = Workspace::open(&repo_root()?)?;
+    let session = Session::open(&repo_root()?)?;
+    let mut worker = Worker::in_repository(&session)?;
     let interrupts = interrupts("interrupted: stopping the run (the change will be set aside)")?;
-    let mut opts = options(&ws, &args.rule, args.message.trim().to_string(), interrupts, 1)?;
+    let mut opts = options(&session, &args.rule, args.message.trim().to_string(), interrupts, 1)?;
     if opts.description.is_empty() {
         bail!("-m: describe the change");
     }
     opts.force = args.force;
-    let (trainer, backend) = trainer(&ws, &args.backend)?;
+    let (trainer, backend) = trainer(&session, &args.backend)?;
     opts.backend = backend;
-    let outcome = run_experiment(&mut ws, &trainer, &opts)?;
+    let outcome = run_experiment(&mut worker, &trainer, &opts)?;
     println!("{}", describe(&outcome));
     if let Some(t) = &outcome.log_tail {
         println!("--- the last {} lines of the log ---\n{t}", t.lines().count());
     }
-    if let Some(best) = &ws.state.best {
-        println!("best: val_bpb {:.6} (commit {}, run {})", best.val_bpb, &best.commit[..7], best.run);
-    }
+    say_best(&session);
     Ok(())
 }
 
 pub fn research_loop_cmd(args: LoopArgs) -> Result<()> {
     let root = repo_root()?;
-    let mut ws = Workspace::open(&root)?;
+    let session = Session::open(&root)?;
     let interrupts = interrupts("stopping after the current step (Ctrl-C again to abort it now)")?;
     let program_path = args.program.clone().unwrap_or_else(|| root.join("program.md"));
     let program =
@@ -288,86 +303,33 @@ pub fn research_loop_cmd(args: LoopArgs) -> Result<()> {
         max_hours: args.max_hours,
         max_fixes: args.max_fixes,
         program,
-        run: options(&ws, &args.rule, String::new(), interrupts, 2)?,
+        run: options(&session, &args.rule, String::new(), interrupts, 2)?,
     };
-    let (trainer, backend) = trainer(&ws, &args.backend)?;
+    let (trainer, backend) = trainer(&session, &args.backend)?;
     opts.run.backend = backend;
     eprintln!(
         "loop: agent `{}`, rule {}, profile {}, {} s per run",
-        opts.agent, opts.run.decider.label, ws.state.profile, ws.state.time_budget
+        opts.agent, opts.run.decider.label, session.settings.profile, session.settings.time_budget
     );
-    let slurm = matches!(opts.run.backend, Backend::Slurm(_));
-    let report = if args.workers > 1 || slurm {
-        let setups = setups(args.workers, args.gpus.as_deref(), &trainer, &opts.run.backend)?;
-        let say = |line: &str| println!("{line}");
-        let report = run_workers(ws, &trainer, &opts, &setups, &say)?;
-        ws = Workspace::open(&root)?;
-        report
-    } else {
-        one_worker(args.gpus.as_deref())?;
-        research_loop(&mut ws, &trainer, &opts, &mut |line| println!("{line}"))?
-    };
+    let setups = opts.run.backend.setups(args.workers, args.gpus.as_deref(), trainer.device)?;
+    let report = run_pool(&session, &trainer, &opts, &setups, &|line: &str| println!("{line}"))?;
     println!(
         "loop stopped ({}): {} experiments, {} kept, {} crashed, {} refused",
         report.stop_reason, report.experiments, report.kept, report.crashes, report.refused
     );
-    if let Some(best) = &ws.state.best {
-        println!("best: val_bpb {:.6} (commit {}, run {})", best.val_bpb, &best.commit[..7], best.run);
-    }
+    say_best(&session);
     Ok(())
-}
-
-/// What each of `workers` workers gets: its GPU or its share of the cores here, or its Slurm jobs.
-fn setups(workers: usize, gpus: Option<&[String]>, trainer: &Trainer, backend: &Backend) -> Result<Vec<WorkerSetup>> {
-    match backend {
-        Backend::Slurm(s) if gpus.is_none() => slurm_setups(workers, s),
-        Backend::Slurm(_) => bail!("--gpus is for the local backend: Slurm gives each job its GPU"),
-        Backend::Local => {
-            let gpus = match (trainer.device, gpus) {
-                (DeviceChoice::Cuda, Some(list)) => Some(list.to_vec()),
-                (DeviceChoice::Cuda, None) => Some(visible_gpus()?),
-                (_, Some(_)) => bail!("--gpus: this session trains on the CPU"),
-                _ => None,
-            };
-            local_setups(workers, gpus.as_deref(), &allowed_cpus())
-        }
-    }
-}
-
-/// With one worker (no ledger, no worktree), `--gpus` has nothing to choose.
-fn one_worker(gpus: Option<&[String]>) -> Result<()> {
-    if gpus.is_some() {
-        bail!("--gpus is for several workers: with one, choose the GPU with CUDA_VISIBLE_DEVICES");
-    }
-    Ok(())
-}
-
-/// The GPUs a worker may be given: those CUDA_VISIBLE_DEVICES lists, else every GPU `nvidia-smi` sees.
-fn visible_gpus() -> Result<Vec<String>> {
-    if let Ok(list) = std::env::var("CUDA_VISIBLE_DEVICES") {
-        return Ok(list.split(',').map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect());
-    }
-    let out = std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=index", "--format=csv,noheader"])
-        .output()
-        .context("running nvidia-smi to count the GPUs (or give them with --gpus)")?;
-    Ok(String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
 }
 
 pub fn noise(args: NoiseArgs) -> Result<()> {
-    let mut ws = Workspace::open(&repo_root()?)?;
+    let session = Session::open(&repo_root()?)?;
     let interrupts = interrupts("interrupted: stopping")?;
     let rule = RuleArgs { rule: Some("lower".into()), z: 2.0, min_delta: None, timeout: args.timeout };
-    let mut opts = options(&ws, &rule, "noise".into(), interrupts, 1)?;
-    let (trainer, backend) = trainer(&ws, &args.backend)?;
+    let mut opts = options(&session, &rule, "noise".into(), interrupts, 1)?;
+    let (trainer, backend) = trainer(&session, &args.backend)?;
     opts.backend = backend;
-    let estimate = if args.workers > 1 {
-        let setups = setups(args.workers, args.gpus.as_deref(), &trainer, &opts.backend)?;
-        measure_noise_workers(ws, &trainer, args.runs, &opts, &setups)?
-    } else {
-        one_worker(args.gpus.as_deref())?;
-        measure_noise(&mut ws, &trainer, args.runs, &opts)?
-    };
+    let setups = opts.backend.setups(args.workers, args.gpus.as_deref(), trainer.device)?;
+    let estimate = measure_noise(&session, &trainer, args.runs, &opts, &setups)?;
     println!(
         "noise for profile {} at {} s: val_bpb {:.6} ± {:.6} (mean ± sd of {} seeds, commit {})",
         estimate.profile,
@@ -381,13 +343,14 @@ pub fn noise(args: NoiseArgs) -> Result<()> {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let mut ws = Workspace::open(&repo_root()?)?;
+    let session = Session::open(&repo_root()?)?;
+    let mut worker = Worker::in_repository(&session)?;
     let interrupts = interrupts("interrupted: stopping")?;
     let rule = RuleArgs { rule: Some("lower".into()), z: 2.0, min_delta: None, timeout: None };
-    let opts = options(&ws, &rule, "eval".into(), interrupts, 1)?;
-    let (trainer, _) = trainer(&ws, &BackendArgs::default())?;
-    let (run, result) = evaluate_run(&mut ws, &trainer, args.run, &opts)?;
-    let recorded = ws.read_meta(run).map_or("-".to_string(), |m| match m.val_bpb {
+    let opts = options(&session, &rule, "eval".into(), interrupts, 1)?;
+    let (trainer, _) = trainer(&session, &BackendArgs::default())?;
+    let (run, result) = evaluate_run(&mut worker, &trainer, args.run, &opts)?;
+    let recorded = session.read_meta(run).map_or("-".to_string(), |m| match m.val_bpb {
         Some(v) => format!("{} {v:.6}", m.status),
         None => format!("{}: {}", m.status, m.reason),
     });

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use autoresearch_harness::profile::{cache_root, Prepared};
+use autoresearch_research::experiment::default_timeout;
 use autoresearch_research::process::Role;
-use autoresearch_research::run::default_timeout;
 use autoresearch_research::trainer::{repo_root, DeviceChoice, Trainer, TrainingSettings};
 use autoresearch_research::training::{build_sandbox, train_and_evaluate, Processes, TrainingFiles};
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use autoresearch_research::process::{alive, Recorded, Role};
 use autoresearch_research::results::{self, Row, Status};
-use autoresearch_research::state::State;
+use autoresearch_research::state::{Journal, State};
 use autoresearch_research::RunMeta;
 
 const MAIN_REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -166,9 +166,13 @@ impl Session {
         let _ = std::fs::remove_file(self.agent_state.join(format!("count-{k}")));
     }
 
-    /// Worker `k`'s journal.
-    fn journal(&self, k: usize) -> State {
-        State::load(&self.repo.join(format!(".autoresearch/workers/{k}"))).unwrap()
+    /// Worker `k`'s journal (worker 0: the repository's own tree's).
+    fn journal(&self, k: usize) -> Journal {
+        let own = match k {
+            0 => self.repo.join(".autoresearch"),
+            k => self.repo.join(format!(".autoresearch/workers/{k}")),
+        };
+        Journal::load(&own).unwrap()
     }
 
     fn rows(&self) -> Vec<Row> {
@@ -190,10 +194,10 @@ impl Session {
     fn assert_consistent(&self) {
         assert_eq!(git(&self.repo, &["status", "--porcelain"]), "", "a clean working tree");
         let state = self.state();
-        assert!(state.in_progress.is_none());
+        assert!(self.journal(0).in_progress.is_none());
         let head = git(&self.repo, &["rev-parse", "HEAD"]).trim().to_string();
         assert_eq!(head, state.best.as_ref().unwrap().commit, "HEAD is the best commit");
-        let range = format!("{}..HEAD", state.base);
+        let range = format!("{}..HEAD", state.settings.base);
         let on_branch: Vec<String> =
             git(&self.repo, &["rev-list", "--no-merges", &range]).lines().map(|c| c[..7].to_string()).collect();
         // A keep of a worker's commit that grew from an older best is a merge holding that commit's tree.
@@ -312,7 +316,7 @@ fn a_research_session_end_to_end() {
     let (run, pgid) = wait_for_training(&s);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(s.state().in_progress.is_some(), "the killed loop left its journal");
+    assert!(s.journal(0).in_progress.is_some(), "the killed loop left its journal");
     let out = s.run(&["loop", "--agent", &agent, "--max-experiments", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("recovered: run {run} was interrupted")), "{stderr}");
@@ -825,11 +829,11 @@ fn wait_for_training(s: &Session) -> (u64, i32) {
 }
 
 /// Waits until the journal records a running process of `role` and `also` holds: the state and that process.
-fn wait_for(s: &Session, role: Role, also: impl Fn(&State) -> bool) -> (State, Recorded) {
+fn wait_for(s: &Session, role: Role, also: impl Fn(&Journal) -> bool) -> (Journal, Recorded) {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         assert!(Instant::now() < deadline, "no {role:?} process was ever recorded");
-        if let Ok(st) = State::load(&s.repo.join(".autoresearch")) {
+        if let Ok(st) = Journal::load(&s.repo.join(".autoresearch")) {
             if let Some(c) = st.children.iter().find(|c| c.role == role).cloned() {
                 if also(&st) {
                     return (st, c);
@@ -858,7 +862,7 @@ fn kill_9_at_any_moment() {
     assert!(baseline.extra.as_ref().unwrap().reason.contains("over 2 seeds (42, 43)"), "{baseline:?}");
     assert_eq!(best.seeds, [42, 43]);
     assert_eq!(format!("{:.6}", best.val_bpb), format!("{:.6}", baseline.val_bpb));
-    let kill_when = |args: &[&str], role: Role, also: &dyn Fn(&State) -> bool| -> Recorded {
+    let kill_when = |args: &[&str], role: Role, also: &dyn Fn(&Journal) -> bool| -> Recorded {
         let mut child = s.cmd(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let (_, recorded) = wait_for(&s, role, also);
         child.kill().unwrap(); // SIGKILL
@@ -870,7 +874,7 @@ fn kill_9_at_any_moment() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!alive(r.pgid), "the orphaned {:?} process was stopped", r.role);
         assert!(stderr.contains("recovered: stopped what the last process left running"), "{stderr}");
-        assert!(s.state().children.is_empty());
+        assert!(s.journal(0).children.is_empty());
     };
 
     // While the agent works: it has edited the file and is still thinking.
@@ -904,7 +908,7 @@ fn kill_9_at_any_moment() {
         let agent = s.agent(&[step, "nothing"]);
         let r =
             kill_when(&["loop", "--agent", &agent, "--max-experiments", "1"], phase, &|st| st.in_progress.is_some());
-        let run = s.state().in_progress.unwrap().run;
+        let run = s.journal(0).in_progress.unwrap().run;
         let out = s.run(&["loop", "--agent", &agent, "--max-experiments", "0"]);
         left_alone(&r, &out);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1037,7 +1041,7 @@ fn two_workers_share_one_ledger_and_one_best() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(180);
     let training = |k: usize| {
-        let j = State::load(&s.repo.join(format!(".autoresearch/workers/{k}"))).ok()?;
+        let j = Journal::load(&s.repo.join(format!(".autoresearch/workers/{k}"))).ok()?;
         j.children.iter().find(|c| c.role == Role::Training).cloned().zip(j.in_progress)
     };
     let (a, b) = loop {
@@ -1286,7 +1290,7 @@ fn a_new_session_keeps_by_the_noise_it_measured_and_refuses_a_seed_blind_file() 
     git(&s.repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-am", "6 steps"]);
     let out = s.run(&["init", "d1", "--profile", "small", "--time-budget", "5", "--device", "cpu"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("keep rule margin"));
-    assert_eq!(s.state().rule, "margin");
+    assert_eq!(s.state().settings.rule, "margin");
     assert!(s.run(&["run", "-m", "baseline"]).status.success());
     let baseline = s.rows()[0].clone();
     assert_eq!(baseline.status, Status::Keep);
@@ -1481,7 +1485,7 @@ fn slurm_jobs_for_two_workers_and_their_faults() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let job = loop {
         assert!(Instant::now() < deadline, "no job ever ran");
-        let j = State::load(&s.repo.join(".autoresearch/workers/1")).ok();
+        let j = Journal::load(&s.repo.join(".autoresearch/workers/1")).ok();
         if let Some(name) = j
             .filter(|j| j.children.iter().any(|c| c.role == Role::Training))
             .and_then(|j| j.slurm_jobs.first().cloned())

@@ -12,8 +12,9 @@ use autoresearch_research::process::{alive, start_time, Role};
 use autoresearch_research::report;
 use autoresearch_research::results::{self, Status};
 use autoresearch_research::rules::{load_noise, noise_for};
-use autoresearch_research::state::State;
-use autoresearch_research::{worker_journals, RunMeta, RESULTS_FILE, STATE_DIR};
+use autoresearch_research::session::journals;
+use autoresearch_research::state::{Journal, State};
+use autoresearch_research::{RunMeta, RESULTS_FILE, STATE_DIR};
 use serde::Serialize;
 
 /// A session folder: the repository a session runs in (results.tsv and `.autoresearch/`).
@@ -91,7 +92,7 @@ fn view(s: &Session) -> Result<SessionView> {
     let results = s.root.join(RESULTS_FILE);
     let state = State::load(&s.state_dir()).ok();
     let noise = match &state {
-        Some(st) => noise_for(&s.state_dir(), &st.profile, st.time_budget)?,
+        Some(st) => noise_for(&s.state_dir(), &st.settings.profile, st.settings.time_budget)?,
         None => None,
     };
     let (rows, crashed, totals) = if results.is_file() {
@@ -104,24 +105,25 @@ fn view(s: &Session) -> Result<SessionView> {
     Ok(SessionView {
         name: s.name.clone(),
         rows,
-        profile: state.as_ref().map(|st| st.profile.clone()),
-        budget: state.as_ref().map(|st| st.time_budget),
+        profile: state.as_ref().map(|st| st.settings.profile.clone()),
+        budget: state.as_ref().map(|st| st.settings.time_budget),
         crashed,
         noise: noise.map(|n| (n.mean, n.std)),
         totals,
-        live: state.map(|st| live(s, &st)).unwrap_or_default(),
+        live: if state.is_some() { live(s) } else { Vec::new() },
     })
 }
 
-/// What the journals record as running now: the lone loop's, or each worker's (a journal left by a killed
-/// loop lists dead processes, which are not shown).
-fn live(s: &Session, st: &State) -> Vec<Live> {
-    let lone = live_one(s, st, None);
-    let workers = worker_journals(&s.state_dir()).into_iter().filter_map(|(k, journal)| live_one(s, &journal, Some(k)));
-    lone.into_iter().chain(workers).collect()
+/// What the workers' journals record as running now: the repository tree's worker's, and each of a pool of
+/// several (a journal left by a killed loop lists dead processes, which are not shown).
+fn live(s: &Session) -> Vec<Live> {
+    journals(&s.state_dir())
+        .into_iter()
+        .filter_map(|(k, journal)| live_one(s, &journal, (k > 0).then_some(k)))
+        .collect()
 }
 
-fn live_one(s: &Session, st: &State, worker: Option<usize>) -> Option<Live> {
+fn live_one(s: &Session, st: &Journal, worker: Option<usize>) -> Option<Live> {
     let child = st.children.iter().rfind(|c| alive(c.pgid) && start_time(c.pgid) == Some(c.start_time))?;
     let run = st.in_progress.as_ref().map(|ip| ip.run);
     let meta: Option<RunMeta> = run.and_then(|r| {

@@ -1,18 +1,19 @@
-//! `autoresearch loop`: an agent proposes, the harness disposes. Each iteration gives the agent a prompt
-//! (program.md and the session's state), lets it edit the training file, sends compile errors back for a few
-//! fixes, then runs the experiment exactly as `autoresearch run` does.
+//! One worker's loop in `autoresearch loop`: an agent proposes, the harness disposes. Each iteration gives the
+//! agent a prompt (program.md and the session's state), lets it edit the training file, sends compile errors
+//! back for a few fixes, then runs the experiment exactly as `autoresearch run` does.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use crate::experiment::{build, check, describe, refusal_message, run_experiment, train_rerun};
+use crate::experiment::{Check, ExperimentOptions};
 use crate::process::{wait_or_kill, Role};
 use crate::results::{self, Row, Status};
-use crate::run::{build, check, refusal_message, run_experiment, Check, ExperimentOptions};
 use crate::trainer::Trainer;
 use crate::training::{tail, TAIL_LINES};
-use crate::{now_utc, RunMeta, Workspace, TRAINING_FILE};
+use crate::{now_utc, RunMeta, Worker, TRAINING_FILE};
 
 pub struct LoopOptions {
     /// The agent's command line, run by `sh -c`; `{prompt}` becomes the prompt file's path (else the path
@@ -45,8 +46,9 @@ const NOTES_IN_PROMPT: usize = 8000;
 /// Agent calls in a row that change nothing before the loop gives up.
 const MAX_IDLE_CALLS: usize = 3;
 
+/// Runs `worker`'s experiments until a limit, a signal or an idle agent stops it.
 pub fn research_loop(
-    ws: &mut Workspace,
+    worker: &mut Worker,
     trainer: &Trainer,
     opts: &LoopOptions,
     on_outcome: &mut dyn FnMut(&str),
@@ -55,26 +57,23 @@ pub fn research_loop(
     let mut report = LoopReport::default();
     let mut feedback: Option<String> = None;
     let mut idle = 0;
-    let prompt_path = ws.own.join(crate::files::PROMPT_FILE);
-    let description_path = ws.own.join("description.txt");
-    set_aside_leftovers(ws)?;
-    // A worker's experiments count against --max-experiments with the others': each claims one before it
+    let prompt_path = worker.own.join(crate::files::PROMPT_FILE);
+    let description_path = worker.own.join("description.txt");
+    set_aside_leftovers(worker)?;
+    // The experiments of all workers count against --max-experiments together: each claims one before it
     // starts, and gives it back if nothing ran.
-    let ledger = ws.ledger.clone();
+    let session = worker.session.clone();
     let mut claimed = false;
     loop {
-        if let Some(l) = ledger.as_ref().filter(|_| std::mem::take(&mut claimed)) {
-            l.release();
+        if std::mem::take(&mut claimed) {
+            session.release();
         }
         // Between its experiments a worker first trains the confirmation reruns other workers offered.
-        while let Some(task) = ledger.as_ref().and_then(|l| l.take_rerun()) {
-            crate::run::train_rerun(ws, trainer, task, &opts.run);
+        while let Some(task) = session.take_rerun() {
+            train_rerun(worker, trainer, task, &opts.run);
         }
-        let all_taken = match &ledger {
-            Some(l) => !l.claim(opts.max_experiments),
-            None => opts.max_experiments.is_some_and(|m| report.experiments >= m),
-        };
-        claimed = ledger.is_some() && !all_taken;
+        let all_taken = !session.claim(opts.max_experiments);
+        claimed = !all_taken;
         let stop = if opts.run.interrupts.count() > 0 {
             Some("stopped by a signal".to_string())
         } else if all_taken {
@@ -87,66 +86,59 @@ pub fn research_loop(
             None
         };
         if let Some(reason) = stop {
-            if let Some(l) = ledger.as_ref().filter(|_| std::mem::take(&mut claimed)) {
-                l.release();
+            if std::mem::take(&mut claimed) {
+                session.release();
             }
             report.stop_reason = reason;
             return Ok(report);
         }
-        if ledger.is_some() {
-            start_from_the_best(ws)?;
-        }
+        worker.start_from_the_best()?;
 
-        let description = if ws.state.best.is_none() && !ws.training_file_changed()? {
-            // No result yet: the training file as it is, the baseline, comes first.
-            "baseline".to_string()
-        } else {
-            let _ = std::fs::remove_file(&description_path);
-            let prompt = build_prompt(ws, opts, &description_path, feedback.take().as_deref(), None)?;
-            autoresearch_harness::fsutil::write_atomic(&prompt_path, prompt.as_bytes())?;
-            call_agent(ws, opts, &prompt_path, &description_path)?;
-            if opts.run.interrupts.count() > 0 {
-                set_aside_leftovers(ws)?;
-                continue;
+        let _ = std::fs::remove_file(&description_path);
+        let prompt = build_prompt(worker, opts, &description_path, feedback.take().as_deref(), None)?;
+        autoresearch_harness::fsutil::write_atomic(&prompt_path, prompt.as_bytes())?;
+        call_agent(worker, opts, &prompt_path, &description_path)?;
+        if opts.run.interrupts.count() > 0 {
+            set_aside_leftovers(worker)?;
+            continue;
+        }
+        // Refusals, no-ops and compile errors, with up to max_fixes rounds of fixing.
+        let mut fixes = 0;
+        let verdict = loop {
+            match check(worker)? {
+                Check::Refused(files) => break Err(refusal_message(&files)),
+                Check::Unchanged => break Err(format!("you did not change {TRAINING_FILE}; nothing was run")),
+                Check::Ready => {}
             }
-            // Refusals, no-ops and compile errors, with up to max_fixes rounds of fixing.
-            let mut fixes = 0;
-            let verdict = loop {
-                match check(ws)? {
-                    Check::Refused(files) => break Err(refusal_message(&files)),
-                    Check::Unchanged => break Err(format!("you did not change {TRAINING_FILE}; nothing was run")),
-                    Check::Ready => {}
+            match build(worker, trainer)? {
+                Err(compiler) if fixes < opts.max_fixes => {
+                    fixes += 1;
+                    on_outcome(&format!("compile error; asking the agent to fix it ({fixes}/{})", opts.max_fixes));
+                    let errors = tail(&compiler, TAIL_LINES);
+                    let prompt = build_prompt(worker, opts, &description_path, None, Some(&errors))?;
+                    autoresearch_harness::fsutil::write_atomic(&prompt_path, prompt.as_bytes())?;
+                    call_agent(worker, opts, &prompt_path, &description_path)?;
                 }
-                match build(ws, trainer)? {
-                    Err(compiler) if fixes < opts.max_fixes => {
-                        fixes += 1;
-                        on_outcome(&format!("compile error; asking the agent to fix it ({fixes}/{})", opts.max_fixes));
-                        let errors = tail(&compiler, TAIL_LINES);
-                        let prompt = build_prompt(ws, opts, &description_path, None, Some(&errors))?;
-                        autoresearch_harness::fsutil::write_atomic(&prompt_path, prompt.as_bytes())?;
-                        call_agent(ws, opts, &prompt_path, &description_path)?;
-                    }
-                    _ => break Ok(()),
-                }
-            };
-            if let Err(problem) = verdict {
-                if ws.training_file_changed()? || !ws.forbidden_changes()?.is_empty() {
-                    record_refusal(ws, &problem)?;
-                    report.refused += 1;
-                    idle = 0;
-                } else {
-                    idle += 1;
-                }
-                on_outcome(&problem);
-                feedback = Some(problem);
-                continue;
+                _ => break Ok(()),
             }
-            idle = 0;
-            read_description(&description_path)
         };
+        if let Err(problem) = verdict {
+            if worker.training_file_changed()? || !worker.forbidden_changes()?.is_empty() {
+                record_refusal(worker, &problem)?;
+                report.refused += 1;
+                idle = 0;
+            } else {
+                idle += 1;
+            }
+            on_outcome(&problem);
+            feedback = Some(problem);
+            continue;
+        }
+        idle = 0;
+        let description = read_description(&description_path);
 
         let run_opts = ExperimentOptions { description, ..opts.run.clone() };
-        let outcome = match run_experiment(ws, trainer, &run_opts) {
+        let outcome = match run_experiment(worker, trainer, &run_opts) {
             Ok(o) => o,
             Err(e) if opts.run.interrupts.count() > 0 => {
                 on_outcome(&format!("{e:#}"));
@@ -161,13 +153,7 @@ pub fn research_loop(
             Status::Crash => report.crashes += 1,
             _ => {}
         }
-        on_outcome(&crate::run::describe(&outcome));
-        if ws.state.best.is_none() {
-            // Without a baseline nothing can be compared: a human has to look.
-            report.stop_reason =
-                format!("the unchanged training file gave no result (run {}): {}", outcome.run, outcome.reason);
-            return Ok(report);
-        }
+        on_outcome(&describe(&outcome));
         feedback = outcome.log_tail.as_ref().map(|t| {
             format!(
                 "The last experiment (run {}) crashed: {}. The end of its log:\n```\n{t}\n```",
@@ -177,37 +163,25 @@ pub fn research_loop(
     }
 }
 
-/// A worker starts each experiment from the session's best as it is now (another worker may have kept one).
-fn start_from_the_best(ws: &mut Workspace) -> Result<()> {
-    let best = ws.best_now();
-    if let Some(b) = &best {
-        if ws.git.head()? != b.commit {
-            ws.git.reset_hard(&b.commit)?;
-        }
-    }
-    ws.state.best = best;
-    ws.save_state()
-}
-
-fn set_aside_leftovers(ws: &Workspace) -> Result<()> {
-    if let Some(dir) = ws.set_aside_leftovers()? {
-        ws.say(&format!("an unrun change was set aside in {}", dir.display()));
+fn set_aside_leftovers(worker: &Worker) -> Result<()> {
+    if let Some(dir) = worker.set_aside_leftovers()? {
+        worker.say(&format!("an unrun change was set aside in {}", dir.display()));
     }
     Ok(())
 }
 
 /// A refused change: its own run folder (no row, nothing ran), then the tree back at the best commit.
-fn record_refusal(ws: &mut Workspace, problem: &str) -> Result<()> {
-    let run = ws.take_run()?;
-    ws.set_aside(run, None)?;
-    ws.write_meta(&RunMeta {
+fn record_refusal(worker: &mut Worker, problem: &str) -> Result<()> {
+    let run = worker.session.take_run()?;
+    worker.set_aside(run, None)?;
+    worker.session.write_meta(&RunMeta {
         run,
         status: Status::Refused,
         reason: problem.to_string(),
         started: now_utc(),
         ..Default::default()
     })?;
-    ws.save_state()
+    worker.save_journal()
 }
 
 fn read_description(path: &Path) -> String {
@@ -221,33 +195,33 @@ fn shell_quote(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
 }
 
-fn call_agent(ws: &mut Workspace, opts: &LoopOptions, prompt: &Path, description: &Path) -> Result<()> {
+fn call_agent(worker: &mut Worker, opts: &LoopOptions, prompt: &Path, description: &Path) -> Result<()> {
     let line = if opts.agent.contains("{prompt}") {
         opts.agent.replace("{prompt}", &shell_quote(prompt))
     } else {
         format!("{} {}", opts.agent, shell_quote(prompt))
     };
-    let log_path = ws.own.join(crate::files::AGENT_LOG);
+    let log_path = worker.own.join(crate::files::AGENT_LOG);
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     use std::io::Write;
     writeln!(log, "\n=== {}: {line}", now_utc())?;
     let mut cmd = std::process::Command::new("sh");
     cmd.arg("-c")
         .arg(&line)
-        .current_dir(&ws.root)
+        .current_dir(&worker.root)
         .env("AUTORESEARCH_PROMPT", prompt)
         .env("AUTORESEARCH_DESCRIPTION", description)
-        .env("AUTORESEARCH_NOTES", ws.dir.join(NOTES_FILE))
+        .env("AUTORESEARCH_NOTES", worker.session.dir.join(NOTES_FILE))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log.try_clone()?);
     let (mut child, recorded) =
-        ws.spawn(&mut cmd, Role::Agent).with_context(|| format!("starting the agent: {line}"))?;
+        worker.spawn(&mut cmd, Role::Agent).with_context(|| format!("starting the agent: {line}"))?;
     let started = Instant::now();
     let status = wait_or_kill(&mut child, || {
         started.elapsed() > opts.agent_timeout || opts.run.interrupts.count() >= opts.run.abort_at
     })?;
-    ws.forget(&recorded)?;
+    worker.forget(&recorded)?;
     match status {
         Some(status) if !status.success() => writeln!(log, "=== the agent exited with {status}")?,
         Some(_) => {}
@@ -286,23 +260,24 @@ fn history(rows: &[Row]) -> String {
 
 /// The agent's prompt: program.md, then the session's state in plain words.
 fn build_prompt(
-    ws: &Workspace,
+    worker: &Worker,
     opts: &LoopOptions,
     description: &Path,
     feedback: Option<&str>,
     compile_errors: Option<&str>,
 ) -> Result<String> {
-    let rows = results::read(&ws.results)?.rows;
+    let rows = results::read(&worker.session.results)?.rows;
+    let settings = &worker.session.settings;
     let mut p = opts.program.clone();
     p += "\n\n---\n\n# Current state (written by `autoresearch loop`)\n\n";
     p += &format!(
         "- Repository: {} (branch {}). Edit only `{TRAINING_FILE}`. Profile {}, time budget {} s.\n",
-        ws.root.display(),
-        ws.state.branch,
-        ws.state.profile,
-        ws.state.time_budget
+        worker.root.display(),
+        settings.branch,
+        settings.profile,
+        settings.time_budget
     );
-    match &ws.state.best {
+    match &worker.journal.best {
         Some(best) => {
             let what = results::experiment_row(&rows, best.run);
             p += &format!(
@@ -315,14 +290,14 @@ fn build_prompt(
         }
         None => p += "- No result yet.\n",
     }
-    let decider = opts.run.decider.resolved(&ws.dir, &ws.state.profile, ws.state.time_budget)?;
+    let decider = opts.run.decider.resolved(&worker.session.dir, &settings.profile, settings.time_budget)?;
     p += &format!("- Keep rule: {}.\n", decider.label);
-    if let (Some(l), Some(k)) = (&ws.ledger, ws.worker) {
+    if let Some(k) = worker.label() {
         p += &format!(
             "- You are worker {k}; other workers run experiments at the same time, each from the best at its start. \
              Pick an idea that differs from theirs.\n"
         );
-        let others = l.others(k);
+        let others = worker.session.others(k);
         if !others.is_empty() {
             p += "\nThe other workers are trying right now:\n\n";
             for (w, run, description) in others {
@@ -336,7 +311,7 @@ fn build_prompt(
               negative is better):\n\n";
         p += &history;
     }
-    let notes_path = ws.dir.join(NOTES_FILE);
+    let notes_path = worker.session.dir.join(NOTES_FILE);
     let notes = std::fs::read_to_string(&notes_path).unwrap_or_default();
     p += &format!(
         "\nNotes kept across calls in `{}` (yours to append to: hypotheses, what worked, what to try next):\n",

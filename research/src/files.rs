@@ -1,12 +1,13 @@
 //! The names of the session's files and folders, in one place. The session's folder (`.autoresearch/`):
 //!
 //! ```text
-//! state.json            the journal of a lone loop (the session's state)
+//! state.json            the session's state: settings, best, next run number
+//! journal.json          the journal of the worker in the repository's own tree
 //! noise.json            seed-to-seed spreads measured for this session
 //! prompt.md, agent.log  the agent's prompt and output; notes.md its notes
 //! runs/<run>/           one experiment: meta.json, build.log, run.log, change.diff, and per training
 //!                       seed-<seed>/ (its hand-over folder: checkpoint, stats) and result-<seed>.json
-//! workers/<k>/          worker k's journal, prompt, binary and worktree (tree/)
+//! workers/<k>/          worker k's journal, prompt, binary and worktree (tree/), in a pool of several
 //! leftovers/, archive/  changes set aside; earlier sessions' files
 //! ```
 //!
@@ -17,6 +18,7 @@ pub const TRAINING_FILE: &str = "train/train.rs";
 pub const RESULTS_FILE: &str = "results.tsv";
 pub const STATE_DIR: &str = ".autoresearch";
 pub const STATE_FILE: &str = "state.json";
+pub const JOURNAL_FILE: &str = "journal.json";
 pub const NOISE_FILE: &str = "noise.json";
 pub const PROMPT_FILE: &str = "prompt.md";
 pub const AGENT_LOG: &str = "agent.log";

@@ -8,10 +8,16 @@
 //! started after a kill cancels what its predecessor left (pending or running). A controller that does not
 //! answer is waited for: the experiment under way stays in the journal and goes on when it is back.
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use crate::backend::{Acquired, Backend, Placement, WorkerSetup};
+use crate::process::{wait_or_kill, Role};
+use crate::trainer::DeviceChoice;
+use crate::Worker;
 
 /// How trainings are submitted.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -26,13 +32,123 @@ pub struct SlurmOptions {
     pub args: Vec<String>,
 }
 
-/// Where trainings run.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub enum Backend {
-    /// Processes on this machine.
-    #[default]
-    Local,
-    Slurm(SlurmOptions),
+/// The backend: each training a job.
+pub struct Slurm(pub SlurmOptions);
+
+impl Backend for Slurm {
+    /// Allocates the training's job: its name in the journal first; while the controller does not answer,
+    /// tries again.
+    fn acquire(&self, worker: &mut Worker, interrupted: &dyn Fn() -> bool, limit: Duration) -> Result<Acquired> {
+        let name = format!("autoresearch-{}", crate::training::nonce()?.get(..12).unwrap_or_default());
+        worker.journal.slurm_jobs.push(name.clone());
+        worker.save_journal()?;
+        let mut waiting = false;
+        loop {
+            let submitted = Instant::now();
+            let mut cmd = allocate_command(&self.0, &name, limit);
+            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let (mut child, recorded) = worker.spawn(&mut cmd, Role::Training).context("running salloc")?;
+            let status = wait_or_kill(&mut child, interrupted)?;
+            worker.forget(&recorded)?;
+            let mut text = String::new();
+            if let Some(mut out) = child.stdout.take() {
+                let _ = out.read_to_string(&mut text);
+            }
+            if let Some(mut err) = child.stderr.take() {
+                let _ = err.read_to_string(&mut text);
+            }
+            if status.is_none() {
+                let _ = cancel(std::slice::from_ref(&name));
+                return Ok(Acquired::Interrupted);
+            }
+            if let Some(id) = granted_job(&text) {
+                if waiting {
+                    worker.say("slurm: the controller answers again; the experiment goes on");
+                }
+                worker.say(&format!(
+                    "slurm: job {id} started {:.2} s after it was submitted",
+                    submitted.elapsed().as_secs_f64()
+                ));
+                return Ok(Acquired::Ready(Box::new(Job { id, name })));
+            }
+            if controller_unreachable(&text) {
+                if !waiting {
+                    waiting = true;
+                    let said = text.lines().last().unwrap_or_default().trim().to_string();
+                    worker.say(&format!(
+                        "slurm: the controller does not answer ({said}): waiting for it (nothing is lost; the \
+                         experiment stays in the journal)"
+                    ));
+                }
+                let until = Instant::now() + CONTROLLER_RETRY;
+                while Instant::now() < until && !interrupted() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                continue;
+            }
+            let _ = cancel(std::slice::from_ref(&name));
+            worker.journal.slurm_jobs.retain(|n| n != &name);
+            worker.save_journal()?;
+            let error = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no output").trim();
+            return Ok(Acquired::Failed(format!("slurm: no job: {error}")));
+        }
+    }
+
+    fn setups(&self, n: usize, gpus: Option<&[String]>, _: DeviceChoice) -> Result<Vec<WorkerSetup>> {
+        if gpus.is_some() {
+            bail!("--gpus is for the local backend: Slurm gives each job its GPU");
+        }
+        slurm_setups(n, &self.0)
+    }
+
+    fn is_local(&self) -> bool {
+        false
+    }
+}
+
+impl Placement for Job {
+    fn wrap(&self, cmd: Command) -> Command {
+        step_command(self, &cmd)
+    }
+
+    fn failure(&self) -> Option<String> {
+        let (state, reason) = job_state(self)?;
+        job_failure(&state, &reason).map(|why| format!("{why}, job {}", self.id))
+    }
+
+    fn release(self: Box<Self>, worker: &mut Worker) -> Result<()> {
+        match cancel(std::slice::from_ref(&self.name)) {
+            Ok(()) => {
+                worker.journal.slurm_jobs.retain(|n| n != &self.name);
+                worker.save_journal()
+            }
+            // It stays in the journal: the next start cancels it.
+            Err(e) => {
+                worker.say(&format!("slurm: could not cancel job {} ({e:#}); the next start will", self.id));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `n` workers whose trainings are Slurm jobs: each job has its GPU from Slurm, or on the CPU its CPUs as the
+/// training's thread count.
+pub fn slurm_setups(n: usize, opts: &SlurmOptions) -> Result<Vec<WorkerSetup>> {
+    if n == 0 {
+        bail!("--workers must be at least 1");
+    }
+    let setup = match (opts.gpu, opts.cpus) {
+        (true, _) => WorkerSetup { env: Vec::new(), cpus: Vec::new(), label: "Slurm jobs, 1 GPU".into() },
+        (false, cpus) => {
+            let threads = cpus.unwrap_or(1);
+            WorkerSetup {
+                env: vec![("OMP_NUM_THREADS".into(), threads.to_string())],
+                cpus: Vec::new(),
+                label: format!("Slurm jobs, {threads} CPU{}", if threads == 1 { "" } else { "s" }),
+            }
+        }
+    };
+    Ok(vec![setup; n])
 }
 
 /// Seconds between tries while the controller does not answer.

@@ -1,11 +1,14 @@
-//! The research session's state in `.autoresearch/state.json`, written atomically after every change, so that
-//! a killed `run` or `loop` leaves enough behind to put git, results.tsv and the run folders back in order.
+//! What a session keeps on disk to survive a kill, written atomically after every change: the session's
+//! [`State`] (`.autoresearch/state.json`: its settings, best and next run number) and each worker's
+//! [`Journal`] (`journal.json` in the worker's folder: the experiment under way, the processes and Slurm jobs
+//! it started), from which a killed `run` or `loop` puts git, results.tsv and the run folders back in order.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::files::{JOURNAL_FILE, STATE_FILE};
 use crate::process::Recorded;
 use crate::trainer::DeviceChoice;
 
@@ -41,8 +44,9 @@ pub struct InProgress {
     pub seeds: Vec<u64>,
 }
 
+/// What a session was started with; fixed for its life.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct State {
+pub struct Settings {
     pub tag: String,
     pub branch: String,
     /// The commit the session started from.
@@ -55,8 +59,22 @@ pub struct State {
     /// session rule kept by `lower`.
     #[serde(default = "original_rule")]
     pub rule: String,
+}
+
+/// The session's state in `state.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    #[serde(flatten)]
+    pub settings: Settings,
     pub best: Option<Best>,
     pub next_run: u64,
+}
+
+/// One worker's journal: what recovery must finish, undo or stop after a kill.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Journal {
+    /// The best the worker's current experiment started from (and is judged against first).
+    pub best: Option<Best>,
     pub in_progress: Option<InProgress>,
     /// Process groups the harness started that are running (agent, build, training).
     #[serde(default)]
@@ -66,9 +84,30 @@ pub struct State {
     pub slurm_jobs: Vec<String>,
 }
 
+impl Journal {
+    /// The journal in the folder `own`; a session from before journals had their own file kept them in
+    /// `state.json` (the same fields), read then; none at all is an empty journal.
+    pub fn load(own: &Path) -> Result<Journal> {
+        for name in [JOURNAL_FILE, STATE_FILE] {
+            let path = own.join(name);
+            if let Ok(bytes) = std::fs::read(&path) {
+                return serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()));
+            }
+        }
+        Ok(Journal::default())
+    }
+
+    pub fn save(&self, own: &Path) -> Result<()> {
+        autoresearch_harness::fsutil::write_atomic(
+            &own.join(JOURNAL_FILE),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )
+    }
+}
+
 impl State {
     pub fn load(dir: &Path) -> Result<State> {
-        let path = dir.join(crate::files::STATE_FILE);
+        let path = dir.join(STATE_FILE);
         let bytes = std::fs::read(&path).with_context(|| {
             format!(
                 "no research session here ({} is missing): start one with `autoresearch init <tag>`",
@@ -80,14 +119,14 @@ impl State {
 
     pub fn save(&self, dir: &Path) -> Result<()> {
         autoresearch_harness::fsutil::write_atomic(
-            &dir.join(crate::files::STATE_FILE),
+            &dir.join(STATE_FILE),
             serde_json::to_string_pretty(self)?.as_bytes(),
         )
     }
 
     /// The commit experiments start from: the best kept one, or the session's base before any.
     pub fn reference_commit(&self) -> &str {
-        self.best.as_ref().map_or(&self.base, |b| &b.commit)
+        self.best.as_ref().map_or(&self.settings.base, |b| &b.commit)
     }
 }
 
@@ -99,18 +138,17 @@ mod tests {
     fn the_device_is_stored_by_name_and_an_unknown_one_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let state = State {
-            tag: "t".into(),
-            branch: "autoresearch/t".into(),
-            base: "abc".into(),
-            profile: "small".into(),
-            time_budget: 60.0,
-            device: DeviceChoice::Cuda,
-            rule: "margin".into(),
+            settings: Settings {
+                tag: "t".into(),
+                branch: "autoresearch/t".into(),
+                base: "abc".into(),
+                profile: "small".into(),
+                time_budget: 60.0,
+                device: DeviceChoice::Cuda,
+                rule: "margin".into(),
+            },
             best: None,
             next_run: 1,
-            in_progress: None,
-            children: Vec::new(),
-            slurm_jobs: Vec::new(),
         };
         state.save(dir.path()).unwrap();
         let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
@@ -119,5 +157,25 @@ mod tests {
         std::fs::write(dir.path().join("state.json"), text.replace(r#""cuda""#, r#""gpu""#)).unwrap();
         let err = format!("{:#}", State::load(dir.path()).unwrap_err());
         assert!(err.contains("state.json") && err.contains("unknown variant `gpu`"), "{err}");
+    }
+
+    #[test]
+    fn a_journal_is_read_from_an_older_sessions_state_file_and_saved_in_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Journal::load(dir.path()).unwrap(), Journal::default());
+        let old = r#"{"tag":"t","branch":"autoresearch/t","base":"abc","profile":"small","time_budget":60.0,
+            "device":"cpu","best":null,"next_run":3,"in_progress":{"run":2,"commit":"def","seeds":[42]},
+            "children":[],"slurm_jobs":["autoresearch-1"]}"#;
+        std::fs::write(dir.path().join("state.json"), old).unwrap();
+        let journal = Journal::load(dir.path()).unwrap();
+        assert_eq!(journal.in_progress.as_ref().map(|ip| ip.run), Some(2));
+        assert_eq!(journal.slurm_jobs, vec!["autoresearch-1".to_string()]);
+        assert_eq!(State::load(dir.path()).unwrap().next_run, 3);
+        journal.save(dir.path()).unwrap();
+        std::fs::write(dir.path().join("state.json"), "{}").unwrap();
+        assert_eq!(Journal::load(dir.path()).unwrap(), journal, "its own file comes first");
+        std::fs::write(dir.path().join("journal.json"), "[").unwrap();
+        let err = format!("{:#}", Journal::load(dir.path()).unwrap_err());
+        assert!(err.contains("journal.json"), "{err}");
     }
 }

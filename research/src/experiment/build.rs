@@ -1,0 +1,54 @@
+//! Step 2, build: the training binary, compiled from the worker's tree (a worktree's file in the repository's
+//! tree, one worker at a time), the build process journaled while it runs.
+
+use anyhow::{Context, Result};
+
+use crate::process::Role;
+use crate::trainer::Trainer;
+use crate::worker::say_as;
+use crate::{file_hash, Worker, TRAINING_FILE};
+
+/// Builds the training binary, the build process recorded in the journal while it runs. A worker in a
+/// worktree has its file built in the repository's tree, one worker at a time, into its own binary.
+pub fn build(worker: &mut Worker, trainer: &Trainer) -> Result<std::result::Result<String, String>> {
+    let mut recorded = None;
+    let number = worker.number;
+    let mut build = |worker: &mut Worker| {
+        trainer.build(
+            &mut |cmd| {
+                let (child, r) = worker.spawn(cmd, Role::Build)?;
+                recorded = Some(r);
+                Ok(child)
+            },
+            &mut |line| say_as(number, line),
+        )
+    };
+    let result = if worker.in_repository_tree() {
+        build(worker)
+    } else {
+        let file =
+            std::fs::read(worker.root.join(TRAINING_FILE)).with_context(|| format!("reading {TRAINING_FILE}"))?;
+        let binary = trainer.installed.as_ref().context("a worker in a worktree has a binary of its own")?;
+        // The worker's binary says what it was built from: the experiment's build after the loop's check of
+        // the same file is then no second compilation (the repository's tree held another file meanwhile).
+        let source = binary.with_extension("source");
+        let hash = file_hash(&file);
+        let built = std::fs::read_to_string(&source).ok().filter(|_| binary.exists());
+        match built.as_deref().and_then(|b| b.strip_prefix(&format!("{hash}\n"))) {
+            Some(output) => Ok(Ok(output.to_string())),
+            None => {
+                let _ = std::fs::remove_file(&source);
+                let session = worker.session.clone();
+                let result = session.build_in_tree(&file, || build(worker));
+                if let Ok(Ok(output)) = &result {
+                    autoresearch_harness::fsutil::write_atomic(&source, format!("{hash}\n{output}").as_bytes())?;
+                }
+                result
+            }
+        }
+    };
+    if let Some(r) = recorded {
+        worker.forget(&r)?;
+    }
+    result
+}

@@ -1,0 +1,127 @@
+//! Step 5, record: the rows first (once they are there, recovery can always finish the rest), then the keep
+//! (the session's best and branch move) or the reset (the change set aside in the run's folder).
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::{Decision, ExperimentOptions, Outcome, Started};
+use crate::files::{handover_dir, is_handover_dir};
+use crate::results::{self, Extra, Row, Status};
+use crate::state::{Best, SEED};
+use crate::{RunMeta, Worker};
+
+/// Our columns of a row of `run`.
+pub(super) fn extra(worker: &Worker, opts: &ExperimentOptions, run: u64, seconds: f64, reason: String) -> Extra {
+    Extra {
+        profile: worker.session.settings.profile.clone(),
+        budget: worker.session.settings.time_budget,
+        seconds,
+        run,
+        rule: opts.decider.label.clone(),
+        reason,
+        worker: worker.label(),
+    }
+}
+
+/// Writes the experiment's rows (first: once they are there, recovery can always finish the rest), then keeps
+/// its commit as the best or sets the change aside. The worker holds the session's state meanwhile, and a keep
+/// judged against a best that another worker has since replaced is judged again against the new one.
+pub(super) fn record(
+    worker: &mut Worker,
+    opts: &ExperimentOptions,
+    exp: Started,
+    mut decision: Decision,
+) -> Result<Outcome> {
+    let Started { run, commit, mut meta, started, training_wall, build_wall } = exp;
+    let seconds = started.elapsed().as_secs_f64();
+    let session = worker.session.clone();
+    let mut shared = session.state();
+    if let (Some(now), Some(value), Status::Keep) = (shared.best.clone(), decision.value, decision.status) {
+        if decision.against != Some(now.run) {
+            let (keep, why) = opts.decider.verdict(value, now.val_bpb, now.run);
+            if !keep {
+                decision.status = Status::Discard;
+                decision.reason = format!("{}; meanwhile run {} was kept: {why}", decision.reason, now.run);
+            }
+        }
+    }
+    let mut rows = vec![Row {
+        commit: commit.clone(),
+        val_bpb: decision.value.unwrap_or(0.0),
+        memory_gb: decision.memory_gb,
+        status: decision.status,
+        description: opts.description.clone(),
+        extra: Some(extra(worker, opts, run, seconds, decision.reason.clone())),
+    }];
+    rows.extend(decision.reruns);
+    worker.journal.in_progress.as_mut().unwrap().seeds = decision.seeds.clone();
+    worker.save_journal()?;
+    results::append(&worker.session.results, &rows)?;
+    match (decision.status, decision.value) {
+        (Status::Keep, Some(val_bpb)) => {
+            let best = Best { commit: commit.clone(), val_bpb, run, seeds: decision.seeds };
+            let best = session.keep(&mut shared, best, &format!("keep run {run}: {}", opts.description))?;
+            worker.journal.best = Some(best);
+            drop(shared);
+        }
+        _ => {
+            drop(shared);
+            worker.set_aside(run, Some(&commit))?
+        }
+    }
+    session.done(worker.number);
+    let crashed_in_evaluation = decision.crash.as_ref().is_some_and(|c| c.reason.starts_with("evaluation: "));
+    prune_checkpoints(&worker.run_dir(run), decision.status == Status::Keep || crashed_in_evaluation)?;
+    let overhead = seconds - training_wall;
+    meta.status = decision.status;
+    meta.val_bpb = decision.value;
+    meta.reason = decision.reason.clone();
+    meta.retryable = decision.crash.as_ref().is_some_and(|c| c.retryable);
+    meta.seconds = seconds;
+    meta.harness_overhead_seconds = Some(overhead);
+    meta.build_seconds = Some(build_wall);
+    worker.session.write_meta(&meta)?;
+    worker.journal.in_progress = None;
+    worker.save_journal()?;
+    Ok(Outcome {
+        run,
+        status: decision.status,
+        val_bpb: decision.value,
+        reason: decision.reason,
+        log_tail: decision.crash.map(|c| c.log_tail),
+        seconds,
+        harness_overhead: overhead,
+    })
+}
+
+/// An interrupted experiment: its change set aside, no row, the tree back at the best commit.
+pub(super) fn interrupted(worker: &mut Worker, mut meta: RunMeta) -> Result<Outcome> {
+    worker.session.done(worker.number);
+    let commit = worker.journal.in_progress.as_ref().and_then(|ip| ip.commit.clone());
+    worker.set_aside(meta.run, commit.as_deref())?;
+    meta.status = Status::Interrupted;
+    meta.reason = "interrupted (Ctrl-C or SIGTERM); the change is in change.diff".into();
+    worker.session.write_meta(&meta)?;
+    worker.journal.in_progress = None;
+    worker.save_journal()?;
+    bail!(
+        "run {} interrupted: the tree is back at the best commit, the change saved in {}",
+        meta.run,
+        worker.run_dir(meta.run).display()
+    )
+}
+
+/// Checkpoints take room (about 200 MB at the h100 profile): a run keeps its first seed's when it was kept or
+/// its evaluation crashed (for `autoresearch eval`); the others go.
+fn prune_checkpoints(dir: &Path, keep_first: bool) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if is_handover_dir(name) && path.is_dir() && !(keep_first && name == handover_dir(SEED)) {
+            std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}

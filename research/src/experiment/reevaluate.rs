@@ -1,0 +1,61 @@
+//! `autoresearch eval`: a saved checkpoint evaluated again, without training.
+
+use anyhow::{bail, Context, Result};
+use autoresearch_harness::handover::{EvalResult, CHECKPOINT};
+
+use super::train::Journaled;
+use super::{build, ExperimentOptions};
+use crate::files::handover_dir;
+use crate::state::SEED;
+use crate::trainer::{Trainer, TrainingSettings};
+use crate::training::{evaluate_again, tail, TrainingFiles, TAIL_LINES};
+use crate::{Worker, TRAINING_FILE};
+
+/// Evaluates the checkpoint of run `run` (else of the latest run that has one) again, without training: for
+/// an evaluation that crashed, say. The training file is built as that run had it (the tree's own is put aside
+/// meanwhile and comes back after). Neither the session nor results.tsv changes; the result and log go to the run's folder.
+pub fn evaluate_run(
+    worker: &mut Worker,
+    trainer: &Trainer,
+    run: Option<u64>,
+    opts: &ExperimentOptions,
+) -> Result<(u64, EvalResult)> {
+    let has_checkpoint =
+        |worker: &Worker, run: u64| worker.run_dir(run).join(handover_dir(SEED)).join(CHECKPOINT).is_file();
+    let run = match run {
+        Some(run) => run,
+        None => match worker.session.runs().iter().rev().find(|m| has_checkpoint(worker, m.run)) {
+            Some(m) => m.run,
+            None => bail!("no run has a checkpoint (they are kept for kept runs and crashed evaluations)"),
+        },
+    };
+    let dir = worker.run_dir(run);
+    let as_run = std::fs::read(dir.join("train.rs")).with_context(|| format!("no run {run} in {}", dir.display()))?;
+    let current = std::fs::read(worker.root.join(TRAINING_FILE)).with_context(|| format!("reading {TRAINING_FILE}"))?;
+    let swap = as_run != current;
+    if swap {
+        worker.stash()?;
+        autoresearch_harness::fsutil::write_atomic(&worker.root.join(TRAINING_FILE), &as_run)?;
+    }
+    let result = (|| {
+        if let Err(compiler) = build(worker, trainer)? {
+            bail!("run {run}'s training file does not build any more:\n{}", tail(&compiler, TAIL_LINES));
+        }
+        let settings = TrainingSettings {
+            profile: Some(worker.session.settings.profile.clone()),
+            time_budget: Some(worker.session.settings.time_budget),
+            seed: Some(SEED),
+        };
+        let files = TrainingFiles {
+            handover: dir.join(handover_dir(SEED)),
+            result: dir.join("eval-result.json"),
+            log: dir.join("eval.log"),
+        };
+        evaluate_again(trainer, &settings, &files, &mut Journaled::new(worker, opts))
+    })();
+    if swap {
+        worker.git.run(&["checkout", worker.reference_commit(), "--", TRAINING_FILE])?;
+        worker.unstash()?;
+    }
+    result.map(|r| (run, r))
+}

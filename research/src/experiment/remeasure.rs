@@ -1,0 +1,228 @@
+//! The re-measure of the best that a keep rule may need before an experiment: the best's commit trained with
+//! the seeds it lacks (`confirm N`), or the baseline's spread for `margin`; a run of its own.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+
+use super::record::{interrupted, record};
+use super::train::rerun;
+use super::{build, describe, seed_list, Decision, ExperimentOptions, Started};
+use crate::results::{self, Row, Status};
+use crate::rules::{noise_for, NoiseEstimate, Rule, BASELINE_SEEDS};
+use crate::state::{Best, InProgress, SEED};
+use crate::trainer::Trainer;
+use crate::training::{tail, TAIL_LINES};
+use crate::{now_utc, RunMeta, Worker};
+
+/// The re-measure of the best that the rule may need before the next experiment (see [`remeasure_best`]);
+/// whether it ran. Under `margin` with no spread measured, that is the best (the baseline, in a new session)
+/// trained on [`BASELINE_SEEDS`] seeds, whose spread is then the session's noise estimate.
+pub fn remeasure_if_needed(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentOptions) -> Result<bool> {
+    match opts.decider.rule {
+        Rule::Confirm { n, .. } => remeasure_best(worker, trainer, opts, n),
+        Rule::Margin { .. }
+            if opts.decider.awaiting_noise
+                && noise_for(
+                    &worker.session.dir,
+                    &worker.session.settings.profile,
+                    worker.session.settings.time_budget,
+                )?
+                .is_none()
+                && worker.session.best().is_some() =>
+        {
+            worker.say(&format!(
+                "the margin rule needs the seed-to-seed spread, and this session has none yet: measuring it on the \
+                 best with {BASELINE_SEEDS} seeds"
+            ));
+            remeasure_best(worker, trainer, opts, BASELINE_SEEDS - 1)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// Under `confirm N` a candidate's value is a mean over seeds 42 … 42+N; a best measured on fewer seeds (under
+/// another rule) is first trained with the missing ones, so that the two means compare like with like. The
+/// re-measure is a run of its own: a keep row of the best's commit with the mean over all its seeds, which
+/// becomes the best. A change waiting in the tree is put aside meanwhile and comes back after. Whether it ran.
+fn remeasure_best(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentOptions, n: usize) -> Result<bool> {
+    let Some(best) = worker.session.best() else { return Ok(false) };
+    let wanted: Vec<u64> = (0..=n as u64).map(|k| SEED + k).collect();
+    let missing: Vec<u64> = wanted.iter().copied().filter(|s| !best.seeds.contains(s)).collect();
+    if missing.is_empty() {
+        return Ok(false);
+    }
+    let started = Instant::now();
+    let rows = results::read(&worker.session.results)?.rows;
+    let best_row = results::experiment_row(&rows, best.run).cloned();
+    let description = format!(
+        "re-measure of the best (run {}) over seeds {}: {}",
+        best.run,
+        seed_list(&wanted),
+        best_row.as_ref().map_or("", |r| r.description.as_str())
+    );
+    let opts = ExperimentOptions { description: description.clone(), ..opts.clone() };
+    let why = if opts.decider.awaiting_noise {
+        "the margin rule takes the spread of val_bpb over seeds".to_string()
+    } else {
+        format!("`confirm {n}` compares means over seeds {}", seed_list(&wanted))
+    };
+    worker.say(&format!(
+        "the best (run {}) was measured with seed(s) {}; {why}: training it with {} first",
+        best.run,
+        seed_list(&best.seeds),
+        seed_list(&missing)
+    ));
+    let run = worker.session.take_run()?;
+    let meta = RunMeta {
+        run,
+        description: description.clone(),
+        commit: Some(best.commit.clone()),
+        status: Status::Running,
+        started: now_utc(),
+        ..Default::default()
+    };
+    worker.session.write_meta(&meta)?;
+    worker.journal.in_progress = Some(InProgress { run, commit: Some(best.commit.clone()), seeds: Vec::new() });
+    worker.save_journal()?;
+    worker.stash()?;
+    if let Err(compiler) = build(worker, trainer)? {
+        worker.unstash()?;
+        bail!("the best commit does not build any more:\n{}", tail(&compiler, TAIL_LINES));
+    }
+    let mut exp = Started { run, commit: best.commit.clone(), meta, started, training_wall: 0.0, build_wall: 0.0 };
+    let Some(reruns) =
+        rerun(worker, trainer, &opts, run, &best.commit, "of the best", &missing, &mut exp.training_wall)?
+    else {
+        let result = interrupted(worker, exp.meta);
+        worker.unstash()?;
+        return result.map(|_| true);
+    };
+    let memory_gb = best_row.as_ref().map_or(0.0, |r| r.memory_gb);
+    let mut refused = None;
+    let decision = match reruns.crash {
+        // The best stays as it was; the candidate is then compared with it as it is (under `margin` there is
+        // nothing to compare with yet: the session stops, and says why).
+        Some(why) => {
+            if opts.decider.awaiting_noise {
+                refused = Some(format!("training the best with seeds {} crashed: {why}", seed_list(&missing)));
+            }
+            Decision {
+                status: Status::Crash,
+                value: None,
+                memory_gb: 0.0,
+                reason: format!("re-measure crashed: {why}"),
+                crash: None,
+                seeds: Vec::new(),
+                reruns: reruns.rows,
+                against: None,
+            }
+        }
+        None if opts.decider.awaiting_noise => {
+            // The spread needs each seed's value: the best's own where it is one seed's, and the reruns'.
+            let (mut seeds, mut values) = match best.seeds.len() {
+                1 => (best.seeds.clone(), vec![best.val_bpb]),
+                _ => (Vec::new(), Vec::new()),
+            };
+            seeds.extend(&missing);
+            values.extend(&reruns.values);
+            let estimate = match values.len() {
+                // A best kept as a mean over seeds (under `confirm N`) holds no single seed's value.
+                0 | 1 => Err(anyhow::anyhow!(
+                    "the best (run {}) is a mean over seeds {}, not each seed's value: measure the spread with \
+                     `autoresearch noise`",
+                    best.run,
+                    seed_list(&best.seeds)
+                )),
+                _ => NoiseEstimate::new(
+                    &worker.session.settings.profile,
+                    worker.session.settings.time_budget,
+                    &best.commit,
+                    seeds,
+                    values,
+                ),
+            };
+            match estimate {
+                Ok(noise) => {
+                    crate::rules::save_noise(&worker.session.dir, &noise)?;
+                    worker.say(&format!(
+                        "noise: val_bpb {:.6} ± {:.6} over seeds {}; the margin is {}σ of it",
+                        noise.mean,
+                        noise.std,
+                        seed_list(&noise.seeds),
+                        opts.decider.z()
+                    ));
+                    remeasured(
+                        &best,
+                        &wanted,
+                        &reruns.values,
+                        memory_gb,
+                        reruns.rows,
+                        "the baseline's spread for `margin`",
+                    )
+                }
+                Err(e) => {
+                    refused = Some(format!("{e:#}"));
+                    Decision {
+                        status: Status::Crash,
+                        value: None,
+                        memory_gb: 0.0,
+                        reason: format!("re-measure for the margin rule: {e:#}"),
+                        crash: None,
+                        seeds: Vec::new(),
+                        reruns: reruns.rows,
+                        against: None,
+                    }
+                }
+            }
+        }
+        None => remeasured(
+            &best,
+            &wanted,
+            &reruns.values,
+            memory_gb,
+            reruns.rows,
+            &format!("the best's value for `confirm {n}`"),
+        ),
+    };
+    let outcome = record(worker, &opts, exp, decision)?;
+    worker.unstash()?;
+    worker.say(&describe(&outcome));
+    if let Some(why) = refused {
+        bail!(
+            "the margin rule needs the seed-to-seed spread, and measuring it on the best failed: {why}. Give \
+             --min-delta, or --rule lower"
+        );
+    }
+    Ok(true)
+}
+
+/// The keep decision of a re-measure: the best's commit with the mean over all of `wanted`, its earlier value and
+/// `rerun_values` (the seeds it lacked) weighted by their counts.
+fn remeasured(
+    best: &Best,
+    wanted: &[u64],
+    rerun_values: &[f64],
+    memory_gb: f64,
+    reruns: Vec<Row>,
+    what: &str,
+) -> Decision {
+    let k = best.seeds.len() as f64;
+    let value = (best.val_bpb * k + rerun_values.iter().sum::<f64>()) / (k + rerun_values.len() as f64);
+    let reason = format!(
+        "mean {value:.6} over seeds {} (earlier: {:.6} over {}); {what}",
+        seed_list(wanted),
+        best.val_bpb,
+        seed_list(&best.seeds)
+    );
+    Decision {
+        status: Status::Keep,
+        value: Some(value),
+        memory_gb,
+        reason,
+        crash: None,
+        seeds: wanted.to_vec(),
+        reruns,
+        against: Some(best.run),
+    }
+}

@@ -1,0 +1,167 @@
+//! `autoresearch loop`: a pool of workers, one by default. One worker works in the repository's own tree; a
+//! pool of N > 1 gives each its own git worktree. Each worker makes one experiment at a time, all judged
+//! against the session's one best and recorded in its one results.tsv (see [`crate::session`]).
+//!
+//! The pool first puts right what a killed one left (each worker's experiment is finished or undone, its
+//! processes or jobs stopped), runs the baseline if there is none yet (and the re-measure its rule may need:
+//! the baseline's seeds for `margin`, the best's for `confirm N`, trained by all workers at once), then runs the
+//! workers' loops side by side.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::agent::{research_loop, LoopOptions, LoopReport};
+use crate::backend::WorkerSetup;
+use crate::experiment::{describe, remeasure_if_needed, run_experiment, train_rerun, ExperimentOptions};
+use crate::results::Status;
+use crate::session::{journals, Session};
+use crate::trainer::Trainer;
+use crate::Worker;
+
+/// The pool's workers with their trainers: worker 0 in the repository's tree for one setup, else one in a
+/// worktree per setup (each with a binary of its own), every one put right first. A pool of several first
+/// puts right the repository tree's journal and those of workers this start does not use.
+pub fn workers(session: &Arc<Session>, template: &Trainer, setups: &[WorkerSetup]) -> Result<Vec<(Worker, Trainer)>> {
+    let with_setup =
+        |trainer: Trainer, setup: &WorkerSetup| Trainer { env: setup.env.clone(), cpus: setup.cpus.clone(), ..trainer };
+    if let [setup] = setups {
+        return Ok(vec![(Worker::in_repository(session)?, with_setup(template.clone(), setup))]);
+    }
+    let here = Worker::in_repository(session)?;
+    if let Some(dir) = here.set_aside_leftovers()? {
+        here.say(&format!("an unrun change in the repository's tree was set aside in {}", dir.display()));
+    }
+    // A killed pool may have left experiments under way, also with workers this start does not use.
+    for (k, _) in journals(&session.dir).into_iter().filter(|(k, _)| *k > setups.len()) {
+        Worker::in_worktree(session, k)?;
+    }
+    setups
+        .iter()
+        .enumerate()
+        .map(|(i, setup)| {
+            let worker = Worker::in_worktree(session, i + 1)?;
+            let installed = Some(worker.own.join("bin").join("autoresearch-train"));
+            Ok((worker, with_setup(Trainer { installed, ..template.clone() }, setup)))
+        })
+        .collect()
+}
+
+/// Runs the session with one worker per setup until each stops; the reports added up.
+pub fn run_pool(
+    session: &Arc<Session>,
+    template: &Trainer,
+    opts: &LoopOptions,
+    setups: &[WorkerSetup],
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<LoopReport> {
+    let mut workers = workers(session, template, setups)?;
+    if opts.run.backend.is_local() {
+        for (_, trainer) in &workers {
+            trainer.check_gpu()?;
+        }
+    }
+    let heading = |k: usize, line: &str| match k {
+        0 => line.to_string(),
+        k => format!("worker {k}: {line}"),
+    };
+    let mut total = LoopReport::default();
+    let (first, first_trainer) = workers.first_mut().context("no workers")?;
+    if let Some(dir) = first.set_aside_leftovers()? {
+        first.say(&format!("an unrun change was set aside in {}", dir.display()));
+    }
+    if session.best().is_none() {
+        // Every worker starts from the best: the unchanged file is measured first, once.
+        if session.claim(opts.max_experiments) {
+            let baseline = ExperimentOptions { description: "baseline".into(), ..opts.run.clone() };
+            let outcome = run_experiment(first, first_trainer, &baseline)?;
+            say(&heading(first.number, &describe(&outcome)));
+            total.experiments += 1;
+            total.kept += usize::from(outcome.status == Status::Keep);
+            total.crashes += usize::from(outcome.status == Status::Crash);
+            if session.best().is_none() {
+                total.stop_reason =
+                    format!("the unchanged training file gave no result (run {}): {}", outcome.run, outcome.reason);
+                return Ok(total);
+            }
+        }
+    }
+    remeasure_side_by_side(session, &mut workers, &opts.run)?;
+    if workers.len() > 1 {
+        let labels: Vec<String> =
+            setups.iter().enumerate().map(|(i, s)| format!("worker {}: {}", i + 1, s.label)).collect();
+        say(&format!("{} workers ({})", setups.len(), labels.join("; ")));
+    }
+    let interrupts = opts.run.interrupts.clone();
+    let results: Vec<(usize, Result<LoopReport>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = workers
+            .iter_mut()
+            .map(|(worker, trainer)| {
+                let interrupts = interrupts.clone();
+                scope.spawn(move || {
+                    let k = worker.number;
+                    let result = research_loop(worker, trainer, opts, &mut |line| say(&heading(k, line)));
+                    if result.is_err() {
+                        // The others stop after their current experiment, as after a first Ctrl-C.
+                        interrupts.0.fetch_add(1, Ordering::SeqCst);
+                    }
+                    (k, result)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a worker thread panicked")).collect()
+    });
+    let mut first_error = None;
+    let mut reasons = Vec::new();
+    for (k, result) in results {
+        match result {
+            Ok(r) => {
+                total.experiments += r.experiments;
+                total.kept += r.kept;
+                total.crashes += r.crashes;
+                total.refused += r.refused;
+                reasons.push(heading(k, &r.stop_reason));
+            }
+            Err(e) if k == 0 => first_error = Some(e),
+            Err(e) => {
+                reasons.push(format!("worker {k}: error"));
+                first_error.get_or_insert(e.context(format!("worker {k}")));
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    total.stop_reason = reasons.join("; ");
+    Ok(total)
+}
+
+/// The re-measure the rule may need before the workers start (the baseline's seeds for `margin`, the best's for
+/// `confirm N`), its seeds trained by every worker at once: the first offers them, the others take them from the
+/// session until it has all its results.
+fn remeasure_side_by_side(
+    session: &Session,
+    workers: &mut [(Worker, Trainer)],
+    opts: &ExperimentOptions,
+) -> Result<()> {
+    let ((first, first_trainer), others) = workers.split_first_mut().context("no workers")?;
+    let remeasuring = AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        for (worker, trainer) in others {
+            let remeasuring = &remeasuring;
+            scope.spawn(move || {
+                while remeasuring.load(Ordering::SeqCst) {
+                    match session.take_rerun() {
+                        Some(task) => train_rerun(worker, trainer, task, opts),
+                        None => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            });
+        }
+        let result = remeasure_if_needed(first, first_trainer, opts);
+        remeasuring.store(false, Ordering::SeqCst);
+        result.map(drop)
+    })
+}

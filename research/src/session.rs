@@ -1,0 +1,381 @@
+//! A session: the repository on its branch `autoresearch/<tag>`, its state (settings, best, run numbers), its
+//! results.tsv and run folders, locked against a second command. Every experiment is made by a
+//! [`Worker`](crate::worker::Worker) of the session; what the workers share lives here, each change written by
+//! one worker at a time: the best (and the branch, which follows it), the run numbers, the rows, the
+//! repository's tree (where a worker in a worktree of its own builds), what each worker is trying now (for the
+//! others' prompts), the experiments claimed against `--max-experiments`, and the confirmation reruns offered
+//! to whichever worker is free.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::files::*;
+use crate::git::Git;
+use crate::results;
+use crate::state::{Best, Journal, Settings, State};
+use crate::trainer::DeviceChoice;
+use crate::training::Trained;
+use crate::{locked, RunMeta};
+
+pub struct Session {
+    /// The repository, on the session branch.
+    pub root: PathBuf,
+    pub git: Git,
+    /// The session's folder, `.autoresearch` in the repository: run folders, journals, notes, noise.
+    pub dir: PathBuf,
+    pub results: PathBuf,
+    pub settings: Settings,
+    state: Mutex<State>,
+    /// worker → (run, description) of the experiment it is running.
+    running: Mutex<BTreeMap<usize, (u64, String)>>,
+    /// The repository's working tree: a build copies a worker's training file in and puts the best's back.
+    tree: Mutex<()>,
+    /// Experiments started, against `--max-experiments`.
+    started: AtomicUsize,
+    /// Confirmation reruns waiting for a worker.
+    reruns: Mutex<VecDeque<RerunTask>>,
+    _lock: File,
+}
+
+/// Starts a session: branch `autoresearch/<tag>` from HEAD, the results.tsv header, the state.
+pub fn init(
+    root: &Path,
+    tag: &str,
+    profile: &str,
+    time_budget: f64,
+    device: DeviceChoice,
+    rule: &str,
+) -> Result<State> {
+    if tag.is_empty() || !tag.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        bail!("tag {tag:?}: use letters, digits, '-', '_' and '.'");
+    }
+    let git = Git::new(root);
+    let branch = format!("autoresearch/{tag}");
+    if git.ok(&["rev-parse", "--verify", "--quiet", &format!("refs/heads/{branch}")])? {
+        bail!("branch {branch} exists already: pick another tag");
+    }
+    let dirty: Vec<String> = git.run(&["diff", "--name-only", "HEAD", "--"])?.lines().map(str::to_string).collect();
+    if !dirty.is_empty() {
+        bail!("uncommitted changes to tracked files ({}): commit or stash them first", dirty.join(", "));
+    }
+    let dir = root.join(STATE_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let lock = lock(&dir)?;
+    if let Ok(old) = State::load(&dir) {
+        // What a killed command of that session left running stops first; then its files move aside, whole.
+        let journals = journals(&dir);
+        for c in journals.iter().flat_map(|(_, j)| &j.children) {
+            c.kill_if_ours();
+        }
+        let archive = dir.join(ARCHIVE_DIR).join(&old.settings.tag);
+        std::fs::create_dir_all(&archive)?;
+        let names = [
+            STATE_FILE,
+            JOURNAL_FILE,
+            RUNS_DIR,
+            NOISE_FILE,
+            PROMPT_FILE,
+            AGENT_LOG,
+            NOTES_FILE,
+            LEFTOVERS_DIR,
+            WORKERS_DIR,
+        ];
+        for name in names {
+            if dir.join(name).exists() {
+                std::fs::rename(dir.join(name), archive.join(name))?;
+            }
+        }
+        if journals.iter().any(|(k, _)| *k > 0) {
+            // Their worktrees moved with them: git forgets them (their branches stay).
+            git.run(&["worktree", "prune"])?;
+        }
+        if root.join(RESULTS_FILE).exists() {
+            std::fs::rename(root.join(RESULTS_FILE), archive.join(RESULTS_FILE))?;
+        }
+        eprintln!("session {} archived in {}", old.settings.tag, archive.display());
+    }
+    git.run(&["checkout", "--quiet", "-b", &branch])?;
+    let state = State {
+        settings: Settings {
+            tag: tag.to_string(),
+            branch,
+            base: git.head()?,
+            profile: profile.to_string(),
+            time_budget,
+            device,
+            rule: rule.to_string(),
+        },
+        best: None,
+        next_run: 1,
+    };
+    results::create(&root.join(RESULTS_FILE))?;
+    state.save(&dir)?;
+    drop(lock);
+    Ok(state)
+}
+
+/// The journals in a session's folder by worker: 0, the repository's own tree's, then each worker's of a pool
+/// of several.
+pub fn journals(dir: &Path) -> Vec<(usize, Journal)> {
+    let mut found: Vec<(usize, Journal)> = std::fs::read_dir(dir.join(WORKERS_DIR))
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    let e = e.ok()?;
+                    let k = e.file_name().to_str()?.parse().ok()?;
+                    Some((k, Journal::load(&e.path()).ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort_by_key(|(k, _)| *k);
+    if let Ok(own) = Journal::load(dir) {
+        found.insert(0, (0, own));
+    }
+    found
+}
+
+fn lock(dir: &Path) -> Result<File> {
+    let path = dir.join("lock");
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    if file.try_lock().is_err() {
+        bail!(
+            "another `autoresearch run`, `loop` or `noise` is working in this repository ({} is locked)",
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
+impl Session {
+    /// Opens the session of the repository at `root`, locked for as long as it is open.
+    pub fn open(root: &Path) -> Result<Arc<Session>> {
+        let dir = root.join(STATE_DIR);
+        let state = State::load(&dir)?;
+        let lock = lock(&dir)?;
+        let git = Git::new(root);
+        let branch = git.branch()?;
+        if branch != state.settings.branch {
+            bail!(
+                "on branch {branch}, but the session {} works on {}: `git checkout {}`",
+                state.settings.tag,
+                state.settings.branch,
+                state.settings.branch
+            );
+        }
+        let results = root.join(RESULTS_FILE);
+        if !results.exists() {
+            results::create(&results)?;
+        }
+        results::repair(&results)?;
+        Ok(Arc::new(Session {
+            root: root.to_path_buf(),
+            git,
+            results,
+            settings: state.settings.clone(),
+            state: Mutex::new(state),
+            dir,
+            running: Mutex::new(BTreeMap::new()),
+            tree: Mutex::new(()),
+            started: AtomicUsize::new(0),
+            reruns: Mutex::new(VecDeque::new()),
+            _lock: lock,
+        }))
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        locked(&self.state)
+    }
+
+    /// The session's best now.
+    pub fn best(&self) -> Option<Best> {
+        self.state().best.clone()
+    }
+
+    /// Takes the next run number.
+    pub fn take_run(&self) -> Result<u64> {
+        let mut state = self.state();
+        let run = state.next_run;
+        state.next_run += 1;
+        state.save(&self.dir)?;
+        Ok(run)
+    }
+
+    /// Makes `best` the session's best in `state` (the session's, held), unless it is already; the session
+    /// branch (and the repository's tree) moves to it: fast-forward where it grew from the branch's head, else a
+    /// merge commit whose tree is the kept file's exactly (the branch keeps every earlier best in its history).
+    /// Returns the best as recorded.
+    pub fn keep(&self, state: &mut State, best: Best, message: &str) -> Result<Best> {
+        if let Some(b) = state.best.as_ref().filter(|b| b.run == best.run) {
+            return Ok(b.clone());
+        }
+        let commit = self.advance(&best.commit, message)?;
+        let best = Best { commit, ..best };
+        state.best = Some(best.clone());
+        state.save(&self.dir)?;
+        Ok(best)
+    }
+
+    fn advance(&self, commit: &str, message: &str) -> Result<String> {
+        let _tree = locked(&self.tree);
+        let head = self.git.head()?;
+        let new = if self.git.ok(&["merge-base", "--is-ancestor", &head, commit])? {
+            commit.to_string()
+        } else {
+            self.git.merge_taking(&head, commit, message)?
+        };
+        self.git.reset_hard(&new)?;
+        Ok(new)
+    }
+
+    /// Runs `build` with `file` (a worker's training file) in the repository's tree, which holds the session
+    /// branch's file again afterwards.
+    pub fn build_in_tree<T>(&self, file: &[u8], build: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _tree = locked(&self.tree);
+        let path = self.root.join(TRAINING_FILE);
+        autoresearch_harness::fsutil::write_atomic(&path, file)?;
+        let result = build();
+        self.git.run(&["checkout", "HEAD", "--", TRAINING_FILE])?;
+        result
+    }
+
+    pub fn announce(&self, worker: usize, run: u64, description: &str) {
+        locked(&self.running).insert(worker, (run, description.to_string()));
+    }
+
+    pub fn done(&self, worker: usize) {
+        locked(&self.running).remove(&worker);
+    }
+
+    /// What the other workers are running now: (worker, run, description).
+    pub fn others(&self, worker: usize) -> Vec<(usize, u64, String)> {
+        locked(&self.running).iter().filter(|(w, _)| **w != worker).map(|(w, (r, d))| (*w, *r, d.clone())).collect()
+    }
+
+    /// Claims one experiment of at most `max`; false when they are all taken.
+    pub fn claim(&self, max: Option<usize>) -> bool {
+        self.started
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| max.is_none_or(|m| n < m).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Gives back a claim that ran no experiment.
+    pub fn release(&self) {
+        self.started.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Offers worker `owner`'s reruns of `run` (one per seed, of `binary`, files in `dir`): the slots their results
+    /// will be in, by seed.
+    pub fn offer(&self, owner: usize, run: u64, seeds: &[u64], dir: &Path, binary: &Path) -> Vec<(u64, Arc<Slot>)> {
+        let mut queue = locked(&self.reruns);
+        seeds
+            .iter()
+            .map(|&seed| {
+                let slot = Arc::new(Slot::default());
+                let task = RerunTask {
+                    owner,
+                    run,
+                    seed,
+                    dir: dir.to_path_buf(),
+                    binary: binary.to_path_buf(),
+                    slot: slot.clone(),
+                };
+                queue.push_back(task);
+                (seed, slot)
+            })
+            .collect()
+    }
+
+    /// The oldest rerun that no worker has taken yet.
+    pub fn take_rerun(&self) -> Option<RerunTask> {
+        locked(&self.reruns).pop_front()
+    }
+
+    /// Withdraws the reruns of `run` that no worker has taken yet (an earlier seed of it crashed); their slots
+    /// say so.
+    pub fn withdraw_reruns(&self, run: u64) {
+        let mut queue = locked(&self.reruns);
+        let (withdrawn, kept): (VecDeque<RerunTask>, VecDeque<RerunTask>) =
+            std::mem::take(&mut *queue).into_iter().partition(|t| t.run == run);
+        *queue = kept;
+        drop(queue);
+        for task in withdrawn {
+            task.finish(Ok(None));
+        }
+    }
+
+    pub fn run_dir(&self, run: u64) -> PathBuf {
+        self.dir.join(RUNS_DIR).join(run.to_string())
+    }
+
+    pub fn read_meta(&self, run: u64) -> Option<RunMeta> {
+        serde_json::from_slice(&std::fs::read(self.run_dir(run).join(META_FILE)).ok()?).ok()
+    }
+
+    pub fn write_meta(&self, meta: &RunMeta) -> Result<()> {
+        let dir = self.run_dir(meta.run);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        autoresearch_harness::fsutil::write_atomic(&dir.join(META_FILE), serde_json::to_string_pretty(meta)?.as_bytes())
+    }
+
+    /// The run folders, oldest first.
+    pub fn runs(&self) -> Vec<RunMeta> {
+        let next = self.state().next_run;
+        (1..next).filter_map(|n| self.read_meta(n)).collect()
+    }
+}
+
+/// A confirmation rerun (`confirm N`) offered to every worker: the candidate's binary trained with one more
+/// seed, by whichever worker is free first (the candidate's own among them).
+pub struct RerunTask {
+    /// The worker whose candidate it confirms, and its run.
+    pub owner: usize,
+    pub run: u64,
+    pub seed: u64,
+    /// The run's folder (the training's files and log go there) and the candidate's binary.
+    pub dir: PathBuf,
+    pub binary: PathBuf,
+    slot: Arc<Slot>,
+}
+
+/// What a rerun came to: (the worker that trained it, the training); None where it was withdrawn untrained.
+pub type RerunResult = std::result::Result<Option<(usize, Trained)>, String>;
+
+/// Where a rerun's result waits for the worker that offered it.
+#[derive(Default)]
+pub struct Slot {
+    result: Mutex<Option<RerunResult>>,
+    filled: Condvar,
+}
+
+impl Slot {
+    pub fn is_filled(&self) -> bool {
+        locked(&self.result).is_some()
+    }
+
+    /// Waits up to `patience` for the result.
+    pub fn wait(&self, patience: Duration) {
+        let guard = locked(&self.result);
+        if guard.is_none() {
+            let _ = self.filled.wait_timeout(guard, patience);
+        }
+    }
+
+    pub fn take(&self) -> Option<RerunResult> {
+        locked(&self.result).take()
+    }
+}
+
+impl RerunTask {
+    /// Hands the result to the worker that offered the rerun.
+    pub fn finish(self, result: RerunResult) {
+        *locked(&self.slot.result) = Some(result);
+        self.slot.filled.notify_all();
+    }
+}
