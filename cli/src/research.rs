@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use autoresearch_harness::profile::{cache_root, Prepared};
+use autoresearch_report::noise::noise_for;
 use autoresearch_research::agent::{research_loop, LoopOptions};
-use autoresearch_research::rules::{noise_for, Decider, Rule, DEFAULT_RULE};
+use autoresearch_research::rules::{Decider, Rule, DEFAULT_RULE};
 use autoresearch_research::run::{
     default_timeout, describe, evaluate_run, measure_noise, run_experiment, ExperimentOptions,
 };

@@ -1,9 +1,9 @@
 //! The research loop: a session on a git branch, one experiment at a time (check, commit, build, train,
-//! decide, record, keep or reset), its journal and recovery, the keep rules, the agent driver and the report.
+//! decide, record, keep or reset), its journal and recovery, the keep rules and the agent driver.
 //!
 //! [`Workspace`] is an open session; [`run`] runs one experiment; [`agent`] drives a coding agent through many;
-//! [`rules`] decides what is kept; [`results`] reads and writes results.tsv; [`report`] summarises it and
-//! [`compare`] sets sessions side by side;
+//! [`rules`] decides what is kept; results.tsv's format, the session's file names, the noise estimates and the
+//! summaries (`report`, `compare`) are the `autoresearch-report` crate's;
 //! [`trainer`] builds the training binary and [`training`] runs it (train, then evaluate); [`state`] is the
 //! journal; [`git`] wraps the git calls.
 //!
@@ -14,13 +14,9 @@
 //! aside), `stash/` (a change waiting while the best is re-measured), a lock file.
 
 pub mod agent;
-pub mod compare;
-pub mod files;
 pub mod git;
 pub mod ledger;
 pub mod process;
-pub mod report;
-pub mod results;
 pub mod rules;
 pub mod run;
 pub mod slurm;
@@ -28,6 +24,10 @@ pub mod state;
 pub mod trainer;
 pub mod training;
 pub mod workers;
+
+// results.tsv's format, the session's file names and the summaries, which the dashboard reads without the loop;
+// named here so that the loop's modules say `crate::results`, `crate::files`, `crate::report`.
+use autoresearch_report::{files, report, results};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
