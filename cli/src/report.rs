@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use autoresearch_research::compare::compare;
-use autoresearch_research::report::{build, plot};
-use autoresearch_research::rules::load_noise;
-use autoresearch_research::{RESULTS_FILE, STATE_DIR};
+use autoresearch_report::compare::compare;
+use autoresearch_report::files::{RESULTS_FILE, STATE_DIR};
+use autoresearch_report::noise::load_noise;
+use autoresearch_report::plot::progress;
+use autoresearch_report::report::build;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,7 +43,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     if !args.no_plot {
         let out = args.plot.unwrap_or_else(|| dir.join("progress.png"));
-        plot(results, &out, &noise)?;
+        progress(results, &out, &noise)?;
         eprintln!("wrote {}", out.display());
     }
     Ok(())

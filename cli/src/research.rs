@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use autoresearch_harness::profile::{cache_root, Prepared};
+use autoresearch_report::noise::noise_for;
 use autoresearch_research::agent::LoopOptions;
 use autoresearch_research::backend::{Backend, Local};
 use autoresearch_research::experiment::{default_timeout, describe, evaluate_run, run_experiment, ExperimentOptions};
 use autoresearch_research::noise::measure_noise;
 use autoresearch_research::pool::run_pool;
-use autoresearch_research::rules::{noise_for, Decider, Rule, DEFAULT_RULE};
+use autoresearch_research::rules::{Decider, Rule, DEFAULT_RULE};
 use autoresearch_research::slurm::{Slurm, SlurmOptions};
 use autoresearch_research::trainer::DeviceChoice;
 use autoresearch_research::trainer::{repo_root, Trainer};

@@ -42,7 +42,7 @@ fn the_picture_is_written_at_its_size() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
     let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
-    assert_eq!((width, height), autoresearch_research::report::PLOT_SIZE);
+    assert_eq!((width, height), autoresearch_report::plot::PLOT_SIZE);
     assert!(png.len() > 20_000, "a picture with content, not a blank page: {} bytes", png.len());
 }
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use autoresearch_report::results::{self, Row, Status};
 use autoresearch_research::process::{alive, Recorded, Role};
-use autoresearch_research::results::{self, Row, Status};
 use autoresearch_research::state::{Journal, State};
 use autoresearch_research::RunMeta;
 

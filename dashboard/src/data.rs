@@ -1,20 +1,18 @@
-//! What the page shows, read from a session's files on each request: results.tsv, the journal
-//! (`.autoresearch/state.json`), the noise estimate, the run folders and the running training's progress file
-//! ([`autoresearch_harness::progress`]). Nothing here writes.
+//! What the page shows, read from a session's files on each request: results.tsv, the session's state and its
+//! workers' journals (`.autoresearch/state.json`, `journal.json`), the noise estimate, the run folders (each through `autoresearch-report`, not the
+//! research loop) and the running training's progress file ([`autoresearch_harness::progress`]). Nothing here
+//! writes.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use autoresearch_harness::progress::{Progress, PROGRESS_FILE};
-use autoresearch_research::compare;
-use autoresearch_research::files::{is_handover_dir, BUILD_LOG, CHANGE_FILE, META_FILE, RUNS_DIR, RUN_LOG};
-use autoresearch_research::process::{alive, start_time, Role};
-use autoresearch_research::report;
-use autoresearch_research::results::{self, Status};
-use autoresearch_research::rules::{load_noise, noise_for};
-use autoresearch_research::session::journals;
-use autoresearch_research::state::{Journal, State};
-use autoresearch_research::{RunMeta, RESULTS_FILE, STATE_DIR};
+use autoresearch_report::compare;
+use autoresearch_report::files::{is_handover_dir, BUILD_LOG, CHANGE_FILE, RESULTS_FILE, RUNS_DIR, RUN_LOG, STATE_DIR};
+use autoresearch_report::journal::{journals, run_description, tail, Journal, Role, Settings};
+use autoresearch_report::noise::{load_noise, noise_for};
+use autoresearch_report::report;
+use autoresearch_report::results::{self, Status};
 use serde::Serialize;
 
 /// A session folder: the repository a session runs in (results.tsv and `.autoresearch/`).
@@ -90,9 +88,9 @@ pub fn overview(sessions: &[Session]) -> Result<Overview> {
 
 fn view(s: &Session) -> Result<SessionView> {
     let results = s.root.join(RESULTS_FILE);
-    let state = State::load(&s.state_dir()).ok();
-    let noise = match &state {
-        Some(st) => noise_for(&s.state_dir(), &st.settings.profile, st.settings.time_budget)?,
+    let settings = Settings::load(&s.state_dir()).ok();
+    let noise = match &settings {
+        Some(st) => noise_for(&s.state_dir(), &st.profile, st.time_budget)?,
         None => None,
     };
     let (rows, crashed, totals) = if results.is_file() {
@@ -105,12 +103,12 @@ fn view(s: &Session) -> Result<SessionView> {
     Ok(SessionView {
         name: s.name.clone(),
         rows,
-        profile: state.as_ref().map(|st| st.settings.profile.clone()),
-        budget: state.as_ref().map(|st| st.settings.time_budget),
+        profile: settings.as_ref().map(|st| st.profile.clone()),
+        budget: settings.as_ref().map(|st| st.time_budget),
         crashed,
         noise: noise.map(|n| (n.mean, n.std)),
         totals,
-        live: if state.is_some() { live(s) } else { Vec::new() },
+        live: if settings.is_some() { live(s) } else { Vec::new() },
     })
 }
 
@@ -124,23 +122,13 @@ fn live(s: &Session) -> Vec<Live> {
 }
 
 fn live_one(s: &Session, st: &Journal, worker: Option<usize>) -> Option<Live> {
-    let child = st.children.iter().rfind(|c| alive(c.pgid) && start_time(c.pgid) == Some(c.start_time))?;
+    let child = st.children.iter().rfind(|c| c.is_running())?;
     let run = st.in_progress.as_ref().map(|ip| ip.run);
-    let meta: Option<RunMeta> = run.and_then(|r| {
-        let bytes = std::fs::read(s.state_dir().join(RUNS_DIR).join(r.to_string()).join(META_FILE)).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    });
-    let phase = match child.role {
-        Role::Agent => "agent",
-        Role::Build => "build",
-        Role::Training => "training",
-        Role::Evaluation => "evaluation",
-    };
     let mut live = Live {
         worker: worker.map(|k| format!("worker {k}")),
         run,
-        description: meta.map(|m| m.description).unwrap_or_default(),
-        phase: phase.into(),
+        description: run.and_then(|r| run_description(&s.state_dir(), r)).unwrap_or_default(),
+        phase: child.role.as_str().into(),
         step: None,
         progress_percent: None,
         remaining_seconds: None,
@@ -268,11 +256,7 @@ pub fn run_files(s: &Session, run: u64) -> Result<Option<RunFiles>> {
         Some(log) => Some(log),
         None => read(BUILD_LOG)?,
     };
-    Ok(Some(RunFiles {
-        run,
-        diff: read(CHANGE_FILE)?,
-        log_tail: log.map(|l| autoresearch_research::training::tail(&l, LOG_LINES)),
-    }))
+    Ok(Some(RunFiles { run, diff: read(CHANGE_FILE)?, log_tail: log.map(|l| tail(&l, LOG_LINES)) }))
 }
 
 #[cfg(test)]

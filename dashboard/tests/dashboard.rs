@@ -10,12 +10,9 @@ use std::time::{Duration, Instant};
 use autoresearch_dashboard::data::Session;
 use autoresearch_dashboard::{serve, Server};
 use autoresearch_harness::progress::{Progress, PROGRESS_FILE};
-use autoresearch_research::process::{start_time, Recorded, Role};
-use autoresearch_research::results::{self, Extra, Row, Status};
-use autoresearch_research::rules::{save_noise, NoiseEstimate};
-use autoresearch_research::state::{Best, InProgress, State};
-use autoresearch_research::trainer::DeviceChoice;
-use autoresearch_research::RunMeta;
+use autoresearch_report::journal::start_time;
+use autoresearch_report::noise::{save_noise, NoiseEstimate};
+use autoresearch_report::results::{self, Extra, Row, Status};
 use serde_json::{json, Value};
 
 fn row(run: u64, status: Status, val_bpb: f64, description: &str, reason: &str) -> Row {
@@ -76,28 +73,15 @@ fn fixture(dir: &Path, name: &str) -> PathBuf {
     ];
     results::create(&root.join("results.tsv")).unwrap();
     results::append(&root.join("results.tsv"), &rows).unwrap();
-    let pid = std::process::id() as i32;
-    let state = State {
-        tag: name.into(),
-        branch: format!("autoresearch/{name}"),
-        base: "0000000".into(),
-        profile: "small".into(),
-        time_budget: 60.0,
-        device: DeviceChoice::Cpu,
-        rule: "lower".into(),
-        best: Some(Best { commit: "c000005".into(), val_bpb: 1.799, run: 5, seeds: vec![42] }),
-        next_run: 8,
-        in_progress: Some(InProgress { run: 7, commit: None, seeds: vec![42] }),
-        children: vec![Recorded { role: Role::Training, pgid: pid, start_time: start_time(pid).unwrap() }],
-        slurm_jobs: Vec::new(),
-    };
-    std::fs::write(state_dir.join("state.json"), serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    write_journal(&state_dir, Some(7), this_process_training());
     save_noise(&state_dir, &NoiseEstimate::new("small", 60.0, "c000003", vec![43, 44], vec![1.80, 1.81]).unwrap())
         .unwrap();
     for run in 1..=7 {
         let run_dir = state_dir.join("runs").join(run.to_string());
         std::fs::create_dir_all(&run_dir).unwrap();
-        let meta = RunMeta { run, description: format!("experiment {run}"), ..Default::default() };
+        // What the dashboard reads of a meta.json (the loop writes more; research/tests/journal.rs checks that
+        // its files read as the dashboard reads them).
+        let meta = json!({"run": run, "description": format!("experiment {run}")});
         std::fs::write(run_dir.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
     }
     let run2 = state_dir.join("runs/2");
@@ -107,6 +91,25 @@ fn fixture(dir: &Path, name: &str) -> PathBuf {
     std::os::unix::fs::symlink(dir.join("outside.txt"), state_dir.join("runs/3/change.diff")).unwrap();
     report_progress(&state_dir, 7, 5);
     root
+}
+
+/// The journal's process records: this test's own process, as the training.
+fn this_process_training() -> Value {
+    let pid = std::process::id() as i32;
+    json!([{"role": "training", "pgid": pid, "start_time": start_time(pid).unwrap()}])
+}
+
+/// A journal (`state.json`) in `dir` with what the dashboard reads of one: run `run` under way, `children`
+/// running for it (the loop writes more; research/tests/journal.rs checks that its journals read the same).
+fn write_journal(dir: &Path, run: Option<u64>, children: Value) {
+    std::fs::create_dir_all(dir).unwrap();
+    let journal = json!({
+        "profile": "small",
+        "time_budget": 60.0,
+        "in_progress": run.map(|run| json!({"run": run})),
+        "children": children,
+    });
+    std::fs::write(dir.join("state.json"), serde_json::to_vec_pretty(&journal).unwrap()).unwrap();
 }
 
 fn agent() -> ureq::Agent {
@@ -195,20 +198,11 @@ fn each_worker_has_its_live_line_and_each_row_its_worker() {
     results::create(&root.join("results.tsv")).unwrap();
     results::append(&root.join("results.tsv"), &rows).unwrap();
     // The session's own journal runs nothing; each worker's journal records this test's process as its training.
-    let mut session = State::load(&state_dir).unwrap();
-    let live = session.children.clone();
-    session.children.clear();
-    session.in_progress = None;
-    session.save(&state_dir).unwrap();
+    write_journal(&state_dir, None, json!([]));
     for (k, run, step) in [(1, 7, 3), (2, 8, 9)] {
         let own = state_dir.join("workers").join(k.to_string());
         std::fs::create_dir_all(own.join("tree")).unwrap();
-        let journal = State {
-            in_progress: Some(InProgress { run, commit: None, seeds: vec![42] }),
-            children: live.clone(),
-            ..session.clone()
-        };
-        journal.save(&own).unwrap();
+        write_journal(&own, Some(run), this_process_training());
         report_progress(&state_dir, run, step);
     }
     let server = start(&[&root], "127.0.0.1");

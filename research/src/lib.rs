@@ -14,22 +14,18 @@
 //!   worker a worktree. A `loop` is always a pool: of one by default.
 //! - A **backend** ([`backend`]): where a training's processes run: this machine, or a Slurm job each.
 //!
-//! [`agent`] drives a coding agent through one worker's experiments; [`rules`] decides what is kept; [`results`]
-//! reads and writes results.tsv; [`report`] summarises it and [`compare`] sets sessions side by side;
+//! [`agent`] drives a coding agent through one worker's experiments; [`rules`] decides what is kept;
 //! [`trainer`] builds the training binary; [`state`] holds the session's state and the workers' journals;
-//! [`noise`] measures the seed-to-seed spread; [`git`] wraps the git calls; [`files`] names every file.
+//! [`noise`] measures the seed-to-seed spread; [`git`] wraps the git calls. results.tsv's format, the session's
+//! file names, the noise estimates and the summaries (`report`, `compare`) are the `autoresearch-report` crate's.
 
 pub mod agent;
 pub mod backend;
-pub mod compare;
 pub mod experiment;
-pub mod files;
 pub mod git;
 pub mod noise;
 pub mod pool;
 pub mod process;
-pub mod report;
-pub mod results;
 pub mod rules;
 pub mod session;
 pub mod slurm;
@@ -37,6 +33,10 @@ pub mod state;
 pub mod trainer;
 pub mod training;
 pub mod worker;
+
+// results.tsv's format, the session's file names and the summaries, which the dashboard reads without the loop;
+// named here so that the loop's modules say `crate::results`, `crate::files`, `crate::report`.
+use autoresearch_report::{files, report, results};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -8,14 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Agent,
-    Build,
-    Training,
-    Evaluation,
-}
+// The roles and the /proc checks are the journal's vocabulary, which the dashboard reads too: they live with the
+// journal's read-only view in autoresearch-report.
+pub use autoresearch_report::journal::{alive, start_time, Role};
 
 /// A process group started by the harness.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,18 +20,6 @@ pub struct Recorded {
     pub pgid: i32,
     /// That process's start time (clock ticks after boot), to tell it from a later process given the same pid.
     pub start_time: u64,
-}
-
-/// The fields of /proc/PID/stat after the command name (which is in parentheses and may hold anything),
-/// None if there is no such process: state is the first, starttime (field 22 of proc(5)) the 20th.
-fn stat_fields(pid: i32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(stat.rsplit_once(')')?.1.to_string())
-}
-
-/// A process's start time from /proc, None if there is no such process.
-pub fn start_time(pid: i32) -> Option<u64> {
-    stat_fields(pid)?.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Starts `cmd` as the leader of a new process group and records it.
@@ -65,11 +48,6 @@ impl Recorded {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-}
-
-/// Whether a process exists and is not a zombie.
-pub fn alive(pid: i32) -> bool {
-    stat_fields(pid).is_some_and(|fields| !fields.trim_start().starts_with('Z'))
 }
 
 /// How long a stopped child has to end what it started (the training binary's supervisor kills every

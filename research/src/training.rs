@@ -25,6 +25,8 @@ use autoresearch_harness::summary::Summary;
 
 use crate::process::{wait_or_kill, Role};
 use crate::trainer::{DeviceChoice, Trainer, TrainingSettings};
+/// The end of a log, as crash reasons and the dashboard show it.
+pub use autoresearch_report::journal::tail;
 
 /// Lines of a failed training's log shown to the agent.
 pub const TAIL_LINES: usize = 50;
@@ -245,12 +247,6 @@ pub fn crash_reason(status: ExitStatus, phase: Option<&PhaseStatus>) -> Option<(
 /// The status a phase's fixed code wrote (none where it wrote none or it does not parse).
 fn read_status(path: &Path) -> Option<PhaseStatus> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-/// The last `n` lines of a log, progress lines (\r) counted as lines.
-pub fn tail(log: &str, n: usize) -> String {
-    let lines: Vec<&str> = log.split(['\n', '\r']).filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// How one phase ended.
@@ -630,13 +626,6 @@ mod tests {
         let build = build_sandbox(&prepared(dir.path()), &dir.path().join("repo"));
         assert_eq!(build.deny_read, cpu.training.deny_read[..build.deny_read.len()]);
         assert!(build.deny_read.contains(&dir.path().join("repo/.autoresearch")));
-    }
-
-    #[test]
-    fn tails_count_progress_lines() {
-        let log = "a\nstep 1\rstep 2\rstep 3\n\nb\n";
-        assert_eq!(tail(log, 2), "step 3\nb");
-        assert_eq!(tail(log, 10), "a\nstep 1\nstep 2\nstep 3\nb");
     }
 
     #[test]

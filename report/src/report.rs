@@ -1,15 +1,15 @@
-//! `autoresearch report`: what a results.tsv says, as text, JSON and a picture. Reads ours and the original's
-//! five-column files; malformed rows are listed with their line numbers and skipped.
+//! `autoresearch report`: what a results.tsv says, as text and JSON (its picture is [`crate::plot`]'s). Reads ours
+//! and the original's five-column files; malformed rows are listed with their line numbers and skipped.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 
+use crate::noise::NoiseEstimate;
 use crate::results::{self, Row, Status};
-use crate::rules::NoiseEstimate;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Point {
@@ -115,8 +115,8 @@ fn noise_of<'a>(noise: &'a [NoiseEstimate], row: &Row) -> Option<&'a NoiseEstima
 }
 
 /// A kept experiment and what it gained over the keep before it.
-struct KeptGain<'a> {
-    row: &'a Row,
+pub(crate) struct KeptGain<'a> {
+    pub(crate) row: &'a Row,
     /// The value of the keep before it; None for the first keep and for a re-measure of the same commit
     /// (no improvement either way).
     previous: Option<f64>,
@@ -130,13 +130,13 @@ impl KeptGain<'_> {
     }
 
     /// The gain is smaller than 2σ of the measured noise: it may be luck.
-    fn below_noise(&self) -> bool {
+    pub(crate) fn below_noise(&self) -> bool {
         self.gain().zip(self.noise_2sigma).is_some_and(|(g, n)| g < n)
     }
 }
 
 /// The kept experiments in order, each with its gain over the keep before it.
-fn kept_gains<'a>(rows: &'a [Row], noise: &[NoiseEstimate]) -> Vec<KeptGain<'a>> {
+pub(crate) fn kept_gains<'a>(rows: &'a [Row], noise: &[NoiseEstimate]) -> Vec<KeptGain<'a>> {
     let mut previous: Option<&Row> = None;
     experiments(rows)
         .filter(|(_, r)| r.status == Status::Keep)
@@ -152,7 +152,7 @@ fn kept_gains<'a>(rows: &'a [Row], noise: &[NoiseEstimate]) -> Vec<KeptGain<'a>>
 }
 
 /// The rows that are experiments of their own (not confirmation reruns), with their index.
-pub(crate) fn experiments(rows: &[Row]) -> impl Iterator<Item = (usize, &Row)> {
+pub fn experiments(rows: &[Row]) -> impl Iterator<Item = (usize, &Row)> {
     rows.iter().enumerate().filter(|(_, r)| r.status != Status::Rerun)
 }
 
@@ -309,116 +309,4 @@ impl Report {
     pub fn to_json(&self) -> Result<String> {
         Ok(serde_json::to_string_pretty(self)?)
     }
-}
-
-/// Picture size in pixels (the original's 16 × 8 inches at 150 dpi).
-pub const PLOT_SIZE: (u32, u32) = (2400, 1200);
-
-/// Cuts a description to about `n` characters.
-fn cut(text: &str, n: usize) -> String {
-    if text.chars().count() <= n {
-        text.to_string()
-    } else {
-        text.chars().take(n - 1).collect::<String>() + "…"
-    }
-}
-
-/// progress.png: val_bpb by experiment (crashes and reruns left out, the rest numbered in order): discards
-/// as small grey dots, keeps as larger green dots labelled with their description (orange where the gain is
-/// smaller than 2σ of the measured noise), the running best as a green step line. The y range runs from a
-/// little below the best to a little above the baseline.
-pub fn plot(path: &Path, out: &Path, noise: &[NoiseEstimate]) -> Result<()> {
-    use plotters::prelude::*;
-    use plotters::style::text_anchor::{HPos, Pos, VPos};
-    let rows = results::read(path)?.rows;
-    let points: Vec<(usize, &Row)> = rows
-        .iter()
-        .filter(|r| r.status == Status::Keep || r.status == Status::Discard)
-        .enumerate()
-        .map(|(i, r)| (i + 1, r))
-        .collect();
-    let below_noise: Vec<bool> = kept_gains(&rows, noise).iter().map(KeptGain::below_noise).collect();
-    let kept: Vec<(usize, f64, &str, bool)> = points
-        .iter()
-        .filter(|(_, r)| r.status == Status::Keep)
-        .zip(&below_noise)
-        .map(|((x, r), below)| (*x, r.val_bpb, r.description.as_str(), *below))
-        .collect();
-    let improvements = kept.len().saturating_sub(1);
-    let lucky = below_noise.iter().filter(|b| **b).count();
-    let caption = match lucky {
-        0 => format!("{} Experiments, {improvements} Kept Improvements", points.len()),
-        k => format!("{} Experiments, {improvements} Kept Improvements ({k} below 2σ noise, orange)", points.len()),
-    };
-    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
-
-    let baseline = points.first().map_or(1.0, |(_, r)| r.val_bpb);
-    let best = kept.iter().map(|k| k.1).fold(f64::INFINITY, f64::min).min(baseline);
-    let pad = ((baseline - best) * 0.15).max(1e-3 * baseline.abs().max(1e-3));
-    let (y_lo, y_hi) = (best - pad, baseline + pad);
-    let n = points.len().max(1);
-
-    let root = BitMapBackend::new(out, PLOT_SIZE).into_drawing_area();
-    let draw = |e| anyhow::anyhow!("drawing {}: {e:?}", out.display());
-    root.fill(&WHITE).map_err(draw)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(caption, ("sans-serif", 44))
-        .margin(40)
-        .x_label_area_size(80)
-        .y_label_area_size(130)
-        .build_cartesian_2d(0f64..(n as f64 + 1.0), y_lo..y_hi)
-        .map_err(draw)?;
-    chart
-        .configure_mesh()
-        .x_desc("Experiment #")
-        .y_desc("Validation BPB (lower is better)")
-        .axis_desc_style(("sans-serif", 30))
-        .label_style(("sans-serif", 24))
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()
-        .map_err(draw)?;
-    let in_range = |y: f64| y >= y_lo && y <= y_hi;
-    let grey = RGBColor(200, 200, 200);
-    chart
-        .draw_series(
-            points
-                .iter()
-                .filter(|(_, r)| r.status == Status::Discard && in_range(r.val_bpb))
-                .map(|(x, r)| Circle::new((*x as f64, r.val_bpb), 5, grey.filled())),
-        )
-        .map_err(draw)?;
-    // Running best ([`results::running_best`]): flat until the next keep, then to it.
-    let green = RGBColor(46, 160, 67);
-    let mut steps = Vec::new();
-    let mut current: Option<f64> = None;
-    for &(x, y, _, _) in &kept {
-        if let Some(before) = current {
-            steps.push((x as f64, before));
-        }
-        current = Some(y);
-        steps.push((x as f64, y));
-    }
-    if let Some(&(_, y)) = steps.last() {
-        steps.push((n as f64 + 0.5, y));
-    }
-    chart.draw_series(LineSeries::new(steps, green.stroke_width(3))).map_err(draw)?;
-    let dark = RGBColor(20, 80, 30);
-    let orange = RGBColor(230, 140, 20);
-    for &(x, y, description, below) in kept.iter().filter(|k| in_range(k.1)) {
-        let fill = if below { orange } else { green };
-        chart
-            .draw_series([Circle::new((x as f64, y), 11, dark.filled()), Circle::new((x as f64, y), 8, fill.filled())])
-            .map_err(draw)?;
-        let style = TextStyle::from(("sans-serif", 20).into_font())
-            .color(&dark)
-            .transform(FontTransform::Rotate270)
-            .pos(Pos::new(HPos::Left, VPos::Center));
-        // Beside the point, clear of the step line's drop.
-        chart
-            .draw_series([Text::new(format!("  {}", cut(description, 45)), (x as f64 + 0.2, y), style)])
-            .map_err(draw)?;
-    }
-    root.present().with_context(|| format!("writing {}", out.display()))?;
-    Ok(())
 }

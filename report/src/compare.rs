@@ -1,14 +1,15 @@
 //! `autoresearch report A.tsv B.tsv ...`: several sessions side by side (say two agents, or two versions of
 //! program.md, on the same profile): experiments, keep rates, bests, experiments per hour, and their best-so-far
-//! curves against experiment number and against hours, so that one can tell which setup researches better.
+//! curves against experiment number and against hours (drawn by [`Comparison::plot`] with the `plot` feature), so
+//! that one can tell which setup researches better.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::report::{self, PLOT_SIZE};
+use crate::report;
 use crate::results::{self, Row};
 
 /// The session's best after an experiment.
@@ -128,73 +129,5 @@ impl Comparison {
 
     pub fn to_json(&self) -> Result<String> {
         Ok(serde_json::to_string_pretty(self)?)
-    }
-
-    /// Two charts side by side: each session's best so far against experiment number, and against hours.
-    pub fn plot(&self, out: &Path) -> Result<()> {
-        use plotters::prelude::*;
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
-        let values: Vec<f64> = self.sessions.iter().flat_map(|s| s.best_so_far.iter().map(|b| b.val_bpb)).collect();
-        let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
-        let pad = ((hi - lo) * 0.1).max(1e-3 * hi.abs().max(1e-3));
-        let max_x = self.sessions.iter().map(|s| s.experiments).max().unwrap_or(1) as f64;
-        let max_h = self.sessions.iter().filter_map(|s| s.hours).fold(0.0, f64::max).max(1e-3);
-        let palette = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
-
-        let root = BitMapBackend::new(out, PLOT_SIZE).into_drawing_area();
-        let draw = |e| anyhow::anyhow!("drawing {}: {e:?}", out.display());
-        root.fill(&WHITE).map_err(draw)?;
-        let (left, right) = root.split_horizontally(PLOT_SIZE.0 / 2);
-        for (area, by_hours) in [(left, false), (right, true)] {
-            let x_max = if by_hours { max_h } else { max_x + 1.0 };
-            let mut chart = ChartBuilder::on(&area)
-                .caption(
-                    if by_hours { "Best so far, by hours" } else { "Best so far, by experiment" },
-                    ("sans-serif", 36),
-                )
-                .margin(30)
-                .x_label_area_size(70)
-                .y_label_area_size(120)
-                .build_cartesian_2d(0f64..x_max, (lo - pad)..(hi + pad))
-                .map_err(draw)?;
-            let x_labels = |x: &f64| if by_hours { format!("{x:.1}") } else { format!("{x:.0}") };
-            chart
-                .configure_mesh()
-                .x_label_formatter(&x_labels)
-                .x_desc(if by_hours { "Hours" } else { "Experiment #" })
-                .y_desc("Validation BPB (lower is better)")
-                .axis_desc_style(("sans-serif", 26))
-                .label_style(("sans-serif", 22))
-                .light_line_style(RGBColor(235, 235, 235))
-                .draw()
-                .map_err(draw)?;
-            for (k, s) in self.sessions.iter().enumerate() {
-                let color = palette[k % palette.len()];
-                // A step line: flat until the next keep, then down to it.
-                let mut points: Vec<(f64, f64)> = Vec::new();
-                for b in &s.best_so_far {
-                    let Some(x) = (if by_hours { b.hours } else { Some(b.experiment as f64) }) else { continue };
-                    if let Some(&(_, y)) = points.last() {
-                        points.push((x, y));
-                    }
-                    points.push((x, b.val_bpb));
-                }
-                chart
-                    .draw_series(LineSeries::new(points, color.stroke_width(3)))
-                    .map_err(draw)?
-                    .label(format!("{} (best {})", s.file, s.best.map_or("-".into(), |b| format!("{b:.6}"))))
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], color.stroke_width(3)));
-            }
-            chart
-                .configure_series_labels()
-                .label_font(("sans-serif", 22))
-                .background_style(WHITE.mix(0.9))
-                .border_style(RGBColor(200, 200, 200))
-                .draw()
-                .map_err(draw)?;
-        }
-        root.present().with_context(|| format!("writing {}", out.display()))?;
-        Ok(())
     }
 }

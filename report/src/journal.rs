@@ -1,0 +1,192 @@
+//! A session's files as a watcher (the dashboard) reads them, read only: the session's profile and budget from
+//! `state.json`, what each worker's journal says runs now (worker 0's `journal.json` in the session's folder,
+//! each of a pool's in `workers/<k>/`), a run's description from its `meta.json`, the end of a log, and whether
+//! a process group a journal records is still the one it recorded. The loop (`autoresearch-research`) writes these files with its own fuller types, and its
+//! tests (`research/tests/journal.rs`) check that what it writes reads here.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::files::{JOURNAL_FILE, META_FILE, RUNS_DIR, STATE_FILE, WORKERS_DIR};
+
+/// What a process group started by the loop does; recorded in the journal while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Agent,
+    Build,
+    Training,
+    Evaluation,
+}
+
+impl Role {
+    /// Its name in the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Build => "build",
+            Role::Training => "training",
+            Role::Evaluation => "evaluation",
+        }
+    }
+}
+
+/// The part of the session's state (`state.json`) a watcher reads.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Settings {
+    /// Every experiment of the session uses this profile and time budget.
+    pub profile: String,
+    pub time_budget: f64,
+}
+
+impl Settings {
+    /// The settings of the session whose folder is `state_dir`.
+    pub fn load(state_dir: &Path) -> Result<Settings> {
+        let path = state_dir.join(STATE_FILE);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// The part of a worker's journal a watcher reads.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct Journal {
+    /// The experiment under way.
+    pub in_progress: Option<Underway>,
+    /// Process groups the loop started that are running, as far as the journal knows (a killed loop leaves its
+    /// dead ones listed).
+    #[serde(default)]
+    pub children: Vec<ProcessRecord>,
+}
+
+/// The experiment under way, by its run number.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Underway {
+    pub run: u64,
+}
+
+/// A process group the journal records.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct ProcessRecord {
+    pub role: Role,
+    /// The group's id: the pid of its first process.
+    pub pgid: i32,
+    /// That process's start time, to tell it from a later process given the same pid.
+    pub start_time: u64,
+}
+
+impl ProcessRecord {
+    /// Whether the recorded process still runs (alive, and not a later process given the same pid).
+    pub fn is_running(&self) -> bool {
+        alive(self.pgid) && start_time(self.pgid) == Some(self.start_time)
+    }
+}
+
+impl Journal {
+    /// The journal in a worker's folder `own` (the session's folder for worker 0); a session from before journals
+    /// had a file of their own kept worker 0's in `state.json`.
+    pub fn load(own: &Path) -> Result<Journal> {
+        for name in [JOURNAL_FILE, STATE_FILE] {
+            let path = own.join(name);
+            if let Ok(bytes) = std::fs::read(&path) {
+                return serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()));
+            }
+        }
+        Ok(Journal::default())
+    }
+}
+
+/// The journals of a session's workers (in `state_dir`), by number: 0 (the repository's tree) first, then each
+/// of a pool of several; none for a worker whose journal cannot be read.
+pub fn journals(state_dir: &Path) -> Vec<(usize, Journal)> {
+    let mut found: Vec<(usize, Journal)> = std::fs::read_dir(state_dir.join(WORKERS_DIR))
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    let e = e.ok()?;
+                    let k = e.file_name().to_str()?.parse().ok()?;
+                    Some((k, Journal::load(&e.path()).ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort_by_key(|(k, _)| *k);
+    if let Ok(own) = Journal::load(state_dir) {
+        found.insert(0, (0, own));
+    }
+    found
+}
+
+/// Run `run`'s description from its `meta.json` in `state_dir` (None where there is none or it does not parse).
+pub fn run_description(state_dir: &Path, run: u64) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Meta {
+        description: String,
+    }
+    let bytes = std::fs::read(state_dir.join(RUNS_DIR).join(run.to_string()).join(META_FILE)).ok()?;
+    serde_json::from_slice::<Meta>(&bytes).ok().map(|m| m.description)
+}
+
+/// The last `n` lines of a log, progress lines (\r) counted as lines.
+pub fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.split(['\n', '\r']).filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The fields of /proc/PID/stat after the command name (which is in parentheses and may hold anything),
+/// None if there is no such process: state is the first, starttime (field 22 of proc(5)) the 20th.
+fn stat_fields(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.to_string())
+}
+
+/// A process's start time from /proc, None if there is no such process.
+pub fn start_time(pid: i32) -> Option<u64> {
+    stat_fields(pid)?.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    stat_fields(pid).is_some_and(|fields| !fields.trim_start().starts_with('Z'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tails_count_progress_lines() {
+        let log = "a\nstep 1\rstep 2\rstep 3\n\nb\n";
+        assert_eq!(tail(log, 2), "step 3\nb");
+        assert_eq!(tail(log, 10), "a\nstep 1\nstep 2\nstep 3\nb");
+    }
+
+    #[test]
+    fn a_recorded_process_runs_while_it_is_the_one_recorded() {
+        let pid = std::process::id() as i32;
+        let me = ProcessRecord { role: Role::Training, pgid: pid, start_time: start_time(pid).unwrap() };
+        assert!(me.is_running());
+        // The same pid with another start time: a later process that got the pid.
+        assert!(!ProcessRecord { start_time: me.start_time + 1, ..me.clone() }.is_running());
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id() as i32;
+        child.wait().unwrap();
+        assert!(!alive(gone) && start_time(gone).is_none());
+    }
+
+    #[test]
+    fn a_state_or_journal_that_does_not_parse_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = format!("{:#}", Settings::load(dir.path()).unwrap_err());
+        assert!(err.contains("state.json"), "{err}");
+        assert_eq!(Journal::load(dir.path()).unwrap(), Journal::default(), "no journal yet: nothing runs");
+        std::fs::write(dir.path().join("state.json"), r#"{"profile": "small"}"#).unwrap();
+        let err = format!("{:#}", Settings::load(dir.path()).unwrap_err());
+        assert!(err.contains("state.json") && err.contains("time_budget"), "{err}");
+        std::fs::write(dir.path().join("journal.json"), r#"{"children": 3}"#).unwrap();
+        let err = format!("{:#}", Journal::load(dir.path()).unwrap_err());
+        assert!(err.contains("journal.json"), "{err}");
+    }
+}

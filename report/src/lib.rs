@@ -1,0 +1,19 @@
+//! A research session's files, read and summarised without the loop: what `autoresearch report` and the dashboard
+//! need, so that neither links the research loop (`autoresearch-research`, which writes these files through this
+//! crate's formats).
+//!
+//! [`results`] is results.tsv's format (rows, statuses, reading, appending, repairing a torn line) and the running
+//! best over its rows; [`report`] summarises one file (totals, keeps, gains against the noise, the workers' lanes)
+//! as text and JSON; [`compare`] sets several sessions side by side; `plot` draws their pictures (the `plot`
+//! feature, on by default: the research loop and the dashboard leave it out and do not link plotters); [`noise`]
+//! is `noise.json`, the seed-to-seed spread; [`files`] names the session's files and folders; [`journal`] is a
+//! read-only view of what the journals and run folders say runs now.
+
+pub mod compare;
+pub mod files;
+pub mod journal;
+pub mod noise;
+#[cfg(feature = "plot")]
+pub mod plot;
+pub mod report;
+pub mod results;
