@@ -65,7 +65,7 @@ fn documents(paths: &[PathBuf]) -> Result<Vec<String>> {
     Ok(docs)
 }
 
-pub fn run(bench: Bench) -> Result<()> {
+pub fn bench(bench: Bench) -> Result<()> {
     match bench {
         Bench::Tokenizer { text, vocab, save } => {
             let docs = documents(&text)?;

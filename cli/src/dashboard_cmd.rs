@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Result;
-use autoresearch_dashboard::data::Session;
+use autoresearch_dashboard::data::SessionFolder;
 use autoresearch_research::trainer::repo_root;
 
 #[derive(clap::Args)]
@@ -19,9 +19,9 @@ pub struct Args {
     port: u16,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn serve(args: Args) -> Result<()> {
     let dirs = if args.sessions.is_empty() { vec![repo_root()?] } else { args.sessions };
-    let sessions = dirs.iter().map(|d| Session::open(d)).collect::<Result<Vec<_>>>()?;
+    let sessions = dirs.iter().map(|d| SessionFolder::open(d)).collect::<Result<Vec<_>>>()?;
     let names: Vec<String> = sessions.iter().map(|s| s.name.clone()).collect();
     let server = autoresearch_dashboard::serve(sessions, SocketAddr::new(args.bind, args.port))?;
     println!("dashboard of {}: {}", names.join(", "), server.url());

@@ -72,16 +72,16 @@ fn main() -> ExitCode {
         std::env::set_var("AUTORESEARCH_CACHE", dir);
     }
     let result = match cli.command {
-        Command::Prepare(args) => prepare::run(args),
-        Command::Train(args) => train_cmd::run(args),
+        Command::Prepare(args) => prepare::prepare(args),
+        Command::Train(args) => train_cmd::train(args),
         Command::Init(args) => research::init(args),
-        Command::Run(args) => research::run(args),
-        Command::Loop(args) => research::research_loop_cmd(args),
+        Command::Run(args) => research::run_one(args),
+        Command::Loop(args) => research::research_loop(args),
         Command::Noise(args) => research::noise(args),
         Command::Eval(args) => research::eval(args),
-        Command::Report(args) => report::run(args),
-        Command::Dashboard(args) => dashboard_cmd::run(args),
-        Command::Bench(b) => bench::run(b),
+        Command::Report(args) => report::report(args),
+        Command::Dashboard(args) => dashboard_cmd::serve(args),
+        Command::Bench(b) => bench::bench(b),
         Command::Sandboxed { policy, command } => sandboxed(&policy, &command),
     };
     match result {

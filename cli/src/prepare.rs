@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use autoresearch_harness::download::{DownloadOptions, BASE_URL_ENV, DEFAULT_BASE_URL};
-use autoresearch_harness::prepare::{prepare, Source, TextInput};
+use autoresearch_harness::prepare::{Source, TextInput};
 use autoresearch_harness::profile::{cache_root, Profile};
 
 /// The built-in demo corpus (see data/demo/SOURCES.md): the offline default of the `small` profile.
@@ -50,7 +50,7 @@ pub struct Args {
     base_url: String,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn prepare(args: Args) -> Result<()> {
     let started = Instant::now();
     let profile = Profile::builtin(&args.profile)?;
     let cache = cache_root()?;
@@ -75,7 +75,7 @@ pub fn run(args: Args) -> Result<()> {
         };
         Source::Climbmix { num_shards: args.num_shards, download }
     };
-    let prepared = prepare(&cache, &profile, source)?;
+    let prepared = autoresearch_harness::prepare::prepare(&cache, &profile, source)?;
     let p = &prepared.profile;
     println!(
         "prepared profile {} in {:.1}s: {} | seq {} | vocab {} | budget {}s | eval {} tokens | data {}",

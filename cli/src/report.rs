@@ -25,7 +25,7 @@ pub struct Args {
     no_plot: bool,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn report(args: Args) -> Result<()> {
     if args.results.len() > 1 {
         return compare_sessions(&args);
     }

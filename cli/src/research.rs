@@ -270,7 +270,7 @@ fn say_best(session: &Session) {
     }
 }
 
-pub fn run(args: RunArgs) -> Result<()> {
+pub fn run_one(args: RunArgs) -> Result<()> {
     let session = Session::open(&repo_root()?)?;
     let mut worker = Worker::in_repository(&session)?;
     let interrupts = interrupts("interrupted: stopping the run (the change will be set aside)")?;
@@ -290,7 +290,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn research_loop_cmd(args: LoopArgs) -> Result<()> {
+pub fn research_loop(args: LoopArgs) -> Result<()> {
     let root = repo_root()?;
     let session = Session::open(&root)?;
     let interrupts = interrupts("stopping after the current step (Ctrl-C again to abort it now)")?;

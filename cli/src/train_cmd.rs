@@ -83,7 +83,7 @@ fn follow(log: PathBuf, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     })
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn train(args: Args) -> Result<()> {
     if let Some(b) = args.time_budget {
         if !b.is_finite() || b <= 0.0 {
             bail!("--time-budget must be positive, not {b}");

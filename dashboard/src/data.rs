@@ -17,20 +17,20 @@ use serde::Serialize;
 
 /// A session folder: the repository a session runs in (results.tsv and `.autoresearch/`).
 #[derive(Clone, Debug)]
-pub struct Session {
+pub struct SessionFolder {
     pub name: String,
     /// Canonical: files served must lie beneath it.
     pub root: PathBuf,
 }
 
-impl Session {
-    pub fn open(dir: &Path) -> Result<Session> {
+impl SessionFolder {
+    pub fn open(dir: &Path) -> Result<SessionFolder> {
         let root = dir.canonicalize().with_context(|| format!("no folder {}", dir.display()))?;
         if !root.join(RESULTS_FILE).is_file() && !root.join(STATE_DIR).is_dir() {
             bail!("{} holds no research session (no {RESULTS_FILE}, no {STATE_DIR}/)", dir.display());
         }
         let name = root.file_name().map_or_else(|| root.display().to_string(), |n| n.to_string_lossy().into_owned());
-        Ok(Session { name, root })
+        Ok(SessionFolder { name, root })
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -62,7 +62,7 @@ pub struct SessionView {
     /// Experiments, keep rate, best against baseline, experiments per hour, best-so-far: as `report` compares
     /// sessions (absent before the first row).
     #[serde(flatten)]
-    pub totals: Option<compare::Session>,
+    pub totals: Option<compare::SessionTotals>,
     pub live: Vec<Live>,
 }
 
@@ -82,11 +82,11 @@ pub struct Live {
     pub loss: Vec<(u64, f64)>,
 }
 
-pub fn overview(sessions: &[Session]) -> Result<Overview> {
+pub fn overview(sessions: &[SessionFolder]) -> Result<Overview> {
     Ok(Overview { sessions: sessions.iter().map(view).collect::<Result<_>>()? })
 }
 
-fn view(s: &Session) -> Result<SessionView> {
+fn view(s: &SessionFolder) -> Result<SessionView> {
     let results = s.root.join(RESULTS_FILE);
     let settings = Settings::load(&s.state_dir()).ok();
     let noise = match &settings {
@@ -114,14 +114,14 @@ fn view(s: &Session) -> Result<SessionView> {
 
 /// What the workers' journals record as running now: the repository tree's worker's, and each of a pool of
 /// several (a journal left by a killed loop lists dead processes, which are not shown).
-fn live(s: &Session) -> Vec<Live> {
+fn live(s: &SessionFolder) -> Vec<Live> {
     journals(&s.state_dir())
         .into_iter()
         .filter_map(|(k, journal)| live_one(s, &journal, (k > 0).then_some(k)))
         .collect()
 }
 
-fn live_one(s: &Session, st: &Journal, worker: Option<usize>) -> Option<Live> {
+fn live_one(s: &SessionFolder, st: &Journal, worker: Option<usize>) -> Option<Live> {
     let child = st.children.iter().rfind(|c| c.is_running())?;
     let run = st.in_progress.as_ref().map(|ip| ip.run);
     let mut live = Live {
@@ -148,7 +148,7 @@ fn live_one(s: &Session, st: &Journal, worker: Option<usize>) -> Option<Live> {
 /// The progress of the run's latest training: the progress file in its newest hand-over folder (`seed-<seed>/`,
 /// one per training of the run), if that lies inside the session. A training that has not reported a step yet
 /// has none, rather than the previous seed's.
-fn training_progress(s: &Session, run_dir: &Path) -> Option<Progress> {
+fn training_progress(s: &SessionFolder, run_dir: &Path) -> Option<Progress> {
     let newest = std::fs::read_dir(run_dir)
         .ok()?
         .filter_map(|e| e.ok())
@@ -182,7 +182,7 @@ pub const ROW_COLUMNS: &[&str] = &[
     "commit",
 ];
 
-pub fn rows(s: &Session, from: usize) -> Result<Rows> {
+pub fn rows(s: &SessionFolder, from: usize) -> Result<Rows> {
     let path = s.root.join(RESULTS_FILE);
     if !path.is_file() {
         return Ok(Rows { from, columns: ROW_COLUMNS, rows: Vec::new() });
@@ -239,7 +239,7 @@ const LOG_LINES: usize = 60;
 
 /// The files of run `run` (None: no such run), each only if it lies inside the session folder: a link that
 /// leads out is an error.
-pub fn run_files(s: &Session, run: u64) -> Result<Option<RunFiles>> {
+pub fn run_files(s: &SessionFolder, run: u64) -> Result<Option<RunFiles>> {
     let dir = s.state_dir().join(RUNS_DIR).join(run.to_string());
     if !dir.is_dir() {
         return Ok(None);
@@ -268,7 +268,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("s");
         std::fs::create_dir_all(root.join(".autoresearch/runs/3/seed-42")).unwrap();
-        let s = Session::open(&root).unwrap();
+        let s = SessionFolder::open(&root).unwrap();
         let run = s.state_dir().join("runs/3");
         let progress = |step| Progress {
             step,

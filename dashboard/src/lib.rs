@@ -21,13 +21,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use data::Session;
+use data::SessionFolder;
 
 /// The page, whole.
 const PAGE: &str = include_str!("page.html");
 
 struct App {
-    sessions: Vec<Session>,
+    sessions: Vec<SessionFolder>,
     token: Option<String>,
 }
 
@@ -72,7 +72,7 @@ fn token() -> Result<String> {
 }
 
 /// Starts serving `sessions` on `addr` (port 0: any free port), in threads of its own.
-pub fn serve(sessions: Vec<Session>, addr: SocketAddr) -> Result<Server> {
+pub fn serve(sessions: Vec<SessionFolder>, addr: SocketAddr) -> Result<Server> {
     let token = if addr.ip().is_loopback() { None } else { Some(token()?) };
     let app = Arc::new(App { sessions, token: token.clone() });
     let router = Router::new()
@@ -136,7 +136,7 @@ async fn read_json<T: serde::Serialize + Send + 'static>(
 }
 
 /// The session a request names by number.
-fn session(app: &App, index: usize) -> Option<Session> {
+fn session(app: &App, index: usize) -> Option<SessionFolder> {
     app.sessions.get(index).cloned()
 }
 

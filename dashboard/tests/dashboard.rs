@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use autoresearch_dashboard::data::Session;
+use autoresearch_dashboard::data::SessionFolder;
 use autoresearch_dashboard::{serve, Server};
 use autoresearch_harness::progress::{Progress, PROGRESS_FILE};
 use autoresearch_report::journal::start_time;
@@ -122,7 +122,7 @@ fn get(url: &str) -> (u16, String) {
 }
 
 fn start(sessions: &[&Path], ip: &str) -> Server {
-    let sessions = sessions.iter().map(|d| Session::open(d).unwrap()).collect();
+    let sessions = sessions.iter().map(|d| SessionFolder::open(d).unwrap()).collect();
     serve(sessions, SocketAddr::new(ip.parse().unwrap(), 0)).unwrap()
 }
 

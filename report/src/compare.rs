@@ -22,8 +22,9 @@ pub struct BestSoFar {
     pub val_bpb: f64,
 }
 
+/// One session's totals and its best over time, as `compare` sets them side by side.
 #[derive(Debug, Serialize)]
-pub struct Session {
+pub struct SessionTotals {
     pub file: String,
     pub experiments: usize,
     pub kept: usize,
@@ -40,7 +41,7 @@ pub struct Session {
 
 #[derive(Debug, Serialize)]
 pub struct Comparison {
-    pub sessions: Vec<Session>,
+    pub sessions: Vec<SessionTotals>,
 }
 
 pub fn compare(paths: &[PathBuf]) -> Result<Comparison> {
@@ -52,7 +53,7 @@ pub fn compare(paths: &[PathBuf]) -> Result<Comparison> {
 }
 
 /// One session's line of the comparison, from its results file.
-pub fn session(path: &Path) -> Result<Session> {
+pub fn session(path: &Path) -> Result<SessionTotals> {
     let file = results::read(path)?;
     let rows = file.rows.clone();
     let r = report::build_from(path, file, Vec::new());
@@ -78,7 +79,7 @@ pub fn session(path: &Path) -> Result<Session> {
         }
     }
     let hours = timed.then_some(seconds / 3600.0);
-    Ok(Session {
+    Ok(SessionTotals {
         file: path.display().to_string(),
         experiments: experiments.len(),
         kept: r.totals["keep"],

@@ -102,26 +102,7 @@ pub fn research_loop(
             set_aside_leftovers(worker)?;
             continue;
         }
-        // Refusals, no-ops and compile errors, with up to max_fixes rounds of fixing.
-        let mut fixes = 0;
-        let verdict = loop {
-            match check(worker)? {
-                Check::Refused(files) => break Err(refusal_message(&files)),
-                Check::Unchanged => break Err(format!("you did not change {TRAINING_FILE}; nothing was run")),
-                Check::Ready => {}
-            }
-            match build(worker, trainer)? {
-                Err(compiler) if fixes < opts.max_fixes => {
-                    fixes += 1;
-                    on_outcome(&format!("compile error; asking the agent to fix it ({fixes}/{})", opts.max_fixes));
-                    let errors = tail(&compiler, TAIL_LINES);
-                    let prompt = build_prompt(worker, opts, &description_path, None, Some(&errors))?;
-                    autoresearch_harness::fsutil::write_atomic(&prompt_path, prompt.as_bytes())?;
-                    call_agent(worker, opts, &prompt_path, &description_path)?;
-                }
-                _ => break Ok(()),
-            }
-        };
+        let verdict = ready_to_run(worker, trainer, opts, &prompt_path, &description_path, on_outcome)?;
         if let Err(problem) = verdict {
             if worker.training_file_changed()? || !worker.forbidden_changes()?.is_empty() {
                 record_refusal(worker, &problem)?;
@@ -160,6 +141,38 @@ pub fn research_loop(
                 outcome.run, outcome.reason
             )
         });
+    }
+}
+
+/// Whether the agent's change can run: Err(why not) for a refused change or none, and a change that does not
+/// compile goes back to the agent up to `max_fixes` times first (a compile error after that is the experiment's
+/// crash).
+fn ready_to_run(
+    worker: &mut Worker,
+    trainer: &Trainer,
+    opts: &LoopOptions,
+    prompt_path: &Path,
+    description_path: &Path,
+    on_outcome: &mut dyn FnMut(&str),
+) -> Result<std::result::Result<(), String>> {
+    let mut fixes = 0;
+    loop {
+        match check(worker)? {
+            Check::Refused(files) => return Ok(Err(refusal_message(&files))),
+            Check::Unchanged => return Ok(Err(format!("you did not change {TRAINING_FILE}; nothing was run"))),
+            Check::Ready => {}
+        }
+        match build(worker, trainer)? {
+            Err(compiler) if fixes < opts.max_fixes => {
+                fixes += 1;
+                on_outcome(&format!("compile error; asking the agent to fix it ({fixes}/{})", opts.max_fixes));
+                let errors = tail(&compiler, TAIL_LINES);
+                let prompt = build_prompt(worker, opts, description_path, None, Some(&errors))?;
+                autoresearch_harness::fsutil::write_atomic(prompt_path, prompt.as_bytes())?;
+                call_agent(worker, opts, prompt_path, description_path)?;
+            }
+            _ => return Ok(Ok(())),
+        }
     }
 }
 

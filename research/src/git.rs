@@ -36,7 +36,7 @@ impl Git {
     }
 
     /// Runs git; its stdout, or an error with its stderr.
-    pub fn run(&self, args: &[&str]) -> Result<String> {
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
         let out = self.command(args).output().context("running git")?;
         if !out.status.success() {
             bail!("git {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
@@ -49,19 +49,19 @@ impl Git {
     }
 
     pub fn head(&self) -> Result<String> {
-        Ok(self.run(&["rev-parse", "HEAD"])?.trim().to_string())
+        Ok(self.exec(&["rev-parse", "HEAD"])?.trim().to_string())
     }
 
     pub fn branch(&self) -> Result<String> {
-        Ok(self.run(&["rev-parse", "--abbrev-ref", "HEAD"])?.trim().to_string())
+        Ok(self.exec(&["rev-parse", "--abbrev-ref", "HEAD"])?.trim().to_string())
     }
 
     /// Tracked files whose content differs from `commit` (working tree against it), and untracked files
     /// that are not ignored.
     pub fn changed_files(&self, commit: &str) -> Result<Vec<String>> {
         let mut files: Vec<String> =
-            self.run(&["diff", "--name-only", commit, "--"])?.lines().map(str::to_string).collect();
-        files.extend(self.run(&["ls-files", "--others", "--exclude-standard"])?.lines().map(str::to_string));
+            self.exec(&["diff", "--name-only", commit, "--"])?.lines().map(str::to_string).collect();
+        files.extend(self.exec(&["ls-files", "--others", "--exclude-standard"])?.lines().map(str::to_string));
         files.sort();
         files.dedup();
         Ok(files)
@@ -70,32 +70,32 @@ impl Git {
     /// The diff from `from` to `to` (a commit, or None for the working tree).
     pub fn diff(&self, from: &str, to: Option<&str>) -> Result<String> {
         match to {
-            Some(to) => self.run(&["diff", from, to]),
-            None => self.run(&["diff", from, "--"]),
+            Some(to) => self.exec(&["diff", from, to]),
+            None => self.exec(&["diff", from, "--"]),
         }
     }
 
     /// Commits `path` with `message`; returns the new commit.
     pub fn commit_file(&self, path: &str, message: &str) -> Result<String> {
-        self.run(&["add", "--", path])?;
-        self.run(&["commit", "--quiet", "--no-verify", "-m", message, "--", path])?;
+        self.exec(&["add", "--", path])?;
+        self.exec(&["commit", "--quiet", "--no-verify", "-m", message, "--", path])?;
         self.head()
     }
 
     /// A merge commit of `head` and `commit` whose tree is `commit`'s exactly; returns it (no branch moves).
     pub fn merge_taking(&self, head: &str, commit: &str, message: &str) -> Result<String> {
         let tree = format!("{commit}^{{tree}}");
-        Ok(self.run(&["commit-tree", &tree, "-p", head, "-p", commit, "-m", message])?.trim().to_string())
+        Ok(self.exec(&["commit-tree", &tree, "-p", head, "-p", commit, "-m", message])?.trim().to_string())
     }
 
     /// Moves the branch and the working tree to `commit`, dropping every change to tracked files.
     pub fn reset_hard(&self, commit: &str) -> Result<()> {
-        self.run(&["reset", "--quiet", "--hard", commit]).map(drop)
+        self.exec(&["reset", "--quiet", "--hard", commit]).map(drop)
     }
 
     /// Untracked files that are not ignored.
     pub fn untracked(&self) -> Result<Vec<String>> {
-        Ok(self.run(&["ls-files", "--others", "--exclude-standard"])?.lines().map(str::to_string).collect())
+        Ok(self.exec(&["ls-files", "--others", "--exclude-standard"])?.lines().map(str::to_string).collect())
     }
 }
 
@@ -108,9 +108,9 @@ mod tests {
     fn repo_without_identity() -> (tempfile::TempDir, Git) {
         let dir = tempfile::tempdir().unwrap();
         let git = Git::new(dir.path());
-        git.run(&["init", "--quiet"]).unwrap();
+        git.exec(&["init", "--quiet"]).unwrap();
         for (key, value) in [("user.name", ""), ("user.email", ""), ("user.useConfigOnly", "true")] {
-            git.run(&["config", key, value]).unwrap();
+            git.exec(&["config", key, value]).unwrap();
         }
         (dir, git)
     }
@@ -130,11 +130,11 @@ mod tests {
         let b = git.commit_file("train.rs", "experiment b").unwrap();
         let merge = git.merge_taking(&a, &b, "keep b").unwrap();
 
-        assert_eq!(git.run(&["show", &format!("{merge}:train.rs")]).unwrap(), "b");
-        assert_eq!(git.run(&["rev-list", "--parents", "-n1", &merge]).unwrap().trim(), format!("{merge} {a} {b}"));
+        assert_eq!(git.exec(&["show", &format!("{merge}:train.rs")]).unwrap(), "b");
+        assert_eq!(git.exec(&["rev-list", "--parents", "-n1", &merge]).unwrap().trim(), format!("{merge} {a} {b}"));
         let (name, email) = IDENTITY;
         for commit in [&base, &a, &b, &merge] {
-            let who = git.run(&["log", "-1", "--format=%an <%ae> %cn <%ce>", commit]).unwrap();
+            let who = git.exec(&["log", "-1", "--format=%an <%ae> %cn <%ce>", commit]).unwrap();
             assert_eq!(who.trim(), format!("{name} <{email}> {name} <{email}>"));
         }
     }

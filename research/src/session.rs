@@ -20,7 +20,7 @@ use crate::git::Git;
 use crate::results;
 use crate::state::{Best, Journal, Settings, State};
 use crate::trainer::DeviceChoice;
-use crate::training::Trained;
+use crate::training::TrainingOutcome;
 use crate::{locked, RunMeta};
 
 pub struct Session {
@@ -60,7 +60,7 @@ pub fn init(
     if git.ok(&["rev-parse", "--verify", "--quiet", &format!("refs/heads/{branch}")])? {
         bail!("branch {branch} exists already: pick another tag");
     }
-    let dirty: Vec<String> = git.run(&["diff", "--name-only", "HEAD", "--"])?.lines().map(str::to_string).collect();
+    let dirty: Vec<String> = git.exec(&["diff", "--name-only", "HEAD", "--"])?.lines().map(str::to_string).collect();
     if !dirty.is_empty() {
         bail!("uncommitted changes to tracked files ({}): commit or stash them first", dirty.join(", "));
     }
@@ -93,14 +93,14 @@ pub fn init(
         }
         if journals.iter().any(|(k, _)| *k > 0) {
             // Their worktrees moved with them: git forgets them (their branches stay).
-            git.run(&["worktree", "prune"])?;
+            git.exec(&["worktree", "prune"])?;
         }
         if root.join(RESULTS_FILE).exists() {
             std::fs::rename(root.join(RESULTS_FILE), archive.join(RESULTS_FILE))?;
         }
         eprintln!("session {} archived in {}", old.settings.tag, archive.display());
     }
-    git.run(&["checkout", "--quiet", "-b", &branch])?;
+    git.exec(&["checkout", "--quiet", "-b", &branch])?;
     let state = State {
         settings: Settings {
             tag: tag.to_string(),
@@ -241,7 +241,7 @@ impl Session {
         let path = self.root.join(TRAINING_FILE);
         autoresearch_harness::fsutil::write_atomic(&path, file)?;
         let result = build();
-        self.git.run(&["checkout", "HEAD", "--", TRAINING_FILE])?;
+        self.git.exec(&["checkout", "HEAD", "--", TRAINING_FILE])?;
         result
     }
 
@@ -345,7 +345,7 @@ pub struct RerunTask {
 }
 
 /// What a rerun came to: (the worker that trained it, the training); None where it was withdrawn untrained.
-pub type RerunResult = std::result::Result<Option<(usize, Trained)>, String>;
+pub type RerunResult = std::result::Result<Option<(usize, TrainingOutcome)>, String>;
 
 /// Where a rerun's result waits for the worker that offered it.
 #[derive(Default)]

@@ -42,7 +42,7 @@ pub struct Crash {
 }
 
 /// One training's result.
-pub struct Trained {
+pub struct TrainingOutcome {
     pub result: std::result::Result<Summary, Crash>,
     /// Seconds in the training binary, both phases.
     pub wall: f64,
@@ -108,6 +108,20 @@ impl TrainingFiles {
     pub fn status(&self) -> PathBuf {
         self.result.with_extension("status.json")
     }
+}
+
+/// A training's files made afresh: an empty hand-over folder with its temporary folder, no result, an empty log.
+/// The temporary folder goes when what this returns is dropped.
+fn fresh_files(files: &TrainingFiles) -> Result<TemporaryFiles> {
+    if files.handover.exists() {
+        std::fs::remove_dir_all(&files.handover).with_context(|| format!("removing {}", files.handover.display()))?;
+    }
+    std::fs::create_dir_all(files.handover.join(TMP))
+        .with_context(|| format!("creating {}", files.handover.display()))?;
+    let temporary = TemporaryFiles(files.handover.join(TMP));
+    let _ = std::fs::remove_file(&files.result);
+    std::fs::write(&files.log, "").with_context(|| format!("creating {}", files.log.display()))?;
+    Ok(temporary)
 }
 
 /// Removes the hand-over folder's temporary files when dropped: on every outcome.
@@ -309,7 +323,7 @@ pub fn train_and_evaluate(
     files: &TrainingFiles,
     timeout: Duration,
     procs: &mut dyn Processes,
-) -> Result<Trained> {
+) -> Result<TrainingOutcome> {
     let trained = train_and_evaluate_begun(trainer, settings, files, timeout, procs);
     let finished = procs.finish();
     let trained = trained?;
@@ -323,22 +337,13 @@ fn train_and_evaluate_begun(
     files: &TrainingFiles,
     timeout: Duration,
     procs: &mut dyn Processes,
-) -> Result<Trained> {
+) -> Result<TrainingOutcome> {
     let started = Instant::now();
     let cache = cache_root()?;
     let prepared = Prepared::load(&cache, settings.profile.as_deref())?;
     let budget = prepared.profile.budget(settings.time_budget);
     let seed = settings.seed.unwrap_or(crate::state::SEED);
-    for path in [&files.handover] {
-        if path.exists() {
-            std::fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))?;
-        }
-    }
-    std::fs::create_dir_all(files.handover.join(TMP))
-        .with_context(|| format!("creating {}", files.handover.display()))?;
-    let _temporary = TemporaryFiles(files.handover.join(TMP));
-    let _ = std::fs::remove_file(&files.result);
-    std::fs::write(&files.log, "").with_context(|| format!("creating {}", files.log.display()))?;
+    let _temporary = fresh_files(files)?;
     let sandboxes = sandboxes(&prepared, &trainer.root, trainer.device == DeviceChoice::Cuda, files, &trainer.binary());
     // The device batches remembered for this binary: the training reads them, and reports its own, there.
     let fit_cache = fit_dir(&cache, &prepared.profile.name).join(fit::CACHE_FILE);
@@ -349,7 +354,7 @@ fn train_and_evaluate_begun(
     let deadline = (started + timeout, format!("timeout: killed after {:.0} s", timeout.as_secs_f64()));
     let read_log = || String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
     let crash = |reason: String, retryable: bool| Crash { reason, retryable, log_tail: tail(&read_log(), TAIL_LINES) };
-    let done = |result, interrupted| Ok(Trained { result, wall: started.elapsed().as_secs_f64(), interrupted });
+    let done = |result, interrupted| Ok(TrainingOutcome { result, wall: started.elapsed().as_secs_f64(), interrupted });
 
     match procs.begin(timeout)? {
         Begun::Ready => {}
@@ -429,14 +434,28 @@ fn train_and_evaluate_begun(
         Ok(r) => r,
         Err(e) => return done(Err(crash(format!("evaluation: {e:#}"), false)), false),
     };
+    let summary = summarise(&stats, result, training_wall, training_wall + eval_wall, budget, seed);
+    append(&files.log, &format!("\n{summary}\n"))?;
+    done(Ok(summary), false)
+}
+
+/// The summary block of a training: the evaluation's result, the training's account of itself and this clock.
+fn summarise(
+    stats: &TrainingStats,
+    result: EvalResult,
+    training_seconds: f64,
+    total_seconds: f64,
+    budget: f64,
+    seed: u64,
+) -> Summary {
     let report = &stats.report;
     let mfu_percent = peak_bf16_flops(&stats.device)
         .filter(|_| report.timed_seconds > 0.0)
         .map(|peak| 100.0 * report.flops_per_token * report.timed_tokens as f64 / report.timed_seconds / peak);
-    let summary = Summary {
+    Summary {
         val_bpb: result.val_bpb,
-        training_seconds: training_wall,
-        total_seconds: training_wall + eval_wall,
+        training_seconds,
+        total_seconds,
         peak_vram_mb: stats.peak_memory_mb,
         mfu_percent,
         total_tokens_m: report.tokens as f64 / 1e6,
@@ -447,9 +466,7 @@ fn train_and_evaluate_begun(
         time_budget: budget,
         device: result.device,
         seed,
-    };
-    append(&files.log, &format!("\n{summary}\n"))?;
-    done(Ok(summary), false)
+    }
 }
 
 /// Runs the evaluation phase once on the checkpoint in `files.handover`, with a fresh nonce on its stdin and a

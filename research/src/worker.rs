@@ -47,10 +47,10 @@ impl Worker {
         let tree = own.join(WORKER_TREE);
         if !tree.join(".git").exists() {
             std::fs::create_dir_all(&own).with_context(|| format!("creating {}", own.display()))?;
-            session.git.run(&["worktree", "prune"])?;
+            session.git.exec(&["worktree", "prune"])?;
             let branch = format!("{}-w{k}", session.settings.branch);
             let start = session.state().reference_commit().to_string();
-            session.git.run(&["worktree", "add", "--quiet", "-B", &branch, &tree.display().to_string(), &start])?;
+            session.git.exec(&["worktree", "add", "--quiet", "-B", &branch, &tree.display().to_string(), &start])?;
         }
         let journal = Journal::load(&own)?;
         Worker::start(session, k, tree, own, journal)
@@ -254,7 +254,7 @@ impl Worker {
             std::fs::read(self.root.join(TRAINING_FILE)).with_context(|| format!("reading {TRAINING_FILE}"))?;
         std::fs::create_dir_all(self.stash_path().parent().unwrap())?;
         autoresearch_harness::fsutil::write_atomic(&self.stash_path(), &content)?;
-        self.git.run(&["checkout", self.reference_commit(), "--", TRAINING_FILE])?;
+        self.git.exec(&["checkout", self.reference_commit(), "--", TRAINING_FILE])?;
         Ok(())
     }
 

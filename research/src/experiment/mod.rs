@@ -99,6 +99,20 @@ pub(crate) struct Decision {
 }
 
 impl Decision {
+    /// What failed before there was a value, with the reruns it trained; no crash of the experiment's own file.
+    fn failed(reason: String, reruns: Vec<Row>) -> Decision {
+        Decision {
+            status: Status::Crash,
+            value: None,
+            memory_gb: 0.0,
+            reason,
+            crash: None,
+            seeds: Vec::new(),
+            reruns,
+            against: None,
+        }
+    }
+
     fn crash(crash: Crash) -> Decision {
         Decision {
             status: Status::Crash,

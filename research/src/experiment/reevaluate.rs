@@ -54,7 +54,7 @@ pub fn evaluate_run(
         evaluate_again(trainer, &settings, &files, &mut Journaled::new(worker, opts))
     })();
     if swap {
-        worker.git.run(&["checkout", worker.reference_commit(), "--", TRAINING_FILE])?;
+        worker.git.exec(&["checkout", worker.reference_commit(), "--", TRAINING_FILE])?;
         worker.unstash()?;
     }
     result.map(|r| (run, r))

@@ -99,91 +99,23 @@ fn remeasure_best(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentOptio
         return result.map(|_| true);
     };
     let memory_gb = best_row.as_ref().map_or(0.0, |r| r.memory_gb);
-    let mut refused = None;
-    let decision = match reruns.crash {
+    let (decision, refused) = match reruns.crash {
         // The best stays as it was; the candidate is then compared with it as it is (under `margin` there is
         // nothing to compare with yet: the session stops, and says why).
         Some(why) => {
-            if opts.decider.awaiting_noise {
-                refused = Some(format!("training the best with seeds {} crashed: {why}", seed_list(&missing)));
-            }
-            Decision {
-                status: Status::Crash,
-                value: None,
-                memory_gb: 0.0,
-                reason: format!("re-measure crashed: {why}"),
-                crash: None,
-                seeds: Vec::new(),
-                reruns: reruns.rows,
-                against: None,
-            }
+            let refused = opts
+                .decider
+                .awaiting_noise
+                .then(|| format!("training the best with seeds {} crashed: {why}", seed_list(&missing)));
+            (Decision::failed(format!("re-measure crashed: {why}"), reruns.rows), refused)
         }
         None if opts.decider.awaiting_noise => {
-            // The spread needs each seed's value: the best's own where it is one seed's, and the reruns'.
-            let (mut seeds, mut values) = match best.seeds.len() {
-                1 => (best.seeds.clone(), vec![best.val_bpb]),
-                _ => (Vec::new(), Vec::new()),
-            };
-            seeds.extend(&missing);
-            values.extend(&reruns.values);
-            let estimate = match values.len() {
-                // A best kept as a mean over seeds (under `confirm N`) holds no single seed's value.
-                0 | 1 => Err(anyhow::anyhow!(
-                    "the best (run {}) is a mean over seeds {}, not each seed's value: measure the spread with \
-                     `autoresearch noise`",
-                    best.run,
-                    seed_list(&best.seeds)
-                )),
-                _ => NoiseEstimate::new(
-                    &worker.session.settings.profile,
-                    worker.session.settings.time_budget,
-                    &best.commit,
-                    seeds,
-                    values,
-                ),
-            };
-            match estimate {
-                Ok(noise) => {
-                    crate::rules::save_noise(&worker.session.dir, &noise)?;
-                    worker.say(&format!(
-                        "noise: val_bpb {:.6} ± {:.6} over seeds {}; the margin is {}σ of it",
-                        noise.mean,
-                        noise.std,
-                        seed_list(&noise.seeds),
-                        opts.decider.z()
-                    ));
-                    remeasured(
-                        &best,
-                        &wanted,
-                        &reruns.values,
-                        memory_gb,
-                        reruns.rows,
-                        "the baseline's spread for `margin`",
-                    )
-                }
-                Err(e) => {
-                    refused = Some(format!("{e:#}"));
-                    Decision {
-                        status: Status::Crash,
-                        value: None,
-                        memory_gb: 0.0,
-                        reason: format!("re-measure for the margin rule: {e:#}"),
-                        crash: None,
-                        seeds: Vec::new(),
-                        reruns: reruns.rows,
-                        against: None,
-                    }
-                }
-            }
+            margin_spread(worker, &opts, &best, &wanted, &missing, reruns.values, reruns.rows, memory_gb)?
         }
-        None => remeasured(
-            &best,
-            &wanted,
-            &reruns.values,
-            memory_gb,
-            reruns.rows,
-            &format!("the best's value for `confirm {n}`"),
-        ),
+        None => {
+            let what = format!("the best's value for `confirm {n}`");
+            (remeasured(&best, &wanted, &reruns.values, memory_gb, reruns.rows, &what), None)
+        }
     };
     let outcome = record(worker, &opts, exp, decision)?;
     worker.unstash()?;
@@ -195,6 +127,58 @@ fn remeasure_best(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentOptio
         );
     }
     Ok(true)
+}
+
+/// The re-measure's decision under `margin`: the spread over the best's seed and the reruns' becomes the
+/// session's noise estimate and the best's value their mean; where it cannot be had, a crash row and why the
+/// session cannot go on.
+#[allow(clippy::too_many_arguments)]
+fn margin_spread(
+    worker: &Worker,
+    opts: &ExperimentOptions,
+    best: &Best,
+    wanted: &[u64],
+    missing: &[u64],
+    rerun_values: Vec<f64>,
+    rerun_rows: Vec<Row>,
+    memory_gb: f64,
+) -> Result<(Decision, Option<String>)> {
+    // The spread needs each seed's value: the best's own where it is one seed's, and the reruns'.
+    let (mut seeds, mut values) = match best.seeds.len() {
+        1 => (best.seeds.clone(), vec![best.val_bpb]),
+        _ => (Vec::new(), Vec::new()),
+    };
+    seeds.extend(missing);
+    values.extend(&rerun_values);
+    let settings = &worker.session.settings;
+    let estimate = match values.len() {
+        // A best kept as a mean over seeds (under `confirm N`) holds no single seed's value.
+        0 | 1 => Err(anyhow::anyhow!(
+            "the best (run {}) is a mean over seeds {}, not each seed's value: measure the spread with \
+             `autoresearch noise`",
+            best.run,
+            seed_list(&best.seeds)
+        )),
+        _ => NoiseEstimate::new(&settings.profile, settings.time_budget, &best.commit, seeds, values),
+    };
+    Ok(match estimate {
+        Ok(noise) => {
+            crate::rules::save_noise(&worker.session.dir, &noise)?;
+            worker.say(&format!(
+                "noise: val_bpb {:.6} ± {:.6} over seeds {}; the margin is {}σ of it",
+                noise.mean,
+                noise.std,
+                seed_list(&noise.seeds),
+                opts.decider.z()
+            ));
+            let what = "the baseline's spread for `margin`";
+            (remeasured(best, wanted, &rerun_values, memory_gb, rerun_rows, what), None)
+        }
+        Err(e) => {
+            let decision = Decision::failed(format!("re-measure for the margin rule: {e:#}"), rerun_rows);
+            (decision, Some(format!("{e:#}")))
+        }
+    })
 }
 
 /// The keep decision of a re-measure: the best's commit with the mean over all of `wanted`, its earlier value and

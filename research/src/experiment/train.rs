@@ -14,7 +14,7 @@ use crate::process::{Recorded, Role};
 use crate::results::{Row, Status};
 use crate::session::RerunTask;
 use crate::trainer::{Trainer, TrainingSettings};
-use crate::training::{train_and_evaluate, Begun, Processes, Trained, TrainingFiles};
+use crate::training::{train_and_evaluate, Begun, Processes, TrainingFiles, TrainingOutcome};
 use crate::Worker;
 
 /// The journal records each process of a training while it runs, and what the backend took for it; an
@@ -90,7 +90,7 @@ pub fn train(
     dir: &Path,
     log: PathBuf,
     opts: &ExperimentOptions,
-) -> Result<Trained> {
+) -> Result<TrainingOutcome> {
     let settings = TrainingSettings {
         profile: Some(worker.session.settings.profile.clone()),
         time_budget: Some(worker.session.settings.time_budget),
