@@ -16,6 +16,7 @@
 //!
 //! [`agent`] drives a coding agent through one worker's experiments; [`rules`] decides what is kept; [`results`]
 //! reads and writes results.tsv; [`report`] summarises it and [`compare`] sets sessions side by side;
+//! [`export`] writes the kept changes as a patch series for `git am`;
 //! [`trainer`] builds the training binary; [`state`] holds the session's state and the workers' journals;
 //! [`noise`] measures the seed-to-seed spread; [`git`] wraps the git calls; [`files`] names every file.
 
@@ -23,6 +24,7 @@ pub mod agent;
 pub mod backend;
 pub mod compare;
 pub mod experiment;
+pub mod export;
 pub mod files;
 pub mod git;
 pub mod noise;
