@@ -39,6 +39,8 @@ enum Command {
     Noise(research::NoiseArgs),
     /// Evaluate a run's saved model again, without training (after a crash in evaluation, say)
     Eval(research::EvalArgs),
+    /// Write the session's kept changes as a patch series that `git am` applies onto its base
+    Export(research::ExportArgs),
     /// Summarise a results.tsv: totals, keep rate, best vs baseline, kept rows, progress.png
     Report(report::Args),
     /// Serve a live, read-only web page over research sessions (progress, what runs now, every experiment)
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Command::Loop(args) => research::research_loop(args),
         Command::Noise(args) => research::noise(args),
         Command::Eval(args) => research::eval(args),
+        Command::Export(args) => research::export(args),
         Command::Report(args) => report::report(args),
         Command::Dashboard(args) => dashboard_cmd::serve(args),
         Command::Bench(b) => bench::bench(b),

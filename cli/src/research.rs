@@ -1,4 +1,4 @@
-//! The research commands: `init`, `run`, `loop`, `noise`, `eval`.
+//! The research commands: `init`, `run`, `loop`, `noise`, `eval`, `export`.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -164,6 +164,16 @@ pub struct LoopArgs {
 pub struct EvalArgs {
     /// The run whose checkpoint to evaluate [default: the latest run that has one]
     run: Option<u64>,
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// The folder for the patches [default: .autoresearch/export/<TAG>]
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Replace the patch files an earlier export left in that folder
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -358,6 +368,24 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     println!(
         "run {run}: val_bpb {:.6} ({} eval tokens in {:.1} s on {}; recorded: {recorded})",
         result.val_bpb, result.eval_tokens, result.seconds, result.device
+    );
+    Ok(())
+}
+
+pub fn export(args: ExportArgs) -> Result<()> {
+    let exported = autoresearch_research::export::export(&repo_root()?, args.out.as_deref(), args.force)?;
+    for path in &exported.replaced {
+        println!("replaced (an earlier export's): {}", path.display());
+    }
+    for line in &exported.lines {
+        println!("{line}");
+    }
+    println!(
+        "{} patches in {}; to carry them over, on a checkout of the session's base ({}): `git am {}/*.patch`",
+        exported.patches.len(),
+        exported.dir.display(),
+        &exported.base[..7],
+        exported.dir.display()
     );
     Ok(())
 }

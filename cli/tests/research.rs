@@ -1576,6 +1576,102 @@ fn slurm_jobs_for_two_workers_and_their_faults() {
     s.assert_consistent();
 }
 
+/// `export`: the kept changes of a session of two workers as patches that `git am` applies onto the session's
+/// base, ending at the best's file byte for byte. Worker 2's change grows from the baseline while worker 1's is
+/// kept, so the branch holds it through a merge, and its patch must go from worker 1's file to its own.
+#[test]
+fn export_writes_the_kept_changes_as_patches_that_git_am_applies_onto_the_base() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let s = Session::new("session");
+    let refused = |args: &[&str], why: &str| {
+        let out = s.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(why), "{stderr}");
+    };
+    refused(&["export"], ".autoresearch/state.json is missing");
+    assert!(s
+        .run(&["init", "x1", "--profile", "small", "--time-budget", "20", "--device", "cpu", "--rule", "lower"])
+        .status
+        .success());
+    let agent = format!("bash {}/tests/data/agent.sh", env!("CARGO_MANIFEST_DIR"));
+    let pool = ["loop", "--workers", "2", "--agent", &agent, "--timeout", "60", "--max-experiments"];
+    assert!(s.run(&[&pool[..], &["1"]].concat()).status.success());
+    refused(&["export"], "results.tsv: no kept experiment besides the baseline: nothing to export");
+    s.worker_steps(1, &["improve", "nothing"]);
+    s.worker_steps(2, &["late", "nothing"]);
+    assert!(s.run(&[&pool[..], &["2"]].concat()).status.success());
+    let rows = s.rows();
+    let summary: Vec<_> = rows.iter().map(|r| (r.status, r.extra.as_ref().unwrap().worker, &r.description)).collect();
+    assert!(rows.iter().all(|r| r.status == Status::Keep) && rows.len() == 3, "{summary:?}");
+    assert_eq!(rows[2].description, "default learning rates, from the baseline", "{summary:?}");
+    let base = s.state().settings.base;
+    let merges = git(&s.repo, &["rev-list", "--merges", "--parents", &format!("{base}..HEAD")]);
+    assert!(merges.trim().ends_with(&s.meta(run_of(&rows[2])).commit.unwrap()), "a merge brought it: {merges}");
+
+    let out = s.run(&["export"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let dir = s.repo.join(".autoresearch/export/x1");
+    let mut patches: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    patches.sort();
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    assert!(stdout.contains(&format!("run {}: baseline: no change to export", run_of(&rows[0]))), "{stdout}");
+    for (k, (patch, row)) in patches.iter().zip(&rows[1..]).enumerate() {
+        let text = std::fs::read_to_string(patch).unwrap();
+        let before = rows[k].val_bpb;
+        let lines = [
+            format!("Subject: [PATCH {}/2] {}", k + 1, row.description),
+            format!("gain: val_bpb {before:.6} (the best after run {}) → {:.6}: ", run_of(&rows[k]), row.val_bpb),
+            format!("{:+.6} (lower is better)", row.val_bpb - before),
+            "noise: not measured (this change itself ran with one seed, and noise.json has no spread".to_string(),
+            format!("run: {} (worker {}) of session x1", run_of(row), row.extra.as_ref().unwrap().worker.unwrap()),
+            format!("keep rule: lower: {}", row.extra.as_ref().unwrap().reason),
+            format!("kept as: commit {} on branch autoresearch/x1", s.meta(run_of(row)).commit.unwrap()),
+        ];
+        for line in lines {
+            assert!(text.contains(&line), "{} lacks {line:?}:\n{text}", patch.display());
+        }
+        assert!(stdout.contains(&format!("{}: run {}: {}", patch.display(), run_of(row), row.description)));
+    }
+    // The second patch goes from worker 1's kept file to worker 2's, not from worker 2's commit's parent.
+    let second = std::fs::read_to_string(&patches[1]).unwrap();
+    let grown_from = format!("did not grow from run {}'s kept state", run_of(&rows[1]));
+    assert!(second.contains("brought onto it by merge") && second.contains(&grown_from), "{second}");
+    assert!(second.contains("-        matrix_lr: 0.004,\n") && second.contains("+        matrix_lr: 0.04,\n"));
+
+    // On a fresh checkout of the base, `git am` gives the best's file byte for byte, and each commit its message.
+    let copy = s.repo.with_file_name("session-export");
+    let _ = std::fs::remove_dir_all(&copy);
+    git(s.repo.parent().unwrap(), &["clone", "--quiet", s.repo.to_str().unwrap(), copy.to_str().unwrap()]);
+    git(&copy, &["checkout", "--quiet", "--detach", &base]);
+    let mut am = vec!["-c", "user.name=test", "-c", "user.email=test@localhost", "am", "--quiet"];
+    am.extend(patches.iter().map(|p| p.to_str().unwrap()));
+    git(&copy, &am);
+    let best = format!("{}:train/train.rs", s.state().best.unwrap().commit);
+    let best = Command::new("git").current_dir(&s.repo).args(["show", &best]).output().unwrap();
+    assert_eq!(std::fs::read(copy.join("train/train.rs")).unwrap(), best.stdout, "the best's file exactly");
+    assert_eq!(git(&copy, &["diff", "--stat", &base, "HEAD"]).lines().count(), 2, "only the training file changed");
+    let log = git(&copy, &["log", "--format=%B", &format!("{base}..HEAD")]);
+    for row in &rows[1..] {
+        assert!(log.contains(&row.description) && log.contains(&format!("run: {} ", run_of(row))), "{log}");
+    }
+
+    // Nothing is overwritten unasked; --force replaces and says so.
+    refused(&["export"], "holds 2 patch files already");
+    let out = s.run(&["export", "--force"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("replaced (an earlier export's): "));
+    // A keep row naming a commit git does not have is refused, naming results.tsv.
+    let results = s.repo.join("results.tsv");
+    let text = std::fs::read_to_string(&results).unwrap();
+    std::fs::write(&results, text.replace(&rows[1].commit, "0000000")).unwrap();
+    let row =
+        format!("results.tsv: the keep row of run {} ({}) names commit 0000000", run_of(&rows[1]), rows[1].description);
+    refused(&["export"], &row);
+    std::fs::write(&results, text).unwrap();
+    s.assert_consistent();
+}
+
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;

@@ -9,6 +9,7 @@
 //!                       seed-<seed>/ (its hand-over folder: checkpoint, stats) and result-<seed>.json
 //! workers/<k>/          worker k's journal, prompt, binary and worktree (tree/), in a pool of several
 //! leftovers/, archive/  changes set aside; earlier sessions' files
+//! export/<tag>/         `export`'s patch series
 //! ```
 //!
 //! Beside it in the repository: `results.tsv` (the ledger of rows) and `run.log` (the last training's log).
@@ -27,6 +28,8 @@ pub const RUNS_DIR: &str = "runs";
 pub const WORKERS_DIR: &str = "workers";
 pub const LEFTOVERS_DIR: &str = "leftovers";
 pub const ARCHIVE_DIR: &str = "archive";
+/// `export`'s patch series, a folder per session tag.
+pub const EXPORT_DIR: &str = "export";
 /// A training's log: the last one's in the repository (a worker's in its tree), each experiment's in its folder.
 pub const RUN_LOG: &str = "run.log";
 pub const BUILD_LOG: &str = "build.log";

@@ -88,6 +88,20 @@ impl Git {
         Ok(self.exec(&["commit-tree", &tree, "-p", head, "-p", commit, "-m", message])?.trim().to_string())
     }
 
+    /// A commit of `tree` on `parent` with `message`, authored and committed at `date` where given (else now);
+    /// returns it (no branch moves).
+    pub fn commit_tree(&self, tree: &str, parent: &str, message: &str, date: Option<&str>) -> Result<String> {
+        let mut cmd = self.command(&["commit-tree", tree, "-p", parent, "-m", message]);
+        if let Some(date) = date {
+            cmd.env("GIT_AUTHOR_DATE", date).env("GIT_COMMITTER_DATE", date);
+        }
+        let out = cmd.output().context("running git")?;
+        if !out.status.success() {
+            bail!("git commit-tree {tree} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
     /// Moves the branch and the working tree to `commit`, dropping every change to tracked files.
     pub fn reset_hard(&self, commit: &str) -> Result<()> {
         self.exec(&["reset", "--quiet", "--hard", commit]).map(drop)

@@ -15,6 +15,7 @@
 //! - A **backend** ([`backend`]): where a training's processes run: this machine, or a Slurm job each.
 //!
 //! [`agent`] drives a coding agent through one worker's experiments; [`rules`] decides what is kept;
+//! [`export`] writes the kept changes as a patch series for `git am`;
 //! [`trainer`] builds the training binary; [`state`] holds the session's state and the workers' journals;
 //! [`noise`] measures the seed-to-seed spread; [`git`] wraps the git calls. results.tsv's format, the session's
 //! file names, the noise estimates and the summaries (`report`, `compare`) are the `autoresearch-report` crate's.
@@ -22,6 +23,7 @@
 pub mod agent;
 pub mod backend;
 pub mod experiment;
+pub mod export;
 pub mod git;
 pub mod noise;
 pub mod pool;

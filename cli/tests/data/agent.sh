@@ -45,6 +45,16 @@ good6)     need "$scalar_lr"; sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.0
 good7)     need "$scalar_lr"; sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.095,/' $file; say "scalar lr 0.095" ;;
 good8)     need "$scalar_lr"; sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.0125,/' $file; say "scalar lr 0.0125" ;;
 think)     sleep 14 ;;
+late)      # waits (up to 5 minutes) for a second keep row in results.tsv (another worker's), then sets the default
+           # learning rates in the file as this call found it: a change that grew from an older best than the one
+           # it will be judged against
+           results="$(dirname "$AUTORESEARCH_NOTES")/../results.tsv"
+           keeps() { cut -f4 "$results" | grep -cx keep || true; }
+           for _ in $(seq 1500); do [ "$(keeps)" -ge 2 ] && break; sleep 0.2; done
+           [ "$(keeps)" -ge 2 ] || { echo "agent.sh: no second keep in $results after 5 minutes" >&2; exit 1; }
+           need 'embedding_lr: 0.006,' 'unembedding_lr: 0.00004,' 'matrix_lr: 0.0004,' 'scalar_lr: 0.005,'
+           sed -i 's/embedding_lr: 0.006,/embedding_lr: 0.6,/; s/unembedding_lr: 0.00004,/unembedding_lr: 0.004,/; s/matrix_lr: 0.0004,/matrix_lr: 0.04,/; s/scalar_lr: 0.005,/scalar_lr: 0.05,/' $file
+           say "default learning rates, from the baseline" ;;
 defaults)  # the default learning rates (ten times the "improve" ones), after a nap of 10 s in every training
     need 'embedding_lr: 0.06,' 'unembedding_lr: 0.0004,' 'matrix_lr: 0.004,' "$train_fn"
     sed -i 's/embedding_lr: 0.06,/embedding_lr: 0.6,/; s/unembedding_lr: 0.0004,/unembedding_lr: 0.004,/; s/matrix_lr: 0.004,/matrix_lr: 0.04,/' $file
