@@ -4,17 +4,17 @@
 //! optimizer, and a training loop that runs for a fixed wall-clock budget. Everything fixed (data, tokenizer,
 //! profile, budget) comes from `autoresearch_harness`; FlashAttention, the softcapped loss and bf16 autocast from
 //! `autoresearch_ops`. Run it with `autoresearch train`. Change anything here, within the contract:
-//! - `train(run)` trains and returns the model; `build(run)` makes the same model untrained.
+//! - `train(training)` trains and returns the model; `build(training)` makes the same model untrained.
 //! - The harness evaluates: it loads the trained weights (`Model::state`) into a model from `build` and takes
 //!   the cross-entropy of `Model::logits` over the validation rows itself. The logits must be causal (checked).
 //! - Training and evaluation judge one function: before it saves the model, the harness checks on a few training
 //!   rows that the training's loss (`Trainable::per_token_loss`) is the cross-entropy of `Model::logits`.
 //! - Training runs in a sandbox: the validation data and earlier experiments' files are unreadable, only the
 //!   training's own hand-over folder (its temporary files with it) is writable, the network is closed. One clock:
-//!   `train` must return by `run.seconds_left()` (the budget plus the profile's fixed allowance for start-up,
+//!   `train` must return by `training.seconds_left()` (the budget plus the profile's fixed allowance for start-up,
 //!   less the hand-over reserve, from the phase's start); every step counts, warm-up included. Returning later is
 //!   a crash, `over time`.
-//! - `run.progress(step, loss)` after each step is how the dashboard follows the training.
+//! - `training.progress(step, loss)` after each step is how the dashboard follows the training.
 //!
 //! Each parameter is declared once, where it is built ([`Params::add`]), with the optimizer group that trains it.
 
@@ -25,7 +25,7 @@ use autoresearch_evaluate::{Model, Trainable, Trained};
 use autoresearch_harness::dataloader::Batch;
 use autoresearch_harness::device::{mfu_unknown_note, peak_bf16_flops};
 use autoresearch_harness::handover::TrainingReport;
-use autoresearch_harness::profile::Run;
+use autoresearch_harness::profile::Training;
 use tch::{Device, Kind, Tensor};
 
 // ---------------------------------------------------------------------------------------------------------
@@ -641,9 +641,9 @@ fn device() -> Device {
 
 /// The model of this profile, initialised: the harness calls this to rebuild the trained model from its
 /// checkpoint for the evaluation.
-pub fn build(run: &Run) -> Result<Gpt> {
-    let h = hyper_for(&run.profile().name)?;
-    let config = GptConfig::from_hyper(h, run.profile().vocab_size as i64, run.profile().max_seq_len as i64);
+pub fn build(training: &Training) -> Result<Gpt> {
+    let h = hyper_for(&training.profile().name)?;
+    let config = GptConfig::from_hyper(h, training.profile().vocab_size as i64, training.profile().max_seq_len as i64);
     Ok(Gpt::new(config, device()))
 }
 
@@ -674,11 +674,11 @@ impl Trainable for Gpt {
 }
 
 /// Trains a model for the time budget; the harness then evaluates it.
-pub fn train(run: &Run) -> Result<Trained<Gpt>> {
-    let profile = run.profile().clone();
+pub fn train(training: &Training) -> Result<Trained<Gpt>> {
+    let profile = training.profile().clone();
     let h = hyper_for(&profile.name)?;
-    tch::manual_seed(run.seed as i64);
-    let model = build(run)?;
+    tch::manual_seed(training.seed as i64);
+    let model = build(training)?;
     let (config, device) = (model.config.clone(), model.device);
     let device_name = autoresearch_evaluate::device_name(device);
     let t = config.sequence_len;
@@ -689,7 +689,10 @@ pub fn train(run: &Run) -> Result<Trained<Gpt>> {
         h.device_batch_size
     );
     let flops_per_token = model.flops_per_token();
-    println!("profile {} | device {device_name} | seed {} | budget {}s", profile.name, run.seed, run.time_budget);
+    println!(
+        "profile {} | device {device_name} | seed {} | budget {}s",
+        profile.name, training.seed, training.time_budget
+    );
     println!("{config:?}");
     if let Some(note) = mfu_unknown_note(&device_name) {
         println!("{note}");
@@ -700,7 +703,7 @@ pub fn train(run: &Run) -> Result<Trained<Gpt>> {
     // The largest device batch up to the configured one whose step fits in memory (halved on out of memory;
     // gradient accumulation keeps the total), tried once per device and model shape.
     let key = format!("{device_name} | {config:?} | device_batch_size {}", h.device_batch_size);
-    let b = run.fit_device_batch(&key, h.device_batch_size as usize, |rows| {
+    let b = training.fit_device_batch(&key, h.device_batch_size as usize, |rows| {
         let x = Tensor::zeros([rows as i64, t], (Kind::Int64, device));
         autoresearch_ops::autocast(cuda, || model.loss(&x, &x)).backward();
         opt.zero_grad();
@@ -714,7 +717,7 @@ pub fn train(run: &Run) -> Result<Trained<Gpt>> {
         h.total_batch_size
     );
 
-    let mut loader = run.train_loader(b as usize)?;
+    let mut loader = training.train_loader(b as usize)?;
     let mut batch = loader.next_batch()?;
     let sync = || {
         if let Device::Cuda(i) = device {
@@ -723,7 +726,7 @@ pub fn train(run: &Run) -> Result<Trained<Gpt>> {
     };
 
     // The schedule (LR warmdown, weight decay) runs over the time until `train` must return.
-    let span = run.seconds_left().max(1e-3);
+    let span = training.seconds_left().max(1e-3);
     println!("training for {span:.1}s (until `train` must return)");
     let (mut training_time, mut timed_time) = (0.0, 0.0);
     // The last 10 steps' and micro-batches' seconds.
@@ -731,8 +734,8 @@ pub fn train(run: &Run) -> Result<Trained<Gpt>> {
     let mut smooth_loss = 0.0;
     let mut step = 0usize;
     let loop_start = std::time::Instant::now();
-    'training: loop {
-        if run.seconds_left() <= STEP_MARGIN * recent.slowest() {
+    'steps: loop {
+        if training.seconds_left() <= STEP_MARGIN * recent.slowest() {
             break;
         }
         sync();
@@ -741,9 +744,9 @@ pub fn train(run: &Run) -> Result<Trained<Gpt>> {
         for _ in 0..grad_accum {
             // Where even a micro-batch no longer fits (a machine that slowed down, a slow first step), the step
             // is dropped, its gradients with it. (On CUDA micro-batches are timed as launched: the step's check.)
-            if run.seconds_left() <= STEP_MARGIN * recent_micro.slowest() {
+            if training.seconds_left() <= STEP_MARGIN * recent_micro.slowest() {
                 opt.zero_grad();
-                break 'training;
+                break 'steps;
             }
             let m0 = std::time::Instant::now();
             let (x, y) = batch_tensors(&batch, device);
@@ -778,12 +781,12 @@ pub fn train(run: &Run) -> Result<Trained<Gpt>> {
             100.0 * progress,
             dt * 1000.0,
             batch.epoch,
-            run.seconds_left().max(0.0)
+            training.seconds_left().max(0.0)
         );
         use std::io::Write as _;
         std::io::stdout().flush()?;
         // For the dashboard (the line above is for people): the harness writes it to a file a few times a second.
-        run.progress(step as u64, debiased);
+        training.progress(step as u64, debiased);
         step += 1;
     }
     println!();

@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use anyhow::{ensure, Result};
 use autoresearch_harness::dataloader::{DataLoader, LoaderOptions};
-use autoresearch_harness::prepare::{split_documents, TextInput};
 use autoresearch_harness::profile::{cache_root, load_tokenizer, Prepared};
 use autoresearch_harness::shards::{split_files, Split};
 use autoresearch_harness::tokenizer::train::{train_bpe, TrainOptions};
 use autoresearch_harness::tokenizer::{Tokenizer, SPECIAL_TOKENS};
+use autoresearch_prepare::{split_documents, TextInput};
 
 #[derive(clap::Subcommand)]
 pub enum Bench {

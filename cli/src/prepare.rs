@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use autoresearch_harness::download::{DownloadOptions, BASE_URL_ENV, DEFAULT_BASE_URL};
-use autoresearch_harness::prepare::{Source, TextInput};
 use autoresearch_harness::profile::{cache_root, Profile};
+use autoresearch_prepare::download::{DownloadOptions, BASE_URL_ENV, DEFAULT_BASE_URL};
+use autoresearch_prepare::{Source, TextInput};
 
 /// The built-in demo corpus (see data/demo/SOURCES.md): the offline default of the `small` profile.
 const DEMO_TEXTS: [(&str, &[u8]); 2] = [
@@ -75,7 +75,7 @@ pub fn prepare(args: Args) -> Result<()> {
         };
         Source::Climbmix { num_shards: args.num_shards, download }
     };
-    let prepared = autoresearch_harness::prepare::prepare(&cache, &profile, source)?;
+    let prepared = autoresearch_prepare::prepare(&cache, &profile, source)?;
     let p = &prepared.profile;
     println!(
         "prepared profile {} in {:.1}s: {} | seq {} | vocab {} | budget {}s | eval {} tokens | data {}",

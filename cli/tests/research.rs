@@ -17,7 +17,7 @@ use autoresearch_research::RunMeta;
 
 const MAIN_REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// The first line of the training file's `train`, where the tests insert their edits.
-const TRAIN_FN: &str = "pub fn train(run: &Run) -> Result<Trained<Gpt>> {";
+const TRAIN_FN: &str = "pub fn train(training: &Training) -> Result<Trained<Gpt>> {";
 
 /// The tests' edits of the training file: each fails loudly where the text it replaces is missing, since an edit
 /// that silently did nothing would leave its test testing nothing.
@@ -76,10 +76,10 @@ fn test_training_file(original: &str) -> String {
         .edit("total_batch_size: 1 << 13,", "total_batch_size: 1 << 11,")
         .edit("device_batch_size: 16,", "device_batch_size: 8,")
         .edit("..H100", slow);
-    let capped = "if step >= 25 || run.seconds_left() <= STEP_MARGIN * recent.slowest() {";
+    let capped = "if step >= 25 || training.seconds_left() <= STEP_MARGIN * recent.slowest() {";
     let schedule = "let progress = (loop_start.elapsed().as_secs_f64() / span).min(1.0);";
     let text = format!("{}{small}{}", &original[..start], &original[end..])
-        .edit("if run.seconds_left() <= STEP_MARGIN * recent.slowest() {", capped)
+        .edit("if training.seconds_left() <= STEP_MARGIN * recent.slowest() {", capped)
         .edit(schedule, "let progress = 0.0;");
     assert!(
         text.contains(capped)
@@ -160,10 +160,12 @@ impl Session {
         format!("bash {}/tests/data/agent.sh", env!("CARGO_MANIFEST_DIR"))
     }
 
-    /// The scripted agent's steps for worker `k`'s calls, from its first call on.
+    /// The scripted agent's steps for worker `k`'s calls, from its first call on (worker 0: the repository's own
+    /// tree's, a loop of one).
     fn worker_steps(&self, k: usize, steps: &[&str]) {
-        std::fs::write(self.agent_state.join(format!("steps-{k}")), steps.join("\n") + "\n").unwrap();
-        let _ = std::fs::remove_file(self.agent_state.join(format!("count-{k}")));
+        let suffix = if k == 0 { String::new() } else { format!("-{k}") };
+        std::fs::write(self.agent_state.join(format!("steps{suffix}")), steps.join("\n") + "\n").unwrap();
+        let _ = std::fs::remove_file(self.agent_state.join(format!("count{suffix}")));
     }
 
     /// Worker `k`'s journal (worker 0: the repository's own tree's).
@@ -497,7 +499,7 @@ fn attacks_on_the_metric_are_not_kept() {
         (
             "train on the validation data",
             insert(
-                r#"    let val = autoresearch_harness::shards::split_files(&run.prepared.data_dir, autoresearch_harness::shards::Split::Val)?;
+                r#"    let val = autoresearch_harness::shards::split_files(&training.prepared.data_dir, autoresearch_harness::shards::Split::Val)?;
     std::fs::read(&val[0])?;"#,
             ),
             Status::Crash,
@@ -507,8 +509,8 @@ fn attacks_on_the_metric_are_not_kept() {
             "a longer time budget",
             insert(
                 r#"    std::env::set_var("AUTORESEARCH_TIME_BUDGET", "1000");
-    let run = &Run::from_env()?;
-    std::thread::sleep(std::time::Duration::from_secs_f64(run.time_budget.min(60.0)));"#,
+    let training = &Training::from_env()?;
+    std::thread::sleep(std::time::Duration::from_secs_f64(training.time_budget.min(60.0)));"#,
             ),
             Status::Crash,
             "over time: the training phase was stopped at its deadline, the budget of 20 s plus the allowance of 10 s",
@@ -646,9 +648,9 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
     let port = listener.local_addr().unwrap().port();
     let insert = |code: &str| capped.edit(TRAIN_FN, &format!("{TRAIN_FN}\n{code}"));
     // The default loop without the step cap: it trains until `train` must return.
-    let uncapped = capped.edit("if step >= 15 || run.seconds_left()", "if run.seconds_left()");
+    let uncapped = capped.edit("if step >= 15 || training.seconds_left()", "if training.seconds_left()");
     assert_ne!(uncapped, capped);
-    let micro = "if run.seconds_left() <= STEP_MARGIN * recent_micro.slowest() {";
+    let micro = "if training.seconds_left() <= STEP_MARGIN * recent_micro.slowest() {";
     assert!(uncapped.contains(micro));
     let linger = r#"    std::process::Command::new("setsid").args(["-f", "sh", "-c", "echo lingering pid $$; exec sleep 300"]).status()?;"#;
     let crashes = [
@@ -669,7 +671,9 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
         ),
         (
             "plant a device batch for later experiments",
-            insert(r##"    std::fs::write(run.cache.join("small/fit/device-batches.json"), r#"{"x": {"y": 1}}"#)?;"##),
+            insert(
+                r##"    std::fs::write(training.cache.join("small/fit/device-batches.json"), r#"{"x": {"y": 1}}"#)?;"##,
+            ),
             "Permission denied",
             false,
         ),
@@ -689,7 +693,7 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
             "ignore the clock, and leave a child behind",
             uncapped
                 .edit(TRAIN_FN, &format!("{TRAIN_FN}\n{linger}"))
-                .edit("if run.seconds_left() <= STEP_MARGIN * recent.slowest() {", "if false {")
+                .edit("if training.seconds_left() <= STEP_MARGIN * recent.slowest() {", "if false {")
                 .edit(micro, "if false {"),
             "over time: the training phase was stopped at its deadline",
             true,
@@ -697,7 +701,10 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
         (
             "train until the end has passed",
             uncapped
-                .edit("if run.seconds_left() <= STEP_MARGIN * recent.slowest() {", "if run.seconds_left() < 0.0 {")
+                .edit(
+                    "if training.seconds_left() <= STEP_MARGIN * recent.slowest() {",
+                    "if training.seconds_left() < 0.0 {",
+                )
                 .edit(micro, "if false {"),
             "over time: `train` (and the model's `state`) returned ",
             true,
@@ -1335,8 +1342,8 @@ fn a_new_session_keeps_by_the_noise_it_measured_and_refuses_a_seed_blind_file() 
     assert!(kept.extra.as_ref().unwrap().rule.starts_with("margin 2σ"), "{kept:?}");
 
     // A file that ignores its seed: `confirm 1` sees the same value twice and refuses it.
-    let seed = "tch::manual_seed(run.seed as i64);";
-    assert!(better.contains(seed), "the training file seeds torch with the run's seed: update this test");
+    let seed = "tch::manual_seed(training.seed as i64);";
+    assert!(better.contains(seed), "the training file seeds torch with the training's seed: update this test");
     // Seed-blind, and the default learning rates (ten times these): promising enough to be rerun.
     let blind = better
         .edit(seed, "tch::manual_seed(42);")
@@ -1479,14 +1486,15 @@ fn slurm_jobs_for_two_workers_and_their_faults() {
     assert!(journal(1).slurm_jobs.is_empty() && journal(2).slurm_jobs.is_empty());
     s.assert_consistent();
 
-    // scancel of a running training's job: a crash row that says so, and the worker goes on.
-    steps(1, &["good6", "good7"]);
+    // scancel of a running training's job: a crash row that says so, and the worker goes on. A loop of one
+    // (worker 0, in the repository's tree) from here on, but for the kill -9 of two.
+    steps(0, &["good6", "good7"]);
     let child = spawn(&["--max-experiments", "2"]);
     let deadline = Instant::now() + Duration::from_secs(120);
     let job = loop {
         assert!(Instant::now() < deadline, "no job ever ran");
-        let j = Journal::load(&s.repo.join(".autoresearch/workers/1")).ok();
-        if let Some(name) = j
+        let j = journal(0);
+        if let Some(name) = Some(j)
             .filter(|j| j.children.iter().any(|c| c.role == Role::Training))
             .and_then(|j| j.slurm_jobs.first().cloned())
         {
@@ -1501,10 +1509,10 @@ fn slurm_jobs_for_two_workers_and_their_faults() {
 
     // A job whose node fails (here: set down): a crash row that says so, and the worker goes on once the node is
     // back (it returns by itself).
-    steps(1, &["nap", "good8"]);
+    steps(0, &["nap", "good8"]);
     let child = spawn(&["--max-experiments", "2"]);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !(journal(1).children.iter().any(|c| c.role == Role::Training) && cluster.queue() == ["RUNNING"]) {
+    while !(journal(0).children.iter().any(|c| c.role == Role::Training) && cluster.queue() == ["RUNNING"]) {
         assert!(Instant::now() < deadline, "no job ever ran");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -1554,7 +1562,7 @@ fn slurm_jobs_for_two_workers_and_their_faults() {
 
     // A controller that is down: the experiment waits for it, said plainly, and goes on when it is back.
     cluster.script("ctld-stop");
-    steps(1, &["good4", "nothing"]);
+    steps(0, &["good4", "nothing"]);
     let log = s.agent_state.join("ctld.log");
     let mut child = cmd(&[&loop_args[..], &["--max-experiments", "1"]].concat())
         .stdout(Stdio::null())
@@ -1566,7 +1574,7 @@ fn slurm_jobs_for_two_workers_and_their_faults() {
         assert!(Instant::now() < deadline, "no word of the controller: {}", std::fs::read_to_string(&log).unwrap());
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(journal(1).in_progress.is_some(), "the experiment waits in the journal");
+    assert!(journal(0).in_progress.is_some(), "the experiment waits in the journal");
     cluster.script("ctld-start");
     assert!(child.wait().unwrap().success());
     assert!(std::fs::read_to_string(&log).unwrap().contains("the controller answers again"));

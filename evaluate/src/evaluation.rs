@@ -6,7 +6,7 @@ use anyhow::{ensure, Result};
 use autoresearch_harness::dataloader::{DataLoader, LoaderOptions};
 use autoresearch_harness::fit::{is_out_of_memory, quietly};
 use autoresearch_harness::metric::BpbSum;
-use autoresearch_harness::profile::Run;
+use autoresearch_harness::profile::Training;
 use autoresearch_harness::shards::{split_files, Split};
 use tch::{Device, Kind, Tensor};
 
@@ -22,12 +22,12 @@ pub struct ValRows {
 
 impl ValRows {
     /// The profile's eval tokens as whole rows of its sequence length, read from the validation shard.
-    pub fn load(run: &Run) -> Result<ValRows> {
-        let t = run.profile().max_seq_len;
-        let rows = run.profile().eval_tokens / t;
-        ensure!(rows > 0, "the profile's {} eval tokens are less than one row of {t}", run.profile().eval_tokens);
-        let files = split_files(&run.prepared.data_dir, Split::Val)?;
-        Self::read(DataLoader::new(run.tokenizer.clone(), files, rows, t, LoaderOptions::default()))
+    pub fn load(training: &Training) -> Result<ValRows> {
+        let t = training.profile().max_seq_len;
+        let rows = training.profile().eval_tokens / t;
+        ensure!(rows > 0, "the profile's {} eval tokens are less than one row of {t}", training.profile().eval_tokens);
+        let files = split_files(&training.prepared.data_dir, Split::Val)?;
+        Self::read(DataLoader::new(training.tokenizer.clone(), files, rows, t, LoaderOptions::default()))
     }
 
     /// The first batch of `loader`, whole.

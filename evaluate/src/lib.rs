@@ -32,7 +32,7 @@ use autoresearch_harness::handover::{
     allowance, check_device, handover_reserve, EvalResult, Outcome, Phase, PhaseArgs, PhaseStatus, TrainingReport,
     TrainingStats, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
 };
-use autoresearch_harness::profile::Run;
+use autoresearch_harness::profile::Training;
 use autoresearch_harness::sandbox::Policy;
 use tch::{Device, Tensor};
 
@@ -66,7 +66,7 @@ pub struct Trained<M> {
 
 /// The training binary's main: runs the phase the harness asked for under a [`supervisor`], writes how it
 /// ended to the status file, and exits non-zero with the error.
-pub fn main<M: Trainable>(train: fn(&Run) -> Result<Trained<M>>, build: fn(&Run) -> Result<M>) {
+pub fn main<M: Trainable>(train: fn(&Training) -> Result<Trained<M>>, build: fn(&Training) -> Result<M>) {
     let fail = |e: anyhow::Error| -> ! {
         eprintln!("error: {e:#}");
         std::process::exit(1)
@@ -144,28 +144,28 @@ fn instant_of(unix_seconds: f64) -> Instant {
     }
 }
 
-fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Run) -> Result<Trained<M>>) -> Result<()> {
+fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Training) -> Result<Trained<M>>) -> Result<()> {
     // First of all, before any thread exists: a thread started earlier would stay outside the sandbox.
     println!("{}", args.sandbox.apply()?);
     require_device()?;
     let deadline = args.deadline.context("the training phase needs --deadline")?;
-    let run = Run::from_env()?;
-    let (budget, profile) = (run.time_budget, run.profile().name.clone());
+    let training = Training::from_env()?;
+    let (budget, profile) = (training.time_budget, training.profile().name.clone());
     let reserve = handover_reserve(&profile);
-    let run = run.ending_at(instant_of(deadline - reserve), &args.handover);
+    let training = training.ending_at(instant_of(deadline - reserve), &args.handover);
     println!(
         "clock: {:.1} s until `train` must return (budget {budget} s + allowance {} s for start-up, less {reserve} s \
          for the hand-over, from the phase's start)",
-        run.seconds_left(),
+        training.seconds_left(),
         allowance(&profile)
     );
     println!("cores: {}", cores());
-    let trained = train(&run)?;
+    let trained = train(&training)?;
     // The agent's `state` and `device` run on `train`'s clock too: work there is no time from the hand-over's.
     let state = trained.model.state();
     let device = trained.model.device();
-    run.flush_progress();
-    let late = -run.seconds_left();
+    training.flush_progress();
+    let late = -training.seconds_left();
     let lingering = supervisor::kill_descendants();
     if lingering > 0 {
         println!("{lingering} process(es) the training started were still running when `train` returned: killed");
@@ -196,7 +196,7 @@ fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Run) -> Result<Trai
     // its memory at h100 have not been measured on a GPU yet.
     if device == Device::Cpu {
         let checking = Instant::now();
-        let worst = loss_check::check_on_training_rows(&trained.model, &run)?;
+        let worst = loss_check::check_on_training_rows(&trained.model, &training)?;
         println!(
             "loss check: the training's loss is the cross-entropy of the evaluated logits on {} training rows \
              (largest difference {worst:.1e} nats; {:.2} s)",
@@ -237,15 +237,15 @@ fn require_device() -> Result<()> {
     check_device(asked.as_deref(), tch::Cuda::is_available())
 }
 
-fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) -> Result<()> {
+fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Training) -> Result<M>) -> Result<()> {
     let started = Instant::now();
     let mut nonce = String::new();
     std::io::stdin().lock().read_line(&mut nonce).context("reading the nonce from stdin")?;
     let nonce = nonce.trim().to_string();
     ensure!(!nonce.is_empty(), "no nonce on stdin: the evaluation is started by the harness");
-    let run = Run::from_env()?;
+    let training = Training::from_env()?;
     // The validation rows are read before the sandbox shuts the data away, and before any of the agent's code.
-    let rows = evaluation::ValRows::load(&run)?;
+    let rows = evaluation::ValRows::load(&training)?;
     let read = started.elapsed().as_secs_f64();
     let result_path = args.result.as_ref().expect("parse checks that evaluate has --result");
     let mut result_file =
@@ -254,9 +254,9 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) ->
     require_device()?;
     let on_cuda = std::env::var(DEVICE_ENV).is_ok_and(|d| d == "cuda");
     let (val_bpb, device, timing) = if on_cuda {
-        evaluate_in_process(&run, &rows, &nonce, build, &args.handover, started)?
+        evaluate_in_process(&training, &rows, &nonce, build, &args.handover, started)?
     } else {
-        evaluate_in_model_process(&run, &rows, &nonce, args, started)?
+        evaluate_in_model_process(&training, &rows, &nonce, args, started)?
     };
     if !val_bpb.is_finite() {
         bail!("val_bpb is {val_bpb}");
@@ -265,9 +265,9 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) ->
         nonce: nonce.clone(),
         val_bpb,
         eval_tokens: (rows.rows * rows.cols) as u64,
-        profile: run.profile().name.clone(),
-        time_budget: run.time_budget,
-        seed: run.seed,
+        profile: training.profile().name.clone(),
+        time_budget: training.time_budget,
+        seed: training.seed,
         device,
         seconds: started.elapsed().as_secs_f64(),
     };
@@ -283,14 +283,14 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) ->
 /// checkpoint), sandboxed further (nothing writable); the metric's calls and the causality probes mixed
 /// ([`probes`]). val_bpb, the device, and the timing for the log.
 fn evaluate_in_model_process(
-    run: &Run,
+    training: &Training,
     rows: &evaluation::ValRows,
     nonce: &str,
     args: &PhaseArgs,
     started: Instant,
 ) -> Result<(f64, String, String)> {
     let at_start = started.elapsed().as_secs_f64();
-    let vocab = run.profile().vocab_size;
+    let vocab = training.profile().vocab_size;
     let model_args = PhaseArgs {
         phase: Phase::Model,
         handover: args.handover.clone(),
@@ -299,7 +299,7 @@ fn evaluate_in_model_process(
         deadline: None,
         sandbox: Policy { write: Vec::new(), ..args.sandbox.clone() },
     };
-    let allowance = Duration::from_secs_f64(allowance(&run.profile().name));
+    let allowance = Duration::from_secs_f64(allowance(&training.profile().name));
     let start = || model_process::ModelProcess::start(&model_args, vocab, allowance);
     // The plan's sides, one model process each, one after the other (the first has ended before the second
     // starts, so they share no time in which to talk): side 0's now.
@@ -312,7 +312,7 @@ fn evaluate_in_model_process(
     tch::set_num_threads(1);
     let loaded = started.elapsed().as_secs_f64();
     let plan = probes::Plan::new(rows, vocab, evaluation::first_batch(rows.cols, vocab, Device::Cpu), nonce)?;
-    let evaluated = probes::evaluate(&plan, rows, vocab, run.tokenizer.token_bytes(), |side, x| {
+    let evaluated = probes::evaluate(&plan, rows, vocab, training.tokenizer.token_bytes(), |side, x| {
         if model.as_ref().map(|m| m.0) != Some(side) {
             if let Some((_, done)) = model.take() {
                 done.finish()?;
@@ -343,22 +343,22 @@ fn evaluate_in_model_process(
 /// On CUDA, as measured on an H200: the agent's code in this process, the causality check of [`causality`]
 /// before the metric and the model's unchanged logits after it.
 fn evaluate_in_process<M: Model>(
-    run: &Run,
+    training: &Training,
     rows: &evaluation::ValRows,
     nonce: &str,
-    build: fn(&Run) -> Result<M>,
+    build: fn(&Training) -> Result<M>,
     handover: &Path,
     started: Instant,
 ) -> Result<(f64, String, String)> {
     let at_start = started.elapsed().as_secs_f64();
-    let model = build(run)?;
+    let model = build(training)?;
     load_checkpoint(&model, &handover.join(CHECKPOINT))?;
     let loaded = started.elapsed().as_secs_f64();
-    let vocab = run.profile().vocab_size;
+    let vocab = training.profile().vocab_size;
     tch::no_grad(|| {
         let probe = causality::check(&model, rows, vocab, nonce)?;
         let checked = started.elapsed().as_secs_f64();
-        let val_bpb = evaluation::evaluate(&model, rows, vocab, run.tokenizer.token_bytes())?;
+        let val_bpb = evaluation::evaluate(&model, rows, vocab, training.tokenizer.token_bytes())?;
         if let Some(probe) = probe {
             probe.check_unchanged(&model, vocab)?;
         }

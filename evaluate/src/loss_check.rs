@@ -6,7 +6,7 @@
 //! they disagree the training is a crash that says so.
 
 use anyhow::{bail, ensure, Result};
-use autoresearch_harness::profile::Run;
+use autoresearch_harness::profile::Training;
 use tch::{Kind, Tensor};
 
 use crate::{evaluation, Trainable};
@@ -57,12 +57,12 @@ pub fn check<M: Trainable>(model: &M, inputs: &Tensor, targets: &Tensor, vocab: 
 }
 
 /// [`check`] on the first [`ROWS`] rows of the training data.
-pub fn check_on_training_rows<M: Trainable>(model: &M, run: &Run) -> Result<f64> {
-    let batch = run.train_loader(ROWS)?.next_batch()?;
+pub fn check_on_training_rows<M: Trainable>(model: &M, training: &Training) -> Result<f64> {
+    let batch = training.train_loader(ROWS)?.next_batch()?;
     let shape = [batch.rows as i64, batch.cols as i64];
     let inputs = Tensor::from_slice(&batch.inputs).view(shape);
     let targets = Tensor::from_slice(&batch.targets).view(shape);
-    check(model, &inputs, &targets, run.profile().vocab_size)
+    check(model, &inputs, &targets, training.profile().vocab_size)
 }
 
 #[cfg(test)]

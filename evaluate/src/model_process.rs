@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use autoresearch_harness::fit::{is_out_of_memory, quietly};
 use autoresearch_harness::handover::{PhaseArgs, CHECKPOINT};
-use autoresearch_harness::profile::Run;
+use autoresearch_harness::profile::Training;
 use tch::{Device, Kind, Tensor};
 
 use crate::Model;
@@ -41,7 +41,7 @@ use crate::Model;
 pub const SHOWN: usize = 200;
 
 /// The `model` phase: builds the model, loads the checkpoint and answers requests on stdin until it closes.
-pub fn serve<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) -> Result<()> {
+pub fn serve<M: Model>(args: &PhaseArgs, build: fn(&Training) -> Result<M>) -> Result<()> {
     // The answers go out on a copy of stdout; stdout itself then leads to /dev/null, so that what the agent's
     // code prints neither mixes into the answers nor reaches the log.
     let answers = std::io::stdout().as_fd().try_clone_to_owned().context("duplicating stdout")?;
@@ -52,12 +52,12 @@ pub fn serve<M: Model>(args: &PhaseArgs, build: fn(&Run) -> Result<M>) -> Result
         bail!("pointing stdout at /dev/null: {}", std::io::Error::last_os_error());
     }
     let sandbox = args.sandbox.apply()?;
-    let run = Run::from_env()?;
-    let model = build(&run)?;
+    let training = Training::from_env()?;
+    let model = build(&training)?;
     crate::load_checkpoint(&model, &args.handover.join(CHECKPOINT))?;
     send_text(&mut answers, &sandbox)?;
     answers.flush()?;
-    let vocab = run.profile().vocab_size as i64;
+    let vocab = training.profile().vocab_size as i64;
     let mut requests = BufReader::new(std::io::stdin().lock());
     // One buffer for every answer, of the same size each time: no fresh pages to fault in per call.
     let mut bytes = Vec::new();

@@ -1,5 +1,6 @@
-//! Profiles: the fixed constants of a run (sequence length, time budget, eval size, vocabulary), and the
-//! prepared state on disk that a training run reads. Nothing the agent edits can change them.
+//! Profiles: the fixed constants of a training (sequence length, time budget, eval size, vocabulary), the
+//! prepared state on disk that a training reads, and [`Training`], what the training file gets to work with.
+//! Nothing the agent edits can change them.
 //!
 //! Cache layout (root: `$AUTORESEARCH_CACHE`, else `~/.cache/autoresearch`):
 //! - `data/`: downloaded climbmix shards, shared by every profile
@@ -63,7 +64,7 @@ impl Profile {
     }
 }
 
-/// What `prepare` leaves for training runs: `<cache>/<profile>/prepared.json`.
+/// What `prepare` leaves for trainings: `<cache>/<profile>/prepared.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prepared {
     pub profile: Profile,
@@ -175,12 +176,15 @@ pub fn load_tokenizer(cache: &Path, prepared: &Prepared) -> Result<Tokenizer> {
     Ok(tok)
 }
 
-/// Everything a training run gets from the harness: the profile, its training data and tokenizer, the budget.
+/// One training (one process of the training binary, one seed), as the training file sees it: everything it gets
+/// from the harness (the profile, its training data and tokenizer, the budget and seed), the clock it must stop
+/// by, and where its progress goes. `train(training)` trains with it; `build(training)` builds the model for the
+/// evaluation.
 ///
 /// Set by the environment (the runner sets it): `AUTORESEARCH_CACHE`, `AUTORESEARCH_PROFILE` (else the
 /// active one), `AUTORESEARCH_TIME_BUDGET` (seconds; a short budget for smoke tests, printed in the summary)
 /// and `AUTORESEARCH_SEED` (default 42).
-pub struct Run {
+pub struct Training {
     /// The cache root (`AUTORESEARCH_CACHE`).
     pub cache: PathBuf,
     pub prepared: Prepared,
@@ -191,7 +195,7 @@ pub struct Run {
     end: std::time::Instant,
     /// The device batches remembered for this training file ([`crate::fit`]), and where it reports its own.
     fit_file: Option<PathBuf>,
-    /// When the run's clock started (the process's start, as good as).
+    /// When the training's clock started (the process's start, as good as).
     start: std::time::Instant,
     /// Where the training's progress goes ([`crate::progress`]): only in the harness's training phase.
     progress: Option<std::sync::Mutex<Recorder>>,
@@ -206,10 +210,10 @@ fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
     }
 }
 
-impl Run {
-    /// The run the environment describes, its `train` due at the budget plus the profile's allowance less the
-    /// hand-over reserve from now (the training phase sets the harness's deadline instead: [`Run::ending_at`]).
-    pub fn from_env() -> Result<Run> {
+impl Training {
+    /// The training the environment describes, its `train` due at the budget plus the profile's allowance less the
+    /// hand-over reserve from now (the training phase sets the harness's deadline instead: [`Training::ending_at`]).
+    pub fn from_env() -> Result<Training> {
         let started = std::time::Instant::now();
         let cache = cache_root()?;
         let prepared =
@@ -221,19 +225,29 @@ impl Run {
         let name = &prepared.profile.name;
         let span = time_budget + crate::handover::allowance(name) - crate::handover::handover_reserve(name);
         let end = started + std::time::Duration::from_secs_f64(span.max(0.0));
-        Ok(Run { cache, prepared, tokenizer, time_budget, seed, end, fit_file: None, start: started, progress: None })
+        Ok(Training {
+            cache,
+            prepared,
+            tokenizer,
+            time_budget,
+            seed,
+            end,
+            fit_file: None,
+            start: started,
+            progress: None,
+        })
     }
 
     pub fn profile(&self) -> &Profile {
         &self.prepared.profile
     }
 
-    /// The same run, its `train` due at `end` (the harness's deadline less the hand-over reserve), with its
+    /// The same training, its `train` due at `end` (the harness's deadline less the hand-over reserve), with its
     /// files in the hand-over folder `handover`: the device batches ([`crate::fit::REPORT_FILE`]) and the
     /// progress ([`PROGRESS_FILE`]).
-    pub fn ending_at(self, end: std::time::Instant, handover: &Path) -> Run {
+    pub fn ending_at(self, end: std::time::Instant, handover: &Path) -> Training {
         let progress = Recorder::new(handover.join(PROGRESS_FILE), self.start, end);
-        Run {
+        Training {
             end,
             fit_file: Some(handover.join(crate::fit::REPORT_FILE)),
             progress: Some(std::sync::Mutex::new(progress)),

@@ -1,5 +1,5 @@
 //! A training's progress, for whoever watches (the dashboard): the training file calls
-//! [`crate::profile::Run::progress`] after each step with the step and its smoothed loss; fixed code adds the
+//! [`crate::profile::Training::progress`] after each step with the step and its smoothed loss; fixed code adds the
 //! clock's side (the fraction of the training's time gone, the seconds left) and writes [`Progress`] to
 //! [`PROGRESS_FILE`] in the hand-over folder, the one place the training may write. The file is replaced whole
 //! (written beside, then renamed: a reader never sees half of it), at most [`WRITES_PER_SECOND`] times a

@@ -20,7 +20,7 @@ need() {
         grep -qF -- "$text" $file || { echo "agent.sh: $file has no '$text': it changed shape, update the test" >&2; exit 1; }
     done
 }
-train_fn='pub fn train(run: &Run) -> Result<Trained<Gpt>> {'
+train_fn='pub fn train(training: &Training) -> Result<Trained<Gpt>> {'
 logits_fn='    fn logits(&self, inputs: &Tensor) -> Tensor {'
 scalar_lr='scalar_lr: 0.0'
 case $step in
@@ -29,11 +29,11 @@ improve)   # learning rates from 1% to 10% of the defaults
     sed -i 's/embedding_lr: 0.006,/embedding_lr: 0.06,/; s/unembedding_lr: 0.00004,/unembedding_lr: 0.0004,/; s/matrix_lr: 0.0004,/matrix_lr: 0.004,/; s/scalar_lr: 0.005,/scalar_lr: 0.05,/' $file
     say "learning rates up tenfold" ;;
 regress)   need 'matrix_lr: 0.004,' 'embedding_lr: 0.06,'; sed -i 's/matrix_lr: 0.004,/matrix_lr: 0.0,/; s/embedding_lr: 0.06,/embedding_lr: 0.0,/' $file; say "freeze the matrices and embeddings" ;;
-break)     need "$train_fn"; sed -i 's/^pub fn train(run: \&Run) -> Result<Trained<Gpt>> {$/pub fn train(run: \&Run) -> Result<Trained<Gpt>> {\n    let oops: u32 = "not a number";/' $file; say "a change that does not compile" ;;
+break)     need "$train_fn"; sed -i 's/^pub fn train(training: \&Training) -> Result<Trained<Gpt>> {$/pub fn train(training: \&Training) -> Result<Trained<Gpt>> {\n    let oops: u32 = "not a number";/' $file; say "a change that does not compile" ;;
 fix)       grep -q "does not compile" "$prompt"; need 'let oops: u32' 'scalar_lr: 0.05,'; sed -i '/let oops: u32/d; s/scalar_lr: 0.05,/scalar_lr: 0.06,/' $file ;;
 nofix)     grep -q "does not compile" "$prompt" ;;
-panic)     need "$train_fn"; sed -i 's/^pub fn train(run: \&Run) -> Result<Trained<Gpt>> {$/pub fn train(run: \&Run) -> Result<Trained<Gpt>> {\n    panic!("boom");/' $file; say "panic at start" ;;
-sleep)     need "$train_fn"; sed -i 's/^pub fn train(run: \&Run) -> Result<Trained<Gpt>> {$/pub fn train(run: \&Run) -> Result<Trained<Gpt>> {\n    std::thread::sleep(std::time::Duration::from_secs(3600));/' $file; say "hang" ;;
+panic)     need "$train_fn"; sed -i 's/^pub fn train(training: \&Training) -> Result<Trained<Gpt>> {$/pub fn train(training: \&Training) -> Result<Trained<Gpt>> {\n    panic!("boom");/' $file; say "panic at start" ;;
+sleep)     need "$train_fn"; sed -i 's/^pub fn train(training: \&Training) -> Result<Trained<Gpt>> {$/pub fn train(training: \&Training) -> Result<Trained<Gpt>> {\n    std::thread::sleep(std::time::Duration::from_secs(3600));/' $file; say "hang" ;;
 harness)   need "$scalar_lr"; echo "// an edit to the fixed harness" >> harness/src/lib.rs; sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.07,/' $file; say "touch the harness" ;;
 good)      need "$scalar_lr"; sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.045,/' $file; say "scalar lr 0.045" ;;
 good2)     need "$scalar_lr"; sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.035,/' $file; say "scalar lr 0.035" ;;
@@ -58,9 +58,9 @@ late)      # waits (up to 5 minutes) for a second keep row in results.tsv (anoth
 defaults)  # the default learning rates (ten times the "improve" ones), after a nap of 10 s in every training
     need 'embedding_lr: 0.06,' 'unembedding_lr: 0.0004,' 'matrix_lr: 0.004,' "$train_fn"
     sed -i 's/embedding_lr: 0.06,/embedding_lr: 0.6,/; s/unembedding_lr: 0.0004,/unembedding_lr: 0.004,/; s/matrix_lr: 0.004,/matrix_lr: 0.04,/' $file
-    sed -i 's/^pub fn train(run: \&Run) -> Result<Trained<Gpt>> {$/pub fn train(run: \&Run) -> Result<Trained<Gpt>> {\n    std::thread::sleep(std::time::Duration::from_secs(10));/' $file
+    sed -i 's/^pub fn train(training: \&Training) -> Result<Trained<Gpt>> {$/pub fn train(training: \&Training) -> Result<Trained<Gpt>> {\n    std::thread::sleep(std::time::Duration::from_secs(10));/' $file
     say "default learning rates" ;;
-nap)       need "$train_fn"; sed -i 's/^pub fn train(run: \&Run) -> Result<Trained<Gpt>> {$/pub fn train(run: \&Run) -> Result<Trained<Gpt>> {\n    std::thread::sleep(std::time::Duration::from_secs(30));/' $file
+nap)       need "$train_fn"; sed -i 's/^pub fn train(training: \&Training) -> Result<Trained<Gpt>> {$/pub fn train(training: \&Training) -> Result<Trained<Gpt>> {\n    std::thread::sleep(std::time::Duration::from_secs(30));/' $file
            echo "// nap$w" >> $file; say "a nap first" ;;
 slow_eval) need "$logits_fn"; sed -i 's/^\(    fn logits(&self, inputs: &Tensor) -> Tensor {\)$/\1\n        std::thread::sleep(std::time::Duration::from_millis(500));/' $file
            grep -q 'from_millis(500)' $file; say "slow evaluation" ;;

@@ -9,10 +9,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use autoresearch_harness::fsutil::tmp_path;
+use autoresearch_harness::shards::{shard_name, Shard, VAL_SHARD};
 use indicatif::ProgressBar;
-
-use crate::fsutil::tmp_path;
-use crate::shards::{shard_name, Shard, VAL_SHARD};
 
 pub const DEFAULT_BASE_URL: &str = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main";
 /// Overrides the base URL (a mirror); `--base-url` overrides this.

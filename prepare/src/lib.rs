@@ -1,18 +1,22 @@
-//! `autoresearch prepare`: data (download, local text or local parquet), then the tokenizer, then the
-//! record of the prepared profile. Each step is skipped when its result is already there and current.
+//! `autoresearch prepare`'s tools, which only the CLI links (the training binary never does): the climbmix
+//! [`download`] (HTTP with TLS), shards made from local text, the tokenizer's training, and the record of the
+//! prepared profile ([`prepare`]), with progress bars. Each step is skipped when its result is already there and
+//! current. What the training reads back (the profile, shards, tokenizer) is the harness's.
+
+pub mod download;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
+use autoresearch_harness::fsutil::{fnv1a, write_atomic, FNV_START};
+use autoresearch_harness::profile::{profile_dir, tokenizer_dir, training_fingerprint, Prepared, Profile};
+use autoresearch_harness::shards::{self, shard_name, split_files, Shard, Split, VAL_SHARD};
+use autoresearch_harness::tokenizer::train::{train_bpe, Progress, TrainOptions};
+use autoresearch_harness::tokenizer::{Tokenizer, SPECIAL_TOKENS};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::download::{download_shards, shard_indices, DownloadOptions};
-use crate::fsutil::{fnv1a, FNV_START};
-use crate::profile::{profile_dir, tokenizer_dir, training_fingerprint, Prepared, Profile};
-use crate::shards::{self, shard_name, split_files, Shard, Split, VAL_SHARD};
-use crate::tokenizer::train::{train_bpe, Progress, TrainOptions};
-use crate::tokenizer::{Tokenizer, SPECIAL_TOKENS};
 
 pub enum Source {
     /// climbmix from HuggingFace (or a mirror): training shards 0..n (-1: all) and the validation shard.
@@ -146,7 +150,7 @@ pub fn write_text_shards(dir: &Path, inputs: &[TextInput]) -> Result<bool> {
             (start, size, index) = (i + 1, 0, index + 1);
         }
     }
-    crate::fsutil::write_atomic(&partial.join("SOURCE"), stamp.as_bytes())?;
+    write_atomic(&partial.join("SOURCE"), stamp.as_bytes())?;
     let old = dir.with_extension("old");
     let _ = std::fs::remove_dir_all(&old);
     if dir.exists() {

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use autoresearch_harness::download::{download_shards, shard_indices, DownloadOptions};
-use autoresearch_harness::prepare::split_documents;
 use autoresearch_harness::shards::{shard_name, write_shard, Shard, VAL_SHARD};
+use autoresearch_prepare::download::{download_shards, shard_indices, DownloadOptions};
+use autoresearch_prepare::split_documents;
 use indicatif::ProgressBar;
 
 #[derive(Clone, Copy)]

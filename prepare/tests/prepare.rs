@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use autoresearch_harness::prepare::{check_parquet_dir, prepare, write_text_shards, Source, TextInput};
 use autoresearch_harness::profile::{load_tokenizer, tokenizer_dir, Prepared, Profile};
 use autoresearch_harness::shards::{shard_name, Shard};
+use autoresearch_prepare::{check_parquet_dir, prepare, write_text_shards, Source, TextInput};
 
 fn small_text_profile(vocab: usize) -> Profile {
     Profile { vocab_size: vocab, ..Profile::builtin("small").unwrap() }

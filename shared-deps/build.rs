@@ -1,0 +1,3 @@
+//! Empty: it exists so that cargo applies this crate's build-dependencies (see Cargo.toml).
+
+fn main() {}
