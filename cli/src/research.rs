@@ -303,6 +303,8 @@ pub fn run_one(args: RunArgs) -> Result<()> {
 pub fn research_loop(args: LoopArgs) -> Result<()> {
     let root = repo_root()?;
     let session = Session::open(&root)?;
+    // What a killed command left in the repository's tree is put right first, whatever fails after.
+    Worker::in_repository(&session)?;
     let interrupts = interrupts("stopping after the current step (Ctrl-C again to abort it now)")?;
     let program_path = args.program.clone().unwrap_or_else(|| root.join("program.md"));
     let program =
@@ -314,15 +316,15 @@ pub fn research_loop(args: LoopArgs) -> Result<()> {
         max_hours: args.max_hours,
         max_fixes: args.max_fixes,
         program,
-        run: options(&session, &args.rule, String::new(), interrupts, 2)?,
+        experiment: options(&session, &args.rule, String::new(), interrupts, 2)?,
     };
     let (trainer, backend) = trainer(&session, &args.backend)?;
-    opts.run.backend = backend;
+    opts.experiment.backend = backend;
     eprintln!(
         "loop: agent `{}`, rule {}, profile {}, {} s per run",
-        opts.agent, opts.run.decider.label, session.settings.profile, session.settings.time_budget
+        opts.agent, opts.experiment.decider.label, session.settings.profile, session.settings.time_budget
     );
-    let setups = opts.run.backend.setups(args.workers, args.gpus.as_deref(), trainer.device)?;
+    let setups = opts.experiment.backend.setups(args.workers, args.gpus.as_deref(), trainer.device)?;
     let report = run_pool(&session, &trainer, &opts, &setups, &|line: &str| println!("{line}"))?;
     println!(
         "loop stopped ({}): {} experiments, {} kept, {} crashed, {} refused",
@@ -334,6 +336,8 @@ pub fn research_loop(args: LoopArgs) -> Result<()> {
 
 pub fn noise(args: NoiseArgs) -> Result<()> {
     let session = Session::open(&repo_root()?)?;
+    // What a killed command left in the repository's tree is put right first, whatever fails after.
+    Worker::in_repository(&session)?;
     let interrupts = interrupts("interrupted: stopping")?;
     let rule = RuleArgs { rule: Some("lower".into()), z: 2.0, min_delta: None, timeout: args.timeout };
     let mut opts = options(&session, &rule, "noise".into(), interrupts, 1)?;

@@ -69,7 +69,7 @@ pub struct SessionView {
 /// What runs now.
 #[derive(Serialize)]
 pub struct Live {
-    /// The worker, where there are several (one loop has none).
+    /// The worker, in a pool of several (worker 0, alone in the repository's tree, has none).
     pub worker: Option<String>,
     pub run: Option<u64>,
     pub description: String,

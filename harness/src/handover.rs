@@ -106,7 +106,7 @@ pub enum Outcome {
 }
 
 impl PhaseStatus {
-    /// The crash's reason for the ledger and whether the identical file may be tried once more (None: success).
+    /// The crash's reason for results.tsv and whether the identical file may be tried once more (None: success).
     pub fn crash(&self) -> Option<(String, bool)> {
         let first_line = |m: &str| m.lines().next().unwrap_or_default().chars().take(300).collect::<String>();
         Some(match self.outcome {

@@ -1,18 +1,20 @@
 //! The names of the session's files and folders, in one place. The session's folder (`.autoresearch/`):
 //!
 //! ```text
-//! state.json            the session's state: settings, best, next run number
-//! journal.json          the journal of the worker in the repository's own tree
-//! noise.json            seed-to-seed spreads measured for this session
-//! prompt.md, agent.log  the agent's prompt and output; notes.md its notes
-//! runs/<run>/           one experiment: meta.json, build.log, run.log, change.diff, and per training
-//!                       seed-<seed>/ (its hand-over folder: checkpoint, stats) and result-<seed>.json
-//! workers/<k>/          worker k's journal, prompt, binary and worktree (tree/), in a pool of several
+//! state.json            the session's state: settings, best, next run number; lock
+//! journal.json          the journal of worker 0, in the repository's own tree
+//! noise.json, noise/    seed-to-seed spreads measured for this session; `noise`'s binary and logs
+//! prompt.md, agent.log  worker 0's prompt to the agent and the agent's output; description.txt its answer;
+//!                       notes.md the notes all agents share; stash/ a change waiting while the best is re-measured
+//! runs/<run>/           one experiment: meta.json, train.rs as run, build.log, run.log, change.diff (and
+//!                       untracked/), and per training seed-<seed>/ (its hand-over folder: checkpoint, stats),
+//!                       result-<seed>.json, rerun-<seed>.log; eval.log and eval-result.json from `eval`
+//! workers/<k>/          in a pool of several, worker k's journal, prompt, stash, binary (bin/) and worktree (tree/)
 //! leftovers/, archive/  changes set aside; earlier sessions' files
 //! export/<tag>/         `export`'s patch series
 //! ```
 //!
-//! Beside it in the repository: `results.tsv` (the ledger of rows) and `run.log` (the last training's log).
+//! Beside it in the repository: `results.tsv` (one row per experiment) and `run.log` (the last training's log).
 
 /// The one file the agent may change.
 pub const TRAINING_FILE: &str = "train/train.rs";
@@ -37,6 +39,23 @@ pub const META_FILE: &str = "meta.json";
 pub const CHANGE_FILE: &str = "change.diff";
 /// A worker's worktree, in its folder.
 pub const WORKER_TREE: &str = "tree";
+/// A worker's own binary, in its folder.
+pub const WORKER_BIN: &str = "bin";
+/// Where the agent writes its one-line description, in the worker's folder.
+pub const DESCRIPTION_FILE: &str = "description.txt";
+/// A change waiting while the best is re-measured, in the worker's folder.
+pub const STASH_DIR: &str = "stash";
+/// The lock a command holds on the session's folder.
+pub const LOCK_FILE: &str = "lock";
+/// `noise`'s binary and logs, in the session's folder.
+pub const NOISE_DIR: &str = "noise";
+/// The training file as an experiment ran it, in its folder.
+pub const RUN_TRAINING_FILE: &str = "train.rs";
+/// New files a set-aside change held, in its folder.
+pub const UNTRACKED_DIR: &str = "untracked";
+/// `eval`'s log and result, in the run's folder.
+pub const EVAL_LOG: &str = "eval.log";
+pub const EVAL_RESULT: &str = "eval-result.json";
 
 /// The hand-over folder of the training with `seed`, in its experiment's folder.
 pub fn handover_dir(seed: u64) -> String {
@@ -53,7 +72,12 @@ pub fn result_file(seed: u64) -> String {
     format!("result-{seed}.json")
 }
 
-/// The log of an extra training with `seed` (noise, confirmation).
+/// The log of one of `noise`'s trainings, with `seed`.
 pub fn seed_log(seed: u64) -> String {
     format!("seed-{seed}.log")
+}
+
+/// The log of a confirmation rerun with `seed`, in its experiment's folder.
+pub fn rerun_log(seed: u64) -> String {
+    format!("rerun-{seed}.log")
 }

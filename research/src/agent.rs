@@ -26,7 +26,7 @@ pub struct LoopOptions {
     pub max_fixes: usize,
     /// program.md's text.
     pub program: String,
-    pub run: ExperimentOptions,
+    pub experiment: ExperimentOptions,
 }
 
 #[derive(Debug, Default)]
@@ -47,7 +47,7 @@ const NOTES_IN_PROMPT: usize = 8000;
 const MAX_IDLE_CALLS: usize = 3;
 
 /// Runs `worker`'s experiments until a limit, a signal or an idle agent stops it.
-pub fn research_loop(
+pub fn worker_loop(
     worker: &mut Worker,
     trainer: &Trainer,
     opts: &LoopOptions,
@@ -58,7 +58,7 @@ pub fn research_loop(
     let mut feedback: Option<String> = None;
     let mut idle = 0;
     let prompt_path = worker.own.join(crate::files::PROMPT_FILE);
-    let description_path = worker.own.join("description.txt");
+    let description_path = worker.own.join(crate::files::DESCRIPTION_FILE);
     set_aside_leftovers(worker)?;
     // The experiments of all workers count against --max-experiments together: each claims one before it
     // starts, and gives it back if nothing ran.
@@ -70,11 +70,11 @@ pub fn research_loop(
         }
         // Between its experiments a worker first trains the confirmation reruns other workers offered.
         while let Some(task) = session.take_rerun() {
-            train_rerun(worker, trainer, task, &opts.run);
+            train_rerun(worker, trainer, task, &opts.experiment);
         }
         let all_taken = !session.claim(opts.max_experiments);
         claimed = !all_taken;
-        let stop = if opts.run.interrupts.count() > 0 {
+        let stop = if opts.experiment.interrupts.count() > 0 {
             Some("stopped by a signal".to_string())
         } else if all_taken {
             Some(format!("reached --max-experiments {}", opts.max_experiments.unwrap_or_default()))
@@ -98,7 +98,7 @@ pub fn research_loop(
         let prompt = build_prompt(worker, opts, &description_path, feedback.take().as_deref(), None)?;
         autoresearch_harness::fsutil::write_atomic(&prompt_path, prompt.as_bytes())?;
         call_agent(worker, opts, &prompt_path, &description_path)?;
-        if opts.run.interrupts.count() > 0 {
+        if opts.experiment.interrupts.count() > 0 {
             set_aside_leftovers(worker)?;
             continue;
         }
@@ -118,10 +118,10 @@ pub fn research_loop(
         idle = 0;
         let description = read_description(&description_path);
 
-        let run_opts = ExperimentOptions { description, ..opts.run.clone() };
+        let run_opts = ExperimentOptions { description, ..opts.experiment.clone() };
         let outcome = match run_experiment(worker, trainer, &run_opts) {
             Ok(o) => o,
-            Err(e) if opts.run.interrupts.count() > 0 => {
+            Err(e) if opts.experiment.interrupts.count() > 0 => {
                 on_outcome(&format!("{e:#}"));
                 continue;
             }
@@ -232,7 +232,7 @@ fn call_agent(worker: &mut Worker, opts: &LoopOptions, prompt: &Path, descriptio
         worker.spawn(&mut cmd, Role::Agent).with_context(|| format!("starting the agent: {line}"))?;
     let started = Instant::now();
     let status = wait_or_kill(&mut child, || {
-        started.elapsed() > opts.agent_timeout || opts.run.interrupts.count() >= opts.run.abort_at
+        started.elapsed() > opts.agent_timeout || opts.experiment.interrupts.count() >= opts.experiment.abort_at
     })?;
     worker.forget(&recorded)?;
     match status {
@@ -303,7 +303,7 @@ fn build_prompt(
         }
         None => p += "- No result yet.\n",
     }
-    let decider = opts.run.decider.resolved(&worker.session.dir, &settings.profile, settings.time_budget)?;
+    let decider = opts.experiment.decider.resolved(&worker.session.dir, &settings.profile, settings.time_budget)?;
     p += &format!("- Keep rule: {}.\n", decider.label);
     if let Some(k) = worker.label() {
         p += &format!(

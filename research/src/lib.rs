@@ -6,12 +6,12 @@
 //!   budget, device, rule), its best, results.tsv, the run folders, locked against a second command.
 //! - An **experiment** ([`experiment`]): one change to the training file, numbered (its *run* number: its row in
 //!   results.tsv, its folder `.autoresearch/runs/<n>`), taken through the steps check → build → train → decide
-//!   → record. A change refused before it ran has a folder and no row.
+//!   → record. A change that `loop` refuses before it runs has a folder and no row (`run` refuses with an error).
 //! - A **training** ([`training`]): one process of the training binary with one seed (train, then evaluate);
 //!   an experiment has one, or more where its keep rule asks for seeds.
 //! - A **worker** ([`worker`]): a git tree where experiments are made one at a time, with its journal. `run`,
-//!   `noise` and a loop of one use worker 0, the repository's own tree; a pool of N > 1 ([`pool`]) gives each
-//!   worker a worktree. A `loop` is always a pool: of one by default.
+//!   `eval` and a pool of one use worker 0, the repository's own tree; a pool of N > 1 ([`pool`]) gives each
+//!   worker a worktree. `loop` and `noise` always run a pool: of one by default.
 //! - A **backend** ([`backend`]): where a training's processes run: this machine, or a Slurm job each.
 //!
 //! [`agent`] drives a coding agent through one worker's experiments; [`rules`] decides what is kept;

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::backend::WorkerSetup;
 use crate::experiment::{build, train, ExperimentOptions};
-use crate::files::{handover_dir, seed_log};
+use crate::files::{handover_dir, seed_log, NOISE_DIR};
 use crate::rules::NoiseEstimate;
 use crate::session::Session;
 use crate::state::SEED;
@@ -25,7 +25,7 @@ pub fn measure_noise(
     opts: &ExperimentOptions,
     setups: &[WorkerSetup],
 ) -> Result<NoiseEstimate> {
-    let binary = session.dir.join("noise").join("autoresearch-train");
+    let binary = session.dir.join(NOISE_DIR).join("autoresearch-train");
     let mut here = Worker::in_repository(session)?;
     let dir = prepare_noise(&mut here, &Trainer { installed: Some(binary.clone()), ..template.clone() }, k)?;
     let commit = here.git.head()?;
@@ -81,7 +81,7 @@ fn prepare_noise(worker: &mut Worker, trainer: &Trainer, k: usize) -> Result<Pat
         bail!("the best commit does not build:\n{}", tail(&compiler, TAIL_LINES));
     }
     let settings = &worker.session.settings;
-    let dir = worker.session.dir.join("noise").join(format!("{}-{}", settings.profile, settings.time_budget));
+    let dir = worker.session.dir.join(NOISE_DIR).join(format!("{}-{}", settings.profile, settings.time_budget));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

@@ -13,37 +13,39 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::agent::{research_loop, LoopOptions, LoopReport};
+use crate::agent::{worker_loop, LoopOptions, LoopReport};
 use crate::backend::WorkerSetup;
 use crate::experiment::{describe, remeasure_if_needed, run_experiment, train_rerun, ExperimentOptions};
+use crate::files::WORKER_BIN;
 use crate::results::Status;
 use crate::session::{journals, Session};
 use crate::trainer::Trainer;
+use crate::worker::heading;
 use crate::Worker;
 
 /// The pool's workers with their trainers: worker 0 in the repository's tree for one setup, else one in a
-/// worktree per setup (each with a binary of its own), every one put right first. A pool of several first
-/// puts right the repository tree's journal and those of workers this start does not use.
+/// worktree per setup (each with a binary of its own), every one put right first, and before them the
+/// repository tree's worker and the worktrees of a killed pool that this start does not use.
 pub fn workers(session: &Arc<Session>, template: &Trainer, setups: &[WorkerSetup]) -> Result<Vec<(Worker, Trainer)>> {
     let with_setup =
         |trainer: Trainer, setup: &WorkerSetup| Trainer { env: setup.env.clone(), cpus: setup.cpus.clone(), ..trainer };
-    if let [setup] = setups {
-        return Ok(vec![(Worker::in_repository(session)?, with_setup(template.clone(), setup))]);
-    }
     let here = Worker::in_repository(session)?;
+    let in_worktrees = if setups.len() == 1 { 0 } else { setups.len() };
+    for (k, _) in journals(&session.dir).into_iter().filter(|(k, _)| *k > in_worktrees) {
+        Worker::in_worktree(session, k)?;
+    }
+    if let [setup] = setups {
+        return Ok(vec![(here, with_setup(template.clone(), setup))]);
+    }
     if let Some(dir) = here.set_aside_leftovers()? {
         here.say(&format!("an unrun change in the repository's tree was set aside in {}", dir.display()));
-    }
-    // A killed pool may have left experiments under way, also with workers this start does not use.
-    for (k, _) in journals(&session.dir).into_iter().filter(|(k, _)| *k > setups.len()) {
-        Worker::in_worktree(session, k)?;
     }
     setups
         .iter()
         .enumerate()
         .map(|(i, setup)| {
             let worker = Worker::in_worktree(session, i + 1)?;
-            let installed = Some(worker.own.join("bin").join("autoresearch-train"));
+            let installed = Some(worker.own.join(WORKER_BIN).join("autoresearch-train"));
             Ok((worker, with_setup(Trainer { installed, ..template.clone() }, setup)))
         })
         .collect()
@@ -58,15 +60,11 @@ pub fn run_pool(
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<LoopReport> {
     let mut workers = workers(session, template, setups)?;
-    if opts.run.backend.is_local() {
+    if opts.experiment.backend.is_local() {
         for (_, trainer) in &workers {
             trainer.check_gpu()?;
         }
     }
-    let heading = |k: usize, line: &str| match k {
-        0 => line.to_string(),
-        k => format!("worker {k}: {line}"),
-    };
     let mut total = LoopReport::default();
     let (first, first_trainer) = workers.first_mut().context("no workers")?;
     if let Some(dir) = first.set_aside_leftovers()? {
@@ -75,7 +73,7 @@ pub fn run_pool(
     if session.best().is_none() {
         // Every worker starts from the best: the unchanged file is measured first, once.
         if session.claim(opts.max_experiments) {
-            let baseline = ExperimentOptions { description: "baseline".into(), ..opts.run.clone() };
+            let baseline = ExperimentOptions { description: "baseline".into(), ..opts.experiment.clone() };
             let outcome = run_experiment(first, first_trainer, &baseline)?;
             say(&heading(first.number, &describe(&outcome)));
             total.experiments += 1;
@@ -88,13 +86,13 @@ pub fn run_pool(
             }
         }
     }
-    remeasure_side_by_side(session, &mut workers, &opts.run)?;
+    remeasure_side_by_side(session, &mut workers, &opts.experiment)?;
     if workers.len() > 1 {
         let labels: Vec<String> =
             setups.iter().enumerate().map(|(i, s)| format!("worker {}: {}", i + 1, s.label)).collect();
         say(&format!("{} workers ({})", setups.len(), labels.join("; ")));
     }
-    let interrupts = opts.run.interrupts.clone();
+    let interrupts = opts.experiment.interrupts.clone();
     let results: Vec<(usize, Result<LoopReport>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = workers
             .iter_mut()
@@ -102,7 +100,7 @@ pub fn run_pool(
                 let interrupts = interrupts.clone();
                 scope.spawn(move || {
                     let k = worker.number;
-                    let result = research_loop(worker, trainer, opts, &mut |line| say(&heading(k, line)));
+                    let result = worker_loop(worker, trainer, opts, &mut |line| say(&heading(k, line)));
                     if result.is_err() {
                         // The others stop after their current experiment, as after a first Ctrl-C.
                         interrupts.0.fetch_add(1, Ordering::SeqCst);

@@ -84,6 +84,8 @@ pub fn init(
             AGENT_LOG,
             NOTES_FILE,
             LEFTOVERS_DIR,
+            STASH_DIR,
+            NOISE_DIR,
             WORKERS_DIR,
         ];
         for name in names {
@@ -142,7 +144,7 @@ pub fn journals(dir: &Path) -> Vec<(usize, Journal)> {
 }
 
 fn lock(dir: &Path) -> Result<File> {
-    let path = dir.join("lock");
+    let path = dir.join(LOCK_FILE);
     let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     if file.try_lock().is_err() {
         bail!(
@@ -230,7 +232,10 @@ impl Session {
         } else {
             self.git.merge_taking(&head, commit, message)?
         };
-        self.git.reset_hard(&new)?;
+        // The repository's tree follows the branch (worker 0's is there already: its uncommitted edits stay).
+        if head != new {
+            self.git.reset_hard(&new)?;
+        }
         Ok(new)
     }
 

@@ -4,8 +4,8 @@
 //! repository and the cache must be on a filesystem the nodes share; the steps see the submitting user's
 //! environment and working folder.
 //!
-//! Jobs are named uniquely and the names go into the loop's journal before they are submitted, so that a loop
-//! started after a kill cancels what its predecessor left (pending or running). A controller that does not
+//! Jobs are named uniquely and the names go into the worker's journal before they are submitted, so that the next
+//! command after a kill (`loop`, `run`, `noise`) cancels what its predecessor left (pending or running). A controller that does not
 //! answer is waited for: the experiment under way stays in the journal and goes on when it is back.
 
 use std::io::Read;
@@ -251,18 +251,6 @@ pub fn cancel(names: &[String]) -> Result<()> {
         bail!("scancel failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
-}
-
-/// Waits until no job of these names is left in the queue (at most `patience`).
-pub fn wait_gone(names: &[String], patience: Duration) {
-    let deadline = Instant::now() + patience;
-    while Instant::now() < deadline {
-        let out = Command::new("squeue").args(["-h", "-o", "%i", &format!("--name={}", names.join(","))]).output();
-        match out {
-            Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).trim().is_empty() => return,
-            _ => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -165,7 +165,7 @@ pub fn build_sandbox(prepared: &Prepared, root: &Path) -> Policy {
 pub const CPU_DEVICES: [&str; 6] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"];
 
 /// What no phase may read: the validation data, and what earlier experiments left in the repository `root` (the
-/// session's folder with its runs, checkpoints, logs and workers' trees; the ledger; the last log).
+/// session's folder with its runs, checkpoints, logs and workers' trees; results.tsv; the last log).
 pub fn unreadable(prepared: &Prepared, root: &Path) -> Vec<PathBuf> {
     let mut deny = validation_sources(prepared);
     deny.extend([crate::STATE_DIR, crate::RESULTS_FILE, crate::files::RUN_LOG].map(|p| root.join(p)));
@@ -177,7 +177,7 @@ pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingF
         // CUDA needs the GPUs' device nodes, and does not start without writes beneath /proc or /sys (measured
         // on an H200: cudaGetDeviceCount fails with error 304 when only /dev and a temporary folder are
         // writable, and works with /proc and /sys added); its kernel cache is ~/.nv. Kept as measured: no GPU
-        // has run a narrower policy yet. Writing there reaches neither the data nor the ledger: Landlock keeps
+        // has run a narrower policy yet. Writing there reaches neither the data nor results.tsv: Landlock keeps
         // a sandboxed process from other processes' /proc entries, and /proc/self/root resolves to paths the
         // rules judge as any other.
         let mut d = vec![PathBuf::from("/dev"), PathBuf::from("/proc"), PathBuf::from("/sys")];

@@ -1,5 +1,6 @@
 //! A worker of a session: a git tree where it makes one experiment at a time, and its journal. Worker 0 works
-//! in the repository's own tree (its journal in `.autoresearch/`): `run`, `noise`, `eval`, and a loop of one.
+//! in the repository's own tree (its journal in `.autoresearch/`): `run`, `eval`, and a pool of one (`loop`,
+//! `noise`).
 //! A pool of several gives worker k ≥ 1 a worktree of its own (`.autoresearch/workers/<k>/tree`, on branch
 //! `<session branch>-w<k>`) and its journal beside it; each worker's tree starts every experiment from the
 //! session's best.
@@ -135,7 +136,7 @@ impl Worker {
             autoresearch_harness::fsutil::write_atomic(&dir.join(CHANGE_FILE), diff.as_bytes())?;
         }
         for file in self.git.untracked()? {
-            let to = dir.join("untracked").join(&file);
+            let to = dir.join(UNTRACKED_DIR).join(&file);
             std::fs::create_dir_all(to.parent().unwrap())?;
             std::fs::rename(self.root.join(&file), &to)
                 .with_context(|| format!("moving {file} into {}", dir.display()))?;
@@ -244,7 +245,7 @@ impl Worker {
     }
 
     fn stash_path(&self) -> PathBuf {
-        self.own.join("stash").join("train.rs")
+        self.own.join(STASH_DIR).join(RUN_TRAINING_FILE)
     }
 
     /// Puts the uncommitted training file aside (in the worker's `stash/`, where recovery finds it) and the
@@ -296,9 +297,14 @@ impl Worker {
 /// A message on stderr from worker `number`, each line headed by the number in a pool of several.
 pub fn say_as(number: usize, text: &str) {
     for line in text.lines() {
-        match number {
-            0 => eprintln!("{line}"),
-            k => eprintln!("worker {k}: {line}"),
-        }
+        eprintln!("{}", heading(number, line));
+    }
+}
+
+/// A line from worker `number`: headed by the number in a pool of several (worker 0 works alone).
+pub fn heading(number: usize, line: &str) -> String {
+    match number {
+        0 => line.to_string(),
+        k => format!("worker {k}: {line}"),
     }
 }

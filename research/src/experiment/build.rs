@@ -1,4 +1,4 @@
-//! Step 2, build: the training binary, compiled from the worker's tree (a worktree's file in the repository's
+//! The build step: the training binary, compiled from the worker's tree (a worktree's file in the repository's
 //! tree, one worker at a time), the build process journaled while it runs.
 
 use anyhow::{Context, Result};

@@ -1,4 +1,4 @@
-//! Step 1, check: the tree may differ from the best commit in the training file alone; a training file
+//! The check step: the tree may differ from the best commit in the training file alone; a training file
 //! identical to an earlier run's reuses that result (or, after a crash that may not be the file's fault, is
 //! run once more).
 

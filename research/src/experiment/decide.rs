@@ -1,4 +1,4 @@
-//! Step 4, decide: the first seed's value against the session's best by the keep rule; where the rule asks
+//! The decide step: the first seed's value against the session's best by the keep rule; where the rule asks
 //! (`confirm N`), the reruns with more seeds first.
 
 use anyhow::Result;

@@ -1,6 +1,6 @@
 //! One experiment, start to finish, in steps, each in a file of its own: [`check`] (only the training file
-//! changed; an identical file reuses its result) → [`build`] → [`train`] (one training per seed, through the
-//! worker's backend) → [`decide`] (the keep rule against the best, with the reruns it asks for) → [`record`]
+//! changed; an identical file reuses its result) → [`build`] → [`train`] (one training per seed, on the backend
+//! [`ExperimentOptions::backend`]) → [`decide`] (the keep rule against the best, with the reruns it asks for) → [`record`]
 //! (the rows, then keep or reset). [`remeasure`] is the re-measure of the best a rule may need first;
 //! [`reevaluate`] evaluates a saved checkpoint again (`autoresearch eval`).
 //!
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::backend::Backend;
-use crate::files::{BUILD_LOG, RUN_LOG};
+use crate::files::{BUILD_LOG, RUN_LOG, RUN_TRAINING_FILE};
 use crate::results::{Row, Status};
 use crate::rules::Decider;
 use crate::state::InProgress;
@@ -130,7 +130,7 @@ impl Decision {
 /// Runs one experiment on the worker's tree as it is, step by step.
 pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentOptions) -> Result<Outcome> {
     let started = Instant::now();
-    // 1. Check.
+    // Check.
     match check(worker)? {
         Check::Refused(files) => bail!(refusal_message(&files)),
         Check::Unchanged => bail!("{TRAINING_FILE} is the same as in the best commit: nothing to run"),
@@ -160,7 +160,7 @@ pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentO
     }
     let opts = &ExperimentOptions { decider, ..opts.clone() };
     let mut exp = begin(worker, opts, &content, hash, started)?;
-    // 2. Build.
+    // Build.
     let building = Instant::now();
     let built = build(worker, trainer)?;
     exp.build_wall = building.elapsed().as_secs_f64();
@@ -176,7 +176,7 @@ pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentO
         }
         Ok(output) => {
             std::fs::write(worker.run_dir(exp.run).join(BUILD_LOG), output)?;
-            // 3. and 4. Train, decide.
+            // Train, decide.
             match decide::train_and_decide(worker, trainer, opts, &mut exp)? {
                 Some(decision) => decision,
                 None => return record::interrupted(worker, exp.meta),
@@ -186,7 +186,7 @@ pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentO
     if let Some(earlier) = retry_of {
         decision.reason = format!("retry of run {} (crashed: {}): {}", earlier.run, earlier.reason, decision.reason);
     }
-    // 5. Record.
+    // Record.
     record::record(worker, opts, exp, decision)
 }
 
@@ -209,7 +209,7 @@ fn begin(
         ..Default::default()
     };
     worker.session.write_meta(&meta)?;
-    std::fs::write(worker.run_dir(run).join("train.rs"), content)?;
+    std::fs::write(worker.run_dir(run).join(RUN_TRAINING_FILE), content)?;
     worker.journal.in_progress = Some(InProgress { run, commit: None, seeds: Vec::new() });
     worker.save_journal()?;
     let commit = if worker.training_file_changed()? {

@@ -1,4 +1,4 @@
-//! Step 5, record: the rows first (once they are there, recovery can always finish the rest), then the keep
+//! The record step: the rows first (once they are there, recovery can always finish the rest), then the keep
 //! (the session's best and branch move) or the reset (the change set aside in the run's folder).
 
 use std::path::Path;

@@ -5,7 +5,7 @@ use autoresearch_harness::handover::{EvalResult, CHECKPOINT};
 
 use super::train::Journaled;
 use super::{build, ExperimentOptions};
-use crate::files::handover_dir;
+use crate::files::{handover_dir, EVAL_LOG, EVAL_RESULT, RUN_TRAINING_FILE};
 use crate::state::SEED;
 use crate::trainer::{Trainer, TrainingSettings};
 use crate::training::{evaluate_again, tail, TrainingFiles, TAIL_LINES};
@@ -30,7 +30,8 @@ pub fn evaluate_run(
         },
     };
     let dir = worker.run_dir(run);
-    let as_run = std::fs::read(dir.join("train.rs")).with_context(|| format!("no run {run} in {}", dir.display()))?;
+    let as_run =
+        std::fs::read(dir.join(RUN_TRAINING_FILE)).with_context(|| format!("no run {run} in {}", dir.display()))?;
     let current = std::fs::read(worker.root.join(TRAINING_FILE)).with_context(|| format!("reading {TRAINING_FILE}"))?;
     let swap = as_run != current;
     if swap {
@@ -48,8 +49,8 @@ pub fn evaluate_run(
         };
         let files = TrainingFiles {
             handover: dir.join(handover_dir(SEED)),
-            result: dir.join("eval-result.json"),
-            log: dir.join("eval.log"),
+            result: dir.join(EVAL_RESULT),
+            log: dir.join(EVAL_LOG),
         };
         evaluate_again(trainer, &settings, &files, &mut Journaled::new(worker, opts))
     })();

@@ -1,4 +1,4 @@
-//! Step 3, train: one training per seed (train, then evaluate: [`crate::training`]) on the worker's backend,
+//! The train step: one training per seed (train, then evaluate: [`crate::training`]) on the experiment's backend,
 //! each process journaled while it runs; confirmation reruns offered to the whole pool.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use super::record::extra;
 use super::ExperimentOptions;
 use crate::backend::{Acquired, Placement};
+use crate::files::rerun_log;
 use crate::process::{Recorded, Role};
 use crate::results::{Row, Status};
 use crate::session::RerunTask;
@@ -176,7 +177,7 @@ pub fn train_rerun(worker: &mut Worker, trainer: &Trainer, task: RerunTask, opts
         worker.say(&format!("training seed {} of run {} for worker {}", task.seed, task.run, task.owner));
     }
     let candidate = Trainer { prebuilt: Some(task.binary.clone()), ..trainer.clone() };
-    let log = task.dir.join(format!("rerun-{}.log", task.seed));
+    let log = task.dir.join(rerun_log(task.seed));
     let result = train(worker, &candidate, task.seed, &task.dir, log, opts);
     if !matches!(&result, Ok(t) if !t.interrupted && t.result.is_ok()) {
         worker.session.withdraw_reruns(task.run);
