@@ -81,7 +81,9 @@ impl Policy {
         }
         let mut ruleset = ruleset.scope(Scope::from_all(ABI::V6))?.create()?;
         for (path, whole) in &rules {
-            ruleset = ruleset.add_rule(rule(path, if *whole { read } else { AccessFs::ReadDir.into() })?)?;
+            if let Some(r) = unless_gone(path, rule(path, if *whole { read } else { AccessFs::ReadDir.into() }))? {
+                ruleset = ruleset.add_rule(r)?;
+            }
         }
         for dir in &self.read {
             ruleset = ruleset.add_rule(rule(dir, read)?)?;
@@ -166,6 +168,16 @@ fn list(paths: &[PathBuf]) -> String {
 
 /// Read rules that reach everything but `deny` (canonical paths): (path, true) grants reading beneath it,
 /// (path, false) only listing it (a folder on the way to a denied path).
+/// A walked path's rule, or none where the path was removed since the walk listed it (another process's
+/// temporary file, say): nothing is left there to grant.
+fn unless_gone<T>(path: &Path, rule: Result<T>) -> Result<Option<T>> {
+    match rule {
+        Ok(r) => Ok(Some(r)),
+        Err(_) if std::fs::symlink_metadata(path).is_err() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn read_rules(deny: &[PathBuf]) -> Result<Vec<(PathBuf, bool)>> {
     let mut rules = Vec::new();
     if deny.is_empty() {
@@ -233,6 +245,17 @@ mod tests {
             assert!(listed(p) && !whole(p), "{} is only listed", p.display());
         }
         assert_eq!(read_rules(&[]).unwrap(), vec![(PathBuf::from("/"), true)]);
+    }
+
+    #[test]
+    fn a_path_removed_after_the_walk_needs_no_rule_and_other_failures_stay_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let open = |p: &Path| PathFd::new(p).map_err(anyhow::Error::from);
+        assert!(unless_gone(&gone, open(&gone)).unwrap().is_none(), "removed: skipped");
+        assert!(unless_gone(dir.path(), open(dir.path())).unwrap().is_some());
+        let failed: Result<()> = Err(anyhow::anyhow!("refused"));
+        assert!(unless_gone(dir.path(), failed).is_err(), "a path that is there and cannot be opened: an error");
     }
 
     #[test]
