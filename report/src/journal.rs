@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::files::{JOURNAL_FILE, META_FILE, RUNS_DIR, STATE_FILE, WORKERS_DIR};
@@ -85,38 +86,48 @@ impl ProcessRecord {
 }
 
 impl Journal {
-    /// The journal in a worker's folder `own` (the session's folder for worker 0); a session from before journals
-    /// had a file of their own kept worker 0's in `state.json`.
     pub fn load(own: &Path) -> Result<Journal> {
-        for name in [JOURNAL_FILE, STATE_FILE] {
-            let path = own.join(name);
-            if let Ok(bytes) = std::fs::read(&path) {
-                return serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()));
-            }
-        }
-        Ok(Journal::default())
+        read_journal(own)
     }
+}
+
+/// The journal in a worker's folder `own` (the session's folder for worker 0), read as `T` (the loop's full
+/// journal, or this view); a session from before journals had a file of their own kept worker 0's in
+/// `state.json` (the same fields); none at all is an empty journal.
+pub fn read_journal<T: DeserializeOwned + Default>(own: &Path) -> Result<T> {
+    for name in [JOURNAL_FILE, STATE_FILE] {
+        let path = own.join(name);
+        if let Ok(bytes) = std::fs::read(&path) {
+            return serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()));
+        }
+    }
+    Ok(T::default())
 }
 
 /// The journals of a session's workers (in `state_dir`), by number: 0 (the repository's tree) first, then each
 /// of a pool of several; none for a worker whose journal cannot be read.
-pub fn journals(state_dir: &Path) -> Vec<(usize, Journal)> {
-    let mut found: Vec<(usize, Journal)> = std::fs::read_dir(state_dir.join(WORKERS_DIR))
+pub fn read_journals<T: DeserializeOwned + Default>(state_dir: &Path) -> Vec<(usize, T)> {
+    let mut found: Vec<(usize, T)> = std::fs::read_dir(state_dir.join(WORKERS_DIR))
         .map(|entries| {
             entries
                 .filter_map(|e| {
                     let e = e.ok()?;
                     let k = e.file_name().to_str()?.parse().ok()?;
-                    Some((k, Journal::load(&e.path()).ok()?))
+                    Some((k, read_journal(&e.path()).ok()?))
                 })
                 .collect()
         })
         .unwrap_or_default();
     found.sort_by_key(|(k, _)| *k);
-    if let Ok(own) = Journal::load(state_dir) {
+    if let Ok(own) = read_journal(state_dir) {
         found.insert(0, (0, own));
     }
     found
+}
+
+/// [`read_journals`] as this view reads them.
+pub fn journals(state_dir: &Path) -> Vec<(usize, Journal)> {
+    read_journals(state_dir)
 }
 
 /// Run `run`'s description from its `meta.json` in `state_dir` (None where there is none or it does not parse).

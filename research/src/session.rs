@@ -125,22 +125,7 @@ pub fn init(
 /// The journals in a session's folder by worker: 0, the repository's own tree's, then each worker's of a pool
 /// of several.
 pub fn journals(dir: &Path) -> Vec<(usize, Journal)> {
-    let mut found: Vec<(usize, Journal)> = std::fs::read_dir(dir.join(WORKERS_DIR))
-        .map(|entries| {
-            entries
-                .filter_map(|e| {
-                    let e = e.ok()?;
-                    let k = e.file_name().to_str()?.parse().ok()?;
-                    Some((k, Journal::load(&e.path()).ok()?))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort_by_key(|(k, _)| *k);
-    if let Ok(own) = Journal::load(dir) {
-        found.insert(0, (0, own));
-    }
-    found
+    autoresearch_report::journal::read_journals(dir)
 }
 
 fn lock(dir: &Path) -> Result<File> {

@@ -8,6 +8,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use autoresearch_report::journal::read_journal;
+
 use crate::files::{JOURNAL_FILE, STATE_FILE};
 use crate::process::Recorded;
 use crate::trainer::DeviceChoice;
@@ -85,16 +87,9 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// The journal in the folder `own`; a session from before journals had their own file kept them in
-    /// `state.json` (the same fields), read then; none at all is an empty journal.
+    /// The journal in the folder `own` (see [`read_journal`]: an older session's `state.json`, or none).
     pub fn load(own: &Path) -> Result<Journal> {
-        for name in [JOURNAL_FILE, STATE_FILE] {
-            let path = own.join(name);
-            if let Ok(bytes) = std::fs::read(&path) {
-                return serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()));
-            }
-        }
-        Ok(Journal::default())
+        read_journal(own)
     }
 
     pub fn save(&self, own: &Path) -> Result<()> {
