@@ -48,7 +48,8 @@ enum Command {
     /// Measure the harness's throughput (tokenizer training, encoding, data loading)
     #[command(subcommand)]
     Bench(bench::Bench),
-    /// Run a command in a sandbox (how the harness builds the training file)
+    /// Run a command in a sandbox, under a supervisor (how the harness builds the training file and runs a
+    /// project's commands)
     #[command(hide = true)]
     Sandboxed {
         /// What the command may read and write (JSON)
@@ -59,8 +60,11 @@ enum Command {
     },
 }
 
+/// Runs `command` confined by `policy`, under a supervisor: when it ends (or is asked to stop), every process it
+/// started is gone, also one that left its process group or session.
 fn sandboxed(policy: &str, command: &[std::ffi::OsString]) -> anyhow::Result<()> {
     let policy = serde_json::from_str(policy).map_err(|e| anyhow::anyhow!("parsing --policy: {e}"))?;
+    autoresearch_harness::supervisor::supervise()?;
     Err(autoresearch_harness::sandbox::exec_sandboxed(&policy, &command[0], &command[1..]))
 }
 

@@ -19,7 +19,8 @@ pub mod evaluation;
 pub mod loss_check;
 pub mod model_process;
 pub mod probes;
-pub mod supervisor;
+/// In the harness: the CLI's `sandboxed` (a project's commands) runs under it too.
+pub use autoresearch_harness::supervisor;
 
 use std::io::{BufRead, Write};
 use std::path::Path;

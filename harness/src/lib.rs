@@ -4,7 +4,8 @@
 //! The [`profile`] (and what the training gets to work with), the data's [`shards`], the [`tokenizer`], the
 //! [`dataloader`], the [`metric`], the [`summary`] block, the [`device`] tables, the device batch [`fit`], the
 //! training's [`progress`] file, how the training binary is run and hands its model over ([`handover`]), the
-//! [`sandbox`] the agent's code runs in, and [`fsutil`]. No ML framework: the training crate brings its own; and
+//! [`sandbox`] the agent's code runs in, the [`supervisor`] that ends every process a phase started, and
+//! [`fsutil`]. No ML framework: the training crate brings its own; and
 //! no network or terminal tools: making the data (download, tokenizer training's driver, progress bars) is
 //! `autoresearch-prepare`'s, which only the CLI links. The research loop lives in `autoresearch-research`.
 
@@ -19,4 +20,5 @@ pub mod progress;
 pub mod sandbox;
 pub mod shards;
 pub mod summary;
+pub mod supervisor;
 pub mod tokenizer;

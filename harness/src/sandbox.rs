@@ -128,8 +128,9 @@ impl Policy {
 /// file) runs sandboxed. Returns only on an error.
 pub fn exec_sandboxed(policy: &Policy, program: &std::ffi::OsStr, args: &[std::ffi::OsString]) -> anyhow::Error {
     use std::os::unix::process::CommandExt;
-    if let Err(e) = policy.apply() {
-        return e;
+    match policy.apply() {
+        Ok(line) => eprintln!("{line}"),
+        Err(e) => return e,
     }
     let error = std::process::Command::new(program).args(args).exec();
     anyhow::Error::new(error).context(format!("running {}", program.to_string_lossy()))

@@ -17,8 +17,8 @@ fn a_process_that_left_its_session_is_killed_with_the_rest() {
     let out = Command::new("sh").args(["-c", "setsid sleep 300 >/dev/null 2>&1 & echo $!"]).output().unwrap();
     let pid: i32 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
     assert!(alive(pid), "the orphan runs");
-    let killed = autoresearch_evaluate::supervisor::kill_descendants();
+    let killed = autoresearch_harness::supervisor::kill_descendants();
     assert!(killed >= 1, "{killed}");
     assert!(!alive(pid), "the orphan is gone");
-    assert_eq!(autoresearch_evaluate::supervisor::kill_descendants(), 0, "nothing is left");
+    assert_eq!(autoresearch_harness::supervisor::kill_descendants(), 0, "nothing is left");
 }

@@ -1,5 +1,5 @@
 //! Every process a phase starts is gone when the phase ends. Before anything else (and before any thread
-//! exists), the training binary forks: the child runs the phase, sandboxed; the parent stays outside the
+//! exists), the training binary (or `autoresearch sandboxed`, which runs a project's commands) forks: the child runs the phase, sandboxed; the parent stays outside the
 //! sandbox as a child subreaper, so that every process the phase starts, also one that left its process group or
 //! session (`setsid`, a double fork), stays its descendant. When the child ends, or the harness asks it to stop
 //! (SIGTERM, or SIGINT from a terminal), the parent kills every descendant, reaps them, and exits as the child
