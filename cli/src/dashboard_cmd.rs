@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use autoresearch_dashboard::data::SessionFolder;
-use autoresearch_research::trainer::repo_root;
+use autoresearch_research::project::project_root;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub fn serve(args: Args) -> Result<()> {
-    let dirs = if args.sessions.is_empty() { vec![repo_root()?] } else { args.sessions };
+    let dirs = if args.sessions.is_empty() { vec![project_root()?] } else { args.sessions };
     let sessions = dirs.iter().map(|d| SessionFolder::open(d)).collect::<Result<Vec<_>>>()?;
     let names: Vec<String> = sessions.iter().map(|s| s.name.clone()).collect();
     let server = autoresearch_dashboard::serve(sessions, SocketAddr::new(args.bind, args.port))?;

@@ -13,10 +13,13 @@ use autoresearch_research::backend::{Backend, Local};
 use autoresearch_research::experiment::{default_timeout, describe, evaluate_run, run_experiment, ExperimentOptions};
 use autoresearch_research::noise::measure_noise;
 use autoresearch_research::pool::run_pool;
+use autoresearch_research::project::{
+    project_root, Project, PROGRAM_TEMPLATE, PROJECT_FILE, PROJECT_PROFILE, TEMPLATE as PROJECT_TEMPLATE,
+};
 use autoresearch_research::rules::{Decider, Rule, DEFAULT_RULE};
 use autoresearch_research::slurm::{Slurm, SlurmOptions};
 use autoresearch_research::trainer::DeviceChoice;
-use autoresearch_research::trainer::{repo_root, Trainer};
+use autoresearch_research::trainer::Trainer;
 use autoresearch_research::training::build_sandbox;
 use autoresearch_research::{session, Interrupts, Session, Worker, RESULTS_FILE};
 
@@ -25,7 +28,12 @@ use crate::train_cmd::device_parser;
 #[derive(clap::Args)]
 pub struct InitArgs {
     /// Names the session and its branch, autoresearch/<TAG>
-    tag: String,
+    #[arg(required_unless_present = "project")]
+    tag: Option<String>,
+    /// Make this git repository a project of your own: write a commented autoresearch.toml (and a program.md
+    /// where there is none) to edit and commit before `autoresearch init TAG`
+    #[arg(long, conflicts_with_all = ["tag", "profile", "time_budget"])]
+    project: bool,
     /// Prepared profile every run of the session uses [default: the one prepared last]
     #[arg(long)]
     profile: Option<String>,
@@ -220,7 +228,7 @@ fn options(
     let settings = &session.settings;
     let rule = Rule::parse(args.rule.as_deref().unwrap_or(&settings.rule), args.z)?;
     let noise = noise_for(&session.dir, &settings.profile, settings.time_budget)?;
-    let decider = Decider::new(rule, noise.as_ref(), args.min_delta)?;
+    let decider = Decider::new(rule, settings.metric.goal, noise.as_ref(), args.min_delta)?;
     let timeout = match args.timeout {
         Some(t) if t > 0.0 => Duration::from_secs_f64(t),
         Some(t) => bail!("--timeout must be positive, not {t}"),
@@ -242,30 +250,56 @@ fn options(
 fn trainer(session: &Session, backend: &BackendArgs) -> Result<(Trainer, Arc<dyn Backend>)> {
     let mut trainer = Trainer::new(session.root.clone(), session.settings.device);
     let backend = backend.backend(trainer.device)?;
+    let launcher = std::env::current_exe()?;
+    if session.project.commands.is_some() {
+        // A project's commands run through the same launcher, each with its own policy.
+        trainer.build_sandbox = Some((launcher, Default::default()));
+        return Ok((trainer, backend));
+    }
     if backend.is_local() {
         trainer.check_gpu()?;
     }
     let prepared = Prepared::load(&cache_root()?, Some(&session.settings.profile))?;
-    trainer.build_sandbox = Some((std::env::current_exe()?, build_sandbox(&prepared, &trainer.root)));
+    trainer.build_sandbox = Some((launcher, build_sandbox(&prepared, &trainer.root)));
     Ok((trainer, backend))
 }
 
 pub fn init(args: InitArgs) -> Result<()> {
-    let root = repo_root()?;
-    let prepared = Prepared::load(&cache_root()?, args.profile.as_deref())?;
-    let budget = prepared.profile.budget(args.time_budget);
-    if !budget.is_finite() || budget <= 0.0 {
-        bail!("--time-budget must be positive, not {budget}");
+    if args.project {
+        return init_project();
     }
+    let tag = args.tag.as_deref().expect("clap requires a tag without --project");
+    let root = project_root()?;
     Rule::parse(&args.rule, 2.0)?;
-    let state = session::init(&root, &args.tag, &prepared.profile.name, budget, args.device, &args.rule)?;
+    let project = Project::load(&root)?;
+    let (profile, budget) = match &project.commands {
+        // A project's runs compare by its training's limit; the noise estimates are kept under it.
+        Some(c) => (PROJECT_PROFILE.to_string(), c.budget.unwrap_or(c.train.timeout.as_secs_f64())),
+        None => {
+            let prepared = Prepared::load(&cache_root()?, args.profile.as_deref())?;
+            let budget = prepared.profile.budget(args.time_budget);
+            if !budget.is_finite() || budget <= 0.0 {
+                bail!("--time-budget must be positive, not {budget}");
+            }
+            (prepared.profile.name, budget)
+        }
+    };
+    let state = session::init(&root, tag, &profile, budget, args.device, &args.rule)?;
     let settings = &state.settings;
+    let what = match &project.commands {
+        Some(c) => format!(
+            "{} ({}), training `{}` stopped after {} s",
+            settings.metric.name,
+            settings.metric.goal.phrase(),
+            c.train.command,
+            c.train.timeout.as_secs_f64()
+        ),
+        None => format!("profile {}, {} s per run", settings.profile, settings.time_budget),
+    };
     println!(
-        "session {} on branch {}: profile {}, {} s per run, keep rule {}, results in {}",
+        "session {} on branch {}: {what}, keep rule {}, results in {}",
         settings.tag,
         settings.branch,
-        settings.profile,
-        settings.time_budget,
         settings.rule,
         root.join(RESULTS_FILE).display()
     );
@@ -273,15 +307,42 @@ pub fn init(args: InitArgs) -> Result<()> {
     Ok(())
 }
 
+/// `init --project`: a commented autoresearch.toml (and a program.md) at the top of the current git repository.
+fn init_project() -> Result<()> {
+    let cwd = std::env::current_dir()?;
+    let top = std::process::Command::new("git").args(["rev-parse", "--show-toplevel"]).current_dir(&cwd).output();
+    let root = match top {
+        Ok(out) if out.status.success() => PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+        _ => bail!("{} is not in a git repository: `git init` first (the loop commits each experiment)", cwd.display()),
+    };
+    let file = root.join(PROJECT_FILE);
+    if file.exists() {
+        bail!("{} exists already: edit it (or remove it to start again)", file.display());
+    }
+    std::fs::write(&file, PROJECT_TEMPLATE).with_context(|| format!("writing {}", file.display()))?;
+    println!("wrote {} (every field explained in it)", file.display());
+    let program = root.join("program.md");
+    if !program.exists() {
+        std::fs::write(&program, PROGRAM_TEMPLATE).with_context(|| format!("writing {}", program.display()))?;
+        println!("wrote {} (the agent's instructions: say what the project is and what to try)", program.display());
+    }
+    println!(
+        "next: edit {PROJECT_FILE} (editable files, commands, metric), commit it, then `autoresearch init TAG` and \
+         `autoresearch run -m baseline`"
+    );
+    Ok(())
+}
+
 /// The session's best, in a line.
 fn say_best(session: &Session) {
     if let Some(best) = session.best() {
-        println!("best: val_bpb {:.6} (commit {}, run {})", best.val_bpb, &best.commit[..7], best.run);
+        let name = &session.settings.metric.name;
+        println!("best: {name} {:.6} (commit {}, run {})", best.val_bpb, &best.commit[..7], best.run);
     }
 }
 
 pub fn run_one(args: RunArgs) -> Result<()> {
-    let session = Session::open(&repo_root()?)?;
+    let session = Session::open(&project_root()?)?;
     let mut worker = Worker::in_repository(&session)?;
     let interrupts = interrupts("interrupted: stopping the run (the change will be set aside)")?;
     let mut opts = options(&session, &args.rule, args.message.trim().to_string(), interrupts, 1)?;
@@ -292,7 +353,7 @@ pub fn run_one(args: RunArgs) -> Result<()> {
     let (trainer, backend) = trainer(&session, &args.backend)?;
     opts.backend = backend;
     let outcome = run_experiment(&mut worker, &trainer, &opts)?;
-    println!("{}", describe(&outcome));
+    println!("{}", describe(&outcome, &session.settings.metric.name));
     if let Some(t) = &outcome.log_tail {
         println!("--- the last {} lines of the log ---\n{t}", t.lines().count());
     }
@@ -301,12 +362,12 @@ pub fn run_one(args: RunArgs) -> Result<()> {
 }
 
 pub fn research_loop(args: LoopArgs) -> Result<()> {
-    let root = repo_root()?;
+    let root = project_root()?;
     let session = Session::open(&root)?;
     // What a killed command left in the repository's tree is put right first, whatever fails after.
     Worker::in_repository(&session)?;
     let interrupts = interrupts("stopping after the current step (Ctrl-C again to abort it now)")?;
-    let program_path = args.program.clone().unwrap_or_else(|| root.join("program.md"));
+    let program_path = args.program.clone().unwrap_or_else(|| root.join(&session.project.program));
     let program =
         std::fs::read_to_string(&program_path).with_context(|| format!("reading {}", program_path.display()))?;
     let mut opts = LoopOptions {
@@ -321,8 +382,13 @@ pub fn research_loop(args: LoopArgs) -> Result<()> {
     let (trainer, backend) = trainer(&session, &args.backend)?;
     opts.experiment.backend = backend;
     eprintln!(
-        "loop: agent `{}`, rule {}, profile {}, {} s per run",
-        opts.agent, opts.experiment.decider.label, session.settings.profile, session.settings.time_budget
+        "loop: agent `{}`, rule {}, {} ({}), profile {}, {} s per run",
+        opts.agent,
+        opts.experiment.decider.label,
+        session.settings.metric.name,
+        session.settings.metric.goal.phrase(),
+        session.settings.profile,
+        session.settings.time_budget
     );
     let setups = opts.experiment.backend.setups(args.workers, args.gpus.as_deref(), trainer.device)?;
     let report = run_pool(&session, &trainer, &opts, &setups, &|line: &str| println!("{line}"))?;
@@ -335,7 +401,7 @@ pub fn research_loop(args: LoopArgs) -> Result<()> {
 }
 
 pub fn noise(args: NoiseArgs) -> Result<()> {
-    let session = Session::open(&repo_root()?)?;
+    let session = Session::open(&project_root()?)?;
     // What a killed command left in the repository's tree is put right first, whatever fails after.
     Worker::in_repository(&session)?;
     let interrupts = interrupts("interrupted: stopping")?;
@@ -346,8 +412,9 @@ pub fn noise(args: NoiseArgs) -> Result<()> {
     let setups = opts.backend.setups(args.workers, args.gpus.as_deref(), trainer.device)?;
     let estimate = measure_noise(&session, &trainer, args.runs, &opts, &setups)?;
     println!(
-        "noise for profile {} at {} s: val_bpb {:.6} ± {:.6} (mean ± sd of {} seeds, commit {})",
+        "noise for profile {} at {} s: {} {:.6} ± {:.6} (mean ± sd of {} seeds, commit {})",
         estimate.profile,
+        session.settings.metric.name,
         estimate.budget,
         estimate.mean,
         estimate.std,
@@ -358,7 +425,7 @@ pub fn noise(args: NoiseArgs) -> Result<()> {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let session = Session::open(&repo_root()?)?;
+    let session = Session::open(&project_root()?)?;
     let mut worker = Worker::in_repository(&session)?;
     let interrupts = interrupts("interrupted: stopping")?;
     let rule = RuleArgs { rule: Some("lower".into()), z: 2.0, min_delta: None, timeout: None };
@@ -377,7 +444,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
-    let exported = autoresearch_research::export::export(&repo_root()?, args.out.as_deref(), args.force)?;
+    let exported = autoresearch_research::export::export(&project_root()?, args.out.as_deref(), args.force)?;
     for path in &exported.replaced {
         println!("replaced (an earlier export's): {}", path.display());
     }

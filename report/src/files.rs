@@ -49,7 +49,12 @@ pub const STASH_DIR: &str = "stash";
 pub const LOCK_FILE: &str = "lock";
 /// `noise`'s binary and logs, in the session's folder.
 pub const NOISE_DIR: &str = "noise";
-/// The training file as an experiment ran it, in its folder.
+/// A project's setup output, in a worker's folder (the run's copy is its build.log).
+pub const SETUP_LOG: &str = "setup.log";
+/// A project's checks' output, in the run's folder.
+pub const CHECKS_LOG: &str = "checks.log";
+/// The training file as an experiment ran it, in its folder, in sessions from before projects (now the editable
+/// files are beneath `edited/`).
 pub const RUN_TRAINING_FILE: &str = "train.rs";
 /// New files a set-aside change held, in its folder.
 pub const UNTRACKED_DIR: &str = "untracked";

@@ -20,6 +20,8 @@ pub enum Role {
     Build,
     Training,
     Evaluation,
+    /// A project's check before a keep.
+    Check,
 }
 
 impl Role {
@@ -30,6 +32,7 @@ impl Role {
             Role::Build => "build",
             Role::Training => "training",
             Role::Evaluation => "evaluation",
+            Role::Check => "check",
         }
     }
 }
@@ -40,6 +43,9 @@ pub struct Settings {
     /// Every experiment of the session uses this profile and time budget.
     pub profile: String,
     pub time_budget: f64,
+    /// What the session measures (sessions from before projects: val_bpb, lower).
+    #[serde(default)]
+    pub metric: crate::metric::Metric,
 }
 
 impl Settings {

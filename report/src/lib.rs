@@ -7,11 +7,13 @@
 //! as text and JSON; [`compare`] sets several sessions side by side; `plot` draws their pictures (the `plot`
 //! feature, on by default: the research loop and the dashboard leave it out and do not link plotters); [`noise`]
 //! is `noise.json`, the seed-to-seed spread; [`files`] names the session's files and folders; [`journal`] is a
-//! read-only view of what the journals and run folders say runs now.
+//! read-only view of what the journals and run folders say runs now; [`metric`] is what a session measures and
+//! which way is better.
 
 pub mod compare;
 pub mod files;
 pub mod journal;
+pub mod metric;
 pub mod noise;
 #[cfg(feature = "plot")]
 pub mod plot;

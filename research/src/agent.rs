@@ -9,11 +9,12 @@ use anyhow::{Context, Result};
 
 use crate::experiment::{build, check, describe, refusal_message, run_experiment, train_rerun};
 use crate::experiment::{Check, ExperimentOptions};
+use crate::metric::Goal;
 use crate::process::{wait_or_kill, Role};
 use crate::results::{self, Row, Status};
 use crate::trainer::Trainer;
 use crate::training::{tail, TAIL_LINES};
-use crate::{now_utc, RunMeta, Worker, TRAINING_FILE};
+use crate::{now_utc, RunMeta, Worker};
 
 pub struct LoopOptions {
     /// The agent's command line, run by `sh -c`; `{prompt}` becomes the prompt file's path (else the path
@@ -104,7 +105,7 @@ pub fn worker_loop(
         }
         let verdict = ready_to_run(worker, trainer, opts, &prompt_path, &description_path, on_outcome)?;
         if let Err(problem) = verdict {
-            if worker.training_file_changed()? || !worker.forbidden_changes()?.is_empty() {
+            if worker.changes()? != (Vec::new(), Vec::new()) {
                 record_refusal(worker, &problem)?;
                 report.refused += 1;
                 idle = 0;
@@ -134,7 +135,7 @@ pub fn worker_loop(
             Status::Crash => report.crashes += 1,
             _ => {}
         }
-        on_outcome(&describe(&outcome));
+        on_outcome(&describe(&outcome, &worker.session.settings.metric.name));
         feedback = outcome.log_tail.as_ref().map(|t| {
             format!(
                 "The last experiment (run {}) crashed: {}. The end of its log:\n```\n{t}\n```",
@@ -158,8 +159,11 @@ fn ready_to_run(
     let mut fixes = 0;
     loop {
         match check(worker)? {
-            Check::Refused(files) => return Ok(Err(refusal_message(&files))),
-            Check::Unchanged => return Ok(Err(format!("you did not change {TRAINING_FILE}; nothing was run"))),
+            Check::Refused(files) => return Ok(Err(refusal_message(worker, &files))),
+            Check::Unchanged => {
+                let editable = worker.session.project.editable.describe();
+                return Ok(Err(format!("you did not change {editable}; nothing was run")));
+            }
             Check::Ready => {}
         }
         match build(worker, trainer)? {
@@ -281,20 +285,27 @@ fn build_prompt(
 ) -> Result<String> {
     let rows = results::read(&worker.session.results)?.rows;
     let settings = &worker.session.settings;
+    let project = &worker.session.project;
+    let metric = &settings.metric;
+    let editable = project.editable.describe();
     let mut p = opts.program.clone();
     p += "\n\n---\n\n# Current state (written by `autoresearch loop`)\n\n";
-    p += &format!(
-        "- Repository: {} (branch {}). Edit only `{TRAINING_FILE}`. Profile {}, time budget {} s.\n",
-        worker.root.display(),
-        settings.branch,
-        settings.profile,
-        settings.time_budget
-    );
+    p += &format!("- Repository: {} (branch {}). Edit only {editable}. ", worker.root.display(), settings.branch);
+    p += &match &project.commands {
+        None => format!("Profile {}, time budget {} s.\n", settings.profile, settings.time_budget),
+        Some(c) => format!(
+            "The metric is `{}` ({}); the training is stopped after {} s.\n",
+            metric.name,
+            metric.goal.phrase(),
+            c.train.timeout.as_secs_f64()
+        ),
+    };
     match &worker.journal.best {
         Some(best) => {
             let what = results::experiment_row(&rows, best.run);
             p += &format!(
-                "- Best so far: val_bpb {:.6}, commit {}, run {}: {}\n",
+                "- Best so far: {} {:.6}, commit {}, run {}: {}\n",
+                metric.name,
                 best.val_bpb,
                 &best.commit[..7.min(best.commit.len())],
                 best.run,
@@ -320,8 +331,15 @@ fn build_prompt(
     }
     let history = history(&rows);
     if !history.is_empty() {
-        p += "\nEvery experiment so far, oldest first (val_bpb, and its change against the best at the time: \
-              negative is better):\n\n";
+        let better = match metric.goal {
+            Goal::Lower => "negative",
+            Goal::Higher => "positive",
+        };
+        p += &format!(
+            "\nEvery experiment so far, oldest first ({}, and its change against the best at the time: {better} is \
+             better):\n\n",
+            metric.name
+        );
         p += &history;
     }
     let notes_path = worker.session.dir.join(NOTES_FILE);
@@ -340,13 +358,14 @@ fn build_prompt(
     }
     if let Some(errors) = compile_errors {
         p += &format!(
-            "\n**Your change does not compile.** Fix `{TRAINING_FILE}` (keep the idea if you can). The compiler says:\n\n```\n{errors}\n```\n"
+            "\n**Your change does not build.** Fix {editable} (keep the idea if you can). The {} says:\n\n```\n{errors}\n```\n",
+            if project.commands.is_some() { "setup command" } else { "compiler" }
         );
     } else if let Some(f) = feedback {
         p += &format!("\n{f}\n");
     }
     p += &format!(
-        "\nNow make one change to `{TRAINING_FILE}`, write a one-line description of it to `{}`, and stop. \
+        "\nNow make one change to {editable}, write a one-line description of it to `{}`, and stop. \
          The harness commits, builds, runs and records it.\n",
         description.display()
     );

@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::files::{result_file, EXPORT_DIR, META_FILE, RESULTS_FILE, RUNS_DIR, STATE_DIR, STATE_FILE};
 use crate::git::Git;
+use crate::metric::Metric;
 use crate::results::{self, Row, Status};
 use crate::rules::{mean_std, noise_for, NoiseEstimate};
 use crate::state::{Settings, State};
@@ -54,14 +55,16 @@ pub fn kept(rows: &[Row]) -> Vec<Kept> {
 }
 
 /// The gain line: the value before and after, the difference, and the difference in sd where one is known.
-pub fn gain_text(before: Option<(f64, Option<u64>)>, after: f64, sd: Option<f64>) -> String {
+pub fn gain_text(metric: &Metric, before: Option<(f64, Option<u64>)>, after: f64, sd: Option<f64>) -> String {
+    let name = &metric.name;
     let Some((before, run)) = before else {
-        return format!("val_bpb {after:.6}: the session's first result, nothing before it to compare with");
+        return format!("{name} {after:.6}: the session's first result, nothing before it to compare with");
     };
     let diff = after - before;
     let against = run.map_or_else(String::new, |r| format!(" (the best after run {r})"));
-    let in_sd = sd.filter(|&s| s > 0.0).map_or_else(String::new, |s| format!(", {:.1} sd", -diff / s));
-    format!("val_bpb {before:.6}{against} → {after:.6}: {diff:+.6}{in_sd} (lower is better)")
+    let gain = metric.goal.gain(after, before);
+    let in_sd = sd.filter(|&s| s > 0.0).map_or_else(String::new, |s| format!(", {:.1} sd", gain / s));
+    format!("{name} {before:.6}{against} → {after:.6}: {diff:+.6}{in_sd} ({})", metric.goal.phrase())
 }
 
 /// The noise line: this change's own spread where it ran with several seeds (`seeds`: value by seed), the
@@ -121,7 +124,7 @@ pub fn message(
 ) -> String {
     let row = &kept.row;
     let (noise, sd) = noise_text(seeds, noise, settings);
-    let mut lines = vec![format!("gain: {}", gain_text(kept.before, row.val_bpb, sd)), noise];
+    let mut lines = vec![format!("gain: {}", gain_text(&settings.metric, kept.before, row.val_bpb, sd)), noise];
     let session = format!("session {}, profile {}, {} s per run", settings.tag, settings.profile, settings.time_budget);
     match &row.extra {
         Some(e) => {
@@ -194,8 +197,9 @@ pub fn export(root: &Path, out: Option<&Path>, force: bool) -> Result<Exported> 
         if tree(&commit)? == tree(&previous)? {
             let line = format!(
                 "{}: {description}: no change to export (the same files as the kept state before it); its \
-                 val_bpb {:.6} is what later gains are measured from",
+                 {} {:.6} is what later gains are measured from",
                 kept.label(),
+                settings.metric.name,
                 kept.row.val_bpb
             );
             lines.push((None, line));
@@ -210,7 +214,7 @@ pub fn export(root: &Path, out: Option<&Path>, force: bool) -> Result<Exported> 
             let text = message(&kept, &seeds, noise.as_ref(), settings, &history);
             let date = meta.as_ref().map(|m| m.started.as_str()).filter(|d| !d.is_empty());
             tip = git.commit_tree(&tree(&commit)?, &tip, &text, date)?;
-            let gain = gain_text(kept.before, kept.row.val_bpb, None);
+            let gain = gain_text(&settings.metric, kept.before, kept.row.val_bpb, None);
             lines.push((Some(count), format!("{}: {description}: {gain}", kept.label())));
             count += 1;
             (previous, previous_run) = (commit, kept.run());
@@ -360,6 +364,7 @@ mod tests {
             time_budget: 60.0,
             device: DeviceChoice::Cpu,
             rule: "margin".into(),
+            metric: Default::default(),
         }
     }
 
@@ -386,12 +391,18 @@ mod tests {
             ]
         );
         assert_eq!(
-            gain_text(kept[3].before, 0.93, Some(0.01)),
+            gain_text(&Metric::default(), kept[3].before, 0.93, Some(0.01)),
             "val_bpb 0.960000 (the best after run 4) → 0.930000: -0.030000, 3.0 sd (lower is better)"
         );
         assert_eq!(
-            gain_text(None, 0.93, None),
+            gain_text(&Metric::default(), None, 0.93, None),
             "val_bpb 0.930000: the session's first result, nothing before it to compare with"
+        );
+        // Where higher is better, a rise is the gain the sd counts.
+        let accuracy = Metric { name: "accuracy".into(), goal: crate::metric::Goal::Higher };
+        assert_eq!(
+            gain_text(&accuracy, Some((0.90, None)), 0.93, Some(0.01)),
+            "accuracy 0.900000 → 0.930000: +0.030000, 3.0 sd (higher is better)"
         );
     }
 

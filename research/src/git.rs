@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 pub const IDENTITY: (&str, &str) = ("autoresearch", "autoresearch@localhost");
 
 pub struct Git {
-    root: PathBuf,
+    pub root: PathBuf,
 }
 
 impl Git {
@@ -77,8 +77,17 @@ impl Git {
 
     /// Commits `path` with `message`; returns the new commit.
     pub fn commit_file(&self, path: &str, message: &str) -> Result<String> {
-        self.exec(&["add", "--", path])?;
-        self.exec(&["commit", "--quiet", "--no-verify", "-m", message, "--", path])?;
+        self.commit_files(&[path.to_string()], message)
+    }
+
+    /// Commits the changes to `paths` (changed, new or removed files) with `message`; returns the new commit.
+    pub fn commit_files(&self, paths: &[String], message: &str) -> Result<String> {
+        let mut add = vec!["add", "--all", "--"];
+        add.extend(paths.iter().map(String::as_str));
+        self.exec(&add)?;
+        let mut commit = vec!["commit", "--quiet", "--no-verify", "-m", message, "--"];
+        commit.extend(paths.iter().map(String::as_str));
+        self.exec(&commit)?;
         self.head()
     }
 

@@ -28,6 +28,8 @@ pub mod git;
 pub mod noise;
 pub mod pool;
 pub mod process;
+pub mod project;
+pub mod project_training;
 pub mod rules;
 pub mod session;
 pub mod slurm;
@@ -38,7 +40,7 @@ pub mod worker;
 
 // results.tsv's format, the session's file names and the summaries, which the dashboard reads without the loop;
 // named here so that the loop's modules say `crate::results`, `crate::files`, `crate::report`.
-use autoresearch_report::{files, report, results};
+use autoresearch_report::{files, metric, report, results};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

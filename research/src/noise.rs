@@ -74,7 +74,7 @@ fn prepare_noise(worker: &mut Worker, trainer: &Trainer, k: usize) -> Result<Pat
     if k < 2 {
         bail!("--runs {k}: a spread needs at least 2 runs");
     }
-    if !worker.forbidden_changes()?.is_empty() || worker.training_file_changed()? {
+    if worker.changes()? != (Vec::new(), Vec::new()) {
         bail!("the working tree differs from the best commit: run or undo the change first");
     }
     if let Err(compiler) = build(worker, trainer)? {
@@ -104,9 +104,9 @@ fn noise_training(
         bail!("interrupted");
     }
     match t.result {
-        Ok(s) => {
-            worker.say(&format!("noise: seed {seed}: val_bpb {:.6}", s.val_bpb));
-            Ok(s.val_bpb)
+        Ok(m) => {
+            worker.say(&format!("noise: seed {seed}: {} {:.6}", worker.session.settings.metric.name, m.value));
+            Ok(m.value)
         }
         Err(c) => bail!("the training with seed {seed} crashed ({}); see {}", c.reason, log.display()),
     }

@@ -60,7 +60,8 @@ pub fn run_pool(
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<LoopReport> {
     let mut workers = workers(session, template, setups)?;
-    if opts.experiment.backend.is_local() {
+    // What the built-in training file needs of a GPU; a project's commands are its own.
+    if opts.experiment.backend.is_local() && session.project.commands.is_none() {
         for (_, trainer) in &workers {
             trainer.check_gpu()?;
         }
@@ -75,7 +76,7 @@ pub fn run_pool(
         if session.claim(opts.max_experiments) {
             let baseline = ExperimentOptions { description: "baseline".into(), ..opts.experiment.clone() };
             let outcome = run_experiment(first, first_trainer, &baseline)?;
-            say(&heading(first.number, &describe(&outcome)));
+            say(&heading(first.number, &describe(&outcome, &session.settings.metric.name)));
             total.experiments += 1;
             total.kept += usize::from(outcome.status == Status::Keep);
             total.crashes += usize::from(outcome.status == Status::Crash);

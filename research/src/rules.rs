@@ -1,4 +1,4 @@
-//! Keep decisions: `lower` (the original: any improvement), `margin` (beat the best by more than z·σ; the
+//! Keep decisions, for a metric where lower or higher is better: `lower` (the original's name: any improvement), `margin` (beat the best by more than z·σ; the
 //! default) and `confirm N` (an improvement is rerun with N other seeds and kept only if the mean still beats
 //! the best by the margin). σ is the seed-to-seed spread of val_bpb: measured by `autoresearch noise`, or by the
 //! session itself under `margin` (the baseline trained on [`BASELINE_SEEDS`] seeds before the first comparison).
@@ -11,6 +11,8 @@ use anyhow::{bail, Context, Result};
 // The spread's measurements and noise.json live with results.tsv's format in autoresearch-report (the report
 // reads them too); the loop uses them by these names.
 pub(crate) use autoresearch_report::noise::{mean_std, noise_for, save_noise, seed_blind, NoiseEstimate};
+
+use crate::metric::Goal;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Rule {
@@ -53,13 +55,15 @@ pub struct Decider {
     /// The rule as results.tsv records it.
     pub label: String,
     /// `margin` with no spread measured yet: the session measures it on the baseline (see
-    /// [`crate::run::remeasure_if_needed`]) before anything is compared.
+    /// [`crate::experiment::remeasure_if_needed`]) before anything is compared.
     pub awaiting_noise: bool,
+    /// Which way the metric is better.
+    pub goal: Goal,
 }
 
 impl Decider {
     /// σ from `noise`, or `min_delta` as the margin itself; `margin` needs one of them.
-    pub fn new(rule: Rule, noise: Option<&NoiseEstimate>, min_delta: Option<f64>) -> Result<Decider> {
+    pub fn new(rule: Rule, goal: Goal, noise: Option<&NoiseEstimate>, min_delta: Option<f64>) -> Result<Decider> {
         let resolve = |z: f64| -> Option<(f64, String)> {
             match (min_delta, noise) {
                 (Some(d), _) => Some((d, format!("min-delta {d}"))),
@@ -70,21 +74,22 @@ impl Decider {
             }
         };
         Ok(match rule {
-            Rule::Lower => Decider { rule, margin: 0.0, label: "lower".into(), awaiting_noise: false },
+            Rule::Lower => Decider { rule, margin: 0.0, label: "lower".into(), awaiting_noise: false, goal },
             Rule::Margin { z } => match resolve(z) {
                 Some((margin, text)) => {
-                    Decider { rule, margin, label: format!("margin {text}"), awaiting_noise: false }
+                    Decider { rule, margin, label: format!("margin {text}"), awaiting_noise: false, goal }
                 }
                 None => Decider {
                     rule,
                     margin: 0.0,
                     label: format!("margin {z}σ (σ not measured yet: from the baseline on {BASELINE_SEEDS} seeds)"),
                     awaiting_noise: true,
+                    goal,
                 },
             },
             Rule::Confirm { n, z } => {
                 let (margin, text) = resolve(z).unwrap_or((0.0, "no margin (no noise estimate)".into()));
-                Decider { rule, margin, label: format!("confirm {n}, {text}"), awaiting_noise: false }
+                Decider { rule, margin, label: format!("confirm {n}, {text}"), awaiting_noise: false, goal }
             }
         })
     }
@@ -103,7 +108,7 @@ impl Decider {
             return Ok(self.clone());
         }
         match noise_for(dir, profile, budget)? {
-            Some(noise) => Decider::new(self.rule.clone(), Some(&noise), None),
+            Some(noise) => Decider::new(self.rule.clone(), self.goal, Some(&noise), None),
             None => Ok(self.clone()),
         }
     }
@@ -111,14 +116,14 @@ impl Decider {
     /// Whether a first result deserves a place (or, for `confirm`, reruns): with the best's value.
     pub fn promising(&self, value: f64, best: f64) -> bool {
         match self.rule {
-            Rule::Confirm { .. } | Rule::Lower => value < best,
-            Rule::Margin { .. } => best - value > self.margin,
+            Rule::Confirm { .. } | Rule::Lower => self.goal.better(value, best),
+            Rule::Margin { .. } => self.goal.gain(value, best) > self.margin,
         }
     }
 
     /// The final verdict on a value (a single result, or the mean of a confirmed one) and its reason.
     pub fn verdict(&self, value: f64, best: f64, best_run: u64) -> (bool, String) {
-        let gain = best - value;
+        let gain = self.goal.gain(value, best);
         let keep = if self.margin > 0.0 { gain > self.margin } else { gain > 0.0 };
         let cmp = if keep { ">" } else { "≤" };
         let reason = if self.margin > 0.0 {
@@ -141,11 +146,11 @@ mod tests {
         assert!(Rule::parse("sometimes", 2.0).is_err());
         let noise = NoiseEstimate::new("small", 10.0, "abc", vec![43, 44, 45], vec![1.0, 1.1, 1.2]).unwrap();
         assert!((noise.std - 0.1).abs() < 1e-12 && (noise.mean - 1.1).abs() < 1e-12);
-        let d = Decider::new(Rule::Margin { z: 2.0 }, Some(&noise), None).unwrap();
+        let d = Decider::new(Rule::Margin { z: 2.0 }, Goal::Lower, Some(&noise), None).unwrap();
         assert!((d.margin - 0.2).abs() < 1e-12);
         assert!(!d.verdict(0.9, 1.0, 1).0, "a gain of 0.1 is within 2σ = 0.2");
         assert!(d.verdict(0.7, 1.0, 1).0);
-        let awaiting = Decider::new(Rule::Margin { z: 2.0 }, None, None).unwrap();
+        let awaiting = Decider::new(Rule::Margin { z: 2.0 }, Goal::Lower, None, None).unwrap();
         assert!(awaiting.awaiting_noise && awaiting.label.contains("σ not measured yet"), "{}", awaiting.label);
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(awaiting.resolved(dir.path(), "small", 10.0).unwrap(), awaiting, "nothing measured yet");
@@ -154,9 +159,15 @@ mod tests {
         assert!(!measured.awaiting_noise && (measured.margin - 0.2).abs() < 1e-12, "{measured:?}");
         assert!(measured.label.starts_with("margin 2σ = 0.200000 (σ from 3 seeds)"), "{}", measured.label);
         assert_eq!(awaiting.resolved(dir.path(), "small", 60.0).unwrap(), awaiting, "another budget's spread");
-        let d = Decider::new(Rule::Margin { z: 2.0 }, Some(&noise), Some(0.05)).unwrap();
+        let d = Decider::new(Rule::Margin { z: 2.0 }, Goal::Lower, Some(&noise), Some(0.05)).unwrap();
         assert_eq!(d.margin, 0.05, "--min-delta wins");
-        let lower = Decider::new(Rule::Lower, None, None).unwrap();
+        let lower = Decider::new(Rule::Lower, Goal::Lower, None, None).unwrap();
         assert!(lower.verdict(0.999, 1.0, 1).0 && !lower.verdict(1.0, 1.0, 1).0);
+        // Where higher is better (accuracy), a gain is a rise.
+        let higher = Decider::new(Rule::Margin { z: 2.0 }, Goal::Higher, Some(&noise), None).unwrap();
+        assert!(higher.verdict(1.3, 1.0, 1).0 && !higher.verdict(1.1, 1.0, 1).0 && !higher.verdict(0.7, 1.0, 1).0);
+        assert!(higher.promising(1.3, 1.0) && !higher.promising(0.7, 1.0));
+        let (_, why) = higher.verdict(1.3, 1.0, 1);
+        assert!(why.starts_with("gain 0.300000 over best 1.000000"), "{why}");
     }
 }

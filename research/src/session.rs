@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::files::*;
 use crate::git::Git;
+use crate::project::{Project, PROJECT_FILE};
 use crate::results;
 use crate::state::{Best, Journal, Settings, State};
 use crate::trainer::DeviceChoice;
@@ -31,6 +32,8 @@ pub struct Session {
     pub dir: PathBuf,
     pub results: PathBuf,
     pub settings: Settings,
+    /// What the session researches: the built-in GPT, or the project its `autoresearch.toml` describes.
+    pub project: Project,
     state: Mutex<State>,
     /// worker → (run, description) of the experiment it is running.
     running: Mutex<BTreeMap<usize, (u64, String)>>,
@@ -64,6 +67,11 @@ pub fn init(
     if !dirty.is_empty() {
         bail!("uncommitted changes to tracked files ({}): commit or stash them first", dirty.join(", "));
     }
+    let project = Project::load(root)?;
+    if project.commands.is_some() && !git.ok(&["ls-files", "--error-unmatch", PROJECT_FILE])? {
+        bail!("{PROJECT_FILE} is not committed: commit it (and the files it names) first");
+    }
+    exclude_session_files(&git)?;
     let dir = root.join(STATE_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let lock = lock(&dir)?;
@@ -112,6 +120,7 @@ pub fn init(
             time_budget,
             device,
             rule: rule.to_string(),
+            metric: project.metric,
         },
         best: None,
         next_run: 1,
@@ -120,6 +129,30 @@ pub fn init(
     state.save(&dir)?;
     drop(lock);
     Ok(state)
+}
+
+/// The files the loop writes in the repository are no change of an experiment's: git ignores them in this
+/// repository and its worktrees (its own `info/exclude`), whatever the project's .gitignore says.
+fn exclude_session_files(git: &Git) -> Result<()> {
+    let common = git.exec(&["rev-parse", "--git-common-dir"])?;
+    let path = git.root.join(common.trim()).join("info/exclude");
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    let missing: Vec<String> = [STATE_DIR, RESULTS_FILE, RUN_LOG]
+        .iter()
+        .map(|name| format!("/{name}"))
+        .filter(|line| !existing.lines().any(|l| l.trim().trim_end_matches('/') == line))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path.parent().expect("in info/"))?;
+    let mut text = existing;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text += "# written by the research loop (autoresearch init)\n";
+    missing.iter().for_each(|l| text += &format!("{l}\n"));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The journals in a session's folder by worker: 0, the repository's own tree's, then each worker's of a pool
@@ -161,10 +194,22 @@ impl Session {
             results::create(&results)?;
         }
         results::repair(&results)?;
+        let project = Project::load(root)?;
+        if project.metric != state.settings.metric {
+            bail!(
+                "the session measures {} ({}), but {PROJECT_FILE} now says {} ({}): start a new session with \
+                 `autoresearch init`",
+                state.settings.metric.name,
+                state.settings.metric.goal.phrase(),
+                project.metric.name,
+                project.metric.goal.phrase()
+            );
+        }
         Ok(Arc::new(Session {
             root: root.to_path_buf(),
             git,
             results,
+            project,
             settings: state.settings.clone(),
             state: Mutex::new(state),
             dir,

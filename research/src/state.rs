@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use autoresearch_report::journal::read_journal;
 
 use crate::files::{JOURNAL_FILE, STATE_FILE};
+use crate::metric::Metric;
 use crate::process::Recorded;
 use crate::trainer::DeviceChoice;
 
@@ -61,6 +62,9 @@ pub struct Settings {
     /// session rule kept by `lower`.
     #[serde(default = "original_rule")]
     pub rule: String,
+    /// What the session measures: the built-in's val_bpb (lower), or a project's metric.
+    #[serde(default)]
+    pub metric: Metric,
 }
 
 /// The session's state in `state.json`.
@@ -141,6 +145,7 @@ mod tests {
                 time_budget: 60.0,
                 device: DeviceChoice::Cuda,
                 rule: "margin".into(),
+                metric: Default::default(),
             },
             best: None,
             next_run: 1,

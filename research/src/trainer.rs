@@ -290,25 +290,31 @@ impl Trainer {
             cmd.env("LD_LIBRARY_PATH", cuda_library_path()?).env(DEVICE_ENV, "cuda");
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        if !self.cpus.is_empty() {
-            let cpus = self.cpus.clone();
-            use std::os::unix::process::CommandExt;
-            // In the child between fork and exec: sched_setaffinity is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    for &c in &cpus {
-                        libc::CPU_SET(c, &mut set);
-                    }
-                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                })
-            };
-        }
+        pin_to_cpus(&mut cmd, &self.cpus);
         Ok(cmd)
     }
+}
+
+/// Pins the process `cmd` starts to `cpus` (none: not pinned).
+pub fn pin_to_cpus(cmd: &mut Command, cpus: &[usize]) {
+    if cpus.is_empty() {
+        return;
+    }
+    let cpus = cpus.to_vec();
+    use std::os::unix::process::CommandExt;
+    // In the child between fork and exec: sched_setaffinity is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &c in &cpus {
+                libc::CPU_SET(c, &mut set);
+            }
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
 }
 
 /// Where libtorch's CUDA build and its CUDA libraries live on this machine: $AUTORESEARCH_TORCH_LIB, else the

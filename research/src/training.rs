@@ -41,9 +41,18 @@ pub struct Crash {
     pub log_tail: String,
 }
 
+/// What a training measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Measured {
+    /// The metric's value (the built-in's val_bpb).
+    pub value: f64,
+    /// Peak GPU memory (0 where not known).
+    pub memory_gb: f64,
+}
+
 /// One training's result.
 pub struct TrainingOutcome {
-    pub result: std::result::Result<Summary, Crash>,
+    pub result: std::result::Result<Measured, Crash>,
     /// Seconds in the training binary, both phases.
     pub wall: f64,
     pub interrupted: bool,
@@ -112,7 +121,7 @@ impl TrainingFiles {
 
 /// A training's files made afresh: an empty hand-over folder with its temporary folder, no result, an empty log.
 /// The temporary folder goes when what this returns is dropped.
-fn fresh_files(files: &TrainingFiles) -> Result<TemporaryFiles> {
+pub(crate) fn fresh_files(files: &TrainingFiles) -> Result<TemporaryFiles> {
     if files.handover.exists() {
         std::fs::remove_dir_all(&files.handover).with_context(|| format!("removing {}", files.handover.display()))?;
     }
@@ -125,7 +134,7 @@ fn fresh_files(files: &TrainingFiles) -> Result<TemporaryFiles> {
 }
 
 /// Removes the hand-over folder's temporary files when dropped: on every outcome.
-struct TemporaryFiles(PathBuf);
+pub(crate) struct TemporaryFiles(pub PathBuf);
 
 impl Drop for TemporaryFiles {
     fn drop(&mut self) {
@@ -168,12 +177,13 @@ pub const CPU_DEVICES: [&str; 6] = ["/dev/null", "/dev/zero", "/dev/full", "/dev
 /// session's folder with its runs, checkpoints, logs and workers' trees; results.tsv; the last log).
 pub fn unreadable(prepared: &Prepared, root: &Path) -> Vec<PathBuf> {
     let mut deny = validation_sources(prepared);
-    deny.extend([crate::STATE_DIR, crate::RESULTS_FILE, crate::files::RUN_LOG].map(|p| root.join(p)));
+    deny.extend(session_files(root));
     deny
 }
 
-pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingFiles, binary: &Path) -> Sandboxes {
-    let mut devices: Vec<PathBuf> = if cuda {
+/// The device nodes (and on CUDA, what CUDA writes) a phase may write.
+pub fn device_writes(cuda: bool) -> Vec<PathBuf> {
+    if cuda {
         // CUDA needs the GPUs' device nodes, and does not start without writes beneath /proc or /sys (measured
         // on an H200: cudaGetDeviceCount fails with error 304 when only /dev and a temporary folder are
         // writable, and works with /proc and /sys added); its kernel cache is ~/.nv. Kept as measured: no GPU
@@ -185,7 +195,17 @@ pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingF
         d
     } else {
         CPU_DEVICES.iter().map(PathBuf::from).filter(|p| p.exists()).collect()
-    };
+    }
+}
+
+/// What the loop writes in the repository `root`: the session's folder (runs, checkpoints, logs, workers' trees),
+/// results.tsv and the last log. No phase reads them.
+pub fn session_files(root: &Path) -> Vec<PathBuf> {
+    [crate::STATE_DIR, crate::RESULTS_FILE, crate::files::RUN_LOG].iter().map(|p| root.join(p)).collect()
+}
+
+pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingFiles, binary: &Path) -> Sandboxes {
+    let mut devices = device_writes(cuda);
     let mut deny = unreadable(prepared, root);
     if !cuda {
         // Files left there by an earlier training would be read back.
@@ -264,7 +284,7 @@ fn read_status(path: &Path) -> Option<PhaseStatus> {
 }
 
 /// How one phase ended.
-enum Ended {
+pub(crate) enum Ended {
     Exited(ExitStatus),
     /// Stopped by us: a phase past its limit, or the whole training past the hard timeout.
     OverTime(String),
@@ -273,7 +293,7 @@ enum Ended {
 
 /// Runs one phase to its end, its output appended to the log; `limit` is its time from its start, `deadline`
 /// the hard timeout of the whole training.
-fn run_phase(
+pub(crate) fn run_phase(
     procs: &mut dyn Processes,
     cmd: Command,
     role: Role,
@@ -436,7 +456,7 @@ fn train_and_evaluate_begun(
     };
     let summary = summarise(&stats, result, training_wall, training_wall + eval_wall, budget, seed);
     append(&files.log, &format!("\n{summary}\n"))?;
-    done(Ok(summary), false)
+    done(Ok(Measured { value: summary.val_bpb, memory_gb: summary.peak_vram_mb / 1024.0 }), false)
 }
 
 /// The summary block of a training: the evaluation's result, the training's account of itself and this clock.
@@ -507,7 +527,7 @@ fn evaluation_phase(
     Ok((ended, wall, nonce))
 }
 
-fn append(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn append(path: &Path, text: &str) -> Result<()> {
     let mut f = std::fs::OpenOptions::new().append(true).open(path)?;
     f.write_all(text.as_bytes())?;
     Ok(())

@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use crate::files::*;
 use crate::git::Git;
 use crate::process::{self, Recorded, Role};
+use crate::project::{Snapshot, SNAPSHOT_DIR};
 use crate::results::{self, Status};
 use crate::session::Session;
 use crate::state::{Best, InProgress, Journal};
@@ -196,9 +197,9 @@ impl Worker {
             }
         }
         if self.unstash()? {
-            msgs.push(format!(
-                "recovered: the change to {TRAINING_FILE} that waited while the best was re-measured is back in the tree"
-            ));
+            msgs.push(
+                "recovered: the change that waited while the best was re-measured is back in the tree".to_string(),
+            );
         }
         Ok((!msgs.is_empty()).then(|| msgs.join("\n")))
     }
@@ -244,34 +245,54 @@ impl Worker {
         Ok(msg)
     }
 
-    fn stash_path(&self) -> PathBuf {
-        self.own.join(STASH_DIR).join(RUN_TRAINING_FILE)
+    fn stash_dir(&self) -> PathBuf {
+        self.own.join(STASH_DIR)
     }
 
-    /// Puts the uncommitted training file aside (in the worker's `stash/`, where recovery finds it) and the
-    /// best commit's in its place.
+    /// Puts the uncommitted editable files aside (in the worker's `stash/`, where recovery finds them) and the
+    /// best commit's in their place.
     pub fn stash(&self) -> Result<()> {
-        let content =
-            std::fs::read(self.root.join(TRAINING_FILE)).with_context(|| format!("reading {TRAINING_FILE}"))?;
-        std::fs::create_dir_all(self.stash_path().parent().unwrap())?;
-        autoresearch_harness::fsutil::write_atomic(&self.stash_path(), &content)?;
-        self.git.exec(&["checkout", self.reference_commit(), "--", TRAINING_FILE])?;
+        let editable = &self.session.project.editable;
+        Snapshot::take(editable, &self.git)?.save(&self.stash_dir())?;
+        let at_best: Vec<String> = self
+            .git
+            .exec(&["ls-tree", "-r", "--name-only", self.reference_commit()])?
+            .lines()
+            .filter(|f| editable.matches(f))
+            .map(str::to_string)
+            .collect();
+        for f in editable.files(&self.git)? {
+            if !at_best.contains(&f) {
+                std::fs::remove_file(self.root.join(&f)).with_context(|| format!("removing {f}"))?;
+            }
+        }
+        let mut checkout = vec!["checkout", self.reference_commit(), "--"];
+        checkout.extend(at_best.iter().map(String::as_str));
+        self.git.exec(&checkout)?;
         Ok(())
     }
 
-    /// Brings a stashed training file back into the tree; whether there was one.
+    /// Brings stashed editable files back into the tree; whether there were any.
     pub fn unstash(&self) -> Result<bool> {
-        let path = self.stash_path();
-        let Ok(content) = std::fs::read(&path) else { return Ok(false) };
-        autoresearch_harness::fsutil::write_atomic(&self.root.join(TRAINING_FILE), &content)?;
-        std::fs::remove_file(&path)?;
+        let dir = self.stash_dir();
+        // A stash from before projects: the training file alone.
+        let single = dir.join(RUN_TRAINING_FILE);
+        if let Ok(content) = std::fs::read(&single) {
+            autoresearch_harness::fsutil::write_atomic(&self.root.join(TRAINING_FILE), &content)?;
+            std::fs::remove_file(&single)?;
+            return Ok(true);
+        }
+        let Some(snapshot) = Snapshot::load(&dir)? else { return Ok(false) };
+        snapshot.restore(&self.session.project.editable, &self.git)?;
+        std::fs::remove_dir_all(dir.join(SNAPSHOT_DIR))?;
         Ok(true)
     }
 
     /// Puts aside whatever the tree holds beyond the best commit (a change left by a stopped loop or agent),
     /// into the worker's `leftovers/<time>`; returns that folder if there was anything.
     pub fn set_aside_leftovers(&self) -> Result<Option<PathBuf>> {
-        if !self.training_file_changed()? && self.forbidden_changes()?.is_empty() {
+        let (editable, forbidden) = self.changes()?;
+        if editable.is_empty() && forbidden.is_empty() {
             return Ok(None);
         }
         // One folder each, also for two in the same second.
@@ -284,13 +305,19 @@ impl Worker {
         Ok(Some(dir))
     }
 
-    /// Files other than the training file that differ from the reference commit, new ones included.
-    pub fn forbidden_changes(&self) -> Result<Vec<String>> {
-        Ok(self.git.changed_files(self.reference_commit())?.into_iter().filter(|f| f != TRAINING_FILE).collect())
+    /// The files that differ from the reference commit (new and removed ones included): the editable ones, and
+    /// the others, which no experiment may change.
+    pub fn changes(&self) -> Result<(Vec<String>, Vec<String>)> {
+        self.session.project.changes(&self.git, self.reference_commit())
     }
 
-    pub fn training_file_changed(&self) -> Result<bool> {
-        Ok(!self.git.ok(&["diff", "--quiet", self.reference_commit(), "--", TRAINING_FILE])?)
+    /// Files other than the editable ones that differ from the reference commit, new ones included.
+    pub fn forbidden_changes(&self) -> Result<Vec<String>> {
+        Ok(self.changes()?.1)
+    }
+
+    pub fn editable_changed(&self) -> Result<bool> {
+        Ok(!self.changes()?.0.is_empty())
     }
 }
 

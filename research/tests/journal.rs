@@ -26,6 +26,7 @@ fn session_state() -> State {
             time_budget: 60.0,
             device: DeviceChoice::Cpu,
             rule: "margin".into(),
+            metric: Default::default(),
         },
         best: best(),
         next_run: 9,
@@ -56,7 +57,10 @@ fn the_loops_journals_and_run_folders_read_as_the_dashboard_reads_them() {
     let me = Recorded { role: Role::Evaluation, pgid: pid, start_time: start_time(pid).unwrap() };
     let stranger = Recorded { role: Role::Agent, pgid: pid, start_time: me.start_time + 1 };
     session_state().save(&state_dir).unwrap();
-    assert_eq!(Settings::load(&state_dir).unwrap(), Settings { profile: "small".into(), time_budget: 60.0 });
+    assert_eq!(
+        Settings::load(&state_dir).unwrap(),
+        Settings { profile: "small".into(), time_budget: 60.0, metric: Default::default() }
+    );
     journal(Some(7), vec![stranger.clone(), me.clone()]).save(&state_dir).unwrap();
     let worker = state_dir.join("workers/2");
     std::fs::create_dir_all(&worker).unwrap();

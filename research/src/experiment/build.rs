@@ -1,9 +1,13 @@
 //! The build step: the training binary, compiled from the worker's tree (a worktree's file in the repository's
-//! tree, one worker at a time), the build process journaled while it runs.
+//! tree, one worker at a time), or a project's setup command in the worker's own tree; the process journaled
+//! while it runs.
 
 use anyhow::{Context, Result};
 
+use crate::files::SETUP_LOG;
 use crate::process::Role;
+use crate::project::Commands;
+use crate::project_training::run_setup;
 use crate::trainer::Trainer;
 use crate::worker::say_as;
 use crate::{file_hash, Worker, TRAINING_FILE};
@@ -11,6 +15,10 @@ use crate::{file_hash, Worker, TRAINING_FILE};
 /// Builds the training binary, the build process recorded in the journal while it runs. A worker in a
 /// worktree has its file built in the repository's tree, one worker at a time, into its own binary.
 pub fn build(worker: &mut Worker, trainer: &Trainer) -> Result<std::result::Result<String, String>> {
+    let session = worker.session.clone();
+    if let Some(commands) = &session.project.commands {
+        return setup(worker, trainer, commands);
+    }
     let mut recorded = None;
     let number = worker.number;
     let mut build = |worker: &mut Worker| {
@@ -47,6 +55,23 @@ pub fn build(worker: &mut Worker, trainer: &Trainer) -> Result<std::result::Resu
             }
         }
     };
+    if let Some(r) = recorded {
+        worker.forget(&r)?;
+    }
+    result
+}
+
+/// A project's setup, in the worker's own tree, journaled while it runs; a project without one has nothing to
+/// build.
+fn setup(worker: &mut Worker, trainer: &Trainer, commands: &Commands) -> Result<std::result::Result<String, String>> {
+    let Some(step) = &commands.setup else { return Ok(Ok(String::new())) };
+    let (tree, repository, log) = (worker.root.clone(), worker.session.root.clone(), worker.own.join(SETUP_LOG));
+    let mut recorded = None;
+    let result = run_setup(commands, step, trainer, &tree, &repository, &log, &mut |cmd| {
+        let (child, r) = worker.spawn(cmd, Role::Build)?;
+        recorded = Some(r);
+        Ok(child)
+    });
     if let Some(r) = recorded {
         worker.forget(&r)?;
     }

@@ -1,6 +1,6 @@
-//! The check step: the tree may differ from the best commit in the training file alone; a training file
-//! identical to an earlier run's reuses that result (or, after a crash that may not be the file's fault, is
-//! run once more).
+//! The check step: the tree may differ from the best commit in the editable files alone (the built-in's training
+//! file, or a project's `editable`); editable files identical to an earlier run's reuse that result (or, after a
+//! crash that may not be the files' fault, are run once more).
 
 use std::time::Instant;
 
@@ -9,7 +9,7 @@ use anyhow::Result;
 use super::record::extra;
 use super::{ExperimentOptions, Outcome};
 use crate::results::{self, Row, Status};
-use crate::{now_utc, RunMeta, Worker, TRAINING_FILE};
+use crate::{now_utc, RunMeta, Worker};
 
 /// What the current tree holds, before an experiment.
 pub enum Check {
@@ -21,20 +21,21 @@ pub enum Check {
 }
 
 pub fn check(worker: &Worker) -> Result<Check> {
-    let forbidden = worker.forbidden_changes()?;
+    let (editable, forbidden) = worker.changes()?;
     if !forbidden.is_empty() {
         return Ok(Check::Refused(forbidden));
     }
-    if worker.journal.best.is_some() && !worker.training_file_changed()? {
+    if worker.journal.best.is_some() && editable.is_empty() {
         return Ok(Check::Unchanged);
     }
     Ok(Check::Ready)
 }
 
-pub fn refusal_message(files: &[String]) -> String {
+pub fn refusal_message(worker: &Worker, files: &[String]) -> String {
     format!(
-        "refused: only {TRAINING_FILE} may change, but these differ from the best commit: {} \
+        "refused: only {} may change, but these differ from the best commit: {} \
          (the harness is fixed; undo those changes, e.g. `git checkout -- FILE`, and move new files away)",
+        worker.session.project.editable.describe(),
         files.join(", ")
     )
 }
@@ -78,9 +79,10 @@ pub(super) fn reuse(
     let earlier_row = results::experiment_row(&rows, earlier.run);
     let status = if earlier.status == Status::Crash { Status::Crash } else { Status::Discard };
     let reason = format!(
-        "identical to run {} ({}, val_bpb {}): its result reused, not run again",
+        "identical to run {} ({}, {} {}): its result reused, not run again",
         earlier.run,
         earlier.status,
+        worker.session.settings.metric.name,
         earlier.val_bpb.map_or("-".into(), |v| format!("{v:.6}"))
     );
     let row = Row {

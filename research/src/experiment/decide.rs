@@ -1,15 +1,19 @@
 //! The decide step: the first seed's value against the session's best by the keep rule; where the rule asks
-//! (`confirm N`), the reruns with more seeds first.
+//! (`confirm N`), the reruns with more seeds first; a project's checks before a keep.
 
 use anyhow::Result;
 
-use super::train::{rerun, train};
+use std::time::Instant;
+
+use super::train::{rerun, train, Journaled};
 use super::{seed_list, Decision, ExperimentOptions, Started};
-use crate::files::RUN_LOG;
+use crate::files::{handover_dir, CHECKS_LOG, RUN_LOG};
+use crate::project_training::{run_checks, Place};
 use crate::results::Status;
 use crate::rules::{mean_std, seed_blind, Rule};
 use crate::state::SEED;
 use crate::trainer::Trainer;
+use crate::training::Crash;
 use crate::Worker;
 
 /// Trains with the first seed and, where the rule asks, more; decides. None when interrupted.
@@ -19,11 +23,14 @@ pub(super) fn train_and_decide(
     opts: &ExperimentOptions,
     exp: &mut Started,
 ) -> Result<Option<Decision>> {
+    let settings = &worker.session.settings;
+    let training = match &worker.session.project.commands {
+        None => format!("training for {} s (profile {}", settings.time_budget, settings.profile),
+        Some(c) => format!("training: `{}` (stopped after {} s", c.train.command, c.train.timeout.as_secs_f64()),
+    };
     worker.say(&format!(
-        "run {}: training for {} s (profile {}, timeout {:.0} s); output in {}",
+        "run {}: {training}, timeout {:.0} s); output in {}",
         exp.run,
-        worker.session.settings.time_budget,
-        worker.session.settings.profile,
         opts.timeout.as_secs_f64(),
         if worker.in_repository_tree() { RUN_LOG.into() } else { worker.root.join(RUN_LOG).display().to_string() }
     ));
@@ -35,16 +42,16 @@ pub(super) fn train_and_decide(
     if first.interrupted {
         return Ok(None);
     }
-    let summary = match first.result {
+    let measured = match first.result {
         Err(crash) => return Ok(Some(Decision::crash(crash))),
-        Ok(s) => s,
+        Ok(m) => m,
     };
     // Judged against the session's best as it is now (another worker may have kept one meanwhile).
     let best = worker.session.best();
     let mut decision = Decision {
         status: Status::Discard,
-        value: Some(summary.val_bpb),
-        memory_gb: summary.peak_vram_mb / 1024.0,
+        value: Some(measured.value),
+        memory_gb: measured.memory_gb,
         reason: String::new(),
         crash: None,
         seeds: vec![SEED],
@@ -52,12 +59,12 @@ pub(super) fn train_and_decide(
         against: best.as_ref().map(|b| b.run),
     };
     if let Some(b) = &best {
-        if !opts.decider.promising(summary.val_bpb, b.val_bpb) {
-            decision.reason = opts.decider.verdict(summary.val_bpb, b.val_bpb, b.run).1;
+        if !opts.decider.promising(measured.value, b.val_bpb) {
+            decision.reason = opts.decider.verdict(measured.value, b.val_bpb, b.run).1;
             return Ok(Some(decision));
         }
     }
-    let mut values = vec![summary.val_bpb];
+    let mut values = vec![measured.value];
     if let Rule::Confirm { n, .. } = opts.decider.rule {
         let seeds: Vec<u64> = (1..=n as u64).map(|k| SEED + k).collect();
         let label = format!("of: {}", opts.description);
@@ -92,5 +99,30 @@ pub(super) fn train_and_decide(
             (if keep { Status::Keep } else { Status::Discard }, spread + &why)
         }
     };
+    if decision.status == Status::Keep {
+        let checking = Instant::now();
+        let failed = checks(worker, trainer, opts, exp.run);
+        exp.training_wall += checking.elapsed().as_secs_f64();
+        if let Some(crash) = failed? {
+            let measured = format!("{} {value:.6}, ", worker.session.settings.metric.name);
+            (decision.status, decision.value) = (Status::Crash, None);
+            decision.reason = format!("{}: not kept ({measured}{})", crash.reason, decision.reason);
+            decision.crash = Some(crash);
+        }
+    }
     Ok(Some(decision))
+}
+
+/// A project's checks on the tree as its first training left it, before a keep: None when all pass (or there
+/// are none), else why one failed.
+fn checks(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentOptions, run: u64) -> Result<Option<Crash>> {
+    let session = worker.session.clone();
+    let Some(commands) = session.project.commands.as_ref().filter(|c| !c.checks.is_empty()) else {
+        return Ok(None);
+    };
+    let dir = worker.run_dir(run);
+    let (tree, output) = (worker.root.clone(), dir.join(handover_dir(SEED)));
+    let place = Place { tree: &tree, repository: &session.root, output: &output, seed: SEED };
+    worker.say(&format!("run {run}: checks before the keep: {}", commands.checks.len()));
+    run_checks(commands, trainer, &place, &dir.join(CHECKS_LOG), &mut Journaled::new(worker, opts))
 }

@@ -18,16 +18,17 @@ mod train;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::backend::Backend;
-use crate::files::{BUILD_LOG, RUN_LOG, RUN_TRAINING_FILE};
+use crate::files::{BUILD_LOG, RUN_LOG};
+use crate::project::Snapshot;
 use crate::results::{Row, Status};
 use crate::rules::Decider;
 use crate::state::InProgress;
 use crate::trainer::Trainer;
 use crate::training::{tail, Crash, TAIL_LINES};
-use crate::{file_hash, now_utc, Interrupts, RunMeta, Worker, TRAINING_FILE};
+use crate::{now_utc, Interrupts, RunMeta, Worker};
 
 pub use build::build;
 pub use check::{check, refusal_message, Check};
@@ -132,12 +133,14 @@ pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentO
     let started = Instant::now();
     // Check.
     match check(worker)? {
-        Check::Refused(files) => bail!(refusal_message(&files)),
-        Check::Unchanged => bail!("{TRAINING_FILE} is the same as in the best commit: nothing to run"),
+        Check::Refused(files) => bail!(refusal_message(worker, &files)),
+        Check::Unchanged => {
+            bail!("{} are the same as in the best commit: nothing to run", worker.session.project.editable.describe())
+        }
         Check::Ready => {}
     }
-    let content = std::fs::read(worker.root.join(TRAINING_FILE)).with_context(|| format!("reading {TRAINING_FILE}"))?;
-    let hash = file_hash(&content);
+    let snapshot = Snapshot::take(&worker.session.project.editable, &worker.git)?;
+    let hash = snapshot.hash();
     let retry_of = match if opts.force { None } else { check::earlier_run(worker, &hash) } {
         Some(check::Earlier::Reuse(earlier)) => return check::reuse(worker, opts, &earlier, hash, started),
         Some(check::Earlier::Retry(earlier)) => {
@@ -159,7 +162,7 @@ pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentO
         );
     }
     let opts = &ExperimentOptions { decider, ..opts.clone() };
-    let mut exp = begin(worker, opts, &content, hash, started)?;
+    let mut exp = begin(worker, opts, &snapshot, hash, started)?;
     // Build.
     let building = Instant::now();
     let built = build(worker, trainer)?;
@@ -190,11 +193,11 @@ pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentO
     record::record(worker, opts, exp, decision)
 }
 
-/// Takes the next run number, records it in the journal and commits the training file.
+/// Takes the next run number, records it in the journal and commits the editable files.
 fn begin(
     worker: &mut Worker,
     opts: &ExperimentOptions,
-    content: &[u8],
+    snapshot: &Snapshot,
     hash: String,
     started: Instant,
 ) -> Result<Started> {
@@ -209,14 +212,12 @@ fn begin(
         ..Default::default()
     };
     worker.session.write_meta(&meta)?;
-    std::fs::write(worker.run_dir(run).join(RUN_TRAINING_FILE), content)?;
+    snapshot.save(&worker.run_dir(run))?;
     worker.journal.in_progress = Some(InProgress { run, commit: None, seeds: Vec::new() });
     worker.save_journal()?;
-    let commit = if worker.training_file_changed()? {
-        worker.git.commit_file(TRAINING_FILE, &opts.description)?
-    } else {
-        worker.git.head()?
-    };
+    let (changed, _) = worker.changes()?;
+    let commit =
+        if !changed.is_empty() { worker.git.commit_files(&changed, &opts.description)? } else { worker.git.head()? };
     meta.commit = Some(commit.clone());
     worker.journal.in_progress.as_mut().unwrap().commit = Some(commit.clone());
     worker.save_journal()?;
@@ -228,11 +229,11 @@ fn seed_list(seeds: &[u64]) -> String {
     seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
 }
 
-/// One line for the terminal (and the agent) about an experiment's outcome.
-pub fn describe(o: &Outcome) -> String {
+/// One line for the terminal (and the agent) about an experiment's outcome; `metric` names its value.
+pub fn describe(o: &Outcome, metric: &str) -> String {
     let value = o.val_bpb.map_or("-".to_string(), |v| format!("{v:.6}"));
     format!(
-        "run {}: {} (val_bpb {value}): {} [{:.1} s, harness overhead {:.1} s]",
+        "run {}: {} ({metric} {value}): {} [{:.1} s, harness overhead {:.1} s]",
         o.run, o.status, o.reason, o.seconds, o.harness_overhead
     )
 }

@@ -6,6 +6,7 @@ use autoresearch_harness::handover::{EvalResult, CHECKPOINT};
 use super::train::Journaled;
 use super::{build, ExperimentOptions};
 use crate::files::{handover_dir, EVAL_LOG, EVAL_RESULT, RUN_TRAINING_FILE};
+use crate::project::SNAPSHOT_DIR;
 use crate::state::SEED;
 use crate::trainer::{Trainer, TrainingSettings};
 use crate::training::{evaluate_again, tail, TrainingFiles, TAIL_LINES};
@@ -20,6 +21,12 @@ pub fn evaluate_run(
     run: Option<u64>,
     opts: &ExperimentOptions,
 ) -> Result<(u64, EvalResult)> {
+    if worker.session.project.commands.is_some() {
+        bail!(
+            "`eval` evaluates a checkpoint of the built-in training again; a project's runs keep none (its \
+             evaluation command ran with each of them)"
+        );
+    }
     let has_checkpoint =
         |worker: &Worker, run: u64| worker.run_dir(run).join(handover_dir(SEED)).join(CHECKPOINT).is_file();
     let run = match run {
@@ -30,8 +37,10 @@ pub fn evaluate_run(
         },
     };
     let dir = worker.run_dir(run);
-    let as_run =
-        std::fs::read(dir.join(RUN_TRAINING_FILE)).with_context(|| format!("no run {run} in {}", dir.display()))?;
+    // Runs from before projects kept the training file beside their other files.
+    let as_run = std::fs::read(dir.join(SNAPSHOT_DIR).join(TRAINING_FILE))
+        .or_else(|_| std::fs::read(dir.join(RUN_TRAINING_FILE)))
+        .with_context(|| format!("no run {run} in {}", dir.display()))?;
     let current = std::fs::read(worker.root.join(TRAINING_FILE)).with_context(|| format!("reading {TRAINING_FILE}"))?;
     let swap = as_run != current;
     if swap {

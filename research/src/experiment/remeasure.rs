@@ -63,7 +63,7 @@ fn remeasure_best(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentOptio
     );
     let opts = ExperimentOptions { description: description.clone(), ..opts.clone() };
     let why = if opts.decider.awaiting_noise {
-        "the margin rule takes the spread of val_bpb over seeds".to_string()
+        format!("the margin rule takes the spread of {} over seeds", worker.session.settings.metric.name)
     } else {
         format!("`confirm {n}` compares means over seeds {}", seed_list(&wanted))
     };
@@ -119,7 +119,7 @@ fn remeasure_best(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentOptio
     };
     let outcome = record(worker, &opts, exp, decision)?;
     worker.unstash()?;
-    worker.say(&describe(&outcome));
+    worker.say(&describe(&outcome, &worker.session.settings.metric.name));
     if let Some(why) = refused {
         bail!(
             "the margin rule needs the seed-to-seed spread, and measuring it on the best failed: {why}. Give \
@@ -165,7 +165,8 @@ fn margin_spread(
         Ok(noise) => {
             crate::rules::save_noise(&worker.session.dir, &noise)?;
             worker.say(&format!(
-                "noise: val_bpb {:.6} ± {:.6} over seeds {}; the margin is {}σ of it",
+                "noise: {} {:.6} ± {:.6} over seeds {}; the margin is {}σ of it",
+                worker.session.settings.metric.name,
                 noise.mean,
                 noise.std,
                 seed_list(&noise.seeds),

@@ -1,4 +1,5 @@
-//! The train step: one training per seed (train, then evaluate: [`crate::training`]) on the experiment's backend,
+//! The train step: one training per seed (train, then evaluate: [`crate::training`], or a project's commands:
+//! [`crate::project_training`]) on the experiment's backend,
 //! each process journaled while it runs; confirmation reruns offered to the whole pool.
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use super::ExperimentOptions;
 use crate::backend::{Acquired, Placement};
 use crate::files::rerun_log;
 use crate::process::{Recorded, Role};
+use crate::project_training::{train_project, Place};
 use crate::results::{Row, Status};
 use crate::session::RerunTask;
 use crate::trainer::{Trainer, TrainingSettings};
@@ -92,12 +94,19 @@ pub fn train(
     log: PathBuf,
     opts: &ExperimentOptions,
 ) -> Result<TrainingOutcome> {
+    let session = worker.session.clone();
+    let files = TrainingFiles::in_folder(dir, seed, log);
+    if let Some(commands) = &session.project.commands {
+        let tree = worker.root.clone();
+        let place = Place { tree: &tree, repository: &session.root, output: &files.handover, seed };
+        let procs = &mut Journaled::new(worker, opts);
+        return train_project(commands, &session.settings.metric, trainer, &place, &files, opts.timeout, procs);
+    }
     let settings = TrainingSettings {
-        profile: Some(worker.session.settings.profile.clone()),
-        time_budget: Some(worker.session.settings.time_budget),
+        profile: Some(session.settings.profile.clone()),
+        time_budget: Some(session.settings.time_budget),
         seed: Some(seed),
     };
-    let files = TrainingFiles::in_folder(dir, seed, log);
     train_and_evaluate(trainer, &settings, &files, opts.timeout, &mut Journaled::new(worker, opts))
 }
 
@@ -149,7 +158,7 @@ pub(super) fn rerun(
     for (k, (seed, by, t)) in trained.into_iter().enumerate() {
         let helper = if by == worker.number { String::new() } else { format!(" (trained by worker {by})") };
         let (val_bpb, memory_gb, note) = match &t.result {
-            Ok(s) => (s.val_bpb, s.peak_vram_mb / 1024.0, format!("seed {seed}{helper}")),
+            Ok(m) => (m.value, m.memory_gb, format!("seed {seed}{helper}")),
             Err(c) => (0.0, 0.0, format!("seed {seed}{helper} crashed: {}", c.reason)),
         };
         out.rows.push(Row {
@@ -161,7 +170,7 @@ pub(super) fn rerun(
             extra: Some(extra(worker, opts, run, t.wall, note)),
         });
         match t.result {
-            Ok(s) => out.values.push(s.val_bpb),
+            Ok(m) => out.values.push(m.value),
             Err(c) => {
                 out.crash.get_or_insert(c.reason);
             }
