@@ -1,5 +1,5 @@
 //! One worker's loop in `autoresearch loop`: an agent proposes, the harness disposes. Each iteration gives the
-//! agent a prompt (program.md and the session's state), lets it edit the training file, sends compile errors
+//! agent a prompt (program.md and the session's state), lets it edit the editable files, sends compile errors
 //! back for a few fixes, then runs the experiment exactly as `autoresearch run` does.
 
 use std::path::Path;
@@ -169,7 +169,8 @@ fn ready_to_run(
         match build(worker, trainer)? {
             Err(compiler) if fixes < opts.max_fixes => {
                 fixes += 1;
-                on_outcome(&format!("compile error; asking the agent to fix it ({fixes}/{})", opts.max_fixes));
+                let what = if worker.session.project.commands.is_some() { "the setup failed" } else { "compile error" };
+                on_outcome(&format!("{what}; asking the agent to fix it ({fixes}/{})", opts.max_fixes));
                 let errors = tail(&compiler, TAIL_LINES);
                 let prompt = build_prompt(worker, opts, description_path, None, Some(&errors))?;
                 autoresearch_harness::fsutil::write_atomic(prompt_path, prompt.as_bytes())?;

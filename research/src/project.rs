@@ -41,10 +41,10 @@ pub struct Commands {
     /// The fixed evaluation that prints the metric; None: the training's own output holds it.
     pub evaluate: Option<Step>,
     pub checks: Vec<Step>,
-    /// Paths (absolute) the training and the checks may not read.
+    /// Paths the training and the checks may not read: relative to a worker's tree, or absolute.
     pub held_out: Vec<PathBuf>,
     pub network: bool,
-    /// Paths (absolute) the training may write besides its output folder.
+    /// Paths the training may write besides its output folder: relative to a worker's tree, or absolute.
     pub writable: Vec<PathBuf>,
 }
 
@@ -341,6 +341,16 @@ const SETUP_TIMEOUT: f64 = 600.0;
 const EVALUATE_TIMEOUT: f64 = 600.0;
 const CHECK_TIMEOUT: f64 = 600.0;
 
+/// A path as written, `~/` standing for the home folder.
+fn home(path: &str) -> Result<PathBuf> {
+    match path.strip_prefix("~/") {
+        Some(rest) => {
+            Ok(PathBuf::from(std::env::var_os("HOME").context("`~` in a path, but HOME is not set")?).join(rest))
+        }
+        None => Ok(PathBuf::from(path)),
+    }
+}
+
 fn seconds(field: &str, value: f64) -> Result<Duration> {
     if !value.is_finite() || value <= 0.0 {
         bail!("`{field}` must be a positive number of seconds, not {value}");
@@ -377,22 +387,24 @@ impl ProjectFile {
             bail!("`metric.name` {:?} must be one word, without spaces, `=` or `:`", self.metric.name);
         }
         let inside = |field: &str, p: &str| -> Result<PathBuf> {
-            let path = root.join(p);
+            let path = root.join(home(p)?);
             if !path.exists() {
                 bail!("`{field}`: {p:?} does not exist (in {})", root.display());
             }
             Ok(path)
         };
-        let held_out =
+        let held_out_paths =
             self.sandbox.held_out.iter().map(|p| inside("sandbox.held_out", p)).collect::<Result<Vec<_>>>()?;
-        for (p, path) in self.sandbox.held_out.iter().zip(&held_out) {
+        for (p, path) in self.sandbox.held_out.iter().zip(&held_out_paths) {
             if let Ok(rel) = path.strip_prefix(root) {
                 if editable.matches(&rel.to_string_lossy()) {
                     bail!("`sandbox.held_out`: {p:?} is editable too");
                 }
             }
         }
-        let writable = self.sandbox.writable.iter().map(|p| root.join(p)).collect();
+        // Relative paths stay relative: each worker's tree has its own copy.
+        let held_out = self.sandbox.held_out.iter().map(|p| home(p)).collect::<Result<Vec<_>>>()?;
+        let writable = self.sandbox.writable.iter().map(|p| home(p)).collect::<Result<Vec<_>>>()?;
         let step = |name: &str, field: &str, text: String, timeout: Option<f64>, default: f64| -> Result<Step> {
             Ok(Step {
                 name: name.to_string(),
@@ -422,7 +434,9 @@ impl ProjectFile {
             }
             checks.push(step(&c.name, "check", c.command, c.timeout, CHECK_TIMEOUT)?);
         }
-        let program = PathBuf::from(self.program.unwrap_or_else(|| "program.md".into()));
+        let program = self.program.unwrap_or_else(|| "program.md".into());
+        inside("program", &program)?;
+        let program = PathBuf::from(program);
         Ok(Project {
             editable,
             metric: Metric { name, goal: self.metric.goal },
@@ -493,7 +507,8 @@ timeout = 600
 held_out = []
 # Whether the training, the evaluation and the checks may use the network.
 network = false
-# Paths the training may write besides its output folder (e.g. a package manager's cache).
+# Paths the training may write besides its output folder (e.g. a package manager's cache; `~/` is the home
+# folder, other relative paths are in the project's folder).
 writable = []
 "#;
 
@@ -549,7 +564,13 @@ held_out = ["data/val.txt"]
 
     #[test]
     fn a_project_file_is_read_and_checked_against_the_tree() {
-        let dir = repo(&[("train.py", ""), ("lib/a.py", ""), ("lib/deep/b.py", ""), ("data/val.txt", "x")]);
+        let dir = repo(&[
+            ("train.py", ""),
+            ("lib/a.py", ""),
+            ("lib/deep/b.py", ""),
+            ("data/val.txt", "x"),
+            ("program.md", ""),
+        ]);
         let p = Project::parse(GOOD, dir.path()).unwrap();
         assert!(p.editable.matches("train.py") && p.editable.matches("lib/a.py"));
         assert!(!p.editable.matches("lib/deep/b.py"), "`*` stays within a folder");
@@ -560,17 +581,17 @@ held_out = ["data/val.txt"]
         assert_eq!(c.budget, Some(5.0));
         assert_eq!(c.evaluate.unwrap().timeout, Duration::from_secs_f64(EVALUATE_TIMEOUT));
         assert_eq!(c.checks[0].name, "tests");
-        assert_eq!(c.held_out, vec![dir.path().join("data/val.txt")]);
+        assert_eq!(c.held_out, vec![PathBuf::from("data/val.txt")]);
         assert!(!c.network);
         // The template is a valid project file for a tree that has its files.
-        let dir = repo(&[("train.py", "")]);
+        let dir = repo(&[("train.py", ""), ("program.md", "")]);
         let t = Project::parse(TEMPLATE, dir.path()).unwrap();
         assert_eq!(t.metric.name, "val_loss");
     }
 
     #[test]
     fn a_bad_project_file_names_the_field() {
-        let dir = repo(&[("train.py", ""), ("lib/a.py", ""), ("data/val.txt", "x")]);
+        let dir = repo(&[("train.py", ""), ("lib/a.py", ""), ("data/val.txt", "x"), ("program.md", "")]);
         let error = |text: &str| format!("{:#}", Project::parse(text, dir.path()).unwrap_err());
         let e = error(&GOOD.replace("budget = 5", "budget = 5\nepochs = 3"));
         assert!(e.contains("unknown field `epochs`"), "{e}");
@@ -592,6 +613,8 @@ held_out = ["data/val.txt"]
         assert!(e.contains("`metric.timeout` is set but `metric.command` is not"), "{e}");
         let e = error("editable = [\"train.py\"]\n[metric]\nname = \"x\"\ngoal = \"lower\"\n");
         assert!(e.contains("missing field `train`"), "{e}");
+        let e = error(&format!("program = \"notes.md\"\n{GOOD}"));
+        assert!(e.contains("`program`: \"notes.md\" does not exist"), "{e}");
     }
 
     #[test]

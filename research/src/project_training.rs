@@ -47,8 +47,23 @@ enum Access {
     Check,
 }
 
+/// What the loop keeps in the repository, which no command reads: [`session_files`], but where the worker's tree
+/// is a worktree inside the session's folder, everything there but the way to that tree.
+fn unreadable_session_files(repository: &Path, tree: &Path) -> Vec<PathBuf> {
+    let state = repository.join(crate::STATE_DIR);
+    let Ok(inside) = tree.strip_prefix(&state) else { return session_files(repository) };
+    let mut deny: Vec<PathBuf> = session_files(repository).into_iter().filter(|p| *p != state).collect();
+    let mut folder = state;
+    for part in inside.components() {
+        let entries = std::fs::read_dir(&folder).into_iter().flatten().flatten();
+        deny.extend(entries.map(|e| e.path()).filter(|p| p.file_name() != Some(part.as_os_str())));
+        folder = folder.join(part);
+    }
+    deny
+}
+
 fn policy_for(commands: &Commands, trainer: &Trainer, place: &Place, access: Access) -> Policy {
-    let mut deny_read = session_files(place.repository);
+    let mut deny_read = unreadable_session_files(place.repository, place.tree);
     if !matches!(access, Access::Evaluation) {
         for p in &commands.held_out {
             deny_read.push(place.tree.join(p));
@@ -280,7 +295,7 @@ pub fn run_setup(
     log: &Path,
     spawn: &mut dyn FnMut(&mut Command) -> Result<std::process::Child>,
 ) -> Result<std::result::Result<String, String>> {
-    let mut deny_read = session_files(repository);
+    let mut deny_read = unreadable_session_files(repository, tree);
     for p in &commands.held_out {
         deny_read.push(tree.join(p));
         deny_read.push(repository.join(p));

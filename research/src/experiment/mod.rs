@@ -172,7 +172,7 @@ pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentO
             std::fs::write(worker.run_dir(exp.run).join(BUILD_LOG), &compiler)?;
             std::fs::write(worker.root.join(RUN_LOG), &compiler)?;
             Decision::crash(Crash {
-                reason: "compile error".into(),
+                reason: if worker.session.project.commands.is_some() { "setup failed" } else { "compile error" }.into(),
                 retryable: false,
                 log_tail: tail(&compiler, TAIL_LINES),
             })

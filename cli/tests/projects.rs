@@ -1,0 +1,415 @@
+//! Projects of the user's own (`autoresearch.toml`) end to end, with the real `autoresearch` binary and the
+//! examples in `examples/`: each copied into a repository of its own, driven by hand (`run`) and by a scripted
+//! agent (`loop`, one worker and two); then what a project can get wrong (its metric, its checks, its commands,
+//! its project file) and a `kill -9` mid-training. python3's standard library is all the examples need.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use autoresearch_report::metric::Goal;
+use autoresearch_report::results::{self, Row, Status};
+use autoresearch_research::process::{alive, Role};
+use autoresearch_research::state::{Journal, State};
+use autoresearch_research::RunMeta;
+
+const MAIN_REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+struct Project {
+    repo: PathBuf,
+    agent_state: PathBuf,
+}
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").current_dir(repo).args(args).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+impl Project {
+    /// A repository of its own in the test's scratch folder holding `files`, committed.
+    fn new(name: &str, files: &[(String, Vec<u8>)]) -> Project {
+        let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("projects");
+        let repo = scratch.join(name);
+        let agent_state = scratch.join(format!("{name}-agent"));
+        for dir in [&repo, &agent_state] {
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        for (path, content) in files {
+            let to = repo.join(path);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::write(to, content).unwrap();
+        }
+        git(&repo, &["init", "--quiet", "--initial-branch=main"]);
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-m", "start"]);
+        Project { repo, agent_state }
+    }
+
+    /// The example `examples/<example>` as the repository of a project (its tracked files).
+    fn example(name: &str, example: &str) -> Project {
+        let folder = format!("examples/{example}/");
+        let files: Vec<(String, Vec<u8>)> = git(Path::new(MAIN_REPO), &["ls-files", &folder])
+            .lines()
+            .map(|f| (f[folder.len()..].to_string(), std::fs::read(Path::new(MAIN_REPO).join(f)).unwrap()))
+            .collect();
+        assert!(files.iter().any(|(f, _)| f == "autoresearch.toml"), "{example} has a project file");
+        Project::new(name, &files)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoresearch"));
+        cmd.args(args).current_dir(&self.repo).env("AGENT_STATE", &self.agent_state).stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.cmd(args).output().unwrap();
+        eprintln!(
+            "$ autoresearch {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Runs a command that must succeed: its stdout and stderr.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "autoresearch {args:?} failed: {text}");
+        text
+    }
+
+    /// Runs a command that must fail: its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "autoresearch {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Replaces `from` by `to` in `file`; the text must be there (an edit that did nothing would test nothing).
+    fn edit(&self, file: &str, from: &str, to: &str) {
+        let path = self.repo.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} has no {from:?}: it changed shape, update this test");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    }
+
+    fn write(&self, file: &str, text: &str) {
+        std::fs::write(self.repo.join(file), text).unwrap();
+    }
+
+    /// The scripted agent (`cli/tests/data/project-agent.sh`) with worker `k`'s steps (0: a loop of one):
+    /// (description, shell command that edits the tree).
+    fn agent(&self, k: usize, steps: &[(&str, &str)]) -> String {
+        let suffix = if k == 0 { String::new() } else { format!("-{k}") };
+        let lines: String = steps.iter().map(|(d, c)| format!("{d}\t{c}\n")).collect();
+        std::fs::write(self.agent_state.join(format!("steps{suffix}")), lines).unwrap();
+        let _ = std::fs::remove_file(self.agent_state.join(format!("count{suffix}")));
+        format!("bash {}/tests/data/project-agent.sh", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn rows(&self) -> Vec<Row> {
+        let file = results::read(&self.repo.join("results.tsv")).unwrap();
+        assert!(file.bad.is_empty(), "malformed rows: {:?}", file.bad);
+        file.rows
+    }
+
+    /// The experiments' rows (not the reruns), in order.
+    fn experiments(&self) -> Vec<Row> {
+        let rows = self.rows();
+        rows.into_iter().filter(|r| r.status != Status::Rerun).collect()
+    }
+
+    fn last(&self) -> Row {
+        self.experiments().pop().expect("a row")
+    }
+
+    fn state(&self) -> State {
+        State::load(&self.repo.join(".autoresearch")).unwrap()
+    }
+
+    fn meta(&self, run: u64) -> RunMeta {
+        let path = self.repo.join(format!(".autoresearch/runs/{run}/meta.json"));
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|_| panic!("no {}", path.display()))).unwrap()
+    }
+
+    fn run_file(&self, run: u64, file: &str) -> String {
+        std::fs::read_to_string(self.repo.join(format!(".autoresearch/runs/{run}/{file}"))).unwrap_or_default()
+    }
+
+    /// A clean tree at the best commit, nothing under way.
+    fn assert_consistent(&self) {
+        assert_eq!(git(&self.repo, &["status", "--porcelain"]), "", "a clean working tree");
+        let head = git(&self.repo, &["rev-parse", "HEAD"]).trim().to_string();
+        assert_eq!(head, self.state().best.unwrap().commit, "HEAD is the best commit");
+        assert!(Journal::load(&self.repo.join(".autoresearch")).unwrap().in_progress.is_none());
+    }
+}
+
+fn reason(row: &Row) -> &str {
+    &row.extra.as_ref().unwrap().reason
+}
+
+fn run_of(row: &Row) -> u64 {
+    row.extra.as_ref().unwrap().run
+}
+
+const GOOD_LR: (&str, &str) = ("LEARNING_RATE = 0.2 ", "LEARNING_RATE = 2.0 ");
+
+/// The small Python training project by hand: a baseline (its noise measured on 3 seeds), a gain kept, a loss
+/// discarded, a setup that fails, an edit outside `editable` refused, a training that reads the held-out
+/// data; then `export`, and a loop of two workers with a scripted agent.
+#[test]
+fn a_python_training_project_by_hand_and_by_a_loop_of_two() {
+    let p = Project::example("python-train", "python-train");
+    let exists = p.fails(&["init", "--project"]);
+    assert!(exists.contains("autoresearch.toml exists already"), "{exists}");
+    let init = p.ok(&["init", "p1"]);
+    assert!(init.contains("val_loss (lower is better)"), "{init}");
+    assert_eq!(p.state().settings.metric.name, "val_loss");
+
+    p.ok(&["run", "-m", "baseline"]);
+    assert_eq!(p.rows()[0].status, Status::Keep);
+    // The evaluation is fixed code, reads the held-out data and prints the metric; the log says so.
+    let log = p.run_file(1, "run.log");
+    assert!(log.contains("=== evaluation: python3 evaluate.py") && log.contains("val_loss:"), "{log}");
+    assert!(log.contains("data/val.txt") && log.contains("unreadable"), "the training's sandbox: {log}");
+
+    p.edit("train.py", GOOD_LR.0, GOOD_LR.1);
+    p.ok(&["run", "-m", "learning rate 2.0"]);
+    // Before the first comparison, the margin rule's noise is measured on the baseline.
+    let rows = p.rows();
+    assert!(rows.iter().any(|r| reason(r).contains("the baseline's spread for `margin`")), "{rows:?}");
+    let baseline = rows.iter().rev().find(|r| r.status == Status::Keep && r.description.contains("baseline"));
+    let baseline = baseline.unwrap().clone();
+    let kept = p.last();
+    assert_eq!(kept.status, Status::Keep, "{kept:?}");
+    assert!(kept.val_bpb < baseline.val_bpb - 0.3, "{kept:?}");
+    assert!(p.run_file(run_of(&kept), "edited/train.py").contains(GOOD_LR.1), "the run's copy of the edited file");
+    p.assert_consistent();
+
+    p.edit("train.py", "STEPS = 300 ", "STEPS = 3 ");
+    p.ok(&["run", "-m", "three steps"]);
+    assert_eq!(p.last().status, Status::Discard, "{:?}", p.last());
+    p.assert_consistent();
+
+    p.edit("train.py", "STEPS = 300 ", "STEPS = = 300 ");
+    p.ok(&["run", "-m", "a typo"]);
+    let typo = p.last();
+    assert_eq!((typo.status, reason(&typo)), (Status::Crash, "setup failed"), "{typo:?}");
+    assert!(p.run_file(run_of(&typo), "build.log").contains("SyntaxError"));
+
+    p.edit("evaluate.py", "import", "import sys\nimport");
+    p.edit("train.py", "STEPS = 300 ", "STEPS = 301 ");
+    let refused = p.fails(&["run", "-m", "touch the evaluation"]);
+    assert!(refused.contains("only `train.py` may change") && refused.contains("evaluate.py"), "{refused}");
+    git(&p.repo, &["checkout", "--", "evaluate.py"]);
+
+    p.edit("train.py", "with open(\"data/train.txt\") as f:", "with open(\"data/val.txt\") as f:");
+    p.ok(&["run", "-m", "train on the validation text"]);
+    let peek = p.last();
+    assert_eq!((peek.status, reason(&peek)), (Status::Crash, "the training failed: exit code 1"), "{peek:?}");
+    assert!(p.run_file(run_of(&peek), "run.log").contains("Permission denied"));
+    p.assert_consistent();
+
+    let export = p.ok(&["export"]);
+    assert!(export.contains("1 patches"), "{export}");
+    let dir = p.repo.join(".autoresearch/export/p1");
+    let patch = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(patch).unwrap();
+    assert!(text.contains("learning rate 2.0") && text.contains("val_loss") && text.contains("lower is better"));
+
+    // A loop of two workers, each in its worktree, from the best: one raises the context, one trains longer.
+    let agent = p.agent(1, &[("two characters of context", "sed -i 's/^CONTEXT = 1 /CONTEXT = 2 /' train.py")]);
+    p.agent(2, &[("twice the steps", "sed -i 's/^STEPS = 300 /STEPS = 600 /' train.py")]);
+    let before = p.experiments().len();
+    p.ok(&["loop", "--agent", &agent, "--workers", "2", "--max-experiments", "2"]);
+    let rows = p.experiments();
+    assert_eq!(rows.len(), before + 2, "{rows:?}");
+    let workers: Vec<Option<usize>> = rows[before..].iter().map(|r| r.extra.as_ref().unwrap().worker).collect();
+    assert!(workers.contains(&Some(1)) && workers.contains(&Some(2)), "{workers:?}");
+    assert!(rows[before..].iter().any(|r| r.status == Status::Keep), "a longer context is a clear gain: {rows:?}");
+    let prompt = std::fs::read_to_string(p.agent_state.join("prompt-1-1.md")).unwrap();
+    for text in ["character-level", "Edit only `train.py`", "The metric is `val_loss` (lower is better)"] {
+        assert!(prompt.contains(text), "the prompt has {text:?}: {prompt}");
+    }
+    p.assert_consistent();
+}
+
+/// A benchmark whose time is the metric, with a correctness check before every keep (a faster module that
+/// counts wrong is not kept); an accuracy, where higher is better; the Python original's layout, whose
+/// training prints its own summary block.
+#[test]
+fn a_checked_benchmark_an_accuracy_and_the_originals_layout() {
+    let perf = Project::example("perf", "perf");
+    // `lower`: any gain goes on to the check (the margin would need the benchmark's noise first).
+    perf.ok(&["init", "perf", "--rule", "lower"]);
+    perf.ok(&["run", "-m", "baseline"]);
+    let baseline = perf.last().val_bpb;
+    perf.edit("fast.py", "return insertion_sort(list(counts.items()))", "return list(counts.items())");
+    perf.ok(&["run", "-m", "skip the sort"]);
+    let wrong = perf.last();
+    assert_eq!(wrong.status, Status::Crash, "{wrong:?}");
+    assert!(reason(&wrong).starts_with("check `correctness` failed: exit code 1: not kept (seconds "), "{wrong:?}");
+    assert!(perf.run_file(run_of(&wrong), "checks.log").contains("FAILED"));
+    perf.edit(
+        "fast.py",
+        "return insertion_sort(list(counts.items()))",
+        "return sorted(counts.items(), key=by_count_then_word)",
+    );
+    perf.ok(&["run", "-m", "sorted() instead of an insertion sort"]);
+    let fast = perf.last();
+    assert_eq!(fast.status, Status::Keep, "{fast:?}");
+    assert!(fast.val_bpb < baseline / 2.0, "{fast:?} against {baseline}");
+    perf.assert_consistent();
+
+    let acc = Project::example("accuracy", "accuracy");
+    acc.ok(&["init", "acc"]);
+    assert_eq!(acc.state().settings.metric.goal, Goal::Higher);
+    acc.ok(&["run", "-m", "baseline"]);
+    let baseline = acc.state().best.unwrap().val_bpb;
+    acc.edit("train.py", "LEARNING_RATE = 0.0003 ", "LEARNING_RATE = 0.00001 ");
+    acc.ok(&["run", "-m", "a tiny learning rate"]);
+    let worse = acc.last();
+    assert!(worse.status == Status::Discard && worse.val_bpb < baseline, "{worse:?}");
+    acc.edit("train.py", "STANDARDIZE = False ", "STANDARDIZE = True ");
+    acc.ok(&["run", "-m", "standardize the features"]);
+    let better = acc.last();
+    assert!(better.status == Status::Keep && better.val_bpb > baseline + 0.1, "{better:?}");
+    assert!(reason(&better).contains("gain 0."), "a rise is a positive gain: {better:?}");
+    acc.assert_consistent();
+
+    let original = Project::example("original", "original");
+    original.ok(&["init", "orig"]);
+    original.ok(&["run", "-m", "baseline"]);
+    original.edit("train.py", "MATRIX_LR = 0.01 ", "MATRIX_LR = 0.04 ");
+    original.ok(&["run", "-m", "matrix lr 0.04"]);
+    assert_eq!(original.last().status, Status::Keep, "{:?}", original.last());
+    let log = original.run_file(run_of(&original.last()), "run.log");
+    assert!(log.contains("training_seconds:") && !log.contains("=== evaluation"), "read from the summary: {log}");
+    original.assert_consistent();
+}
+
+const SCORE_PROJECT: &str = r#"
+editable = ["train.sh"]
+[train]
+command = "sh train.sh"
+timeout = 5
+[metric]
+name = "score"
+goal = "lower"
+[[check]]
+name = "quick"
+command = "sh check.sh"
+timeout = 2
+"#;
+
+/// What a project's commands can get wrong, each a crash row with its reason and nothing lost; a project
+/// file that is wrong, an error naming the file and the field.
+#[test]
+fn bad_metrics_checks_and_commands_are_crashes_with_their_reason() {
+    let files = |train: &str| {
+        vec![
+            ("autoresearch.toml".to_string(), SCORE_PROJECT.as_bytes().to_vec()),
+            ("train.sh".to_string(), train.as_bytes().to_vec()),
+            // The check hangs where the training script asks it to.
+            ("check.sh".to_string(), b"grep -q HANG train.sh && sleep 60\nexit 0\n".to_vec()),
+            ("program.md".to_string(), b"Lower the score.\n".to_vec()),
+        ]
+    };
+    let p = Project::new("bad", &files("echo score: 1.0\n"));
+    p.ok(&["init", "bad", "--rule", "lower"]);
+    p.ok(&["run", "-m", "baseline"]);
+    let cases: [(&str, &str); 5] = [
+        ("echo nothing\n", "the metric `score` never appeared in the output of the training (`sh train.sh`)"),
+        ("echo score: 0.5; echo METRIC score=0.4\n", "the metric `score` appeared 2 times"),
+        ("echo score: nan\n", "the metric `score` is NaN"),
+        ("sleep 30\n", "over time: the training was stopped at its limit of 5 s"),
+        ("# HANG\necho score: 0.5\n", "check `quick` did not finish"),
+    ];
+    for (script, why) in cases {
+        p.write("train.sh", script);
+        p.ok(&["run", "-m", script.lines().next().unwrap()]);
+        let row = p.last();
+        assert_eq!(row.status, Status::Crash, "{script}: {row:?}");
+        assert!(reason(&row).contains(why), "{script}: {:?} lacks {why:?}", reason(&row));
+        p.assert_consistent();
+    }
+    // A training that leaves a process behind, one that left its session: gone when the training ends.
+    p.write("train.sh", "setsid sleep 4321 >/dev/null 2>&1 &\necho score: 0.5\n");
+    p.ok(&["run", "-m", "leave a sleeper"]);
+    assert_eq!(p.last().status, Status::Keep, "{:?}", p.last());
+    assert!(p.run_file(run_of(&p.last()), "run.log").contains("were still running, and were killed"));
+    let sleepers = Command::new("pgrep").args(["-f", "sleep 4321"]).output().unwrap();
+    assert!(sleepers.stdout.is_empty(), "the sleeper is gone");
+    // The network is closed: a training cannot reach a server on this machine.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    p.write(
+        "train.sh",
+        &format!(
+            "python3 -c \"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)\" && echo \
+             score: 0.1 || echo score: 0.9\n"
+        ),
+    );
+    p.ok(&["run", "-m", "phone home"]);
+    assert_eq!(p.last().val_bpb, 0.9, "the connection failed: {:?}", p.last());
+
+    // Project files that are wrong: named, with the field.
+    let wrong = [
+        (SCORE_PROJECT.replace("timeout = 5", "timeout = 5\nepochs = 3"), "unknown field `epochs`"),
+        (SCORE_PROJECT.replace("[\"train.sh\"]", "[\"src/*.py\"]"), "`editable`: \"src/*.py\" matches no file"),
+        (SCORE_PROJECT.replace("goal = \"lower\"", "goal = \"down\""), "unknown variant `down`"),
+        (SCORE_PROJECT.replace("name = \"score\"\n", ""), "missing field `name`"),
+    ];
+    for (k, (text, why)) in wrong.iter().enumerate() {
+        let mut bad = files("echo score: 1.0\n");
+        bad[0].1 = text.as_bytes().to_vec();
+        let q = Project::new(&format!("bad-file-{k}"), &bad);
+        let error = q.fails(&["init", "t"]);
+        assert!(error.contains("autoresearch.toml") && error.contains(why), "{error}");
+    }
+}
+
+/// `kill -9` of `run` while a project's training runs: the next command stops what it left (the whole
+/// process group) and puts the tree back, the run recorded as interrupted.
+#[test]
+fn kill_9_during_a_projects_training_is_put_right() {
+    let p = Project::new(
+        "kill",
+        &[
+            ("autoresearch.toml".into(), SCORE_PROJECT.replace("timeout = 5", "timeout = 60").into_bytes()),
+            ("train.sh".into(), b"echo score: 1.0\n".to_vec()),
+            ("check.sh".into(), b"exit 0\n".to_vec()),
+            ("program.md".into(), b"Lower the score.\n".to_vec()),
+        ],
+    );
+    p.ok(&["init", "k", "--rule", "lower"]);
+    p.ok(&["run", "-m", "baseline"]);
+    p.write("train.sh", "sleep 300\necho score: 0.5\n");
+    let mut run = p.cmd(&["run", "-m", "slow"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let training = loop {
+        assert!(Instant::now() < deadline, "no training was ever recorded");
+        let journal = Journal::load(&p.repo.join(".autoresearch")).unwrap_or_default();
+        if let Some(c) = journal.children.iter().find(|c| c.role == Role::Training) {
+            break c.clone();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    run.kill().unwrap();
+    run.wait().unwrap();
+    assert!(alive(training.pgid), "the training outlives a killed harness");
+    // The next command puts things right before its agent edits anything.
+    let agent = p.agent(0, &[("score 0.7", "echo 'echo score: 0.7' > train.sh")]);
+    let next = p.ok(&["loop", "--agent", &agent, "--max-experiments", "1"]);
+    assert!(next.contains("recovered: stopped what the last process left running: training"), "{next}");
+    assert!(!alive(training.pgid), "the killed run's training is gone");
+    assert_eq!(p.meta(2).status, Status::Interrupted);
+    assert_eq!(p.last().status, Status::Keep);
+    p.assert_consistent();
+}
