@@ -23,7 +23,7 @@ if ! why=$(scripts/slurm.sh install 2>&1); then
         echo "CI: the Slurm tests must run, but Slurm cannot be installed here: $why" >&2
         exit 1
     fi
-    skip=(--skip slurm_jobs_for_two_workers_and_their_faults)
+    skip=(--skip slurm_jobs_for_two_workers_and_their_faults --skip a_project_on_slurm)
 fi
 # Every test binary runs even when one fails; cargo's list of the failed ones is repeated at the very end.
 log=$(mktemp)

@@ -13,11 +13,17 @@ use autoresearch_research::process::{alive, Role};
 use autoresearch_research::state::{Journal, State};
 use autoresearch_research::RunMeta;
 
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::Cluster;
+
 const MAIN_REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 struct Project {
     repo: PathBuf,
     agent_state: PathBuf,
+    /// More environment for every command (a Slurm cluster's SLURM_CONF).
+    env: Vec<(String, String)>,
 }
 
 fn git(repo: &Path, args: &[&str]) -> String {
@@ -44,7 +50,7 @@ impl Project {
         git(&repo, &["init", "--quiet", "--initial-branch=main"]);
         git(&repo, &["add", "-A"]);
         git(&repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-m", "start"]);
-        Project { repo, agent_state }
+        Project { repo, agent_state, env: Vec::new() }
     }
 
     /// The example `examples/<example>` as the repository of a project (its tracked files).
@@ -61,6 +67,7 @@ impl Project {
     fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_autoresearch"));
         cmd.args(args).current_dir(&self.repo).env("AGENT_STATE", &self.agent_state).stdin(Stdio::null());
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
@@ -411,5 +418,26 @@ fn kill_9_during_a_projects_training_is_put_right() {
     assert!(!alive(training.pgid), "the killed run's training is gone");
     assert_eq!(p.meta(2).status, Status::Interrupted);
     assert_eq!(p.last().status, Status::Keep);
+    p.assert_consistent();
+}
+
+/// A project on the Slurm backend, against a real single-node cluster: each training (and its evaluation) a step
+/// of a job of its own, for a baseline by hand and a loop of two workers.
+#[test]
+fn a_project_on_slurm() {
+    let cluster = Cluster::start();
+    let mut p = Project::example("slurm", "python-train");
+    p.env.push(("SLURM_CONF".into(), cluster.conf.clone()));
+    p.ok(&["init", "s", "--rule", "lower"]);
+    p.ok(&["run", "-m", "baseline", "--backend", "slurm"]);
+    assert_eq!(p.last().status, Status::Keep, "{:?}", p.last());
+    let agent = p.agent(1, &[("learning rate 2.0", "sed -i 's/^LEARNING_RATE = 0.2 /LEARNING_RATE = 2.0 /' train.py")]);
+    p.agent(2, &[("three steps", "sed -i 's/^STEPS = 300 /STEPS = 3 /' train.py")]);
+    let out = p.ok(&["loop", "--backend", "slurm", "--agent", &agent, "--workers", "2", "--max-experiments", "2"]);
+    assert!(out.contains("worker 1: Slurm jobs"), "{out}");
+    let rows = p.experiments();
+    let status = |d: &str| rows.iter().find(|r| r.description == d).map(|r| r.status);
+    assert_eq!((status("learning rate 2.0"), status("three steps")), (Some(Status::Keep), Some(Status::Discard)));
+    assert!(cluster.queue().is_empty(), "every job is gone: {:?}", cluster.queue());
     p.assert_consistent();
 }

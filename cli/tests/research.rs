@@ -15,6 +15,10 @@ use autoresearch_research::process::{alive, Recorded, Role};
 use autoresearch_research::state::{Journal, State};
 use autoresearch_research::RunMeta;
 
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::Cluster;
+
 const MAIN_REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// The first line of the training file's `train`, where the tests insert their edits.
 const TRAIN_FN: &str = "pub fn train(training: &Training) -> Result<Trained<Gpt>> {";
@@ -1385,47 +1389,6 @@ fn refused_value(s: &Session, row: &Row) -> f64 {
     let log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/run.log", run_of(row)))).unwrap();
     let line = log.lines().find_map(|l| l.strip_prefix("val_bpb:")).expect("the first training's summary");
     line.trim().parse().unwrap()
-}
-
-/// A single-node Slurm cluster on this machine (`scripts/slurm.sh`), stopped when dropped.
-struct Cluster {
-    dir: PathBuf,
-    conf: String,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("slurm");
-        let script = Path::new(MAIN_REPO).join("scripts/slurm.sh");
-        let _ = Command::new(&script).arg("stop").arg(&dir).status();
-        let out = Command::new(&script).arg("start").arg(&dir).stderr(Stdio::inherit()).output().unwrap();
-        assert!(out.status.success(), "scripts/slurm.sh could not start a cluster");
-        let conf =
-            String::from_utf8(out.stdout).unwrap().trim().strip_prefix("export SLURM_CONF=").unwrap().to_string();
-        Cluster { dir, conf }
-    }
-
-    fn script(&self, what: &str) {
-        let status = Command::new(Path::new(MAIN_REPO).join("scripts/slurm.sh")).arg(what).arg(&self.dir).status();
-        assert!(status.unwrap().success(), "scripts/slurm.sh {what}");
-    }
-
-    /// Slurm's client `program` with `args`: its stdout.
-    fn client(&self, program: &str, args: &[&str]) -> String {
-        let out = Command::new(program).args(args).env("SLURM_CONF", &self.conf).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The states of the queue's jobs.
-    fn queue(&self) -> Vec<String> {
-        self.client("squeue", &["-h", "-o", "%T"]).lines().map(str::to_string).collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.script("stop");
-    }
 }
 
 /// The Slurm backend against a real single-node cluster: two workers whose trainings are jobs, one of which
