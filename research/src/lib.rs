@@ -4,15 +4,18 @@
 //! # Words
 //! - A **session** ([`session`]): one research effort on the branch `autoresearch/<tag>`: its settings (profile,
 //!   budget, device, rule), its best, results.tsv, the run folders, locked against a second command.
-//! - An **experiment** ([`experiment`]): one change to the training file, numbered (its *run* number: its row in
-//!   results.tsv, its folder `.autoresearch/runs/<n>`), taken through the steps check → build → train → decide
-//!   → record. A change that `loop` refuses before it runs has a folder and no row (`run` refuses with an error).
-//! - A **training** ([`training`]): one process of the training binary with one seed (train, then evaluate);
-//!   an experiment has one, or more where its keep rule asks for seeds.
+//! - An **experiment** ([`experiment`]): one change to the editable files (the training file), numbered (its
+//!   *run* number: its row in results.tsv, its folder `.autoresearch/runs/<n>`), taken through the steps check →
+//!   build → train → decide → record. A change that `loop` refuses before it runs has a folder and no row (`run` refuses with an error).
+//! - A **training** ([`training`]): one process of the training binary with one seed (train, then evaluate), or
+//!   a project's training and evaluation commands; an experiment has one, or more where its keep rule asks.
 //! - A **worker** ([`worker`]): a git tree where experiments are made one at a time, with its journal. `run`,
 //!   `eval` and a pool of one use worker 0, the repository's own tree; a pool of N > 1 ([`pool`]) gives each
 //!   worker a worktree. `loop` and `noise` always run a pool: of one by default.
 //! - A **backend** ([`backend`]): where a training's processes run: this machine, or a Slurm job each.
+//! - A **project** ([`project`]): what is researched: the built-in GPT (`train/train.rs`, val_bpb, lower is
+//!   better), or the user's own, described by `autoresearch.toml` (editable files, commands, metric and its goal,
+//!   checks, held-out paths); [`project_training`] runs such a project's commands for one training.
 //!
 //! [`agent`] drives a coding agent through one worker's experiments; [`rules`] decides what is kept;
 //! [`export`] writes the kept changes as a patch series for `git am`;
