@@ -284,9 +284,10 @@ fn a_checked_benchmark_an_accuracy_and_the_originals_layout() {
     let worse = acc.last();
     assert!(worse.status == Status::Discard && worse.val_bpb < baseline, "{worse:?}");
     acc.edit("train.py", "STANDARDIZE = False ", "STANDARDIZE = True ");
-    acc.ok(&["run", "-m", "standardize the features"]);
+    acc.ok(&["run", "-m", "standardize the features", "--rule", "confirm 1"]);
     let better = acc.last();
     assert!(better.status == Status::Keep && better.val_bpb > baseline + 0.1, "{better:?}");
+    assert!(reason(&better).contains("over 2 seeds (42, 43)"), "confirmed with a second seed: {better:?}");
     assert!(reason(&better).contains("gain 0."), "a rise is a positive gain: {better:?}");
     acc.assert_consistent();
 
@@ -331,6 +332,9 @@ fn bad_metrics_checks_and_commands_are_crashes_with_their_reason() {
     let p = Project::new("bad", &files("echo score: 1.0\n"));
     p.ok(&["init", "bad", "--rule", "lower"]);
     p.ok(&["run", "-m", "baseline"]);
+    // A project that ignores its seed has no measurable noise: `noise` refuses it.
+    let blind = p.fails(&["noise", "--runs", "2"]);
+    assert!(blind.contains("ignores its seed"), "{blind}");
     let cases: [(&str, &str); 5] = [
         ("echo nothing\n", "the metric `score` never appeared in the output of the training (`sh train.sh`)"),
         ("echo score: 0.5; echo METRIC score=0.4\n", "the metric `score` appeared 2 times"),

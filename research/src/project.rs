@@ -471,9 +471,10 @@ editable = ["train.py"]
 program = "program.md"
 
 # Optional: a build or setup run before each experiment's training; a failure is a crash with its output (in
-# `loop`, sent back to the agent to fix first).
+# `loop`, sent back to the agent to fix first). What it writes in the project's folder must be ignored by git
+# (.gitignore), or the next experiment is refused as a change outside `editable`.
 # [setup]
-# command = "python3 -m py_compile train.py"
+# command = "python3 -c 'import ast; ast.parse(open(\"train.py\").read())'"
 # timeout = 600
 
 [train]
