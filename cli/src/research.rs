@@ -10,7 +10,7 @@ use autoresearch_harness::profile::{cache_root, Prepared};
 use autoresearch_report::noise::noise_for;
 use autoresearch_research::agent::LoopOptions;
 use autoresearch_research::backend::{Backend, Local};
-use autoresearch_research::experiment::{default_timeout, describe, evaluate_run, run_experiment, ExperimentOptions};
+use autoresearch_research::experiment::{describe, evaluate_run, run_experiment, ExperimentOptions};
 use autoresearch_research::noise::measure_noise;
 use autoresearch_research::pool::run_pool;
 use autoresearch_research::project::{
@@ -20,7 +20,7 @@ use autoresearch_research::rules::{Decider, Rule, DEFAULT_RULE};
 use autoresearch_research::slurm::{Slurm, SlurmOptions};
 use autoresearch_research::trainer::DeviceChoice;
 use autoresearch_research::trainer::Trainer;
-use autoresearch_research::training::build_sandbox;
+use autoresearch_research::training::build_policy;
 use autoresearch_research::{session, Interrupts, Session, Worker, RESULTS_FILE};
 
 use crate::train_cmd::device_parser;
@@ -63,7 +63,8 @@ pub struct RuleArgs {
     /// The margin itself, instead of z·σ
     #[arg(long, value_name = "VAL_BPB")]
     min_delta: Option<f64>,
-    /// Hard limit per training run [default: 2 × budget + 120 s]
+    /// Hard limit per training run [default: 2 × budget + 120 s; a project's: its training's and evaluation's
+    /// timeouts + 60 s]
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
 }
@@ -189,7 +190,8 @@ pub struct NoiseArgs {
     /// Reruns of the best commit, with seeds 43, 44, ...
     #[arg(long, default_value_t = 5, value_name = "K")]
     runs: usize,
-    /// Hard limit per training run [default: 2 × budget + 120 s]
+    /// Hard limit per training run [default: 2 × budget + 120 s; a project's: its training's and evaluation's
+    /// timeouts + 60 s]
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
     /// Trainings at once, as `loop --workers` runs them
@@ -232,7 +234,7 @@ fn options(
     let timeout = match args.timeout {
         Some(t) if t > 0.0 => Duration::from_secs_f64(t),
         Some(t) => bail!("--timeout must be positive, not {t}"),
-        None => default_timeout(settings.time_budget),
+        None => session.project.default_timeout(settings.time_budget),
     };
     Ok(ExperimentOptions {
         description,
@@ -250,17 +252,16 @@ fn options(
 fn trainer(session: &Session, backend: &BackendArgs) -> Result<(Trainer, Arc<dyn Backend>)> {
     let mut trainer = Trainer::new(session.root.clone(), session.settings.device);
     let backend = backend.backend(trainer.device)?;
-    let launcher = std::env::current_exe()?;
+    trainer.launcher = Some(std::env::current_exe()?);
     if session.project.commands.is_some() {
-        // A project's commands run through the same launcher, each with its own policy.
-        trainer.build_sandbox = Some((launcher, Default::default()));
+        // A project's commands each get their own policy.
         return Ok((trainer, backend));
     }
     if backend.is_local() {
         trainer.check_gpu()?;
     }
     let prepared = Prepared::load(&cache_root()?, Some(&session.settings.profile))?;
-    trainer.build_sandbox = Some((launcher, build_sandbox(&prepared, &trainer.root)));
+    trainer.build_policy = Some(build_policy(&prepared, &trainer.root));
     Ok((trainer, backend))
 }
 
@@ -273,6 +274,9 @@ pub fn init(args: InitArgs) -> Result<()> {
     Rule::parse(&args.rule, 2.0)?;
     let project = Project::load(&root)?;
     let (profile, budget) = match &project.commands {
+        Some(_) if args.profile.is_some() || args.time_budget.is_some() => {
+            bail!("--profile and --time-budget are the built-in training's: a project sets its own in {PROJECT_FILE}")
+        }
         // A project's runs compare by its training's limit; the noise estimates are kept under it.
         Some(c) => (PROJECT_PROFILE.to_string(), c.budget.unwrap_or(c.train.timeout.as_secs_f64())),
         None => {
@@ -414,8 +418,8 @@ pub fn noise(args: NoiseArgs) -> Result<()> {
     println!(
         "noise for profile {} at {} s: {} {:.6} ± {:.6} (mean ± sd of {} seeds, commit {})",
         estimate.profile,
-        session.settings.metric.name,
         estimate.budget,
+        session.settings.metric.name,
         estimate.mean,
         estimate.std,
         estimate.values.len(),

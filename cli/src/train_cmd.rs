@@ -12,7 +12,7 @@ use autoresearch_harness::profile::{cache_root, Prepared};
 use autoresearch_research::experiment::default_timeout;
 use autoresearch_research::process::Role;
 use autoresearch_research::trainer::{repo_root, DeviceChoice, Trainer, TrainingSettings};
-use autoresearch_research::training::{build_sandbox, train_and_evaluate, Processes, TrainingFiles};
+use autoresearch_research::training::{build_policy, train_and_evaluate, Processes, TrainingFiles};
 
 /// `--device`: one of [`DeviceChoice::NAMES`] (auto: CUDA if `nvidia-smi` finds a GPU, else the CPU).
 pub fn device_parser() -> impl clap::builder::TypedValueParser<Value = DeviceChoice> {
@@ -92,7 +92,8 @@ pub fn train(args: Args) -> Result<()> {
     let mut trainer = Trainer::new(repo_root()?, args.device);
     trainer.check_gpu()?;
     let prepared = Prepared::load(&cache_root()?, args.profile.as_deref())?;
-    trainer.build_sandbox = Some((std::env::current_exe()?, build_sandbox(&prepared, &trainer.root)));
+    trainer.launcher = Some(std::env::current_exe()?);
+    trainer.build_policy = Some(build_policy(&prepared, &trainer.root));
     match args.binary {
         Some(binary) => trainer.prebuilt = Some(binary),
         None => {

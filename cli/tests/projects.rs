@@ -302,6 +302,61 @@ fn a_checked_benchmark_an_accuracy_and_the_originals_layout() {
     original.assert_consistent();
 }
 
+/// A project whose editable files are several (`lib/*.sh`), under the default `margin`: the agent adds a file
+/// (kept), removes one (discarded: it comes back), renames one (a change, though the content is the same); the
+/// baseline's re-measure puts the change aside meanwhile and back after, an executable file staying executable.
+#[test]
+fn a_project_of_several_editable_files() {
+    let run_sh = "score=10\nfor f in lib/*.sh; do . \"./$f\"; done\n\
+                  awk -v s=\"$score\" -v seed=\"$AUTORESEARCH_SEED\" 'BEGIN { print \"score: \" s + seed / 10000 }'\n";
+    let p = Project::new(
+        "several",
+        &[
+            ("autoresearch.toml".into(), SEVERAL_PROJECT.as_bytes().to_vec()),
+            ("run.sh".into(), run_sh.as_bytes().to_vec()),
+            ("lib/a.sh".into(), b"score=$((score - 1))\n".to_vec()),
+            ("lib/b.sh".into(), b"score=$((score - 2))\n".to_vec()),
+            ("program.md".into(), b"Lower the score.\n".to_vec()),
+        ],
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p.repo.join("lib/a.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    git(&p.repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-am", "exec"]);
+    p.ok(&["init", "several"]);
+    let agent = p.agent(
+        0,
+        &[
+            ("a third file", "echo 'score=$((score - 3))' > lib/c.sh"),
+            ("drop b", "rm lib/b.sh"),
+            ("rename a", "git mv lib/a.sh lib/d.sh"),
+        ],
+    );
+    // The loop measures the baseline itself first, then calls the agent.
+    p.ok(&["loop", "--agent", &agent, "--max-experiments", "4"]);
+    let rows = p.experiments();
+    let status = |d: &str| rows.iter().find(|r| r.description == d).map(|r| r.status);
+    assert_eq!(status("baseline"), Some(Status::Keep), "{rows:?}");
+    assert_eq!(status("a third file"), Some(Status::Keep), "{rows:?}");
+    assert_eq!(status("drop b"), Some(Status::Discard), "{rows:?}");
+    assert_eq!(status("rename a"), Some(Status::Discard), "a renamed file is run, not reused: {rows:?}");
+    let files = git(&p.repo, &["ls-files", "-s", "lib"]);
+    assert!(files.contains("100755") && files.contains("lib/a.sh"), "{files}");
+    assert!(files.contains("lib/b.sh") && files.contains("lib/c.sh") && !files.contains("lib/d.sh"), "{files}");
+    let kept = rows.iter().find(|r| r.description == "a third file").unwrap();
+    assert!(p.run_file(run_of(kept), "edited/lib/c.sh").contains("score - 3"));
+    p.assert_consistent();
+}
+
+const SEVERAL_PROJECT: &str = r#"
+editable = ["lib/*.sh"]
+[train]
+command = "sh run.sh"
+timeout = 30
+[metric]
+name = "score"
+goal = "lower"
+"#;
+
 const SCORE_PROJECT: &str = r#"
 editable = ["train.sh"]
 [train]
@@ -334,7 +389,7 @@ fn bad_metrics_checks_and_commands_are_crashes_with_their_reason() {
     p.ok(&["run", "-m", "baseline"]);
     // A project that ignores its seed has no measurable noise: `noise` refuses it.
     let blind = p.fails(&["noise", "--runs", "2"]);
-    assert!(blind.contains("ignores its seed"), "{blind}");
+    assert!(blind.contains("metric is 1.000000 with every seed") && blind.contains("AUTORESEARCH_SEED"), "{blind}");
     let cases: [(&str, &str); 5] = [
         ("echo nothing\n", "the metric `score` never appeared in the output of the training (`sh train.sh`)"),
         ("echo score: 0.5; echo METRIC score=0.4\n", "the metric `score` appeared 2 times"),
@@ -369,6 +424,8 @@ fn bad_metrics_checks_and_commands_are_crashes_with_their_reason() {
     );
     p.ok(&["run", "-m", "phone home"]);
     assert_eq!(p.last().val_bpb, 0.9, "the connection failed: {:?}", p.last());
+    let log = p.run_file(run_of(&p.last()), "run.log");
+    assert!(log.contains("PermissionError") || log.contains("Operation not permitted"), "refused, not lost: {log}");
 
     // Project files that are wrong: named, with the field.
     let wrong = [

@@ -42,15 +42,15 @@ pub fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
     Some((mean, var.sqrt()))
 }
 
-/// Why `values` (val_bpb with each of `seeds`) cannot measure a spread, if they cannot: two or more, all the
-/// same. A file that ignores its seed would make σ = 0, and `margin` as credulous as `lower`.
+/// Why `values` (the metric with each of `seeds`) cannot measure a spread, if they cannot: two or more, all the
+/// same. A training that ignores its seed would make σ = 0, and `margin` as credulous as `lower`.
 pub fn seed_blind(seeds: &[u64], values: &[f64]) -> Option<String> {
     let first = *values.first()?;
     (values.len() >= 2 && values.iter().all(|v| v.to_bits() == first.to_bits())).then(|| {
         let seeds = seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
         format!(
-            "val_bpb {first:.6} with every seed ({seeds}): the training file ignores its seed, so the seed-to-seed \
-             spread cannot be measured"
+            "the metric is {first:.6} with every seed ({seeds}): the training ignores its seed (a project's: \
+             AUTORESEARCH_SEED), so the seed-to-seed spread cannot be measured"
         )
     })
 }
@@ -87,7 +87,9 @@ mod tests {
     #[test]
     fn values_the_same_for_every_seed_are_refused() {
         let why = seed_blind(&[42, 43, 44], &[1.25, 1.25, 1.25]).unwrap();
-        assert!(why.contains("val_bpb 1.250000 with every seed (42, 43, 44)") && why.contains("ignores its seed"));
+        assert!(
+            why.contains("the metric is 1.250000 with every seed (42, 43, 44)") && why.contains("ignores its seed")
+        );
         let err = NoiseEstimate::new("small", 10.0, "abc", vec![43, 44], vec![0.5, 0.5]).unwrap_err().to_string();
         assert!(err.contains("ignores its seed"), "{err}");
         assert!(seed_blind(&[42, 43], &[1.25, 1.25 + 1e-12]).is_none(), "any difference is a spread");

@@ -3,7 +3,7 @@
 //!
 //! # Words
 //! - A **session** ([`session`]): one research effort on the branch `autoresearch/<tag>`: its settings (profile,
-//!   budget, device, rule), its best, results.tsv, the run folders, locked against a second command.
+//!   budget, device, rule, the metric), its best, results.tsv, the run folders, locked against a second command.
 //! - An **experiment** ([`experiment`]): one change to the editable files (the training file), numbered (its
 //!   *run* number: its row in results.tsv, its folder `.autoresearch/runs/<n>`), taken through the steps check →
 //!   build → train → decide → record. A change that `loop` refuses before it runs has a folder and no row (`run` refuses with an error).

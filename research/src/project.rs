@@ -25,7 +25,7 @@ pub const PROJECT_PROFILE: &str = "project";
 pub struct Project {
     pub editable: Editable,
     pub metric: Metric,
-    /// The agent's instructions, relative to the root.
+    /// The agent's instructions: relative to the root, or absolute.
     pub program: PathBuf,
     /// A project's commands; None for the built-in GPT.
     pub commands: Option<Commands>,
@@ -95,53 +95,79 @@ impl Editable {
     }
 }
 
-/// The editable files' contents at one moment.
+/// One editable file: its path in the tree, its content and its permission bits.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Snapshot(pub Vec<(String, Vec<u8>)>);
+pub struct EditedFile {
+    pub path: String,
+    pub content: Vec<u8>,
+    pub mode: u32,
+}
+
+/// The editable files at one moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot(pub Vec<EditedFile>);
 
 /// Where a run folder (or the stash) keeps a snapshot's files, beneath their paths.
 pub const SNAPSHOT_DIR: &str = "edited";
 
+fn mode(path: &Path) -> Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.permissions().mode() & 0o7777)
+}
+
+fn write_with_mode(path: &Path, content: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    autoresearch_harness::fsutil::write_atomic(path, content)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
 impl Snapshot {
     pub fn take(editable: &Editable, git: &Git) -> Result<Snapshot> {
         let mut files = Vec::new();
-        for f in editable.files(git)? {
-            let content = std::fs::read(git.root.join(&f)).with_context(|| format!("reading {f}"))?;
-            files.push((f, content));
+        for path in editable.files(git)? {
+            let full = git.root.join(&path);
+            let content = std::fs::read(&full).with_context(|| format!("reading {path}"))?;
+            files.push(EditedFile { mode: mode(&full)?, path, content });
         }
         Ok(Snapshot(files))
     }
 
-    /// Recognises an identical set of files. One file: the hash of its content, as sessions before projects
-    /// recorded it; more: of their paths and contents.
+    /// Recognises an identical set of files: the hash of their paths and contents; the built-in's training file
+    /// alone, of its content, as sessions before projects recorded it.
     pub fn hash(&self) -> String {
         match self.0.as_slice() {
-            [(_, content)] => crate::file_hash(content),
+            [only] if only.path == TRAINING_FILE => crate::file_hash(&only.content),
             files => {
                 let mut bytes = Vec::new();
-                for (path, content) in files {
-                    bytes.extend(path.as_bytes());
+                for f in files {
+                    bytes.extend(f.path.as_bytes());
                     bytes.push(0);
-                    bytes.extend((content.len() as u64).to_le_bytes());
-                    bytes.extend(content);
+                    bytes.extend((f.content.len() as u64).to_le_bytes());
+                    bytes.extend(&f.content);
                 }
                 crate::file_hash(&bytes)
             }
         }
     }
 
-    /// Writes the files beneath `dir/edited/`.
+    /// Writes the files beneath `dir/edited/`, whole or not at all (into a temporary folder, then renamed): a
+    /// stash that recovery restores is never half written.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let base = dir.join(SNAPSHOT_DIR);
-        if base.exists() {
-            std::fs::remove_dir_all(&base).with_context(|| format!("removing {}", base.display()))?;
+        let fresh = dir.join(format!("{SNAPSHOT_DIR}.tmp"));
+        for old in [&fresh, &base] {
+            if old.exists() {
+                std::fs::remove_dir_all(old).with_context(|| format!("removing {}", old.display()))?;
+            }
         }
-        for (path, content) in &self.0 {
-            let to = base.join(path);
-            std::fs::create_dir_all(to.parent().expect("beneath base"))?;
-            std::fs::write(&to, content).with_context(|| format!("writing {}", to.display()))?;
+        for f in &self.0 {
+            let to = fresh.join(&f.path);
+            std::fs::create_dir_all(to.parent().expect("beneath the folder"))?;
+            write_with_mode(&to, &f.content, f.mode)?;
         }
-        Ok(())
+        std::fs::create_dir_all(&fresh)?;
+        std::fs::rename(&fresh, &base).with_context(|| format!("renaming {} to {}", fresh.display(), base.display()))
     }
 
     /// What [`Snapshot::save`] wrote in `dir`; None where nothing was.
@@ -154,30 +180,32 @@ impl Snapshot {
         let mut folders = vec![base.clone()];
         while let Some(folder) = folders.pop() {
             for entry in std::fs::read_dir(&folder).with_context(|| format!("reading {}", folder.display()))? {
-                let path = entry?.path();
-                if path.is_dir() {
-                    folders.push(path);
+                let full = entry?.path();
+                if full.is_dir() {
+                    folders.push(full);
                 } else {
-                    let name = path.strip_prefix(&base).expect("beneath base").to_string_lossy().into_owned();
-                    files.push((name, std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?));
+                    let path = full.strip_prefix(&base).expect("beneath base").to_string_lossy().into_owned();
+                    let content = std::fs::read(&full).with_context(|| format!("reading {}", full.display()))?;
+                    files.push(EditedFile { path, content, mode: mode(&full)? });
                 }
             }
         }
-        files.sort();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(Some(Snapshot(files)))
     }
 
-    /// Makes the tree's editable files these: each written, and an editable file the snapshot lacks removed.
+    /// Makes the tree's editable files these (content and mode): each written, and an editable file the
+    /// snapshot lacks removed.
     pub fn restore(&self, editable: &Editable, git: &Git) -> Result<()> {
         for f in editable.files(git)? {
-            if !self.0.iter().any(|(p, _)| *p == f) {
+            if !self.0.iter().any(|s| s.path == f) {
                 std::fs::remove_file(git.root.join(&f)).with_context(|| format!("removing {f}"))?;
             }
         }
-        for (path, content) in &self.0 {
-            let to = git.root.join(path);
+        for f in &self.0 {
+            let to = git.root.join(&f.path);
             std::fs::create_dir_all(to.parent().unwrap_or(&git.root))?;
-            autoresearch_harness::fsutil::write_atomic(&to, content)?;
+            write_with_mode(&to, &f.content, f.mode)?;
         }
         Ok(())
     }
@@ -220,6 +248,17 @@ impl Project {
         Project::parse(&text, root).with_context(|| format!("{}", path.display()))
     }
 
+    /// The project as the commit `commit` describes it (a session's, from its base: an edit of the file in the tree
+    /// is a change like any other, never a new project).
+    pub fn at_commit(root: &Path, commit: &str) -> Result<Project> {
+        let git = Git::new(root);
+        if !git.ok(&["cat-file", "-e", &format!("{commit}:{PROJECT_FILE}")])? {
+            return Ok(Project::builtin());
+        }
+        let text = git.exec(&["show", &format!("{commit}:{PROJECT_FILE}")])?;
+        Project::parse(&text, root).with_context(|| format!("{PROJECT_FILE} at {}", &commit[..7.min(commit.len())]))
+    }
+
     /// Parses a project file's text and checks it against the tree at `root`, which must be the top of its git
     /// repository (git names changed files from there).
     pub fn parse(text: &str, root: &Path) -> Result<Project> {
@@ -239,6 +278,17 @@ impl Project {
         file.check(root)
     }
 
+    /// The hard limit of one training where the command line gives none: the built-in's (twice the budget plus
+    /// two minutes); a project's steps' own limits, plus a minute.
+    pub fn default_timeout(&self, budget: f64) -> Duration {
+        match &self.commands {
+            None => crate::experiment::default_timeout(budget),
+            Some(c) => {
+                c.train.timeout + c.evaluate.as_ref().map_or(Duration::ZERO, |e| e.timeout) + Duration::from_secs(60)
+            }
+        }
+    }
+
     /// The editable files that differ from `commit` in the tree of `git` (changed, new or removed), and the other
     /// changed files, which no experiment may have.
     pub fn changes(&self, git: &Git, commit: &str) -> Result<(Vec<String>, Vec<String>)> {
@@ -250,6 +300,8 @@ impl Project {
 /// `METRIC name=value`, with a finite number. Err says why not, naming `source`.
 pub fn read_metric(output: &str, name: &str, source: &str) -> std::result::Result<f64, String> {
     let mut found = Vec::new();
+    // Lines that name the metric with something else than a number after it, for the error.
+    let mut unreadable = Vec::new();
     for (n, line) in output.lines().enumerate() {
         let line = line.trim();
         let value = if let Some(rest) = line.strip_prefix("METRIC ") {
@@ -258,12 +310,18 @@ pub fn read_metric(output: &str, name: &str, source: &str) -> std::result::Resul
             line.strip_prefix(name).and_then(|r| r.strip_prefix(':'))
         };
         if let Some(value) = value {
-            if let Ok(v) = value.trim().parse::<f64>() {
-                found.push((n + 1, v));
+            match value.trim().parse::<f64>() {
+                Ok(v) => found.push((n + 1, v)),
+                Err(_) => unreadable.push(format!("line {}: `{line}`", n + 1)),
             }
         }
     }
     match found.as_slice() {
+        [] if !unreadable.is_empty() => Err(format!(
+            "the metric `{name}` never appeared with a number in the output of {source} ({} has no number after \
+             the name)",
+            unreadable.join(", ")
+        )),
         [] => Err(format!(
             "the metric `{name}` never appeared in the output of {source} (expected a line `{name}: VALUE` or \
              `METRIC {name}=VALUE`)"
@@ -424,8 +482,24 @@ impl ProjectFile {
             }
             None => None,
         };
+        // The metric's own command runs fixed code: a file it names that the agent may edit would let the agent
+        // print the number (a check likewise: pass itself). Names in the command line, as far as they show.
+        let runs_editable = |field: &str, line: &str| -> Result<()> {
+            let words = line.split(|c: char| c.is_whitespace() || "'\";&|()<>=".contains(c));
+            match words.map(|w| w.trim_start_matches("./")).find(|w| !w.is_empty() && editable.matches(w)) {
+                Some(file) => bail!(
+                    "`{field}` runs {file}, which is editable: the agent could change what it prints; take it out of \
+                     `editable`"
+                ),
+                None => Ok(()),
+            }
+        };
+        if let Some(e) = &evaluate {
+            runs_editable("metric.command", &e.command)?;
+        }
         let mut checks = Vec::new();
         for c in self.check {
+            runs_editable("check.command", &c.command)?;
             if c.name.trim().is_empty() {
                 bail!("`check.name` is empty");
             }
@@ -434,9 +508,7 @@ impl ProjectFile {
             }
             checks.push(step(&c.name, "check", c.command, c.timeout, CHECK_TIMEOUT)?);
         }
-        let program = self.program.unwrap_or_else(|| "program.md".into());
-        inside("program", &program)?;
-        let program = PathBuf::from(program);
+        let program = inside("program", &self.program.unwrap_or_else(|| "program.md".into()))?;
         Ok(Project {
             editable,
             metric: Metric { name, goal: self.metric.goal },
@@ -459,10 +531,11 @@ impl ProjectFile {
 pub const TEMPLATE: &str = r#"# autoresearch.toml: what `autoresearch` researches in this repository.
 # The loop lets an agent change the `editable` files, runs `train` (and `metric.command`), reads the metric, and
 # keeps the change if the metric got better, else resets it. Paths are relative to this file's folder, which must
-# be the top of a git repository. Every command runs with `sh -c` in that folder (a worker's worktree of it) and
-# gets AUTORESEARCH_SEED (use it for all randomness), AUTORESEARCH_OUTPUT (a fresh folder: the training writes its
-# model there; the evaluation and the checks read it there), TMPDIR (private, removed after) and, where set,
-# AUTORESEARCH_TIME_BUDGET.
+# be the top of a git repository; the session reads this file from the commit it started at (a change to it
+# takes a new session). Every command runs with `sh -c` in that folder (a worker's worktree of it, which holds the
+# tracked files only). The training, the evaluation and the checks get AUTORESEARCH_SEED (use it for all
+# randomness), AUTORESEARCH_OUTPUT (a fresh folder: the training writes its model there; the evaluation and the
+# checks read it there), TMPDIR (private, removed after) and, where set, AUTORESEARCH_TIME_BUDGET.
 
 # The files the agent may change (globs: `*` within a folder, `**` across folders). Any other change is refused.
 editable = ["train.py"]
@@ -490,9 +563,9 @@ timeout = 600
 name = "val_loss"
 # "lower" or "higher" is better.
 goal = "lower"
-# Preferred: a fixed evaluation run after the training, from whose output the metric is read (keep it out of
-# `editable`, then the agent's code cannot print the number). Without it the metric is read from the training's
-# own output, which the agent's code writes.
+# Preferred: a fixed evaluation run after the training, from whose output the metric is read (a file it names
+# may not be editable: the agent's code could print the number). Without it the metric is read from the
+# training's own output, which the agent's code writes.
 command = "python3 evaluate.py"
 timeout = 600
 
@@ -503,10 +576,11 @@ timeout = 600
 # timeout = 600
 
 [sandbox]
-# Paths the training and the checks may not read (held-out data); the evaluation may. Enforced with Landlock
-# where the kernel has it (the log says where it does not).
+# Paths the training, the setup and the checks may not read (held-out data); the evaluation may. Enforced with
+# Landlock where the kernel has it (the log says where it does not).
 held_out = []
-# Whether the training, the evaluation and the checks may use the network.
+# Whether the training, the evaluation and the checks may use the network (the setup always may: a build may
+# fetch).
 network = false
 # Paths the training may write besides its output folder (e.g. a package manager's cache; `~/` is the home
 # folder, other relative paths are in the project's folder).
@@ -614,6 +688,8 @@ held_out = ["data/val.txt"]
         assert!(e.contains("`metric.timeout` is set but `metric.command` is not"), "{e}");
         let e = error("editable = [\"train.py\"]\n[metric]\nname = \"x\"\ngoal = \"lower\"\n");
         assert!(e.contains("missing field `train`"), "{e}");
+        let e = error(&GOOD.replace("[\"train.py\", \"lib/*.py\"]", "[\"*.py\"]").replace("evaluate.py", "train.py"));
+        assert!(e.contains("`metric.command` runs train.py, which is editable"), "{e}");
         let e = error(&format!("program = \"notes.md\"\n{GOOD}"));
         assert!(e.contains("`program`: \"notes.md\" does not exist"), "{e}");
     }
@@ -641,9 +717,11 @@ held_out = ["data/val.txt"]
     fn a_snapshot_hashes_saves_and_restores_the_editable_files() {
         let dir = repo(&[("train.py", "a"), ("lib/a.py", "b"), ("other.py", "c")]);
         let git = Git::new(dir.path());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path().join("lib/a.py"), std::fs::Permissions::from_mode(0o755)).unwrap();
         let editable = Editable::new(&["train.py".into(), "lib/*.py".into()]).unwrap();
         let before = Snapshot::take(&editable, &git).unwrap();
-        assert_eq!(before.0.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["lib/a.py", "train.py"]);
+        assert_eq!(before.0.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["lib/a.py", "train.py"]);
         let saved = dir.path().join("saved");
         before.save(&saved).unwrap();
         std::fs::write(dir.path().join("lib/new.py"), "n").unwrap();
@@ -654,9 +732,11 @@ held_out = ["data/val.txt"]
         assert_eq!(loaded, before);
         loaded.restore(&editable, &git).unwrap();
         assert_eq!(Snapshot::take(&editable, &git).unwrap(), before, "the new file removed, the changed one back");
+        assert_eq!(before.0[0].mode, 0o755, "an executable stays executable");
         assert_eq!(std::fs::read_to_string(dir.path().join("other.py")).unwrap(), "c");
-        // One file hashes as before projects: its content's hash.
-        let one = Snapshot(vec![("train/train.rs".into(), b"x".to_vec())]);
-        assert_eq!(one.hash(), crate::file_hash(b"x"));
+        // The built-in's training file hashes as before projects: its content's hash; another file's path counts.
+        let one = |path: &str| Snapshot(vec![EditedFile { path: path.into(), content: b"x".to_vec(), mode: 0o644 }]);
+        assert_eq!(one(TRAINING_FILE).hash(), crate::file_hash(b"x"));
+        assert_ne!(one("a.py").hash(), one("b.py").hash(), "a renamed file is a change");
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use autoresearch_harness::handover::TMP;
 use autoresearch_harness::sandbox::Policy;
 
@@ -22,8 +22,8 @@ use crate::training::{
     TrainingFiles, TrainingOutcome, TAIL_LINES,
 };
 
-/// Where a project's command runs: the worker's tree, the session's repository (whose files no command reads),
-/// the training's output folder, and its seed.
+/// Where a project's command runs: the worker's tree, the session's repository (whose session files, results.tsv
+/// and `.autoresearch/`, no command reads), the training's output folder, and its seed.
 pub struct Place<'a> {
     pub tree: &'a Path,
     pub repository: &'a Path,
@@ -48,7 +48,10 @@ enum Access {
 }
 
 /// What the loop keeps in the repository, which no command reads: [`session_files`], but where the worker's tree
-/// is a worktree inside the session's folder, everything there but the way to that tree.
+/// is a worktree inside the session's folder, everything there but the way to that tree. For worker 1's tree
+/// `.autoresearch/workers/1/tree`: every entry of `.autoresearch` but `workers`, of `workers` but `1`, of `1` but
+/// `tree`. What is created there later (a run folder, another worker's) is unreadable too: the sandbox grants
+/// only what existed when it was made.
 fn unreadable_session_files(repository: &Path, tree: &Path) -> Vec<PathBuf> {
     let state = repository.join(crate::STATE_DIR);
     let Ok(inside) = tree.strip_prefix(&state) else { return session_files(repository) };
@@ -97,21 +100,10 @@ fn policy_for(commands: &Commands, trainer: &Trainer, place: &Place, access: Acc
     .unless_turned_off()
 }
 
-/// The command that runs `step` sandboxed by `policy` (through the launcher the trainer has, where it has one),
-/// in the worker's tree, with the harness's settings in its environment.
+/// The command that runs `step` confined by `policy` (through the trainer's launcher, where it has one), in the
+/// worker's tree, with the harness's settings in its environment.
 fn command(commands: &Commands, trainer: &Trainer, place: &Place, step: &Step, policy: &Policy) -> Result<Command> {
-    let mut cmd = match &trainer.build_sandbox {
-        Some((launcher, _)) => {
-            let mut cmd = Command::new(launcher);
-            cmd.args(["sandboxed", "--policy", &serde_json::to_string(policy)?, "--", "sh", "-c", &step.command]);
-            cmd
-        }
-        None => {
-            let mut cmd = Command::new("sh");
-            cmd.args(["-c", &step.command]);
-            cmd
-        }
-    };
+    let mut cmd = shell(trainer, policy, &step.command)?;
     cmd.current_dir(place.tree)
         .env("AUTORESEARCH_SEED", place.seed.to_string())
         .env("AUTORESEARCH_OUTPUT", place.output)
@@ -124,8 +116,18 @@ fn command(commands: &Commands, trainer: &Trainer, place: &Place, step: &Step, p
     Ok(cmd)
 }
 
+/// `sh -c line`, confined by `policy` and supervised (a project's commands never run without the launcher).
+fn shell(trainer: &Trainer, policy: &Policy, line: &str) -> Result<Command> {
+    if trainer.launcher.is_none() {
+        bail!("a project's commands run through `autoresearch sandboxed`, and this trainer has no launcher");
+    }
+    let mut cmd = trainer.confined(Some(policy), "sh")?;
+    cmd.args(["-c", line]);
+    Ok(cmd)
+}
+
 /// Why a command that ended with `status` failed, if it did, and whether the cause may lie outside the files.
-fn failure(status: ExitStatus) -> Option<(String, bool)> {
+fn exit_failure(status: ExitStatus) -> Option<(String, bool)> {
     use std::os::unix::process::ExitStatusExt;
     if status.success() {
         return None;
@@ -182,7 +184,13 @@ fn train_begun(
 ) -> Result<TrainingOutcome> {
     let started = Instant::now();
     let _temporary = fresh_files(files)?;
-    let deadline = (started + timeout, format!("timeout: killed after {:.0} s", timeout.as_secs_f64()));
+    let deadline = (
+        started + timeout,
+        format!(
+            "timeout: the training and its evaluation were stopped after {:.0} s, the limit of the whole (--timeout)",
+            timeout.as_secs_f64()
+        ),
+    );
     let read_log = || String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
     let crash = |reason: String, retryable: bool| Crash { reason, retryable, log_tail: tail(&read_log(), TAIL_LINES) };
     let done = |result, interrupted| Ok(TrainingOutcome { result, wall: started.elapsed().as_secs_f64(), interrupted });
@@ -193,7 +201,7 @@ fn train_begun(
     }
     let failed = |procs: &mut dyn Processes, status| match procs.failure() {
         Some(why) => Some((why, true)),
-        None => failure(status),
+        None => exit_failure(status),
     };
 
     let policy = policy_for(commands, trainer, place, Access::Training);
@@ -209,13 +217,14 @@ fn train_begun(
             }
         }
     }
-    let training_output = read_log();
     let (output, source, evaluation_seconds) = match &commands.evaluate {
-        None => (training_output, format!("the training (`{}`)", commands.train.command), 0.0),
+        None => (read_log(), format!("the training (`{}`)", commands.train.command), 0.0),
         Some(evaluate) => {
             let policy = policy_for(commands, trainer, place, Access::Evaluation);
             std::fs::create_dir_all(place.tmp())?;
             let cmd = command(commands, trainer, place, evaluate, &policy)?;
+            // The metric is read from the evaluation's own output: the log from here on.
+            let training_bytes = std::fs::metadata(&files.log).map_or(0, |m| m.len() as usize);
             let (ended, seconds) = run_step(procs, cmd, evaluate, Role::Evaluation, &files.log, deadline)?;
             match ended {
                 Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
@@ -226,8 +235,8 @@ fn train_begun(
                     }
                 }
             }
-            let all = read_log();
-            let own = all.get(training_output.len()..).unwrap_or_default().to_string();
+            let all = std::fs::read(&files.log).unwrap_or_default();
+            let own = String::from_utf8_lossy(all.get(training_bytes..).unwrap_or_default()).into_owned();
             (own, format!("the evaluation (`{}`)", evaluate.command), seconds)
         }
     };
@@ -248,20 +257,28 @@ fn train_begun(
     done(Ok(Measured { value, memory_gb: 0.0 }), false)
 }
 
+/// How a project's checks went.
+pub enum Checked {
+    Passed,
+    /// The first that failed, and why.
+    Failed(Crash),
+    Interrupted,
+}
+
 /// Runs the project's checks on the tree as trained (its output folder in `place`), one after the other, their
-/// output in `log`: None when all pass, else why the first that failed did. Each runs sandboxed as an evaluation
-/// without the held-out paths, journaled through `procs`, stopped at its limit.
+/// output in `log`. Each runs sandboxed as an evaluation without the held-out paths, journaled through `procs`,
+/// stopped at its own limit (the whole training's has passed).
 pub fn run_checks(
     commands: &Commands,
     trainer: &Trainer,
     place: &Place,
     log: &Path,
     procs: &mut dyn Processes,
-) -> Result<Option<Crash>> {
+) -> Result<Checked> {
     std::fs::write(log, "")?;
-    let crash = |reason: String, retryable: bool| {
+    let failed = |reason: String, retryable: bool| {
         let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
-        Ok(Some(Crash { reason, retryable, log_tail: tail(&text, TAIL_LINES) }))
+        Ok(Checked::Failed(Crash { reason, retryable, log_tail: tail(&text, TAIL_LINES) }))
     };
     let no_deadline = (Instant::now() + Duration::from_secs(365 * 24 * 3600), String::new());
     for check in &commands.checks {
@@ -271,16 +288,17 @@ pub fn run_checks(
         let (ended, _) = run_step(procs, cmd, check, Role::Check, log, no_deadline.clone())?;
         let _ = std::fs::remove_dir_all(place.tmp());
         match ended {
-            Ended::Interrupted => return crash("interrupted".into(), true),
-            Ended::OverTime(why) => return crash(format!("check `{}` did not finish: {why}", check.name), false),
+            Ended::Interrupted => return Ok(Checked::Interrupted),
+            // As a training over time: it may be the machine's load, so the identical files get one retry.
+            Ended::OverTime(why) => return failed(format!("check `{}` did not finish: {why}", check.name), true),
             Ended::Exited(status) => {
-                if let Some((why, retryable)) = failure(status) {
-                    return crash(format!("check `{}` failed: {why}", check.name), retryable);
+                if let Some((why, retryable)) = exit_failure(status) {
+                    return failed(format!("check `{}` failed: {why}", check.name), retryable);
                 }
             }
         }
     }
-    Ok(None)
+    Ok(Checked::Passed)
 }
 
 /// Runs the project's setup in the worker's tree `tree` (sandboxed as the built-in's build is: the held-out paths
@@ -302,18 +320,7 @@ pub fn run_setup(
     }
     let policy = Policy { deny_read, write: vec![PathBuf::from("/")], allow_network: true, ..Policy::default() }
         .unless_turned_off();
-    let mut cmd = match &trainer.build_sandbox {
-        Some((launcher, _)) => {
-            let mut cmd = Command::new(launcher);
-            cmd.args(["sandboxed", "--policy", &serde_json::to_string(&policy)?, "--", "sh", "-c", &setup.command]);
-            cmd
-        }
-        None => {
-            let mut cmd = Command::new("sh");
-            cmd.args(["-c", &setup.command]);
-            cmd
-        }
-    };
+    let mut cmd = shell(trainer, &policy, &setup.command)?;
     let file = std::fs::File::create(log)?;
     cmd.current_dir(tree).stdin(std::process::Stdio::null()).stdout(file.try_clone()?).stderr(file);
     cmd.envs(trainer.env.iter().map(|(k, v)| (k, v)));
@@ -322,7 +329,7 @@ pub fn run_setup(
     let status = crate::process::wait_or_kill(&mut child, || started.elapsed() > setup.timeout)?;
     let output = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
     Ok(match status {
-        Some(status) => match failure(status) {
+        Some(status) => match exit_failure(status) {
             None => Ok(output),
             Some((why, _)) => Err(format!("{output}\nthe setup command failed: {why}\n")),
         },

@@ -1,8 +1,9 @@
-//! Keep decisions, for a metric where lower or higher is better: `lower` (the original's name: any improvement), `margin` (beat the best by more than z·σ; the
-//! default) and `confirm N` (an improvement is rerun with N other seeds and kept only if the mean still beats
-//! the best by the margin). σ is the seed-to-seed spread of val_bpb: measured by `autoresearch noise`, or by the
-//! session itself under `margin` (the baseline trained on [`BASELINE_SEEDS`] seeds before the first comparison).
-//! A training file whose val_bpb is the same for every seed has no measurable spread, and is refused.
+//! Keep decisions, for a metric where lower or higher is better ([`Goal`]): `lower` (the original's name: any
+//! improvement, whichever way is better), `margin` (beat the best by more than z·σ; the default) and `confirm N`
+//! (an improvement is rerun with N other seeds and kept only if the mean still beats the best by the margin). σ is
+//! the seed-to-seed spread of the metric: measured by `autoresearch noise`, or by the session itself under
+//! `margin` (the baseline trained on [`BASELINE_SEEDS`] seeds before the first comparison). A training whose value
+//! is the same for every seed has no measurable spread, and is refused.
 
 use std::path::Path;
 

@@ -194,17 +194,7 @@ impl Session {
             results::create(&results)?;
         }
         results::repair(&results)?;
-        let project = Project::load(root)?;
-        if project.metric != state.settings.metric {
-            bail!(
-                "the session measures {} ({}), but {PROJECT_FILE} now says {} ({}): start a new session with \
-                 `autoresearch init`",
-                state.settings.metric.name,
-                state.settings.metric.goal.phrase(),
-                project.metric.name,
-                project.metric.goal.phrase()
-            );
-        }
+        let project = Project::at_commit(root, &state.settings.base)?;
         Ok(Arc::new(Session {
             root: root.to_path_buf(),
             git,

@@ -92,10 +92,12 @@ pub struct Trainer {
     /// The cores both phases are pinned to (a worker's share; empty: not pinned). A process may widen its own
     /// affinity again: this keeps honest trainings apart, it does not confine one.
     pub cpus: Vec<usize>,
-    /// The build runs sandboxed where this is set: the program that applies the policy and runs cargo
-    /// (`autoresearch sandboxed`), and the policy (the validation data unreadable, so that the training file
-    /// cannot compile it in with `include_bytes!`).
-    pub build_sandbox: Option<(PathBuf, Policy)>,
+    /// The program that runs a command confined by a policy, under a supervisor (`autoresearch sandboxed`): the
+    /// build, and a project's commands, run through it where it is set.
+    pub launcher: Option<PathBuf>,
+    /// The build's policy: the validation data unreadable, so that the training file cannot compile it in with
+    /// `include_bytes!` (None: the build is not confined).
+    pub build_policy: Option<Policy>,
 }
 
 impl Trainer {
@@ -109,8 +111,22 @@ impl Trainer {
             installed: None,
             env: Vec::new(),
             cpus: Vec::new(),
-            build_sandbox: None,
+            launcher: None,
+            build_policy: None,
         }
+    }
+
+    /// A command that runs `program`, confined by `policy` through the launcher where there is one (else
+    /// unconfined).
+    pub fn confined(&self, policy: Option<&Policy>, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        Ok(match (&self.launcher, policy) {
+            (Some(launcher), Some(policy)) => {
+                let mut cmd = Command::new(launcher);
+                cmd.args(["sandboxed", "--policy", &serde_json::to_string(policy)?, "--"]).arg(program);
+                cmd
+            }
+            _ => Command::new(program),
+        })
     }
 
     /// On CUDA: refuses a GPU older than the training file needs (see
@@ -165,14 +181,7 @@ impl Trainer {
 
     /// The cargo command that builds the binary; its output is the compiler's.
     pub fn build_command(&self) -> Result<Command> {
-        let mut cmd = match &self.build_sandbox {
-            Some((launcher, policy)) => {
-                let mut cmd = Command::new(launcher);
-                cmd.args(["sandboxed", "--policy", &serde_json::to_string(policy)?, "--"]).arg(&self.cargo);
-                cmd
-            }
-            None => Command::new(&self.cargo),
-        };
+        let mut cmd = self.confined(self.build_policy.as_ref(), &self.cargo)?;
         cmd.current_dir(&self.root).args(["build", "--release", "--message-format=short", "-p", "autoresearch-train"]);
         cmd.arg("--target-dir").arg(self.target_dir());
         // The compiler's temporary files in the target folder: in a sandbox, a file created later in a folder on
@@ -371,7 +380,8 @@ mod tests {
             installed: None,
             env: Vec::new(),
             cpus: Vec::new(),
-            build_sandbox: None,
+            launcher: None,
+            build_policy: None,
         }
     }
 

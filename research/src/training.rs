@@ -53,7 +53,8 @@ pub struct Measured {
 /// One training's result.
 pub struct TrainingOutcome {
     pub result: std::result::Result<Measured, Crash>,
-    /// Seconds in the training binary, both phases.
+    /// Seconds in the training's processes: the training binary's two phases, or a project's training and
+    /// evaluation commands.
     pub wall: f64,
     pub interrupted: bool,
 }
@@ -160,7 +161,7 @@ pub fn validation_sources(prepared: &Prepared) -> Vec<PathBuf> {
 /// The sandbox of the build in the repository `root`: what no phase may read unreadable (`include_bytes!` would
 /// compile in the validation data, or an earlier experiment's checkpoint), writes anywhere, the network open
 /// (cargo may fetch crates).
-pub fn build_sandbox(prepared: &Prepared, root: &Path) -> Policy {
+pub fn build_policy(prepared: &Prepared, root: &Path) -> Policy {
     Policy {
         deny_read: unreadable(prepared, root),
         write: vec![PathBuf::from("/")],
@@ -660,7 +661,7 @@ mod tests {
         }
         assert!(files.status().ends_with("runs/3/result-42.status.json"));
         // Nor can the build compile them in (`include_bytes!`).
-        let build = build_sandbox(&prepared(dir.path()), &dir.path().join("repo"));
+        let build = build_policy(&prepared(dir.path()), &dir.path().join("repo"));
         assert_eq!(build.deny_read, cpu.training.deny_read[..build.deny_read.len()]);
         assert!(build.deny_read.contains(&dir.path().join("repo/.autoresearch")));
     }

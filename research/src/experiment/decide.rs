@@ -8,12 +8,11 @@ use std::time::Instant;
 use super::train::{rerun, train, Journaled};
 use super::{seed_list, Decision, ExperimentOptions, Started};
 use crate::files::{handover_dir, CHECKS_LOG, RUN_LOG};
-use crate::project_training::{run_checks, Place};
+use crate::project_training::{run_checks, Checked, Place};
 use crate::results::Status;
 use crate::rules::{mean_std, seed_blind, Rule};
 use crate::state::SEED;
 use crate::trainer::Trainer;
-use crate::training::Crash;
 use crate::Worker;
 
 /// Trains with the first seed and, where the rule asks, more; decides. None when interrupted.
@@ -101,24 +100,27 @@ pub(super) fn train_and_decide(
     };
     if decision.status == Status::Keep {
         let checking = Instant::now();
-        let failed = checks(worker, trainer, opts, exp.run);
+        let checked = checks(worker, trainer, opts, exp.run);
         exp.training_wall += checking.elapsed().as_secs_f64();
-        if let Some(crash) = failed? {
-            let measured = format!("{} {value:.6}, ", worker.session.settings.metric.name);
-            (decision.status, decision.value) = (Status::Crash, None);
-            decision.reason = format!("{}: not kept ({measured}{})", crash.reason, decision.reason);
-            decision.crash = Some(crash);
+        match checked? {
+            Checked::Passed => {}
+            Checked::Interrupted => return Ok(None),
+            Checked::Failed(crash) => {
+                let measured = format!("{} {value:.6}, ", worker.session.settings.metric.name);
+                (decision.status, decision.value) = (Status::Crash, None);
+                decision.reason = format!("{}: not kept ({measured}{})", crash.reason, decision.reason);
+                decision.crash = Some(crash);
+            }
         }
     }
     Ok(Some(decision))
 }
 
-/// A project's checks on the tree as its first training left it, before a keep: None when all pass (or there
-/// are none), else why one failed.
-fn checks(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentOptions, run: u64) -> Result<Option<Crash>> {
+/// A project's checks on the tree as its first training left it, before a keep (passed where there are none).
+fn checks(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentOptions, run: u64) -> Result<Checked> {
     let session = worker.session.clone();
     let Some(commands) = session.project.commands.as_ref().filter(|c| !c.checks.is_empty()) else {
-        return Ok(None);
+        return Ok(Checked::Passed);
     };
     let dir = worker.run_dir(run);
     let (tree, output) = (worker.root.clone(), dir.join(handover_dir(SEED)));
