@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use autoresearch_harness::progress::{Progress, PROGRESS_FILE};
 use autoresearch_report::compare;
 use autoresearch_report::files::{is_handover_dir, BUILD_LOG, CHANGE_FILE, RESULTS_FILE, RUNS_DIR, RUN_LOG, STATE_DIR};
-use autoresearch_report::journal::{journals, run_description, tail, Journal, Role, Settings};
+use autoresearch_report::journal::{journals, metric_of, run_description, tail, Journal, Role, Settings};
 use autoresearch_report::noise::{load_noise, noise_for};
 use autoresearch_report::report;
 use autoresearch_report::results::{self, Status};
@@ -190,7 +190,7 @@ pub fn rows(s: &SessionFolder, from: usize) -> Result<Rows> {
     let file = results::read(&path)?;
     let noise: Vec<_> = load_noise(&s.state_dir())?.into_values().collect();
     let all = file.rows.clone();
-    let below: Vec<String> = report::build_from(&path, file, noise)
+    let below: Vec<String> = report::build_from(&path, file, noise, metric_of(&path)?)
         .top_improvements
         .into_iter()
         .filter(|g| g.below_noise)
