@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use autoresearch_report::compare::compare;
-use autoresearch_report::files::{RESULTS_FILE, STATE_DIR};
-use autoresearch_report::noise::load_noise;
+use autoresearch_report::files::RESULTS_FILE;
 use autoresearch_report::plot::progress;
 use autoresearch_report::report::build;
 
@@ -30,9 +29,8 @@ pub fn report(args: Args) -> Result<()> {
         return compare_sessions(&args);
     }
     let results = &args.results[0];
-    let dir = results.parent().map(PathBuf::from).unwrap_or_default();
-    let noise: Vec<_> = load_noise(&dir.join(STATE_DIR))?.into_values().collect();
-    let report = build(results, noise.clone())?;
+    // The session's metric and noise come from the session folder beside the file (or its archive folder).
+    let report = build(results)?;
     if args.json {
         println!("{}", report.to_json()?);
     } else {
@@ -42,8 +40,9 @@ pub fn report(args: Args) -> Result<()> {
         eprintln!("warning: {} line {}: {} (skipped)", results.display(), s.line, s.reason);
     }
     if !args.no_plot {
+        let dir = results.parent().map(PathBuf::from).unwrap_or_default();
         let out = args.plot.unwrap_or_else(|| dir.join("progress.png"));
-        progress(results, &out, &noise)?;
+        progress(results, &out, &report.noise, &report.metric)?;
         eprintln!("wrote {}", out.display());
     }
     Ok(())
@@ -56,10 +55,15 @@ fn compare_sessions(args: &Args) -> Result<()> {
     } else {
         print!("{}", comparison.to_text());
     }
-    if !args.no_plot {
-        let out = args.plot.clone().unwrap_or_else(|| PathBuf::from("comparison.png"));
-        comparison.plot(&out)?;
-        eprintln!("wrote {}", out.display());
+    if args.no_plot {
+        return Ok(());
     }
+    if comparison.metrics().len() > 1 {
+        eprintln!("no picture: the sessions measure different metrics, so their curves share no axis");
+        return Ok(());
+    }
+    let out = args.plot.clone().unwrap_or_else(|| PathBuf::from("comparison.png"));
+    comparison.plot(&out)?;
+    eprintln!("wrote {}", out.display());
     Ok(())
 }

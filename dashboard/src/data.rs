@@ -1,15 +1,18 @@
-//! What the page shows, read from a session's files on each request: results.tsv, the session's state and its
-//! workers' journals (`.autoresearch/state.json`, `journal.json`), the noise estimate, the run folders (each through `autoresearch-report`, not the
-//! research loop) and the running training's progress file ([`autoresearch_harness::progress`]). Nothing here
-//! writes.
+//! What the page shows, read from a session's files on each request: results.tsv, the session's state (its
+//! profile, budget and metric: the values are the metric's, each gain by its goal, positive when better) and its
+//! workers' journals (`.autoresearch/state.json`, `journal.json`), the noise estimate, the run folders (each
+//! through `autoresearch-report`, not the research loop) and the running training's progress file
+//! ([`autoresearch_harness::progress`]). Nothing here writes.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use autoresearch_harness::progress::{Progress, PROGRESS_FILE};
 use autoresearch_report::compare;
-use autoresearch_report::files::{is_handover_dir, BUILD_LOG, CHANGE_FILE, RESULTS_FILE, RUNS_DIR, RUN_LOG, STATE_DIR};
-use autoresearch_report::journal::{journals, run_description, tail, Journal, Role, Settings};
+use autoresearch_report::files::{
+    is_handover_dir, BUILD_LOG, CHANGE_FILE, RESULTS_FILE, RUNS_DIR, RUN_LOG, STATE_DIR, STATE_FILE,
+};
+use autoresearch_report::journal::{journals, metric_of, run_description, tail, Journal, Role, Settings};
 use autoresearch_report::noise::{load_noise, noise_for};
 use autoresearch_report::report;
 use autoresearch_report::results::{self, Status};
@@ -57,12 +60,12 @@ pub struct SessionView {
     pub profile: Option<String>,
     pub budget: Option<f64>,
     pub crashed: usize,
-    /// Mean and standard deviation of val_bpb over seeds, where `noise` measured them.
+    /// Mean and standard deviation of the metric over seeds, where `noise` measured them.
     pub noise: Option<(f64, f64)>,
-    /// Experiments, keep rate, best against baseline, experiments per hour, best-so-far: as `report` compares
-    /// sessions (absent before the first row).
+    /// The metric (name and goal), experiments, keep rate, best against baseline, experiments per hour,
+    /// best-so-far: as `report` compares sessions (no experiments before the first row).
     #[serde(flatten)]
-    pub totals: Option<compare::SessionTotals>,
+    pub totals: compare::SessionTotals,
     pub live: Vec<Live>,
 }
 
@@ -88,18 +91,20 @@ pub fn overview(sessions: &[SessionFolder]) -> Result<Overview> {
 
 fn view(s: &SessionFolder) -> Result<SessionView> {
     let results = s.root.join(RESULTS_FILE);
-    let settings = Settings::load(&s.state_dir()).ok();
+    // None before the session's state is written; one that does not parse is an error naming it.
+    let settings = if s.state_dir().join(STATE_FILE).is_file() { Some(Settings::load(&s.state_dir())?) } else { None };
     let noise = match &settings {
         Some(st) => noise_for(&s.state_dir(), &st.profile, st.time_budget)?,
         None => None,
     };
-    let (rows, crashed, totals) = if results.is_file() {
-        let file = results::read(&results)?;
-        let crashed = file.rows.iter().filter(|r| r.status == Status::Crash).count();
-        (file.rows.len(), crashed, Some(compare::session(&results)?))
+    let file = if results.is_file() {
+        results::read(&results)?
     } else {
-        (0, 0, None)
+        results::ResultsFile { rows: Vec::new(), bad: Vec::new() }
     };
+    let (rows, crashed) = (file.rows.len(), file.rows.iter().filter(|r| r.status == Status::Crash).count());
+    let metric = settings.as_ref().map(|st| st.metric.clone()).unwrap_or_default();
+    let totals = compare::totals(&results, file, metric);
     Ok(SessionView {
         name: s.name.clone(),
         rows,
@@ -158,7 +163,8 @@ fn training_progress(s: &SessionFolder, run_dir: &Path) -> Option<Progress> {
     Progress::read(&s.inside(&newest.1.join(PROGRESS_FILE))?)
 }
 
-/// The rows from `from` on, as arrays in the order of [`ROW_COLUMNS`].
+/// The rows from `from` on, as arrays in the order of [`ROW_COLUMNS`]: `val_bpb` is the metric's value (results.tsv's
+/// column), `gain` the row's over the best before it by the metric's goal (positive when better).
 #[derive(Serialize)]
 pub struct Rows {
     pub from: usize,
@@ -171,7 +177,7 @@ pub const ROW_COLUMNS: &[&str] = &[
     "run",
     "status",
     "val_bpb",
-    "delta",
+    "gain",
     "memory_gb",
     "seconds",
     "rule",
@@ -189,8 +195,10 @@ pub fn rows(s: &SessionFolder, from: usize) -> Result<Rows> {
     }
     let file = results::read(&path)?;
     let noise: Vec<_> = load_noise(&s.state_dir())?.into_values().collect();
+    let metric = metric_of(&path)?;
+    let goal = metric.goal;
     let all = file.rows.clone();
-    let below: Vec<String> = report::build_from(&path, file, noise)
+    let below: Vec<String> = report::build_from(&path, file, noise, metric)
         .top_improvements
         .into_iter()
         .filter(|g| g.below_noise)
@@ -200,7 +208,7 @@ pub fn rows(s: &SessionFolder, from: usize) -> Result<Rows> {
     let mut out = Vec::new();
     for (i, r) in all.iter().enumerate() {
         let best_before = i.checked_sub(1).and_then(|j| running[j]);
-        let delta = best_before.filter(|_| r.status != Status::Crash).map(|b| r.val_bpb - b);
+        let gain = best_before.filter(|_| r.status != Status::Crash).map(|b| goal.gain(r.val_bpb, b));
         if i < from {
             continue;
         }
@@ -212,7 +220,7 @@ pub fn rows(s: &SessionFolder, from: usize) -> Result<Rows> {
             e.map(|e| e.run),
             r.status.as_str(),
             (r.status != Status::Crash).then_some(round(r.val_bpb, 6)),
-            delta.map(|d| round(d, 6)),
+            gain.map(|d| round(d, 6)),
             round(r.memory_gb, 1),
             e.map(|e| round(e.seconds, 0)),
             e.map(|e| e.rule.as_str()),

@@ -1,6 +1,7 @@
 //! The dashboard over fixture sessions: its HTTP surface (token, paths, a 1,000-experiment session), and the
 //! page in a real headless Chromium driven through ChromeDriver (table, chart, live steps, a run's diff, two
-//! sessions side by side), which leaves a screenshot in the test's scratch folder.
+//! sessions side by side, a higher-is-better session and one beside a val_bpb session), which leaves screenshots
+//! in the test's scratch folder.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -90,6 +91,31 @@ fn fixture(dir: &Path, name: &str) -> PathBuf {
     std::fs::write(dir.join("outside.txt"), "SECRET outside the session").unwrap();
     std::os::unix::fs::symlink(dir.join("outside.txt"), state_dir.join("runs/3/change.diff")).unwrap();
     report_progress(&state_dir, 7, 5);
+    root
+}
+
+/// An accuracy session (higher is better): kept 0.80 (the baseline), 0.85, 0.86; discards below the best, one of
+/// them below the baseline; a crash. Nothing runs.
+fn accuracy_fixture(dir: &Path, name: &str) -> PathBuf {
+    let root = dir.join(name);
+    let state_dir = root.join(".autoresearch");
+    write_journal(&state_dir, None, json!([]));
+    let path = state_dir.join("state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["metric"] = json!({"name": "accuracy", "goal": "higher"});
+    std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    let rows = vec![
+        row(1, Status::Keep, 0.80, "baseline", "first result: the baseline"),
+        row(2, Status::Discard, 0.78, "smaller model", "gain -0.020000 over best 0.800000 (run 1) ≤ 0"),
+        row(3, Status::Keep, 0.85, "wider layer", "gain 0.050000 over best 0.800000 (run 1) > 0"),
+        row(4, Status::Crash, 0.0, "a typo", "exit 1"),
+        row(5, Status::Keep, 0.86, "more epochs", "gain 0.010000 over best 0.850000 (run 3) > 0"),
+        row(6, Status::Discard, 0.84, "dropout", "gain -0.020000 over best 0.860000 (run 5) ≤ 0"),
+    ];
+    let rows: Vec<Row> =
+        rows.into_iter().map(|mut r| (r.extra.as_mut().unwrap().rule = "margin".into(), r).1).collect();
+    results::create(&root.join("results.tsv")).unwrap();
+    results::append(&root.join("results.tsv"), &rows).unwrap();
     root
 }
 
@@ -222,6 +248,24 @@ fn each_worker_has_its_live_line_and_each_row_its_worker() {
     assert_eq!(workers, [1, 2, 1, 2, 1, 2, 1]);
 }
 
+/// What the session measures comes from its state: one that does not parse is an error naming the file, not a
+/// page that silently calls an accuracy val_bpb.
+#[test]
+fn a_state_that_does_not_parse_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = accuracy_fixture(dir.path(), "accuracy");
+    let server = start(&[&root], "127.0.0.1");
+    let (status, body) = get(&format!("{}api/overview", server.url()));
+    assert_eq!(status, 200, "{body}");
+    std::fs::write(root.join(".autoresearch/state.json"), r#"{"profile": "project", "time_budget": 5.0, "metric": 3}"#)
+        .unwrap();
+    let (status, body) = get(&format!("{}api/overview", server.url()));
+    assert_eq!(status, 500);
+    assert!(body.contains(".autoresearch/state.json"), "{body}");
+    let (status, body) = get(&format!("{}api/rows?session=0", server.url()));
+    assert!(status == 500 && body.contains(".autoresearch/state.json"), "{status} {body}");
+}
+
 #[test]
 fn a_thousand_experiments_are_served_in_under_a_second() {
     let dir = tempfile::tempdir().unwrap();
@@ -349,7 +393,8 @@ fn the_page_in_a_real_browser() {
     let delta = browser.js(
         "return document.querySelector('#rows tbody tr:last-child').previousElementSibling.children[4].textContent",
     );
-    assert_eq!(delta, json!("+0.050000"));
+    assert_eq!(delta, json!("-0.050000"), "1.95 after a best of 1.90 under val_bpb, lower is better: a loss");
+    assert_eq!(browser.js("return document.getElementById('value-head').textContent"), json!("val_bpb"));
     // The chart: a point per row that has a value, in its status's colour, the running best and the noise band.
     let points = browser.js(
         "return [...document.querySelectorAll('#progress circle[data-status]')].map(c => c.dataset.status).join(',')",
@@ -400,5 +445,64 @@ fn the_page_in_a_real_browser() {
     assert_eq!(browser.js("return document.querySelectorAll('#compare-chart path').length"), json!(2));
     browser.js("document.getElementById('by-hours').click(); return true");
     assert_eq!(browser.js("return document.querySelectorAll('#compare-chart path').length"), json!(2));
+    assert_eq!(browser.js("return document.getElementById('compare-note').hidden"), json!(true));
     browser.screenshot(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-two-sessions.png"));
+
+    // A higher-is-better session: the page names its metric, its best is the highest kept value, gains are
+    // positive going up, and the running best climbs to the top.
+    let accuracy = accuracy_fixture(dir.path(), "accuracy");
+    let alone = start(&[&accuracy], "127.0.0.1");
+    let (_, body) = get(&format!("{}api/overview", alone.url()));
+    let overview: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(overview["sessions"][0]["metric"], json!({"name": "accuracy", "goal": "higher"}));
+    assert_eq!(
+        (overview["sessions"][0]["best"].as_f64(), overview["sessions"][0]["baseline"].as_f64()),
+        (Some(0.86), Some(0.8))
+    );
+    browser.go(&alone.url());
+    browser.wait_for("return document.querySelectorAll('#rows tbody tr').length === 6", "the accuracy session's rows");
+    assert_eq!(browser.js("return document.getElementById('value-head').textContent"), json!("accuracy"));
+    let totals = browser.js("return document.getElementById('totals').textContent");
+    let totals = totals.as_str().unwrap();
+    assert!(totals.contains("accuracyhigher is better") && totals.contains("0.860000best accuracy"), "{totals}");
+    assert!(totals.contains("+0.060000 (7.50%)gain of the best over the baseline"), "{totals}");
+    assert!(browser
+        .js("return document.getElementById('metric-note').textContent")
+        .as_str()
+        .unwrap()
+        .contains("accuracy: higher is better"));
+    // Gains, newest row first: 0.84 after the best 0.86; 0.86 after 0.85; the crash; 0.85 after 0.80; 0.78
+    // after 0.80; the baseline.
+    let gains = browser.js("return [...document.querySelectorAll('#rows tbody tr')]
+           .map(r => r.children[4].textContent + ' ' + r.children[4].className)");
+    assert_eq!(
+        gains,
+        json!(["-0.020000 worse", "+0.010000 better", "– worse", "+0.050000 better", "-0.020000 worse", "– worse"])
+    );
+    // The running best's line: its y (down the page) never grows, and it ends at the highest kept point; the
+    // crash sits on the worse edge, the bottom.
+    let line = browser.js(
+        "const cy = (selector) => [...document.querySelectorAll(selector)].map(c => Number(c.getAttribute('cy')));
+         const ys = document.getElementById('best-line').getAttribute('d').split(/[ML]/).filter(p => p)
+           .map(p => Number(p.split(' ')[1]));
+         const kept = cy('#progress circle[data-status=keep]'), crash = cy('#progress circle[data-status=crash]');
+         return [ys.every((y, i) => i === 0 || y <= ys[i - 1]), ys[ys.length - 1] === Math.min(...kept),
+           crash[0] === Math.max(...cy('#progress circle'))]",
+    );
+    assert_eq!(line, json!([true, true, true]));
+    browser.screenshot(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-accuracy.png"));
+
+    // Beside a val_bpb session: said, not drawn on one chart.
+    let mixed = start(&[&accuracy, &root], "127.0.0.1");
+    browser.go(&mixed.url());
+    browser.wait_for("return !document.getElementById('compare-note').hidden", "the different metrics");
+    let note = browser.js("return document.getElementById('compare-note').textContent");
+    assert!(
+        note.as_str().unwrap().contains("different metrics (accuracy, higher is better; val_bpb, lower is better)"),
+        "{note}"
+    );
+    assert_eq!(browser.js("return document.querySelectorAll('#compare-chart path').length"), json!(0));
+    let metrics = browser
+        .js("return [...document.querySelectorAll('#compare-table tr')].slice(1).map(r => r.children[1].textContent)");
+    assert_eq!(metrics, json!(["accuracy, higher is better", "val_bpb, lower is better"]));
 }

@@ -1,16 +1,18 @@
-//! A session's files as a watcher (the dashboard) reads them, read only: the session's profile and budget from
-//! `state.json`, what each worker's journal says runs now (worker 0's `journal.json` in the session's folder,
+//! A session's files as a watcher (the dashboard, `report`) reads them, read only: the session's profile, budget
+//! and metric from `state.json` (and which session folder a results.tsv belongs to), what each worker's journal
+//! says runs now (worker 0's `journal.json` in the session's folder,
 //! each of a pool's in `workers/<k>/`), a run's description from its `meta.json`, the end of a log, and whether
 //! a process group a journal records is still the one it recorded. The loop (`autoresearch-research`) writes these files with its own fuller types, and its
 //! tests (`research/tests/journal.rs`) check that what it writes reads here.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::files::{JOURNAL_FILE, META_FILE, RUNS_DIR, STATE_FILE, WORKERS_DIR};
+use crate::files::{JOURNAL_FILE, META_FILE, RUNS_DIR, STATE_DIR, STATE_FILE, WORKERS_DIR};
+use crate::metric::Metric;
 
 /// What a process group started by the loop does; recorded in the journal while it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,7 +47,7 @@ pub struct Settings {
     pub time_budget: f64,
     /// What the session measures (sessions from before projects: val_bpb, lower).
     #[serde(default)]
-    pub metric: crate::metric::Metric,
+    pub metric: Metric,
 }
 
 impl Settings {
@@ -54,6 +56,27 @@ impl Settings {
         let path = state_dir.join(STATE_FILE);
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// The session folder a results file belongs to: `.autoresearch/` beside it, or, for an archived session
+/// (`.autoresearch/archive/<tag>/`, where results.tsv lies beside the session's state.json), the file's own
+/// folder; None for a results file with neither (the original's).
+pub fn session_dir_of(results: &Path) -> Option<PathBuf> {
+    let dir = results.parent().unwrap_or(Path::new(""));
+    let beside = dir.join(STATE_DIR);
+    if beside.is_dir() {
+        return Some(beside);
+    }
+    dir.join(STATE_FILE).is_file().then(|| dir.to_path_buf())
+}
+
+/// What the session of a results file measures, from its state.json; val_bpb (lower is better) for a results
+/// file without a session's state (the original's). A state.json that does not parse is an error naming it.
+pub fn metric_of(results: &Path) -> Result<Metric> {
+    match session_dir_of(results) {
+        Some(dir) if dir.join(STATE_FILE).is_file() => Ok(Settings::load(&dir)?.metric),
+        _ => Ok(Metric::default()),
     }
 }
 
@@ -205,5 +228,35 @@ mod tests {
         std::fs::write(dir.path().join("journal.json"), r#"{"children": 3}"#).unwrap();
         let err = format!("{:#}", Journal::load(dir.path()).unwrap_err());
         assert!(err.contains("journal.json"), "{err}");
+    }
+
+    #[test]
+    fn a_results_file_finds_its_session_and_metric_beside_it_or_in_its_archive_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let results = dir.path().join("results.tsv");
+        assert_eq!(session_dir_of(&results), None);
+        assert_eq!(metric_of(&results).unwrap(), Metric::default(), "the original's file: val_bpb, lower");
+        let state_dir = dir.path().join(".autoresearch");
+        std::fs::create_dir(&state_dir).unwrap();
+        assert_eq!(session_dir_of(&results), Some(state_dir.clone()));
+        assert_eq!(metric_of(&results).unwrap(), Metric::default(), "a session folder without its state yet");
+        let accuracy =
+            r#"{"profile": "project", "time_budget": 5.0, "metric": {"name": "accuracy", "goal": "higher"}}"#;
+        std::fs::write(state_dir.join("state.json"), accuracy).unwrap();
+        let higher = Metric { name: "accuracy".into(), goal: crate::metric::Goal::Higher };
+        assert_eq!(metric_of(&results).unwrap(), higher);
+        // A session from before projects: no metric in its state.
+        std::fs::write(state_dir.join("state.json"), r#"{"profile": "small", "time_budget": 60.0}"#).unwrap();
+        assert_eq!(metric_of(&results).unwrap(), Metric::default());
+        std::fs::write(state_dir.join("state.json"), r#"{"profile": "small", "time_budget": 60.0, "metric": 3}"#)
+            .unwrap();
+        let err = format!("{:#}", metric_of(&results).unwrap_err());
+        assert!(err.contains(".autoresearch/state.json"), "{err}");
+        // An archived session: results.tsv beside its state.json.
+        let archived = state_dir.join("archive/night");
+        std::fs::create_dir_all(&archived).unwrap();
+        std::fs::write(archived.join("state.json"), accuracy).unwrap();
+        assert_eq!(session_dir_of(&archived.join("results.tsv")), Some(archived.clone()));
+        assert_eq!(metric_of(&archived.join("results.tsv")).unwrap(), higher);
     }
 }

@@ -1,15 +1,17 @@
 //! The pictures: `progress.png` of one session ([`progress`]) and `comparison.png` of several
-//! ([`Comparison::plot`]), drawn with plotters in DejaVu Sans. Behind the `plot` feature (on by default), so that
-//! a crate that only reads and writes the files (the research loop, the dashboard) does not link plotters.
+//! ([`Comparison::plot`]), drawn with plotters in DejaVu Sans, their y axis the session's metric and the way it
+//! is better. Behind the `plot` feature (on by default), so that a crate that only reads and writes the files (the
+//! research loop, the dashboard) does not link plotters.
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 use plotters::style::register_font;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::compare::Comparison;
+use crate::metric::{Goal, Metric};
 use crate::noise::NoiseEstimate;
 use crate::report::{kept_gains, KeptGain};
 use crate::results::{self, Row, Status};
@@ -26,11 +28,24 @@ fn cut(text: &str, n: usize) -> String {
     }
 }
 
-/// progress.png: val_bpb by experiment (crashes and reruns left out, the rest numbered in order): discards
+/// The y axis's name: the metric and which way is better.
+fn axis_name(metric: &Metric) -> String {
+    format!("{} ({})", metric.name, metric.goal.phrase())
+}
+
+/// progress.png's y range: from a little beyond the best (the kept value furthest the better way, or the
+/// baseline) to a little beyond the baseline on the other side, so that worse discards far off are left out.
+fn progress_range(baseline: f64, kept: &[f64], goal: Goal) -> (f64, f64) {
+    let best = kept.iter().fold(baseline, |best, &v| if goal.better(v, best) { v } else { best });
+    let pad = ((baseline - best).abs() * 0.15).max(1e-3 * baseline.abs().max(1e-3));
+    (baseline.min(best) - pad, baseline.max(best) + pad)
+}
+
+/// progress.png: the metric by experiment (crashes and reruns left out, the rest numbered in order): discards
 /// as small grey dots, keeps as larger green dots labelled with their description (orange where the gain is
-/// smaller than 2σ of the measured noise), the running best as a green step line. The y range runs from a
-/// little below the best to a little above the baseline.
-pub fn progress(path: &Path, out: &Path, noise: &[NoiseEstimate]) -> Result<()> {
+/// smaller than 2σ of the measured noise), the running best as a green step line (down for lower-is-better,
+/// up for higher). The y range is [`progress_range`]'s.
+pub fn progress(path: &Path, out: &Path, noise: &[NoiseEstimate], metric: &Metric) -> Result<()> {
     let rows = results::read(path)?.rows;
     let points: Vec<(usize, &Row)> = rows
         .iter()
@@ -38,7 +53,7 @@ pub fn progress(path: &Path, out: &Path, noise: &[NoiseEstimate]) -> Result<()> 
         .enumerate()
         .map(|(i, r)| (i + 1, r))
         .collect();
-    let below_noise: Vec<bool> = kept_gains(&rows, noise).iter().map(KeptGain::below_noise).collect();
+    let below_noise: Vec<bool> = kept_gains(&rows, noise, metric.goal).iter().map(KeptGain::below_noise).collect();
     let kept: Vec<(usize, f64, &str, bool)> = points
         .iter()
         .filter(|(_, r)| r.status == Status::Keep)
@@ -54,9 +69,7 @@ pub fn progress(path: &Path, out: &Path, noise: &[NoiseEstimate]) -> Result<()> 
     let _ = register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
 
     let baseline = points.first().map_or(1.0, |(_, r)| r.val_bpb);
-    let best = kept.iter().map(|k| k.1).fold(f64::INFINITY, f64::min).min(baseline);
-    let pad = ((baseline - best) * 0.15).max(1e-3 * baseline.abs().max(1e-3));
-    let (y_lo, y_hi) = (best - pad, baseline + pad);
+    let (y_lo, y_hi) = progress_range(baseline, &kept.iter().map(|k| k.1).collect::<Vec<_>>(), metric.goal);
     let n = points.len().max(1);
 
     let root = BitMapBackend::new(out, PLOT_SIZE).into_drawing_area();
@@ -72,7 +85,7 @@ pub fn progress(path: &Path, out: &Path, noise: &[NoiseEstimate]) -> Result<()> 
     chart
         .configure_mesh()
         .x_desc("Experiment #")
-        .y_desc("Validation BPB (lower is better)")
+        .y_desc(axis_name(metric))
         .axis_desc_style(("sans-serif", 30))
         .label_style(("sans-serif", 24))
         .x_label_formatter(&|x| format!("{x:.0}"))
@@ -106,6 +119,11 @@ pub fn progress(path: &Path, out: &Path, noise: &[NoiseEstimate]) -> Result<()> 
     chart.draw_series(LineSeries::new(steps, green.stroke_width(3))).map_err(draw)?;
     let dark = RGBColor(20, 80, 30);
     let orange = RGBColor(230, 140, 20);
+    // Labels run from the point toward the worse side, where the chart has room (the bests lie at the other edge).
+    let toward_worse = match metric.goal {
+        Goal::Lower => FontTransform::Rotate270,
+        Goal::Higher => FontTransform::Rotate90,
+    };
     for &(x, y, description, below) in kept.iter().filter(|k| in_range(k.1)) {
         let fill = if below { orange } else { green };
         chart
@@ -113,9 +131,9 @@ pub fn progress(path: &Path, out: &Path, noise: &[NoiseEstimate]) -> Result<()> 
             .map_err(draw)?;
         let style = TextStyle::from(("sans-serif", 20).into_font())
             .color(&dark)
-            .transform(FontTransform::Rotate270)
+            .transform(toward_worse.clone())
             .pos(Pos::new(HPos::Left, VPos::Center));
-        // Beside the point, clear of the step line's drop.
+        // Beside the point, clear of the step line's step.
         chart
             .draw_series([Text::new(format!("  {}", cut(description, 45)), (x as f64 + 0.2, y), style)])
             .map_err(draw)?;
@@ -125,8 +143,13 @@ pub fn progress(path: &Path, out: &Path, noise: &[NoiseEstimate]) -> Result<()> 
 }
 
 impl Comparison {
-    /// Two charts side by side: each session's best so far against experiment number, and against hours.
+    /// Two charts side by side: each session's best so far against experiment number, and against hours. Sessions
+    /// that measure different metrics share no axis: an error.
     pub fn plot(&self, out: &Path) -> Result<()> {
+        let metric = match self.metrics()[..] {
+            [metric] => metric,
+            _ => bail!("the sessions measure different metrics: their curves share no axis, so no picture"),
+        };
         let _ = register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
         let values: Vec<f64> = self.sessions.iter().flat_map(|s| s.best_so_far.iter().map(|b| b.val_bpb)).collect();
         let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
@@ -157,7 +180,7 @@ impl Comparison {
                 .configure_mesh()
                 .x_label_formatter(&x_labels)
                 .x_desc(if by_hours { "Hours" } else { "Experiment #" })
-                .y_desc("Validation BPB (lower is better)")
+                .y_desc(axis_name(metric))
                 .axis_desc_style(("sans-serif", 26))
                 .label_style(("sans-serif", 22))
                 .light_line_style(RGBColor(235, 235, 235))
@@ -165,7 +188,7 @@ impl Comparison {
                 .map_err(draw)?;
             for (k, s) in self.sessions.iter().enumerate() {
                 let color = palette[k % palette.len()];
-                // A step line: flat until the next keep, then down to it.
+                // A step line: flat until the next keep, then to it.
                 let mut points: Vec<(f64, f64)> = Vec::new();
                 for b in &s.best_so_far {
                     let Some(x) = (if by_hours { b.hours } else { Some(b.experiment as f64) }) else { continue };
@@ -190,5 +213,70 @@ impl Comparison {
         }
         root.present().with_context(|| format!("writing {}", out.display()))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compare::totals;
+    use crate::results::Extra;
+
+    fn close(a: (f64, f64), b: (f64, f64)) -> bool {
+        (a.0 - b.0).abs() < 1e-12 && (a.1 - b.1).abs() < 1e-12
+    }
+
+    #[test]
+    fn the_range_runs_from_beyond_the_best_to_beyond_the_baseline_either_way() {
+        // Lower: best 0.9, pad 15 % of 0.1.
+        assert!(close(progress_range(1.0, &[0.95, 0.9], Goal::Lower), (0.885, 1.015)));
+        // Higher: best 0.86 above the baseline 0.80, pad 15 % of 0.06.
+        assert!(close(progress_range(0.80, &[0.85, 0.86], Goal::Higher), (0.791, 0.869)));
+        // The same values under lower-is-better: nothing beat the baseline, the range is a sliver around it.
+        assert!(close(progress_range(0.80, &[0.85, 0.86], Goal::Lower), (0.7992, 0.8008)));
+        assert_eq!(axis_name(&Metric { name: "accuracy".into(), goal: Goal::Higher }), "accuracy (higher is better)");
+    }
+
+    fn rows(values: &[(Status, f64)]) -> Vec<Row> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &(status, val_bpb))| Row {
+                commit: format!("c{i:06}"),
+                val_bpb,
+                memory_gb: 0.1,
+                status,
+                description: format!("experiment {}", i + 1),
+                extra: Some(Extra {
+                    profile: "project".into(),
+                    budget: 5.0,
+                    seconds: 60.0,
+                    run: i as u64 + 1,
+                    rule: "higher".into(),
+                    reason: "r".into(),
+                    worker: None,
+                }),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_higher_is_better_session_is_drawn_and_different_metrics_are_not_drawn_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.tsv");
+        let accuracy = Metric { name: "accuracy".into(), goal: Goal::Higher };
+        let values = [(Status::Keep, 0.80), (Status::Discard, 0.70), (Status::Keep, 0.85), (Status::Keep, 0.86)];
+        results::create(&path).unwrap();
+        results::append(&path, &rows(&values)).unwrap();
+        let png = dir.path().join("progress.png");
+        progress(&path, &png, &[], &accuracy).unwrap();
+        assert!(std::fs::metadata(&png).unwrap().len() > 20_000);
+        let session = |metric: &Metric| totals(&path, results::read(&path).unwrap(), metric.clone());
+        let same = Comparison { sessions: vec![session(&accuracy), session(&accuracy)] };
+        same.plot(&dir.path().join("comparison.png")).unwrap();
+        let mixed = Comparison { sessions: vec![session(&accuracy), session(&Metric::default())] };
+        let err = mixed.plot(&dir.path().join("mixed.png")).unwrap_err().to_string();
+        assert!(err.contains("different metrics"), "{err}");
+        assert!(!dir.path().join("mixed.png").exists());
     }
 }

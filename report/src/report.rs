@@ -1,5 +1,8 @@
 //! `autoresearch report`: what a results.tsv says, as text and JSON (its picture is [`crate::plot`]'s). Reads ours
-//! and the original's five-column files; malformed rows are listed with their line numbers and skipped.
+//! and the original's five-column files; malformed rows are listed with their line numbers and skipped. The values
+//! are the session's metric's (results.tsv names the column `val_bpb` whatever it is), and every gain is by its
+//! goal, positive when better: the metric and the noise come from the session folder the file belongs to
+//! ([`session_dir_of`]); a file without one is the original's, val_bpb, lower is better.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,7 +11,9 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::noise::NoiseEstimate;
+use crate::journal::{metric_of, session_dir_of};
+use crate::metric::{Goal, Metric};
+use crate::noise::{load_noise, NoiseEstimate};
 use crate::results::{self, Row, Status};
 
 #[derive(Clone, Debug, Serialize)]
@@ -16,6 +21,7 @@ pub struct Point {
     /// 1-based position among the file's rows.
     pub row: usize,
     pub commit: String,
+    /// The metric's value (results.tsv's `val_bpb` column, whatever the metric).
     pub val_bpb: f64,
     pub description: String,
     /// The keep rule that decided the row, as recorded (the original's rows name none).
@@ -29,6 +35,7 @@ pub struct Gain {
     pub description: String,
     pub val_bpb: f64,
     pub previous: f64,
+    /// Over `previous`, by the metric's goal: positive when better.
     pub gain: f64,
     /// 2σ of the seed-to-seed spread for the row's profile and budget, where `noise` measured it.
     pub noise_2sigma: Option<f64>,
@@ -45,6 +52,8 @@ pub struct Skipped {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub file: String,
+    /// What the values are, and which way is better.
+    pub metric: Metric,
     pub rows: usize,
     pub skipped: Vec<Skipped>,
     /// Rows by status, every status listed.
@@ -55,6 +64,8 @@ pub struct Report {
     pub baseline: Option<Point>,
     /// The last kept row: the session's best (each keep beat the one before, or re-measured it).
     pub best: Option<Point>,
+    /// The best's gain over the baseline, by the metric's goal (positive when better), and that in % of the
+    /// baseline's size (None where the baseline is 0).
     pub improvement: Option<f64>,
     pub improvement_percent: Option<f64>,
     pub kept: Vec<Point>,
@@ -120,31 +131,30 @@ pub(crate) struct KeptGain<'a> {
     /// The value of the keep before it; None for the first keep and for a re-measure of the same commit
     /// (no improvement either way).
     previous: Option<f64>,
+    /// Its gain over `previous` by the metric's goal, positive when better.
+    gain: Option<f64>,
     /// 2σ of the noise that applies to it.
     noise_2sigma: Option<f64>,
 }
 
 impl KeptGain<'_> {
-    fn gain(&self) -> Option<f64> {
-        self.previous.map(|p| p - self.row.val_bpb)
-    }
-
     /// The gain is smaller than 2σ of the measured noise: it may be luck.
     pub(crate) fn below_noise(&self) -> bool {
-        self.gain().zip(self.noise_2sigma).is_some_and(|(g, n)| g < n)
+        self.gain.zip(self.noise_2sigma).is_some_and(|(g, n)| g < n)
     }
 }
 
-/// The kept experiments in order, each with its gain over the keep before it.
-pub(crate) fn kept_gains<'a>(rows: &'a [Row], noise: &[NoiseEstimate]) -> Vec<KeptGain<'a>> {
+/// The kept experiments in order, each with its gain (by `goal`) over the keep before it.
+pub(crate) fn kept_gains<'a>(rows: &'a [Row], noise: &[NoiseEstimate], goal: Goal) -> Vec<KeptGain<'a>> {
     let mut previous: Option<&Row> = None;
     experiments(rows)
         .filter(|(_, r)| r.status == Status::Keep)
         .map(|(_, row)| {
-            let before = previous.replace(row).filter(|p| p.commit != row.commit);
+            let before = previous.replace(row).filter(|p| p.commit != row.commit).map(|p| p.val_bpb);
             KeptGain {
                 row,
-                previous: before.map(|p| p.val_bpb),
+                previous: before,
+                gain: before.map(|p| goal.gain(row.val_bpb, p)),
                 noise_2sigma: noise_of(noise, row).map(|n| 2.0 * n.std),
             }
         })
@@ -156,12 +166,17 @@ pub fn experiments(rows: &[Row]) -> impl Iterator<Item = (usize, &Row)> {
     rows.iter().enumerate().filter(|(_, r)| r.status != Status::Rerun)
 }
 
-pub fn build(path: &Path, noise: Vec<NoiseEstimate>) -> Result<Report> {
-    Ok(build_from(path, results::read(path)?, noise))
+/// The report of the results file at `path`, with the noise estimates and the metric of the session it belongs to.
+pub fn build(path: &Path) -> Result<Report> {
+    let noise = match session_dir_of(path) {
+        Some(dir) => load_noise(&dir)?.into_values().collect(),
+        None => Vec::new(),
+    };
+    Ok(build_from(path, results::read(path)?, noise, metric_of(path)?))
 }
 
-/// [`build`] from a file already read.
-pub fn build_from(path: &Path, file: results::ResultsFile, noise: Vec<NoiseEstimate>) -> Report {
+/// [`build`] from a file already read, with its session's noise estimates and metric.
+pub fn build_from(path: &Path, file: results::ResultsFile, noise: Vec<NoiseEstimate>, metric: Metric) -> Report {
     let rows = &file.rows;
     let point = |i: usize, r: &Row| Point {
         row: i + 1,
@@ -180,11 +195,12 @@ pub fn build_from(path: &Path, file: results::ResultsFile, noise: Vec<NoiseEstim
     let kept: Vec<Point> =
         experiments(rows).filter(|(_, r)| r.status == Status::Keep).map(|(i, r)| point(i, r)).collect();
     let best = kept.last().cloned();
-    let (improvement, improvement_percent) = match (&baseline, &best) {
-        (Some(b), Some(k)) => (Some(b.val_bpb - k.val_bpb), Some(100.0 * (b.val_bpb - k.val_bpb) / b.val_bpb)),
-        _ => (None, None),
-    };
-    let mut top_improvements: Vec<Gain> = kept_gains(rows, &noise)
+    let improvement = baseline.as_ref().zip(best.as_ref()).map(|(b, k)| metric.goal.gain(k.val_bpb, b.val_bpb));
+    let improvement_percent = improvement
+        .zip(baseline.as_ref())
+        .filter(|(_, b)| b.val_bpb != 0.0)
+        .map(|(gain, b)| 100.0 * gain / b.val_bpb.abs());
+    let mut top_improvements: Vec<Gain> = kept_gains(rows, &noise, metric.goal)
         .into_iter()
         .filter_map(|k| {
             Some(Gain {
@@ -192,7 +208,7 @@ pub fn build_from(path: &Path, file: results::ResultsFile, noise: Vec<NoiseEstim
                 description: k.row.description.clone(),
                 val_bpb: k.row.val_bpb,
                 previous: k.previous?,
-                gain: k.gain()?,
+                gain: k.gain?,
                 noise_2sigma: k.noise_2sigma,
                 below_noise: k.below_noise(),
             })
@@ -205,6 +221,7 @@ pub fn build_from(path: &Path, file: results::ResultsFile, noise: Vec<NoiseEstim
     top_improvements.sort_by(|a, b| b.gain.total_cmp(&a.gain));
     Report {
         file: path.display().to_string(),
+        metric,
         rows: rows.len(),
         skipped: file.bad.into_iter().map(|(line, reason)| Skipped { line, reason }).collect(),
         totals,
@@ -221,10 +238,17 @@ pub fn build_from(path: &Path, file: results::ResultsFile, noise: Vec<NoiseEstim
     }
 }
 
+/// A column of values shown with 6 decimals, headed by a name `least` characters long: as wide as the wider.
+fn column_width(values: impl Iterator<Item = f64>, least: usize) -> usize {
+    values.map(|v| format!("{v:.6}").chars().count()).fold(least, usize::max)
+}
+
 impl Report {
     pub fn to_text(&self) -> String {
+        let name = &self.metric.name;
         let mut t = String::new();
         let _ = writeln!(t, "{}: {} rows", self.file, self.rows);
+        let _ = writeln!(t, "metric: {name} ({})", self.metric.goal.phrase());
         for s in &self.skipped {
             let _ = writeln!(t, "  skipped line {}: {}", s.line, s.reason);
         }
@@ -247,17 +271,13 @@ impl Report {
         if let (Some(b), Some(k)) = (&self.baseline, &self.best) {
             let _ = writeln!(t, "\nbaseline: {:.6}  {}  {}", b.val_bpb, b.commit, b.description);
             let _ = writeln!(t, "best:     {:.6}  {}  {}", k.val_bpb, k.commit, k.description);
-            let _ = writeln!(
-                t,
-                "improvement: {:.6} ({:.2}%)",
-                self.improvement.unwrap_or(0.0),
-                self.improvement_percent.unwrap_or(0.0)
-            );
+            let percent = self.improvement_percent.map_or("-".into(), |p| format!("{p:.2}%"));
+            let _ = writeln!(t, "improvement: {:.6} ({percent})", self.improvement.unwrap_or(0.0));
         }
         for n in &self.noise {
             let _ = writeln!(
                 t,
-                "noise ({} at {} s): val_bpb {:.6} ± {:.6} over {} seeds",
+                "noise ({} at {} s): {name} {:.6} ± {:.6} over {} seeds",
                 n.profile,
                 n.budget,
                 n.mean,
@@ -269,24 +289,24 @@ impl Report {
             // The rule that kept each, where the rows say (its margin's numbers; the σ's origin left out).
             let rules: Vec<Option<&str>> =
                 self.kept.iter().map(|k| k.rule.as_deref().map(|r| r.split(" (").next().unwrap_or(r))).collect();
-            let width = rules.iter().flatten().map(|r| r.chars().count()).max();
-            match width {
-                Some(w) => {
-                    let _ = writeln!(t, "\nkept, in order:\n  row  commit   val_bpb   {:<w$}  description", "rule");
-                }
-                None => t.push_str("\nkept, in order:\n  row  commit   val_bpb   description\n"),
-            }
+            let rule_width = rules.iter().flatten().map(|r| r.chars().count()).max();
+            let vw = column_width(self.kept.iter().map(|k| k.val_bpb), name.chars().count());
+            let rule_head = rule_width.map_or(String::new(), |w| format!("{:<w$}  ", "rule"));
+            let _ = writeln!(t, "\nkept, in order:\n  row  commit   {name:<vw$}  {rule_head}description");
             for (k, rule) in self.kept.iter().zip(&rules) {
-                let rule = width.map_or(String::new(), |w| format!("{:<w$}  ", rule.unwrap_or("-")));
-                let _ = writeln!(t, "  {:>3}  {:<7}  {:.6}  {rule}{}", k.row, k.commit, k.val_bpb, k.description);
+                let rule = rule_width.map_or(String::new(), |w| format!("{:<w$}  ", rule.unwrap_or("-")));
+                let _ = writeln!(t, "  {:>3}  {:<7}  {:>vw$.6}  {rule}{}", k.row, k.commit, k.val_bpb, k.description);
             }
         }
         if !self.top_improvements.is_empty() {
+            let gw = column_width(self.top_improvements.iter().map(|g| g.gain), "gain".len());
+            let vw = column_width(self.top_improvements.iter().map(|g| g.val_bpb), name.chars().count());
             t.push_str("\ntop improvements (* = smaller than 2σ of the noise: may be luck):\n");
-            t.push_str("  gain       val_bpb   commit   description\n");
+            let _ = writeln!(t, "  {:<gw$}   {name:<vw$}  commit   description", "gain");
             for g in &self.top_improvements {
                 let mark = if g.below_noise { '*' } else { ' ' };
-                let _ = writeln!(t, "  {:.6}{mark}  {:.6}  {:<7}  {}", g.gain, g.val_bpb, g.commit, g.description);
+                let _ =
+                    writeln!(t, "  {:>gw$.6}{mark}  {:>vw$.6}  {:<7}  {}", g.gain, g.val_bpb, g.commit, g.description);
             }
             if let Some(n) = self.gains_below_noise {
                 let _ = writeln!(t, "kept gains below the noise (2σ): {n} of {}", self.top_improvements.len());
@@ -308,5 +328,145 @@ impl Report {
 
     pub fn to_json(&self) -> Result<String> {
         Ok(serde_json::to_string_pretty(self)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::Extra;
+
+    fn row(run: u64, status: Status, value: f64) -> Row {
+        Row {
+            commit: format!("c{run:06}"),
+            val_bpb: value,
+            memory_gb: 0.1,
+            status,
+            description: format!("experiment {run}"),
+            extra: Some(Extra {
+                profile: "project".into(),
+                budget: 5.0,
+                seconds: 10.0,
+                run,
+                rule: "margin 2σ".into(),
+                reason: "r".into(),
+                worker: None,
+            }),
+        }
+    }
+
+    /// An accuracy session: kept 0.80 (baseline), 0.85, 0.86; a discard worse and a discard better than the
+    /// baseline, a crash, a confirmation rerun.
+    fn accuracy_rows() -> Vec<Row> {
+        vec![
+            row(1, Status::Keep, 0.80),
+            row(2, Status::Discard, 0.78),
+            row(3, Status::Keep, 0.85),
+            row(4, Status::Crash, 0.0),
+            row(5, Status::Keep, 0.86),
+            row(5, Status::Rerun, 0.855),
+            row(6, Status::Discard, 0.84),
+        ]
+    }
+
+    fn accuracy() -> Metric {
+        Metric { name: "accuracy".into(), goal: Goal::Higher }
+    }
+
+    /// σ = 0.01 for the rows' profile and budget: 2σ = 0.02.
+    fn noise() -> Vec<NoiseEstimate> {
+        vec![NoiseEstimate::new(
+            "project",
+            5.0,
+            "c000001",
+            vec![43, 44],
+            vec![0.8 - 0.005 * 2f64.sqrt(), 0.8 + 0.005 * 2f64.sqrt()],
+        )
+        .unwrap()]
+    }
+
+    fn report(rows: Vec<Row>, noise: Vec<NoiseEstimate>, metric: Metric) -> Report {
+        build_from(Path::new("results.tsv"), results::ResultsFile { rows, bad: Vec::new() }, noise, metric)
+    }
+
+    #[test]
+    fn a_higher_is_better_session_gains_by_going_up() {
+        let r = report(accuracy_rows(), noise(), accuracy());
+        assert!((r.noise[0].std - 0.01).abs() < 1e-12);
+        assert_eq!((r.baseline.as_ref().unwrap().row, r.best.as_ref().unwrap().row), (1, 5));
+        // 0.86 over 0.80: +0.06, 7.5 % of the baseline.
+        assert!((r.improvement.unwrap() - 0.06).abs() < 1e-12, "{:?}", r.improvement);
+        assert!((r.improvement_percent.unwrap() - 7.5).abs() < 1e-9, "{:?}", r.improvement_percent);
+        // Each keep over the keep before it, largest first: 0.85 − 0.80 = 0.05 (above 2σ = 0.02), then
+        // 0.86 − 0.85 = 0.01 (below it).
+        let gains: Vec<(&str, f64, f64, bool)> =
+            r.top_improvements.iter().map(|g| (g.commit.as_str(), g.gain, g.previous, g.below_noise)).collect();
+        assert_eq!(gains.len(), 2);
+        assert!(gains[0].0 == "c000003" && (gains[0].1 - 0.05).abs() < 1e-12 && gains[0].2 == 0.80 && !gains[0].3);
+        assert!(gains[1].0 == "c000005" && (gains[1].1 - 0.01).abs() < 1e-12 && gains[1].2 == 0.85 && gains[1].3);
+        assert_eq!(r.gains_below_noise, Some(1));
+
+        let text = r.to_text();
+        for line in [
+            "results.tsv: 7 rows\nmetric: accuracy (higher is better)\n",
+            "baseline: 0.800000  c000001  experiment 1\nbest:     0.860000  c000005  experiment 5\n",
+            "improvement: 0.060000 (7.50%)\n",
+            "noise (project at 5 s): accuracy 0.800000 ± 0.010000 over 2 seeds\n",
+            "  row  commit   accuracy  rule       description\n    1  c000001  0.800000  margin 2σ  experiment 1\n",
+            "  gain       accuracy  commit   description\n",
+            "  0.050000   0.850000  c000003  experiment 3\n  0.010000*  0.860000  c000005  experiment 5\n",
+            "kept gains below the noise (2σ): 1 of 2\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        let json: serde_json::Value = serde_json::from_str(&r.to_json().unwrap()).unwrap();
+        assert_eq!(json["metric"], serde_json::json!({"name": "accuracy", "goal": "higher"}));
+        assert_eq!(json["best"]["val_bpb"], 0.86);
+    }
+
+    #[test]
+    fn the_same_rows_under_lower_is_better_are_losses() {
+        // Had the loop kept them under val_bpb (it would not have), each keep would be a step the wrong way.
+        let r = report(accuracy_rows(), noise(), Metric::default());
+        assert!((r.improvement.unwrap() + 0.06).abs() < 1e-12);
+        assert!((r.improvement_percent.unwrap() + 7.5).abs() < 1e-9);
+        assert!(r.top_improvements.iter().all(|g| g.gain < 0.0 && g.below_noise));
+        assert!(r.to_text().contains("metric: val_bpb (lower is better)\n"));
+    }
+
+    #[test]
+    fn wide_values_and_a_zero_baseline_keep_the_columns_and_say_no_percent() {
+        let metric = Metric { name: "render_ms".into(), goal: Goal::Lower };
+        let rows = vec![row(1, Status::Keep, 0.0), row(2, Status::Keep, 1234.5), row(3, Status::Keep, 1000.25)];
+        let r = report(rows, Vec::new(), metric);
+        assert_eq!(r.improvement_percent, None, "no % of a baseline of 0");
+        let text = r.to_text();
+        assert!(text.contains("improvement: -1000.250000 (-)\n"), "{text}");
+        assert!(text.contains("  row  commit   render_ms    rule       description\n"), "{text}");
+        assert!(text.contains("    3  c000003  1000.250000  margin 2σ  experiment 3\n"), "{text}");
+        assert!(text.contains("  gain           render_ms    commit"), "{text}");
+        assert!(text.contains("   234.250000   1000.250000  c000003"), "{text}");
+        assert!(text.contains("  -1234.500000   1234.500000  c000002"), "{text}");
+    }
+
+    #[test]
+    fn a_report_reads_the_metric_and_noise_of_the_session_beside_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.tsv");
+        results::create(&path).unwrap();
+        results::append(&path, &accuracy_rows()).unwrap();
+        let r = build(&path).unwrap();
+        assert_eq!((r.metric.clone(), r.noise.len()), (Metric::default(), 0), "no session folder: the original's");
+        let state_dir = dir.path().join(".autoresearch");
+        std::fs::create_dir(&state_dir).unwrap();
+        let state = r#"{"profile": "project", "time_budget": 5.0, "metric": {"name": "accuracy", "goal": "higher"}}"#;
+        std::fs::write(state_dir.join("state.json"), state).unwrap();
+        crate::noise::save_noise(&state_dir, &noise()[0]).unwrap();
+        let r = build(&path).unwrap();
+        assert_eq!(r.metric, accuracy());
+        assert_eq!((r.gains_below_noise, r.top_improvements[0].commit.as_str()), (Some(1), "c000003"));
+        std::fs::write(state_dir.join("state.json"), "{").unwrap();
+        let err = format!("{:#}", build(&path).unwrap_err());
+        assert!(err.contains("state.json"), "{err}");
     }
 }
