@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use autoresearch_report::compare::compare;
-use autoresearch_report::files::RESULTS_FILE;
+use autoresearch_report::files::{COMPARISON_PLOT, PROGRESS_PLOT, RESULTS_FILE};
 use autoresearch_report::plot::progress;
 use autoresearch_report::report::build;
 
@@ -41,7 +41,7 @@ pub fn report(args: Args) -> Result<()> {
     }
     if !args.no_plot {
         let dir = results.parent().map(PathBuf::from).unwrap_or_default();
-        let out = args.plot.unwrap_or_else(|| dir.join("progress.png"));
+        let out = args.plot.unwrap_or_else(|| dir.join(PROGRESS_PLOT));
         progress(results, &out, &report.noise, &report.metric)?;
         eprintln!("wrote {}", out.display());
     }
@@ -62,7 +62,7 @@ fn compare_sessions(args: &Args) -> Result<()> {
         eprintln!("no picture: the sessions measure different metrics, so their curves share no axis");
         return Ok(());
     }
-    let out = args.plot.clone().unwrap_or_else(|| PathBuf::from("comparison.png"));
+    let out = args.plot.clone().unwrap_or_else(|| PathBuf::from(COMPARISON_PLOT));
     comparison.plot(&out)?;
     eprintln!("wrote {}", out.display());
     Ok(())

@@ -49,6 +49,9 @@ pub const STASH_DIR: &str = "stash";
 pub const LOCK_FILE: &str = "lock";
 /// `noise`'s binary and logs, in the session's folder.
 pub const NOISE_DIR: &str = "noise";
+/// `report`'s pictures: progress.png beside the results file, comparison.png where `report` compares several.
+pub const PROGRESS_PLOT: &str = "progress.png";
+pub const COMPARISON_PLOT: &str = "comparison.png";
 /// A project's setup output, in a worker's folder (the run's copy is its build.log).
 pub const SETUP_LOG: &str = "setup.log";
 /// A project's checks' output, in the run's folder.

@@ -131,13 +131,13 @@ pub fn init(
     Ok(state)
 }
 
-/// The files the loop writes in the repository are no change of an experiment's: git ignores them in this
-/// repository and its worktrees (its own `info/exclude`), whatever the project's .gitignore says.
+/// The files the loop (and `report`) writes in the repository are no change of an experiment's: git ignores them
+/// in this repository and its worktrees (its own `info/exclude`), whatever the project's .gitignore says.
 fn exclude_session_files(git: &Git) -> Result<()> {
     let common = git.exec(&["rev-parse", "--git-common-dir"])?;
     let path = git.root.join(common.trim()).join("info/exclude");
     let existing = std::fs::read_to_string(&path).unwrap_or_default();
-    let missing: Vec<String> = [STATE_DIR, RESULTS_FILE, RUN_LOG]
+    let missing: Vec<String> = [STATE_DIR, RESULTS_FILE, RUN_LOG, PROGRESS_PLOT, COMPARISON_PLOT]
         .iter()
         .map(|name| format!("/{name}"))
         .filter(|line| !existing.lines().any(|l| l.trim().trim_end_matches('/') == line))
