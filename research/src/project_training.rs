@@ -221,6 +221,8 @@ fn train_begun(
         None => (read_log(), format!("the training (`{}`)", commands.train.command), 0.0),
         Some(evaluate) => {
             let policy = policy_for(commands, trainer, place, Access::Evaluation);
+            // A fresh temporary folder: what the training left in its own is not the evaluation's.
+            let _ = std::fs::remove_dir_all(place.tmp());
             std::fs::create_dir_all(place.tmp())?;
             let cmd = command(commands, trainer, place, evaluate, &policy)?;
             // The metric is read from the evaluation's own output: the log from here on.
