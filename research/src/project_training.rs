@@ -18,8 +18,8 @@ use crate::process::Role;
 use crate::project::{read_metric, Commands, Step};
 use crate::trainer::{pin_to_cpus, DeviceChoice, Trainer};
 use crate::training::{
-    append, device_writes, fresh_files, run_phase, session_files, tail, Begun, Crash, Ended, Measured, Processes,
-    TrainingFiles, TrainingOutcome, TAIL_LINES,
+    append, device_writes, finishing, fresh_files, run_phase, session_files, tail, Attempt, Crash, Ended, Measured,
+    Processes, TrainingFiles, TrainingOutcome, TAIL_LINES,
 };
 
 /// Where a project's command runs: the worker's tree, the session's repository (whose session files, results.tsv
@@ -166,11 +166,7 @@ pub fn train_project(
     timeout: Duration,
     procs: &mut dyn Processes,
 ) -> Result<TrainingOutcome> {
-    let trained = train_begun(commands, metric, trainer, place, files, timeout, procs);
-    let finished = procs.finish();
-    let trained = trained?;
-    finished?;
-    Ok(trained)
+    finishing(procs, |procs| train_begun(commands, metric, trainer, place, files, timeout, procs))
 }
 
 fn train_begun(
@@ -182,7 +178,8 @@ fn train_begun(
     timeout: Duration,
     procs: &mut dyn Processes,
 ) -> Result<TrainingOutcome> {
-    let started = Instant::now();
+    let attempt = Attempt::new(&files.log);
+    let started = attempt.started();
     let _temporary = fresh_files(files)?;
     let deadline = (
         started + timeout,
@@ -192,12 +189,10 @@ fn train_begun(
         ),
     );
     let read_log = || String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
-    let crash = |reason: String, retryable: bool| Crash { reason, retryable, log_tail: tail(&read_log(), TAIL_LINES) };
-    let done = |result, interrupted| Ok(TrainingOutcome { result, wall: started.elapsed().as_secs_f64(), interrupted });
-    match procs.begin(timeout)? {
-        Begun::Ready => {}
-        Begun::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
-        Begun::Failed(why) => return done(Err(crash(why, false)), false),
+    let crash = |reason: String, retryable: bool| attempt.crash(reason, retryable);
+    let done = |result, interrupted| Ok(attempt.done(result, interrupted));
+    if let Some(outcome) = attempt.begin(procs, timeout)? {
+        return Ok(outcome);
     }
     let failed = |procs: &mut dyn Processes, status| match procs.failure() {
         Some(why) => Some((why, true)),

@@ -345,11 +345,55 @@ pub fn train_and_evaluate(
     timeout: Duration,
     procs: &mut dyn Processes,
 ) -> Result<TrainingOutcome> {
-    let trained = train_and_evaluate_begun(trainer, settings, files, timeout, procs);
+    finishing(procs, |procs| train_and_evaluate_begun(trainer, settings, files, timeout, procs))
+}
+
+/// Runs `train`, then gives back what the backend took for it ([`Processes::finish`]) whatever came of it.
+pub(crate) fn finishing(
+    procs: &mut dyn Processes,
+    train: impl FnOnce(&mut dyn Processes) -> Result<TrainingOutcome>,
+) -> Result<TrainingOutcome> {
+    let trained = train(procs);
     let finished = procs.finish();
     let trained = trained?;
     finished?;
     Ok(trained)
+}
+
+/// One training under way: its start and log, from which its crashes and its outcome are made.
+pub(crate) struct Attempt<'a> {
+    started: Instant,
+    log: &'a Path,
+}
+
+impl<'a> Attempt<'a> {
+    pub(crate) fn new(log: &'a Path) -> Attempt<'a> {
+        Attempt { started: Instant::now(), log }
+    }
+
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// A crash with the end of the log.
+    pub(crate) fn crash(&self, reason: String, retryable: bool) -> Crash {
+        let log = String::from_utf8_lossy(&std::fs::read(self.log).unwrap_or_default()).into_owned();
+        Crash { reason, retryable, log_tail: tail(&log, TAIL_LINES) }
+    }
+
+    pub(crate) fn done(&self, result: std::result::Result<Measured, Crash>, interrupted: bool) -> TrainingOutcome {
+        TrainingOutcome { result, wall: self.started.elapsed().as_secs_f64(), interrupted }
+    }
+
+    /// Takes the training's resources from the backend, for at most `timeout`: None when they are there, else
+    /// the outcome (interrupted, or a crash with why they cannot be had).
+    pub(crate) fn begin(&self, procs: &mut dyn Processes, timeout: Duration) -> Result<Option<TrainingOutcome>> {
+        Ok(match procs.begin(timeout)? {
+            Begun::Ready => None,
+            Begun::Interrupted => Some(self.done(Err(self.crash("interrupted".into(), true)), true)),
+            Begun::Failed(why) => Some(self.done(Err(self.crash(why, false)), false)),
+        })
+    }
 }
 
 fn train_and_evaluate_begun(
@@ -359,7 +403,8 @@ fn train_and_evaluate_begun(
     timeout: Duration,
     procs: &mut dyn Processes,
 ) -> Result<TrainingOutcome> {
-    let started = Instant::now();
+    let attempt = Attempt::new(&files.log);
+    let started = attempt.started();
     let cache = cache_root()?;
     let prepared = Prepared::load(&cache, settings.profile.as_deref())?;
     let budget = prepared.profile.budget(settings.time_budget);
@@ -373,14 +418,10 @@ fn train_and_evaluate_begun(
     std::fs::write(&report, serde_json::to_vec(&fit::remembered(&fit_cache, &binary))?)
         .with_context(|| format!("writing {}", report.display()))?;
     let deadline = (started + timeout, format!("timeout: killed after {:.0} s", timeout.as_secs_f64()));
-    let read_log = || String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
-    let crash = |reason: String, retryable: bool| Crash { reason, retryable, log_tail: tail(&read_log(), TAIL_LINES) };
-    let done = |result, interrupted| Ok(TrainingOutcome { result, wall: started.elapsed().as_secs_f64(), interrupted });
-
-    match procs.begin(timeout)? {
-        Begun::Ready => {}
-        Begun::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
-        Begun::Failed(why) => return done(Err(crash(why, false)), false),
+    let crash = |reason: String, retryable: bool| attempt.crash(reason, retryable);
+    let done = |result, interrupted| Ok(attempt.done(result, interrupted));
+    if let Some(outcome) = attempt.begin(procs, timeout)? {
+        return Ok(outcome);
     }
     // Where the place a phase ran says it failed (a cancelled job, a lost node: srun may even exit 0 then), that
     // is the crash's reason, and not the file's fault; else the phase's status file and its exit status say.
