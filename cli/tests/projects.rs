@@ -427,6 +427,21 @@ fn bad_metrics_checks_and_commands_are_crashes_with_their_reason() {
     let log = p.run_file(run_of(&p.last()), "run.log");
     assert!(log.contains("PermissionError") || log.contains("Operation not permitted"), "refused, not lost: {log}");
 
+    // `init --project` in a folder that is no git repository; then in one: the files it writes, and a session
+    // refused until they are committed.
+    let bare = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("projects/not-a-repository");
+    let _ = std::fs::remove_dir_all(&bare);
+    std::fs::create_dir_all(&bare).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_autoresearch")).args(["init", "--project"]).current_dir(&bare).output();
+    let stderr = String::from_utf8_lossy(&out.as_ref().unwrap().stderr).into_owned();
+    assert!(stderr.contains("is not in a git repository"), "{stderr}");
+    let fresh = Project::new("fresh", &[("train.py".into(), b"print('val_loss: 1.0')\n".to_vec())]);
+    let wrote = fresh.ok(&["init", "--project"]);
+    assert!(wrote.contains("autoresearch.toml") && fresh.repo.join("program.md").is_file(), "{wrote}");
+    fresh.write("evaluate.py", "print('val_loss: 1.0')\n");
+    let uncommitted = fresh.fails(&["init", "t"]);
+    assert!(uncommitted.contains("autoresearch.toml is not committed"), "{uncommitted}");
+
     // Project files that are wrong: named, with the field.
     let wrong = [
         (SCORE_PROJECT.replace("timeout = 5", "timeout = 5\nepochs = 3"), "unknown field `epochs`"),
