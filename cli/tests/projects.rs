@@ -458,43 +458,58 @@ fn bad_metrics_checks_and_commands_are_crashes_with_their_reason() {
     }
 }
 
-/// `kill -9` of `run` while a project's training runs: the next command stops what it left (the whole
-/// process group) and puts the tree back, the run recorded as interrupted.
+/// `kill -9` of `run` while a project's training runs, and while its check runs: each time the next command
+/// stops what it left (the whole process group) and puts the tree back, the run recorded as interrupted.
 #[test]
-fn kill_9_during_a_projects_training_is_put_right() {
+fn kill_9_during_a_projects_training_or_check_is_put_right() {
     let p = Project::new(
         "kill",
         &[
-            ("autoresearch.toml".into(), SCORE_PROJECT.replace("timeout = 5", "timeout = 60").into_bytes()),
+            (
+                "autoresearch.toml".into(),
+                SCORE_PROJECT
+                    .replace("timeout = 5", "timeout = 60")
+                    .replace("timeout = 2", "timeout = 60")
+                    .into_bytes(),
+            ),
             ("train.sh".into(), b"echo score: 1.0\n".to_vec()),
-            ("check.sh".into(), b"exit 0\n".to_vec()),
+            // The check hangs where the training script asks it to.
+            ("check.sh".into(), b"grep -q SLOWCHECK train.sh && sleep 300\nexit 0\n".to_vec()),
             ("program.md".into(), b"Lower the score.\n".to_vec()),
         ],
     );
     p.ok(&["init", "k", "--rule", "lower"]);
     p.ok(&["run", "-m", "baseline"]);
-    p.write("train.sh", "sleep 300\necho score: 0.5\n");
-    let mut run = p.cmd(&["run", "-m", "slow"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let training = loop {
-        assert!(Instant::now() < deadline, "no training was ever recorded");
-        let journal = Journal::load(&p.repo.join(".autoresearch")).unwrap_or_default();
-        if let Some(c) = journal.children.iter().find(|c| c.role == Role::Training) {
-            break c.clone();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    run.kill().unwrap();
-    run.wait().unwrap();
-    assert!(alive(training.pgid), "the training outlives a killed harness");
-    // The next command puts things right before its agent edits anything.
-    let agent = p.agent(0, &[("score 0.7", "echo 'echo score: 0.7' > train.sh")]);
-    let next = p.ok(&["loop", "--agent", &agent, "--max-experiments", "1"]);
-    assert!(next.contains("recovered: stopped what the last process left running: training"), "{next}");
-    assert!(!alive(training.pgid), "the killed run's training is gone");
-    assert_eq!(p.meta(2).status, Status::Interrupted);
-    assert_eq!(p.last().status, Status::Keep);
-    p.assert_consistent();
+    let cases = [
+        (Role::Training, "sleep 300\necho score: 0.5\n", "training"),
+        (Role::Check, "# SLOWCHECK\necho score: 0.5\n", "check"),
+    ];
+    for (k, (role, script, named)) in cases.into_iter().enumerate() {
+        p.write("train.sh", script);
+        let mut run = p.cmd(&["run", "-m", named]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let child = loop {
+            assert!(Instant::now() < deadline, "no {role:?} was ever recorded");
+            let journal = Journal::load(&p.repo.join(".autoresearch")).unwrap_or_default();
+            if let Some(c) = journal.children.iter().find(|c| c.role == role) {
+                break c.clone();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        run.kill().unwrap();
+        run.wait().unwrap();
+        assert!(alive(child.pgid), "the {named} outlives a killed harness");
+        let interrupted = p.state().next_run - 1;
+        // The next command puts things right before its agent edits anything.
+        let score = format!("0.{}", 7 - k);
+        let agent = p.agent(0, &[(&score, &format!("echo 'echo score: {score}' > train.sh"))]);
+        let next = p.ok(&["loop", "--agent", &agent, "--max-experiments", "1"]);
+        assert!(next.contains(&format!("recovered: stopped what the last process left running: {named}")), "{next}");
+        assert!(!alive(child.pgid), "the killed run's {named} is gone");
+        assert_eq!(p.meta(interrupted).status, Status::Interrupted);
+        assert_eq!(p.last().status, Status::Keep, "{:?}", p.last());
+        p.assert_consistent();
+    }
 }
 
 /// A project on the Slurm backend, against a real single-node cluster: each training (and its evaluation) a step
