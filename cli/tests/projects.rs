@@ -222,6 +222,17 @@ fn a_python_training_project_by_hand_and_by_a_loop_of_two() {
     assert_eq!((peek.status, reason(&peek)), (Status::Crash, "the training failed: exit code 1"), "{peek:?}");
     assert!(p.run_file(run_of(&peek), "run.log").contains("Permission denied"));
     p.assert_consistent();
+    // Nor what it was made from (the generator, with its seed, would make it again), nor git's copy of it.
+    for (attack, read) in [
+        ("run the generator", "open(\"data/generate.py\").read()"),
+        ("read git's copy", "__import__(\"subprocess\").check_output([\"git\", \"show\", \"HEAD:data/val.txt\"])"),
+    ] {
+        p.edit("train.py", "started = time.monotonic()", &format!("started = time.monotonic()\n{read}"));
+        p.ok(&["run", "-m", attack]);
+        let row = p.last();
+        assert_eq!((row.status, reason(&row)), (Status::Crash, "the training failed: exit code 1"), "{row:?}");
+        p.assert_consistent();
+    }
 
     let export = p.ok(&["export"]);
     assert!(export.contains("1 patches"), "{export}");
@@ -426,12 +437,15 @@ fn bad_metrics_checks_and_commands_are_crashes_with_their_reason() {
     assert_eq!(p.last().val_bpb, 0.9, "the connection failed: {:?}", p.last());
     let log = p.run_file(run_of(&p.last()), "run.log");
     assert!(log.contains("PermissionError") || log.contains("Operation not permitted"), "refused, not lost: {log}");
+    // Git's folder holds every version of every file: unreadable.
+    p.write("train.sh", "cat .git/HEAD >/dev/null && echo score: 0.1 || echo score: 0.8\n");
+    p.ok(&["run", "-m", "read git"]);
+    assert_eq!(p.last().val_bpb, 0.8, "{:?}", p.last());
 
     // `init --project` in a folder that is no git repository; then in one: the files it writes, and a session
     // refused until they are committed.
-    let bare = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("projects/not-a-repository");
-    let _ = std::fs::remove_dir_all(&bare);
-    std::fs::create_dir_all(&bare).unwrap();
+    // (In the system's temporary folder: the test's scratch folder may lie inside this repository.)
+    let bare = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_autoresearch")).args(["init", "--project"]).current_dir(&bare).output();
     let stderr = String::from_utf8_lossy(&out.as_ref().unwrap().stderr).into_owned();
     assert!(stderr.contains("is not in a git repository"), "{stderr}");

@@ -46,6 +46,9 @@ pub struct Commands {
     pub network: bool,
     /// Paths the training may write besides its output folder: relative to a worker's tree, or absolute.
     pub writable: Vec<PathBuf>,
+    /// The repository's git folder (the one its worktrees share): no command reads it, since every version of
+    /// every file is there, held-out data and other workers' changes included.
+    pub git_dir: PathBuf,
 }
 
 /// One command and the time it may take.
@@ -430,6 +433,7 @@ impl ProjectFile {
         }
         let editable = Editable::new(&self.editable).context("`editable`")?;
         let git = Git::new(root);
+        let git_dir = PathBuf::from(git.exec(&["rev-parse", "--path-format=absolute", "--git-common-dir"])?.trim());
         let listed = git.exec(&["ls-files", "--cached", "--others", "--exclude-standard"])?;
         for glob in &self.editable {
             let one = Editable::new(std::slice::from_ref(glob))?;
@@ -522,6 +526,7 @@ impl ProjectFile {
                 held_out,
                 network: self.sandbox.network,
                 writable,
+                git_dir,
             }),
         })
     }

@@ -9,17 +9,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use autoresearch_harness::handover::TMP;
 use autoresearch_harness::sandbox::Policy;
 
 use crate::metric::Metric;
-use crate::process::Role;
+use crate::process::{CappedOutput, Role, LOG_LIMIT};
 use crate::project::{read_metric, Commands, Step};
 use crate::trainer::{pin_to_cpus, DeviceChoice, Trainer};
 use crate::training::{
     append, device_writes, finishing, fresh_files, run_phase, session_files, tail, Attempt, Crash, Ended, Measured,
-    Processes, TrainingFiles, TrainingOutcome, TAIL_LINES,
+    Processes, TrainingFiles, TrainingOutcome, OUTPUT_PATIENCE, TAIL_LINES,
 };
 
 /// Where a project's command runs: the worker's tree, the session's repository (whose session files, results.tsv
@@ -65,8 +65,16 @@ fn unreadable_session_files(repository: &Path, tree: &Path) -> Vec<PathBuf> {
     deny
 }
 
+/// What no command of a project reads: the session's files, and git's folder (every version of every file,
+/// held-out data and other workers' changes included).
+fn unreadable(commands: &Commands, repository: &Path, tree: &Path) -> Vec<PathBuf> {
+    let mut deny = unreadable_session_files(repository, tree);
+    deny.push(commands.git_dir.clone());
+    deny
+}
+
 fn policy_for(commands: &Commands, trainer: &Trainer, place: &Place, access: Access) -> Policy {
-    let mut deny_read = unreadable_session_files(place.repository, place.tree);
+    let mut deny_read = unreadable(commands, place.repository, place.tree);
     if !matches!(access, Access::Evaluation) {
         for p in &commands.held_out {
             deny_read.push(place.tree.join(p));
@@ -310,7 +318,7 @@ pub fn run_setup(
     log: &Path,
     spawn: &mut dyn FnMut(&mut Command) -> Result<std::process::Child>,
 ) -> Result<std::result::Result<String, String>> {
-    let mut deny_read = unreadable_session_files(repository, tree);
+    let mut deny_read = unreadable(commands, repository, tree);
     for p in &commands.held_out {
         deny_read.push(tree.join(p));
         deny_read.push(repository.join(p));
@@ -318,12 +326,15 @@ pub fn run_setup(
     let policy = Policy { deny_read, write: vec![PathBuf::from("/")], allow_network: true, ..Policy::default() }
         .unless_turned_off();
     let mut cmd = shell(trainer, &policy, &setup.command)?;
-    let file = std::fs::File::create(log)?;
-    cmd.current_dir(tree).stdin(std::process::Stdio::null()).stdout(file.try_clone()?).stderr(file);
+    std::fs::write(log, "").with_context(|| format!("creating {}", log.display()))?;
+    let output = CappedOutput::attach(&mut cmd, log, LOG_LIMIT)?;
+    cmd.current_dir(tree).stdin(std::process::Stdio::null());
     cmd.envs(trainer.env.iter().map(|(k, v)| (k, v)));
     let started = Instant::now();
     let mut child = spawn(&mut cmd)?;
+    drop(cmd);
     let status = crate::process::wait_or_kill(&mut child, || started.elapsed() > setup.timeout)?;
+    output.finish(OUTPUT_PATIENCE);
     let output = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
     Ok(match status {
         Some(status) => match exit_failure(status) {

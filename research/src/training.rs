@@ -23,7 +23,10 @@ use autoresearch_harness::sandbox::Policy;
 use autoresearch_harness::shards::{split_files, Split};
 use autoresearch_harness::summary::Summary;
 
-use crate::process::{wait_or_kill, Role};
+use crate::process::{wait_or_kill, CappedOutput, Role, LOG_LIMIT};
+
+/// How long a phase's output may go on after the phase ended (a process its supervisor has not ended yet).
+pub(crate) const OUTPUT_PATIENCE: Duration = Duration::from_secs(5);
 use crate::trainer::{DeviceChoice, Trainer, TrainingSettings};
 /// The end of a log, as crash reasons and the dashboard show it.
 pub use autoresearch_report::journal::tail;
@@ -172,7 +175,8 @@ pub fn build_policy(prepared: &Prepared, root: &Path) -> Policy {
 }
 
 /// Device nodes a training on the CPU may write, one by one: not /dev/shm, nor anything else that outlives it.
-pub const CPU_DEVICES: [&str; 6] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"];
+/// Not /dev/tty: a process that reached the user's terminal could type into it.
+pub const CPU_DEVICES: [&str; 5] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
 
 /// What no phase may read: the validation data, and what earlier experiments left in the repository `root` (the
 /// session's folder with its runs, checkpoints, logs and workers' trees; results.tsv; the last log).
@@ -303,16 +307,13 @@ pub(crate) fn run_phase(
     limit: Option<(Duration, String)>,
     deadline: (Instant, String),
 ) -> Result<(Ended, f64)> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("opening {}", log.display()))?;
     let mut cmd = procs.wrap(cmd);
-    cmd.stdout(file.try_clone()?).stderr(file);
+    let output = CappedOutput::attach(&mut cmd, log, LOG_LIMIT)?;
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     let started = Instant::now();
     let mut child = procs.start(&mut cmd, role)?;
+    // Our copy of the output pipe's writing end goes: the output ends when the phase's processes are gone.
+    drop(cmd);
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         // A phase that dies at once closes the pipe; its exit status tells why.
         let _ = pipe.write_all(text.as_bytes());
@@ -328,6 +329,7 @@ pub(crate) fn run_phase(
         }
         stopped.is_some()
     });
+    output.finish(OUTPUT_PATIENCE);
     procs.ended(&child)?;
     let wall = started.elapsed().as_secs_f64();
     Ok(match status? {

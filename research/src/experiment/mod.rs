@@ -142,7 +142,13 @@ pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentO
     let snapshot = Snapshot::take(&worker.session.project.editable, &worker.git)?;
     let hash = snapshot.hash();
     let retry_of = match if opts.force { None } else { check::earlier_run(worker, &hash) } {
-        Some(check::Earlier::Reuse(earlier)) => return check::reuse(worker, opts, &earlier, hash, started),
+        Some(check::Earlier::Reuse(earlier)) => {
+            // Its row names the rule as it stands (with the spread measured so far).
+            let settings = &worker.session.settings;
+            let decider = opts.decider.resolved(&worker.session.dir, &settings.profile, settings.time_budget)?;
+            let opts = &ExperimentOptions { decider, ..opts.clone() };
+            return check::reuse(worker, opts, &earlier, hash, started);
+        }
         Some(check::Earlier::Retry(earlier)) => {
             worker.say(&format!(
                 "run {} crashed with this exact file ({}), which may not be the file's fault: trying it once more",
