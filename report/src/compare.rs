@@ -186,30 +186,10 @@ impl Comparison {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::{Extra, Status};
+    use crate::results::Status;
 
     fn file(values: &[(Status, f64)]) -> ResultsFile {
-        let rows = values
-            .iter()
-            .enumerate()
-            .map(|(i, &(status, val_bpb))| Row {
-                commit: format!("c{i:06}"),
-                val_bpb,
-                memory_gb: 0.1,
-                status,
-                description: format!("experiment {}", i + 1),
-                extra: Some(Extra {
-                    profile: "project".into(),
-                    budget: 5.0,
-                    seconds: 360.0,
-                    run: i as u64 + 1,
-                    rule: "higher".into(),
-                    reason: "r".into(),
-                    worker: None,
-                }),
-            })
-            .collect();
-        ResultsFile { rows, bad: Vec::new() }
+        ResultsFile { rows: crate::results::numbered_rows(values, 360.0), bad: Vec::new() }
     }
 
     fn accuracy() -> Metric {

@@ -220,7 +220,6 @@ impl Comparison {
 mod tests {
     use super::*;
     use crate::compare::totals;
-    use crate::results::Extra;
 
     fn close(a: (f64, f64), b: (f64, f64)) -> bool {
         (a.0 - b.0).abs() < 1e-12 && (a.1 - b.1).abs() < 1e-12
@@ -238,26 +237,7 @@ mod tests {
     }
 
     fn rows(values: &[(Status, f64)]) -> Vec<Row> {
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, &(status, val_bpb))| Row {
-                commit: format!("c{i:06}"),
-                val_bpb,
-                memory_gb: 0.1,
-                status,
-                description: format!("experiment {}", i + 1),
-                extra: Some(Extra {
-                    profile: "project".into(),
-                    budget: 5.0,
-                    seconds: 60.0,
-                    run: i as u64 + 1,
-                    rule: "higher".into(),
-                    reason: "r".into(),
-                    worker: None,
-                }),
-            })
-            .collect()
+        crate::results::numbered_rows(values, 60.0)
     }
 
     #[test]

@@ -261,6 +261,31 @@ pub fn repair(path: &Path) -> Result<()> {
     f.set_len(keep as u64).and_then(|_| f.sync_all()).with_context(|| format!("repairing {}", path.display()))
 }
 
+/// Rows for tests of the summaries: one per (status, value), run k in the k-th, each `seconds` long.
+#[cfg(test)]
+pub(crate) fn numbered_rows(values: &[(Status, f64)], seconds: f64) -> Vec<Row> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &(status, val_bpb))| Row {
+            commit: format!("c{i:06}"),
+            val_bpb,
+            memory_gb: 0.1,
+            status,
+            description: format!("experiment {}", i + 1),
+            extra: Some(Extra {
+                profile: "project".into(),
+                budget: 5.0,
+                seconds,
+                run: i as u64 + 1,
+                rule: "higher".into(),
+                reason: "r".into(),
+                worker: None,
+            }),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -455,17 +455,15 @@ impl ProjectFile {
             }
             Ok(path)
         };
-        let held_out_paths =
-            self.sandbox.held_out.iter().map(|p| inside("sandbox.held_out", p)).collect::<Result<Vec<_>>>()?;
-        for (p, path) in self.sandbox.held_out.iter().zip(&held_out_paths) {
-            if let Ok(rel) = path.strip_prefix(root) {
-                if editable.matches(&rel.to_string_lossy()) {
-                    bail!("`sandbox.held_out`: {p:?} is editable too");
-                }
-            }
-        }
         // Relative paths stay relative: each worker's tree has its own copy.
-        let held_out = self.sandbox.held_out.iter().map(|p| home(p)).collect::<Result<Vec<_>>>()?;
+        let mut held_out = Vec::new();
+        for p in &self.sandbox.held_out {
+            let path = inside("sandbox.held_out", p)?;
+            if path.strip_prefix(root).is_ok_and(|rel| editable.matches(&rel.to_string_lossy())) {
+                bail!("`sandbox.held_out`: {p:?} is editable too");
+            }
+            held_out.push(home(p)?);
+        }
         let writable = self.sandbox.writable.iter().map(|p| home(p)).collect::<Result<Vec<_>>>()?;
         let step = |name: &str, field: &str, text: String, timeout: Option<f64>, default: f64| -> Result<Step> {
             Ok(Step {

@@ -73,15 +73,18 @@ fn unreadable(commands: &Commands, repository: &Path, tree: &Path) -> Vec<PathBu
     deny
 }
 
+/// The held-out paths as the worker's tree and the repository hold them (one folder for worker 0).
+fn held_out(commands: &Commands, repository: &Path, tree: &Path) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = commands.held_out.iter().flat_map(|p| [tree.join(p), repository.join(p)]).collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
 fn policy_for(commands: &Commands, trainer: &Trainer, place: &Place, access: Access) -> Policy {
     let mut deny_read = unreadable(commands, place.repository, place.tree);
     if !matches!(access, Access::Evaluation) {
-        for p in &commands.held_out {
-            deny_read.push(place.tree.join(p));
-            deny_read.push(place.repository.join(p));
-        }
-        deny_read.sort();
-        deny_read.dedup();
+        deny_read.extend(held_out(commands, place.repository, place.tree));
     }
     let cuda = trainer.device == DeviceChoice::Cuda;
     if !cuda {
@@ -196,32 +199,35 @@ fn train_begun(
             timeout.as_secs_f64()
         ),
     );
-    let read_log = || String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
-    let crash = |reason: String, retryable: bool| attempt.crash(reason, retryable);
-    let done = |result, interrupted| Ok(attempt.done(result, interrupted));
     if let Some(outcome) = attempt.begin(procs, timeout)? {
         return Ok(outcome);
     }
-    let failed = |procs: &mut dyn Processes, status| match procs.failure() {
-        Some(why) => Some((why, true)),
-        None => exit_failure(status),
+    // How a step's end ends the training, if it does: interrupted, over time, or failed (where the place it ran
+    // knows why, that; else its exit status).
+    let stopped = |procs: &mut dyn Processes, ended: Ended, what: &str| -> Option<TrainingOutcome> {
+        let (reason, retryable, interrupted) = match ended {
+            Ended::Interrupted => ("interrupted".to_string(), true, true),
+            Ended::OverTime(why) => (why, true, false),
+            Ended::Exited(status) => {
+                let (why, retryable) = procs.failure().map(|why| (why, true)).or_else(|| exit_failure(status))?;
+                (format!("the {what} failed: {why}"), retryable, false)
+            }
+        };
+        Some(attempt.done(Err(attempt.crash(reason, retryable)), interrupted))
     };
 
     let policy = policy_for(commands, trainer, place, Access::Training);
     let cmd = command(commands, trainer, place, &commands.train, &policy)?;
     let (ended, training_seconds) =
         run_step(procs, cmd, &commands.train, Role::Training, &files.log, deadline.clone())?;
-    match ended {
-        Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
-        Ended::OverTime(why) => return done(Err(crash(why, true)), false),
-        Ended::Exited(status) => {
-            if let Some((why, retryable)) = failed(procs, status) {
-                return done(Err(crash(format!("the training failed: {why}"), retryable)), false);
-            }
-        }
+    if let Some(outcome) = stopped(procs, ended, "training") {
+        return Ok(outcome);
     }
     let (output, source, evaluation_seconds) = match &commands.evaluate {
-        None => (read_log(), format!("the training (`{}`)", commands.train.command), 0.0),
+        None => {
+            let log = String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
+            (log, format!("the training (`{}`)", commands.train.command), 0.0)
+        }
         Some(evaluate) => {
             let policy = policy_for(commands, trainer, place, Access::Evaluation);
             // A fresh temporary folder: what the training left in its own is not the evaluation's.
@@ -231,14 +237,8 @@ fn train_begun(
             // The metric is read from the evaluation's own output: the log from here on.
             let training_bytes = std::fs::metadata(&files.log).map_or(0, |m| m.len() as usize);
             let (ended, seconds) = run_step(procs, cmd, evaluate, Role::Evaluation, &files.log, deadline)?;
-            match ended {
-                Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
-                Ended::OverTime(why) => return done(Err(crash(why, true)), false),
-                Ended::Exited(status) => {
-                    if let Some((why, retryable)) = failed(procs, status) {
-                        return done(Err(crash(format!("the evaluation failed: {why}"), retryable)), false);
-                    }
-                }
+            if let Some(outcome) = stopped(procs, ended, "evaluation") {
+                return Ok(outcome);
             }
             let all = std::fs::read(&files.log).unwrap_or_default();
             let own = String::from_utf8_lossy(all.get(training_bytes..).unwrap_or_default()).into_owned();
@@ -247,7 +247,7 @@ fn train_begun(
     };
     let value = match read_metric(&output, &metric.name, &source) {
         Ok(v) => v,
-        Err(why) => return done(Err(crash(why, false)), false),
+        Err(why) => return Ok(attempt.done(Err(attempt.crash(why, false)), false)),
     };
     append(
         &files.log,
@@ -259,7 +259,7 @@ fn train_begun(
             place.seed
         ),
     )?;
-    done(Ok(Measured { value, memory_gb: 0.0 }), false)
+    Ok(attempt.done(Ok(Measured { value, memory_gb: 0.0 }), false))
 }
 
 /// How a project's checks went.
@@ -319,10 +319,7 @@ pub fn run_setup(
     spawn: &mut dyn FnMut(&mut Command) -> Result<std::process::Child>,
 ) -> Result<std::result::Result<String, String>> {
     let mut deny_read = unreadable(commands, repository, tree);
-    for p in &commands.held_out {
-        deny_read.push(tree.join(p));
-        deny_read.push(repository.join(p));
-    }
+    deny_read.extend(held_out(commands, repository, tree));
     let policy = Policy { deny_read, write: vec![PathBuf::from("/")], allow_network: true, ..Policy::default() }
         .unless_turned_off();
     let mut cmd = shell(trainer, &policy, &setup.command)?;
