@@ -31,6 +31,7 @@ fn row(run: u64, status: Status, val_bpb: f64, description: &str, reason: &str) 
             rule: "lower".into(),
             reason: reason.into(),
             worker: None,
+            parent: None,
         }),
     }
 }

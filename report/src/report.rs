@@ -351,6 +351,7 @@ mod tests {
                 rule: "margin 2σ".into(),
                 reason: "r".into(),
                 worker: None,
+                parent: None,
             }),
         }
     }

@@ -10,9 +10,10 @@ use anyhow::{bail, Context, Result};
 /// The original's columns.
 pub const ORIGINAL_COLUMNS: [&str; 5] = ["commit", "val_bpb", "memory_gb", "status", "description"];
 /// Ours after them: the profile and time budget (runs are only comparable within one), the experiment's wall
-/// time, its run folder, the keep rule with the reason for the decision, and the worker that ran it (`-` where
-/// one loop or `run` did; files written before this column have eleven columns and still read).
-pub const EXTRA_COLUMNS: [&str; 7] = ["profile", "budget", "seconds", "run", "rule", "reason", "worker"];
+/// time, its run folder, the keep rule with the reason for the decision, the worker that ran it (`-` where one
+/// loop or `run` did), and the run of the kept experiment whose commit it started from (`-` for the baseline).
+/// Files written before the last two columns have eleven or twelve and still read.
+pub const EXTRA_COLUMNS: [&str; 8] = ["profile", "budget", "seconds", "run", "rule", "reason", "worker", "parent"];
 
 /// What became of an experiment: the first four appear in results.tsv rows, the rest only in run folders.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -102,6 +103,9 @@ pub struct Extra {
     pub reason: String,
     /// The worker (1, 2, ...) of a session run by several.
     pub worker: Option<usize>,
+    /// The run whose commit the experiment started from: the tree of a session's experiments (None for the
+    /// baseline, and in files from before this column).
+    pub parent: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -140,18 +144,26 @@ impl Row {
                 clean(&e.rule),
                 clean(&e.reason),
                 e.worker.map_or("-".to_string(), |w| w.to_string()),
+                e.parent.map_or("-".to_string(), |p| p.to_string()),
             ]);
         }
         cols.join("\t")
     }
 
-    /// Parses a row of five (the original), eleven (ours before the worker column) or twelve columns.
+    /// Parses a row of five (the original), eleven (ours before the worker column), twelve (before the parent
+    /// column) or thirteen columns.
     pub fn parse(line: &str) -> Result<Row> {
         let cols: Vec<&str> = line.split('\t').collect();
         let ours = ORIGINAL_COLUMNS.len() + EXTRA_COLUMNS.len();
-        if ![ORIGINAL_COLUMNS.len(), ours - 1, ours].contains(&cols.len()) {
-            bail!("{} columns, expected {}, {} or {ours}", cols.len(), ORIGINAL_COLUMNS.len(), ours - 1);
+        if ![ORIGINAL_COLUMNS.len(), ours - 2, ours - 1, ours].contains(&cols.len()) {
+            bail!("{} columns, expected {}, {}, {} or {ours}", cols.len(), ORIGINAL_COLUMNS.len(), ours - 2, ours - 1);
         }
+        let optional = |i: usize, name: &str| -> Result<Option<u64>> {
+            match cols.get(i).map(|v| v.trim()) {
+                None | Some("-") => Ok(None),
+                Some(v) => Ok(Some(v.parse().map_err(|_| anyhow::anyhow!("{name} {v:?} is not a whole number"))?)),
+            }
+        };
         let number = |name: &str, v: &str| -> Result<f64> {
             let x: f64 = v.trim().parse().map_err(|_| anyhow::anyhow!("{name} {v:?} is not a number"))?;
             if !x.is_finite() {
@@ -168,10 +180,8 @@ impl Row {
                 run: cols[8].trim().parse().map_err(|_| anyhow::anyhow!("run {:?} is not a whole number", cols[8]))?,
                 rule: cols[9].to_string(),
                 reason: cols[10].to_string(),
-                worker: match cols.get(11).map(|w| w.trim()) {
-                    None | Some("-") => None,
-                    Some(w) => Some(w.parse().map_err(|_| anyhow::anyhow!("worker {w:?} is not a whole number"))?),
-                },
+                worker: optional(11, "worker")?.map(|w| w as usize),
+                parent: optional(12, "parent")?,
             })
         } else {
             None
@@ -281,6 +291,7 @@ pub(crate) fn numbered_rows(values: &[(Status, f64)], seconds: f64) -> Vec<Row> 
                 rule: "higher".into(),
                 reason: "r".into(),
                 worker: None,
+                parent: None,
             }),
         })
         .collect()
@@ -305,6 +316,7 @@ mod tests {
                 rule: "lower".into(),
                 reason: "first result".into(),
                 worker: Some(2),
+                parent: Some(7),
             }),
         }
     }
@@ -330,7 +342,7 @@ mod tests {
         let line = row().to_line();
         assert_eq!(
             line,
-            "a1b2c3d\t0.997900\t44.0\tkeep\tbaseline with a tab\th100\t300\t325.9\t1\tlower\tfirst result\t2"
+            "a1b2c3d\t0.997900\t44.0\tkeep\tbaseline with a tab\th100\t300\t325.9\t1\tlower\tfirst result\t2\t7"
         );
         let back = Row::parse(&line).unwrap();
         assert_eq!(back.description, "baseline with a tab");
@@ -340,7 +352,13 @@ mod tests {
         let before_workers =
             Row::parse("a1b2c3d\t1.000000\t1.0\tdiscard\tx\tsmall\t60\t70.0\t3\tlower\tworse").unwrap();
         assert_eq!(before_workers.extra.unwrap().worker, None);
-        assert!(Row::parse(&(line + "\t")).unwrap_err().to_string().contains("13 columns"));
+        let before_parents =
+            Row::parse("a1b2c3d\t1.000000\t1.0\tdiscard\tx\tsmall\t60\t70.0\t3\tlower\tworse\t2").unwrap();
+        assert_eq!(before_parents.extra.map(|e| (e.worker, e.parent)), Some((Some(2), None)));
+        let baseline = Row::parse(&line.replace("\t2\t7", "\t-\t-")).unwrap();
+        assert_eq!(baseline.extra.map(|e| (e.worker, e.parent)), Some((None, None)));
+        assert!(Row::parse(&line.replace("\t7", "\tx")).unwrap_err().to_string().contains("parent \"x\""));
+        assert!(Row::parse(&(line + "\t")).unwrap_err().to_string().contains("14 columns"));
     }
 
     #[test]

@@ -351,6 +351,7 @@ mod tests {
                 rule: "confirm 2, 2σ = 0.002400 (σ from 3 seeds)".into(),
                 reason: "gain ... > margin".into(),
                 worker: Some(2),
+                parent: None,
             }),
         }
     }

@@ -11,7 +11,7 @@ use crate::results::{self, Extra, Row, Status};
 use crate::state::{Best, SEED};
 use crate::{RunMeta, Worker};
 
-/// Our columns of a row of `run`.
+/// Our columns of a row of `run`, which started from the worker's reference commit (the kept run it names).
 pub(super) fn extra(worker: &Worker, opts: &ExperimentOptions, run: u64, seconds: f64, reason: String) -> Extra {
     Extra {
         profile: worker.session.settings.profile.clone(),
@@ -21,6 +21,7 @@ pub(super) fn extra(worker: &Worker, opts: &ExperimentOptions, run: u64, seconds
         rule: opts.decider.label.clone(),
         reason,
         worker: worker.label(),
+        parent: worker.journal.best.as_ref().map(|b| b.run),
     }
 }
 
