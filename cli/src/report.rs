@@ -42,7 +42,7 @@ pub fn report(args: Args) -> Result<()> {
     if !args.no_plot {
         let dir = results.parent().map(PathBuf::from).unwrap_or_default();
         let out = args.plot.unwrap_or_else(|| dir.join(PROGRESS_PLOT));
-        progress(results, &out, &report.noise, &report.metric)?;
+        progress(results, &out, &report.noise, &report.metric, report.search)?;
         eprintln!("wrote {}", out.display());
     }
     Ok(())

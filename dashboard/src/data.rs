@@ -12,10 +12,11 @@ use autoresearch_report::compare;
 use autoresearch_report::files::{
     is_handover_dir, BUILD_LOG, CHANGE_FILE, RESULTS_FILE, RUNS_DIR, RUN_LOG, STATE_DIR, STATE_FILE,
 };
-use autoresearch_report::journal::{journals, metric_of, run_description, tail, Journal, Role, Settings};
+use autoresearch_report::journal::{journals, metric_of, run_description, search_of, tail, Journal, Role, Settings};
 use autoresearch_report::noise::{load_noise, noise_for};
 use autoresearch_report::report;
 use autoresearch_report::results::{self, Status};
+use autoresearch_report::tree::{self, Search};
 use serde::Serialize;
 
 /// A session folder: the repository a session runs in (results.tsv and `.autoresearch/`).
@@ -62,6 +63,10 @@ pub struct SessionView {
     pub crashed: usize,
     /// Mean and standard deviation of the metric over seeds, where `noise` measured them.
     pub noise: Option<(f64, f64)>,
+    /// How the session searches; a frontier session's chart draws its tree.
+    pub search: Search,
+    /// The best's lineage, root first, by row number.
+    pub best_path: Vec<usize>,
     /// The metric (name and goal), experiments, keep rate, best against baseline, experiments per hour,
     /// best-so-far: as `report` compares sessions (no experiments before the first row).
     #[serde(flatten)]
@@ -104,7 +109,9 @@ fn view(s: &SessionFolder) -> Result<SessionView> {
     };
     let (rows, crashed) = (file.rows.len(), file.rows.iter().filter(|r| r.status == Status::Crash).count());
     let metric = settings.as_ref().map(|st| st.metric.clone()).unwrap_or_default();
-    let totals = compare::totals(&results, file, metric);
+    let search = settings.as_ref().map(|st| st.search).unwrap_or_default();
+    let best_path = tree::best_path(&file.rows, search, metric.goal).iter().map(|i| i + 1).collect();
+    let totals = compare::totals(&results, file, metric, search);
     Ok(SessionView {
         name: s.name.clone(),
         rows,
@@ -112,6 +119,8 @@ fn view(s: &SessionFolder) -> Result<SessionView> {
         budget: settings.as_ref().map(|st| st.time_budget),
         crashed,
         noise: noise.map(|n| (n.mean, n.std)),
+        search,
+        best_path,
         totals,
         live: if settings.is_some() { live(s) } else { Vec::new() },
     })
@@ -164,7 +173,9 @@ fn training_progress(s: &SessionFolder, run_dir: &Path) -> Option<Progress> {
 }
 
 /// The rows from `from` on, as arrays in the order of [`ROW_COLUMNS`]: `val_bpb` is the metric's value (results.tsv's
-/// column), `gain` the row's over the best before it by the metric's goal (positive when better).
+/// column), `gain` the row's over what it was judged against (greedy: the best before it; frontier: the node it
+/// started from) by the metric's goal (positive when better), `best` the session's best after it, `parent` the
+/// row it started from.
 #[derive(Serialize)]
 pub struct Rows {
     pub from: usize,
@@ -186,6 +197,8 @@ pub const ROW_COLUMNS: &[&str] = &[
     "worker",
     "below_noise",
     "commit",
+    "best",
+    "parent",
 ];
 
 pub fn rows(s: &SessionFolder, from: usize) -> Result<Rows> {
@@ -196,19 +209,21 @@ pub fn rows(s: &SessionFolder, from: usize) -> Result<Rows> {
     let file = results::read(&path)?;
     let noise: Vec<_> = load_noise(&s.state_dir())?.into_values().collect();
     let metric = metric_of(&path)?;
+    let search = search_of(&path)?;
     let goal = metric.goal;
     let all = file.rows.clone();
-    let below: Vec<String> = report::build_from(&path, file, noise, metric)
+    let below: Vec<String> = report::build_from(&path, file, noise, metric, search)
         .top_improvements
         .into_iter()
         .filter(|g| g.below_noise)
         .map(|g| g.commit)
         .collect();
-    let running = results::running_best(&all);
+    let running = tree::running_best(&all, search, goal);
+    let against = tree::judged_against(&all, search);
+    let parents = tree::parent_rows(&all);
     let mut out = Vec::new();
     for (i, r) in all.iter().enumerate() {
-        let best_before = i.checked_sub(1).and_then(|j| running[j]);
-        let gain = best_before.filter(|_| r.status != Status::Crash).map(|b| goal.gain(r.val_bpb, b));
+        let gain = against[i].filter(|_| r.status != Status::Crash).map(|p| goal.gain(r.val_bpb, all[p].val_bpb));
         if i < from {
             continue;
         }
@@ -229,6 +244,8 @@ pub fn rows(s: &SessionFolder, from: usize) -> Result<Rows> {
             e.and_then(|e| e.worker),
             r.status == Status::Keep && below.contains(&r.commit),
             r.commit,
+            running[i].map(|b| round(b, 6)),
+            parents[i].map(|p| p + 1),
         ]));
     }
     Ok(Rows { from, columns: ROW_COLUMNS, rows: out })

@@ -1,6 +1,7 @@
 //! The dashboard over fixture sessions: its HTTP surface (token, paths, a 1,000-experiment session), and the
 //! page in a real headless Chromium driven through ChromeDriver (table, chart, live steps, a run's diff, two
-//! sessions side by side, a higher-is-better session and one beside a val_bpb session), which leaves screenshots
+//! sessions side by side, a higher-is-better session and one beside a val_bpb session, a frontier session's
+//! tree), which leaves screenshots
 //! in the test's scratch folder.
 
 use std::net::SocketAddr;
@@ -17,6 +18,11 @@ use autoresearch_report::results::{self, Extra, Row, Status};
 use serde_json::{json, Value};
 
 fn row(run: u64, status: Status, val_bpb: f64, description: &str, reason: &str) -> Row {
+    branch(run, None, status, val_bpb, description, reason)
+}
+
+/// A row of run `run` that started from run `parent`.
+fn branch(run: u64, parent: Option<u64>, status: Status, val_bpb: f64, description: &str, reason: &str) -> Row {
     Row {
         commit: format!("c{run:06}"),
         val_bpb,
@@ -31,7 +37,7 @@ fn row(run: u64, status: Status, val_bpb: f64, description: &str, reason: &str) 
             rule: "lower".into(),
             reason: reason.into(),
             worker: None,
-            parent: None,
+            parent,
         }),
     }
 }
@@ -115,6 +121,30 @@ fn accuracy_fixture(dir: &Path, name: &str) -> PathBuf {
     ];
     let rows: Vec<Row> =
         rows.into_iter().map(|mut r| (r.extra.as_mut().unwrap().rule = "margin".into(), r).1).collect();
+    results::create(&root.join("results.tsv")).unwrap();
+    results::append(&root.join("results.tsv"), &rows).unwrap();
+    root
+}
+
+/// A frontier session (lower is better): the baseline 1.90 (run 1); runs 2 (1.85) and 3 (1.88) kept from it;
+/// run 4 discarded from 2; run 5 (1.80) kept from 3, the best; run 6 (1.83) kept from 2, the last keep but not
+/// the best. Nothing runs.
+fn frontier_fixture(dir: &Path, name: &str) -> PathBuf {
+    let root = dir.join(name);
+    let state_dir = root.join(".autoresearch");
+    write_journal(&state_dir, None, json!([]));
+    let path = state_dir.join("state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["search"] = json!("frontier");
+    std::fs::write(&path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    let rows = vec![
+        branch(1, None, Status::Keep, 1.90, "baseline", "first result: the baseline"),
+        branch(2, Some(1), Status::Keep, 1.85, "wider", "gain over its parent"),
+        branch(3, Some(1), Status::Keep, 1.88, "deeper", "gain over its parent"),
+        branch(4, Some(2), Status::Discard, 1.87, "wider still", "no gain over its parent"),
+        branch(5, Some(3), Status::Keep, 1.80, "deeper, lr up", "gain over its parent"),
+        branch(6, Some(2), Status::Keep, 1.83, "wider, lr up", "gain over its parent"),
+    ];
     results::create(&root.join("results.tsv")).unwrap();
     results::append(&root.join("results.tsv"), &rows).unwrap();
     root
@@ -492,6 +522,40 @@ fn the_page_in_a_real_browser() {
     );
     assert_eq!(line, json!([true, true, true]));
     browser.screenshot(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-accuracy.png"));
+
+    // A frontier session: its tree drawn (a line from each keep to its parent, the best's lineage thick), its
+    // best the best node, not the last keep, and each gain over the row's parent.
+    let frontier = frontier_fixture(dir.path(), "frontier");
+    let tree = start(&[&frontier], "127.0.0.1");
+    let (_, body) = get(&format!("{}api/overview", tree.url()));
+    let overview: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(overview["sessions"][0]["search"], json!("frontier"));
+    assert_eq!(overview["sessions"][0]["best_path"], json!([1, 3, 5]));
+    assert_eq!(overview["sessions"][0]["best"].as_f64(), Some(1.80));
+    browser.go(&tree.url());
+    browser.wait_for("return document.querySelectorAll('#rows tbody tr').length === 6", "the frontier session's rows");
+    assert_eq!(browser.js("return document.getElementById('tree-note').hidden"), json!(false));
+    let gains =
+        browser.js("return [...document.querySelectorAll('#rows tbody tr')].map(r => r.children[4].textContent)");
+    // Newest first: 1.83 over run 2's 1.85; 1.80 over run 3's 1.88; 1.87 over 1.85; 1.88 and 1.85 over 1.90.
+    assert_eq!(gains, json!(["+0.020000", "+0.080000", "-0.020000", "+0.020000", "+0.050000", "–"]));
+    let edges = browser.js("return [document.querySelectorAll('#progress line.edge').length,
+                 document.querySelectorAll('#progress line.best-path').length]");
+    assert_eq!(edges, json!([4, 2]), "four keeps with a parent; two edges from the baseline to run 5");
+    let best_line =
+        browser.js("const ys = document.getElementById('best-line').getAttribute('d').split(/[ML]/).filter(p => p)
+           .map(p => Number(p.split(' ')[1]));
+         const best = [...document.querySelectorAll('#progress circle[data-status=keep]')]
+           .map(c => Number(c.getAttribute('cy')));
+         return ys[ys.length - 1] === Math.max(...best)");
+    assert_eq!(best_line, json!(true), "the running best ends at the best node (lowest value, lowest on the page)");
+    browser.screenshot(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-frontier.png"));
+    let greedy_note = {
+        browser.go(&alone.url());
+        browser.wait_for("return document.querySelectorAll('#rows tbody tr').length === 6", "the accuracy rows again");
+        browser.js("return [document.getElementById('tree-note').hidden, document.querySelectorAll('#progress line.edge').length]")
+    };
+    assert_eq!(greedy_note, json!([true, 0]), "a greedy session draws no tree");
 
     // Beside a val_bpb session: said, not drawn on one chart.
     let mixed = start(&[&accuracy, &root], "127.0.0.1");

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::journal::metric_of;
+use crate::journal::{metric_of, search_of};
 use crate::metric::{Goal, Metric};
 use crate::report;
 use crate::results::{self, ResultsFile, Row};
+use crate::tree::{self, Search};
 
 /// The session's best after an experiment.
 #[derive(Clone, Debug, Serialize)]
@@ -61,14 +62,15 @@ pub fn compare(paths: &[PathBuf]) -> Result<Comparison> {
 
 /// One session's line of the comparison, from its results file and the metric of the session it belongs to.
 pub fn session(path: &Path) -> Result<SessionTotals> {
-    Ok(totals(path, results::read(path)?, metric_of(path)?))
+    Ok(totals(path, results::read(path)?, metric_of(path)?, search_of(path)?))
 }
 
-/// [`session`] from a file already read (or none yet: no rows) and its session's metric.
-pub fn totals(path: &Path, file: ResultsFile, metric: Metric) -> SessionTotals {
+/// [`session`] from a file already read (or none yet: no rows) and its session's metric and search.
+pub fn totals(path: &Path, file: ResultsFile, metric: Metric, search: Search) -> SessionTotals {
     let rows = file.rows.clone();
-    let r = report::build_from(path, file, Vec::new(), metric);
-    let running = results::running_best(&rows);
+    let goal = metric.goal;
+    let r = report::build_from(path, file, Vec::new(), metric, search);
+    let running = tree::running_best(&rows, search, goal);
     let experiments: Vec<(usize, &Row)> = report::experiments(&rows).collect();
     let timed = !experiments.is_empty() && experiments.iter().all(|(_, r)| r.extra.is_some());
     let (mut seconds, mut best_so_far) = (0.0, Vec::new());
@@ -202,8 +204,10 @@ mod tests {
             Path::new("a.tsv"),
             file(&[(Status::Keep, 0.80), (Status::Discard, 0.70), (Status::Keep, 0.90)]),
             accuracy(),
+            Search::Greedy,
         );
-        let b = totals(Path::new("b.tsv"), file(&[(Status::Keep, 0.85), (Status::Keep, 0.88)]), accuracy());
+        let b =
+            totals(Path::new("b.tsv"), file(&[(Status::Keep, 0.85), (Status::Keep, 0.88)]), accuracy(), Search::Greedy);
         assert!((a.improvement.unwrap() - 0.10).abs() < 1e-12 && (b.improvement.unwrap() - 0.03).abs() < 1e-12);
         let curve: Vec<f64> = a.best_so_far.iter().map(|p| p.val_bpb).collect();
         assert_eq!(curve, [0.80, 0.80, 0.90], "the best so far climbs");
@@ -216,9 +220,14 @@ mod tests {
 
     #[test]
     fn sessions_of_different_metrics_are_not_ranked_against_each_other() {
-        let accuracy_session = totals(Path::new("acc.tsv"), file(&[(Status::Keep, 0.80)]), accuracy());
+        let accuracy_session = totals(Path::new("acc.tsv"), file(&[(Status::Keep, 0.80)]), accuracy(), Search::Greedy);
         let bpb = |name: &str, best: f64| {
-            totals(Path::new(name), file(&[(Status::Keep, 1.0), (Status::Keep, best)]), Metric::default())
+            totals(
+                Path::new(name),
+                file(&[(Status::Keep, 1.0), (Status::Keep, best)]),
+                Metric::default(),
+                Search::Greedy,
+            )
         };
         let comparison = Comparison { sessions: vec![accuracy_session, bpb("x.tsv", 0.95), bpb("y.tsv", 0.97)] };
         assert_eq!(comparison.metrics(), [&accuracy(), &Metric::default()]);
@@ -232,7 +241,12 @@ mod tests {
         );
         // The two val_bpb sessions are still ranked between themselves; the lone accuracy one is not ranked.
         assert!(text.contains("\nlowest val_bpb: 0.950000 (x.tsv)\n") && !text.contains("highest"), "{text}");
-        let empty = totals(Path::new("none.tsv"), ResultsFile { rows: Vec::new(), bad: Vec::new() }, accuracy());
+        let empty = totals(
+            Path::new("none.tsv"),
+            ResultsFile { rows: Vec::new(), bad: Vec::new() },
+            accuracy(),
+            Search::Greedy,
+        );
         assert_eq!((empty.experiments, empty.best, empty.hours), (0, None, None));
     }
 }

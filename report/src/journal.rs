@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::files::{JOURNAL_FILE, META_FILE, RUNS_DIR, STATE_DIR, STATE_FILE, WORKERS_DIR};
 use crate::metric::Metric;
+use crate::tree::Search;
 
 /// What a process group started by the loop does; recorded in the journal while it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +49,9 @@ pub struct Settings {
     /// What the session measures (sessions from before projects: val_bpb, lower).
     #[serde(default)]
     pub metric: Metric,
+    /// How its experiments pick where they start (sessions from before there was a choice: greedy).
+    #[serde(default)]
+    pub search: Search,
 }
 
 impl Settings {
@@ -74,10 +78,20 @@ pub fn session_dir_of(results: &Path) -> Option<PathBuf> {
 /// What the session of a results file measures, from its state.json; val_bpb (lower is better) for a results
 /// file without a session's state (the original's). A state.json that does not parse is an error naming it.
 pub fn metric_of(results: &Path) -> Result<Metric> {
+    Ok(settings_of(results)?.map(|s| s.metric).unwrap_or_default())
+}
+
+/// The settings of the session a results file belongs to (None for a file with no session: the original's).
+fn settings_of(results: &Path) -> Result<Option<Settings>> {
     match session_dir_of(results) {
-        Some(dir) if dir.join(STATE_FILE).is_file() => Ok(Settings::load(&dir)?.metric),
-        _ => Ok(Metric::default()),
+        Some(dir) if dir.join(STATE_FILE).is_file() => Ok(Some(Settings::load(&dir)?)),
+        _ => Ok(None),
     }
+}
+
+/// How the session a results file belongs to searches; greedy for a file with no session (the original's).
+pub fn search_of(results: &Path) -> Result<Search> {
+    Ok(settings_of(results)?.map(|s| s.search).unwrap_or_default())
 }
 
 /// The part of a worker's journal a watcher reads.

@@ -10,7 +10,8 @@
 //! is `noise.json`, the seed-to-seed spread; [`files`] names the session's files and folders; [`journal`] is a
 //! read-only view of the session's settings (its metric among them, and which session a results.tsv belongs to)
 //! and of what the journals and run folders say runs now; [`metric`] is what a session measures and which way is
-//! better.
+//! better; [`tree`] is how a session searches and the tree of its experiments (the best so far, the best's
+//! lineage).
 
 pub mod compare;
 pub mod files;
@@ -21,3 +22,4 @@ pub mod noise;
 pub mod plot;
 pub mod report;
 pub mod results;
+pub mod tree;

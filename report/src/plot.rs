@@ -15,6 +15,7 @@ use crate::metric::{Goal, Metric};
 use crate::noise::NoiseEstimate;
 use crate::report::{kept_gains, KeptGain};
 use crate::results::{self, Row, Status};
+use crate::tree::{self, Search};
 
 /// Picture size in pixels (the original's 16 × 8 inches at 150 dpi).
 pub const PLOT_SIZE: (u32, u32) = (2400, 1200);
@@ -43,17 +44,22 @@ fn progress_range(baseline: f64, kept: &[f64], goal: Goal) -> (f64, f64) {
 
 /// progress.png: the metric by experiment (crashes and reruns left out, the rest numbered in order): discards
 /// as small grey dots, keeps as larger green dots labelled with their description (orange where the gain is
-/// smaller than 2σ of the measured noise), the running best as a green step line (down for lower-is-better,
-/// up for higher). The y range is [`progress_range`]'s.
-pub fn progress(path: &Path, out: &Path, noise: &[NoiseEstimate], metric: &Metric) -> Result<()> {
+/// smaller than 2σ of the measured noise), the running best ([`tree::running_best`]) as a green step line (down
+/// for lower-is-better, up for higher). A frontier session's tree is drawn too: a line from each kept experiment
+/// to the node it started from, the best's lineage thick. The y range is [`progress_range`]'s.
+pub fn progress(path: &Path, out: &Path, noise: &[NoiseEstimate], metric: &Metric, search: Search) -> Result<()> {
     let rows = results::read(path)?.rows;
-    let points: Vec<(usize, &Row)> = rows
+    // (x, the row's index in the file, the row)
+    let numbered: Vec<(usize, usize, &Row)> = rows
         .iter()
-        .filter(|r| r.status == Status::Keep || r.status == Status::Discard)
         .enumerate()
-        .map(|(i, r)| (i + 1, r))
+        .filter(|(_, r)| r.status == Status::Keep || r.status == Status::Discard)
+        .enumerate()
+        .map(|(x, (i, r))| (x + 1, i, r))
         .collect();
-    let below_noise: Vec<bool> = kept_gains(&rows, noise, metric.goal).iter().map(KeptGain::below_noise).collect();
+    let points: Vec<(usize, &Row)> = numbered.iter().map(|&(x, _, r)| (x, r)).collect();
+    let below_noise: Vec<bool> =
+        kept_gains(&rows, noise, metric.goal, search).iter().map(KeptGain::below_noise).collect();
     let kept: Vec<(usize, f64, &str, bool)> = points
         .iter()
         .filter(|(_, r)| r.status == Status::Keep)
@@ -102,11 +108,16 @@ pub fn progress(path: &Path, out: &Path, noise: &[NoiseEstimate], metric: &Metri
                 .map(|(x, r)| Circle::new((*x as f64, r.val_bpb), 5, grey.filled())),
         )
         .map_err(draw)?;
-    // Running best ([`results::running_best`]): flat until the next keep, then to it.
+    // Running best: flat until it moves, then to its new value.
     let green = RGBColor(46, 160, 67);
+    let running = tree::running_best(&rows, search, metric.goal);
     let mut steps = Vec::new();
     let mut current: Option<f64> = None;
-    for &(x, y, _, _) in &kept {
+    for &(x, i, _) in &numbered {
+        let Some(y) = running[i] else { continue };
+        if current == Some(y) {
+            continue;
+        }
         if let Some(before) = current {
             steps.push((x as f64, before));
         }
@@ -118,6 +129,19 @@ pub fn progress(path: &Path, out: &Path, noise: &[NoiseEstimate], metric: &Metri
     }
     chart.draw_series(LineSeries::new(steps, green.stroke_width(3))).map_err(draw)?;
     let dark = RGBColor(20, 80, 30);
+    if search == Search::Frontier {
+        // Each kept experiment's line to the node it started from; the best's lineage thick.
+        let x_of: std::collections::HashMap<usize, usize> = numbered.iter().map(|&(x, i, _)| (i, x)).collect();
+        let lineage = tree::best_path(&rows, search, metric.goal);
+        let parents = tree::parent_rows(&rows);
+        for &(x, i, r) in numbered.iter().filter(|(_, _, r)| r.status == Status::Keep) {
+            let Some((px, p)) = parents[i].and_then(|p| Some((*x_of.get(&p)?, p))) else { continue };
+            let on_path = lineage.iter().any(|&l| rows[l].commit == r.commit);
+            let style = if on_path { dark.stroke_width(5) } else { green.mix(0.5).stroke_width(2) };
+            let edge = [(px as f64, rows[p].val_bpb), (x as f64, r.val_bpb)];
+            chart.draw_series(LineSeries::new(edge.into_iter().filter(|(_, y)| in_range(*y)), style)).map_err(draw)?;
+        }
+    }
     let orange = RGBColor(230, 140, 20);
     // Labels run from the point toward the worse side, where the chart has room (the bests lie at the other edge).
     let toward_worse = match metric.goal {
@@ -249,14 +273,35 @@ mod tests {
         results::create(&path).unwrap();
         results::append(&path, &rows(&values)).unwrap();
         let png = dir.path().join("progress.png");
-        progress(&path, &png, &[], &accuracy).unwrap();
+        progress(&path, &png, &[], &accuracy, Search::Greedy).unwrap();
         assert!(std::fs::metadata(&png).unwrap().len() > 20_000);
-        let session = |metric: &Metric| totals(&path, results::read(&path).unwrap(), metric.clone());
+        let session = |metric: &Metric| totals(&path, results::read(&path).unwrap(), metric.clone(), Search::Greedy);
         let same = Comparison { sessions: vec![session(&accuracy), session(&accuracy)] };
         same.plot(&dir.path().join("comparison.png")).unwrap();
         let mixed = Comparison { sessions: vec![session(&accuracy), session(&Metric::default())] };
         let err = mixed.plot(&dir.path().join("mixed.png")).unwrap_err().to_string();
         assert!(err.contains("different metrics"), "{err}");
         assert!(!dir.path().join("mixed.png").exists());
+    }
+
+    #[test]
+    fn a_frontier_session_is_drawn_with_its_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.tsv");
+        // 1 the baseline; 2 and 3 kept from it; 4 kept from 3 (the best); 5 kept from 2, the last keep.
+        let values =
+            [(Status::Keep, 1.0), (Status::Keep, 0.9), (Status::Keep, 0.95), (Status::Keep, 0.8), (Status::Keep, 0.85)];
+        let mut rows = rows(&values);
+        for (r, parent) in rows.iter_mut().zip([None, Some(1), Some(1), Some(3), Some(2)]) {
+            r.extra.as_mut().unwrap().parent = parent;
+        }
+        results::create(&path).unwrap();
+        results::append(&path, &rows).unwrap();
+        let metric = Metric::default();
+        let (tree, path_only) = (dir.path().join("frontier.png"), dir.path().join("greedy.png"));
+        progress(&path, &tree, &[], &metric, Search::Frontier).unwrap();
+        progress(&path, &path_only, &[], &metric, Search::Greedy).unwrap();
+        // The same points: the tree's lines (and a running best that stays at the best node) differ.
+        assert_ne!(std::fs::read(&tree).unwrap(), std::fs::read(&path_only).unwrap());
     }
 }

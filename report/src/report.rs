@@ -2,7 +2,9 @@
 //! and the original's five-column files; malformed rows are listed with their line numbers and skipped. The values
 //! are the session's metric's (results.tsv names the column `val_bpb` whatever it is), and every gain is by its
 //! goal, positive when better: the metric and the noise come from the session folder the file belongs to
-//! ([`session_dir_of`]); a file without one is the original's, val_bpb, lower is better.
+//! ([`session_dir_of`]); a file without one is the original's, val_bpb, lower is better. So does the search: a
+//! frontier session's best is its best node, each keep's gain is over the node it started from, and the report
+//! draws the best's lineage and what was tried from each node ([`crate::tree`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,10 +13,11 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::journal::{metric_of, session_dir_of};
+use crate::journal::{metric_of, search_of, session_dir_of};
 use crate::metric::{Goal, Metric};
 use crate::noise::{load_noise, NoiseEstimate};
 use crate::results::{self, Row, Status};
+use crate::tree::{self, Search};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Point {
@@ -27,6 +30,11 @@ pub struct Point {
     /// The keep rule that decided the row, as recorded (the original's rows name none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// Its run, and the run it started from (the rows name them since the `parent` column).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,6 +62,8 @@ pub struct Report {
     pub file: String,
     /// What the values are, and which way is better.
     pub metric: Metric,
+    /// How the session searched: greedy, or from a frontier of kept nodes.
+    pub search: Search,
     pub rows: usize,
     pub skipped: Vec<Skipped>,
     /// Rows by status, every status listed.
@@ -62,14 +72,20 @@ pub struct Report {
     pub keep_rate: Option<f64>,
     /// The first row with a result.
     pub baseline: Option<Point>,
-    /// The last kept row: the session's best (each keep beat the one before, or re-measured it).
+    /// The session's best: greedy, the last kept row (each keep beat the one before, or re-measured it);
+    /// frontier, the best node (at its latest kept row).
     pub best: Option<Point>,
+    /// The best's lineage, root first: each row the one after it started from.
+    pub best_path: Vec<Point>,
+    /// What was tried from each node (frontier sessions; empty for greedy ones, whose tree is one path).
+    pub nodes: Vec<NodeTries>,
     /// The best's gain over the baseline, by the metric's goal (positive when better), and that in % of the
     /// baseline's size (None where the baseline is 0).
     pub improvement: Option<f64>,
     pub improvement_percent: Option<f64>,
     pub kept: Vec<Point>,
-    /// Each keep's gain over the keep before it, largest first (a re-measure of the same commit is no gain).
+    /// Each keep's gain over what it was judged against (greedy: the keep before it; frontier: the node it started
+    /// from), largest first (a re-measure of the same commit is no gain).
     pub top_improvements: Vec<Gain>,
     /// How many of those gains are smaller than 2σ of the measured noise (None where no noise applies).
     pub gains_below_noise: Option<usize>,
@@ -77,6 +93,18 @@ pub struct Report {
     pub noise: Vec<NoiseEstimate>,
     /// One lane per worker, for a session run by several (empty otherwise).
     pub workers: Vec<Lane>,
+}
+
+/// A node of a frontier session: its kept row and the experiments started from it.
+#[derive(Debug, Serialize)]
+pub struct NodeTries {
+    pub row: usize,
+    pub run: Option<u64>,
+    pub val_bpb: f64,
+    /// Experiments started from it, and how many of them were kept (became nodes).
+    pub tried: usize,
+    pub kept: usize,
+    pub on_best_path: bool,
 }
 
 /// What one worker of a session did.
@@ -125,11 +153,11 @@ fn noise_of<'a>(noise: &'a [NoiseEstimate], row: &Row) -> Option<&'a NoiseEstima
     }
 }
 
-/// A kept experiment and what it gained over the keep before it.
+/// A kept experiment and what it gained over what it was judged against.
 pub(crate) struct KeptGain<'a> {
     pub(crate) row: &'a Row,
-    /// The value of the keep before it; None for the first keep and for a re-measure of the same commit
-    /// (no improvement either way).
+    /// The value it was judged against (greedy: the keep before it; frontier: its parent node's, as it stood);
+    /// None for the first keep and for a re-measure of the same commit (no improvement either way).
     previous: Option<f64>,
     /// Its gain over `previous` by the metric's goal, positive when better.
     gain: Option<f64>,
@@ -144,13 +172,19 @@ impl KeptGain<'_> {
     }
 }
 
-/// The kept experiments in order, each with its gain (by `goal`) over the keep before it.
-pub(crate) fn kept_gains<'a>(rows: &'a [Row], noise: &[NoiseEstimate], goal: Goal) -> Vec<KeptGain<'a>> {
-    let mut previous: Option<&Row> = None;
+/// The kept experiments in order, each with its gain (by `goal`) over what it was judged against.
+pub(crate) fn kept_gains<'a>(
+    rows: &'a [Row],
+    noise: &[NoiseEstimate],
+    goal: Goal,
+    search: Search,
+) -> Vec<KeptGain<'a>> {
+    let against = tree::judged_against(rows, search);
     experiments(rows)
         .filter(|(_, r)| r.status == Status::Keep)
-        .map(|(_, row)| {
-            let before = previous.replace(row).filter(|p| p.commit != row.commit).map(|p| p.val_bpb);
+        .map(|(i, row)| {
+            let judged_against = against[i].map(|p| &rows[p]);
+            let before = judged_against.filter(|p| p.commit != row.commit).map(|p| p.val_bpb);
             KeptGain {
                 row,
                 previous: before,
@@ -172,11 +206,17 @@ pub fn build(path: &Path) -> Result<Report> {
         Some(dir) => load_noise(&dir)?.into_values().collect(),
         None => Vec::new(),
     };
-    Ok(build_from(path, results::read(path)?, noise, metric_of(path)?))
+    Ok(build_from(path, results::read(path)?, noise, metric_of(path)?, search_of(path)?))
 }
 
-/// [`build`] from a file already read, with its session's noise estimates and metric.
-pub fn build_from(path: &Path, file: results::ResultsFile, noise: Vec<NoiseEstimate>, metric: Metric) -> Report {
+/// [`build`] from a file already read, with its session's noise estimates, metric and search.
+pub fn build_from(
+    path: &Path,
+    file: results::ResultsFile,
+    noise: Vec<NoiseEstimate>,
+    metric: Metric,
+    search: Search,
+) -> Report {
     let rows = &file.rows;
     let point = |i: usize, r: &Row| Point {
         row: i + 1,
@@ -184,6 +224,8 @@ pub fn build_from(path: &Path, file: results::ResultsFile, noise: Vec<NoiseEstim
         val_bpb: r.val_bpb,
         description: r.description.clone(),
         rule: r.extra.as_ref().map(|e| e.rule.clone()),
+        run: r.extra.as_ref().map(|e| e.run),
+        parent: r.extra.as_ref().and_then(|e| e.parent),
     };
     let mut totals: BTreeMap<String, usize> =
         ["keep", "discard", "crash", "rerun"].iter().map(|s| (s.to_string(), 0)).collect();
@@ -194,13 +236,19 @@ pub fn build_from(path: &Path, file: results::ResultsFile, noise: Vec<NoiseEstim
     let baseline = experiments(rows).find(|(_, r)| r.status != Status::Crash).map(|(i, r)| point(i, r));
     let kept: Vec<Point> =
         experiments(rows).filter(|(_, r)| r.status == Status::Keep).map(|(i, r)| point(i, r)).collect();
-    let best = kept.last().cloned();
+    let path_rows = tree::best_path(rows, search, metric.goal);
+    let best_path: Vec<Point> = path_rows.iter().map(|&i| point(i, &rows[i])).collect();
+    let best = best_path.last().cloned();
+    let nodes = match search {
+        Search::Greedy => Vec::new(),
+        Search::Frontier => node_tries(rows, &path_rows),
+    };
     let improvement = baseline.as_ref().zip(best.as_ref()).map(|(b, k)| metric.goal.gain(k.val_bpb, b.val_bpb));
     let improvement_percent = improvement
         .zip(baseline.as_ref())
         .filter(|(_, b)| b.val_bpb != 0.0)
         .map(|(gain, b)| 100.0 * gain / b.val_bpb.abs());
-    let mut top_improvements: Vec<Gain> = kept_gains(rows, &noise, metric.goal)
+    let mut top_improvements: Vec<Gain> = kept_gains(rows, &noise, metric.goal, search)
         .into_iter()
         .filter_map(|k| {
             Some(Gain {
@@ -222,12 +270,15 @@ pub fn build_from(path: &Path, file: results::ResultsFile, noise: Vec<NoiseEstim
     Report {
         file: path.display().to_string(),
         metric,
+        search,
         rows: rows.len(),
         skipped: file.bad.into_iter().map(|(line, reason)| Skipped { line, reason }).collect(),
         totals,
         keep_rate: (keeps + discards > 0).then(|| keeps as f64 / (keeps + discards) as f64),
         baseline,
         best,
+        best_path,
+        nodes,
         improvement,
         improvement_percent,
         kept,
@@ -236,6 +287,33 @@ pub fn build_from(path: &Path, file: results::ResultsFile, noise: Vec<NoiseEstim
         noise,
         workers: lanes(rows),
     }
+}
+
+/// Each node (a kept experiment's first row; a re-measure is the same node) with what was started from it.
+fn node_tries(rows: &[Row], best_path: &[usize]) -> Vec<NodeTries> {
+    let parents = tree::parent_rows(rows);
+    let on_path: Vec<&str> = best_path.iter().map(|&i| rows[i].commit.as_str()).collect();
+    let mut nodes: Vec<NodeTries> = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, r) in experiments(rows).filter(|(_, r)| r.status == Status::Keep) {
+        if seen.contains(&r.commit.as_str()) {
+            continue;
+        }
+        seen.push(&r.commit);
+        let children: Vec<&Row> = experiments(rows)
+            .filter(|(j, _)| parents[*j].is_some_and(|p| rows[p].commit == r.commit))
+            .map(|(_, c)| c)
+            .collect();
+        nodes.push(NodeTries {
+            row: i + 1,
+            run: r.extra.as_ref().map(|e| e.run),
+            val_bpb: r.val_bpb,
+            tried: children.len(),
+            kept: children.iter().filter(|c| c.status == Status::Keep && c.commit != r.commit).count(),
+            on_best_path: on_path.contains(&r.commit.as_str()),
+        });
+    }
+    nodes
 }
 
 /// A column of values shown with 6 decimals, headed by a name `least` characters long: as wide as the wider.
@@ -249,6 +327,9 @@ impl Report {
         let mut t = String::new();
         let _ = writeln!(t, "{}: {} rows", self.file, self.rows);
         let _ = writeln!(t, "metric: {name} ({})", self.metric.goal.phrase());
+        if self.search == Search::Frontier {
+            t.push_str("search: frontier (each experiment starts from a kept node and is judged against it)\n");
+        }
         for s in &self.skipped {
             let _ = writeln!(t, "  skipped line {}: {}", s.line, s.reason);
         }
@@ -296,6 +377,23 @@ impl Report {
             for (k, rule) in self.kept.iter().zip(&rules) {
                 let rule = rule_width.map_or(String::new(), |w| format!("{:<w$}  ", rule.unwrap_or("-")));
                 let _ = writeln!(t, "  {:>3}  {:<7}  {:>vw$.6}  {rule}{}", k.row, k.commit, k.val_bpb, k.description);
+            }
+        }
+        if self.search == Search::Frontier && !self.best_path.is_empty() {
+            let vw = column_width(self.best_path.iter().map(|k| k.val_bpb), name.chars().count());
+            let _ = writeln!(t, "\nthe best's lineage, root first:\n  row  run  commit   {name:<vw$}  description");
+            for k in &self.best_path {
+                let run = k.run.map_or("-".into(), |r| r.to_string());
+                let _ =
+                    writeln!(t, "  {:>3}  {run:>3}  {:<7}  {:>vw$.6}  {}", k.row, k.commit, k.val_bpb, k.description);
+            }
+            let vw = column_width(self.nodes.iter().map(|n| n.val_bpb), name.chars().count());
+            let _ = writeln!(t, "\nnodes (* = on the best's lineage):\n  row  run  {name:<vw$}  tried  kept");
+            for n in &self.nodes {
+                let run = n.run.map_or("-".into(), |r| r.to_string());
+                let mark = if n.on_best_path { '*' } else { ' ' };
+                let _ =
+                    writeln!(t, "  {:>3}  {run:>3}  {:>vw$.6}{mark} {:>5}  {:>4}", n.row, n.val_bpb, n.tried, n.kept);
             }
         }
         if !self.top_improvements.is_empty() {
@@ -387,7 +485,53 @@ mod tests {
     }
 
     fn report(rows: Vec<Row>, noise: Vec<NoiseEstimate>, metric: Metric) -> Report {
-        build_from(Path::new("results.tsv"), results::ResultsFile { rows, bad: Vec::new() }, noise, metric)
+        build_from(
+            Path::new("results.tsv"),
+            results::ResultsFile { rows, bad: Vec::new() },
+            noise,
+            metric,
+            Search::Greedy,
+        )
+    }
+
+    #[test]
+    fn a_frontier_session_reports_its_best_node_its_lineage_and_gains_over_parents() {
+        // Accuracy: 1 the baseline 0.80; 2 discarded and 3 kept from it (0.85); 4 crashed and 5 kept from 3 (0.86,
+        // the best); 6 discarded and 7 kept from the baseline (0.83: the last keep, not the best).
+        let parents = [None, Some(1), Some(1), Some(3), Some(3), Some(3), Some(1)];
+        let mut rows: Vec<Row> = accuracy_rows()
+            .into_iter()
+            .zip(parents)
+            .map(|(mut r, p)| {
+                r.extra.as_mut().unwrap().parent = p;
+                r
+            })
+            .collect();
+        let mut last = row(7, Status::Keep, 0.83);
+        last.extra.as_mut().unwrap().parent = Some(1);
+        rows.push(last);
+        let r = build_from(
+            Path::new("results.tsv"),
+            results::ResultsFile { rows: rows.clone(), bad: Vec::new() },
+            noise(),
+            accuracy(),
+            Search::Frontier,
+        );
+        assert_eq!(r.best.as_ref().map(|b| (b.row, b.val_bpb)), Some((5, 0.86)));
+        assert_eq!(r.best_path.iter().map(|p| p.row).collect::<Vec<_>>(), [1, 3, 5]);
+        // 0.83 over its parent, the baseline: +0.03 (over the best before it, 0.86, it would be a loss).
+        let gain = r.top_improvements.iter().find(|g| g.commit == "c000007").unwrap();
+        assert!((gain.gain - 0.03).abs() < 1e-12 && gain.previous == 0.80, "{gain:?}");
+        let tried: Vec<(usize, usize, usize, bool)> =
+            r.nodes.iter().map(|n| (n.row, n.tried, n.kept, n.on_best_path)).collect();
+        // From the baseline: 2, 3, 6 and 7 (two kept); from 3: the crash and 5 (the rerun is no experiment).
+        assert_eq!(tried, [(1, 4, 2, true), (3, 2, 1, true), (5, 0, 0, true), (8, 0, 0, false)]);
+        let text = r.to_text();
+        assert!(text.contains("search: frontier"), "{text}");
+        assert!(text.contains("the best's lineage, root first:\n  row  run  commit   accuracy  description\n    1    1  c000001  0.800000"), "{text}");
+        // Read as greedy, the last keep is the best.
+        let greedy = report(rows, noise(), accuracy());
+        assert_eq!((greedy.best.unwrap().row, greedy.nodes.len()), (8, 0));
     }
 
     #[test]
