@@ -11,6 +11,7 @@ use autoresearch_report::noise::noise_for;
 use autoresearch_research::agent::LoopOptions;
 use autoresearch_research::backend::{Backend, Local};
 use autoresearch_research::experiment::{describe, evaluate_run, run_experiment, ExperimentOptions};
+use autoresearch_research::frontier::Search;
 use autoresearch_research::noise::measure_noise;
 use autoresearch_research::pool::run_pool;
 use autoresearch_research::project::{
@@ -48,6 +49,10 @@ pub struct InitArgs {
     /// improvement) or "confirm N"
     #[arg(long, default_value = DEFAULT_RULE, value_name = "RULE")]
     rule: String,
+    /// How `loop` searches, where it is given no --search: greedy (every experiment starts from the best and is
+    /// judged against it) or frontier (from a node of the session's tree of kept experiments, judged against it)
+    #[arg(long, default_value = "greedy", value_name = "SEARCH")]
+    search: Search,
 }
 
 /// How keep decisions are made (recorded in every row).
@@ -163,6 +168,11 @@ pub struct LoopArgs {
     /// The GPUs the workers use, one each [default: every visible GPU]
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     gpus: Option<Vec<String>>,
+    /// greedy: every experiment starts from the session's best and is judged against it; frontier: from a node
+    /// of the session's tree of kept experiments (chosen by value and tries, one per worker), judged against
+    /// that node. The session keeps it for later loops [default: the session's, from `init`]
+    #[arg(long, value_name = "SEARCH")]
+    search: Option<Search>,
     #[command(flatten)]
     rule: RuleArgs,
     #[command(flatten)]
@@ -288,7 +298,7 @@ pub fn init(args: InitArgs) -> Result<()> {
             (prepared.profile.name, budget)
         }
     };
-    let state = session::init(&root, tag, &profile, budget, args.device, &args.rule)?;
+    let state = session::init(&root, tag, &profile, budget, args.device, &args.rule, args.search)?;
     let settings = &state.settings;
     let what = match &project.commands {
         Some(c) => format!(
@@ -301,10 +311,11 @@ pub fn init(args: InitArgs) -> Result<()> {
         None => format!("profile {}, {} s per run", settings.profile, settings.time_budget),
     };
     println!(
-        "session {} on branch {}: {what}, keep rule {}, results in {}",
+        "session {} on branch {}: {what}, keep rule {}, search {}, results in {}",
         settings.tag,
         settings.branch,
         settings.rule,
+        settings.search,
         root.join(RESULTS_FILE).display()
     );
     println!("next: `autoresearch run -m baseline` (or `autoresearch loop --agent CMD`)");
@@ -367,7 +378,7 @@ pub fn run_one(args: RunArgs) -> Result<()> {
 
 pub fn research_loop(args: LoopArgs) -> Result<()> {
     let root = project_root()?;
-    let session = Session::open(&root)?;
+    let session = Session::open_to_search(&root, args.search)?;
     // What a killed command left in the repository's tree is put right first, whatever fails after.
     Worker::in_repository(&session)?;
     let interrupts = interrupts("stopping after the current step (Ctrl-C again to abort it now)")?;
@@ -382,13 +393,15 @@ pub fn research_loop(args: LoopArgs) -> Result<()> {
         max_fixes: args.max_fixes,
         program,
         experiment: options(&session, &args.rule, String::new(), interrupts, 2)?,
+        workers: args.workers,
     };
     let (trainer, backend) = trainer(&session, &args.backend)?;
     opts.experiment.backend = backend;
     eprintln!(
-        "loop: agent `{}`, rule {}, {} ({}), profile {}, {} s per run",
+        "loop: agent `{}`, rule {}, search {}, {} ({}), profile {}, {} s per run",
         opts.agent,
         opts.experiment.decider.label,
+        session.settings.search,
         session.settings.metric.name,
         session.settings.metric.goal.phrase(),
         session.settings.profile,

@@ -546,3 +546,214 @@ fn a_project_on_slurm() {
     assert!(cluster.queue().is_empty(), "every job is gone: {:?}", cluster.queue());
     p.assert_consistent();
 }
+
+const TREE_PROJECT: &str = r#"
+editable = ["train.sh"]
+[train]
+command = "sh train.sh"
+timeout = 60
+[metric]
+name = "score"
+goal = "lower"
+"#;
+
+/// A project whose score is what train.sh says (plus the seed in the fourth decimal: `confirm N` sees a spread).
+fn tree_project(name: &str) -> Project {
+    Project::new(
+        name,
+        &[
+            ("autoresearch.toml".into(), TREE_PROJECT.as_bytes().to_vec()),
+            ("train.sh".into(), score_script(10).into_bytes()),
+            ("program.md".into(), b"Lower the score.\n".to_vec()),
+        ],
+    )
+}
+
+fn score_script(score: u32) -> String {
+    format!("echo score: {score}.00$AUTORESEARCH_SEED\n")
+}
+
+/// An agent step that makes train.sh say `score`, once `wait_for` (a description) has its row in results.tsv.
+fn score_step(score: u32, wait_for: Option<&str>) -> String {
+    let write = format!("printf '%s\\n' '{}' > train.sh", score_script(score).trim_end());
+    match wait_for {
+        // The worker's tree is .autoresearch/workers/<k>/tree in the repository; 10 s at most.
+        Some(d) => format!(
+            "for i in $(seq 500); do grep -q '\t{d}\t' ../../../../results.tsv && break; sleep 0.02; done; {write}"
+        ),
+        None => write,
+    }
+}
+
+impl Project {
+    fn row(&self, description: &str) -> Row {
+        let rows = self.experiments();
+        rows.iter()
+            .find(|r| r.description == description)
+            .unwrap_or_else(|| panic!("no {description}: {rows:?}"))
+            .clone()
+    }
+
+    /// The frontier is the kept experiments (a re-measure in place of the node it re-measured), each with its
+    /// row's parent and a git ref; the best is the best node; the session branch is the best node's lineage,
+    /// and no worker has an experiment under way.
+    fn assert_consistent_tree(&self) {
+        self.assert_consistent();
+        let state = self.state();
+        let rows = self.experiments();
+        let kept: Vec<&Row> = rows.iter().filter(|r| r.status == Status::Keep).collect();
+        let remeasured: Vec<u64> = kept
+            .iter()
+            .filter_map(|r| {
+                let parent = r.extra.as_ref().unwrap().parent?;
+                let row = kept.iter().find(|k| run_of(k) == parent)?;
+                (row.commit == r.commit).then_some(parent)
+            })
+            .collect();
+        let mut nodes: Vec<(u64, Option<u64>)> = state.nodes.iter().map(|n| (n.at.run, n.parent)).collect();
+        nodes.sort();
+        let mut expected: Vec<(u64, Option<u64>)> = kept
+            .iter()
+            .filter(|r| !remeasured.contains(&run_of(r)))
+            .map(|r| {
+                // A re-measure's node takes the parent of the node it re-measured.
+                let mut parent = r.extra.as_ref().unwrap().parent;
+                while let Some(p) = parent.filter(|p| remeasured.contains(p)) {
+                    parent = kept.iter().find(|k| run_of(k) == p).unwrap().extra.as_ref().unwrap().parent;
+                }
+                (run_of(r), parent)
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(nodes, expected, "the nodes are the kept experiments: {rows:?}");
+        let best = state.nodes.iter().min_by(|a, b| a.at.val_bpb.total_cmp(&b.at.val_bpb)).unwrap();
+        assert_eq!(state.best.as_ref(), Some(&best.at), "the best node is the session's best");
+        let refs =
+            git(&self.repo, &["for-each-ref", "--format=%(refname:short) %(objectname)", "refs/autoresearch-nodes"]);
+        for n in &state.nodes {
+            assert!(refs.contains(&format!("/{} {}", n.at.run, n.at.commit)), "node {} has its ref: {refs}", n.at.run);
+        }
+        let mut node = Some(best);
+        while let Some(n) = node {
+            let ancestor = Command::new("git")
+                .current_dir(&self.repo)
+                .args(["merge-base", "--is-ancestor", &n.at.commit, "HEAD"])
+                .status()
+                .unwrap();
+            assert!(ancestor.success(), "the branch holds node {} of the best's lineage", n.at.run);
+            node = n.parent.and_then(|p| state.nodes.iter().find(|m| m.at.run == p));
+        }
+        for (k, journal) in autoresearch_report::journal::read_journals::<Journal>(&self.repo.join(".autoresearch")) {
+            assert!(journal.in_progress.is_none(), "worker {k} has nothing under way");
+        }
+    }
+}
+
+/// `--search frontier` with two workers: both start from the baseline (the only node); one keeps 5, then the
+/// other's 8 is judged against the baseline it started from (10), not the best (5), and joins the frontier; next
+/// each starts from a node of its own, the prompt naming the node, its lineage and the best; the session branch
+/// ends as the best node's lineage.
+#[test]
+fn a_frontier_search_of_two_workers_judges_each_experiment_against_the_node_it_started_from() {
+    let p = tree_project("frontier-two");
+    p.ok(&["init", "f2", "--rule", "lower"]);
+    let agent = p.agent(1, &[("score 5", &score_step(5, None)), ("score 4", &score_step(4, Some("score 8")))]);
+    p.agent(2, &[("score 8", &score_step(8, Some("score 5"))), ("score 6", &score_step(6, None))]);
+    let out = p.ok(&["loop", "--agent", &agent, "--workers", "2", "--max-experiments", "5", "--search", "frontier"]);
+    assert!(out.contains("search frontier"), "{out}");
+    let parent = |r: &Row| r.extra.as_ref().unwrap().parent;
+    let (baseline, five, eight) = (p.row("baseline"), p.row("score 5"), p.row("score 8"));
+    assert_eq!((baseline.status, parent(&baseline)), (Status::Keep, None));
+    assert_eq!((five.status, parent(&five)), (Status::Keep, Some(1)), "{five:?}");
+    assert_eq!((eight.status, parent(&eight)), (Status::Keep, Some(1)), "{eight:?}");
+    assert!(reason(&eight).contains("over best 10.004200 (run 1)"), "judged against its parent: {eight:?}");
+    let rows = p.experiments();
+    let index = |d: &str| rows.iter().position(|r| r.description == d).unwrap();
+    assert!(index("score 5") < index("score 8"), "5 was the best when 8 was kept: {rows:?}");
+    // The second round: worker 1 from its node (5), worker 2 from another (8, or the baseline).
+    let (four, six) = (p.row("score 4"), p.row("score 6"));
+    assert_eq!(parent(&four), Some(run_of(&five)), "{four:?}");
+    assert_ne!(parent(&six), parent(&four), "two workers, two nodes: {six:?}");
+    assert_eq!((four.status, six.status), (Status::Keep, Status::Keep), "{rows:?}");
+    let prompt = std::fs::read_to_string(p.agent_state.join("prompt-1-2.md")).unwrap();
+    let lineage = format!(
+        "starts from the node score 5.004200, commit {}, run {}: score 5 and is kept if it beats that node",
+        five.commit,
+        run_of(&five)
+    );
+    let second = format!("  2. run {}: score 5 (score 5.004200)\n", run_of(&five));
+    let best = format!("- The session's best node: score 5.004200, commit {}, run {}", five.commit, run_of(&five));
+    for text in
+        [&lineage, "  1. run 1: baseline (score 10.004200)\n", &second, &best, "each from a node of the frontier"]
+    {
+        assert!(prompt.contains(text), "the prompt has {text:?}: {prompt}");
+    }
+    let state = p.state();
+    assert_eq!(state.best.as_ref().unwrap().run, run_of(&four));
+    let branch = git(&p.repo, &["log", "--format=%s", "HEAD"]);
+    assert_eq!(branch, "score 4\nscore 5\nstart\n", "the branch is the best node's lineage");
+    p.assert_consistent_tree();
+    // `export`: the best node's lineage, not every keep.
+    let export = p.ok(&["export"]);
+    assert!(export.contains("2 patches") && export.contains("score 5") && export.contains("score 4"), "{export}");
+    assert!(!export.contains("score 8") && !export.contains("score 6"), "{export}");
+}
+
+/// `--search frontier` stored by `init` with one worker (in a worktree: the repository's tree stays on the best):
+/// a discard is judged against its node; a kill -9 mid-training leaves a tree the next loop puts right; `confirm
+/// 1` on a later loop re-measures the node an experiment starts from, which the re-measure then replaces.
+#[test]
+fn a_frontier_search_of_one_worker_survives_a_kill_9_and_re_measures_a_node() {
+    let p = tree_project("frontier-one");
+    p.ok(&["init", "f1", "--rule", "lower", "--search", "frontier"]);
+    assert_eq!(p.state().settings.search, autoresearch_research::frontier::Search::Frontier);
+    let agent = p.agent(1, &[("score 5", &score_step(5, None)), ("score 7", &score_step(7, None))]);
+    p.ok(&["loop", "--agent", &agent, "--max-experiments", "3"]);
+    let (five, seven) = (p.row("score 5"), p.row("score 7"));
+    assert_eq!((five.status, five.extra.as_ref().unwrap().parent), (Status::Keep, Some(1)));
+    assert_eq!((seven.status, seven.extra.as_ref().unwrap().parent), (Status::Discard, Some(run_of(&five))));
+    assert_eq!(seven.extra.as_ref().unwrap().worker, Some(1), "one worker, in a worktree of its own");
+    let prompt = std::fs::read_to_string(p.agent_state.join("prompt-1-2.md")).unwrap();
+    assert!(prompt.contains("  2. run 2: score 5 (score 5.004200)") && !prompt.contains("You are worker"), "{prompt}");
+    p.assert_consistent_tree();
+
+    // kill -9 while the next experiment trains: the next loop stops the training and sets the change aside.
+    let slow = "printf 'sleep 300\\necho score: 1\\n' > train.sh";
+    let agent = p.agent(1, &[("slow", slow)]);
+    let mut child = p
+        .cmd(&["loop", "--agent", &agent, "--max-experiments", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal_dir = p.repo.join(".autoresearch/workers/1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let training = loop {
+        assert!(Instant::now() < deadline, "no training was ever recorded");
+        let journal = Journal::load(&journal_dir).unwrap_or_default();
+        if let Some(c) = journal.children.iter().find(|c| c.role == Role::Training) {
+            break (c.clone(), journal.in_progress.unwrap().run);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Then `confirm 1`: the node it starts from was measured with one seed, and is re-measured first.
+    let agent = p.agent(1, &[("score 3", &score_step(3, None))]);
+    let out = p.ok(&["loop", "--agent", &agent, "--max-experiments", "1", "--rule", "confirm 1"]);
+    assert!(out.contains("recovered: stopped what the last process left running: training"), "{out}");
+    assert!(!alive(training.0.pgid), "the killed loop's training is gone");
+    assert_eq!(p.meta(training.1).status, Status::Interrupted);
+    assert!(p.experiments().iter().all(|r| r.description != "slow"), "no row for an interrupted run");
+    let remeasure =
+        p.experiments().into_iter().find(|r| r.description.starts_with("re-measure")).expect("a re-measure");
+    assert_eq!(remeasure.extra.as_ref().unwrap().parent, Some(run_of(&five)), "{remeasure:?}");
+    assert_eq!(remeasure.commit, five.commit);
+    let three = p.row("score 3");
+    assert_eq!((three.status, three.extra.as_ref().unwrap().parent), (Status::Keep, Some(run_of(&remeasure))));
+    assert!(reason(&three).contains("over 2 seeds (42, 43)"), "{three:?}");
+    let state = p.state();
+    assert!(state.nodes.iter().all(|n| n.at.run != run_of(&five)), "the re-measure replaced its node");
+    assert_eq!(state.nodes.iter().find(|n| n.at.run == run_of(&remeasure)).unwrap().at.seeds, [42, 43]);
+    p.assert_consistent_tree();
+}

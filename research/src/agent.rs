@@ -9,9 +9,11 @@ use anyhow::{Context, Result};
 
 use crate::experiment::{build, check, describe, refusal_message, run_experiment, train_rerun};
 use crate::experiment::{Check, ExperimentOptions};
+use crate::frontier::Search;
 use crate::metric::Goal;
 use crate::process::{wait_or_kill, Role};
 use crate::results::{self, Row, Status};
+use crate::state::Best;
 use crate::trainer::Trainer;
 use crate::training::{tail, TAIL_LINES};
 use crate::{now_utc, RunMeta, Worker};
@@ -28,6 +30,8 @@ pub struct LoopOptions {
     /// program.md's text.
     pub program: String,
     pub experiment: ExperimentOptions,
+    /// Workers in the pool (the prompt speaks of the others where there are any).
+    pub workers: usize,
 }
 
 #[derive(Debug, Default)]
@@ -93,7 +97,7 @@ pub fn worker_loop(
             report.stop_reason = reason;
             return Ok(report);
         }
-        worker.start_from_the_best()?;
+        worker.start_next()?;
 
         let _ = std::fs::remove_file(&description_path);
         let prompt = build_prompt(worker, opts, &description_path, feedback.take().as_deref(), None)?;
@@ -248,22 +252,38 @@ fn call_agent(worker: &mut Worker, opts: &LoopOptions, prompt: &Path, descriptio
     Ok(())
 }
 
-/// Every experiment of the session, one line each, oldest first, with its change against the best at the time,
-/// so that an agent called afresh for each experiment does not repeat what was tried.
-fn history(rows: &[Row]) -> String {
+/// Every experiment of the session, one line each, oldest first, with its change against the best at the time
+/// (under the frontier search: against the node it started from, which it names), so that an agent called
+/// afresh for each experiment does not repeat what was tried.
+fn history(rows: &[Row], search: Search) -> String {
     let mut best: Option<f64> = None;
     let mut out = String::new();
     for (_, r) in crate::report::experiments(rows) {
+        let parent = r.extra.as_ref().and_then(|e| e.parent);
         let run = match r.extra.as_ref() {
-            Some(e) => format!("{}{}", e.run, e.worker.map_or(String::new(), |w| format!(" (worker {w})"))),
+            Some(e) => {
+                let from = match (search, parent) {
+                    (Search::Frontier, Some(p)) => format!(", from run {p}"),
+                    _ => String::new(),
+                };
+                match e.worker {
+                    Some(w) => format!("{} (worker {w}{from})", e.run),
+                    None if from.is_empty() => e.run.to_string(),
+                    None => format!("{} ({})", e.run, &from[2..]),
+                }
+            }
             None => "-".to_string(),
+        };
+        let against = match search {
+            Search::Greedy => best,
+            Search::Frontier => parent.and_then(|p| results::experiment_row(rows, p)).map(|p| p.val_bpb),
         };
         let result = match r.status {
             Status::Crash => {
                 let reason = r.extra.as_ref().map_or("", |e| e.reason.as_str());
                 format!("crash ({})", reason.chars().take(100).collect::<String>())
             }
-            _ => match best {
+            _ => match against {
                 Some(b) => format!("{} {:.6} ({:+.6})", r.status, r.val_bpb, r.val_bpb - b),
                 None => format!("{} {:.6}", r.status, r.val_bpb),
             },
@@ -301,26 +321,46 @@ fn build_prompt(
             c.train.timeout.as_secs_f64()
         ),
     };
-    match &worker.journal.best {
-        Some(best) => {
-            let what = results::experiment_row(&rows, best.run);
+    let described = |best: &Best| {
+        let what = results::experiment_row(&rows, best.run);
+        format!(
+            "{} {:.6}, commit {}, run {}: {}",
+            metric.name,
+            best.val_bpb,
+            &best.commit[..7.min(best.commit.len())],
+            best.run,
+            what.map_or("", |r| r.description.as_str())
+        )
+    };
+    match (&worker.journal.best, settings.search) {
+        (Some(best), Search::Greedy) => p += &format!("- Best so far: {}\n", described(best)),
+        (Some(start), Search::Frontier) => {
             p += &format!(
-                "- Best so far: {} {:.6}, commit {}, run {}: {}\n",
-                metric.name,
-                best.val_bpb,
-                &best.commit[..7.min(best.commit.len())],
-                best.run,
-                what.map_or("", |r| r.description.as_str())
+                "- Search: frontier. Your change starts from the node {} and is kept if it beats that node (by the \
+                 keep rule below); a kept change becomes a node others may start from.\n",
+                described(start)
             );
+            p += "- Its lineage, the kept changes from the baseline to it:\n";
+            for (i, row) in crate::frontier::lineage(&rows, start.run).iter().enumerate() {
+                let run = row.extra.as_ref().map_or(0, |e| e.run);
+                p += &format!("  {}. run {run}: {} ({} {:.6})\n", i + 1, row.description, metric.name, row.val_bpb);
+            }
+            if let Some(best) = worker.session.best() {
+                p += &format!("- The session's best node: {}\n", described(&best));
+            }
         }
-        None => p += "- No result yet.\n",
+        (None, _) => p += "- No result yet.\n",
     }
     let decider = opts.experiment.decider.resolved(&worker.session.dir, &settings.profile, settings.time_budget)?;
     p += &format!("- Keep rule: {}.\n", decider.label);
-    if let Some(k) = worker.label() {
+    if let Some(k) = worker.label().filter(|_| opts.workers > 1) {
+        let start = match settings.search {
+            Search::Greedy => "the best at its start",
+            Search::Frontier => "a node of the frontier",
+        };
         p += &format!(
-            "- You are worker {k}; other workers run experiments at the same time, each from the best at its start. \
-             Pick an idea that differs from theirs.\n"
+            "- You are worker {k}; other workers run experiments at the same time, each from {start}. Pick an idea \
+             that differs from theirs.\n"
         );
         let others = worker.session.others(k);
         if !others.is_empty() {
@@ -330,16 +370,19 @@ fn build_prompt(
             }
         }
     }
-    let history = history(&rows);
+    let history = history(&rows, settings.search);
     if !history.is_empty() {
         let better = match metric.goal {
             Goal::Lower => "negative",
             Goal::Higher => "positive",
         };
         p += &format!(
-            "\nEvery experiment so far, oldest first ({}, and its change against the best at the time: {better} is \
-             better):\n\n",
-            metric.name
+            "\nEvery experiment so far, oldest first ({}, and its change against {}: {better} is better):\n\n",
+            metric.name,
+            match settings.search {
+                Search::Greedy => "the best at the time",
+                Search::Frontier => "the node it started from",
+            }
         );
         p += &history;
     }

@@ -1,5 +1,6 @@
 //! `autoresearch export`: a session's kept changes as a patch series that `git am` applies onto the session's
-//! base (`state.json`'s `base`), one patch per kept experiment in the order they were kept, each message holding
+//! base (`state.json`'s `base`), one patch per kept experiment in the order they were kept (under the frontier
+//! search, per kept experiment of the best node's lineage), each message holding
 //! the experiment's description, its gain, the noise where measured, its run, the keep rule and its commit.
 //!
 //! Each patch goes from the kept state before it to its own (the kept commits' trees), not from its commit's
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::files::{result_file, EXPORT_DIR, META_FILE, RESULTS_FILE, RUNS_DIR, STATE_DIR, STATE_FILE};
+use crate::frontier::{lineage, Search};
 use crate::git::Git;
 use crate::metric::Metric;
 use crate::results::{self, Row, Status};
@@ -190,7 +192,12 @@ pub fn export(root: &Path, out: Option<&Path>, force: bool) -> Result<Exported> 
     // One line per keep row, with the number of its patch where it has one.
     let mut lines: Vec<(Option<usize>, String)> = Vec::new();
     let mut count = 0;
-    for kept in kept(&file.rows) {
+    // Under the frontier search the series is the best node's lineage (the session branch), not every keep.
+    let rows = match (settings.search, &state.best) {
+        (Search::Frontier, Some(best)) => lineage(&file.rows, best.run).into_iter().cloned().collect(),
+        _ => file.rows.clone(),
+    };
+    for kept in kept(&rows) {
         let meta = kept.run().and_then(|run| read_meta(&dir, run));
         let commit = resolve(&git, &kept, meta.as_ref(), &results_path)?;
         let description = &kept.row.description;
@@ -366,6 +373,7 @@ mod tests {
             device: DeviceChoice::Cpu,
             rule: "margin".into(),
             metric: Default::default(),
+            search: Default::default(),
         }
     }
 

@@ -18,6 +18,7 @@
 //!   checks, held-out paths); [`project_training`] runs such a project's commands for one training.
 //!
 //! [`agent`] drives a coding agent through one worker's experiments; [`rules`] decides what is kept;
+//! [`frontier`] chooses where an experiment starts under the frontier search;
 //! [`export`] writes the kept changes as a patch series for `git am`;
 //! [`trainer`] builds the training binary; [`state`] holds the session's state and the workers' journals;
 //! [`noise`] measures the seed-to-seed spread; [`git`] wraps the git calls. results.tsv's format, the session's
@@ -27,6 +28,7 @@ pub mod agent;
 pub mod backend;
 pub mod experiment;
 pub mod export;
+pub mod frontier;
 pub mod git;
 pub mod noise;
 pub mod pool;

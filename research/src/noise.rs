@@ -31,7 +31,14 @@ pub fn measure_noise(
     let commit = here.git.head()?;
     drop(here);
     let template = Trainer { prebuilt: Some(binary), ..template.clone() };
-    let mut workers = crate::pool::workers(session, &template, setups)?;
+    let mut workers = crate::pool::workers(session, &template, setups, false)?;
+    // A worker's worktree is where its last experiment started (an older best, or another node of the frontier):
+    // a project's training runs in the tree, so each is put on the commit measured.
+    for (worker, _) in workers.iter_mut().filter(|(w, _)| !w.in_repository_tree()) {
+        worker.git.reset_hard(&commit)?;
+        worker.journal.best = session.best();
+        worker.save_journal()?;
+    }
     let seeds: Mutex<Vec<u64>> = Mutex::new((1..=k as u64).rev().map(|i| SEED + i).collect());
     let results: Vec<Result<Vec<(u64, f64)>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = workers

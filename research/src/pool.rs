@@ -1,5 +1,5 @@
-//! `autoresearch loop`: a pool of workers, one by default. One worker works in the repository's own tree; a
-//! pool of N > 1 gives each its own git worktree. Each worker makes one experiment at a time, all judged
+//! `autoresearch loop`: a pool of workers, one by default. One worker works in the repository's own tree (under
+//! the frontier search, in a worktree); a pool of N > 1 gives each its own git worktree. Each worker makes one experiment at a time, all judged
 //! against the session's one best and recorded in its one results.tsv (see [`crate::session`]).
 //!
 //! The pool first puts right what a killed one left (each worker's experiment is finished or undone, its
@@ -17,24 +17,32 @@ use crate::agent::{worker_loop, LoopOptions, LoopReport};
 use crate::backend::WorkerSetup;
 use crate::experiment::{describe, remeasure_if_needed, run_experiment, train_rerun, ExperimentOptions};
 use crate::files::WORKER_BIN;
+use crate::frontier::Search;
 use crate::results::Status;
 use crate::session::{journals, Session};
 use crate::trainer::Trainer;
 use crate::worker::heading;
 use crate::Worker;
 
-/// The pool's workers with their trainers: worker 0 in the repository's tree for one setup, else one in a
-/// worktree per setup (each with a binary of its own), every one put right first, and before them the
-/// repository tree's worker and the worktrees of a killed pool that this start does not use.
-pub fn workers(session: &Arc<Session>, template: &Trainer, setups: &[WorkerSetup]) -> Result<Vec<(Worker, Trainer)>> {
+/// The pool's workers with their trainers: worker 0 in the repository's tree for one setup (unless
+/// `worktree_for_one`), else one in a worktree per setup (each with a binary of its own), every one put right
+/// first, and before them the repository tree's worker and the worktrees of a killed pool that this start does
+/// not use.
+pub fn workers(
+    session: &Arc<Session>,
+    template: &Trainer,
+    setups: &[WorkerSetup],
+    worktree_for_one: bool,
+) -> Result<Vec<(Worker, Trainer)>> {
     let with_setup =
         |trainer: Trainer, setup: &WorkerSetup| Trainer { env: setup.env.clone(), cpus: setup.cpus.clone(), ..trainer };
     let here = Worker::in_repository(session)?;
-    let in_worktrees = if setups.len() == 1 { 0 } else { setups.len() };
+    let alone = setups.len() == 1 && !worktree_for_one;
+    let in_worktrees = if alone { 0 } else { setups.len() };
     for (k, _) in journals(&session.dir).into_iter().filter(|(k, _)| *k > in_worktrees) {
         Worker::in_worktree(session, k)?;
     }
-    if let [setup] = setups {
+    if let ([setup], true) = (setups, alone) {
         return Ok(vec![(here, with_setup(template.clone(), setup))]);
     }
     if let Some(dir) = here.set_aside_leftovers()? {
@@ -59,7 +67,9 @@ pub fn run_pool(
     setups: &[WorkerSetup],
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<LoopReport> {
-    let mut workers = workers(session, template, setups)?;
+    // Under the frontier search even one worker has a worktree: its experiments start from any node, and the
+    // repository's tree stays on the best (the session branch).
+    let mut workers = workers(session, template, setups, session.settings.search == Search::Frontier)?;
     // What the built-in training file needs of a GPU; a project's commands are its own.
     if opts.experiment.backend.is_local() && session.project.commands.is_none() {
         for (_, trainer) in &workers {
@@ -88,7 +98,7 @@ pub fn run_pool(
         }
     }
     remeasure_side_by_side(session, &mut workers, &opts.experiment)?;
-    if workers.len() > 1 {
+    if setups.len() > 1 {
         let labels: Vec<String> =
             setups.iter().enumerate().map(|(i, s)| format!("worker {}: {}", i + 1, s.label)).collect();
         say(&format!("{} workers ({})", setups.len(), labels.join("; ")));
@@ -102,6 +112,7 @@ pub fn run_pool(
                 scope.spawn(move || {
                     let k = worker.number;
                     let result = worker_loop(worker, trainer, opts, &mut |line| say(&heading(k, line)));
+                    session.leave_node(k);
                     if result.is_err() {
                         // The others stop after their current experiment, as after a first Ctrl-C.
                         interrupts.0.fetch_add(1, Ordering::SeqCst);

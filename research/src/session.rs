@@ -3,8 +3,9 @@
 //! [`Worker`](crate::worker::Worker) of the session; what the workers share lives here, each change written by
 //! one worker at a time: the best (and the branch, which follows it), the run numbers, the rows, the
 //! repository's tree (where a worker in a worktree of its own builds), what each worker is trying now (for the
-//! others' prompts), the experiments claimed against `--max-experiments`, and the confirmation reruns offered
-//! to whichever worker is free.
+//! others' prompts), the experiments claimed against `--max-experiments`, the confirmation reruns offered
+//! to whichever worker is free, and under the frontier search ([`crate::frontier`]) the nodes and which worker
+//! starts from which.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::files::*;
+use crate::frontier::{choose, Node, Search};
 use crate::git::Git;
 use crate::project::{Project, PROJECT_FILE};
 use crate::results;
@@ -37,6 +39,8 @@ pub struct Session {
     state: Mutex<State>,
     /// worker → (run, description) of the experiment it is running.
     running: Mutex<BTreeMap<usize, (u64, String)>>,
+    /// Under the frontier search, worker → the run of the node it starts its experiments from now.
+    starts: Mutex<BTreeMap<usize, u64>>,
     /// The repository's working tree: a build copies a worker's training file in and puts the best's back.
     tree: Mutex<()>,
     /// Experiments started, against `--max-experiments`.
@@ -54,6 +58,7 @@ pub fn init(
     time_budget: f64,
     device: DeviceChoice,
     rule: &str,
+    search: Search,
 ) -> Result<State> {
     if tag.is_empty() || !tag.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         bail!("tag {tag:?}: use letters, digits, '-', '_' and '.'");
@@ -121,9 +126,11 @@ pub fn init(
             device,
             rule: rule.to_string(),
             metric: project.metric,
+            search,
         },
         best: None,
         next_run: 1,
+        nodes: Vec::new(),
     };
     results::create(&root.join(RESULTS_FILE))?;
     state.save(&dir)?;
@@ -176,9 +183,18 @@ fn lock(dir: &Path) -> Result<File> {
 impl Session {
     /// Opens the session of the repository at `root`, locked for as long as it is open.
     pub fn open(root: &Path) -> Result<Arc<Session>> {
+        Session::open_to_search(root, None)
+    }
+
+    /// [`Session::open`], the session's search changed to `search` where one is given (it stays so).
+    pub fn open_to_search(root: &Path, search: Option<Search>) -> Result<Arc<Session>> {
         let dir = root.join(STATE_DIR);
-        let state = State::load(&dir)?;
+        let mut state = State::load(&dir)?;
         let lock = lock(&dir)?;
+        if let Some(search) = search.filter(|s| *s != state.settings.search) {
+            state.settings.search = search;
+            state.save(&dir)?;
+        }
         let git = Git::new(root);
         let branch = git.branch()?;
         if branch != state.settings.branch {
@@ -204,6 +220,7 @@ impl Session {
             state: Mutex::new(state),
             dir,
             running: Mutex::new(BTreeMap::new()),
+            starts: Mutex::new(BTreeMap::new()),
             tree: Mutex::new(()),
             started: AtomicUsize::new(0),
             reruns: Mutex::new(VecDeque::new()),
@@ -232,8 +249,12 @@ impl Session {
     /// Makes `best` the session's best in `state` (the session's, held), unless it is already; the session
     /// branch (and the repository's tree) moves to it: fast-forward where it grew from the branch's head, else a
     /// merge commit whose tree is the kept file's exactly (the branch keeps every earlier best in its history).
-    /// Returns the best as recorded.
-    pub fn keep(&self, state: &mut State, best: Best, message: &str) -> Result<Best> {
+    /// Under the frontier search, `best` (kept against `parent`) joins the frontier instead (see
+    /// [`Session::join`]). Returns the best (or node) as recorded.
+    pub fn keep(&self, state: &mut State, best: Best, parent: Option<u64>, message: &str) -> Result<Best> {
+        if self.settings.search == Search::Frontier {
+            return self.join(state, best, parent);
+        }
         if let Some(b) = state.best.as_ref().filter(|b| b.run == best.run) {
             return Ok(b.clone());
         }
@@ -242,6 +263,73 @@ impl Session {
         state.best = Some(best.clone());
         state.save(&self.dir)?;
         Ok(best)
+    }
+
+    /// A kept experiment joins the frontier (once: recovery may offer it again), a git ref keeping its commit;
+    /// a re-measure of its parent (the same commit) takes the parent's place. The best node is the session's
+    /// best, and the session branch is reset to it: the branch holds the best node's lineage.
+    fn join(&self, state: &mut State, at: Best, parent: Option<u64>) -> Result<Best> {
+        self.seed_frontier(state);
+        if let Some(node) = state.nodes.iter().find(|n| n.at.run == at.run) {
+            return Ok(node.at.clone());
+        }
+        self.git.exec(&["update-ref", &self.node_ref(at.run), &at.commit])?;
+        let remeasured = state.nodes.iter().position(|n| Some(n.at.run) == parent && n.at.commit == at.commit);
+        let (parent, tries) = match remeasured {
+            Some(i) => {
+                let old = state.nodes.remove(i);
+                (old.parent, old.tries)
+            }
+            None => (parent, 0),
+        };
+        state.nodes.push(Node { at: at.clone(), parent, tries });
+        let goal = self.settings.metric.goal;
+        let best = state
+            .nodes
+            .iter()
+            .map(|n| &n.at)
+            .reduce(|a, b| if goal.better(b.val_bpb, a.val_bpb) { b } else { a })
+            .cloned();
+        if let Some(b) = best.as_ref().filter(|b| state.best.as_ref() != Some(b)) {
+            let _tree = locked(&self.tree);
+            if self.git.head()? != b.commit {
+                self.git.reset_hard(&b.commit)?;
+            }
+        }
+        state.best = best;
+        state.save(&self.dir)?;
+        Ok(at)
+    }
+
+    /// A session whose best was kept before it searched the frontier starts its frontier there.
+    fn seed_frontier(&self, state: &mut State) {
+        if let (true, Some(best)) = (state.nodes.is_empty(), state.best.clone()) {
+            state.nodes.push(Node { at: best, parent: None, tries: 0 });
+        }
+    }
+
+    /// The git ref that keeps a node's commit while the session branch holds another node's lineage.
+    fn node_ref(&self, run: u64) -> String {
+        format!("refs/autoresearch-nodes/{}/{run}", self.settings.tag)
+    }
+
+    /// Under the frontier search, the node worker `worker` starts its next experiment from ([`choose`]: one no
+    /// other worker starts from while there is one), its tries counted; None before the baseline.
+    pub fn start_node(&self, worker: usize) -> Result<Option<Best>> {
+        let mut state = self.state();
+        self.seed_frontier(&mut state);
+        let mut starts = locked(&self.starts);
+        let taken: Vec<u64> = starts.iter().filter(|(w, _)| **w != worker).map(|(_, run)| *run).collect();
+        let Some(i) = choose(&state.nodes, &taken, self.settings.metric.goal) else { return Ok(None) };
+        state.nodes[i].tries += 1;
+        state.save(&self.dir)?;
+        starts.insert(worker, state.nodes[i].at.run);
+        Ok(Some(state.nodes[i].at.clone()))
+    }
+
+    /// Worker `worker` starts from no node any more (it stopped).
+    pub fn leave_node(&self, worker: usize) {
+        locked(&self.starts).remove(&worker);
     }
 
     fn advance(&self, commit: &str, message: &str) -> Result<String> {

@@ -1,5 +1,6 @@
 //! What a session keeps on disk to survive a kill, written atomically after every change: the session's
-//! [`State`] (`.autoresearch/state.json`: its settings, best and next run number) and each worker's
+//! [`State`] (`.autoresearch/state.json`: its settings, best, next run number and, under the frontier search,
+//! the frontier's nodes) and each worker's
 //! [`Journal`] (`journal.json` in the worker's folder: the experiment under way, the processes and Slurm jobs
 //! it started), from which a killed `run` or `loop` puts git, results.tsv and the run folders back in order.
 
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use autoresearch_report::journal::read_journal;
 
 use crate::files::{JOURNAL_FILE, STATE_FILE};
+use crate::frontier::{Node, Search};
 use crate::metric::Metric;
 use crate::process::Recorded;
 use crate::trainer::DeviceChoice;
@@ -65,6 +67,9 @@ pub struct Settings {
     /// What the session measures: the built-in's val_bpb (lower), or a project's metric.
     #[serde(default)]
     pub metric: Metric,
+    /// How experiments pick where they start (`--search`); sessions from before there was a choice are greedy.
+    #[serde(default)]
+    pub search: Search,
 }
 
 /// The session's state in `state.json`.
@@ -72,14 +77,19 @@ pub struct Settings {
 pub struct State {
     #[serde(flatten)]
     pub settings: Settings,
+    /// Under the frontier search, the best node; else the best kept experiment.
     pub best: Option<Best>,
     pub next_run: u64,
+    /// The frontier search's nodes: every kept experiment that no re-measure replaced, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<Node>,
 }
 
 /// One worker's journal: what recovery must finish, undo or stop after a kill.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Journal {
-    /// The best the worker's current experiment started from (and is judged against first).
+    /// Where the worker's current experiment started: the best at its start (greedy; it is judged against the
+    /// best) or the frontier's node (its parent, which it is judged against).
     pub best: Option<Best>,
     pub in_progress: Option<InProgress>,
     /// Process groups the harness started that are running (agent, build, training).
@@ -146,13 +156,15 @@ mod tests {
                 device: DeviceChoice::Cuda,
                 rule: "margin".into(),
                 metric: Default::default(),
+                search: Search::Frontier,
             },
             best: None,
             next_run: 1,
+            nodes: Vec::new(),
         };
         state.save(dir.path()).unwrap();
         let text = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
-        assert!(text.contains(r#""device": "cuda""#), "{text}");
+        assert!(text.contains(r#""device": "cuda""#) && text.contains(r#""search": "frontier""#), "{text}");
         assert_eq!(State::load(dir.path()).unwrap(), state);
         std::fs::write(dir.path().join("state.json"), text.replace(r#""cuda""#, r#""gpu""#)).unwrap();
         let err = format!("{:#}", State::load(dir.path()).unwrap_err());

@@ -3,7 +3,8 @@
 //! `noise`).
 //! A pool of several gives worker k ≥ 1 a worktree of its own (`.autoresearch/workers/<k>/tree`, on branch
 //! `<session branch>-w<k>`) and its journal beside it; each worker's tree starts every experiment from the
-//! session's best.
+//! session's best, or under the frontier search from the node the session chooses for it (a loop under that
+//! search always runs its workers in worktrees, so that the repository's tree stays on the best).
 //!
 //! The journal names the experiment under way and the processes and Slurm jobs the worker started, so that
 //! [`Worker::recover`] can put right what a killed one left.
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use crate::files::*;
+use crate::frontier::Search;
 use crate::git::Git;
 use crate::process::{self, Recorded, Role};
 use crate::project::{Snapshot, SNAPSHOT_DIR};
@@ -94,9 +96,13 @@ impl Worker {
         self.journal.best.as_ref().map_or(&self.session.settings.base, |b| &b.commit)
     }
 
-    /// Starts the next experiment from the session's best as it is now (another worker may have kept one).
-    pub fn start_from_the_best(&mut self) -> Result<()> {
-        let best = self.session.best();
+    /// Starts the next experiment from the session's best as it is now (another worker may have kept one), or
+    /// under the frontier search from the node the session chooses.
+    pub fn start_next(&mut self) -> Result<()> {
+        let best = match self.session.settings.search {
+            Search::Greedy => self.session.best(),
+            Search::Frontier => self.session.start_node(self.number)?,
+        };
         if let Some(b) = &best {
             if self.git.head()? != b.commit {
                 self.git.reset_hard(&b.commit)?;
@@ -107,9 +113,11 @@ impl Worker {
     }
 
     /// Puts the new best in place: in the session (unless it is there already), with the session branch
-    /// advanced to it; the best this worker's next experiment starts from too.
+    /// advanced to it (under the frontier search: a node of the frontier, kept against the node the experiment
+    /// started from); the best this worker's next experiment starts from too.
     pub fn apply_keep(&mut self, best: Best, message: &str) -> Result<()> {
-        let best = self.session.keep(&mut self.session.state(), best, message)?;
+        let parent = self.journal.best.as_ref().map(|b| b.run);
+        let best = self.session.keep(&mut self.session.state(), best, parent, message)?;
         self.journal.best = Some(best);
         Ok(())
     }

@@ -27,9 +27,11 @@ fn session_state() -> State {
             device: DeviceChoice::Cpu,
             rule: "margin".into(),
             metric: Default::default(),
+            search: Default::default(),
         },
         best: best(),
         next_run: 9,
+        nodes: Vec::new(),
     }
 }
 

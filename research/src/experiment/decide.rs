@@ -1,4 +1,5 @@
-//! The decide step: the first seed's value against the session's best by the keep rule; where the rule asks
+//! The decide step: the first seed's value against the session's best (under the frontier search: against the
+//! node the experiment started from) by the keep rule; where the rule asks
 //! (`confirm N`), the reruns with more seeds first; a project's checks before a keep.
 
 use anyhow::Result;
@@ -8,6 +9,7 @@ use std::time::Instant;
 use super::train::{rerun, train, Journaled};
 use super::{seed_list, Decision, ExperimentOptions, Started};
 use crate::files::{handover_dir, CHECKS_LOG, RUN_LOG};
+use crate::frontier::Search;
 use crate::project_training::{run_checks, Checked, Place};
 use crate::results::Status;
 use crate::rules::{mean_std, seed_blind, Rule};
@@ -45,8 +47,12 @@ pub(super) fn train_and_decide(
         Err(crash) => return Ok(Some(Decision::crash(crash))),
         Ok(m) => m,
     };
-    // Judged against the session's best as it is now (another worker may have kept one meanwhile).
-    let best = worker.session.best();
+    // Judged against the session's best as it is now (another worker may have kept one meanwhile), or under the
+    // frontier search against the node it started from.
+    let best = match worker.session.settings.search {
+        Search::Greedy => worker.session.best(),
+        Search::Frontier => worker.journal.best.clone(),
+    };
     let mut decision = Decision {
         status: Status::Discard,
         value: Some(measured.value),

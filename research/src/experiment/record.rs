@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 
 use super::{Decision, ExperimentOptions, Outcome, Started};
 use crate::files::{handover_dir, is_handover_dir};
+use crate::frontier::Search;
 use crate::results::{self, Extra, Row, Status};
 use crate::state::{Best, SEED};
 use crate::{RunMeta, Worker};
@@ -26,8 +27,9 @@ pub(super) fn extra(worker: &Worker, opts: &ExperimentOptions, run: u64, seconds
 }
 
 /// Writes the experiment's rows (first: once they are there, recovery can always finish the rest), then keeps
-/// its commit as the best or sets the change aside. The worker holds the session's state meanwhile, and a keep
-/// judged against a best that another worker has since replaced is judged again against the new one.
+/// its commit as the best (under the frontier search: a node) or sets the change aside. The worker holds the
+/// session's state meanwhile, and under the greedy search a keep judged against a best that another worker has
+/// since replaced is judged again against the new one.
 pub(super) fn record(
     worker: &mut Worker,
     opts: &ExperimentOptions,
@@ -38,7 +40,9 @@ pub(super) fn record(
     let seconds = started.elapsed().as_secs_f64();
     let session = worker.session.clone();
     let mut shared = session.state();
-    if let (Some(now), Some(value), Status::Keep) = (shared.best.clone(), decision.value, decision.status) {
+    let greedy = session.settings.search == Search::Greedy;
+    if let (true, Some(now), Some(value), Status::Keep) = (greedy, shared.best.clone(), decision.value, decision.status)
+    {
         if decision.against != Some(now.run) {
             let (keep, why) = opts.decider.verdict(value, now.val_bpb, now.run);
             if !keep {
@@ -62,7 +66,8 @@ pub(super) fn record(
     match (decision.status, decision.value) {
         (Status::Keep, Some(val_bpb)) => {
             let best = Best { commit: commit.clone(), val_bpb, run, seeds: decision.seeds };
-            let best = session.keep(&mut shared, best, &format!("keep run {run}: {}", opts.description))?;
+            let parent = worker.journal.best.as_ref().map(|b| b.run);
+            let best = session.keep(&mut shared, best, parent, &format!("keep run {run}: {}", opts.description))?;
             worker.journal.best = Some(best);
             drop(shared);
         }

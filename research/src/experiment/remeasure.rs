@@ -1,5 +1,6 @@
 //! The re-measure of the best that a keep rule may need before an experiment: the best's commit trained with
-//! the seeds it lacks (`confirm N`), or the baseline's spread for `margin`; a run of its own.
+//! the seeds it lacks (`confirm N`), or the baseline's spread for `margin`; a run of its own. Under the frontier
+//! search it is the node the experiment starts from that is re-measured, and the re-measure takes its place.
 
 use std::time::Instant;
 
@@ -8,6 +9,7 @@ use anyhow::{bail, Result};
 use super::record::{interrupted, record};
 use super::train::rerun;
 use super::{build, describe, seed_list, Decision, ExperimentOptions, Started};
+use crate::frontier::Search;
 use crate::results::{self, Row, Status};
 use crate::rules::{noise_for, NoiseEstimate, Rule, BASELINE_SEEDS};
 use crate::state::{Best, InProgress, SEED};
@@ -46,7 +48,12 @@ pub fn remeasure_if_needed(worker: &mut Worker, trainer: &Trainer, opts: &Experi
 /// re-measure is a run of its own: a keep row of the best's commit with the mean over all its seeds, which
 /// becomes the best. A change waiting in the tree is put aside meanwhile and comes back after. Whether it ran.
 fn remeasure_best(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentOptions, n: usize) -> Result<bool> {
-    let Some(best) = worker.session.best() else { return Ok(false) };
+    // Under the frontier search the node the experiment starts from: it is judged against that.
+    let best = match worker.session.settings.search {
+        Search::Greedy => worker.session.best(),
+        Search::Frontier => worker.journal.best.clone(),
+    };
+    let Some(best) = best else { return Ok(false) };
     let wanted: Vec<u64> = (0..=n as u64).map(|k| SEED + k).collect();
     let missing: Vec<u64> = wanted.iter().copied().filter(|s| !best.seeds.contains(s)).collect();
     if missing.is_empty() {
