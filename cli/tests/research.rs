@@ -220,8 +220,8 @@ impl Session {
         }
         let text = std::fs::read_to_string(self.repo.join("results.tsv")).unwrap();
         assert!(
-            text.ends_with('\n') && text.lines().skip(1).all(|l| l.split('\t').count() == 12),
-            "whole 12-column rows"
+            text.ends_with('\n') && text.lines().skip(1).all(|l| l.split('\t').count() == 13),
+            "whole 13-column rows"
         );
     }
 }
