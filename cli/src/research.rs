@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use autoresearch_harness::profile::{cache_root, Prepared};
 use autoresearch_report::noise::noise_for;
+use autoresearch_report::tree::Search;
 use autoresearch_research::agent::LoopOptions;
 use autoresearch_research::backend::{Backend, Local};
 use autoresearch_research::experiment::{describe, evaluate_run, run_experiment, ExperimentOptions};
-use autoresearch_research::frontier::Search;
 use autoresearch_research::noise::measure_noise;
 use autoresearch_research::pool::run_pool;
 use autoresearch_research::project::{

@@ -706,7 +706,7 @@ fn a_frontier_search_of_two_workers_judges_each_experiment_against_the_node_it_s
 fn a_frontier_search_of_one_worker_survives_a_kill_9_and_re_measures_a_node() {
     let p = tree_project("frontier-one");
     p.ok(&["init", "f1", "--rule", "lower", "--search", "frontier"]);
-    assert_eq!(p.state().settings.search, autoresearch_research::frontier::Search::Frontier);
+    assert_eq!(p.state().settings.search, autoresearch_report::tree::Search::Frontier);
     let agent = p.agent(1, &[("score 5", &score_step(5, None)), ("score 7", &score_step(7, None))]);
     p.ok(&["loop", "--agent", &agent, "--max-experiments", "3"]);
     let (five, seven) = (p.row("score 5"), p.row("score 7"));

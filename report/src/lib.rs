@@ -2,8 +2,7 @@
 //! need, so that neither links the research loop (`autoresearch-research`, which writes these files through this
 //! crate's formats).
 //!
-//! [`results`] is results.tsv's format (rows, statuses, reading, appending, repairing a torn line) and the running
-//! best over its rows; [`report`] summarises one file (totals, keeps, gains against the noise, the workers' lanes)
+//! [`results`] is results.tsv's format (rows, statuses, reading, appending, repairing a torn line); [`report`] summarises one file (totals, keeps, gains against the noise, the workers' lanes)
 //! as text and JSON, every gain by the session's [`metric`] (positive when better); [`compare`] sets several
 //! sessions side by side (ranked only among those of one metric); `plot` draws their pictures (the `plot`
 //! feature, on by default: the research loop and the dashboard leave it out and do not link plotters); [`noise`]

@@ -202,21 +202,6 @@ pub fn experiment_row(rows: &[Row], run: u64) -> Option<&Row> {
     rows.iter().find(|r| r.status != Status::Rerun && r.extra.as_ref().is_some_and(|e| e.run == run))
 }
 
-/// The session's best after each row, as the loop keeps it: the value of the last kept row so far (each keep
-/// beat the best before it, or re-measured it, which may move it up); None before the first keep. The one rule
-/// of the report, its picture, `compare` and the dashboard.
-pub fn running_best(rows: &[Row]) -> Vec<Option<f64>> {
-    let mut best = None;
-    rows.iter()
-        .map(|r| {
-            if r.status == Status::Keep {
-                best = Some(r.val_bpb);
-            }
-            best
-        })
-        .collect()
-}
-
 pub fn header() -> String {
     ORIGINAL_COLUMNS.iter().chain(EXTRA_COLUMNS.iter()).copied().collect::<Vec<_>>().join("\t")
 }
@@ -319,22 +304,6 @@ mod tests {
                 parent: Some(7),
             }),
         }
-    }
-
-    #[test]
-    fn the_running_best_is_the_last_kept_value_also_where_a_remeasure_moved_it_up() {
-        let with = |status, val_bpb| Row { status, val_bpb, ..row() };
-        let rows = [
-            with(Status::Crash, 0.0),
-            with(Status::Keep, 1.0),
-            with(Status::Discard, 0.9),
-            with(Status::Keep, 0.95),
-            with(Status::Rerun, 0.94),
-            with(Status::Crash, 0.0),
-            with(Status::Keep, 0.97),
-        ];
-        let best = running_best(&rows);
-        assert_eq!(best, [None, Some(1.0), Some(1.0), Some(0.95), Some(0.95), Some(0.95), Some(0.97)]);
     }
 
     #[test]

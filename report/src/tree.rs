@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::metric::Goal;
-use crate::results::{Row, Status};
+use crate::results::{self, Row, Status};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -105,6 +105,21 @@ pub fn running_best(rows: &[Row], search: Search, goal: Goal) -> Vec<Option<f64>
             best
         })
         .collect()
+}
+
+/// The kept experiments from the baseline to run `run` (each started from the one before), oldest first, by
+/// results.tsv's parent column: a node's lineage, which the session branch holds for the best node.
+pub fn lineage(rows: &[Row], run: u64) -> Vec<&Row> {
+    let mut chain = Vec::new();
+    let mut next = Some(run);
+    // A parent is an earlier run (kept before its child started): the walk ends, also in a damaged file.
+    while let Some(row) = next.and_then(|r| results::experiment_row(rows, r)) {
+        let run = row.extra.as_ref().map(|e| e.run);
+        next = row.extra.as_ref().and_then(|e| e.parent).filter(|p| Some(*p) < run);
+        chain.push(row);
+    }
+    chain.reverse();
+    chain
 }
 
 /// The best node's lineage, root first, as the indexes of each node's latest kept row: from the best (greedy: the
@@ -228,6 +243,23 @@ mod tests {
         let original: Vec<Row> = rows.into_iter().map(|r| Row { extra: None, ..r }).collect();
         assert_eq!(best_path(&original, Search::Greedy, Goal::Lower), [0, 1, 2, 4, 5]);
         assert_eq!(best_path(&[], Search::Frontier, Goal::Lower), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_greedy_sessions_best_is_the_last_kept_value_also_where_a_remeasure_moved_it_up() {
+        let rows = [
+            row(1, "aaaaaaa", Status::Crash, 0.0, None),
+            row(2, "bbbbbbb", Status::Keep, 1.0, None),
+            row(3, "ccccccc", Status::Discard, 0.9, Some(2)),
+            row(4, "ddddddd", Status::Keep, 0.95, Some(2)),
+            row(4, "ddddddd", Status::Rerun, 0.94, Some(2)),
+            row(5, "eeeeeee", Status::Crash, 0.0, Some(4)),
+            row(6, "ddddddd", Status::Keep, 0.97, Some(4)),
+        ];
+        let best = running_best(&rows, Search::Greedy, Goal::Lower);
+        assert_eq!(best, [None, Some(1.0), Some(1.0), Some(0.95), Some(0.95), Some(0.95), Some(0.97)]);
+        // As a frontier, the re-measure replaces the node's value too: 0.97 is still the best node's.
+        assert_eq!(running_best(&rows, Search::Frontier, Goal::Lower)[6], Some(0.97));
     }
 
     #[test]

@@ -9,13 +9,13 @@ use anyhow::{Context, Result};
 
 use crate::experiment::{build, check, describe, refusal_message, run_experiment, train_rerun};
 use crate::experiment::{Check, ExperimentOptions};
-use crate::frontier::Search;
 use crate::metric::Goal;
 use crate::process::{wait_or_kill, Role};
 use crate::results::{self, Row, Status};
 use crate::state::Best;
 use crate::trainer::Trainer;
 use crate::training::{tail, TAIL_LINES};
+use crate::tree::Search;
 use crate::{now_utc, RunMeta, Worker};
 
 pub struct LoopOptions {
@@ -341,7 +341,7 @@ fn build_prompt(
                 described(start)
             );
             p += "- Its lineage, the kept changes from the baseline to it:\n";
-            for (i, row) in crate::frontier::lineage(&rows, start.run).iter().enumerate() {
+            for (i, row) in crate::tree::lineage(&rows, start.run).iter().enumerate() {
                 let run = row.extra.as_ref().map_or(0, |e| e.run);
                 p += &format!("  {}. run {run}: {} ({} {:.6})\n", i + 1, row.description, metric.name, row.val_bpb);
             }

@@ -8,7 +8,7 @@
 //! through a merge commit whose tree is its file (see [`crate::session::Session::keep`]); the series is linear
 //! all the same. A keep row whose files equal the kept state before it (a re-measure of the best, or a baseline
 //! of the base's own file) is no patch, but its value is the one later gains are measured from
-//! ([`results::running_best`]). `git format-patch` writes the series from commits made for it with
+//! ([`crate::tree::running_best`]). `git format-patch` writes the series from commits made for it with
 //! `git commit-tree` (no branch moves), each dated when its run started.
 
 use std::collections::HashMap;
@@ -17,12 +17,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::files::{result_file, EXPORT_DIR, META_FILE, RESULTS_FILE, RUNS_DIR, STATE_DIR, STATE_FILE};
-use crate::frontier::{lineage, Search};
 use crate::git::Git;
 use crate::metric::Metric;
 use crate::results::{self, Row, Status};
 use crate::rules::{mean_std, noise_for, NoiseEstimate};
 use crate::state::{Settings, State};
+use crate::tree::{self, lineage, Search};
 use crate::RunMeta;
 
 /// A keep row, with the session's best before it.
@@ -43,17 +43,18 @@ impl Kept {
     }
 }
 
-/// The keep rows of `rows` in the order they were kept, each with the best before it.
+/// The keep rows of `rows` in the order they were kept, each with the best before it: the last keep before it
+/// (greedy's best then; in a frontier session's lineage, its parent).
 pub fn kept(rows: &[Row]) -> Vec<Kept> {
-    let best = results::running_best(rows);
-    let mut last_run = None;
-    let mut out = Vec::new();
-    for (i, row) in rows.iter().enumerate().filter(|(_, r)| r.status == Status::Keep) {
-        let before = i.checked_sub(1).and_then(|j| best[j]).map(|value| (value, last_run));
-        out.push(Kept { row: row.clone(), before });
-        last_run = row.extra.as_ref().map(|e| e.run);
-    }
-    out
+    let before = tree::judged_against(rows, Search::Greedy);
+    rows.iter()
+        .enumerate()
+        .filter(|(_, r)| r.status == Status::Keep)
+        .map(|(i, row)| Kept {
+            row: row.clone(),
+            before: before[i].map(|k| (rows[k].val_bpb, rows[k].extra.as_ref().map(|e| e.run))),
+        })
+        .collect()
 }
 
 /// The gain line: the value before and after, the difference, and the difference in sd where one is known.

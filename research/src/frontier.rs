@@ -12,48 +12,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::metric::Goal;
-use crate::results::{self, Row};
 use crate::state::Best;
 
 /// The weight of the visit term against the value term (which spans 0 to 1).
 pub const EXPLORATION: f64 = 0.5;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Search {
-    /// Each experiment starts from the session's best and is judged against it.
-    #[default]
-    Greedy,
-    /// Each experiment starts from a node of the frontier and is judged against it.
-    Frontier,
-}
-
-impl Search {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Search::Greedy => "greedy",
-            Search::Frontier => "frontier",
-        }
-    }
-}
-
-impl std::str::FromStr for Search {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> anyhow::Result<Search> {
-        match s {
-            "greedy" => Ok(Search::Greedy),
-            "frontier" => Ok(Search::Frontier),
-            _ => anyhow::bail!("unknown search {s:?}: use `greedy` or `frontier`"),
-        }
-    }
-}
-
-impl std::fmt::Display for Search {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A kept experiment of a frontier session: where later experiments may start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,21 +48,6 @@ pub fn choose(nodes: &[Node], taken: &[u64], goal: Goal) -> Option<usize> {
             .then_with(|| goal.gain(a.at.val_bpb, b.at.val_bpb).total_cmp(&0.0))
             .then_with(|| b.at.run.cmp(&a.at.run))
     })
-}
-
-/// The kept experiments from the baseline to run `run` (each started from the one before), oldest first, by
-/// results.tsv's parent column: a node's lineage, which the session branch holds for the best node.
-pub fn lineage(rows: &[Row], run: u64) -> Vec<&Row> {
-    let mut chain = Vec::new();
-    let mut next = Some(run);
-    // A parent is an earlier run (kept before its child started): the walk ends, also in a damaged file.
-    while let Some(row) = next.and_then(|r| results::experiment_row(rows, r)) {
-        let run = row.extra.as_ref().map(|e| e.run);
-        next = row.extra.as_ref().and_then(|e| e.parent).filter(|p| Some(*p) < run);
-        chain.push(row);
-    }
-    chain.reverse();
-    chain
 }
 
 #[cfg(test)]

@@ -44,8 +44,8 @@ pub mod training;
 pub mod worker;
 
 // results.tsv's format, the session's file names and the summaries, which the dashboard reads without the loop;
-// named here so that the loop's modules say `crate::results`, `crate::files`, `crate::report`.
-use autoresearch_report::{files, metric, report, results};
+// named here so that the loop's modules say `crate::results`, `crate::files`, `crate::report`, `crate::tree`.
+use autoresearch_report::{files, metric, report, results, tree};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -17,10 +17,10 @@ use crate::agent::{worker_loop, LoopOptions, LoopReport};
 use crate::backend::WorkerSetup;
 use crate::experiment::{describe, remeasure_if_needed, run_experiment, train_rerun, ExperimentOptions};
 use crate::files::WORKER_BIN;
-use crate::frontier::Search;
 use crate::results::Status;
 use crate::session::{journals, Session};
 use crate::trainer::Trainer;
+use crate::tree::Search;
 use crate::worker::heading;
 use crate::Worker;
 

@@ -17,13 +17,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::files::*;
-use crate::frontier::{choose, Node, Search};
+use crate::frontier::{choose, Node};
 use crate::git::Git;
 use crate::project::{Project, PROJECT_FILE};
 use crate::results;
 use crate::state::{Best, Journal, Settings, State};
 use crate::trainer::DeviceChoice;
 use crate::training::TrainingOutcome;
+use crate::tree::Search;
 use crate::{locked, RunMeta};
 
 pub struct Session {

@@ -12,10 +12,11 @@ use serde::{Deserialize, Serialize};
 use autoresearch_report::journal::read_journal;
 
 use crate::files::{JOURNAL_FILE, STATE_FILE};
-use crate::frontier::{Node, Search};
+use crate::frontier::Node;
 use crate::metric::Metric;
 use crate::process::Recorded;
 use crate::trainer::DeviceChoice;
+use crate::tree::Search;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Best {

@@ -15,13 +15,13 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use crate::files::*;
-use crate::frontier::Search;
 use crate::git::Git;
 use crate::process::{self, Recorded, Role};
 use crate::project::{Snapshot, SNAPSHOT_DIR};
 use crate::results::{self, Status};
 use crate::session::Session;
 use crate::state::{Best, InProgress, Journal};
+use crate::tree::Search;
 use crate::{now_utc, slurm, RunMeta};
 
 pub struct Worker {

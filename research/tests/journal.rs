@@ -61,7 +61,7 @@ fn the_loops_journals_and_run_folders_read_as_the_dashboard_reads_them() {
     session_state().save(&state_dir).unwrap();
     assert_eq!(
         Settings::load(&state_dir).unwrap(),
-        Settings { profile: "small".into(), time_budget: 60.0, metric: Default::default() }
+        Settings { profile: "small".into(), time_budget: 60.0, metric: Default::default(), search: Default::default() }
     );
     journal(Some(7), vec![stranger.clone(), me.clone()]).save(&state_dir).unwrap();
     let worker = state_dir.join("workers/2");

@@ -9,12 +9,12 @@ use std::time::Instant;
 use super::train::{rerun, train, Journaled};
 use super::{seed_list, Decision, ExperimentOptions, Started};
 use crate::files::{handover_dir, CHECKS_LOG, RUN_LOG};
-use crate::frontier::Search;
 use crate::project_training::{run_checks, Checked, Place};
 use crate::results::Status;
 use crate::rules::{mean_std, seed_blind, Rule};
 use crate::state::SEED;
 use crate::trainer::Trainer;
+use crate::tree::Search;
 use crate::Worker;
 
 /// Trains with the first seed and, where the rule asks, more; decides. None when interrupted.

@@ -7,9 +7,9 @@ use anyhow::{bail, Context, Result};
 
 use super::{Decision, ExperimentOptions, Outcome, Started};
 use crate::files::{handover_dir, is_handover_dir};
-use crate::frontier::Search;
 use crate::results::{self, Extra, Row, Status};
 use crate::state::{Best, SEED};
+use crate::tree::Search;
 use crate::{RunMeta, Worker};
 
 /// Our columns of a row of `run`, which started from the worker's reference commit (the kept run it names).

@@ -9,12 +9,12 @@ use anyhow::{bail, Result};
 use super::record::{interrupted, record};
 use super::train::rerun;
 use super::{build, describe, seed_list, Decision, ExperimentOptions, Started};
-use crate::frontier::Search;
 use crate::results::{self, Row, Status};
 use crate::rules::{noise_for, NoiseEstimate, Rule, BASELINE_SEEDS};
 use crate::state::{Best, InProgress, SEED};
 use crate::trainer::Trainer;
 use crate::training::{tail, TAIL_LINES};
+use crate::tree::Search;
 use crate::{now_utc, RunMeta, Worker};
 
 /// The re-measure of the best that the rule may need before the next experiment (see [`remeasure_best`]);
