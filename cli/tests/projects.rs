@@ -697,6 +697,13 @@ fn a_frontier_search_of_two_workers_judges_each_experiment_against_the_node_it_s
     let export = p.ok(&["export"]);
     assert!(export.contains("2 patches") && export.contains("score 5") && export.contains("score 4"), "{export}");
     assert!(!export.contains("score 8") && !export.contains("score 6"), "{export}");
+    // `report`: the best node (not the last keep), its lineage, and what was tried from each node.
+    let report = p.ok(&["report"]);
+    let lineage = report.split("the best's lineage, root first:\n").nth(1).unwrap_or_default();
+    let lineage: Vec<&str> = lineage.lines().skip(1).take_while(|l| !l.is_empty()).collect();
+    assert_eq!(lineage.len(), 3, "baseline, score 5, score 4: {report}");
+    assert!(lineage[0].ends_with("baseline") && lineage[2].ends_with("score 4"), "{report}");
+    assert!(report.contains("search: frontier") && report.contains("best:     4.004200"), "{report}");
 }
 
 /// `--search frontier` stored by `init` with one worker (in a worktree: the repository's tree stays on the best):

@@ -62,7 +62,8 @@ pub struct Report {
     pub file: String,
     /// What the values are, and which way is better.
     pub metric: Metric,
-    /// How the session searched: greedy, or from a frontier of kept nodes.
+    /// How the session searched: greedy, or from a frontier of kept nodes (left out of the JSON for greedy).
+    #[serde(skip_serializing_if = "is_greedy")]
     pub search: Search,
     pub rows: usize,
     pub skipped: Vec<Skipped>,
@@ -75,9 +76,11 @@ pub struct Report {
     /// The session's best: greedy, the last kept row (each keep beat the one before, or re-measured it);
     /// frontier, the best node (at its latest kept row).
     pub best: Option<Point>,
-    /// The best's lineage, root first: each row the one after it started from.
+    /// Frontier sessions (empty for greedy ones, whose tree is one path: the kept rows): the best's lineage, root
+    /// first, each row the one after it started from; and what was tried from each node.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub best_path: Vec<Point>,
-    /// What was tried from each node (frontier sessions; empty for greedy ones, whose tree is one path).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeTries>,
     /// The best's gain over the baseline, by the metric's goal (positive when better), and that in % of the
     /// baseline's size (None where the baseline is 0).
@@ -93,6 +96,10 @@ pub struct Report {
     pub noise: Vec<NoiseEstimate>,
     /// One lane per worker, for a session run by several (empty otherwise).
     pub workers: Vec<Lane>,
+}
+
+fn is_greedy(search: &Search) -> bool {
+    *search == Search::Greedy
 }
 
 /// A node of a frontier session: its kept row and the experiments started from it.
@@ -237,11 +244,10 @@ pub fn build_from(
     let kept: Vec<Point> =
         experiments(rows).filter(|(_, r)| r.status == Status::Keep).map(|(i, r)| point(i, r)).collect();
     let path_rows = tree::best_path(rows, search, metric.goal);
-    let best_path: Vec<Point> = path_rows.iter().map(|&i| point(i, &rows[i])).collect();
-    let best = best_path.last().cloned();
-    let nodes = match search {
-        Search::Greedy => Vec::new(),
-        Search::Frontier => node_tries(rows, &path_rows),
+    let best = path_rows.last().map(|&i| point(i, &rows[i]));
+    let (best_path, nodes) = match search {
+        Search::Greedy => (Vec::new(), Vec::new()),
+        Search::Frontier => (path_rows.iter().map(|&i| point(i, &rows[i])).collect(), node_tries(rows, &path_rows)),
     };
     let improvement = baseline.as_ref().zip(best.as_ref()).map(|(b, k)| metric.goal.gain(k.val_bpb, b.val_bpb));
     let improvement_percent = improvement
