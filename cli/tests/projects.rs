@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use autoresearch_report::metric::Goal;
 use autoresearch_report::results::{self, Row, Status};
 use autoresearch_research::process::{alive, Role};
-use autoresearch_research::state::{Journal, State};
+use autoresearch_research::state::{InProgress, Journal, State};
 use autoresearch_research::RunMeta;
 
 #[path = "support/cluster.rs"]
@@ -666,7 +666,7 @@ fn a_frontier_search_of_two_workers_judges_each_experiment_against_the_node_it_s
     assert_eq!((baseline.status, parent(&baseline)), (Status::Keep, None));
     assert_eq!((five.status, parent(&five)), (Status::Keep, Some(1)), "{five:?}");
     assert_eq!((eight.status, parent(&eight)), (Status::Keep, Some(1)), "{eight:?}");
-    assert!(reason(&eight).contains("over best 10.004200 (run 1)"), "judged against its parent: {eight:?}");
+    assert!(reason(&eight).contains("over node 10.004200 (run 1)"), "judged against its parent: {eight:?}");
     let rows = p.experiments();
     let index = |d: &str| rows.iter().position(|r| r.description == d).unwrap();
     assert!(index("score 5") < index("score 8"), "5 was the best when 8 was kept: {rows:?}");
@@ -762,5 +762,27 @@ fn a_frontier_search_of_one_worker_survives_a_kill_9_and_re_measures_a_node() {
     let state = p.state();
     assert!(state.nodes.iter().all(|n| n.at.run != run_of(&five)), "the re-measure replaced its node");
     assert_eq!(state.nodes.iter().find(|n| n.at.run == run_of(&remeasure)).unwrap().at.seeds, [42, 43]);
+    p.assert_consistent_tree();
+
+    // A kill -9 just after "score 3"'s row was written, before it joined the frontier: what that process left
+    // (the node missing, the branch on the best before, the worker's journal naming the experiment and its node).
+    let mut before = state.clone();
+    let node = before.nodes.pop().unwrap();
+    assert_eq!(node.at.run, run_of(&three));
+    let parent = before.nodes.iter().find(|n| Some(n.at.run) == node.parent).unwrap().at.clone();
+    before.best = Some(parent.clone());
+    before.save(&p.repo.join(".autoresearch")).unwrap();
+    git(&p.repo, &["reset", "--quiet", "--hard", &parent.commit]);
+    let journal = Journal {
+        best: Some(parent),
+        in_progress: Some(InProgress { run: node.at.run, commit: Some(node.at.commit.clone()), seeds: vec![42, 43] }),
+        ..Default::default()
+    };
+    journal.save(&journal_dir).unwrap();
+    let out = p.ok(&["loop", "--agent", "false", "--max-experiments", "0"]);
+    let finished = format!("recovered: run {} was recorded (keep) before the last process stopped", node.at.run);
+    assert!(out.contains(&finished), "{out}");
+    assert_eq!(p.state().nodes, state.nodes, "the node joined once, as it would have");
+    assert_eq!(p.state().best, state.best);
     p.assert_consistent_tree();
 }

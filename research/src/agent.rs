@@ -74,7 +74,7 @@ pub fn worker_loop(
             session.release();
         }
         // Between its experiments a worker first trains the confirmation reruns other workers offered.
-        while let Some(task) = session.take_rerun() {
+        while let Some(task) = session.take_rerun(worker.number) {
             train_rerun(worker, trainer, task, &opts.experiment);
         }
         let all_taken = !session.claim(opts.max_experiments);

@@ -163,7 +163,7 @@ fn remeasure_side_by_side(
             let remeasuring = &remeasuring;
             scope.spawn(move || {
                 while remeasuring.load(Ordering::SeqCst) {
-                    match session.take_rerun() {
+                    match session.take_rerun(worker.number) {
                         Some(task) => train_rerun(worker, trainer, task, opts),
                         None => std::thread::sleep(Duration::from_millis(50)),
                     }

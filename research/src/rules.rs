@@ -122,15 +122,17 @@ impl Decider {
         }
     }
 
-    /// The final verdict on a value (a single result, or the mean of a confirmed one) and its reason.
-    pub fn verdict(&self, value: f64, best: f64, best_run: u64) -> (bool, String) {
+    /// The final verdict on a value (a single result, or the mean of a confirmed one) against the `best` of run
+    /// `best_run` (`what` it is: the session's best, or under the frontier search the node it started from) and
+    /// its reason.
+    pub fn verdict(&self, value: f64, best: f64, best_run: u64, what: &str) -> (bool, String) {
         let gain = self.goal.gain(value, best);
         let keep = if self.margin > 0.0 { gain > self.margin } else { gain > 0.0 };
         let cmp = if keep { ">" } else { "≤" };
         let reason = if self.margin > 0.0 {
-            format!("gain {gain:.6} over best {best:.6} (run {best_run}) {cmp} margin {:.6}", self.margin)
+            format!("gain {gain:.6} over {what} {best:.6} (run {best_run}) {cmp} margin {:.6}", self.margin)
         } else {
-            format!("gain {gain:.6} over best {best:.6} (run {best_run}) {cmp} 0")
+            format!("gain {gain:.6} over {what} {best:.6} (run {best_run}) {cmp} 0")
         };
         (keep, reason)
     }
@@ -149,8 +151,8 @@ mod tests {
         assert!((noise.std - 0.1).abs() < 1e-12 && (noise.mean - 1.1).abs() < 1e-12);
         let d = Decider::new(Rule::Margin { z: 2.0 }, Goal::Lower, Some(&noise), None).unwrap();
         assert!((d.margin - 0.2).abs() < 1e-12);
-        assert!(!d.verdict(0.9, 1.0, 1).0, "a gain of 0.1 is within 2σ = 0.2");
-        assert!(d.verdict(0.7, 1.0, 1).0);
+        assert!(!d.verdict(0.9, 1.0, 1, "best").0, "a gain of 0.1 is within 2σ = 0.2");
+        assert!(d.verdict(0.7, 1.0, 1, "best").0);
         let awaiting = Decider::new(Rule::Margin { z: 2.0 }, Goal::Lower, None, None).unwrap();
         assert!(awaiting.awaiting_noise && awaiting.label.contains("σ not measured yet"), "{}", awaiting.label);
         let dir = tempfile::tempdir().unwrap();
@@ -163,12 +165,16 @@ mod tests {
         let d = Decider::new(Rule::Margin { z: 2.0 }, Goal::Lower, Some(&noise), Some(0.05)).unwrap();
         assert_eq!(d.margin, 0.05, "--min-delta wins");
         let lower = Decider::new(Rule::Lower, Goal::Lower, None, None).unwrap();
-        assert!(lower.verdict(0.999, 1.0, 1).0 && !lower.verdict(1.0, 1.0, 1).0);
+        assert!(lower.verdict(0.999, 1.0, 1, "best").0 && !lower.verdict(1.0, 1.0, 1, "best").0);
         // Where higher is better (accuracy), a gain is a rise.
         let higher = Decider::new(Rule::Margin { z: 2.0 }, Goal::Higher, Some(&noise), None).unwrap();
-        assert!(higher.verdict(1.3, 1.0, 1).0 && !higher.verdict(1.1, 1.0, 1).0 && !higher.verdict(0.7, 1.0, 1).0);
+        assert!(
+            higher.verdict(1.3, 1.0, 1, "best").0
+                && !higher.verdict(1.1, 1.0, 1, "best").0
+                && !higher.verdict(0.7, 1.0, 1, "best").0
+        );
         assert!(higher.promising(1.3, 1.0) && !higher.promising(0.7, 1.0));
-        let (_, why) = higher.verdict(1.3, 1.0, 1);
+        let (_, why) = higher.verdict(1.3, 1.0, 1, "best");
         assert!(why.starts_with("gain 0.300000 over best 1.000000"), "{why}");
     }
 }

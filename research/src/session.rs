@@ -406,9 +406,12 @@ impl Session {
             .collect()
     }
 
-    /// The oldest rerun that no worker has taken yet.
-    pub fn take_rerun(&self) -> Option<RerunTask> {
-        locked(&self.reruns).pop_front()
+    /// The oldest rerun that no worker has taken yet and worker `taker` may train: a project's training runs in
+    /// the tree of the worker that trains it, which holds the candidate only where it is the candidate's own.
+    pub fn take_rerun(&self, taker: usize) -> Option<RerunTask> {
+        let mut queue = locked(&self.reruns);
+        let i = queue.iter().position(|t| self.project.commands.is_none() || t.owner == taker)?;
+        queue.remove(i)
     }
 
     /// Withdraws the reruns of `run` that no worker has taken yet (an earlier seed of it crashed); their slots

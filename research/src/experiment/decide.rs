@@ -49,9 +49,9 @@ pub(super) fn train_and_decide(
     };
     // Judged against the session's best as it is now (another worker may have kept one meanwhile), or under the
     // frontier search against the node it started from.
-    let best = match worker.session.settings.search {
-        Search::Greedy => worker.session.best(),
-        Search::Frontier => worker.journal.best.clone(),
+    let (best, what) = match worker.session.settings.search {
+        Search::Greedy => (worker.session.best(), "best"),
+        Search::Frontier => (worker.journal.best.clone(), "node"),
     };
     let mut decision = Decision {
         status: Status::Discard,
@@ -65,7 +65,7 @@ pub(super) fn train_and_decide(
     };
     if let Some(b) = &best {
         if !opts.decider.promising(measured.value, b.val_bpb) {
-            decision.reason = opts.decider.verdict(measured.value, b.val_bpb, b.run).1;
+            decision.reason = opts.decider.verdict(measured.value, b.val_bpb, b.run, what).1;
             return Ok(Some(decision));
         }
     }
@@ -100,7 +100,7 @@ pub(super) fn train_and_decide(
     (decision.status, decision.reason) = match &best {
         None => (Status::Keep, spread + "first result: the baseline"),
         Some(b) => {
-            let (keep, why) = opts.decider.verdict(value, b.val_bpb, b.run);
+            let (keep, why) = opts.decider.verdict(value, b.val_bpb, b.run, what);
             (if keep { Status::Keep } else { Status::Discard }, spread + &why)
         }
     };

@@ -44,7 +44,7 @@ pub(super) fn record(
     if let (true, Some(now), Some(value), Status::Keep) = (greedy, shared.best.clone(), decision.value, decision.status)
     {
         if decision.against != Some(now.run) {
-            let (keep, why) = opts.decider.verdict(value, now.val_bpb, now.run);
+            let (keep, why) = opts.decider.verdict(value, now.val_bpb, now.run, "best");
             if !keep {
                 decision.status = Status::Discard;
                 decision.reason = format!("{}; meanwhile run {} was kept: {why}", decision.reason, now.run);

@@ -137,7 +137,7 @@ pub(super) fn rerun(
     let slots = session.offer(worker.number, run, seeds, &dir, &trainer.binary());
     // Work the queue (these reruns, or another worker's) until every one of these has its result.
     while let Some((_, waiting)) = slots.iter().find(|(_, s)| !s.is_filled()) {
-        match session.take_rerun() {
+        match session.take_rerun(worker.number) {
             Some(task) => train_rerun(worker, trainer, task, opts),
             None => waiting.wait(Duration::from_millis(50)),
         }
