@@ -59,7 +59,7 @@ fn bad_rows_are_named_and_skipped_and_the_original_format_reads() {
     assert!(text.contains("results.tsv: 3 rows"), "{text}");
     assert!(text.contains("skipped line 4: val_bpb \"fast\" is not a number"), "{text}");
     assert!(text.contains("skipped line 5: unknown status \"kept\""), "{text}");
-    assert!(text.contains("skipped line 6: 3 columns, expected 5, 11 or 12"), "{text}");
+    assert!(text.contains("skipped line 6: 3 columns, expected 5, 11, 12 or 13"), "{text}");
     assert!(stderr.contains("line 4") && stderr.contains("(skipped)"));
     assert!(text.contains("improvement: 0.004900 (0.49%)"), "{text}");
     assert!(dir.path().join("p.png").metadata().unwrap().len() > 0);
