@@ -23,7 +23,7 @@ colours = {"greedy": "#d62728", "frontier": "#1f77b4"}
 
 width, height, margin = 320, 260, 50
 out = [
-    f'<svg xmlns="http://www.w3.org/2000/svg" width="{width * len(workers) + margin}" height="{height + 2 * margin}" '
+    f'<svg xmlns="http://www.w3.org/2000/svg" width="{width * len(workers) + margin}" height="{height + 2 * margin + 30}" '
     'font-family="sans-serif" font-size="12">',
     '<rect width="100%" height="100%" fill="white"/>',
 ]
@@ -62,9 +62,9 @@ for p, w in enumerate(workers):
         out.append(f'<polyline points="{line}" fill="none" stroke="{colours.get(s, "#555")}" stroke-width="2"/>')
 for i, s in enumerate(searches):
     lx = margin + 10 + i * 220
-    out.append(f'<line x1="{lx}" x2="{lx + 24}" y1="{margin + height + 48}" y2="{margin + height + 48}" '
+    out.append(f'<line x1="{lx}" x2="{lx + 24}" y1="{margin + height + 62}" y2="{margin + height + 62}" '
                f'stroke="{colours.get(s, "#555")}" stroke-width="2"/>')
-    out.append(f'<text x="{lx + 30}" y="{margin + height + 52}">{s}: median best (band: quartiles)</text>')
+    out.append(f'<text x="{lx + 30}" y="{margin + height + 66}">{s}: median best (band: quartiles)</text>')
 out.append(f'<text x="14" y="{margin + height / 2}" transform="rotate(-90 14 {margin + height / 2})" '
            'text-anchor="middle">true loss of the best</text>')
 out.append("</svg>")

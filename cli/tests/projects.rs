@@ -1,7 +1,8 @@
 //! Projects of the user's own (`autoresearch.toml`) end to end, with the real `autoresearch` binary and the
 //! examples in `examples/`: each copied into a repository of its own, driven by hand (`run`) and by a scripted
 //! agent (`loop`, one worker and two); then what a project can get wrong (its metric, its checks, its commands,
-//! its project file) and a `kill -9` mid-training. python3's standard library is all the examples need.
+//! its project file) and a `kill -9` mid-training; last, the frontier search (`--search frontier`) on a project
+//! whose score its training script states. python3's standard library is all the examples need.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
