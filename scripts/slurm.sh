@@ -3,6 +3,7 @@
 #
 #   scripts/slurm.sh start DIR    installs Debian's slurmctld, slurmd, slurm-client and munge if missing (as root
 #                                 or with sudo), then starts munged, slurmctld and slurmd with their files in DIR
+#                                 (munge's in a folder of its own in /tmp: it needs every folder above traversable)
 #                                 and waits for an idle node; prints the SLURM_CONF to export
 #   scripts/slurm.sh stop DIR     cancels every job, stops the daemons and removes DIR
 #   scripts/slurm.sh install      only the installation (exits non-zero, saying why, where it cannot)
@@ -57,9 +58,13 @@ start() {
     install
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
-    # munged refuses a socket folder that others cannot traverse.
-    chmod 755 "$dir"
-    mkdir -m 755 -p "$dir/munge" "$dir/state" "$dir/spool" "$dir/log"
+    mkdir -p "$dir/state" "$dir/spool" "$dir/log"
+    # munged refuses a socket whose folders others cannot traverse, all the way up: its files go to a folder of
+    # their own in /tmp, so that DIR may lie in a private folder (a clone in a `mktemp -d` one, say).
+    local munge
+    munge=$(mktemp -d /tmp/autoresearch-munge.XXXXXX)
+    chmod 755 "$munge"
+    echo "$munge" > "$dir/munge.dir"
     local host cpus memory
     host=$(hostname -s)
     cpus=$(nproc)
@@ -69,7 +74,7 @@ ClusterName=autoresearch
 SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$(free_port)
 SlurmdPort=$(free_port)
-AuthInfo=socket=$dir/munge/munge.socket.2
+AuthInfo=socket=$munge/munge.socket.2
 SlurmUser=$(id -un)
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
@@ -88,9 +93,9 @@ ReturnToService=2
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
-    mungekey --create --keyfile="$dir/munge/munge.key" >/dev/null 2>&1 || mungekey -c -k "$dir/munge/munge.key"
-    munged --socket="$dir/munge/munge.socket.2" --key-file="$dir/munge/munge.key" \
-        --pid-file="$dir/munge/munged.pid" --log-file="$dir/log/munged.log" --seed-file="$dir/munge/munged.seed"
+    mungekey --create --keyfile="$munge/munge.key" >/dev/null 2>&1 || mungekey -c -k "$munge/munge.key"
+    munged --socket="$munge/munge.socket.2" --key-file="$munge/munge.key" \
+        --pid-file="$munge/munged.pid" --log-file="$dir/log/munged.log" --seed-file="$munge/munged.seed"
     start_ctld "$dir"
     SLURM_CONF=$dir/slurm.conf slurmd -D >> "$dir/log/slurmd.out" 2>&1 &
     echo $! > "$dir/slurmd.daemon"
@@ -123,7 +128,12 @@ stop() {
     done
     stop_pid "$dir/slurmd.daemon"
     stop_pid "$dir/slurmctld.daemon"
-    stop_pid "$dir/munge/munged.pid"
+    local munge
+    munge=$(cat "$dir/munge.dir" 2>/dev/null || true)
+    if [[ -n $munge ]]; then
+        stop_pid "$munge/munged.pid"
+        rm -rf "$munge"
+    fi
     rm -rf "$dir"
 }
 
