@@ -61,7 +61,7 @@ for p, w in enumerate(workers):
         line = " ".join(f"{x(e):.1f},{y(m):.1f}" for e, m, _, _ in points)
         out.append(f'<polyline points="{line}" fill="none" stroke="{colours.get(s, "#555")}" stroke-width="2"/>')
 for i, s in enumerate(searches):
-    lx = margin + 10 + i * 220
+    lx = margin + 10 + i * 300
     out.append(f'<line x1="{lx}" x2="{lx + 24}" y1="{margin + height + 62}" y2="{margin + height + 62}" '
                f'stroke="{colours.get(s, "#555")}" stroke-width="2"/>')
     out.append(f'<text x="{lx + 30}" y="{margin + height + 66}">{s}: median best (band: quartiles)</text>')
