@@ -705,6 +705,14 @@ fn a_frontier_search_of_two_workers_judges_each_experiment_against_the_node_it_s
     assert_eq!(lineage.len(), 3, "baseline, score 5, score 4: {report}");
     assert!(lineage[0].ends_with("baseline") && lineage[2].ends_with("score 4"), "{report}");
     assert!(report.contains("search: frontier") && report.contains("best:     4.004200"), "{report}");
+    // A later loop: a worker's tree rests on the node its last experiment joined, not on the best; that is no
+    // change of its own to set aside.
+    let agent = p.agent(1, &[("score 3", &score_step(3, None))]);
+    p.agent(2, &[("score 9", &score_step(9, None))]);
+    let out = p.ok(&["loop", "--agent", &agent, "--workers", "2", "--max-experiments", "2"]);
+    assert!(!out.contains("set aside"), "{out}");
+    assert_eq!(p.row("score 3").status, Status::Keep, "{out}");
+    p.assert_consistent_tree();
 }
 
 /// `--search frontier` stored by `init` with one worker (in a worktree: the repository's tree stays on the best):

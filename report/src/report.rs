@@ -295,9 +295,11 @@ pub fn build_from(
     }
 }
 
-/// Each node (a kept experiment's first row; a re-measure is the same node) with what was started from it.
+/// Each node (a kept commit, listed at its first row; a re-measure is the same node, whose latest kept row gives
+/// the node's run and value) with what was started from it.
 fn node_tries(rows: &[Row], best_path: &[usize]) -> Vec<NodeTries> {
     let parents = tree::parent_rows(rows);
+    let latest = |commit: &str| rows.iter().rev().find(|r| r.status == Status::Keep && r.commit == commit);
     let on_path: Vec<&str> = best_path.iter().map(|&i| rows[i].commit.as_str()).collect();
     let mut nodes: Vec<NodeTries> = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
@@ -310,10 +312,11 @@ fn node_tries(rows: &[Row], best_path: &[usize]) -> Vec<NodeTries> {
             .filter(|(j, _)| parents[*j].is_some_and(|p| rows[p].commit == r.commit))
             .map(|(_, c)| c)
             .collect();
+        let now = latest(&r.commit).unwrap_or(r);
         nodes.push(NodeTries {
             row: i + 1,
-            run: r.extra.as_ref().map(|e| e.run),
-            val_bpb: r.val_bpb,
+            run: now.extra.as_ref().map(|e| e.run),
+            val_bpb: now.val_bpb,
             tried: children.len(),
             kept: children.iter().filter(|c| c.status == Status::Keep && c.commit != r.commit).count(),
             on_best_path: on_path.contains(&r.commit.as_str()),

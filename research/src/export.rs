@@ -58,13 +58,23 @@ pub fn kept(rows: &[Row]) -> Vec<Kept> {
 }
 
 /// The gain line: the value before and after, the difference, and the difference in sd where one is known.
-pub fn gain_text(metric: &Metric, before: Option<(f64, Option<u64>)>, after: f64, sd: Option<f64>) -> String {
+pub fn gain_text(
+    metric: &Metric,
+    search: Search,
+    before: Option<(f64, Option<u64>)>,
+    after: f64,
+    sd: Option<f64>,
+) -> String {
     let name = &metric.name;
     let Some((before, run)) = before else {
         return format!("{name} {after:.6}: the session's first result, nothing before it to compare with");
     };
     let diff = after - before;
-    let against = run.map_or_else(String::new, |r| format!(" (the best after run {r})"));
+    let against = match (run, search) {
+        (None, _) => String::new(),
+        (Some(r), Search::Greedy) => format!(" (the best after run {r})"),
+        (Some(r), Search::Frontier) => format!(" (its parent, run {r})"),
+    };
     let gain = metric.goal.gain(after, before);
     let in_sd = sd.filter(|&s| s > 0.0).map_or_else(String::new, |s| format!(", {:.1} sd", gain / s));
     format!("{name} {before:.6}{against} → {after:.6}: {diff:+.6}{in_sd} ({})", metric.goal.phrase())
@@ -127,7 +137,8 @@ pub fn message(
 ) -> String {
     let row = &kept.row;
     let (noise, sd) = noise_text(seeds, noise, settings);
-    let mut lines = vec![format!("gain: {}", gain_text(&settings.metric, kept.before, row.val_bpb, sd)), noise];
+    let mut lines =
+        vec![format!("gain: {}", gain_text(&settings.metric, settings.search, kept.before, row.val_bpb, sd)), noise];
     let session = format!("session {}, profile {}, {} s per run", settings.tag, settings.profile, settings.time_budget);
     match &row.extra {
         Some(e) => {
@@ -222,7 +233,7 @@ pub fn export(root: &Path, out: Option<&Path>, force: bool) -> Result<Exported> 
             let text = message(&kept, &seeds, noise.as_ref(), settings, &history);
             let date = meta.as_ref().map(|m| m.started.as_str()).filter(|d| !d.is_empty());
             tip = git.commit_tree(&tree(&commit)?, &tip, &text, date)?;
-            let gain = gain_text(&settings.metric, kept.before, kept.row.val_bpb, None);
+            let gain = gain_text(&settings.metric, settings.search, kept.before, kept.row.val_bpb, None);
             lines.push((Some(count), format!("{}: {description}: {gain}", kept.label())));
             count += 1;
             (previous, previous_run) = (commit, kept.run());
@@ -401,17 +412,21 @@ mod tests {
             ]
         );
         assert_eq!(
-            gain_text(&Metric::default(), kept[3].before, 0.93, Some(0.01)),
+            gain_text(&Metric::default(), Search::Greedy, kept[3].before, 0.93, Some(0.01)),
             "val_bpb 0.960000 (the best after run 4) → 0.930000: -0.030000, 3.0 sd (lower is better)"
         );
         assert_eq!(
-            gain_text(&Metric::default(), None, 0.93, None),
+            gain_text(&Metric::default(), Search::Greedy, None, 0.93, None),
             "val_bpb 0.930000: the session's first result, nothing before it to compare with"
+        );
+        assert_eq!(
+            gain_text(&Metric::default(), Search::Frontier, kept[3].before, 0.93, None),
+            "val_bpb 0.960000 (its parent, run 4) → 0.930000: -0.030000 (lower is better)"
         );
         // Where higher is better, a rise is the gain the sd counts.
         let accuracy = Metric { name: "accuracy".into(), goal: crate::metric::Goal::Higher };
         assert_eq!(
-            gain_text(&accuracy, Some((0.90, None)), 0.93, Some(0.01)),
+            gain_text(&accuracy, Search::Greedy, Some((0.90, None)), 0.93, Some(0.01)),
             "accuracy 0.900000 → 0.930000: +0.030000, 3.0 sd (higher is better)"
         );
     }

@@ -1,11 +1,12 @@
 //! `autoresearch loop`: a pool of workers, one by default. One worker works in the repository's own tree (under
-//! the frontier search, in a worktree); a pool of N > 1 gives each its own git worktree. Each worker makes one experiment at a time, all judged
-//! against the session's one best and recorded in its one results.tsv (see [`crate::session`]).
+//! the frontier search, in a worktree); a pool of N > 1 gives each its own git worktree. Each worker makes one
+//! experiment at a time, judged against the session's one best (under the frontier search, against the node it
+//! started from) and recorded in its one results.tsv (see [`crate::session`]).
 //!
 //! The pool first puts right what a killed one left (each worker's experiment is finished or undone, its
 //! processes or jobs stopped), runs the baseline if there is none yet (and the re-measure its rule may need:
-//! the baseline's seeds for `margin`, the best's for `confirm N`, trained by all workers at once), then runs the
-//! workers' loops side by side.
+//! the baseline's seeds for `margin`, the best's for `confirm N`, trained by all workers at once for the built-in
+//! training; a project's by the worker whose tree holds the commit), then runs the workers' loops side by side.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -192,10 +192,6 @@ impl Session {
         let dir = root.join(STATE_DIR);
         let mut state = State::load(&dir)?;
         let lock = lock(&dir)?;
-        if let Some(search) = search.filter(|s| *s != state.settings.search) {
-            state.settings.search = search;
-            state.save(&dir)?;
-        }
         let git = Git::new(root);
         let branch = git.branch()?;
         if branch != state.settings.branch {
@@ -212,6 +208,11 @@ impl Session {
         }
         results::repair(&results)?;
         let project = Project::at_commit(root, &state.settings.base)?;
+        // Only a session that opens switches its search.
+        if let Some(search) = search.filter(|s| *s != state.settings.search) {
+            state.settings.search = search;
+            state.save(&dir)?;
+        }
         Ok(Arc::new(Session {
             root: root.to_path_buf(),
             git,
@@ -270,15 +271,20 @@ impl Session {
     /// a re-measure of its parent (the same commit) takes the parent's place. The best node is the session's
     /// best, and the session branch is reset to it: the branch holds the best node's lineage.
     fn join(&self, state: &mut State, at: Best, parent: Option<u64>) -> Result<Best> {
-        self.seed_frontier(state);
+        self.seed_frontier(state)?;
         if let Some(node) = state.nodes.iter().find(|n| n.at.run == at.run) {
             return Ok(node.at.clone());
         }
         self.git.exec(&["update-ref", &self.node_ref(at.run), &at.commit])?;
-        let remeasured = state.nodes.iter().position(|n| Some(n.at.run) == parent && n.at.commit == at.commit);
+        // A re-measure: the node of the same commit, whichever of its runs the worker started from.
+        let remeasured = state.nodes.iter().position(|n| n.at.commit == at.commit);
         let (parent, tries) = match remeasured {
             Some(i) => {
                 let old = state.nodes.remove(i);
+                // Workers starting from the node start from its re-measure: it stays taken.
+                for start in locked(&self.starts).values_mut().filter(|r| **r == old.at.run) {
+                    *start = at.run;
+                }
                 (old.parent, old.tries)
             }
             None => (parent, 0),
@@ -302,11 +308,19 @@ impl Session {
         Ok(at)
     }
 
-    /// A session whose best was kept before it searched the frontier starts its frontier there.
-    fn seed_frontier(&self, state: &mut State) {
-        if let (true, Some(best)) = (state.nodes.is_empty(), state.best.clone()) {
+    /// A best kept while the session searched greedily (before it searched the frontier, or between two
+    /// frontier loops) joins the frontier, with a ref for its commit.
+    fn seed_frontier(&self, state: &mut State) -> Result<()> {
+        if let Some(best) = state.best.clone().filter(|b| !state.nodes.iter().any(|n| n.at.commit == b.commit)) {
+            self.git.exec(&["update-ref", &self.node_ref(best.run), &best.commit])?;
             state.nodes.push(Node { at: best, parent: None, tries: 0 });
         }
+        Ok(())
+    }
+
+    /// The frontier's node whose commit is `commit`, if there is one.
+    pub fn node_at(&self, commit: &str) -> Option<Best> {
+        self.state().nodes.iter().find(|n| n.at.commit == commit).map(|n| n.at.clone())
     }
 
     /// The git ref that keeps a node's commit while the session branch holds another node's lineage.
@@ -318,7 +332,7 @@ impl Session {
     /// other worker starts from while there is one), its tries counted; None before the baseline.
     pub fn start_node(&self, worker: usize) -> Result<Option<Best>> {
         let mut state = self.state();
-        self.seed_frontier(&mut state);
+        self.seed_frontier(&mut state)?;
         let mut starts = locked(&self.starts);
         let taken: Vec<u64> = starts.iter().filter(|(w, _)| **w != worker).map(|(_, run)| *run).collect();
         let Some(i) = choose(&state.nodes, &taken, self.settings.metric.goal) else { return Ok(None) };

@@ -81,7 +81,8 @@ pub struct State {
     /// Under the frontier search, the best node; else the best kept experiment.
     pub best: Option<Best>,
     pub next_run: u64,
-    /// The frontier search's nodes: every kept experiment that no re-measure replaced, oldest first.
+    /// The frontier search's nodes: every kept experiment that no re-measure replaced, in the order they joined (a
+    /// re-measure joins in its node's place at the end).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<Node>,
 }

@@ -63,7 +63,12 @@ impl Worker {
     fn start(session: &Arc<Session>, number: usize, root: PathBuf, own: PathBuf, journal: Journal) -> Result<Worker> {
         let mut w = Worker { session: session.clone(), number, git: Git::new(&root), root, own, journal };
         if w.journal.in_progress.is_none() {
-            w.journal.best = session.best();
+            // What the tree's files are measured against: under the frontier search a worktree rests on the node
+            // its last experiment started from (or joined), which need not be the best.
+            w.journal.best = match session.settings.search {
+                Search::Frontier => session.node_at(&w.git.head()?).or_else(|| session.best()),
+                Search::Greedy => session.best(),
+            };
         }
         w.save_journal()?;
         if let Some(msg) = w.recover()? {

@@ -48,12 +48,19 @@ pub fn remeasure_if_needed(worker: &mut Worker, trainer: &Trainer, opts: &Experi
 /// re-measure is a run of its own: a keep row of the best's commit with the mean over all its seeds, which
 /// becomes the best. A change waiting in the tree is put aside meanwhile and comes back after. Whether it ran.
 fn remeasure_best(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentOptions, n: usize) -> Result<bool> {
-    // Under the frontier search the node the experiment starts from: it is judged against that.
-    let best = match worker.session.settings.search {
-        Search::Greedy => worker.session.best(),
-        Search::Frontier => worker.journal.best.clone(),
+    // Under the frontier search the node the experiment starts from (it is judged against that), as the frontier
+    // holds it now: another worker may have re-measured it since.
+    let (best, what) = match worker.session.settings.search {
+        Search::Greedy => (worker.session.best(), "the best"),
+        Search::Frontier => {
+            let start = worker.journal.best.as_ref().map(|b| worker.session.node_at(&b.commit).unwrap_or(b.clone()));
+            (start, "the node")
+        }
     };
     let Some(best) = best else { return Ok(false) };
+    if worker.session.settings.search == Search::Frontier {
+        worker.journal.best = Some(best.clone());
+    }
     let wanted: Vec<u64> = (0..=n as u64).map(|k| SEED + k).collect();
     let missing: Vec<u64> = wanted.iter().copied().filter(|s| !best.seeds.contains(s)).collect();
     if missing.is_empty() {
@@ -63,7 +70,7 @@ fn remeasure_best(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentOptio
     let rows = results::read(&worker.session.results)?.rows;
     let best_row = results::experiment_row(&rows, best.run).cloned();
     let description = format!(
-        "re-measure of the best (run {}) over seeds {}: {}",
+        "re-measure of {what} (run {}) over seeds {}: {}",
         best.run,
         seed_list(&wanted),
         best_row.as_ref().map_or("", |r| r.description.as_str())
