@@ -5,8 +5,8 @@
 //!
 //! The rule is UCB1 on the values scaled to the frontier's range: a node scores
 //! `closeness + C·sqrt(ln(1 + T) / (1 + tries))`, where `closeness` is 1 for the best node and 0 for the worst
-//! (`1 − gap/widest gap`, the gap being how far its value is behind the best's), `tries` the experiments started
-//! from it, `T` those started from any node, and `C` = [`EXPLORATION`]. A node no other worker is starting from
+//! (`1 − gap/widest gap`, the gap being how far its value is behind the best's), `tries` the times a worker started
+//! from it (an agent call each, also one that ended in no experiment), `T` those from any node, and `C` = [`EXPLORATION`]. A node no other worker is starting from
 //! comes first: two workers share a node only when every node is taken.
 
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ pub struct Node {
     pub at: Best,
     /// The node it started from (None for the baseline).
     pub parent: Option<u64>,
-    /// Experiments started from it so far.
+    /// Times a worker started from it so far (agent calls, also those that ended in no experiment).
     pub tries: u64,
 }
 
