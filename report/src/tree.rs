@@ -108,15 +108,24 @@ pub fn running_best(rows: &[Row], search: Search, goal: Goal) -> Vec<Option<f64>
 }
 
 /// The kept experiments from the baseline to run `run` (each started from the one before), oldest first, by
-/// results.tsv's parent column: a node's lineage, which the session branch holds for the best node.
+/// results.tsv's parent column: a node's lineage, which the session branch holds for the best node. A row that
+/// names no parent (the baseline, rows from before the column, a best kept under greedy) started from the keep
+/// before it.
 pub fn lineage(rows: &[Row], run: u64) -> Vec<&Row> {
+    let index_of = |r: u64| {
+        rows.iter().position(|row| row.status != Status::Rerun && row.extra.as_ref().is_some_and(|e| e.run == r))
+    };
     let mut chain = Vec::new();
-    let mut next = Some(run);
-    // A parent is an earlier run (kept before its child started): the walk ends, also in a damaged file.
-    while let Some(row) = next.and_then(|r| results::experiment_row(rows, r)) {
-        let run = row.extra.as_ref().map(|e| e.run);
-        next = row.extra.as_ref().and_then(|e| e.parent).filter(|p| Some(*p) < run);
+    let mut next = index_of(run);
+    while let Some(i) = next {
+        let row = &rows[i];
         chain.push(row);
+        let run = row.extra.as_ref().map(|e| e.run);
+        next = match row.extra.as_ref().and_then(|e| e.parent) {
+            // A parent is an earlier run (kept before its child started): the walk ends, also in a damaged file.
+            Some(p) => index_of(p).filter(|_| Some(p) < run),
+            None => rows[..i].iter().rposition(|r| r.status == Status::Keep),
+        };
     }
     chain.reverse();
     chain
@@ -260,6 +269,21 @@ mod tests {
         assert_eq!(best, [None, Some(1.0), Some(1.0), Some(0.95), Some(0.95), Some(0.95), Some(0.97)]);
         // As a frontier, the re-measure replaces the node's value too: 0.97 is still the best node's.
         assert_eq!(running_best(&rows, Search::Frontier, Goal::Lower)[6], Some(0.97));
+    }
+
+    #[test]
+    fn a_lineage_follows_the_parents_and_before_the_column_the_keeps() {
+        let rows = branching();
+        let runs = |chain: Vec<&Row>| chain.iter().map(|r| r.extra.as_ref().unwrap().run).collect::<Vec<_>>();
+        assert_eq!(runs(lineage(&rows, 5)), [1, 3, 5]);
+        assert_eq!(runs(lineage(&rows, 6)), [1, 2, 6]);
+        assert_eq!(runs(lineage(&rows, 9)), Vec::<u64>::new(), "no such run");
+        // Runs 1 to 3 from before the parent column (3 started from 2, the keep before it), then 5 from 3.
+        let mut old = branching();
+        for r in &mut old[..3] {
+            r.extra.as_mut().unwrap().parent = None;
+        }
+        assert_eq!(runs(lineage(&old, 5)), [1, 2, 3, 5]);
     }
 
     #[test]
