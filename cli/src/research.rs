@@ -183,6 +183,9 @@ pub struct LoopArgs {
 pub struct EvalArgs {
     /// The run whose checkpoint to evaluate [default: the latest run that has one]
     run: Option<u64>,
+    /// Audit it, as before a keep: 1,177 altered copies in the causality check (on the CPU)
+    #[arg(long)]
+    audit: bool,
 }
 
 #[derive(clap::Args)]
@@ -448,14 +451,18 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let rule = RuleArgs { rule: Some("lower".into()), z: 2.0, min_delta: None, timeout: None };
     let opts = options(&session, &rule, "eval".into(), interrupts, 1)?;
     let (trainer, _) = trainer(&session, &BackendArgs::default())?;
-    let (run, result) = evaluate_run(&mut worker, &trainer, args.run, &opts)?;
+    let (run, result) = evaluate_run(&mut worker, &trainer, args.run, &opts, args.audit)?;
     let recorded = session.read_meta(run).map_or("-".to_string(), |m| match m.val_bpb {
         Some(v) => format!("{} {v:.6}", m.status),
         None => format!("{}: {}", m.status, m.reason),
     });
     println!(
-        "run {run}: val_bpb {:.6} ({} eval tokens in {:.1} s on {}; recorded: {recorded})",
-        result.val_bpb, result.eval_tokens, result.seconds, result.device
+        "run {run}: val_bpb {:.6} ({} eval tokens{} in {:.1} s on {}; recorded: {recorded})",
+        result.val_bpb,
+        result.eval_tokens,
+        if args.audit { ", audited" } else { "" },
+        result.seconds,
+        result.device
     );
     Ok(())
 }

@@ -603,10 +603,14 @@ fn attacks_on_the_metric_are_not_kept() {
     let run = run_of(&row);
     assert!(s.repo.join(format!(".autoresearch/runs/{run}/seed-42/model.safetensors")).is_file());
     assert!(!s.repo.join(format!(".autoresearch/runs/{}/seed-42", run_of(&s.rows()[1]))).exists());
-    let out = s.run(&["eval"]);
+    // The keep was audited, and `eval --audit` audits it again, to the same value.
+    let audit = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{run}/audit-42.log"))).unwrap();
+    assert!(audit.contains("1177 altered copies") && audit.contains(&format!("val_bpb {:.6}", row.val_bpb)), "{audit}");
+    let out = s.run(&["eval", "--audit"]);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("run {run}: val_bpb {:.6}", row.val_bpb)), "{stdout}");
+    assert!(stdout.contains(&format!("run {run}: val_bpb {:.6} (", row.val_bpb)), "{stdout}");
+    assert!(stdout.contains(" eval tokens, audited in "), "{stdout}");
     s.assert_consistent();
 }
 
@@ -1156,7 +1160,8 @@ fn attacks_on_the_evaluation_are_not_kept() {
         )
     };
     let peek = "inputs.roll([-1], [1]).one_hot(self.config.vocab_size).to_kind(Kind::Float) * 20.0";
-    let caught = ["evaluation: non-causal: position ", "evaluation: the model changed while it was evaluated"];
+    // By the evaluation ("evaluation: …") or by the audit before a keep ("audit: …").
+    let caught = ["non-causal: position ", "the model changed while it was evaluated"];
     let keep = r#"        let tokens = Vec::<i64>::try_from(inputs.flatten(0, -1)).unwrap();
         let text = format!("LEAKED-INPUTS {:?}", &tokens[..8]);
         println!("{text}");
@@ -1214,6 +1219,40 @@ fn attacks_on_the_evaluation_are_not_kept() {
             &caught[..],
         ),
         (
+            // Escapes an evaluation's 42 altered copies about 6 times in 10 (at 3 of the 255 places a cut falls),
+            // an audit's 1,177 about once in a million.
+            "a leak at three positions of a row's 256",
+            model(&format!(
+                "        let column = Tensor::arange(inputs.size()[1], (Kind::Float, inputs.device()));
+        honest + {peek} * column.remainder(64.0).eq(63.0).to_kind(Kind::Float).view([1, -1, 1])"
+            )),
+            &caught[..],
+        ),
+        (
+            // The same leak, only where the evaluation began within 3 s of the checkpoint's save (the evaluation
+            // after the training, not the audit before a keep): the audit then measures another value.
+            "a leak at three positions, where the checkpoint is fresh",
+            model(&format!(
+                "        let fresh = || -> Option<bool> {{
+            let args: Vec<String> = std::env::args().collect();
+            let handover = args.get(args.iter().position(|a| a == \"--handover\")? + 1)?;
+            let saved = std::fs::metadata(format!(\"{{handover}}/model.safetensors\")).ok()?.modified().ok()?;
+            let parent = std::os::unix::process::parent_id();
+            let stat = std::fs::read_to_string(format!(\"/proc/{{parent}}/stat\")).ok()?;
+            let ticks: f64 = stat.rsplit(')').next()?.split_whitespace().nth(19)?.parse().ok()?;
+            let uptime = std::fs::read_to_string(\"/proc/uptime\").ok()?;
+            let began = uptime.split_whitespace().next()?.parse::<f64>().ok()? - ticks / 100.0;
+            Some(saved.elapsed().ok()?.as_secs_f64() - began < 3.0)
+        }};
+        if fresh() != Some(true) {{
+            return honest;
+        }}
+        let column = Tensor::arange(inputs.size()[1], (Kind::Float, inputs.device()));
+        honest + {peek} * column.remainder(64.0).eq(63.0).to_kind(Kind::Float).view([1, -1, 1])"
+            )),
+            &[caught[0], "a model whose value depends on how it is evaluated"][..],
+        ),
+        (
             "a leak between the rows of a call",
             model("        &honest + honest.mean_dim(0, true, Kind::Float) * 0.5"),
             &caught[..],
@@ -1253,6 +1292,7 @@ fn attacks_on_the_evaluation_are_not_kept() {
         let why = &row.extra.as_ref().unwrap().reason;
         assert_eq!(row.description, description);
         assert!(reasons.iter().any(|r| why.contains(r)), "{description}: {row:?}");
+        eprintln!("{description}: {why}");
         if row.status == Status::Discard {
             // It ran, honestly, and kept nothing: no file, nothing of what it printed in the log.
             assert!((row.val_bpb - baseline.val_bpb).abs() < 1e-4, "{description}: the honest value, {row:?}");

@@ -31,7 +31,7 @@ use autoresearch_harness::device::peak_rss_mb;
 use autoresearch_harness::fit::{is_out_of_memory, panic_message};
 use autoresearch_harness::handover::{
     allowance, check_device, handover_reserve, EvalResult, Outcome, Phase, PhaseArgs, PhaseStatus, TrainingReport,
-    TrainingStats, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
+    TrainingStats, AUDIT, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
 };
 use autoresearch_harness::profile::Training;
 use autoresearch_harness::sandbox::Policy;
@@ -240,10 +240,19 @@ fn require_device() -> Result<()> {
 
 fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Training) -> Result<M>) -> Result<()> {
     let started = Instant::now();
-    let mut nonce = String::new();
-    std::io::stdin().lock().read_line(&mut nonce).context("reading the nonce from stdin")?;
+    // The nonce, then what kind of evaluation: on stdin, where the agent's code (which can read this process's
+    // command line and environment) cannot see them.
+    let (mut nonce, mut kind) = (String::new(), String::new());
+    let mut stdin = std::io::stdin().lock();
+    stdin.read_line(&mut nonce).context("reading the nonce from stdin")?;
+    stdin.read_line(&mut kind).context("reading the evaluation's kind from stdin")?;
     let nonce = nonce.trim().to_string();
     ensure!(!nonce.is_empty(), "no nonce on stdin: the evaluation is started by the harness");
+    let audit = match kind.trim() {
+        "" => false,
+        AUDIT => true,
+        other => bail!("unknown kind of evaluation {other:?} on stdin (known: {AUDIT})"),
+    };
     let training = Training::from_env()?;
     // The validation rows are read before the sandbox shuts the data away, and before any of the agent's code.
     let rows = evaluation::ValRows::load(&training)?;
@@ -255,9 +264,12 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Training) -> Result<M
     require_device()?;
     let on_cuda = std::env::var(DEVICE_ENV).is_ok_and(|d| d == "cuda");
     let (val_bpb, device, timing) = if on_cuda {
+        // The model processes and the audit's probes have not run on a GPU yet.
+        ensure!(!audit, "an audit runs on the CPU only");
         evaluate_in_process(&training, &rows, &nonce, build, &args.handover, started)?
     } else {
-        evaluate_in_model_process(&training, &rows, &nonce, args, started)?
+        let probing = if audit { probes::Probing::audit(rows.rows) } else { probes::Probing::routine(rows.rows) };
+        evaluate_in_model_process(&training, &rows, &nonce, args, started, probing)?
     };
     if !val_bpb.is_finite() {
         bail!("val_bpb is {val_bpb}");
@@ -274,21 +286,24 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Training) -> Result<M
     };
     result_file.write_all(&serde_json::to_vec_pretty(&result)?)?;
     println!(
-        "evaluated {} tokens in {:.1} s (validation rows read {read:.1} s, {timing}): val_bpb {val_bpb:.6}",
-        result.eval_tokens, result.seconds,
+        "{} {} tokens in {:.1} s (validation rows read {read:.1} s, {timing}): val_bpb {val_bpb:.6}",
+        if audit { "audited" } else { "evaluated" },
+        result.eval_tokens,
+        result.seconds,
     );
     Ok(())
 }
 
 /// On the CPU: the agent's code in model processes of its own (one per side of the plan, each fresh from the
-/// checkpoint), sandboxed further (nothing writable); the metric's calls and the causality probes mixed
-/// ([`probes`]). val_bpb, the device, and the timing for the log.
+/// checkpoint), sandboxed further (nothing writable); the metric's calls and the causality probes `probing` asks
+/// for mixed ([`probes`]). val_bpb, the device, and the timing for the log.
 fn evaluate_in_model_process(
     training: &Training,
     rows: &evaluation::ValRows,
     nonce: &str,
     args: &PhaseArgs,
     started: Instant,
+    probing: probes::Probing,
 ) -> Result<(f64, String, String)> {
     let at_start = started.elapsed().as_secs_f64();
     let vocab = training.profile().vocab_size;
@@ -302,8 +317,8 @@ fn evaluate_in_model_process(
     };
     let allowance = Duration::from_secs_f64(allowance(&training.profile().name));
     let start = || model_process::ModelProcess::start(&model_args, vocab, allowance);
-    // The plan's sides, one model process each, one after the other (the first has ended before the second
-    // starts, so they share no time in which to talk): side 0's now.
+    // The plan's sides, one model process each, one after the other (each has ended before the next starts, so
+    // they share no time in which to talk): side 0's now.
     let first = start()?;
     println!("model process: {}", first.sandbox);
     let mut model = Some((0, first));
@@ -312,7 +327,8 @@ fn evaluate_in_model_process(
     // worker threads here do not spin on the cores the model process computes on.
     tch::set_num_threads(1);
     let loaded = started.elapsed().as_secs_f64();
-    let plan = probes::Plan::new(rows, vocab, evaluation::first_batch(rows.cols, vocab, Device::Cpu), nonce)?;
+    let batch = evaluation::first_batch(rows.cols, vocab, Device::Cpu);
+    let plan = probes::Plan::new(rows, vocab, batch, nonce, probing)?;
     let evaluated = probes::evaluate(&plan, rows, vocab, training.tokenizer.token_bytes(), |side, x| {
         if model.as_ref().map(|m| m.0) != Some(side) {
             if let Some((_, done)) = model.take() {
@@ -325,13 +341,13 @@ fn evaluate_in_model_process(
     if let Some((_, done)) = model {
         done.finish()?;
     }
-    let escape = probes::escape_bound(plan.altered, 1.0 / 256.0);
+    let escape = probes::escape_bound(plan.altered, probes::AUDIT_FRACTION);
     let timing = format!(
         "first model process started and model loaded {:.1} s, metric with causality probes on {} model processes \
          {:.1} s: {} calls, {} altered copies and {} repeats of rows mixed in; a leak at 1/256 of the positions or \
          rows escapes them with probability at most {:.3}",
         loaded - at_start,
-        probes::SIDES,
+        plan.sides,
         started.elapsed().as_secs_f64() - loaded,
         evaluated.calls,
         plan.altered,

@@ -3,40 +3,51 @@
 //! the model processes of [`crate::model_process`]), all taken here in fixed code.
 //!
 //! A probe is a row the metric does not count, fed the way the metric's rows are: every call holds the same
-//! number of rows (the last may hold fewer), and every row, probe or not, goes to a random place in a random
-//! call, drawn from the nonce. No call holds two rows made from the same validation row. The calls go to two
+//! number of rows (the last of a side may hold fewer), and every row, probe or not, goes to a random place in a
+//! random call, drawn from the nonce. No call holds two rows made from the same validation row. The calls go to
 //! model processes, one after the other, each fresh from the checkpoint ("sides"): each validation row is drawn
-//! to one side, its altered copy goes to the other, so that no process sees both a row and its copy, and a model
-//! that remembers what it was fed cannot answer a copy with its original's logits. Two kinds:
-//! - an altered copy of a metric row: its tokens from a cut p on (p uniform in 1..t) replaced by another row's.
-//!   Its logits before p must be the original's. Altered copies are made of distinct rows.
-//! - a repeat: a metric row again, unchanged, on its side: its logits must be the same in both calls. The
-//!   largest difference the repeats show (zero where the device is deterministic) is allowed for as the device's
-//!   noise.
+//! to one side, and each of its altered copies to another side of its own, so that no process sees a row and a
+//! copy of it, or two copies of one row, and a model that remembers what it was fed cannot answer a copy with
+//! its original's logits. Two kinds:
+//! - an altered copy of a metric row: its tokens from a cut p on (p uniform in 1..t) replaced by those of a row
+//!   of the copy's own side (so that the copy carries no tokens its side would not see anyway). Before p, the
+//!   log-probability it gives each of the original's targets must be the original's.
+//! - a repeat: a metric row again, unchanged, on its side (one per side): its log-probabilities must be the
+//!   same in both calls. The largest difference the repeats show (zero where the device is deterministic) is
+//!   allowed for as the device's noise.
 //!
-//! What a probe catches: a cut at p shows any dependence of the logits before p on a token at p or later (a
-//! next-token leak at p - 1, say), and, since the copy sits among other rows than its original, any dependence
-//! on the other rows of a call. A leak at a fraction f of the positions (or at every position of a fraction f
-//! of the rows) escapes all A altered copies with probability at most (1 - f)^A: see [`escape_bound`].
+//! The checks compare what the metric reads, the log-probability of each target: a leak that leaves it as it is
+//! gains nothing, and one that raises it at a position before a cut must raise it in the copy too, without the
+//! original's token there. So a cut at p shows any dependence of what the metric reads before p on a token at p
+//! or later (a next-token leak at p - 1, say), and, since the copy sits among other rows than its original, any
+//! dependence on the other rows of a call. A leak at a fraction f of the positions (or at every position of a
+//! fraction f of the rows) escapes all A altered copies with probability at most (1 - f)^A: see
+//! [`escape_bound`]. An evaluation has a twelfth of its rows' count of altered copies ([`Probing::routine`]); an
+//! audit ([`Probing::audit`], before a keep) has as many as it takes to catch a leak at 1/256 of the positions
+//! with probability 99 %, on as many sides as that needs.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use anyhow::{bail, ensure, Context, Result};
 use autoresearch_harness::fit::is_out_of_memory;
 use autoresearch_harness::metric::BpbSum;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::causality::Draw;
 use crate::evaluation::{cross_entropy, ValRows};
 
-/// One altered copy per this many metric rows; with the repeats, the probes add about a twelfth to the metric's
-/// rows.
+/// One altered copy per this many metric rows in an evaluation; with the repeats, the probes add about a twelfth
+/// to the metric's rows.
 const ROWS_PER_ALTERED: usize = 12;
-/// Repeats of metric rows.
-const REPEATS: usize = 2;
-/// The checks compare log-probabilities (log-softmax, what the metric reads), floored here: below it a
-/// probability is nothing to the metric, and a model cannot widen what counts as the same with huge logits.
-const LOG_PROB_FLOOR: f64 = -100.0;
+/// The leak an audit must catch: at this fraction of the positions (or of the rows) ...
+pub const AUDIT_FRACTION: f64 = 1.0 / 256.0;
+/// ... with this probability.
+pub const AUDIT_POWER: f64 = 0.99;
+/// The most model processes an audit starts (rows with this many copies less one, at most).
+const MAX_SIDES: usize = 8;
+/// The checks compare log-probabilities, floored here: below it a probability is nothing to the metric, and a
+/// model cannot widen what counts as the same with huge logits.
+const LOG_PROB_FLOOR: f32 = -100.0;
 /// The largest change of a log-probability (in nats) between two calls of one row that counts as the device's
 /// rounding (other batch shapes take other kernels' paths: about 1e-6 on the CPU); more is a model that changed.
 const REPEAT_LIMIT: f64 = 1e-3;
@@ -47,9 +58,35 @@ fn allowed(noise: f64) -> f64 {
 }
 
 /// The probability that a leak at a fraction `f` of the positions (or on a fraction `f` of the rows) escapes
-/// `altered` altered copies of distinct rows with uniform cuts: each finds it with probability f.
+/// `altered` altered copies with uniform cuts: each finds it with probability f.
 pub fn escape_bound(altered: usize, f: f64) -> f64 {
     (1.0 - f).powi(altered as i32)
+}
+
+/// How many altered copies, on how many sides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probing {
+    pub altered: usize,
+    pub sides: usize,
+}
+
+impl Probing {
+    /// An evaluation's: a copy per [`ROWS_PER_ALTERED`] rows, on two sides.
+    pub fn routine(rows: usize) -> Probing {
+        Probing { altered: if rows < 2 { 0 } else { (rows / ROWS_PER_ALTERED).max(1) }, sides: 2 }
+    }
+
+    /// An audit's: enough copies that a leak at [`AUDIT_FRACTION`] escapes them with probability at most
+    /// 1 - [`AUDIT_POWER`] (1,177), each row with at most one copy per side but its own; fewer where
+    /// [`MAX_SIDES`] sides cannot hold them (a handful of rows).
+    pub fn audit(rows: usize) -> Probing {
+        let wanted = ((1.0 - AUDIT_POWER).ln() / (1.0 - AUDIT_FRACTION).ln()).ceil() as usize;
+        if rows < 2 {
+            return Probing { altered: 0, sides: 2 };
+        }
+        let sides = (1 + wanted.div_ceil(rows)).clamp(2, MAX_SIDES.min(rows));
+        Probing { altered: wanted.min(rows * (sides - 1)), sides }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,10 +104,9 @@ struct Probe {
     /// Tokens from here on are another row's; `t` for a repeat.
     cut: usize,
     tokens: Vec<i64>,
+    /// The model process it goes to.
+    side: usize,
 }
-
-/// The model processes the calls go to.
-pub const SIDES: usize = 2;
 
 /// The rows of an evaluation and how they are split into calls: each call with its side, side 0's first.
 #[derive(Debug)]
@@ -79,51 +115,65 @@ pub struct Plan {
     calls: Vec<(usize, Vec<Item>)>,
     pub altered: usize,
     pub repeats: usize,
+    pub sides: usize,
 }
 
 impl Plan {
-    /// The metric's rows and the probes, in calls of `batch` rows, all drawn from `seed` (the nonce).
-    pub fn new(rows: &ValRows, vocab: usize, batch: usize, seed: &str) -> Result<Plan> {
+    /// The metric's rows and the probes `probing` asks for, in calls of `batch` rows, all drawn from `seed` (the
+    /// nonce).
+    pub fn new(rows: &ValRows, vocab: usize, batch: usize, seed: &str, probing: Probing) -> Result<Plan> {
         let (n, t) = (rows.rows, rows.cols);
+        let sides = probing.sides;
+        ensure!(sides >= 2, "an evaluation needs two model processes at least, not {sides}");
+        let altered = if t < 2 { 0 } else { probing.altered };
+        ensure!(
+            altered == 0 || (n >= sides && altered <= n * (sides - 1)),
+            "{altered} altered copies of {n} rows cannot go to {sides} model processes, each row's on sides of its own"
+        );
         let mut draw = Draw::new(seed);
-        let altered = if n < 2 || t < 2 { 0 } else { (n / ROWS_PER_ALTERED).max(1) };
-        let repeats = if n < 2 { 0 } else { REPEATS };
         let mut order: Vec<usize> = (0..n).collect();
         for i in 0..n {
             order.swap(i, i + draw.below(n - i));
         }
-        // Half the rows (in a random order) on each side.
+        // The rows (in a random order) spread evenly over the sides.
         let mut side = vec![0; n];
+        let mut on_side = vec![Vec::new(); sides];
         for (i, &r) in order.iter().enumerate() {
-            side[r] = i % SIDES;
+            side[r] = i % sides;
+            on_side[i % sides].push(r);
         }
         let row = |r: usize| &rows.inputs[r * t..(r + 1) * t];
         let mut probes = Vec::new();
-        for &r in &order[..altered] {
+        // The k-th copy takes the (k mod n)-th row of the order, on the (k / n + 1)-th side after the row's own.
+        for k in 0..altered {
+            let r = order[k % n];
+            let s = (side[r] + 1 + k / n) % sides;
             let cut = 1 + draw.below(t - 1);
-            let other = (r + 1 + draw.below(n - 1)) % n;
+            let donor = on_side[s][draw.below(on_side[s].len())];
             let mut tokens = row(r).to_vec();
             for (i, x) in tokens.iter_mut().enumerate().skip(cut) {
-                let replacement = row(other)[i];
+                let replacement = row(donor)[i];
                 // Where the other row has the same token, any other token will do.
                 *x = if replacement != *x { replacement } else { (*x + 1) % vocab as i64 };
             }
-            probes.push(Probe { row: r, cut, tokens });
+            probes.push(Probe { row: r, cut, tokens, side: s });
         }
-        for _ in 0..repeats {
-            let r = draw.below(n);
-            probes.push(Probe { row: r, cut: t, tokens: row(r).to_vec() });
+        // A repeat on every side (that has rows).
+        for (s, side_rows) in on_side.iter().enumerate().filter(|(_, rows)| n >= 2 && !rows.is_empty()) {
+            let r = side_rows[draw.below(side_rows.len())];
+            probes.push(Probe { row: r, cut: t, tokens: row(r).to_vec(), side: s });
         }
+        let repeats = probes.len() - altered;
         let source = |item: Item| match item {
             Item::Metric(r) => r,
             Item::Probe(k) => probes[k].row,
         };
         let side_of = |item: Item| match item {
-            Item::Probe(k) if probes[k].cut < t => (side[probes[k].row] + 1) % SIDES,
-            _ => side[source(item)],
+            Item::Metric(r) => side[r],
+            Item::Probe(k) => probes[k].side,
         };
         let mut calls = Vec::new();
-        for s in 0..SIDES {
+        for s in 0..sides {
             let mut items: Vec<Item> = (0..n)
                 .map(Item::Metric)
                 .chain((0..probes.len()).map(Item::Probe))
@@ -132,13 +182,13 @@ impl Plan {
             for i in (1..items.len()).rev() {
                 items.swap(i, draw.below(i + 1));
             }
-            // Calls small enough that every row can be kept apart from its copies.
+            // Calls small enough that every row can be kept apart from its repeat.
             let batch = batch.clamp(1, (items.len() / 3).max(1));
             let mut side_calls: Vec<Vec<Item>> = items.chunks(batch).map(<[Item]>::to_vec).collect();
             separate(&mut side_calls, source, &mut draw)?;
             calls.extend(side_calls.into_iter().map(|c| (s, c)));
         }
-        Ok(Plan { probes, calls, altered, repeats })
+        Ok(Plan { probes, calls, altered, repeats, sides })
     }
 
     /// Calls of the plan.
@@ -150,6 +200,14 @@ impl Plan {
         match item {
             Item::Metric(r) => &rows.inputs[r * rows.cols..(r + 1) * rows.cols],
             Item::Probe(k) => &self.probes[k].tokens,
+        }
+    }
+
+    /// The validation row an item is made from: its targets are the ones the checks read.
+    fn source(&self, item: Item) -> usize {
+        match item {
+            Item::Metric(r) => r,
+            Item::Probe(k) => self.probes[k].row,
         }
     }
 }
@@ -194,9 +252,8 @@ pub struct Evaluated {
 }
 
 /// Feeds the plan's calls to `logits` (a side, and token ids (rows, t) on the CPU, to float logits (rows, t, vocab)),
-/// takes
-/// val_bpb over the metric's rows, and checks the probes. A call that runs out of memory is split in two, and
-/// no later call is larger.
+/// takes val_bpb over the metric's rows, and checks the probes. A call that runs out of memory is split in two,
+/// and no later call is larger.
 pub fn evaluate(
     plan: &Plan,
     rows: &ValRows,
@@ -206,8 +263,8 @@ pub fn evaluate(
 ) -> Result<Evaluated> {
     let t = rows.cols;
     let probed: HashSet<usize> = plan.probes.iter().map(|p| p.row).collect();
-    // The log-probabilities of every probe and of every row a probe is made from, kept for the checks.
-    let mut kept: Vec<(Item, Tensor)> = Vec::new();
+    // The log-probabilities of its source row's targets, for every probe and every row a probe is made from.
+    let mut kept: HashMap<Item, Vec<f32>> = HashMap::new();
     let mut sum = BpbSum::new(token_bytes);
     let (mut limit, mut made) = (usize::MAX, 0);
     for (side, call) in &plan.calls {
@@ -231,22 +288,19 @@ pub fn evaluate(
                 }
                 Err(e) => return Err(e),
             };
-            ensure!(
-                out.size() == [part.len() as i64, t as i64, vocab as i64],
-                "the model's logits have shape {:?}; the evaluation needs [{}, {t}, {vocab}] (batch, sequence, \
-                 vocabulary)",
-                out.size(),
-                part.len()
-            );
-            for (i, &item) in part.iter().enumerate() {
-                let row = out.get(i as i64);
-                if let Item::Metric(r) = item {
-                    let y = Tensor::from_slice(&rows.targets[r * t..(r + 1) * t]).view([1, t as i64]);
-                    let losses = cross_entropy(&row.unsqueeze(0), &y, vocab)?;
-                    sum.add(&rows.targets[r * t..(r + 1) * t], &Vec::<f32>::try_from(losses.flatten(0, -1))?)?;
+            // Every row against its source row's targets: a probe is read where the metric reads its original.
+            let targets: Vec<i64> = part
+                .iter()
+                .flat_map(|&item| rows.targets[plan.source(item) * t..(plan.source(item) + 1) * t].iter().copied())
+                .collect();
+            let y = Tensor::from_slice(&targets).view([part.len() as i64, t as i64]);
+            let losses = Vec::<f32>::try_from(cross_entropy(&out, &y, vocab)?.flatten(0, -1))?;
+            for (i, (&item, losses)) in part.iter().zip(losses.chunks(t)).enumerate() {
+                if let Item::Metric(_) = item {
+                    sum.add(&targets[i * t..(i + 1) * t], losses)?;
                 }
-                if matches!(item, Item::Probe(_)) || matches!(item, Item::Metric(r) if probed.contains(&r)) {
-                    kept.push((item, row.log_softmax(-1, Kind::Float).clamp_min(LOG_PROB_FLOOR)));
+                if matches!(item, Item::Probe(_)) || probed.contains(&plan.source(item)) {
+                    kept.insert(item, losses.iter().map(|&l| (-l).max(LOG_PROB_FLOOR)).collect());
                 }
             }
         }
@@ -257,35 +311,35 @@ pub fn evaluate(
 
 /// The checks, once every call is made: repeats first (a model that changed, and the device's noise), then the
 /// altered copies.
-fn check_probes(plan: &Plan, kept: &[(Item, Tensor)]) -> Result<()> {
-    let logits = |item: Item| -> Result<Tensor> {
-        let (_, l) = kept.iter().find(|(i, _)| *i == item).context("a probe's logits were not kept")?;
-        Ok(l.to_kind(Kind::Double))
+fn check_probes(plan: &Plan, kept: &HashMap<Item, Vec<f32>>) -> Result<()> {
+    let read = |item: Item| kept.get(&item).map(Vec::as_slice).context("a probe's log-probabilities were not kept");
+    // The largest difference of two rows' log-probabilities over their first `p` positions (NaN counts as
+    // infinite), and where it is.
+    let change = |a: &[f32], b: &[f32], p: usize| {
+        (0..p)
+            .map(|q| (q, (a[q] as f64 - b[q] as f64).abs()))
+            .map(|(q, d)| (q, if d.is_nan() { f64::INFINITY } else { d }))
+            .fold((0, 0.0f64), |worst, (q, d)| if d > worst.1 { (q, d) } else { worst })
     };
-    let max_abs = |t: &Tensor| t.abs().max().double_value(&[]);
     let mut noise: f64 = 0.0;
     for (k, probe) in plan.probes.iter().enumerate().filter(|(_, p)| p.cut == p.tokens.len()) {
-        let (first, again) = (logits(Item::Metric(probe.row))?, logits(Item::Probe(k))?);
-        let change = max_abs(&(&first - &again));
-        if change.is_nan() || change > REPEAT_LIMIT {
+        let (_, moved) = change(read(Item::Metric(probe.row))?, read(Item::Probe(k))?, probe.cut);
+        if moved > REPEAT_LIMIT {
             bail!(
                 "the model changed while it was evaluated: its log-probabilities for the same row moved by \
-                 {change:.3} between two calls (or they depend on the other rows of a call)"
+                 {moved:.3} between two calls (or they depend on the other rows of a call)"
             );
         }
-        noise = noise.max(change);
+        noise = noise.max(moved);
     }
+    let allowed = allowed(noise);
     for (k, probe) in plan.probes.iter().enumerate().filter(|(_, p)| p.cut < p.tokens.len()) {
-        let p = probe.cut as i64;
-        let before = logits(Item::Metric(probe.row))?.narrow(0, 0, p);
-        let after = logits(Item::Probe(k))?.narrow(0, 0, p);
-        let allowed = allowed(noise);
-        let changes = Vec::<f64>::try_from((&before - &after).abs().amax([-1], false))?;
-        if let Some(q) = changes.iter().position(|&c| c.is_nan() || c > allowed) {
+        let (q, moved) = change(read(Item::Metric(probe.row))?, read(Item::Probe(k))?, probe.cut);
+        if moved > allowed {
             bail!(
-                "non-causal: position {q} sees later tokens or other rows (its log-probabilities changed by {:.3} \
-                 when the tokens from position {p} on were replaced, in another call)",
-                changes[q]
+                "non-causal: position {q} sees later tokens or other rows (the log-probability of its target changed \
+                 by {moved:.3} when the tokens from position {} on were replaced, in another call)",
+                probe.cut
             );
         }
     }
@@ -340,6 +394,8 @@ mod tests {
         /// with one it saw, the same logits there (so that a copy looks causal beside its original).
         Remembers,
     }
+
+    use tch::Kind;
 
     struct Toy {
         table: Tensor,
@@ -411,22 +467,33 @@ mod tests {
 
     /// Evaluates with a model made by `new` on each side, as the model processes are.
     fn run(new: impl Fn() -> Toy, val: &ValRows, vocab: usize, batch: usize, seed: &str) -> Result<Evaluated> {
-        let plan = Plan::new(val, vocab, batch, seed)?;
-        // The second side's table copied from the first's: two draws from libtorch's generator, which tests on
-        // other threads draw from too, could differ.
+        run_with(new, val, vocab, batch, seed, Probing::routine(val.rows))
+    }
+
+    fn run_with(
+        new: impl Fn() -> Toy,
+        val: &ValRows,
+        vocab: usize,
+        batch: usize,
+        seed: &str,
+        probing: Probing,
+    ) -> Result<Evaluated> {
+        let plan = Plan::new(val, vocab, batch, seed, probing)?;
+        // Every side's table copied from the first's: draws from libtorch's generator, which tests on other
+        // threads draw from too, could differ.
         let first = new();
-        let second = Toy { table: first.table.copy(), ..new() };
-        let sides = [first, second];
+        let mut sides: Vec<Toy> = (1..plan.sides).map(|_| Toy { table: first.table.copy(), ..new() }).collect();
+        sides.insert(0, first);
         evaluate(&plan, val, vocab, vec![1; vocab], |side, x| sides[side].logits(x))
     }
 
     #[test]
     fn probes_look_like_the_metrics_rows_and_never_share_a_call_with_their_own() {
         let val = rows(100, 16, 32);
-        let plan = Plan::new(&val, 32, 4, "plan").unwrap();
-        assert_eq!((plan.altered, plan.repeats), (8, 2));
+        let plan = Plan::new(&val, 32, 4, "plan", Probing::routine(100)).unwrap();
+        assert_eq!((plan.altered, plan.repeats, plan.sides), (8, 2, 2));
         // Full calls but for each side's last, and a row's altered copy on the other side.
-        for side in 0..SIDES {
+        for side in 0..plan.sides {
             let sizes: Vec<usize> = plan.calls.iter().filter(|(s, _)| *s == side).map(|(_, c)| c.len()).collect();
             assert!(sizes[..sizes.len() - 1].iter().all(|&s| s == 4), "{sizes:?}");
         }
@@ -448,11 +515,47 @@ mod tests {
         }
         // The probes are spread: not all in the first calls, nor in one place for every nonce.
         let first_probe_call = |seed: &str| {
-            let plan = Plan::new(&val, 32, 4, seed).unwrap();
+            let plan = Plan::new(&val, 32, 4, seed, Probing::routine(100)).unwrap();
             plan.calls.iter().position(|(_, c)| c.iter().any(|i| matches!(i, Item::Probe(_)))).unwrap()
         };
         let firsts: HashSet<usize> = (0..20).map(|i| first_probe_call(&format!("n{i}"))).collect();
         assert!(firsts.len() > 3, "{firsts:?}");
+    }
+
+    #[test]
+    fn an_audit_gives_each_row_copies_on_sides_of_their_own() {
+        // The small profile's count of rows (512), shorter.
+        let (vocab, t, val) = (32, 16, rows(512, 16, 32));
+        let probing = Probing::audit(512);
+        assert_eq!(probing, Probing { altered: 1177, sides: 4 });
+        assert!(escape_bound(1177, AUDIT_FRACTION) <= 1.0 - AUDIT_POWER);
+        assert!(escape_bound(1176, AUDIT_FRACTION) > 1.0 - AUDIT_POWER);
+        // At h100 (10,240 rows) two sides do; a handful of rows get as many copies as their sides hold.
+        assert_eq!(Probing::audit(10_240), Probing { altered: 1177, sides: 2 });
+        assert_eq!(Probing::audit(5), Probing { altered: 20, sides: 5 });
+        let plan = Plan::new(&val, vocab, 4, "audit", probing).unwrap();
+        assert_eq!((plan.altered, plan.repeats, plan.sides), (1177, 4, 4));
+        let side_of_row = |r| plan.calls.iter().find(|(_, c)| c.contains(&Item::Metric(r))).unwrap().0;
+        let mut copies = HashSet::new();
+        for probe in plan.probes.iter().filter(|p| p.cut < t) {
+            // A copy goes to a side other than its row's, one of a row's copies to a side at most ...
+            assert_ne!(probe.side, side_of_row(probe.row), "{probe:?}");
+            assert!(copies.insert((probe.row, probe.side)), "{probe:?}");
+            // ... and its tokens from the cut on are those of a row of its own side.
+            let original = &val.inputs[probe.row * t..(probe.row + 1) * t];
+            let from = |d: usize| {
+                (probe.cut..t)
+                    .all(|i| probe.tokens[i] == val.inputs[d * t + i] || probe.tokens[i] == (original[i] + 1) % 32)
+            };
+            assert!((0..512).any(|d| side_of_row(d) == probe.side && from(d)), "{probe:?}");
+        }
+        // Every row has two copies at least: a leak on any one row is caught.
+        let per_row = (0..512).map(|r| copies.iter().filter(|(row, _)| *row == r).count());
+        assert!(per_row.clone().min() == Some(2) && per_row.max() == Some(3));
+        // An honest model passes, with the val_bpb of a routine evaluation.
+        let honest = run_with(|| Toy::new(vocab as i64, Cheat::None), &val, vocab, 4, "audit", probing).unwrap();
+        let routine = run(|| Toy::new(vocab as i64, Cheat::None), &val, vocab, 4, "routine").unwrap();
+        assert!((honest.val_bpb - routine.val_bpb).abs() < 1e-9, "{} vs {}", honest.val_bpb, routine.val_bpb);
     }
 
     #[test]
@@ -496,7 +599,7 @@ mod tests {
         // The leaks pay: a peeking model's val_bpb is far below an honest one's.
         let honest = Toy::new(vocab as i64, Cheat::None);
         let peeking = Toy::new(vocab as i64, Cheat::Peek(|_, _| true));
-        let plan = Plan::new(&val, vocab, 4, "pay").unwrap();
+        let plan = Plan::new(&val, vocab, 4, "pay", Probing::routine(120)).unwrap();
         let plain = |m: &Toy| {
             let x = Tensor::from_slice(&val.inputs).view([120, 16]);
             let y = Tensor::from_slice(&val.targets).view([120, 16]);
@@ -509,7 +612,7 @@ mod tests {
             .iter()
             .filter(|seed| {
                 let remembers = Toy::new(vocab as i64, Cheat::Remembers);
-                let plan = Plan::new(&val, vocab, 4, seed).unwrap();
+                let plan = Plan::new(&val, vocab, 4, seed, Probing::routine(120)).unwrap();
                 evaluate(&plan, &val, vocab, vec![1; vocab], |_, x| remembers.logits(x)).is_ok()
             })
             .count();
@@ -546,5 +649,28 @@ mod tests {
         assert!(escape_bound(10240 / ROWS_PER_ALTERED, 1.0 / 185.0) < 0.01);
         assert!(escape_bound(512 / ROWS_PER_ALTERED, 1.0 / 9.0) < 0.01);
         assert!(escape_bound(512 / ROWS_PER_ALTERED, 1.0 / 256.0) > 0.84);
+    }
+
+    /// The audit's bound, measured: a next-token leak at one position of a row (one in 255 of the places a cut
+    /// can fall) escapes an audit of the small profile's 512 rows about once in a hundred, where it escapes a
+    /// routine evaluation most of the time.
+    #[test]
+    fn an_audit_catches_a_leak_at_1_in_256_positions_99_times_in_100() {
+        let (vocab, n, t) = (32, 512, 256);
+        let val = rows(n, t, vocab as i64);
+        let leak = Cheat::Peek(|_, q| q == 100);
+        let escaped = |probing: Probing, tries: usize| {
+            let leaky = || Toy::new(vocab as i64, leak);
+            (0..tries).filter(|i| run_with(leaky, &val, vocab, 16, &format!("a{i}"), probing).is_ok()).count() as f64
+                / tries as f64
+        };
+        let (audit, tries) = (Probing::audit(n), 200);
+        let bound = escape_bound(audit.altered, 1.0 / (t - 1) as f64);
+        assert!(bound < 0.011, "{bound}");
+        let audits = escaped(audit, tries);
+        let routine = escaped(Probing::routine(n), 40);
+        eprintln!("a leak at 1/255 of the positions: escaped {audits:.3} of {tries} audits (bound {bound:.4}), {routine:.3} of 40 evaluations");
+        assert!(audits <= bound + 4.0 * (bound * (1.0 - bound) / tries as f64).sqrt(), "escaped {audits}");
+        assert!(routine > 0.6, "a routine evaluation lets it through most of the time: {routine}");
     }
 }

@@ -9,8 +9,9 @@
 //! 2. `evaluate`: fixed code reads the validation rows first, then sandboxes itself (no data readable, no
 //!    writes), has the agent's code build the model and loads the checkpoint into it, checks that it is causal,
 //!    and computes val_bpb from its logits. The result goes to a file the harness named and the binary opened
-//!    before the agent's code ran, with a nonce the harness gave on stdin: [`EvalResult`]. On the CPU the agent's
-//!    code does not run in this process: it starts
+//!    before the agent's code ran, with a nonce the harness gave on stdin: [`EvalResult`]. Before a keep the
+//!    harness runs it once more on the same checkpoint as an [`AUDIT`] (on the CPU), with many more causality
+//!    probes. On the CPU the agent's code does not run in this process: it starts
 //! 3. `model`, a child of its own that sandboxes itself further (nothing writable), builds the model, loads the
 //!    checkpoint and answers each batch of inputs the evaluation sends with their logits. It never holds a
 //!    target, the nonce or the result file.
@@ -60,6 +61,14 @@ pub fn allowance(profile: &str) -> f64 {
         _ => 10.0,
     }
 }
+
+/// The second line on the evaluation's stdin (after the nonce) that makes it an audit: the same evaluation with
+/// as many altered copies as it takes to catch a leak at 1/256 of the positions with probability 99 %. On its
+/// stdin, so that the agent's code cannot tell an audit by the command line or the environment.
+pub const AUDIT: &str = "audit";
+/// An audit holds about 3.3 times an evaluation's rows at `small` (1,177 altered copies beside 512 rows): its
+/// phase has this many times [`evaluation_limit`].
+pub const AUDIT_LIMIT_FACTOR: f64 = 4.0;
 
 /// Seconds the evaluation phase has from its start, fixed per profile: `h100` 120 s (its evaluation took 15 s on
 /// an H200), `small` (and any other) 180 s (10 s on 2 cores; over 50 s where other work loads them 3 times over).

@@ -75,6 +75,15 @@ pub fn is_handover_dir(name: &str) -> bool {
     name.strip_prefix("seed-").is_some_and(|seed| seed.parse::<u64>().is_ok())
 }
 
+/// The log and the result of the audit before a keep of the training with `seed`, in the run's folder.
+pub fn audit_log(seed: u64) -> String {
+    format!("audit-{seed}.log")
+}
+
+pub fn audit_result(seed: u64) -> String {
+    format!("audit-{seed}.json")
+}
+
 /// The evaluation's result of the training with `seed`.
 pub fn result_file(seed: u64) -> String {
     format!("result-{seed}.json")

@@ -15,8 +15,8 @@ use anyhow::{bail, Context, Result};
 use autoresearch_harness::device::peak_bf16_flops;
 use autoresearch_harness::fit;
 use autoresearch_harness::handover::{
-    allowance, evaluation_limit, EvalResult, Phase, PhaseArgs, PhaseStatus, TrainingStats, CHECKPOINT, TMP,
-    TRAINING_STATS,
+    allowance, evaluation_limit, EvalResult, Phase, PhaseArgs, PhaseStatus, TrainingStats, AUDIT, AUDIT_LIMIT_FACTOR,
+    CHECKPOINT, TMP, TRAINING_STATS,
 };
 use autoresearch_harness::profile::{cache_root, fit_dir, Prepared};
 use autoresearch_harness::sandbox::Policy;
@@ -479,8 +479,16 @@ fn train_and_evaluate_begun(
     let mut tries = 0;
     let (result, eval_wall) = loop {
         tries += 1;
-        let (ended, wall, nonce) =
-            evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline.clone(), &prepared)?;
+        let (ended, wall, nonce) = evaluation_phase(
+            trainer,
+            settings,
+            files,
+            &sandboxes.evaluation,
+            procs,
+            deadline.clone(),
+            &prepared,
+            false,
+        )?;
         let failure = match ended {
             Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
             Ended::OverTime(why) => return done(Err(crash(why, true)), false),
@@ -533,9 +541,11 @@ fn summarise(
     }
 }
 
-/// Runs the evaluation phase once on the checkpoint in `files.handover`, with a fresh nonce on its stdin and a
-/// fresh temporary folder, removed after it, stopped at the profile's [`evaluation_limit`]: how it ended, its
-/// seconds, and the nonce its result must carry.
+/// Runs the evaluation phase once on the checkpoint in `files.handover`, with a fresh nonce on its stdin (and
+/// [`AUDIT`] after it for an audit) and a fresh temporary folder, removed after it, stopped at the profile's
+/// [`evaluation_limit`] (an audit at [`AUDIT_LIMIT_FACTOR`] times it): how it ended, its seconds, and the nonce its
+/// result must carry.
+#[allow(clippy::too_many_arguments)]
 fn evaluation_phase(
     trainer: &Trainer,
     settings: &TrainingSettings,
@@ -544,6 +554,7 @@ fn evaluation_phase(
     procs: &mut dyn Processes,
     deadline: (Instant, String),
     prepared: &Prepared,
+    audit: bool,
 ) -> Result<(Ended, f64, String)> {
     let nonce = nonce()?;
     let args = PhaseArgs {
@@ -560,11 +571,13 @@ fn evaluation_phase(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let cmd = trainer.phase_command(settings, &args)?;
-    let limit = evaluation_limit(&prepared.profile.name);
+    let (limit, input) = match audit {
+        false => (evaluation_limit(&prepared.profile.name), format!("{nonce}\n")),
+        true => (evaluation_limit(&prepared.profile.name) * AUDIT_LIMIT_FACTOR, format!("{nonce}\n{AUDIT}\n")),
+    };
     let over = format!("over time: the evaluation phase was stopped at its limit of {limit} s");
     let limit = Some((Duration::from_secs_f64(limit), over));
-    let (ended, wall) =
-        run_phase(procs, cmd, Role::Evaluation, &files.log, Some(&format!("{nonce}\n")), limit, deadline)?;
+    let (ended, wall) = run_phase(procs, cmd, Role::Evaluation, &files.log, Some(&input), limit, deadline)?;
     // Where the agent's code could write during the evaluation (on CUDA), what it was fed does not outlive it,
     // not even when the evaluation failed.
     let _ = std::fs::remove_dir_all(&tmp);
@@ -608,14 +621,23 @@ fn check_result(r: EvalResult, prepared: &Prepared, budget: f64, seed: u64) -> R
     Ok(r)
 }
 
-/// Evaluates the checkpoint a training left in `files.handover` again, without training: the result, or why it
-/// failed. For `autoresearch eval`.
+/// How evaluating a saved checkpoint again ended.
+pub enum Again {
+    Evaluated(EvalResult),
+    /// The evaluation failed or its result does not hold: why, as a training's crash.
+    Failed(Crash),
+    Interrupted,
+}
+
+/// Evaluates the checkpoint a training left in `files.handover` again, without training (for `autoresearch
+/// eval`), or audits it (before a keep).
 pub fn evaluate_again(
     trainer: &Trainer,
     settings: &TrainingSettings,
     files: &TrainingFiles,
     procs: &mut dyn Processes,
-) -> Result<EvalResult> {
+    audit: bool,
+) -> Result<Again> {
     let cache = cache_root()?;
     let prepared = Prepared::load(&cache, settings.profile.as_deref())?;
     let checkpoint = files.handover.join(CHECKPOINT);
@@ -626,19 +648,26 @@ pub fn evaluate_again(
     let sandboxes = sandboxes(&prepared, &trainer.root, trainer.device == DeviceChoice::Cuda, files, &trainer.binary());
     let deadline = (Instant::now() + Duration::from_secs(24 * 3600), String::new());
     let (ended, _, nonce) =
-        evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline, &prepared)?;
-    let log = String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
+        evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline, &prepared, audit)?;
+    let failed = |reason: String, retryable: bool| {
+        let log = String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
+        Ok(Again::Failed(Crash { reason, retryable, log_tail: tail(&log, TAIL_LINES) }))
+    };
     match ended {
         Ended::Exited(status) => {
-            if let Some((reason, _)) = crash_reason(status, read_status(&files.status()).as_ref()) {
-                bail!("the evaluation failed: {reason}\n{}", tail(&log, TAIL_LINES));
+            if let Some((reason, retryable)) = crash_reason(status, read_status(&files.status()).as_ref()) {
+                return failed(reason, retryable);
             }
         }
-        Ended::OverTime(why) => bail!("the evaluation failed: {why}\n{}", tail(&log, TAIL_LINES)),
-        Ended::Interrupted => bail!("the evaluation was interrupted"),
+        Ended::OverTime(why) => return failed(why, true),
+        Ended::Interrupted => return Ok(Again::Interrupted),
     }
     let budget = prepared.profile.budget(settings.time_budget);
-    check_result(read_result(&files.result, &nonce)?, &prepared, budget, settings.seed.unwrap_or(crate::state::SEED))
+    let seed = settings.seed.unwrap_or(crate::state::SEED);
+    match read_result(&files.result, &nonce).and_then(|r| check_result(r, &prepared, budget, seed)) {
+        Ok(result) => Ok(Again::Evaluated(result)),
+        Err(e) => failed(format!("{e:#}"), false),
+    }
 }
 
 #[cfg(test)]

@@ -182,17 +182,21 @@ fn val_bpb_through_the_harness_evaluation_equals_the_reference() {
     let files = split_files(&r.path("data"), Split::Val).unwrap();
     let val = ValRows::read(DataLoader::new(tok.clone(), files, rows, t, LoaderOptions::default())).unwrap();
     // The harness's evaluations: the model's logits, the cross-entropy and the metric in fixed code, on CUDA
-    // (the model in this process) and on the CPU (the probes mixed into the metric's calls).
-    let (on_cuda, on_cpu) = tch::no_grad(|| {
+    // (the model in this process) and on the CPU (the probes mixed into the metric's calls, as many as an
+    // evaluation has, and as an audit has).
+    let (on_cuda, on_cpu, audited) = tch::no_grad(|| {
         let probe = causality::check(&model, &val, vocab, "reference").unwrap().unwrap();
         let bpb = evaluate(&model, &val, vocab, tok.token_bytes()).unwrap();
         probe.check_unchanged(&model, vocab).unwrap();
-        let plan = probes::Plan::new(&val, vocab, 4, "reference").unwrap();
-        let on_cpu = probes::evaluate(&plan, &val, vocab, tok.token_bytes(), |_, x| Ok(Model::logits(&model, x)));
-        (bpb, on_cpu.unwrap().val_bpb)
+        let on_cpu = |probing| {
+            let plan = probes::Plan::new(&val, vocab, 4, "reference", probing).unwrap();
+            let bpb = probes::evaluate(&plan, &val, vocab, tok.token_bytes(), |_, x| Ok(Model::logits(&model, x)));
+            bpb.unwrap().val_bpb
+        };
+        (bpb, on_cpu(probes::Probing::routine(val.rows)), on_cpu(probes::Probing::audit(val.rows)))
     });
     let want = r.f64(&["evaluate_bpb", "val_bpb"]);
-    for bpb in [on_cuda, on_cpu] {
+    for bpb in [on_cuda, on_cpu, audited] {
         assert!((bpb - want).abs() / want < 1e-5, "val_bpb {bpb} vs {want}");
         eprintln!("val_bpb {bpb} vs {want} ({:e} relative)", (bpb - want).abs() / want);
     }

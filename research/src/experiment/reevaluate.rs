@@ -1,4 +1,4 @@
-//! `autoresearch eval`: a saved checkpoint evaluated again, without training.
+//! `autoresearch eval`: a saved checkpoint evaluated (or audited) again, without training.
 
 use anyhow::{bail, Context, Result};
 use autoresearch_harness::handover::{EvalResult, CHECKPOINT};
@@ -9,17 +9,19 @@ use crate::files::{handover_dir, EVAL_LOG, EVAL_RESULT, RUN_TRAINING_FILE};
 use crate::project::SNAPSHOT_DIR;
 use crate::state::SEED;
 use crate::trainer::{Trainer, TrainingSettings};
-use crate::training::{evaluate_again, tail, TrainingFiles, TAIL_LINES};
+use crate::training::{evaluate_again, tail, Again, TrainingFiles, TAIL_LINES};
 use crate::{Worker, TRAINING_FILE};
 
 /// Evaluates the checkpoint of run `run` (else of the latest run that has one) again, without training: for
-/// an evaluation that crashed, say. The training file is built as that run had it (the tree's own is put aside
-/// meanwhile and comes back after). Neither the session nor results.tsv changes; the result and log go to the run's folder.
+/// an evaluation that crashed, say; with `audit`, as before a keep. The training file is built as that run had
+/// it (the tree's own is put aside meanwhile and comes back after). Neither the session nor results.tsv changes;
+/// the result and log go to the run's folder.
 pub fn evaluate_run(
     worker: &mut Worker,
     trainer: &Trainer,
     run: Option<u64>,
     opts: &ExperimentOptions,
+    audit: bool,
 ) -> Result<(u64, EvalResult)> {
     if worker.session.project.commands.is_some() {
         bail!(
@@ -61,7 +63,11 @@ pub fn evaluate_run(
             result: dir.join(EVAL_RESULT),
             log: dir.join(EVAL_LOG),
         };
-        evaluate_again(trainer, &settings, &files, &mut Journaled::new(worker, opts))
+        match evaluate_again(trainer, &settings, &files, &mut Journaled::new(worker, opts), audit)? {
+            Again::Evaluated(result) => Ok(result),
+            Again::Failed(crash) => bail!("the evaluation failed: {}\n{}", crash.reason, crash.log_tail),
+            Again::Interrupted => bail!("the evaluation was interrupted"),
+        }
     })();
     if swap {
         worker.git.exec(&["checkout", worker.reference_commit(), "--", TRAINING_FILE])?;
