@@ -3,16 +3,34 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use autoresearch_harness::profile::{cache_root, Profile};
 use autoresearch_prepare::download::{DownloadOptions, BASE_URL_ENV, DEFAULT_BASE_URL};
 use autoresearch_prepare::{Source, TextInput};
 
-/// The built-in demo corpus (see data/demo/SOURCES.md): the offline default of the `small` profile.
-const DEMO_TEXTS: [(&str, &[u8]); 2] = [
-    ("demo:tinyshakespeare.txt", include_bytes!("../../data/demo/tinyshakespeare.txt")),
-    ("demo:tinystories_val.txt", include_bytes!("../../data/demo/tinystories_val.txt")),
-];
+/// The built-in demo corpus (see data/demo/SOURCES.md), the offline default of the `small` profile: read from the
+/// checkout this program was built from, not compiled in, so that it is in no binary a training can read. Its
+/// files are the profile's validation sources: no phase may read them (nor the session's own `data/demo`).
+const DEMO_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/demo");
+const DEMO_FILES: [&str; 2] = ["tinyshakespeare.txt", "tinystories_val.txt"];
+
+fn demo_texts() -> Result<Vec<TextInput>> {
+    DEMO_FILES
+        .iter()
+        .map(|name| {
+            let path = std::path::Path::new(DEMO_DIR).join(name);
+            let bytes = std::fs::read(&path).with_context(|| {
+                format!(
+                    "reading the demo corpus's {} (it stays in the checkout this program was built from; prepare \
+                     other text with --text FILE...)",
+                    path.display()
+                )
+            })?;
+            let path = std::fs::canonicalize(&path).with_context(|| format!("resolving {}", path.display()))?;
+            Ok(TextInput { name: format!("demo:{name}"), bytes, path: Some(path) })
+        })
+        .collect()
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -60,12 +78,7 @@ pub fn prepare(args: Args) -> Result<()> {
     } else if let Some(dir) = args.parquet {
         Source::Parquet(dir)
     } else if use_demo {
-        Source::Texts(
-            DEMO_TEXTS
-                .iter()
-                .map(|(name, bytes)| TextInput { name: name.to_string(), bytes: bytes.to_vec(), path: None })
-                .collect(),
-        )
+        Source::Texts(demo_texts()?)
     } else {
         let download = DownloadOptions {
             base_url: args.base_url,

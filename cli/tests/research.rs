@@ -472,6 +472,9 @@ fn attacks_on_the_metric_are_not_kept() {
     let log = std::fs::read_to_string(s.repo.join("run.log")).unwrap();
     assert!(log.contains("sandbox: Landlock ABI "), "this kernel has Landlock, and the training ran in it: {log}");
     assert!(log.contains("network closed"), "this kernel's Landlock closes TCP: {log}");
+    // The demo corpus the profile was prepared from (in the checkout the program was built from) is unreadable.
+    let demo = std::fs::canonicalize(concat!(env!("CARGO_MANIFEST_DIR"), "/../data/demo/tinystories_val.txt")).unwrap();
+    assert!(log.contains(&format!("{}, ", demo.display())), "{log}");
 
     let insert = |code: &str| honest.edit(TRAIN_FN, &format!("{TRAIN_FN}\n{code}"));
     // An honest improvement: the learning rates up tenfold.
@@ -555,6 +558,26 @@ fn attacks_on_the_metric_are_not_kept() {
             "compile error",
         ),
         (
+            // The demo corpus the session's profile was prepared from holds its validation text.
+            "compile the demo corpus in",
+            insert(r#"    let _val: &str = include_str!("../data/demo/tinystories_val.txt");"#),
+            Status::Crash,
+            "compile error",
+        ),
+        (
+            "read the demo corpus and the repository's git objects",
+            insert(
+                r#"    let denied = |r: std::io::Result<()>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied);
+    // (Folders can be listed: Landlock allows that everywhere.)
+    for file in ["data/demo/tinystories_val.txt", "data/demo/tinyshakespeare.txt", ".git/HEAD", ".git/config"] {
+        assert!(denied(std::fs::read(file).map(drop)), "{file} is readable");
+    }
+    std::fs::read("data/demo/tinystories_val.txt")?;"#,
+            ),
+            Status::Crash,
+            "Permission denied",
+        ),
+        (
             "unsafe code",
             insert("    let _ = unsafe { std::ptr::read_volatile(&0u8) };"),
             Status::Crash,
@@ -577,10 +600,10 @@ fn attacks_on_the_metric_are_not_kept() {
         if reason == "compile error" {
             let build_log = s.repo.join(format!(".autoresearch/runs/{}/build.log", run_of(&row)));
             let build_log = std::fs::read_to_string(build_log).unwrap();
-            let why = if description == "unsafe code" {
-                "error: usage of an `unsafe` block"
-            } else {
-                "shard_06542.parquet`: Permission denied"
+            let why = match description {
+                "unsafe code" => "error: usage of an `unsafe` block",
+                "compile the demo corpus in" => "tinystories_val.txt`: Permission denied",
+                _ => "shard_06542.parquet`: Permission denied",
             };
             assert!(build_log.contains(why), "{description}: {build_log}");
         }

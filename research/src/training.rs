@@ -153,7 +153,7 @@ pub struct Sandboxes {
 }
 
 /// The validation data and what it was made from: the validation shard, and the text files a profile was
-/// prepared from with `--text`. (Not the built-in demo corpus: it is in the repository and in this program.)
+/// prepared from (`--text`, or the demo corpus's files).
 pub fn validation_sources(prepared: &Prepared) -> Vec<PathBuf> {
     let mut paths = split_files(&prepared.data_dir, Split::Val).unwrap_or_default();
     paths.extend(prepared.val_sources.iter().cloned());
@@ -179,12 +179,18 @@ pub fn build_policy(prepared: &Prepared, root: &Path) -> Policy {
 pub const CPU_DEVICES: [&str; 5] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
 
 /// What no phase may read: the validation data, and what earlier experiments left in the repository `root` (the
-/// session's folder with its runs, checkpoints, logs and workers' trees; results.tsv; the last log).
+/// session's folder with its runs, checkpoints, logs and workers' trees; results.tsv; the last log); and the
+/// repository's own copies of the demo corpus, whose validation text a profile prepared from it holds: its
+/// `data/demo` and its git objects.
 pub fn unreadable(prepared: &Prepared, root: &Path) -> Vec<PathBuf> {
     let mut deny = validation_sources(prepared);
     deny.extend(session_files(root));
+    deny.extend([root.join(DEMO_DIR), root.join(".git")]);
     deny
 }
+
+/// The demo corpus in a checkout of this repository.
+const DEMO_DIR: &str = "data/demo";
 
 /// The device nodes (and on CUDA, what CUDA writes) a phase may write.
 pub fn device_writes(cuda: bool) -> Vec<PathBuf> {
@@ -715,7 +721,8 @@ mod tests {
         // A worker's binary, beneath the otherwise unreadable .autoresearch.
         let binary = dir.path().join("repo/.autoresearch/workers/1/bin/autoresearch-train");
         let cpu = sandboxes(&prepared(dir.path()), &dir.path().join("repo"), false, &files, &binary);
-        for p in [".autoresearch", "results.tsv", "run.log"] {
+        // The demo corpus's copies in the repository too (its files and its git objects).
+        for p in [".autoresearch", "results.tsv", "run.log", "data/demo", ".git"] {
             assert!(cpu.training.deny_read.contains(&dir.path().join("repo").join(p)), "{p}");
             assert!(cpu.evaluation.deny_read.contains(&dir.path().join("repo").join(p)), "{p}");
         }
