@@ -163,10 +163,20 @@ fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Training) -> Result
     println!("cores: {}", cores());
     let trained = train(&training)?;
     // The agent's `state` and `device` run on `train`'s clock too: work there is no time from the hand-over's.
+    // So does the copy of the weights, taken at once: what a thread the agent's code started (it runs on until
+    // the process ends) or the check below (which runs the agent's code again) does to them after the clock is
+    // read does not reach the checkpoint. On CUDA the move to the CPU is the copy.
     let state = trained.model.state();
     let device = trained.model.device();
-    training.flush_progress();
+    let cpu: Vec<(String, Tensor)> = state
+        .iter()
+        .map(|(n, t)| {
+            let moved = t.detach().to_device(Device::Cpu).contiguous();
+            (n.clone(), if device == Device::Cpu { moved.copy() } else { moved })
+        })
+        .collect();
     let late = -training.seconds_left();
+    training.flush_progress();
     let lingering = supervisor::kill_descendants();
     if lingering > 0 {
         println!("{lingering} process(es) the training started were still running when `train` returned: killed");
@@ -179,15 +189,6 @@ fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Training) -> Result
         ))
         .into());
     }
-    // The weights as `train` left them, copied out before the check below runs the agent's code again (which
-    // could otherwise still change them); on CUDA the move to the CPU is the copy.
-    let cpu: Vec<(String, Tensor)> = state
-        .iter()
-        .map(|(n, t)| {
-            let moved = t.detach().to_device(Device::Cpu).contiguous();
-            (n.clone(), if device == Device::Cpu { moved.copy() } else { moved })
-        })
-        .collect();
     // Before the check, which reads training data of its own.
     let peak_memory_mb = match device {
         Device::Cuda(i) => autoresearch_ops::cuda_peak_memory_mb(i),
