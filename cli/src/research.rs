@@ -451,6 +451,9 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let rule = RuleArgs { rule: Some("lower".into()), z: 2.0, min_delta: None, timeout: None };
     let opts = options(&session, &rule, "eval".into(), interrupts, 1)?;
     let (trainer, _) = trainer(&session, &BackendArgs::default())?;
+    if args.audit && trainer.device == DeviceChoice::Cuda {
+        bail!("an audit runs on the CPU only: the evaluation's model processes have not run on a GPU yet");
+    }
     let (run, result) = evaluate_run(&mut worker, &trainer, args.run, &opts, args.audit)?;
     let recorded = session.read_meta(run).map_or("-".to_string(), |m| match m.val_bpb {
         Some(v) => format!("{} {v:.6}", m.status),

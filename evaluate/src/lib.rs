@@ -345,7 +345,7 @@ fn evaluate_in_model_process(
     let escape = probes::escape_bound(plan.altered, probes::AUDIT_FRACTION);
     let timing = format!(
         "first model process started and model loaded {:.1} s, metric with causality probes on {} model processes \
-         {:.1} s: {} calls, {} altered copies and {} repeats of rows mixed in; a leak at 1/256 of the positions or \
+         {:.1} s: {} calls, {} altered copies and {} repeats of rows mixed in; a leak at 1/{:.0} of the positions or \
          rows escapes them with probability at most {:.3}",
         loaded - at_start,
         plan.sides,
@@ -353,6 +353,7 @@ fn evaluate_in_model_process(
         evaluated.calls,
         plan.altered,
         plan.repeats,
+        1.0 / probes::AUDIT_FRACTION,
         escape
     );
     Ok((evaluated.val_bpb, device, timing))

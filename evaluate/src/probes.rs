@@ -51,10 +51,14 @@ const LOG_PROB_FLOOR: f32 = -100.0;
 /// The largest change of a log-probability (in nats) between two calls of one row that counts as the device's
 /// rounding (other batch shapes take other kernels' paths: about 1e-6 on the CPU); more is a model that changed.
 const REPEAT_LIMIT: f64 = 1e-3;
+/// The most of the repeats' largest change that the altered copies' tolerance allows for: the CPU's rounding
+/// between batch shapes is about 1e-6. A model that makes its repeats move more (a shift it applies to a row it
+/// recognises as fed before) cannot so widen the tolerance for a leak of its own size.
+const NOISE_ALLOWED: f64 = 2.5e-5;
 /// What an altered copy's log-probabilities before its cut may differ from its original's by: rounding, and four
-/// times the largest change the repeats showed.
+/// times the largest change the repeats showed, up to [`NOISE_ALLOWED`].
 fn allowed(noise: f64) -> f64 {
-    1e-4 + 4.0 * noise
+    1e-4 + 4.0 * noise.min(NOISE_ALLOWED)
 }
 
 /// The probability that a leak at a fraction `f` of the positions (or on a fraction `f` of the rows) escapes
@@ -153,8 +157,12 @@ impl Plan {
             let mut tokens = row(r).to_vec();
             for (i, x) in tokens.iter_mut().enumerate().skip(cut) {
                 let replacement = row(donor)[i];
-                // Where the other row has the same token, any other token will do.
-                *x = if replacement != *x { replacement } else { (*x + 1) % vocab as i64 };
+                // Where the other row has the same token, another drawn at random.
+                *x = if replacement != *x {
+                    replacement
+                } else {
+                    (*x + 1 + draw.below(vocab - 1) as i64) % vocab as i64
+                };
             }
             probes.push(Probe { row: r, cut, tokens, side: s });
         }
@@ -189,11 +197,6 @@ impl Plan {
             calls.extend(side_calls.into_iter().map(|c| (s, c)));
         }
         Ok(Plan { probes, calls, altered, repeats, sides })
-    }
-
-    /// Calls of the plan.
-    pub fn calls(&self) -> usize {
-        self.calls.len()
     }
 
     fn inputs<'a>(&'a self, rows: &'a ValRows, item: Item) -> &'a [i64] {
@@ -313,13 +316,16 @@ pub fn evaluate(
 /// altered copies.
 fn check_probes(plan: &Plan, kept: &HashMap<Item, Vec<f32>>) -> Result<()> {
     let read = |item: Item| kept.get(&item).map(Vec::as_slice).context("a probe's log-probabilities were not kept");
-    // The largest difference of two rows' log-probabilities over their first `p` positions (NaN counts as
-    // infinite), and where it is.
+    // The largest difference of two rows' log-probabilities over their first `p` positions (kept floored, so
+    // never NaN), and where it is.
     let change = |a: &[f32], b: &[f32], p: usize| {
-        (0..p)
-            .map(|q| (q, (a[q] as f64 - b[q] as f64).abs()))
-            .map(|(q, d)| (q, if d.is_nan() { f64::INFINITY } else { d }))
-            .fold((0, 0.0f64), |worst, (q, d)| if d > worst.1 { (q, d) } else { worst })
+        (0..p).map(|q| (q, (a[q] as f64 - b[q] as f64).abs())).fold((0, 0.0f64), |worst, (q, d)| {
+            if d > worst.1 {
+                (q, d)
+            } else {
+                worst
+            }
+        })
     };
     let mut noise: f64 = 0.0;
     for (k, probe) in plan.probes.iter().enumerate().filter(|(_, p)| p.cut == p.tokens.len()) {
@@ -543,9 +549,11 @@ mod tests {
             assert!(copies.insert((probe.row, probe.side)), "{probe:?}");
             // ... and its tokens from the cut on are those of a row of its own side.
             let original = &val.inputs[probe.row * t..(probe.row + 1) * t];
+            // (Where that row's token is the original's, another one.)
             let from = |d: usize| {
+                let donor = &val.inputs[d * t..(d + 1) * t];
                 (probe.cut..t)
-                    .all(|i| probe.tokens[i] == val.inputs[d * t + i] || probe.tokens[i] == (original[i] + 1) % 32)
+                    .all(|i| probe.tokens[i] == donor[i] || (donor[i] == original[i] && probe.tokens[i] != original[i]))
             };
             assert!((0..512).any(|d| side_of_row(d) == probe.side && from(d)), "{probe:?}");
         }

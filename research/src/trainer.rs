@@ -76,6 +76,11 @@ pub struct TrainingSettings {
     pub seed: Option<u64>,
 }
 
+/// Cargo's target folder for the checkout `root`: $CARGO_TARGET_DIR (relative to it, or absolute) or `target`.
+pub fn cargo_target(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d))
+}
+
 #[derive(Clone)]
 pub struct Trainer {
     pub root: PathBuf,
@@ -161,7 +166,7 @@ impl Trainer {
     /// Cargo's target folder for this variant: $CARGO_TARGET_DIR or `target`, with `cuda/` inside it for the
     /// CUDA build (the two variants link different libtorch builds).
     fn target_dir(&self) -> PathBuf {
-        let base = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| self.root.join("target"), |d| self.root.join(d));
+        let base = cargo_target(&self.root);
         if self.device == DeviceChoice::Cuda {
             base.join("cuda")
         } else {

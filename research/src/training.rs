@@ -27,7 +27,7 @@ use crate::process::{wait_or_kill, CappedOutput, Role, LOG_LIMIT};
 
 /// How long a phase's output may go on after the phase ended (a process its supervisor has not ended yet).
 pub(crate) const OUTPUT_PATIENCE: Duration = Duration::from_secs(5);
-use crate::trainer::{DeviceChoice, Trainer, TrainingSettings};
+use crate::trainer::{cargo_target, DeviceChoice, Trainer, TrainingSettings};
 /// The end of a log, as crash reasons and the dashboard show it.
 pub use autoresearch_report::journal::tail;
 
@@ -219,8 +219,11 @@ pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingF
     let mut devices = device_writes(cuda);
     let mut deny = unreadable(prepared, root);
     if !cuda {
-        // Files left there by an earlier training would be read back.
+        // Files left there by an earlier training would be read back; and the target folder holds the test
+        // sessions' trees and older builds of this program (which held the demo corpus), while the phases need
+        // only their binary there (read below). On CUDA the policy stays as measured on a GPU.
         deny.push(PathBuf::from("/dev/shm"));
+        deny.push(cargo_target(root));
     }
     let mut training_writes = vec![files.handover.clone()];
     training_writes.append(&mut devices.clone());
@@ -228,7 +231,7 @@ pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingF
     evaluation_writes.append(&mut devices);
     let mut evaluation_deny = deny.clone();
     evaluation_deny.push(prepared.data_dir.clone());
-    let read = vec![files.handover.clone()];
+    let read = vec![files.handover.clone(), binary.to_path_buf()];
     // The evaluation starts its own binary again as the model process: a worker's (or `noise`'s) lives beneath
     // .autoresearch, which is otherwise unreadable.
     let evaluation_read = vec![files.handover.clone(), binary.to_path_buf()];
@@ -650,30 +653,48 @@ pub fn evaluate_again(
     if !checkpoint.is_file() {
         bail!("no checkpoint at {} (kept for kept runs and crashed evaluations)", checkpoint.display());
     }
-    let _temporary = TemporaryFiles(files.handover.join(TMP));
-    let sandboxes = sandboxes(&prepared, &trainer.root, trainer.device == DeviceChoice::Cuda, files, &trainer.binary());
-    let deadline = (Instant::now() + Duration::from_secs(24 * 3600), String::new());
-    let (ended, _, nonce) =
-        evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline, &prepared, audit)?;
     let failed = |reason: String, retryable: bool| {
         let log = String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
-        Ok(Again::Failed(Crash { reason, retryable, log_tail: tail(&log, TAIL_LINES) }))
+        Again::Failed(Crash { reason, retryable, log_tail: tail(&log, TAIL_LINES) })
     };
-    match ended {
-        Ended::Exited(status) => {
-            if let Some((reason, retryable)) = crash_reason(status, read_status(&files.status()).as_ref()) {
-                return failed(reason, retryable);
+    // Where the trainings run (a Slurm job, say), the evaluation runs too.
+    let limit = evaluation_limit(&prepared.profile.name) * if audit { AUDIT_LIMIT_FACTOR } else { 1.0 };
+    match procs.begin(Duration::from_secs_f64(limit))? {
+        Begun::Ready => {}
+        Begun::Interrupted => return Ok(Again::Interrupted),
+        Begun::Failed(why) => return Ok(failed(why, true)),
+    }
+    let again = (|| -> Result<Again> {
+        let _temporary = TemporaryFiles(files.handover.join(TMP));
+        let cuda = trainer.device == DeviceChoice::Cuda;
+        let sandboxes = sandboxes(&prepared, &trainer.root, cuda, files, &trainer.binary());
+        let deadline = (Instant::now() + Duration::from_secs(24 * 3600), String::new());
+        let (ended, _, nonce) =
+            evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline, &prepared, audit)?;
+        match ended {
+            Ended::Exited(status) => {
+                let why = match procs.failure() {
+                    Some(why) => Some((why, true)),
+                    None => crash_reason(status, read_status(&files.status()).as_ref()),
+                };
+                if let Some((reason, retryable)) = why {
+                    return Ok(failed(reason, retryable));
+                }
             }
+            Ended::OverTime(why) => return Ok(failed(why, true)),
+            Ended::Interrupted => return Ok(Again::Interrupted),
         }
-        Ended::OverTime(why) => return failed(why, true),
-        Ended::Interrupted => return Ok(Again::Interrupted),
-    }
-    let budget = prepared.profile.budget(settings.time_budget);
-    let seed = settings.seed.unwrap_or(crate::state::SEED);
-    match read_result(&files.result, &nonce).and_then(|r| check_result(r, &prepared, budget, seed)) {
-        Ok(result) => Ok(Again::Evaluated(result)),
-        Err(e) => failed(format!("{e:#}"), false),
-    }
+        let budget = prepared.profile.budget(settings.time_budget);
+        let seed = settings.seed.unwrap_or(crate::state::SEED);
+        Ok(match read_result(&files.result, &nonce).and_then(|r| check_result(r, &prepared, budget, seed)) {
+            Ok(result) => Again::Evaluated(result),
+            Err(e) => failed(format!("{e:#}"), false),
+        })
+    })();
+    let finished = procs.finish();
+    let again = again?;
+    finished?;
+    Ok(again)
 }
 
 #[cfg(test)]
@@ -727,7 +748,8 @@ mod tests {
             assert!(cpu.evaluation.deny_read.contains(&dir.path().join("repo").join(p)), "{p}");
         }
         assert!(cpu.training.deny_read.contains(&PathBuf::from("/dev/shm")));
-        assert_eq!(cpu.training.read, vec![files.handover.clone()], "its own hand-over folder");
+        assert!(cpu.training.deny_read.contains(&crate::trainer::cargo_target(&dir.path().join("repo"))));
+        assert_eq!(cpu.training.read, vec![files.handover.clone(), binary.clone()], "its hand-over folder, its binary");
         assert_eq!(cpu.evaluation.read, vec![files.handover.clone(), binary.clone()], "and the binary it runs again");
         assert!(cpu.training.write.contains(&files.handover) && cpu.training.write.contains(&"/dev/null".into()));
         assert!(!cpu.training.write.iter().any(|w| w == Path::new("/dev") || w.starts_with("/proc")));

@@ -127,8 +127,11 @@ pub(super) fn train_and_decide(
 }
 
 /// How far an audit's val_bpb may be from the first evaluation's: the same checkpoint's, in other batches
-/// (about 1e-7 apart on the CPU). A model that leaks only where it is not audited moves it further.
-const AUDIT_AGREEMENT: f64 = 1e-4;
+/// (equal to 6 decimals on the CPU in every audit measured). A model that leaks only where it is not audited
+/// moves it further.
+const AUDIT_AGREEMENT: f64 = 1e-5;
+/// How the reason of a crash in the audit begins.
+pub(super) const AUDIT_CRASH: &str = "audit: ";
 
 /// The built-in's check before a keep, on the CPU (where the evaluation's model processes run): every training
 /// that counts in the value, its checkpoint evaluated once more as an audit (enough causality probes to catch a
@@ -146,6 +149,7 @@ fn audit(
     if trainer.device == DeviceChoice::Cuda {
         return Ok(Checked::Passed);
     }
+    anyhow::ensure!(seeds.len() == values.len(), "{} seeds for {} values", seeds.len(), values.len());
     let dir = worker.run_dir(run);
     let name = worker.session.settings.metric.name.clone();
     for (&seed, &value) in seeds.iter().zip(values) {
@@ -172,7 +176,7 @@ fn audit(
             let log = String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
             return Ok(Checked::Failed(Crash {
                 reason: format!(
-                    "audit: the same checkpoint (seed {seed}) measured {name} {audited:.6} in its audit, {value:.6} \
+                    "{AUDIT_CRASH}the same checkpoint (seed {seed}) measured {name} {audited:.6} in its audit, {value:.6} \
                      before: a model whose value depends on how it is evaluated"
                 ),
                 retryable: false,

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use super::decide::AUDIT_CRASH;
 use super::{Decision, ExperimentOptions, Outcome, Started};
 use crate::files::{handover_dir, is_handover_dir};
 use crate::results::{self, Extra, Row, Status};
@@ -77,7 +78,11 @@ pub(super) fn record(
         }
     }
     session.done(worker.number);
-    let crashed_in_evaluation = decision.crash.as_ref().is_some_and(|c| c.reason.starts_with("evaluation: "));
+    // The checkpoint of a crashed evaluation or audit stays, for `autoresearch eval [--audit]`.
+    let crashed_in_evaluation = decision
+        .crash
+        .as_ref()
+        .is_some_and(|c| c.reason.starts_with("evaluation: ") || c.reason.starts_with(AUDIT_CRASH));
     prune_checkpoints(&worker.run_dir(run), decision.status == Status::Keep || crashed_in_evaluation)?;
     let overhead = seconds - training_wall;
     meta.status = decision.status;
@@ -119,7 +124,7 @@ pub(super) fn interrupted(worker: &mut Worker, mut meta: RunMeta) -> Result<Outc
 }
 
 /// Checkpoints take room (about 200 MB at the h100 profile): a run keeps its first seed's when it was kept or
-/// its evaluation crashed (for `autoresearch eval`); the others go.
+/// its evaluation or audit crashed (for `autoresearch eval`); the others go.
 fn prune_checkpoints(dir: &Path, keep_first: bool) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
     for entry in entries {
