@@ -172,10 +172,7 @@ impl Plan {
             probes.push(Probe { row: r, cut: t, tokens: row(r).to_vec(), side: s });
         }
         let repeats = probes.len() - altered;
-        let source = |item: Item| match item {
-            Item::Metric(r) => r,
-            Item::Probe(k) => probes[k].row,
-        };
+        let source = |item: Item| source(&probes, item);
         let side_of = |item: Item| match item {
             Item::Metric(r) => side[r],
             Item::Probe(k) => probes[k].side,
@@ -206,12 +203,16 @@ impl Plan {
         }
     }
 
-    /// The validation row an item is made from: its targets are the ones the checks read.
     fn source(&self, item: Item) -> usize {
-        match item {
-            Item::Metric(r) => r,
-            Item::Probe(k) => self.probes[k].row,
-        }
+        source(&self.probes, item)
+    }
+}
+
+/// The validation row an item is made from: its targets are the ones the checks read.
+fn source(probes: &[Probe], item: Item) -> usize {
+    match item {
+        Item::Metric(r) => r,
+        Item::Probe(k) => probes[k].row,
     }
 }
 

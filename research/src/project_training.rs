@@ -18,8 +18,8 @@ use crate::process::{CappedOutput, Role, LOG_LIMIT};
 use crate::project::{read_metric, Commands, Step};
 use crate::trainer::{pin_to_cpus, DeviceChoice, Trainer};
 use crate::training::{
-    append, device_writes, finishing, fresh_files, run_phase, session_files, tail, Attempt, Crash, Ended, Measured,
-    Processes, TrainingFiles, TrainingOutcome, OUTPUT_PATIENCE, TAIL_LINES,
+    append, device_writes, finishing, fresh_files, run_phase, session_files, Attempt, Crash, Ended, Measured,
+    Processes, TrainingFiles, TrainingOutcome, OUTPUT_PATIENCE,
 };
 
 /// Where a project's command runs: the worker's tree, the session's repository (whose session files, results.tsv
@@ -281,10 +281,7 @@ pub fn run_checks(
     procs: &mut dyn Processes,
 ) -> Result<Checked> {
     std::fs::write(log, "")?;
-    let failed = |reason: String, retryable: bool| {
-        let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
-        Ok(Checked::Failed(Crash { reason, retryable, log_tail: tail(&text, TAIL_LINES) }))
-    };
+    let failed = |reason: String, retryable: bool| Ok(Checked::Failed(Crash::with_log(reason, retryable, log)));
     let no_deadline = (Instant::now() + Duration::from_secs(365 * 24 * 3600), String::new());
     for check in &commands.checks {
         std::fs::create_dir_all(place.tmp())?;

@@ -44,6 +44,14 @@ pub struct Crash {
     pub log_tail: String,
 }
 
+impl Crash {
+    /// A crash with the end of the log at `log`.
+    pub fn with_log(reason: String, retryable: bool, log: &Path) -> Crash {
+        let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+        Crash { reason, retryable, log_tail: tail(&text, TAIL_LINES) }
+    }
+}
+
 /// What a training measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Measured {
@@ -231,16 +239,21 @@ pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingF
     evaluation_writes.append(&mut devices);
     let mut evaluation_deny = deny.clone();
     evaluation_deny.push(prepared.data_dir.clone());
+    // The phases' own binary (the evaluation starts it again as the model process): a worker's (or `noise`'s)
+    // lives beneath .autoresearch, the others beneath the target folder, both otherwise unreadable.
     let read = vec![files.handover.clone(), binary.to_path_buf()];
-    // The evaluation starts its own binary again as the model process: a worker's (or `noise`'s) lives beneath
-    // .autoresearch, which is otherwise unreadable.
-    let evaluation_read = vec![files.handover.clone(), binary.to_path_buf()];
     Sandboxes {
-        training: Policy { deny_read: deny, read, write: training_writes, no_inet_sockets: !cuda, ..Policy::default() }
-            .unless_turned_off(),
+        training: Policy {
+            deny_read: deny,
+            read: read.clone(),
+            write: training_writes,
+            no_inet_sockets: !cuda,
+            ..Policy::default()
+        }
+        .unless_turned_off(),
         evaluation: Policy {
             deny_read: evaluation_deny,
-            read: evaluation_read,
+            read,
             write: evaluation_writes,
             no_inet_sockets: !cuda,
             ..Policy::default()
@@ -388,8 +401,7 @@ impl<'a> Attempt<'a> {
 
     /// A crash with the end of the log.
     pub(crate) fn crash(&self, reason: String, retryable: bool) -> Crash {
-        let log = String::from_utf8_lossy(&std::fs::read(self.log).unwrap_or_default()).into_owned();
-        Crash { reason, retryable, log_tail: tail(&log, TAIL_LINES) }
+        Crash::with_log(reason, retryable, self.log)
     }
 
     pub(crate) fn done(&self, result: std::result::Result<Measured, Crash>, interrupted: bool) -> TrainingOutcome {
@@ -436,10 +448,7 @@ fn train_and_evaluate_begun(
     }
     // Where the place a phase ran says it failed (a cancelled job, a lost node: srun may even exit 0 then), that
     // is the crash's reason, and not the file's fault; else the phase's status file and its exit status say.
-    let failed = |procs: &mut dyn Processes, status| match procs.failure() {
-        Some(why) => Some((why, true)),
-        None => crash_reason(status, read_status(&files.status()).as_ref()),
-    };
+    let failed = |procs: &mut dyn Processes, status| phase_failure(procs, status, files);
     let allowance = allowance(&prepared.profile.name);
     let limit = budget + allowance;
     let unix_now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
@@ -550,6 +559,21 @@ fn summarise(
     }
 }
 
+/// Why a phase that exited with `status` failed, and whether the identical file may be tried again (None: it did
+/// not). Where the place it ran says it failed (a cancelled job, a lost node: srun may even exit 0 then), that is
+/// the reason, and not the file's fault; else the phase's status file and its exit status say.
+fn phase_failure(procs: &mut dyn Processes, status: ExitStatus, files: &TrainingFiles) -> Option<(String, bool)> {
+    match procs.failure() {
+        Some(why) => Some((why, true)),
+        None => crash_reason(status, read_status(&files.status()).as_ref()),
+    }
+}
+
+/// Seconds the evaluation phase has: the profile's [`evaluation_limit`], an audit [`AUDIT_LIMIT_FACTOR`] times it.
+fn evaluation_phase_limit(profile: &str, audit: bool) -> f64 {
+    evaluation_limit(profile) * if audit { AUDIT_LIMIT_FACTOR } else { 1.0 }
+}
+
 /// Runs the evaluation phase once on the checkpoint in `files.handover`, with a fresh nonce on its stdin (and
 /// [`AUDIT`] after it for an audit) and a fresh temporary folder, removed after it, stopped at the profile's
 /// [`evaluation_limit`] (an audit at [`AUDIT_LIMIT_FACTOR`] times it): how it ended, its seconds, and the nonce its
@@ -580,10 +604,8 @@ fn evaluation_phase(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let cmd = trainer.phase_command(settings, &args)?;
-    let (limit, input) = match audit {
-        false => (evaluation_limit(&prepared.profile.name), format!("{nonce}\n")),
-        true => (evaluation_limit(&prepared.profile.name) * AUDIT_LIMIT_FACTOR, format!("{nonce}\n{AUDIT}\n")),
-    };
+    let limit = evaluation_phase_limit(&prepared.profile.name, audit);
+    let input = if audit { format!("{nonce}\n{AUDIT}\n") } else { format!("{nonce}\n") };
     let over = format!("over time: the evaluation phase was stopped at its limit of {limit} s");
     let limit = Some((Duration::from_secs_f64(limit), over));
     let (ended, wall) = run_phase(procs, cmd, Role::Evaluation, &files.log, Some(&input), limit, deadline)?;
@@ -653,13 +675,9 @@ pub fn evaluate_again(
     if !checkpoint.is_file() {
         bail!("no checkpoint at {} (kept for kept runs and crashed evaluations)", checkpoint.display());
     }
-    let failed = |reason: String, retryable: bool| {
-        let log = String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
-        Again::Failed(Crash { reason, retryable, log_tail: tail(&log, TAIL_LINES) })
-    };
+    let failed = |reason: String, retryable: bool| Again::Failed(Crash::with_log(reason, retryable, &files.log));
     // Where the trainings run (a Slurm job, say), the evaluation runs too.
-    let limit = evaluation_limit(&prepared.profile.name) * if audit { AUDIT_LIMIT_FACTOR } else { 1.0 };
-    match procs.begin(Duration::from_secs_f64(limit))? {
+    match procs.begin(Duration::from_secs_f64(evaluation_phase_limit(&prepared.profile.name, audit)))? {
         Begun::Ready => {}
         Begun::Interrupted => return Ok(Again::Interrupted),
         Begun::Failed(why) => return Ok(failed(why, true)),
@@ -673,11 +691,7 @@ pub fn evaluate_again(
             evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline, &prepared, audit)?;
         match ended {
             Ended::Exited(status) => {
-                let why = match procs.failure() {
-                    Some(why) => Some((why, true)),
-                    None => crash_reason(status, read_status(&files.status()).as_ref()),
-                };
-                if let Some((reason, retryable)) = why {
+                if let Some((reason, retryable)) = phase_failure(procs, status, files) {
                     return Ok(failed(reason, retryable));
                 }
             }

@@ -14,7 +14,7 @@ use crate::results::Status;
 use crate::rules::{mean_std, seed_blind, Rule};
 use crate::state::SEED;
 use crate::trainer::{DeviceChoice, Trainer, TrainingSettings};
-use crate::training::{evaluate_again, tail, Again, Crash, TrainingFiles, TAIL_LINES};
+use crate::training::{evaluate_again, Again, Crash, TrainingFiles};
 use crate::tree::Search;
 use crate::Worker;
 
@@ -168,20 +168,16 @@ fn audit(
         let audited = match evaluate_again(trainer, &settings, &files, &mut Journaled::new(worker, opts), true)? {
             Again::Evaluated(result) => result.val_bpb,
             Again::Failed(crash) => {
-                return Ok(Checked::Failed(Crash { reason: format!("audit: {}", crash.reason), ..crash }))
+                return Ok(Checked::Failed(Crash { reason: format!("{AUDIT_CRASH}{}", crash.reason), ..crash }))
             }
             Again::Interrupted => return Ok(Checked::Interrupted),
         };
         if (audited - value).abs() > AUDIT_AGREEMENT {
-            let log = String::from_utf8_lossy(&std::fs::read(&files.log).unwrap_or_default()).into_owned();
-            return Ok(Checked::Failed(Crash {
-                reason: format!(
-                    "{AUDIT_CRASH}the same checkpoint (seed {seed}) measured {name} {audited:.6} in its audit, {value:.6} \
-                     before: a model whose value depends on how it is evaluated"
-                ),
-                retryable: false,
-                log_tail: tail(&log, TAIL_LINES),
-            }));
+            let reason = format!(
+                "{AUDIT_CRASH}the same checkpoint (seed {seed}) measured {name} {audited:.6} in its audit, {value:.6} \
+                 before: a model whose value depends on how it is evaluated"
+            );
+            return Ok(Checked::Failed(Crash::with_log(reason, false, &files.log)));
         }
         worker.say(&format!("run {run}: audit passed: {name} {audited:.6} again"));
     }
