@@ -615,6 +615,26 @@ fn attacks_on_the_metric_are_not_kept() {
         walk_files(&s.repo.join(".autoresearch")).into_iter().filter(|p| p.ends_with("planted.json")).collect();
     assert!(planted.is_empty(), "{planted:?}");
 
+    // Logits shifted by 2^30 round to one float32 value, a uniform distribution. Scored by `logsumexp − logit`,
+    // whose 2^30 + ln 2048 rounds back to 2^30, that was a loss of 0 at every position (and the training's loss
+    // taken the same way passed the loss check); scored as the log-softmax, it is the uniform distribution's.
+    let description = "shift the evaluated logits out of float32's precision";
+    let shifted = honest
+        .edit(
+            "autoresearch_ops::autocast(self.device.is_cuda(), || Gpt::logits(self, inputs))",
+            "autoresearch_ops::autocast(self.device.is_cuda(), || Gpt::logits(self, inputs)).to_kind(tch::Kind::Float) + 1073741824.0",
+        )
+        .edit(
+            "autoresearch_ops::autocast(self.device.is_cuda(), || Gpt::per_token_loss(self, inputs, targets))",
+            "autoresearch_evaluate::evaluation::cross_entropy(&Model::logits(self, inputs), targets, self.config.vocab_size as usize).unwrap()",
+        );
+    std::fs::write(&train, shifted).unwrap();
+    assert!(s.run(&["run", "-m", description, "--rule", "margin", "--min-delta", "0.01"]).status.success());
+    let row = s.rows().last().unwrap().clone();
+    assert_eq!((row.status, row.description.as_str()), (Status::Discard, description), "{row:?}");
+    assert!(row.val_bpb > baseline.val_bpb, "no better than the model it shifted: {row:?}");
+    s.assert_consistent();
+
     // The honest improvement is still kept.
     std::fs::write(&train, &better).unwrap();
     assert!(s.run(&["run", "-m", "learning rates up tenfold"]).status.success());

@@ -46,7 +46,10 @@ impl ValRows {
     }
 }
 
-/// Cross-entropy (nats) of each target, (n, t), from logits (n, t, vocab) of any float kind, in float32.
+/// Cross-entropy (nats) of each target, (n, t), from logits (n, t, vocab) of any float kind, in float32: the
+/// log-softmax, whose row maximum is subtracted before anything else. `logsumexp − logit` would lose the answer
+/// to rounding at large magnitudes: logits all shifted by 2^30 round to one value, a uniform distribution, yet
+/// `2^30 + ln vocab` rounds back to 2^30 and that difference scores a loss of 0 for any target.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, vocab: usize) -> Result<Tensor> {
     let (n, t) = targets.size2()?;
     ensure!(
@@ -54,8 +57,7 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, vocab: usize) -> Result<
         "the model's logits have shape {:?}; the evaluation needs [{n}, {t}, {vocab}] (batch, sequence, vocabulary)",
         logits.size()
     );
-    let logits = logits.to_kind(Kind::Float);
-    Ok(logits.logsumexp([-1], false) - logits.gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1))
+    Ok(-logits.log_softmax(-1, Kind::Float).gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1))
 }
 
 /// Rows per forward pass to start with: float32 logits of at most 4 GiB on a GPU (64 rows at h100: the
@@ -166,6 +168,21 @@ mod tests {
         assert!((loss.double_value(&[0, 0]) - (4f64.ln() - 3f64.ln())).abs() < 1e-6);
         let err = cross_entropy(&logits, &Tensor::from_slice(&[1i64]).view([1, 1]), 3).unwrap_err();
         assert!(err.to_string().contains("the evaluation needs [1, 1, 3]"), "{err}");
+    }
+
+    #[test]
+    fn logits_shifted_out_of_float32_precision_score_as_the_uniform_distribution_they_round_to() {
+        // [0, ln 3] + 2^30: float32's step at 2^30 is 128, so both logits are exactly 2^30, a uniform
+        // distribution over 2 tokens: ln 2 for either target, not the 0 that `logsumexp − logit` rounds to.
+        let shifted = Tensor::from_slice(&[0.0f32, 3f32.ln()]).view([1, 1, 2]) + 2f64.powi(30);
+        for target in [0i64, 1] {
+            let loss = cross_entropy(&shifted, &Tensor::from_slice(&[target]).view([1, 1]), 2).unwrap();
+            assert!((loss.double_value(&[0, 0]) - 2f64.ln()).abs() < 1e-6, "target {target}: {loss}");
+        }
+        // A shift that float32 can hold changes nothing: ln 4 − ln 3, as unshifted.
+        let held = Tensor::from_slice(&[0.0f32, 3f32.ln()]).view([1, 1, 2]) + 1000.0;
+        let loss = cross_entropy(&held, &Tensor::from_slice(&[1i64]).view([1, 1]), 2).unwrap();
+        assert!((loss.double_value(&[0, 0]) - (4f64.ln() - 3f64.ln())).abs() < 1e-4);
     }
 
     #[test]
