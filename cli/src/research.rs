@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use autoresearch_harness::profile::{cache_root, Prepared};
+use autoresearch_report::files::WORKER_BIN;
 use autoresearch_report::noise::noise_for;
 use autoresearch_report::tree::Search;
 use autoresearch_research::agent::LoopOptions;
@@ -275,6 +276,8 @@ fn trainer(session: &Session, backend: &BackendArgs) -> Result<(Trainer, Arc<dyn
     }
     let prepared = Prepared::load(&cache_root()?, Some(&session.settings.profile))?;
     trainer.build_policy = Some(build_policy(&prepared, &trainer.root));
+    // The session's own binary: another session may build into the same CARGO_TARGET_DIR.
+    trainer.installed = Some(session.dir.join(WORKER_BIN).join("autoresearch-train"));
     Ok((trainer, backend))
 }
 

@@ -22,6 +22,8 @@ pub fn repo_root() -> Result<PathBuf> {
 
 /// A build that takes longer than this shows cargo's progress.
 pub const LONG_BUILD: Duration = Duration::from_secs(10);
+/// The lock file, in the target folder, that a build holds until its binary is copied out.
+const BUILD_LOCK: &str = "autoresearch-train.lock";
 
 /// Where trainings run, as the user chose it: the one device type of the command line, the session's state
 /// (`"auto"`, `"cpu"` or `"cuda"` in state.json) and the trainer.
@@ -89,8 +91,8 @@ pub struct Trainer {
     pub cargo: PathBuf,
     /// A training binary built elsewhere, run instead of building one.
     pub prebuilt: Option<PathBuf>,
-    /// Where a successful build's binary is copied and run from (a worker's own copy: the next build in the
-    /// shared target folder may be another worker's).
+    /// Where a successful build's binary is copied and run from (a session's or a worker's own copy: the next
+    /// build in the target folder may be another worker's, or another session's where CARGO_TARGET_DIR is shared).
     pub installed: Option<PathBuf>,
     /// Set in the environment of both phases (a worker's GPU or thread count).
     pub env: Vec<(String, String)>,
@@ -184,6 +186,16 @@ impl Trainer {
         self.prebuilt.clone().or_else(|| self.installed.clone()).unwrap_or_else(|| self.built())
     }
 
+    /// An exclusive lock on the target folder's training binary (waited for).
+    fn lock_target(&self) -> Result<std::fs::File> {
+        let dir = self.target_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(BUILD_LOCK);
+        let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        file.lock().with_context(|| format!("locking {}", path.display()))?;
+        Ok(file)
+    }
+
     /// The cargo command that builds the binary; its output is the compiler's.
     pub fn build_command(&self) -> Result<Command> {
         let mut cmd = self.confined(self.build_policy.as_ref(), &self.cargo)?;
@@ -228,6 +240,9 @@ impl Trainer {
         use std::io::{BufRead, BufReader, Read};
         use std::sync::mpsc::{channel, RecvTimeoutError};
         self.ensure_libtorch()?;
+        // Held from cargo's start until the binary is copied out: a build of another session that shares the
+        // target folder cannot replace the binary in between.
+        let _target = self.lock_target()?;
         let first = !self.built().exists();
         let mut cmd = self.build_command()?;
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -411,6 +426,42 @@ mod tests {
         let (result, shown) = build(&t);
         assert!(result.is_ok());
         assert!(shown.is_empty(), "an incremental build says nothing: {shown:?}");
+    }
+
+    #[test]
+    fn sessions_sharing_a_target_folder_each_run_the_binary_they_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared-target");
+        let sessions: Vec<Trainer> = ["one", "two"]
+            .iter()
+            .map(|name| {
+                let root = dir.path().join(name);
+                // A cargo that writes this session's binary into the shared folder, then takes a while to exit.
+                let mut t = trainer(&root, "", 0);
+                std::fs::write(
+                    &t.cargo,
+                    format!("#!/bin/sh\nmkdir -p target/release\necho {name} > target/release/autoresearch-train\nsleep 0.5\n"),
+                )
+                .unwrap();
+                std::os::unix::fs::symlink(&shared, root.join("target")).unwrap();
+                t.installed = Some(root.join(".autoresearch/bin/autoresearch-train"));
+                t
+            })
+            .collect();
+        std::fs::create_dir_all(&shared).unwrap();
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            for t in &sessions {
+                let start = &start;
+                scope.spawn(move || {
+                    start.wait();
+                    assert!(build(t).0.is_ok());
+                });
+            }
+        });
+        for (t, name) in sessions.iter().zip(["one", "two"]) {
+            assert_eq!(std::fs::read_to_string(t.binary()).unwrap(), format!("{name}\n"));
+        }
     }
 
     #[test]
