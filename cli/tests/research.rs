@@ -1223,6 +1223,19 @@ fn attacks_on_the_evaluation_are_not_kept() {
                 other => panic!("opening {path}: {other:?}"),
             }
         }
+        // Reading a file or listing a folder can set its access time, which a later training could `stat`; the
+        // parent's command line names the result file (an audit's differs).
+        let reads = [
+            ("/etc/passwd", std::fs::read("/etc/passwd").map(drop)),
+            ("/usr/share", std::fs::read_dir("/usr/share").map(drop)),
+            ("the parent's command line", std::fs::read(format!("/proc/{parent}/cmdline")).map(drop)),
+        ];
+        for (what, read) in reads {
+            match read {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                other => panic!("reading {what}: {other:?}"),
+            }
+        }
         honest"#;
     // Steps the training's clock never saw, in the evaluation's model process.
     let load_state = "    fn load_state(&self, tensors: &[(String, Tensor)]) -> Result<()> {\n";
@@ -1272,22 +1285,19 @@ fn attacks_on_the_evaluation_are_not_kept() {
             &caught[..],
         ),
         (
-            // The same leak, only where the evaluation began within 3 s of the checkpoint's save (the evaluation
-            // after the training, not the audit before a keep): the audit then measures another value.
+            // The same leak, only in a model process that first ran within 3 s of the checkpoint's save (the
+            // evaluation right after the training, not the audit after the evaluation): the audit then measures
+            // another value. (Its parent's command line and start, in /proc, are not the model process's to read.)
             "a leak at three positions, where the checkpoint is fresh",
             model(&format!(
-                "        let fresh = || -> Option<bool> {{
+                "        static FRESH: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+        let fresh = || -> Option<bool> {{
             let args: Vec<String> = std::env::args().collect();
             let handover = args.get(args.iter().position(|a| a == \"--handover\")? + 1)?;
             let saved = std::fs::metadata(format!(\"{{handover}}/model.safetensors\")).ok()?.modified().ok()?;
-            let parent = std::os::unix::process::parent_id();
-            let stat = std::fs::read_to_string(format!(\"/proc/{{parent}}/stat\")).ok()?;
-            let ticks: f64 = stat.rsplit(')').next()?.split_whitespace().nth(19)?.parse().ok()?;
-            let uptime = std::fs::read_to_string(\"/proc/uptime\").ok()?;
-            let began = uptime.split_whitespace().next()?.parse::<f64>().ok()? - ticks / 100.0;
-            Some(saved.elapsed().ok()?.as_secs_f64() - began < 3.0)
+            Some(saved.elapsed().ok()?.as_secs_f64() < 3.0)
         }};
-        if fresh() != Some(true) {{
+        if *FRESH.get_or_init(fresh) != Some(true) {{
             return honest;
         }}
         let column = Tensor::arange(inputs.size()[1], (Kind::Float, inputs.device()));

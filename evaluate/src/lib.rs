@@ -23,7 +23,7 @@ pub mod probes;
 pub use autoresearch_harness::supervisor;
 
 use std::io::{BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -295,6 +295,22 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Training) -> Result<M
     Ok(())
 }
 
+/// What libtorch and OpenMP read in a model process besides its checkpoint and its own binary (symbols for a
+/// backtrace): the CPUs' topology, its own `/proc` folder, random seeds. Reading these sets no access time that
+/// lasts (procfs, sysfs and device nodes keep none).
+const MODEL_SYSTEM_READS: [&str; 5] =
+    ["/dev/urandom", "/proc/self", "/proc/cpuinfo", "/sys/devices/system/cpu", "/sys/fs/cgroup"];
+
+/// The model process reads its checkpoint, its binary and [`MODEL_SYSTEM_READS`], nothing else: no file's
+/// access time (which a later process can see with `stat`) tells the next experiment's training or the audit
+/// what it was fed, nor does a folder's listing, and its parent's command line (an audit's names its result file)
+/// is not its to read.
+fn model_reads(handover: &Path) -> Result<Vec<PathBuf>> {
+    let mut reads = vec![handover.join(CHECKPOINT), std::env::current_exe().context("the binary's own path")?];
+    reads.extend(MODEL_SYSTEM_READS.iter().map(PathBuf::from).filter(|p| p.exists()));
+    Ok(reads)
+}
+
 /// On the CPU: the agent's code in model processes of its own (one per side of the plan, each fresh from the
 /// checkpoint), sandboxed further (nothing writable); the metric's calls and the causality probes `probing` asks
 /// for mixed ([`probes`]). val_bpb, the device, and the timing for the log.
@@ -314,7 +330,7 @@ fn evaluate_in_model_process(
         result: None,
         status: None,
         deadline: None,
-        sandbox: Policy { write: Vec::new(), ..args.sandbox.clone() },
+        sandbox: Policy { write: Vec::new(), only_read: Some(model_reads(&args.handover)?), ..args.sandbox.clone() },
     };
     let allowance = Duration::from_secs_f64(allowance(&training.profile().name));
     let start = || model_process::ModelProcess::start(&model_args, vocab, allowance);

@@ -3,8 +3,9 @@
 //! tokens with its logits. The evaluation (fixed code) keeps the targets, the nonce and the result file, and
 //! takes the cross-entropy and every check itself: whatever the child sends is at most a model's logits.
 //!
-//! The child sandboxes itself further than the evaluation before any of the agent's code runs: the validation
-//! data unreadable and nothing writable (so not `/proc/self/mem`, `/dev/shm`, a temporary folder or the log),
+//! The child sandboxes itself further than the evaluation before any of the agent's code runs: it reads its
+//! checkpoint and nothing else (no validation data, no file whose access time a later process could see, no
+//! `/proc`), and writes nothing (so not `/proc/self/mem`, `/dev/shm`, a temporary folder or the log),
 //! and, as a process in a Landlock domain of its own, it cannot trace its parent or open the parent's
 //! `/proc/<pid>/mem`. Its stdout leads to `/dev/null`; its stderr is read here and dropped but for the last
 //! [`SHOWN`] characters when it fails (the error, for the log): what the agent's code prints carries no
@@ -51,8 +52,9 @@ pub fn serve<M: Model>(args: &PhaseArgs, build: fn(&Training) -> Result<M>) -> R
     if unsafe { libc::dup2(null.as_raw_fd(), 1) } < 0 {
         bail!("pointing stdout at /dev/null: {}", std::io::Error::last_os_error());
     }
-    let sandbox = args.sandbox.apply()?;
+    // The profile and tokenizer are read first, by fixed code: the sandbox then grants the checkpoint alone.
     let training = Training::from_env()?;
+    let sandbox = args.sandbox.apply()?;
     let model = build(&training)?;
     crate::load_checkpoint(&model, &args.handover.join(CHECKPOINT))?;
     send_text(&mut answers, &sandbox)?;

@@ -1,5 +1,6 @@
 //! The sandbox the agent's code runs in (Linux Landlock, unprivileged): it may read everything but the
-//! validation data and earlier experiments' files (save its own hand-over folder), write only beneath a few
+//! validation data and earlier experiments' files (save its own hand-over folder), or only a list of paths (the
+//! evaluation's model process: its checkpoint), write only beneath a few
 //! folders and device nodes, open no TCP connection and bind no TCP port (Landlock ABI 4; on the CPU no IPv4 or
 //! IPv6 socket at all, by a seccomp filter), and signal or reach
 //! through abstract Unix sockets no process outside its sandbox (ABI 6). The training binary applies it to
@@ -29,6 +30,11 @@ pub struct Policy {
     pub deny_read: Vec<PathBuf>,
     /// Folders beneath which it may read, even inside a denied one (its own hand-over folder in the session's).
     pub read: Vec<PathBuf>,
+    /// Where set, it may read and list only these files and folders (those beneath them included), and
+    /// `deny_read` and `read` add nothing. Reading a file or listing a folder can set its access time, which any
+    /// later process can see with `stat` (Landlock does not govern either): only a process that reads nothing
+    /// but what fixed code reads anyway leaves no message there.
+    pub only_read: Option<Vec<PathBuf>>,
     /// Folders beneath which it may write, and files (device nodes) it may write; nothing else is writable.
     pub write: Vec<PathBuf>,
     /// TCP stays open (the build, which may fetch crates); else no TCP connection or bound port.
@@ -62,8 +68,10 @@ impl Policy {
         if self.no_inet_sockets {
             refuse_inet_sockets()?;
         }
-        let deny: Vec<PathBuf> = self.deny_read.iter().filter_map(|p| p.canonicalize().ok()).collect();
-        let rules = read_rules(&deny)?;
+        let rules = match &self.only_read {
+            Some(only) => only.iter().map(|p| (p.clone(), true)).collect(),
+            None => read_rules(&self.deny_read.iter().filter_map(|p| p.canonicalize().ok()).collect::<Vec<_>>())?,
+        };
         let read = AccessFs::from_read(ABI_USED);
         let write = AccessFs::from_write(ABI_USED);
         // Listing is a right of folders only: a file's rule without it, or Landlock counts the rule as only
@@ -85,7 +93,7 @@ impl Policy {
                 ruleset = ruleset.add_rule(r)?;
             }
         }
-        for dir in &self.read {
+        for dir in self.read.iter().filter(|_| self.only_read.is_none()) {
             ruleset = ruleset.add_rule(rule(dir, read)?)?;
         }
         for dir in &self.write {
@@ -99,8 +107,11 @@ impl Policy {
             LandlockStatus::Available { effective_abi, .. } => effective_abi,
             _ => ABI::Unsupported,
         };
-        let mut what = format!("{} unreadable", list(&self.deny_read));
-        if !self.read.is_empty() {
+        let mut what = match &self.only_read {
+            Some(only) => format!("reads only {}", list(only)),
+            None => format!("{} unreadable", list(&self.deny_read)),
+        };
+        if !self.read.is_empty() && self.only_read.is_none() {
             what += &format!(" (but {})", list(&self.read));
         }
         what += &match self.write.is_empty() {
@@ -304,6 +315,31 @@ mod tests {
         assert!(line.contains("no signals"), "{line}");
         assert!(std::fs::read_dir(&session).is_ok(), "other threads are not restricted");
         assert!(std::net::UdpSocket::bind("127.0.0.1:0").is_ok(), "nor is their network");
+    }
+
+    #[test]
+    fn a_process_that_reads_only_a_list_can_neither_read_nor_list_anything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let (mine, other) = (root.join("model.safetensors"), root.join("progress.json"));
+        std::fs::write(&mine, "weights").unwrap();
+        std::fs::write(&other, "{}").unwrap();
+        let policy = Policy { only_read: Some(vec![mine.clone()]), ..Policy::default() };
+        let (mine2, root2) = (mine.clone(), root.clone());
+        let line = std::thread::spawn(move || {
+            let line = policy.apply().unwrap();
+            assert_eq!(std::fs::read_to_string(&mine2).unwrap(), "weights");
+            let denied = |r: std::io::Result<()>| r.unwrap_err().kind() == std::io::ErrorKind::PermissionDenied;
+            assert!(denied(std::fs::read(root2.join("progress.json")).map(drop)), "a file beside it");
+            assert!(denied(std::fs::read_dir(&root2).map(drop)), "its folder's listing");
+            assert!(denied(std::fs::read("/etc/hostname").map(drop)), "a system file");
+            assert!(denied(std::fs::read_dir("/usr/lib").map(drop)), "a system folder's listing");
+            assert!(denied(std::fs::read(format!("/proc/{}/cmdline", std::os::unix::process::parent_id())).map(drop)));
+            line
+        })
+        .join()
+        .unwrap();
+        assert!(line.contains(&format!("reads only {}", mine.display())), "{line}");
     }
 
     #[test]
