@@ -109,7 +109,7 @@ pub fn train(args: Args) -> Result<()> {
     let files = TrainingFiles::in_folder(folder.path(), seed, folder.path().join("train.log"));
     let done = Arc::new(AtomicBool::new(false));
     let follower = follow(files.log.clone(), done.clone());
-    let timeout = default_timeout(prepared.profile.budget(settings.time_budget));
+    let timeout = default_timeout(prepared.profile.budget(settings.time_budget), &prepared.profile.name);
     let trained = train_and_evaluate(&trainer, &settings, &files, timeout, &mut Terminal);
     done.store(true, Ordering::SeqCst);
     let _ = follower.join();

@@ -281,11 +281,11 @@ impl Project {
         file.check(root)
     }
 
-    /// The hard limit of one training where the command line gives none: the built-in's (twice the budget plus
-    /// two minutes); a project's steps' own limits, plus a minute.
-    pub fn default_timeout(&self, budget: f64) -> Duration {
+    /// The hard limit of one training where the command line gives none: the built-in's
+    /// ([`crate::experiment::default_timeout`]); a project's steps' own limits, plus a minute.
+    pub fn default_timeout(&self, budget: f64, profile: &str) -> Duration {
         match &self.commands {
-            None => crate::experiment::default_timeout(budget),
+            None => crate::experiment::default_timeout(budget, profile),
             Some(c) => {
                 c.train.timeout + c.evaluate.as_ref().map_or(Duration::ZERO, |e| e.timeout) + Duration::from_secs(60)
             }

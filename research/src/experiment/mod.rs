@@ -53,9 +53,13 @@ pub struct ExperimentOptions {
 }
 
 /// The default hard timeout: twice the budget plus two minutes (12 minutes at 300 s; the original's program.md
-/// says 10).
-pub fn default_timeout(budget: f64) -> Duration {
-    Duration::from_secs_f64(2.0 * budget + 120.0)
+/// says 10), and at least the phases' own limits (the budget, the start-up allowance and the evaluation's limit)
+/// plus a minute, so that on a loaded machine an evaluation within its limit is not cut short by this one (at
+/// small, 20 s: 270 s rather than 160 s).
+pub fn default_timeout(budget: f64, profile: &str) -> Duration {
+    use autoresearch_harness::handover::{allowance, evaluation_limit};
+    let phases = budget + allowance(profile) + evaluation_limit(profile) + 60.0;
+    Duration::from_secs_f64((2.0 * budget + 120.0).max(phases))
 }
 
 #[derive(Debug)]
@@ -242,4 +246,18 @@ pub fn describe(o: &Outcome, metric: &str) -> String {
         "run {}: {} ({metric} {value}): {} [{:.1} s, harness overhead {:.1} s]",
         o.run, o.status, o.reason, o.seconds, o.harness_overhead
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_timeout;
+
+    #[test]
+    fn the_default_timeout_covers_the_phases_own_limits() {
+        // small at 20 s: the budget, the allowance (10 s), the evaluation's limit (180 s) and a minute, over
+        // twice the budget plus two minutes (160 s).
+        assert_eq!(default_timeout(20.0, "small").as_secs_f64(), 270.0);
+        // h100 at 300 s: twice the budget plus two minutes, over 300 + 40 + 120 + 60.
+        assert_eq!(default_timeout(300.0, "h100").as_secs_f64(), 720.0);
+    }
 }
