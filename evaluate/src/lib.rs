@@ -296,8 +296,8 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Training) -> Result<M
 }
 
 /// What libtorch and OpenMP read in a model process besides its checkpoint and its own binary (symbols for a
-/// backtrace): the CPUs' topology, its own `/proc` folder, random seeds. Reading these sets no access time that
-/// lasts (procfs, sysfs and device nodes keep none).
+/// backtrace): the CPUs' topology, its own `/proc` folder, random seeds. Reading these files sets no access time
+/// that lasts (procfs, sysfs and device nodes keep none), and the folders are not listed (a listing would).
 const MODEL_SYSTEM_READS: [&str; 5] =
     ["/dev/urandom", "/proc/self", "/proc/cpuinfo", "/sys/devices/system/cpu", "/sys/fs/cgroup"];
 

@@ -3,9 +3,11 @@
 //! tokens with its logits. The evaluation (fixed code) keeps the targets, the nonce and the result file, and
 //! takes the cross-entropy and every check itself: whatever the child sends is at most a model's logits.
 //!
-//! The child sandboxes itself further than the evaluation before any of the agent's code runs: it reads its
-//! checkpoint and nothing else (no validation data, no file whose access time a later process could see, no
-//! `/proc`), and writes nothing (so not `/proc/self/mem`, `/dev/shm`, a temporary folder or the log),
+//! The child sandboxes itself further than the evaluation before any of the agent's code runs (no thread of its
+//! own runs yet: Landlock restricts the thread that applies it and what it starts): it reads its checkpoint, its
+//! binary and a few system files, lists no folder (no validation data, no file whose access time a later process
+//! could see, not its parent's `/proc`), changes no file's metadata, and writes nothing (so not `/proc/self/mem`,
+//! `/dev/shm`, a temporary folder or the log),
 //! and, as a process in a Landlock domain of its own, it cannot trace its parent or open the parent's
 //! `/proc/<pid>/mem`. Its stdout leads to `/dev/null`; its stderr is read here and dropped but for the last
 //! [`SHOWN`] characters when it fails (the error, for the log): what the agent's code prints carries no

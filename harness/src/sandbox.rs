@@ -30,7 +30,7 @@ pub struct Policy {
     pub deny_read: Vec<PathBuf>,
     /// Folders beneath which it may read, even inside a denied one (its own hand-over folder in the session's).
     pub read: Vec<PathBuf>,
-    /// Where set, it may read and list only these files and folders (those beneath them included), and
+    /// Where set, it may read only these files and the files beneath these folders, and list no folder;
     /// `deny_read` and `read` add nothing. Reading a file or listing a folder can set its access time, which any
     /// later process can see with `stat` (Landlock does not govern either): only a process that reads nothing
     /// but what fixed code reads anyway leaves no message there.
@@ -42,6 +42,10 @@ pub struct Policy {
     /// No IPv4 or IPv6 socket at all, UDP included, and no io_uring (which could open one past the filter): a
     /// seccomp filter, on top of Landlock's TCP rules. Set on the CPU; CUDA keeps the policy measured on a GPU.
     pub no_inet_sockets: bool,
+    /// No file's permissions, owner, times or extended attributes changed (the chmod, chown, utime and xattr calls
+    /// fail): Landlock governs none of them, so a process could leave a message in any file it can name, for a
+    /// later one to read with `stat`. A seccomp filter; set on the CPU, with `no_inet_sockets`.
+    pub keep_metadata: bool,
     /// No sandbox at all: the user turned it off (`AUTORESEARCH_SANDBOX=off`).
     pub off: bool,
 }
@@ -65,8 +69,8 @@ impl Policy {
         if self.off {
             return Ok("sandbox: off (AUTORESEARCH_SANDBOX=off): the agent's code runs unconfined".into());
         }
-        if self.no_inet_sockets {
-            refuse_inet_sockets()?;
+        if self.no_inet_sockets || self.keep_metadata {
+            refuse_calls(self.no_inet_sockets, self.keep_metadata)?;
         }
         let rules = match &self.only_read {
             Some(only) => only.iter().map(|p| (p.clone(), true)).collect(),
@@ -88,8 +92,12 @@ impl Policy {
             ruleset = ruleset.handle_access(AccessNet::from_all(ABI::V4))?;
         }
         let mut ruleset = ruleset.scope(Scope::from_all(ABI::V6))?.create()?;
+        // A listing sets a folder's access time (where the mount keeps them): a process that reads only a list
+        // reads the files beneath its folders and lists none.
+        let whole_read = if self.only_read.is_some() { read & !AccessFs::ReadDir } else { read };
         for (path, whole) in &rules {
-            if let Some(r) = unless_gone(path, rule(path, if *whole { read } else { AccessFs::ReadDir.into() }))? {
+            if let Some(r) = unless_gone(path, rule(path, if *whole { whole_read } else { AccessFs::ReadDir.into() }))?
+            {
                 ruleset = ruleset.add_rule(r)?;
             }
         }
@@ -126,6 +134,9 @@ impl Policy {
         if self.no_inet_sockets {
             what += ", no IPv4 or IPv6 sockets (UDP included)";
         }
+        if self.keep_metadata {
+            what += ", no file's permissions, owner, times or attributes changed";
+        }
         what += if abi >= ABI::V6 {
             ", no signals or abstract sockets out of the sandbox"
         } else {
@@ -147,25 +158,58 @@ pub fn exec_sandboxed(policy: &Policy, program: &std::ffi::OsStr, args: &[std::f
     anyhow::Error::new(error).context(format!("running {}", program.to_string_lossy()))
 }
 
-/// Makes `socket` fail (EACCES) for IPv4 and IPv6 and `io_uring_setup` for everything, in this thread and what
-/// it starts from now on.
-fn refuse_inet_sockets() -> Result<()> {
+/// The calls that change a file's permissions, owner, times or extended attributes. `setxattrat` and
+/// `removexattrat` (Linux 6.13) have one number on every architecture; libc names them not yet.
+fn metadata_calls() -> Vec<i64> {
+    const SETXATTRAT: i64 = 463;
+    const REMOVEXATTRAT: i64 = 466;
+    #[allow(unused_mut)]
+    let mut calls = vec![
+        libc::SYS_fchmod,
+        libc::SYS_fchmodat,
+        libc::SYS_fchmodat2,
+        libc::SYS_fchown,
+        libc::SYS_fchownat,
+        libc::SYS_utimensat,
+        libc::SYS_setxattr,
+        libc::SYS_lsetxattr,
+        libc::SYS_fsetxattr,
+        libc::SYS_removexattr,
+        libc::SYS_lremovexattr,
+        libc::SYS_fremovexattr,
+        SETXATTRAT,
+        REMOVEXATTRAT,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    calls.extend([
+        libc::SYS_chmod,
+        libc::SYS_chown,
+        libc::SYS_lchown,
+        libc::SYS_utime,
+        libc::SYS_utimes,
+        libc::SYS_futimesat,
+    ]);
+    calls
+}
+
+/// Makes calls fail (EACCES) in this thread and what it starts from now on: with `inet`, `socket` for IPv4 and
+/// IPv6 and `io_uring_setup` for everything; with `metadata`, the [`metadata_calls`].
+fn refuse_calls(inet: bool, metadata: bool) -> Result<()> {
     use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
     let domain = |family: i32| -> Result<SeccompRule> {
         let is = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family as u64)?;
         Ok(SeccompRule::new(vec![is])?)
     };
-    let rules = [
-        (libc::SYS_socket, vec![domain(libc::AF_INET)?, domain(libc::AF_INET6)?]),
-        (libc::SYS_io_uring_setup, Vec::new()),
-    ];
+    let mut rules = std::collections::BTreeMap::new();
+    if inet {
+        rules.insert(libc::SYS_socket, vec![domain(libc::AF_INET)?, domain(libc::AF_INET6)?]);
+        rules.insert(libc::SYS_io_uring_setup, Vec::new());
+    }
+    if metadata {
+        rules.extend(metadata_calls().into_iter().map(|call| (call, Vec::new())));
+    }
     let arch = std::env::consts::ARCH.try_into().context("sandbox: seccomp on this architecture")?;
-    let filter = SeccompFilter::new(
-        rules.into_iter().collect(),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EACCES as u32),
-        arch,
-    )?;
+    let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EACCES as u32), arch)?;
     let program: seccompiler::BpfProgram = filter.try_into()?;
     // SAFETY: prctl with constant arguments; it only sets this thread's no_new_privs bit (which seccomp needs).
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
@@ -285,6 +329,7 @@ mod tests {
             read: vec![own.clone()],
             write: vec![own.clone(), PathBuf::from("/dev/null")],
             no_inet_sockets: true,
+            keep_metadata: true,
             ..Policy::default()
         };
         // In a thread of its own: the sandbox restricts the thread that applies it and what it starts.
@@ -305,6 +350,11 @@ mod tests {
             assert!(std::net::TcpListener::bind("127.0.0.1:0").is_err(), "no TCP port");
             assert!(denied(std::net::UdpSocket::bind("127.0.0.1:0").map(drop)), "no UDP socket");
             assert!(denied(std::net::UdpSocket::bind("[::1]:0").map(drop)), "nor an IPv6 one");
+            // Landlock governs no metadata: the seccomp filter refuses it, also on its own files.
+            let file = own2.join("x");
+            assert!(denied(std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))));
+            assert!(denied(std::fs::File::open(&file).unwrap().set_modified(std::time::SystemTime::UNIX_EPOCH)));
+            assert!(denied(std::os::unix::fs::chown(&file, None, Some(0))));
             let pair = std::os::unix::net::UnixStream::pair();
             assert!(pair.is_ok(), "Unix sockets between its own processes stay");
             line
@@ -312,7 +362,7 @@ mod tests {
         .join()
         .unwrap();
         assert!(line.contains("network closed") && line.contains("no IPv4 or IPv6 sockets"), "{line}");
-        assert!(line.contains("no signals"), "{line}");
+        assert!(line.contains("no signals") && line.contains("no file's permissions, owner, times"), "{line}");
         assert!(std::fs::read_dir(&session).is_ok(), "other threads are not restricted");
         assert!(std::net::UdpSocket::bind("127.0.0.1:0").is_ok(), "nor is their network");
     }
@@ -321,18 +371,22 @@ mod tests {
     fn a_process_that_reads_only_a_list_can_neither_read_nor_list_anything_else() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
-        let (mine, other) = (root.join("model.safetensors"), root.join("progress.json"));
+        let (mine, other, system) = (root.join("model.safetensors"), root.join("progress.json"), root.join("sys"));
         std::fs::write(&mine, "weights").unwrap();
         std::fs::write(&other, "{}").unwrap();
-        let policy = Policy { only_read: Some(vec![mine.clone()]), ..Policy::default() };
+        std::fs::create_dir(&system).unwrap();
+        std::fs::write(system.join("online"), "0-1").unwrap();
+        let policy = Policy { only_read: Some(vec![mine.clone(), system.clone()]), ..Policy::default() };
         let (mine2, root2) = (mine.clone(), root.clone());
         let line = std::thread::spawn(move || {
             let line = policy.apply().unwrap();
             assert_eq!(std::fs::read_to_string(&mine2).unwrap(), "weights");
+            assert_eq!(std::fs::read_to_string(root2.join("sys/online")).unwrap(), "0-1", "a file in a granted folder");
             let denied = |r: std::io::Result<()>| r.unwrap_err().kind() == std::io::ErrorKind::PermissionDenied;
             assert!(denied(std::fs::read(root2.join("progress.json")).map(drop)), "a file beside it");
             assert!(denied(std::fs::read_dir(&root2).map(drop)), "its folder's listing");
-            assert!(denied(std::fs::read("/etc/hostname").map(drop)), "a system file");
+            assert!(denied(std::fs::read_dir(root2.join("sys")).map(drop)), "a granted folder's listing");
+            assert!(denied(std::fs::read("/etc/passwd").map(drop)), "a system file");
             assert!(denied(std::fs::read_dir("/usr/lib").map(drop)), "a system folder's listing");
             assert!(denied(std::fs::read(format!("/proc/{}/cmdline", std::os::unix::process::parent_id())).map(drop)));
             line

@@ -27,7 +27,7 @@ use crate::process::{wait_or_kill, CappedOutput, Role, LOG_LIMIT};
 
 /// How long a phase's output may go on after the phase ended (a process its supervisor has not ended yet).
 pub(crate) const OUTPUT_PATIENCE: Duration = Duration::from_secs(5);
-use crate::trainer::{cargo_target, DeviceChoice, Trainer, TrainingSettings};
+use crate::trainer::{binary_identity, cargo_target, DeviceChoice, Trainer, TrainingSettings};
 /// The end of a log, as crash reasons and the dashboard show it.
 pub use autoresearch_report::journal::tail;
 
@@ -248,6 +248,7 @@ pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingF
             read: read.clone(),
             write: training_writes,
             no_inet_sockets: !cuda,
+            keep_metadata: !cuda,
             ..Policy::default()
         }
         .unless_turned_off(),
@@ -256,19 +257,11 @@ pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingF
             read,
             write: evaluation_writes,
             no_inet_sockets: !cuda,
+            keep_metadata: !cuda,
             ..Policy::default()
         }
         .unless_turned_off(),
     }
-}
-
-/// Which training binary this is, for the device batches kept per binary: its file's identity (device, inode,
-/// size, modification time), which every build changes and no training can set (it writes no binary). Cheaper
-/// than hashing the ~100 MB binary, and the same for every rerun of one build.
-fn binary_identity(path: &Path) -> Result<String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(format!("{}:{}:{}:{}.{:09}", m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 /// A fresh nonce: 16 random bytes, in hex.
@@ -769,6 +762,7 @@ mod tests {
         assert!(!cpu.training.write.iter().any(|w| w == Path::new("/dev") || w.starts_with("/proc")));
         assert!(!cpu.training.allow_network && !cpu.evaluation.allow_network);
         assert!(cpu.training.no_inet_sockets && cpu.evaluation.no_inet_sockets, "UDP closed too");
+        assert!(cpu.training.keep_metadata && cpu.evaluation.keep_metadata, "no message in a file's metadata");
         // CUDA keeps the policy measured on an H200.
         let cuda = sandboxes(&prepared(dir.path()), &dir.path().join("repo"), true, &files, &binary);
         for p in ["/dev", "/proc", "/sys"] {
