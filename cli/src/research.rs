@@ -69,8 +69,8 @@ pub struct RuleArgs {
     /// The margin itself, instead of z·σ
     #[arg(long, value_name = "VAL_BPB")]
     min_delta: Option<f64>,
-    /// Hard limit per training run [default: 2 × budget + 120 s, at least budget + the phases' limits + 60 s;
-    /// a project's: its training's and evaluation's timeouts + 60 s]
+    /// Hard limit per training run [default: 2 × budget + 120 s, at least budget + start-up allowance +
+    /// evaluation limit + 60 s; a project's: its training's and evaluation's timeouts + 60 s]
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
 }
@@ -204,8 +204,8 @@ pub struct NoiseArgs {
     /// Reruns of the best commit, with seeds 43, 44, ...
     #[arg(long, default_value_t = 5, value_name = "K")]
     runs: usize,
-    /// Hard limit per training run [default: 2 × budget + 120 s, at least budget + the phases' limits + 60 s;
-    /// a project's: its training's and evaluation's timeouts + 60 s]
+    /// Hard limit per training run [default: 2 × budget + 120 s, at least budget + start-up allowance +
+    /// evaluation limit + 60 s; a project's: its training's and evaluation's timeouts + 60 s]
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
     /// Trainings at once, as `loop --workers` runs them

@@ -94,6 +94,9 @@ pub fn train(args: Args) -> Result<()> {
     let prepared = Prepared::load(&cache_root()?, args.profile.as_deref())?;
     trainer.launcher = Some(std::env::current_exe()?);
     trainer.build_policy = Some(build_policy(&prepared, &trainer.root));
+    let folder = tempfile::Builder::new().prefix("autoresearch-train-").tempdir()?;
+    // Its own copy of the binary: a session sharing the target folder may build another one meanwhile.
+    trainer.installed = Some(folder.path().join("autoresearch-train"));
     match args.binary {
         Some(binary) => trainer.prebuilt = Some(binary),
         None => {
@@ -104,7 +107,6 @@ pub fn train(args: Args) -> Result<()> {
         }
     }
     let settings = TrainingSettings { profile: args.profile, time_budget: args.time_budget, seed: args.seed };
-    let folder = tempfile::Builder::new().prefix("autoresearch-train-").tempdir()?;
     let seed = settings.seed.unwrap_or(autoresearch_research::state::SEED);
     let files = TrainingFiles::in_folder(folder.path(), seed, folder.path().join("train.log"));
     let done = Arc::new(AtomicBool::new(false));

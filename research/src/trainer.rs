@@ -22,6 +22,16 @@ pub fn repo_root() -> Result<PathBuf> {
 
 /// A build that takes longer than this shows cargo's progress.
 pub const LONG_BUILD: Duration = Duration::from_secs(10);
+/// Which training binary this is, for the device batches kept per binary: its file's identity (device, inode,
+/// size, modification time), which every build changes and no training can set (it writes no binary; on the CPU
+/// it changes no file's times). Cheaper than hashing the ~100 MB binary, and the same for every rerun of one
+/// build.
+pub fn binary_identity(path: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("{}:{}:{}:{}.{:09}", m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
 /// The lock file, in the target folder, that a build holds until its binary is copied out.
 const BUILD_LOCK: &str = "autoresearch-train.lock";
 
@@ -186,13 +196,19 @@ impl Trainer {
         self.prebuilt.clone().or_else(|| self.installed.clone()).unwrap_or_else(|| self.built())
     }
 
-    /// An exclusive lock on the target folder's training binary (waited for).
-    fn lock_target(&self) -> Result<std::fs::File> {
+    /// An exclusive lock on the target folder's training binary, waited for (and said so through `show`).
+    fn lock_target(&self, show: &mut dyn FnMut(&str)) -> Result<std::fs::File> {
         let dir = self.target_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(BUILD_LOCK);
         let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        file.lock().with_context(|| format!("locking {}", path.display()))?;
+        if file.try_lock().is_err() {
+            show(&format!(
+                "waiting for another build in {} (another session shares this target folder)",
+                dir.display()
+            ));
+            file.lock().with_context(|| format!("locking {}", path.display()))?;
+        }
         Ok(file)
     }
 
@@ -242,7 +258,7 @@ impl Trainer {
         self.ensure_libtorch()?;
         // Held from cargo's start until the binary is copied out: a build of another session that shares the
         // target folder cannot replace the binary in between.
-        let _target = self.lock_target()?;
+        let _target = self.lock_target(show)?;
         let first = !self.built().exists();
         let mut cmd = self.build_command()?;
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -293,10 +309,17 @@ impl Trainer {
             return Ok(Err(text));
         }
         if let Some(to) = &self.installed {
-            let tmp = to.with_extension("tmp");
-            std::fs::create_dir_all(to.parent().unwrap_or(Path::new(".")))?;
-            std::fs::copy(self.built(), &tmp).with_context(|| format!("copying the binary to {}", tmp.display()))?;
-            std::fs::rename(&tmp, to)?;
+            // Copied only where cargo made a new binary: the copy's identity keys the device batches remembered
+            // for it, so a build that changed nothing keeps them.
+            let (from, stamp) = (binary_identity(&self.built())?, to.with_extension("from"));
+            if !to.exists() || std::fs::read_to_string(&stamp).ok().as_deref() != Some(from.as_str()) {
+                let tmp = to.with_extension("tmp");
+                std::fs::create_dir_all(to.parent().unwrap_or(Path::new(".")))?;
+                std::fs::copy(self.built(), &tmp)
+                    .with_context(|| format!("copying the binary to {}", tmp.display()))?;
+                std::fs::rename(&tmp, to)?;
+                std::fs::write(&stamp, from).with_context(|| format!("writing {}", stamp.display()))?;
+            }
         }
         Ok(Ok(text))
     }
@@ -438,11 +461,9 @@ mod tests {
                 let root = dir.path().join(name);
                 // A cargo that writes this session's binary into the shared folder, then takes a while to exit.
                 let mut t = trainer(&root, "", 0);
-                std::fs::write(
-                    &t.cargo,
-                    format!("#!/bin/sh\nmkdir -p target/release\necho {name} > target/release/autoresearch-train\nsleep 0.5\n"),
-                )
-                .unwrap();
+                let script = "#!/bin/sh\nwhile [ $# -gt 0 ]; do [ \"$1\" = --target-dir ] && target=$2; shift; done\n\
+                    mkdir -p \"$target/release\"\necho NAME > \"$target/release/autoresearch-train\"\nsleep 0.5\n";
+                std::fs::write(&t.cargo, script.replace("NAME", name)).unwrap();
                 std::os::unix::fs::symlink(&shared, root.join("target")).unwrap();
                 t.installed = Some(root.join(".autoresearch/bin/autoresearch-train"));
                 t
