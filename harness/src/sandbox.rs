@@ -1,6 +1,6 @@
 //! The sandbox the agent's code runs in (Linux Landlock, unprivileged): it may read everything but the
 //! validation data and earlier experiments' files (save its own hand-over folder), or only a list of paths (the
-//! evaluation's model process: its checkpoint), write only beneath a few
+//! evaluation's model process: its checkpoint, its binary and a few system files), write only beneath a few
 //! folders and device nodes, open no TCP connection and bind no TCP port (Landlock ABI 4; on the CPU no IPv4 or
 //! IPv6 socket at all, by a seccomp filter), and signal or reach
 //! through abstract Unix sockets no process outside its sandbox (ABI 6). The training binary applies it to

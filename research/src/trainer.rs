@@ -22,6 +22,7 @@ pub fn repo_root() -> Result<PathBuf> {
 
 /// A build that takes longer than this shows cargo's progress.
 pub const LONG_BUILD: Duration = Duration::from_secs(10);
+
 /// Which training binary this is, for the device batches kept per binary: its file's identity (device, inode,
 /// size, modification time), which every build changes and no training can set (it writes no binary; on the CPU
 /// it changes no file's times). Cheaper than hashing the ~100 MB binary, and the same for every rerun of one
