@@ -72,12 +72,28 @@ impl Policy {
         if self.no_inet_sockets || self.keep_metadata {
             refuse_calls(self.no_inet_sockets, self.keep_metadata)?;
         }
-        let rules = match &self.only_read {
-            Some(only) => only.iter().map(|p| (p.clone(), true)).collect(),
-            None => read_rules(&self.deny_read.iter().filter_map(|p| p.canonicalize().ok()).collect::<Vec<_>>())?,
-        };
         let read = AccessFs::from_read(ABI_USED);
         let write = AccessFs::from_write(ABI_USED);
+        // What it reads: rules (a path, and whether it is read whole or only listed) with the rights of a whole
+        // one, the folders it reads beneath although they are denied, and how the log says so. A listing sets a
+        // folder's access time (where the mount keeps them): a process that reads only a list reads the files
+        // beneath its folders and lists none.
+        let (rules, whole_read, read_anyway, mut what) = match &self.only_read {
+            Some(only) => (
+                only.iter().map(|p| (p.clone(), true)).collect(),
+                read & !AccessFs::ReadDir,
+                &[][..],
+                format!("reads only {}", list(only)),
+            ),
+            None => {
+                let denied: Vec<_> = self.deny_read.iter().filter_map(|p| p.canonicalize().ok()).collect();
+                let mut what = format!("{} unreadable", list(&self.deny_read));
+                if !self.read.is_empty() {
+                    what += &format!(" (but {})", list(&self.read));
+                }
+                (read_rules(&denied)?, read, &self.read[..], what)
+            }
+        };
         // Listing is a right of folders only: a file's rule without it, or Landlock counts the rule as only
         // partly enforced.
         let rule = |path: &Path, access: BitFlags<AccessFs>| -> Result<PathBeneath<PathFd>> {
@@ -92,16 +108,13 @@ impl Policy {
             ruleset = ruleset.handle_access(AccessNet::from_all(ABI::V4))?;
         }
         let mut ruleset = ruleset.scope(Scope::from_all(ABI::V6))?.create()?;
-        // A listing sets a folder's access time (where the mount keeps them): a process that reads only a list
-        // reads the files beneath its folders and lists none.
-        let whole_read = if self.only_read.is_some() { read & !AccessFs::ReadDir } else { read };
         for (path, whole) in &rules {
             if let Some(r) = unless_gone(path, rule(path, if *whole { whole_read } else { AccessFs::ReadDir.into() }))?
             {
                 ruleset = ruleset.add_rule(r)?;
             }
         }
-        for dir in self.read.iter().filter(|_| self.only_read.is_none()) {
+        for dir in read_anyway {
             ruleset = ruleset.add_rule(rule(dir, read)?)?;
         }
         for dir in &self.write {
@@ -115,13 +128,6 @@ impl Policy {
             LandlockStatus::Available { effective_abi, .. } => effective_abi,
             _ => ABI::Unsupported,
         };
-        let mut what = match &self.only_read {
-            Some(only) => format!("reads only {}", list(only)),
-            None => format!("{} unreadable", list(&self.deny_read)),
-        };
-        if !self.read.is_empty() && self.only_read.is_none() {
-            what += &format!(" (but {})", list(&self.read));
-        }
         what += &match self.write.is_empty() {
             true => ", nothing writable".to_string(),
             false => format!(", writes only to {}", list(&self.write)),
