@@ -100,7 +100,7 @@ pub fn train(args: Args) -> Result<()> {
     match args.binary {
         Some(binary) => trainer.prebuilt = Some(binary),
         None => {
-            if let Err(compiler) = trainer.build(&mut |cmd| Ok(cmd.spawn()?), &mut |line| eprintln!("{line}"))? {
+            if let Err(compiler) = trainer.build(&mut |cmd| Ok(cmd.spawn()?), &mut |line| eprintln!("{line}"))?.output {
                 eprint!("{compiler}");
                 bail!("building the training file failed");
             }

@@ -170,7 +170,7 @@ fn ready_to_run(
             }
             Check::Ready => {}
         }
-        match build(worker, trainer)? {
+        match build(worker, trainer)?.output {
             Err(compiler) if fixes < opts.max_fixes => {
                 fixes += 1;
                 let what = if worker.session.project.commands.is_some() { "the setup failed" } else { "compile error" };

@@ -85,10 +85,15 @@ pub struct RunMeta {
     pub file_hash: String,
     pub started: String,
     pub seconds: f64,
+    /// The time outside the training processes, less [`RunMeta::build_wait_seconds`].
     pub harness_overhead_seconds: Option<f64>,
-    /// Of the overhead, the build's seconds (a worker's wait for the repository's tree included).
+    /// Of the overhead, the build's seconds.
     #[serde(default)]
     pub build_seconds: Option<f64>,
+    /// The time spent waiting for other builds before this one: another session's in the same target folder, or
+    /// another worker's in the repository's tree.
+    #[serde(default)]
+    pub build_wait_seconds: Option<f64>,
 }
 
 pub fn file_hash(bytes: &[u8]) -> String {

@@ -84,7 +84,7 @@ fn prepare_noise(worker: &mut Worker, trainer: &Trainer, k: usize) -> Result<Pat
     if worker.changes()? != (Vec::new(), Vec::new()) {
         bail!("the working tree differs from the best commit: run or undo the change first");
     }
-    if let Err(compiler) = build(worker, trainer)? {
+    if let Err(compiler) = build(worker, trainer)?.output {
         bail!("the best commit does not build:\n{}", tail(&compiler, TAIL_LINES));
     }
     let settings = &worker.session.settings;

@@ -36,6 +36,14 @@ pub fn binary_identity(path: &Path) -> Result<String> {
 /// The lock file, in the target folder, that a build holds until its binary is copied out.
 const BUILD_LOCK: &str = "autoresearch-train.lock";
 
+/// A build's outcome: cargo's output, Err on a build error; and the time spent waiting for other builds first
+/// (another session's in the same target folder, or, see [`crate::experiment::build`], another worker's in the
+/// repository's tree), which is neither building nor the harness's own time.
+pub struct Built {
+    pub output: std::result::Result<String, String>,
+    pub waited: Duration,
+}
+
 /// Where trainings run, as the user chose it: the one device type of the command line, the session's state
 /// (`"auto"`, `"cpu"` or `"cuda"` in state.json) and the trainer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,12 +205,14 @@ impl Trainer {
         self.prebuilt.clone().or_else(|| self.installed.clone()).unwrap_or_else(|| self.built())
     }
 
-    /// An exclusive lock on the target folder's training binary, waited for (and said so through `show`).
-    fn lock_target(&self, show: &mut dyn FnMut(&str)) -> Result<std::fs::File> {
+    /// An exclusive lock on the target folder's training binary, waited for (and said so through `show`), and
+    /// how long that wait was.
+    fn lock_target(&self, show: &mut dyn FnMut(&str)) -> Result<(std::fs::File, Duration)> {
         let dir = self.target_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(BUILD_LOCK);
         let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let waiting = Instant::now();
         if file.try_lock().is_err() {
             show(&format!(
                 "waiting for another build in {} (another session shares this target folder)",
@@ -210,7 +220,7 @@ impl Trainer {
             ));
             file.lock().with_context(|| format!("locking {}", path.display()))?;
         }
-        Ok(file)
+        Ok((file, waiting.elapsed()))
     }
 
     /// The cargo command that builds the binary; its output is the compiler's.
@@ -246,20 +256,19 @@ impl Trainer {
         Ok(())
     }
 
-    /// Builds (incrementally), started by `spawn`, capturing cargo's output: Ok(output), or Err(output) on a
-    /// build error. A long build (the first, or one past [`LONG_BUILD`]) says so through `show` and shows
+    /// Builds (incrementally), started by `spawn`, capturing cargo's output (see [`Built`]). A long build (the first, or one past [`LONG_BUILD`]) says so through `show` and shows
     /// cargo's progress there as it goes; a quick incremental build stays quiet.
     pub fn build(
         &self,
         spawn: &mut dyn FnMut(&mut Command) -> Result<Child>,
         show: &mut dyn FnMut(&str),
-    ) -> Result<std::result::Result<String, String>> {
+    ) -> Result<Built> {
         use std::io::{BufRead, BufReader, Read};
         use std::sync::mpsc::{channel, RecvTimeoutError};
         self.ensure_libtorch()?;
         // Held from cargo's start until the binary is copied out: a build of another session that shares the
         // target folder cannot replace the binary in between.
-        let _target = self.lock_target(show)?;
+        let (_target, waited) = self.lock_target(show)?;
         let first = !self.built().exists();
         let mut cmd = self.build_command()?;
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -307,7 +316,7 @@ impl Trainer {
             show(&format!("build {done} after {:.0} s", started.elapsed().as_secs_f64()));
         }
         if !status.success() {
-            return Ok(Err(text));
+            return Ok(Built { output: Err(text), waited });
         }
         if let Some(to) = &self.installed {
             // Copied only where cargo made a new binary: the copy's identity keys the device batches remembered
@@ -322,7 +331,7 @@ impl Trainer {
                 std::fs::write(&stamp, from).with_context(|| format!("writing {}", stamp.display()))?;
             }
         }
-        Ok(Ok(text))
+        Ok(Built { output: Ok(text), waited })
     }
 
     /// The command that runs one phase of a training (see [`autoresearch_harness::handover`]), with the
@@ -431,8 +440,8 @@ mod tests {
 
     fn build(t: &Trainer) -> (std::result::Result<String, String>, Vec<String>) {
         let mut shown = Vec::new();
-        let result = t.build(&mut |cmd| Ok(cmd.spawn()?), &mut |l| shown.push(l.to_string())).unwrap();
-        (result, shown)
+        let built = t.build(&mut |cmd| Ok(cmd.spawn()?), &mut |l| shown.push(l.to_string())).unwrap();
+        (built.output, shown)
     }
 
     #[test]

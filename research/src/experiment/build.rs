@@ -2,22 +2,25 @@
 //! tree, one worker at a time), or a project's setup command in the worker's own tree; the process journaled
 //! while it runs.
 
+use std::time::{Duration, Instant};
+
 use anyhow::{Context, Result};
 
 use crate::files::SETUP_LOG;
 use crate::process::Role;
 use crate::project::Commands;
 use crate::project_training::run_setup;
-use crate::trainer::Trainer;
+use crate::trainer::{Built, Trainer};
 use crate::worker::say_as;
 use crate::{file_hash, Worker, TRAINING_FILE};
 
 /// Builds the training binary, the build process recorded in the journal while it runs. A worker in a
-/// worktree has its file built in the repository's tree, one worker at a time, into its own binary.
-pub fn build(worker: &mut Worker, trainer: &Trainer) -> Result<std::result::Result<String, String>> {
+/// worktree has its file built in the repository's tree, one worker at a time, into its own binary; its wait
+/// for the tree counts as [`Built::waited`].
+pub fn build(worker: &mut Worker, trainer: &Trainer) -> Result<Built> {
     let session = worker.session.clone();
     if let Some(commands) = &session.project.commands {
-        return setup(worker, trainer, commands);
+        return Ok(Built { output: setup(worker, trainer, commands)?, waited: Duration::ZERO });
     }
     let mut recorded = None;
     let number = worker.number;
@@ -43,12 +46,16 @@ pub fn build(worker: &mut Worker, trainer: &Trainer) -> Result<std::result::Resu
         let hash = file_hash(&file);
         let built = std::fs::read_to_string(&source).ok().filter(|_| binary.exists());
         match built.as_deref().and_then(|b| b.strip_prefix(&format!("{hash}\n"))) {
-            Some(output) => Ok(Ok(output.to_string())),
+            Some(output) => Ok(Built { output: Ok(output.to_string()), waited: Duration::ZERO }),
             None => {
                 let _ = std::fs::remove_file(&source);
                 let session = worker.session.clone();
-                let result = session.build_in_tree(&file, || build(worker));
-                if let Ok(Ok(output)) = &result {
+                let asked = Instant::now();
+                let result = session.build_in_tree(&file, || {
+                    let tree_waited = asked.elapsed();
+                    build(worker).map(|built| Built { waited: built.waited + tree_waited, ..built })
+                });
+                if let Ok(Built { output: Ok(output), .. }) = &result {
                     autoresearch_harness::fsutil::write_atomic(&source, format!("{hash}\n{output}").as_bytes())?;
                 }
                 result

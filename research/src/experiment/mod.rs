@@ -84,8 +84,9 @@ pub(crate) struct Started {
     started: Instant,
     /// Seconds spent in training processes.
     training_wall: f64,
-    /// Seconds spent building (for a worker, waiting for the repository's tree included).
+    /// Seconds spent building, and waiting for other builds first (see [`crate::trainer::Built::waited`]).
     build_wall: f64,
+    build_waited: f64,
 }
 
 /// What the experiment came to, before it is recorded.
@@ -176,8 +177,9 @@ pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentO
     // Build.
     let building = Instant::now();
     let built = build(worker, trainer)?;
-    exp.build_wall = building.elapsed().as_secs_f64();
-    let mut decision = match built {
+    exp.build_waited = built.waited.as_secs_f64();
+    exp.build_wall = building.elapsed().as_secs_f64() - exp.build_waited;
+    let mut decision = match built.output {
         Err(compiler) => {
             std::fs::write(worker.run_dir(exp.run).join(BUILD_LOG), &compiler)?;
             std::fs::write(worker.root.join(RUN_LOG), &compiler)?;
@@ -232,7 +234,7 @@ fn begin(
     worker.journal.in_progress.as_mut().unwrap().commit = Some(commit.clone());
     worker.save_journal()?;
     worker.session.write_meta(&meta)?;
-    Ok(Started { run, commit, meta, started, training_wall: 0.0, build_wall: 0.0 })
+    Ok(Started { run, commit, meta, started, training_wall: 0.0, build_wall: 0.0, build_waited: 0.0 })
 }
 
 fn seed_list(seeds: &[u64]) -> String {

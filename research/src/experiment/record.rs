@@ -37,7 +37,7 @@ pub(super) fn record(
     exp: Started,
     mut decision: Decision,
 ) -> Result<Outcome> {
-    let Started { run, commit, mut meta, started, training_wall, build_wall } = exp;
+    let Started { run, commit, mut meta, started, training_wall, build_wall, build_waited } = exp;
     let seconds = started.elapsed().as_secs_f64();
     let session = worker.session.clone();
     let mut shared = session.state();
@@ -84,7 +84,7 @@ pub(super) fn record(
         .as_ref()
         .is_some_and(|c| c.reason.starts_with("evaluation: ") || c.reason.starts_with(AUDIT_CRASH));
     prune_checkpoints(&worker.run_dir(run), decision.status == Status::Keep || crashed_in_evaluation)?;
-    let overhead = seconds - training_wall;
+    let overhead = seconds - training_wall - build_waited;
     meta.status = decision.status;
     meta.val_bpb = decision.value;
     meta.reason = decision.reason.clone();
@@ -92,6 +92,7 @@ pub(super) fn record(
     meta.seconds = seconds;
     meta.harness_overhead_seconds = Some(overhead);
     meta.build_seconds = Some(build_wall);
+    meta.build_wait_seconds = Some(build_waited);
     worker.session.write_meta(&meta)?;
     worker.journal.in_progress = None;
     worker.save_journal()?;

@@ -50,7 +50,7 @@ pub fn evaluate_run(
         autoresearch_harness::fsutil::write_atomic(&worker.root.join(TRAINING_FILE), &as_run)?;
     }
     let result = (|| {
-        if let Err(compiler) = build(worker, trainer)? {
+        if let Err(compiler) = build(worker, trainer)?.output {
             bail!("run {run}'s training file does not build any more:\n{}", tail(&compiler, TAIL_LINES));
         }
         let settings = TrainingSettings {
