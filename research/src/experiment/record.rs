@@ -131,9 +131,69 @@ fn prune_checkpoints(dir: &Path, keep_first: bool) -> Result<()> {
     for entry in entries {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if is_handover_dir(name) && path.is_dir() && !(keep_first && name == handover_dir(SEED)) {
+        if !is_handover_dir(name) || !path.is_dir() {
+            continue;
+        }
+        if keep_first && name == handover_dir(SEED) {
+            keep_only_harness_files(&path)?;
+        } else {
             std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
         }
     }
     Ok(())
+}
+
+/// What fixed code writes to a hand-over folder: the rest is the training's own, and goes. A later training
+/// cannot read a kept folder's files, but it can list their names and learn their sizes (a red team carried a
+/// model's weights to the next experiments in the names of empty files).
+const HARNESS_FILES: [&str; 4] = [
+    autoresearch_harness::handover::CHECKPOINT,
+    autoresearch_harness::handover::TRAINING_STATS,
+    autoresearch_harness::progress::PROGRESS_FILE,
+    autoresearch_harness::fit::REPORT_FILE,
+];
+
+fn keep_only_harness_files(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        let ours = entry.file_name().to_str().is_some_and(|n| HARNESS_FILES.contains(&n));
+        if ours && entry.file_type()?.is_file() {
+            continue;
+        }
+        let path = entry.path();
+        let removed =
+            if entry.file_type()?.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_checkpoint_folder_holds_only_the_harness_files() {
+        let run = tempfile::tempdir().unwrap();
+        let (kept, other) = (run.path().join(handover_dir(SEED)), run.path().join(handover_dir(SEED + 1)));
+        for dir in [&kept, &other] {
+            std::fs::create_dir_all(dir.join("tmp/deeper")).unwrap();
+            for name in HARNESS_FILES {
+                std::fs::write(dir.join(name), name).unwrap();
+            }
+            for junk in ["3f80bf00", "weights.bin", ".hidden"] {
+                std::fs::write(dir.join(junk), "").unwrap();
+            }
+            std::os::unix::fs::symlink(dir.join(HARNESS_FILES[0]), dir.join("link")).unwrap();
+        }
+        prune_checkpoints(run.path(), true).unwrap();
+        assert!(!other.exists(), "another seed's folder goes");
+        let mut left: Vec<String> =
+            std::fs::read_dir(&kept).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        let mut expected: Vec<String> = HARNESS_FILES.iter().map(|n| n.to_string()).collect();
+        expected.sort();
+        assert_eq!(left, expected);
+        assert_eq!(std::fs::read_to_string(kept.join(HARNESS_FILES[0])).unwrap(), HARNESS_FILES[0]);
+    }
 }
