@@ -84,9 +84,17 @@ pub(crate) struct Started {
     started: Instant,
     /// Seconds spent in training processes.
     training_wall: f64,
-    /// Seconds spent building, and waiting for other builds first (see [`crate::trainer::Built::waited`]).
+    /// Seconds spent building.
     build_wall: f64,
+    /// Seconds spent waiting for other builds first (see [`crate::trainer::Built::waited`]).
     build_waited: f64,
+}
+
+impl Started {
+    /// An experiment that has spent no time yet in a build or a training.
+    fn new(run: u64, commit: String, meta: RunMeta, started: Instant) -> Started {
+        Started { run, commit, meta, started, training_wall: 0.0, build_wall: 0.0, build_waited: 0.0 }
+    }
 }
 
 /// What the experiment came to, before it is recorded.
@@ -234,7 +242,7 @@ fn begin(
     worker.journal.in_progress.as_mut().unwrap().commit = Some(commit.clone());
     worker.save_journal()?;
     worker.session.write_meta(&meta)?;
-    Ok(Started { run, commit, meta, started, training_wall: 0.0, build_wall: 0.0, build_waited: 0.0 })
+    Ok(Started::new(run, commit, meta, started))
 }
 
 fn seed_list(seeds: &[u64]) -> String {

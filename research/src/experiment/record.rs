@@ -156,13 +156,12 @@ const HARNESS_FILES: [&str; 4] = [
 fn keep_only_harness_files(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let entry = entry?;
+        let (kind, path) = (entry.file_type()?, entry.path());
         let ours = entry.file_name().to_str().is_some_and(|n| HARNESS_FILES.contains(&n));
-        if ours && entry.file_type()?.is_file() {
+        if ours && kind.is_file() {
             continue;
         }
-        let path = entry.path();
-        let removed =
-            if entry.file_type()?.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        let removed = if kind.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         removed.with_context(|| format!("removing {}", path.display()))?;
     }
     Ok(())

@@ -104,15 +104,7 @@ fn remeasure_best(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentOptio
         worker.unstash()?;
         bail!("the best commit does not build any more:\n{}", tail(&compiler, TAIL_LINES));
     }
-    let mut exp = Started {
-        run,
-        commit: best.commit.clone(),
-        meta,
-        started,
-        training_wall: 0.0,
-        build_wall: 0.0,
-        build_waited: 0.0,
-    };
+    let mut exp = Started::new(run, best.commit.clone(), meta, started);
     let Some(reruns) =
         rerun(worker, trainer, &opts, run, &best.commit, "of the best", &missing, &mut exp.training_wall)?
     else {
