@@ -275,7 +275,7 @@ fn trainer(session: &Session, backend: &BackendArgs) -> Result<(Trainer, Arc<dyn
         trainer.check_gpu()?;
     }
     let prepared = Prepared::load(&cache_root()?, Some(&session.settings.profile))?;
-    trainer.build_policy = Some(build_policy(&prepared, &trainer.root));
+    trainer.build_policy = Some(build_policy(&prepared, &trainer));
     // The session's own binary: another session may build into the same CARGO_TARGET_DIR.
     trainer.installed = Some(session.dir.join(WORKER_BIN).join("autoresearch-train"));
     Ok((trainer, backend))

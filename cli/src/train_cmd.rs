@@ -93,7 +93,7 @@ pub fn train(args: Args) -> Result<()> {
     trainer.check_gpu()?;
     let prepared = Prepared::load(&cache_root()?, args.profile.as_deref())?;
     trainer.launcher = Some(std::env::current_exe()?);
-    trainer.build_policy = Some(build_policy(&prepared, &trainer.root));
+    trainer.build_policy = Some(build_policy(&prepared, &trainer));
     let folder = tempfile::Builder::new().prefix("autoresearch-train-").tempdir()?;
     // Its own copy of the binary: a session sharing the target folder may build another one meanwhile.
     trainer.installed = Some(folder.path().join("autoresearch-train"));

@@ -692,6 +692,13 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
     // A file left behind by an earlier training (one from before this sandbox, or another program's).
     let left = PathBuf::from(format!("/dev/shm/autoresearch-test-{}.safetensors", std::process::id()));
     std::fs::copy(&kept_model, &left).unwrap();
+    // Other copies of the validation data on the machine: another checkout's demo corpus, another profile's
+    // validation shard in the same cache.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other_checkout = elsewhere.path().join("checkout/data/demo/tinystories_val.txt");
+    copy_keeping_mtime(&s.repo.join("data/demo/tinystories_val.txt"), &other_checkout);
+    let other_profile = s.cache.join("other-profile/data/shard_06542.parquet");
+    copy_keeping_mtime(&s.cache.join("small/data/shard_06542.parquet"), &other_profile);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let insert = |code: &str| capped.edit(TRAIN_FN, &format!("{TRAIN_FN}\n{code}"));
@@ -765,6 +772,18 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
             "Permission denied",
             false,
         ),
+        (
+            "read another checkout's copy of the validation text",
+            insert(&format!("    let _val = std::fs::read({:?})?;", other_checkout.display().to_string())),
+            "Permission denied",
+            false,
+        ),
+        (
+            "read another profile's validation shard in the cache",
+            insert(&format!("    let _val = std::fs::read({:?})?;", other_profile.display().to_string())),
+            "Permission denied",
+            false,
+        ),
     ];
     for (description, file, reason, retryable) in crashes {
         assert_ne!(file, capped, "{description}: the edit applies");
@@ -794,6 +813,41 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
     assert_eq!((row.status, row.extra.as_ref().unwrap().reason.as_str()), (Status::Crash, "compile error"), "{row:?}");
     let build_log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/build.log", run_of(&row))));
     assert!(build_log.unwrap().contains("Permission denied"), "the compiler could not read it");
+    // Nor another copy of the validation text elsewhere on the machine.
+    let description = "compile another checkout's copy of the validation text in";
+    let copy = other_checkout.display().to_string();
+    std::fs::write(&train, insert(&format!("    let _val = include_str!({copy:?}).len();"))).unwrap();
+    assert!(s.run(&["run", "-m", description]).status.success());
+    let row = s.rows().last().unwrap().clone();
+    assert_eq!((row.status, row.extra.as_ref().unwrap().reason.as_str()), (Status::Crash, "compile error"), "{row:?}");
+    let build_log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/build.log", run_of(&row))));
+    assert!(build_log.unwrap().contains("Permission denied"), "the compiler could not read it");
+    // Weights in the names of files: a training leaves them in its hand-over folder and crashes its evaluation,
+    // whose folder is kept for `eval`. Only the harness's files stay there, and a later training lists nothing.
+    let build_fn = "pub fn build(training: &Training) -> Result<Gpt> {";
+    let named = insert(
+        r#"    let handover = std::env::temp_dir().parent().context("no hand-over folder")?.to_path_buf();
+    for i in 0..500 { std::fs::write(handover.join(format!("weight-{i}-0.125")), "")?; }"#,
+    )
+    .edit(
+        build_fn,
+        &format!("{build_fn}\n    ensure!(std::env::args().nth(1).as_deref() != Some(\"model\"), \"crashed\");"),
+    );
+    std::fs::write(&train, named).unwrap();
+    assert!(s.run(&["run", "-m", "weights in file names, and a crashed evaluation"]).status.success());
+    let row = s.rows().last().unwrap().clone();
+    assert_eq!(row.status, Status::Crash, "{row:?}");
+    let folder = s.repo.join(format!(".autoresearch/runs/{}/seed-42", run_of(&row)));
+    let names: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let harness = ["fit.json", "model.safetensors", "progress.json", "training.json"];
+    assert!(names.iter().all(|n| harness.iter().any(|h| n == *h)), "{}: {names:?}", folder.display());
+    assert!(folder.join("model.safetensors").is_file(), "kept for `eval`");
+    let listing = format!(".autoresearch/runs/{}/seed-42", run_of(&row));
+    std::fs::write(&train, insert(&format!("    let _names = std::fs::read_dir({listing:?})?.count();"))).unwrap();
+    assert!(s.run(&["run", "-m", "list a kept folder's names"]).status.success());
+    let row = s.rows().last().unwrap().clone();
+    assert_eq!(row.status, Status::Crash, "{row:?}");
+    assert!(row.extra.as_ref().unwrap().reason.contains("Permission denied"), "{row:?}");
     let _ = std::fs::remove_file(&left);
     let fit = std::fs::read_to_string(s.cache.join("small/fit/device-batches.json")).unwrap();
     assert!(!fit.contains("\"x\""), "{fit}");

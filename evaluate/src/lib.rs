@@ -34,7 +34,7 @@ use autoresearch_harness::handover::{
     TrainingStats, AUDIT, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
 };
 use autoresearch_harness::profile::Training;
-use autoresearch_harness::sandbox::Policy;
+use autoresearch_harness::sandbox::{Policy, SYSTEM_READS};
 use tch::{Device, Tensor};
 
 /// A trained language model, as the harness sees it.
@@ -295,19 +295,13 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Training) -> Result<M
     Ok(())
 }
 
-/// What libtorch and OpenMP read in a model process besides its checkpoint and its own binary (symbols for a
-/// backtrace): the CPUs' topology, its own `/proc` folder, random seeds. Reading these files sets no access time
-/// that lasts (procfs, sysfs and device nodes keep none), and the folders are not listed (a listing would).
-const MODEL_SYSTEM_READS: [&str; 5] =
-    ["/dev/urandom", "/proc/self", "/proc/cpuinfo", "/sys/devices/system/cpu", "/sys/fs/cgroup"];
-
-/// The model process reads its checkpoint, its binary and [`MODEL_SYSTEM_READS`], nothing else: no file's
-/// access time (which a later process can see with `stat`) tells the next experiment's training or the audit
-/// what it was fed, nor does a folder's listing, and its parent's command line (an audit's names its result file)
-/// is not its to read.
+/// The model process reads its checkpoint, its binary and the [`SYSTEM_READS`], nothing else, and lists no
+/// folder: no file's access time (which a later process can see with `stat`) tells the next experiment's training
+/// or the audit what it was fed, nor does a folder's listing (these system files keep no access time), and its
+/// parent's command line (an audit's names its result file) is not its to read.
 fn model_reads(handover: &Path) -> Result<Vec<PathBuf>> {
     let mut reads = vec![handover.join(CHECKPOINT), std::env::current_exe().context("the binary's own path")?];
-    reads.extend(MODEL_SYSTEM_READS.iter().map(PathBuf::from).filter(|p| p.exists()));
+    reads.extend(SYSTEM_READS.iter().map(PathBuf::from));
     Ok(reads)
 }
 
@@ -330,7 +324,14 @@ fn evaluate_in_model_process(
         result: None,
         status: None,
         deadline: None,
-        sandbox: Policy { write: Vec::new(), only_read: Some(model_reads(&args.handover)?), ..args.sandbox.clone() },
+        sandbox: Policy {
+            only_read: Some(model_reads(&args.handover)?),
+            deny_read: Vec::new(),
+            read: Vec::new(),
+            no_listing: true,
+            write: Vec::new(),
+            ..args.sandbox.clone()
+        },
     };
     let allowance = Duration::from_secs_f64(allowance(&training.profile().name));
     let start = || model_process::ModelProcess::start(&model_args, vocab, allowance);

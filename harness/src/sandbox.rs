@@ -1,8 +1,9 @@
-//! The sandbox the agent's code runs in (Linux Landlock, unprivileged): it may read everything but the
-//! validation data and earlier experiments' files (save its own hand-over folder), or only a list of paths (the
-//! evaluation's model process: its checkpoint, its binary and a few system files), write only beneath a few
-//! folders and device nodes, open no TCP connection and bind no TCP port (Landlock ABI 4; on the CPU no IPv4 or
-//! IPv6 socket at all, by a seccomp filter), and signal or reach
+//! The sandbox the agent's code runs in (Linux Landlock, unprivileged): it may read a list of paths (on the CPU
+//! the training its data, tokenizer and binary; the build the repository, the toolchain and the system's
+//! folders; the evaluation's model process its checkpoint, its binary and a few system files), or everything, in
+//! either case save the validation data and earlier experiments' files (but its own hand-over folder); write only
+//! beneath a few folders and device nodes, open no TCP connection and bind no TCP port (Landlock ABI 4; on the CPU
+//! no IPv4 or IPv6 socket at all, by a seccomp filter), and signal or reach
 //! through abstract Unix sockets no process outside its sandbox (ABI 6). The training binary applies it to
 //! itself before the agent's code starts; children inherit it. Where the kernel's Landlock lacks the network or
 //! scope rules, the log line says so.
@@ -10,8 +11,8 @@
 //! Landlock only grants: to deny one file, every entry of each folder on the way down to it is granted one by
 //! one, and the folders on the way get only the right to list them. Symbolic links are judged by where they
 //! lead, so that a link to a folder above the validation data does not open it. Not covered: bind mounts and
-//! hard links of the data elsewhere, files created later directly in a folder on the way, and names: the
-//! root's listing right reaches every folder beneath it, so a denied folder can be listed, not read.
+//! hard links of the data elsewhere, files created later directly in a folder on the way, and names: a readable
+//! folder's listing right reaches every folder beneath it, so a denied folder can be listed, not read.
 
 use std::path::{Path, PathBuf};
 
@@ -26,15 +27,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Policy {
+    /// Where set, all it may read: these files and what lies beneath these folders (links followed), save
+    /// `deny_read`, and `read` besides; else everything save `deny_read`. Missing paths are left out.
+    pub only_read: Option<Vec<PathBuf>>,
     /// Files and folders it may neither read, list nor run.
     pub deny_read: Vec<PathBuf>,
     /// Folders beneath which it may read, even inside a denied one (its own hand-over folder in the session's).
     pub read: Vec<PathBuf>,
-    /// Where set, it may read only these files and the files beneath these folders, and list no folder;
-    /// `deny_read` and `read` add nothing. Reading a file or listing a folder can set its access time, which any
-    /// later process can see with `stat` (Landlock does not govern either): only a process that reads nothing
-    /// but what fixed code reads anyway leaves no message there.
-    pub only_read: Option<Vec<PathBuf>>,
+    /// It lists no folder, not even one it reads beneath. Reading a file or listing a folder can set its access
+    /// time, which any later process can see with `stat` (Landlock governs neither): only a process that reads
+    /// nothing but what fixed code reads anyway, and lists nothing, leaves no message there.
+    pub no_listing: bool,
     /// Folders beneath which it may write, and files (device nodes) it may write; nothing else is writable.
     pub write: Vec<PathBuf>,
     /// TCP stays open (the build, which may fetch crates); else no TCP connection or bound port.
@@ -49,6 +52,27 @@ pub struct Policy {
     /// No sandbox at all: the user turned it off (`AUTORESEARCH_SANDBOX=off`).
     pub off: bool,
 }
+
+/// What libtorch and OpenMP read on the CPU besides the program's own files (its binary, for a backtrace's
+/// symbols): the CPUs' topology, the process's own `/proc` folder, random seeds, the cgroup's CPU quota. Reading
+/// them sets no access time that lasts: procfs, sysfs and device nodes keep none.
+pub const SYSTEM_READS: [&str; 5] =
+    ["/dev/urandom", "/proc/self", "/proc/cpuinfo", "/sys/devices/system/cpu", "/sys/fs/cgroup"];
+
+/// The system's programs and their libraries (and the dynamic loader's cache): what a child process the
+/// training starts (`sh`, `nvidia-smi`) reads to run. Not `/usr/share` or `/usr/local`, where data could lie.
+pub const PROGRAM_READS: [&str; 10] = [
+    "/usr/bin",
+    "/bin",
+    "/usr/sbin",
+    "/sbin",
+    "/usr/lib",
+    "/lib",
+    "/lib64",
+    "/usr/lib64",
+    "/usr/libexec",
+    "/etc/ld.so.cache",
+];
 
 /// The Landlock version whose rights we handle: file system reads and writes, truncation and device ioctls.
 const ABI_USED: ABI = ABI::V5;
@@ -74,26 +98,41 @@ impl Policy {
         }
         let read = AccessFs::from_read(ABI_USED);
         let write = AccessFs::from_write(ABI_USED);
-        // What it reads: rules (a path, and whether it is read whole or only listed) with the rights of a whole
-        // one, the folders it reads beneath although they are denied, and how the log says so. A listing sets a
-        // folder's access time (where the mount keeps them): a process that reads only a list reads the files
-        // beneath its folders and lists none.
-        let (rules, whole_read, read_anyway, mut what) = match &self.only_read {
-            Some(only) => (
-                only.iter().map(|p| (p.clone(), true)).collect(),
-                read & !AccessFs::ReadDir,
-                &[][..],
-                format!("reads only {}", list(only)),
-            ),
-            None => {
-                let denied: Vec<_> = self.deny_read.iter().filter_map(|p| p.canonicalize().ok()).collect();
-                let mut what = format!("{} unreadable", list(&self.deny_read));
-                if !self.read.is_empty() {
-                    what += &format!(" (but {})", list(&self.read));
-                }
-                (read_rules(&denied)?, read, &self.read[..], what)
-            }
+        // What it reads: rules (a path, and whether it is read whole or only listed), the rights of a whole one,
+        // and how the log says so. A listing sets a folder's access time (where the mount keeps them): a process
+        // without listing reads the files beneath its folders and lists none, not even on the way to a denied path.
+        let roots = self.only_read.clone().unwrap_or_else(|| vec![PathBuf::from("/")]);
+        let denied_named: Vec<_> = self.deny_read.iter().map(|p| p.canonicalize().ok()).collect();
+        let denied: Vec<_> = denied_named.iter().flatten().cloned().collect();
+        let mut rules = read_rules(&roots, &denied)?;
+        let whole_read = if self.no_listing {
+            rules.retain(|(_, whole)| *whole);
+            read & !AccessFs::ReadDir
+        } else {
+            read
         };
+        let mut what = match &self.only_read {
+            Some(only) => format!("reads only {}", list(only)),
+            None => "reads everything".to_string(),
+        };
+        // Of the denied paths, those it could read but for the denial (beneath what it reads).
+        let roots: Vec<_> = roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
+        let unreadable: Vec<_> = self
+            .deny_read
+            .iter()
+            .zip(&denied_named)
+            .filter(|(_, real)| real.as_ref().is_some_and(|real| roots.iter().any(|r| real.starts_with(r))))
+            .map(|(named, _)| named.clone())
+            .collect();
+        if !unreadable.is_empty() {
+            what += &format!("; {} unreadable", list(&unreadable));
+        }
+        if !self.read.is_empty() {
+            what += &format!(" (but {})", list(&self.read));
+        }
+        if self.no_listing {
+            what += "; lists no folder";
+        }
         // Listing is a right of folders only: a file's rule without it, or Landlock counts the rule as only
         // partly enforced.
         let rule = |path: &Path, access: BitFlags<AccessFs>| -> Result<PathBeneath<PathFd>> {
@@ -114,8 +153,8 @@ impl Policy {
                 ruleset = ruleset.add_rule(r)?;
             }
         }
-        for dir in read_anyway {
-            ruleset = ruleset.add_rule(rule(dir, read)?)?;
+        for dir in &self.read {
+            ruleset = ruleset.add_rule(rule(dir, whole_read)?)?;
         }
         for dir in &self.write {
             ruleset = ruleset.add_rule(rule(dir, write)?)?;
@@ -228,8 +267,6 @@ fn list(paths: &[PathBuf]) -> String {
     paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
-/// Read rules that reach everything but `deny` (canonical paths): (path, true) grants reading beneath it,
-/// (path, false) only listing it (a folder on the way to a denied path).
 /// A walked path's rule, or none where the path was removed since the walk listed it (another process's
 /// temporary file, say): nothing is left there to grant.
 fn unless_gone<T>(path: &Path, rule: Result<T>) -> Result<Option<T>> {
@@ -240,38 +277,44 @@ fn unless_gone<T>(path: &Path, rule: Result<T>) -> Result<Option<T>> {
     }
 }
 
-pub fn read_rules(deny: &[PathBuf]) -> Result<Vec<(PathBuf, bool)>> {
+/// Read rules that reach what lies beneath `roots` (each where it leads; a missing one is left out) but `deny`
+/// (canonical paths): (path, true) grants reading beneath it, (path, false) only listing it (a folder on the way
+/// to a denied path).
+pub fn read_rules(roots: &[PathBuf], deny: &[PathBuf]) -> Result<Vec<(PathBuf, bool)>> {
     let mut rules = Vec::new();
-    if deny.is_empty() {
-        rules.push((PathBuf::from("/"), true));
-    } else {
-        rules.push((PathBuf::from("/"), false));
-        walk(Path::new("/"), deny, &mut rules)?;
+    for root in roots {
+        if let Ok(real) = root.canonicalize() {
+            rules_for(&real, &real, deny, &mut rules)?;
+        }
     }
     Ok(rules)
 }
 
-fn walk(dir: &Path, deny: &[PathBuf], rules: &mut Vec<(PathBuf, bool)>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("sandbox: listing {}", dir.display()))?
+/// The rules for `path`, which leads to `real`: none where it lies beneath a denied path; where one lies beneath
+/// it, the right to list it and its entries' rules one by one, through its real location only, never through a
+/// link; else the whole of it.
+fn rules_for(path: &Path, real: &Path, deny: &[PathBuf], rules: &mut Vec<(PathBuf, bool)>) -> Result<()> {
+    if deny.iter().any(|d| real.starts_with(d)) {
+        return Ok(());
+    }
+    if !deny.iter().any(|d| d.starts_with(real)) {
+        rules.push((path.to_path_buf(), true));
+        return Ok(());
+    }
+    if real != path {
+        return Ok(());
+    }
+    rules.push((path.to_path_buf(), false));
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("sandbox: listing {}", path.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
-    for path in entries {
+    for entry in entries {
         // Where the entry leads; a dangling link leads nowhere and needs no rule.
-        let Ok(real) = path.canonicalize() else { continue };
-        if deny.iter().any(|d| real.starts_with(d)) {
-            continue;
+        if let Ok(real) = entry.canonicalize() {
+            rules_for(&entry, &real, deny, rules)?;
         }
-        if deny.iter().any(|d| d.starts_with(&real)) {
-            // On the way to a denied path: through its real location only, never through a link.
-            if real == path {
-                rules.push((path.clone(), false));
-                walk(&path, deny, rules)?;
-            }
-            continue;
-        }
-        rules.push((path, true));
     }
     Ok(())
 }
@@ -294,7 +337,7 @@ mod tests {
         std::os::unix::fs::symlink(root.join("data/val.parquet"), root.join("link-to-val")).unwrap();
         std::os::unix::fs::symlink(root.join("other"), root.join("link-to-other")).unwrap();
         let val = root.join("data/val.parquet");
-        let rules = read_rules(std::slice::from_ref(&val)).unwrap();
+        let rules = read_rules(&[PathBuf::from("/")], std::slice::from_ref(&val)).unwrap();
         let whole = |p: &Path| rules.iter().any(|(r, w)| *w && p.starts_with(r));
         let listed = |p: &Path| rules.iter().any(|(r, w)| !*w && r == p);
         assert!(!whole(&val), "the denied file is not readable");
@@ -306,7 +349,17 @@ mod tests {
         for p in [Path::new("/"), &root, &root.join("data")] {
             assert!(listed(p) && !whole(p), "{} is only listed", p.display());
         }
-        assert_eq!(read_rules(&[]).unwrap(), vec![(PathBuf::from("/"), true)]);
+        assert_eq!(read_rules(&[PathBuf::from("/")], &[]).unwrap(), vec![(PathBuf::from("/"), true)]);
+
+        // Beneath a list of roots: nothing above or beside them, a root given as a link where it leads, a
+        // missing root left out, a root inside a denied folder left out.
+        let roots = [root.join("data"), root.join("link-to-other"), root.join("missing"), root.join("data/sub")];
+        let deny = [val.clone(), root.join("data/sub")];
+        let rules = read_rules(&roots, &deny).unwrap();
+        assert_eq!(
+            rules,
+            vec![(root.join("data"), false), (root.join("data/train.parquet"), true), (root.join("other"), true)]
+        );
     }
 
     #[test]
@@ -382,7 +435,8 @@ mod tests {
         std::fs::write(&other, "{}").unwrap();
         std::fs::create_dir(&system).unwrap();
         std::fs::write(system.join("online"), "0-1").unwrap();
-        let policy = Policy { only_read: Some(vec![mine.clone(), system.clone()]), ..Policy::default() };
+        let policy =
+            Policy { only_read: Some(vec![mine.clone(), system.clone()]), no_listing: true, ..Policy::default() };
         let (mine2, root2) = (mine.clone(), root.clone());
         let line = std::thread::spawn(move || {
             let line = policy.apply().unwrap();
@@ -399,7 +453,40 @@ mod tests {
         })
         .join()
         .unwrap();
-        assert!(line.contains(&format!("reads only {}", mine.display())), "{line}");
+        assert!(line.contains(&format!("reads only {}", mine.display())) && line.contains("lists no folder"), "{line}");
+    }
+
+    #[test]
+    fn a_process_that_reads_beneath_a_list_reads_and_lists_there_but_the_denied_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let (data, copy) = (root.join("data"), root.join("elsewhere/val.txt"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        for (f, text) in [(data.join("train.bin"), "train"), (data.join("val.bin"), "val"), (copy.clone(), "val")] {
+            std::fs::write(f, text).unwrap();
+        }
+        let policy =
+            Policy { only_read: Some(vec![data.clone()]), deny_read: vec![data.join("val.bin")], ..Policy::default() };
+        let (data2, copy2) = (data.clone(), copy.clone());
+        let line = std::thread::spawn(move || {
+            let line = policy.apply().unwrap();
+            assert_eq!(std::fs::read_to_string(data2.join("train.bin")).unwrap(), "train");
+            assert_eq!(std::fs::read_dir(&data2).unwrap().count(), 2, "its folder is listed");
+            let denied = |r: std::io::Result<()>| r.unwrap_err().kind() == std::io::ErrorKind::PermissionDenied;
+            assert!(denied(std::fs::read(data2.join("val.bin")).map(drop)), "the denied file beneath it");
+            assert!(denied(std::fs::read(&copy2).map(drop)), "a copy elsewhere");
+            assert!(denied(std::fs::read_dir(copy2.parent().unwrap()).map(drop)), "a folder elsewhere");
+            assert!(denied(std::fs::read("/etc/passwd").map(drop)), "a system file");
+            line
+        })
+        .join()
+        .unwrap();
+        assert!(line.contains(&format!(
+            "reads only {}; {} unreadable",
+            data.display(),
+            data.join("val.bin").display()
+        )));
     }
 
     #[test]

@@ -195,9 +195,15 @@ impl Trainer {
         }
     }
 
+    /// Where cargo builds this variant's release binary and what goes into it: all the build reads of the
+    /// target folder.
+    pub fn release_dir(&self) -> PathBuf {
+        self.target_dir().join("release")
+    }
+
     /// The binary cargo builds.
     fn built(&self) -> PathBuf {
-        self.target_dir().join("release/autoresearch-train")
+        self.release_dir().join("autoresearch-train")
     }
 
     /// The binary the phases run.
@@ -228,9 +234,9 @@ impl Trainer {
         let mut cmd = self.confined(self.build_policy.as_ref(), &self.cargo)?;
         cmd.current_dir(&self.root).args(["build", "--release", "--message-format=short", "-p", "autoresearch-train"]);
         cmd.arg("--target-dir").arg(self.target_dir());
-        // The compiler's temporary files in the target folder: in a sandbox, a file created later in a folder on
-        // the way to the validation data (/tmp, where the cache is there) could not be read back.
-        let tmp = self.target_dir().join("tmp");
+        // The compiler's temporary files where the sandboxed build reads (not /tmp, where other copies of the
+        // data may lie).
+        let tmp = self.release_dir().join("build-tmp");
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         cmd.env("TMPDIR", tmp);
         if self.device == DeviceChoice::Cuda {

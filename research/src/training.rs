@@ -18,8 +18,8 @@ use autoresearch_harness::handover::{
     allowance, evaluation_limit, EvalResult, Phase, PhaseArgs, PhaseStatus, TrainingStats, AUDIT, AUDIT_LIMIT_FACTOR,
     CHECKPOINT, TMP, TRAINING_STATS,
 };
-use autoresearch_harness::profile::{cache_root, fit_dir, Prepared};
-use autoresearch_harness::sandbox::Policy;
+use autoresearch_harness::profile::{cache_root, fit_dir, profile_dir, tokenizer_dir, Prepared};
+use autoresearch_harness::sandbox::{Policy, PROGRAM_READS, SYSTEM_READS};
 use autoresearch_harness::shards::{split_files, Split};
 use autoresearch_harness::summary::Summary;
 
@@ -169,17 +169,75 @@ pub fn validation_sources(prepared: &Prepared) -> Vec<PathBuf> {
     paths
 }
 
-/// The sandbox of the build in the repository `root`: what no phase may read unreadable (`include_bytes!` would
-/// compile in the validation data, or an earlier experiment's checkpoint), writes anywhere, the network open
-/// (cargo may fetch crates).
-pub fn build_policy(prepared: &Prepared, root: &Path) -> Policy {
+/// The sandbox of `trainer`'s build: it reads only what a build needs ([`build_reads`]), save what no phase may
+/// read (`include_bytes!` would compile in the validation data, or an earlier experiment's checkpoint), and of
+/// the target folder only the variant's `release` folder (the target folder holds other builds, and the tests'
+/// sessions with their copies of the data); writes anywhere, the network open (cargo may fetch crates).
+pub fn build_policy(prepared: &Prepared, trainer: &Trainer) -> Policy {
+    let mut deny_read = unreadable(prepared, &trainer.root);
+    deny_read.push(cargo_target(&trainer.root));
     Policy {
-        deny_read: unreadable(prepared, root),
+        only_read: Some(build_reads(&trainer.root)),
+        deny_read,
+        read: vec![trainer.release_dir()],
         write: vec![PathBuf::from("/")],
         allow_network: true,
         ..Policy::default()
     }
     .unless_turned_off()
+}
+
+/// The system's folders a build reads: its programs, libraries, headers and settings (name resolution's among
+/// them, which may lead to /run), and the device nodes and /proc and /sys that compilers read. Not /home, /tmp,
+/// /srv, /mnt, /var or /root: no other checkout of this repository or copy of the data is read from there.
+const BUILD_SYSTEM_READS: [&str; 14] = [
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/nix", "/run", "/dev", "/proc",
+    "/sys",
+];
+
+/// What the build of the repository `root` reads at all: the repository (and where its links lead, libtorch's
+/// among them), cargo's and rustup's homes, cargo's settings in the folders above it, libtorch where the
+/// environment names it, the folders on the PATH, the system's folders ([`BUILD_SYSTEM_READS`]).
+pub fn build_reads(root: &Path) -> Vec<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let env_or_home = |var: &str, default: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| home.as_ref().map(|h| h.join(default)))
+    };
+    let mut reads = vec![root.to_path_buf()];
+    reads.extend(env_or_home("CARGO_HOME", ".cargo"));
+    reads.extend(env_or_home("RUSTUP_HOME", ".rustup"));
+    reads.extend(root.ancestors().skip(1).map(|a| a.join(".cargo")));
+    reads.extend(
+        ["LIBTORCH", "LIBTORCH_INCLUDE", "LIBTORCH_LIB"].iter().filter_map(std::env::var_os).map(PathBuf::from),
+    );
+    if let Some(path) = std::env::var_os("PATH") {
+        reads.extend(std::env::split_paths(&path).filter(|p| p.is_absolute()));
+    }
+    reads.extend(BUILD_SYSTEM_READS.iter().map(PathBuf::from));
+    reads
+}
+
+/// What a training on the CPU reads at all: its profile's prepared.json, tokenizer and training data (the
+/// validation shard among them stays unreadable), the name of the active profile, its binary, the
+/// [`SYSTEM_READS`], [`PROGRAM_READS`] (for a child process it starts) and /proc, and its hand-over folder. No other
+/// file on the machine: not another copy of the validation text (another checkout's demo corpus, another
+/// profile's data in the cache, a test session's).
+pub fn training_reads(prepared: &Prepared, cache: &Path, binary: &Path) -> Vec<PathBuf> {
+    let name = &prepared.profile.name;
+    let mut reads = vec![
+        profile_dir(cache, name).join("prepared.json"),
+        tokenizer_dir(cache, name),
+        prepared.data_dir.clone(),
+        cache.join("active"),
+        binary.to_path_buf(),
+    ];
+    reads.extend(SYSTEM_READS.iter().chain(&PROGRAM_READS).map(PathBuf::from));
+    // All of /proc: fixed code finds the processes the training started there, to kill them when `train` returns.
+    reads.push(PathBuf::from("/proc"));
+    reads
 }
 
 /// Device nodes a training on the CPU may write, one by one: not /dev/shm, nor anything else that outlives it.
@@ -223,7 +281,17 @@ pub fn session_files(root: &Path) -> Vec<PathBuf> {
     [crate::STATE_DIR, crate::RESULTS_FILE, crate::files::RUN_LOG].iter().map(|p| root.join(p)).collect()
 }
 
-pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingFiles, binary: &Path) -> Sandboxes {
+/// The phases' sandboxes for a training of the profile `prepared` (in the cache `cache`) in the repository `root`.
+/// On the CPU the training reads only [`training_reads`]; on CUDA it reads all but what [`unreadable`] names, as
+/// measured on a GPU.
+pub fn sandboxes(
+    prepared: &Prepared,
+    cache: &Path,
+    root: &Path,
+    cuda: bool,
+    files: &TrainingFiles,
+    binary: &Path,
+) -> Sandboxes {
     let mut devices = device_writes(cuda);
     let mut deny = unreadable(prepared, root);
     if !cuda {
@@ -244,6 +312,7 @@ pub fn sandboxes(prepared: &Prepared, root: &Path, cuda: bool, files: &TrainingF
     let read = vec![files.handover.clone(), binary.to_path_buf()];
     Sandboxes {
         training: Policy {
+            only_read: (!cuda).then(|| training_reads(prepared, cache, binary)),
             deny_read: deny,
             read: read.clone(),
             write: training_writes,
@@ -426,7 +495,8 @@ fn train_and_evaluate_begun(
     let budget = prepared.profile.budget(settings.time_budget);
     let seed = settings.seed.unwrap_or(crate::state::SEED);
     let _temporary = fresh_files(files)?;
-    let sandboxes = sandboxes(&prepared, &trainer.root, trainer.device == DeviceChoice::Cuda, files, &trainer.binary());
+    let cuda = trainer.device == DeviceChoice::Cuda;
+    let sandboxes = sandboxes(&prepared, &cache, &trainer.root, cuda, files, &trainer.binary());
     // The device batches remembered for this binary: the training reads them, and reports its own, there.
     let fit_cache = fit_dir(&cache, &prepared.profile.name).join(fit::CACHE_FILE);
     let binary = binary_identity(&trainer.binary())?;
@@ -678,7 +748,7 @@ pub fn evaluate_again(
     let again = (|| -> Result<Again> {
         let _temporary = TemporaryFiles(files.handover.join(TMP));
         let cuda = trainer.device == DeviceChoice::Cuda;
-        let sandboxes = sandboxes(&prepared, &trainer.root, cuda, files, &trainer.binary());
+        let sandboxes = sandboxes(&prepared, &cache, &trainer.root, cuda, files, &trainer.binary());
         let deadline = (Instant::now() + Duration::from_secs(24 * 3600), String::new());
         let (ended, _, nonce) =
             evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline, &prepared, audit)?;
@@ -745,17 +815,29 @@ mod tests {
     #[test]
     fn no_phase_reads_what_earlier_experiments_left_and_the_cpu_gets_device_nodes_one_by_one() {
         let dir = tempfile::tempdir().unwrap();
-        let files = TrainingFiles::in_folder(&dir.path().join("repo/.autoresearch/runs/3"), 42, dir.path().join("l"));
+        let (repo, cache) = (dir.path().join("repo"), dir.path().join("cache"));
+        let files = TrainingFiles::in_folder(&repo.join(".autoresearch/runs/3"), 42, dir.path().join("l"));
         // A worker's binary, beneath the otherwise unreadable .autoresearch.
-        let binary = dir.path().join("repo/.autoresearch/workers/1/bin/autoresearch-train");
-        let cpu = sandboxes(&prepared(dir.path()), &dir.path().join("repo"), false, &files, &binary);
+        let binary = repo.join(".autoresearch/workers/1/bin/autoresearch-train");
+        let cpu = sandboxes(&prepared(dir.path()), &cache, &repo, false, &files, &binary);
         // The demo corpus's copies in the repository too (its files and its git objects).
         for p in [".autoresearch", "results.tsv", "run.log", "data/demo", ".git"] {
-            assert!(cpu.training.deny_read.contains(&dir.path().join("repo").join(p)), "{p}");
-            assert!(cpu.evaluation.deny_read.contains(&dir.path().join("repo").join(p)), "{p}");
+            assert!(cpu.training.deny_read.contains(&repo.join(p)), "{p}");
+            assert!(cpu.evaluation.deny_read.contains(&repo.join(p)), "{p}");
         }
         assert!(cpu.training.deny_read.contains(&PathBuf::from("/dev/shm")));
-        assert!(cpu.training.deny_read.contains(&crate::trainer::cargo_target(&dir.path().join("repo"))));
+        assert!(cpu.training.deny_read.contains(&crate::trainer::cargo_target(&repo)));
+        // On the CPU the training reads its profile's files and nothing else of the cache or the machine.
+        let reads = cpu.training.only_read.as_ref().expect("a training on the CPU reads a list");
+        for p in [cache.join("small/prepared.json"), cache.join("small/tokenizer"), dir.path().into(), binary.clone()] {
+            assert!(reads.contains(&p), "{}", p.display());
+        }
+        let elsewhere = |r: &PathBuf| r == &cache || r == &repo || r == Path::new("/usr") || r == Path::new("/tmp");
+        assert!(!reads.iter().any(|r| elsewhere(r) || r.starts_with("/usr/share") || r.starts_with("/home")));
+        assert_eq!(
+            cpu.evaluation.only_read, None,
+            "the evaluation runs no agent code on the CPU (its model process does)"
+        );
         assert_eq!(cpu.training.read, vec![files.handover.clone(), binary.clone()], "its hand-over folder, its binary");
         assert_eq!(cpu.evaluation.read, vec![files.handover.clone(), binary.clone()], "and the binary it runs again");
         assert!(cpu.training.write.contains(&files.handover) && cpu.training.write.contains(&"/dev/null".into()));
@@ -764,15 +846,22 @@ mod tests {
         assert!(cpu.training.no_inet_sockets && cpu.evaluation.no_inet_sockets, "UDP closed too");
         assert!(cpu.training.keep_metadata && cpu.evaluation.keep_metadata, "no message in a file's metadata");
         // CUDA keeps the policy measured on an H200.
-        let cuda = sandboxes(&prepared(dir.path()), &dir.path().join("repo"), true, &files, &binary);
+        let cuda = sandboxes(&prepared(dir.path()), &cache, &repo, true, &files, &binary);
         for p in ["/dev", "/proc", "/sys"] {
             assert!(cuda.training.write.contains(&PathBuf::from(p)), "{p}");
         }
+        assert_eq!(cuda.training.only_read, None);
         assert!(files.status().ends_with("runs/3/result-42.status.json"));
-        // Nor can the build compile them in (`include_bytes!`).
-        let build = build_policy(&prepared(dir.path()), &dir.path().join("repo"));
-        assert_eq!(build.deny_read, cpu.training.deny_read[..build.deny_read.len()]);
-        assert!(build.deny_read.contains(&dir.path().join("repo/.autoresearch")));
+        // Nor can the build compile them in (`include_bytes!`); of the target folder it reads its release folder.
+        let trainer = Trainer::new(repo.clone(), DeviceChoice::Cpu);
+        let build = build_policy(&prepared(dir.path()), &trainer);
+        assert_eq!(build.deny_read[..build.deny_read.len() - 1], cpu.training.deny_read[..build.deny_read.len() - 1]);
+        let target = crate::trainer::cargo_target(&repo);
+        assert!(build.deny_read.contains(&repo.join(".autoresearch")) && build.deny_read.contains(&target));
+        assert_eq!(build.read, vec![target.join("release")]);
+        let reads = build.only_read.as_ref().expect("the build reads a list");
+        assert!(reads.contains(&repo) && reads.contains(&PathBuf::from("/usr")));
+        assert!(!reads.iter().any(|r| r == Path::new("/") || r == Path::new("/tmp") || r == Path::new("/home")));
     }
 
     #[test]
