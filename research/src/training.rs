@@ -196,7 +196,7 @@ const BUILD_SYSTEM_READS: [&str; 14] = [
 ];
 
 /// What the build of the repository `root` reads at all: the repository (and where its links lead, libtorch's
-/// among them), cargo's and rustup's homes, cargo's settings in the folders above it, libtorch where the
+/// among them), cargo's and rustup's homes (and where their entries lead), cargo's settings in the folders above it, libtorch where the
 /// environment names it, the folders on the PATH, the system's folders ([`BUILD_SYSTEM_READS`]).
 pub fn build_reads(root: &Path) -> Vec<PathBuf> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
@@ -207,8 +207,13 @@ pub fn build_reads(root: &Path) -> Vec<PathBuf> {
             .or_else(|| home.as_ref().map(|h| h.join(default)))
     };
     let mut reads = vec![root.to_path_buf()];
-    reads.extend(env_or_home("CARGO_HOME", ".cargo"));
-    reads.extend(env_or_home("RUSTUP_HOME", ".rustup"));
+    // Cargo's and rustup's homes, and where their entries lead (a home whose registry links to a shared one).
+    for tool_home in [env_or_home("CARGO_HOME", ".cargo"), env_or_home("RUSTUP_HOME", ".rustup")].into_iter().flatten()
+    {
+        let entries = std::fs::read_dir(&tool_home).into_iter().flatten().flatten();
+        reads.extend(entries.filter_map(|e| e.path().canonicalize().ok()).collect::<Vec<_>>());
+        reads.push(tool_home);
+    }
     reads.extend(root.ancestors().skip(1).map(|a| a.join(".cargo")));
     reads.extend(
         ["LIBTORCH", "LIBTORCH_INCLUDE", "LIBTORCH_LIB"].iter().filter_map(std::env::var_os).map(PathBuf::from),
