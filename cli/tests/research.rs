@@ -803,25 +803,22 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
         s.assert_consistent();
     }
     assert_eq!(lingering_pids(&s, run_of(&s.rows()[6])).len(), 1, "the child was there to be stopped");
-    // Nor can the build compile the saved model in.
-    let description = "compile the best checkpoint in";
+    // Nor can the build compile the saved model in, or another copy of the validation text on the machine.
     let relative = format!("../.autoresearch/runs/{}/seed-42/model.safetensors", run_of(&baseline));
     assert!(s.repo.join("train").join(&relative).is_file());
-    std::fs::write(&train, insert(&format!("    let _warm = include_bytes!({relative:?}).len();"))).unwrap();
-    assert!(s.run(&["run", "-m", description]).status.success());
-    let row = s.rows().last().unwrap().clone();
-    assert_eq!((row.status, row.extra.as_ref().unwrap().reason.as_str()), (Status::Crash, "compile error"), "{row:?}");
-    let build_log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/build.log", run_of(&row))));
-    assert!(build_log.unwrap().contains("Permission denied"), "the compiler could not read it");
-    // Nor another copy of the validation text elsewhere on the machine.
-    let description = "compile another checkout's copy of the validation text in";
     let copy = other_checkout.display().to_string();
-    std::fs::write(&train, insert(&format!("    let _val = include_str!({copy:?}).len();"))).unwrap();
-    assert!(s.run(&["run", "-m", description]).status.success());
-    let row = s.rows().last().unwrap().clone();
-    assert_eq!((row.status, row.extra.as_ref().unwrap().reason.as_str()), (Status::Crash, "compile error"), "{row:?}");
-    let build_log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/build.log", run_of(&row))));
-    assert!(build_log.unwrap().contains("Permission denied"), "the compiler could not read it");
+    for (description, path) in [
+        ("compile the best checkpoint in", relative),
+        ("compile another checkout's copy of the validation text in", copy),
+    ] {
+        std::fs::write(&train, insert(&format!("    let _compiled = include_bytes!({path:?}).len();"))).unwrap();
+        assert!(s.run(&["run", "-m", description]).status.success());
+        let row = s.rows().last().unwrap().clone();
+        let reason = row.extra.as_ref().unwrap().reason.as_str();
+        assert_eq!((row.status, reason), (Status::Crash, "compile error"), "{row:?}");
+        let build_log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/build.log", run_of(&row))));
+        assert!(build_log.unwrap().contains("Permission denied"), "{description}: the compiler could not read it");
+    }
     // Weights in the names of files: a training leaves them in its hand-over folder and crashes its evaluation,
     // whose folder is kept for `eval`. Only the harness's files stay there, and a later training lists nothing.
     let build_fn = "pub fn build(training: &Training) -> Result<Gpt> {";
