@@ -803,13 +803,19 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
         s.assert_consistent();
     }
     assert_eq!(lingering_pids(&s, run_of(&s.rows()[6])).len(), 1, "the child was there to be stopped");
-    // Nor can the build compile the saved model in, or another copy of the validation text on the machine.
+    // Nor can the build compile the saved model in, or another copy of the validation text: another checkout's, or
+    // the golden set's shards in the repository (made from the demo corpus: red team 6 kept a lookup built from
+    // them at val_bpb 0.07).
     let relative = format!("../.autoresearch/runs/{}/seed-42/model.safetensors", run_of(&baseline));
-    assert!(s.repo.join("train").join(&relative).is_file());
+    let golden = "../tests/golden/data/shard_06542.parquet".to_string();
+    for path in [&relative, &golden] {
+        assert!(s.repo.join("train").join(path).is_file(), "{path}");
+    }
     let copy = other_checkout.display().to_string();
     for (description, path) in [
         ("compile the best checkpoint in", relative),
         ("compile another checkout's copy of the validation text in", copy),
+        ("compile the golden set's shard in", golden),
     ] {
         std::fs::write(&train, insert(&format!("    let _compiled = include_bytes!({path:?}).len();"))).unwrap();
         assert!(s.run(&["run", "-m", description]).status.success());

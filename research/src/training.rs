@@ -175,7 +175,7 @@ pub fn validation_sources(prepared: &Prepared) -> Vec<PathBuf> {
 /// sessions with their copies of the data); writes anywhere, the network open (cargo may fetch crates).
 pub fn build_policy(prepared: &Prepared, trainer: &Trainer) -> Policy {
     let mut deny_read = unreadable(prepared, &trainer.root);
-    deny_read.push(cargo_target(&trainer.root));
+    deny_read.extend([cargo_target(&trainer.root), PathBuf::from("/dev/shm")]);
     Policy {
         only_read: Some(build_reads(&trainer.root)),
         deny_read,
@@ -195,9 +195,10 @@ const BUILD_SYSTEM_READS: [&str; 14] = [
     "/sys",
 ];
 
-/// What the build of the repository `root` reads at all: the repository (and where its links lead, libtorch's
-/// among them), cargo's and rustup's homes (and where their entries lead), cargo's settings in the folders above it, libtorch where the
-/// environment names it, the folders on the PATH, the system's folders ([`BUILD_SYSTEM_READS`]).
+/// What the build of the repository `root` reads at all: the repository's [`source_files`] (and where its links
+/// lead, libtorch's among them), cargo's and rustup's homes (and where their entries lead), cargo's settings in
+/// the folders above it, libtorch where the environment names it, the folders on the PATH, the system's folders
+/// ([`BUILD_SYSTEM_READS`]).
 pub fn build_reads(root: &Path) -> Vec<PathBuf> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let env_or_home = |var: &str, default: &str| {
@@ -206,7 +207,7 @@ pub fn build_reads(root: &Path) -> Vec<PathBuf> {
             .map(PathBuf::from)
             .or_else(|| home.as_ref().map(|h| h.join(default)))
     };
-    let mut reads = vec![root.to_path_buf()];
+    let mut reads = Vec::new();
     // Cargo's and rustup's homes, and where their entries lead (a home whose registry links to a shared one).
     for tool_home in [env_or_home("CARGO_HOME", ".cargo"), env_or_home("RUSTUP_HOME", ".rustup")].into_iter().flatten()
     {
@@ -222,7 +223,37 @@ pub fn build_reads(root: &Path) -> Vec<PathBuf> {
         reads.extend(std::env::split_paths(&path).filter(|p| p.is_absolute()));
     }
     reads.extend(BUILD_SYSTEM_READS.iter().map(PathBuf::from));
+    reads.extend(source_files(root, &[root.join(".git"), root.join(crate::STATE_DIR), cargo_target(root)]));
     reads
+}
+
+/// The kinds of files a build compiles: Rust sources, manifests (cargo's settings and the lock file among them),
+/// C, C++ and CUDA sources and headers.
+const SOURCE_KINDS: [&str; 10] = ["rs", "toml", "lock", "c", "cc", "cpp", "h", "hpp", "cu", "cuh"];
+
+/// The repository's source files ([`SOURCE_KINDS`]) beneath `root`, and its links (libtorch's), but not beneath
+/// `skip`: no data, fixture or document of any other kind (the golden set's shards and batches are made from the
+/// demo corpus), so a copy of the validation data kept in the repository is not compiled in.
+pub fn source_files(root: &Path, skip: &[PathBuf]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let (path, Ok(kind)) = (entry.path(), entry.file_type()) else { continue };
+            if skip.contains(&path) {
+                continue;
+            }
+            if kind.is_dir() {
+                folders.push(path);
+            } else if kind.is_symlink() && folder == root
+                || path.extension().is_some_and(|e| SOURCE_KINDS.iter().any(|k| e == *k))
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
 }
 
 /// What a training on the CPU reads at all: its profile's prepared.json, tokenizer and training data (the
@@ -860,13 +891,34 @@ mod tests {
         // Nor can the build compile them in (`include_bytes!`); of the target folder it reads its release folder.
         let trainer = Trainer::new(repo.clone(), DeviceChoice::Cpu);
         let build = build_policy(&prepared(dir.path()), &trainer);
-        assert_eq!(build.deny_read[..build.deny_read.len() - 1], cpu.training.deny_read[..build.deny_read.len() - 1]);
+        let denied = unreadable(&prepared(dir.path()), &repo);
+        assert_eq!(build.deny_read[..denied.len()], denied);
         let target = crate::trainer::cargo_target(&repo);
         assert!(build.deny_read.contains(&repo.join(".autoresearch")) && build.deny_read.contains(&target));
         assert_eq!(build.read, vec![target.join("release")]);
         let reads = build.only_read.as_ref().expect("the build reads a list");
-        assert!(reads.contains(&repo) && reads.contains(&PathBuf::from("/usr")));
+        assert!(reads.contains(&PathBuf::from("/usr")) && build.deny_read.contains(&PathBuf::from("/dev/shm")));
         assert!(!reads.iter().any(|r| r == Path::new("/") || r == Path::new("/tmp") || r == Path::new("/home")));
+        // Of the repository, its sources and its links: no data or fixture (the golden set is made from the demo
+        // corpus), nothing in .git or the target folder.
+        for f in
+            ["Cargo.toml", "Cargo.lock", "train/train.rs", "ops/src/shim.cpp", "tests/golden/data/shard_06542.parquet"]
+                .into_iter()
+                .chain([
+                    "tests/golden/meta.json",
+                    ".git/config.toml",
+                    "target/tmp/research/x/train/train.rs",
+                    "README.md",
+                ])
+        {
+            std::fs::create_dir_all(repo.join(f).parent().unwrap()).unwrap();
+            std::fs::write(repo.join(f), "").unwrap();
+        }
+        std::os::unix::fs::symlink(dir.path(), repo.join(".libtorch")).unwrap();
+        let mut sources = source_files(&repo, &[repo.join(".git"), crate::trainer::cargo_target(&repo)]);
+        sources.retain(|p| !p.starts_with(repo.join(".autoresearch")));
+        let names: Vec<_> = sources.iter().map(|p| p.strip_prefix(&repo).unwrap().to_str().unwrap()).collect();
+        assert_eq!(names, [".libtorch", "Cargo.lock", "Cargo.toml", "ops/src/shim.cpp", "train/train.rs"]);
     }
 
     #[test]
