@@ -1,6 +1,6 @@
 //! The sandbox the agent's code runs in (Linux Landlock, unprivileged): it may read a list of paths (on the CPU
-//! the training its data, tokenizer and binary; the build the repository, the toolchain and the system's
-//! folders; the evaluation's model process its checkpoint, its binary and a few system files), or everything, in
+//! the training its data, tokenizer and binary; the build the repository's sources, the toolchain and the
+//! system's folders; the evaluation's model process its checkpoint, its binary and a few system files), or everything, in
 //! either case save the validation data and earlier experiments' files (but its own hand-over folder); write only
 //! beneath a few folders and device nodes, open no TCP connection and bind no TCP port (Landlock ABI 4; on the CPU
 //! no IPv4 or IPv6 socket at all, by a seccomp filter), and signal or reach
