@@ -32,7 +32,8 @@ pub struct Policy {
     pub only_read: Option<Vec<PathBuf>>,
     /// Files and folders it may neither read, list nor run.
     pub deny_read: Vec<PathBuf>,
-    /// Folders beneath which it may read, even inside a denied one (its own hand-over folder in the session's).
+    /// Folders beneath which it may read, even inside a denied one (its own hand-over folder in the session's);
+    /// each must exist.
     pub read: Vec<PathBuf>,
     /// It lists no folder, not even one it reads beneath. Reading a file or listing a folder can set its access
     /// time, which any later process can see with `stat` (Landlock governs neither): only a process that reads
@@ -56,12 +57,13 @@ pub struct Policy {
 /// What libtorch and OpenMP read on the CPU besides the program's own files (its binary, for a backtrace's
 /// symbols): the CPUs' topology, the process's own `/proc` folder, random seeds, the cgroup's CPU quota. Reading
 /// them sets no access time that lasts: procfs, sysfs and device nodes keep none.
-pub const SYSTEM_READS: [&str; 5] =
+pub const LIBTORCH_SYSTEM_READS: [&str; 5] =
     ["/dev/urandom", "/proc/self", "/proc/cpuinfo", "/sys/devices/system/cpu", "/sys/fs/cgroup"];
 
-/// The system's programs and their libraries (and the dynamic loader's cache): what a child process the
-/// training starts (`sh`, `nvidia-smi`) reads to run. Not `/usr/share` or `/usr/local`, where data could lie.
-pub const PROGRAM_READS: [&str; 10] = [
+/// The system's programs and their libraries (and the dynamic loader's cache; on Nix the store): what a child
+/// process the training starts (`sh`, `nvidia-smi`) reads to run. Not `/usr/share` or `/usr/local`, where data
+/// could lie.
+pub const PROGRAM_READS: [&str; 11] = [
     "/usr/bin",
     "/bin",
     "/usr/sbin",
@@ -72,6 +74,7 @@ pub const PROGRAM_READS: [&str; 10] = [
     "/usr/lib64",
     "/usr/libexec",
     "/etc/ld.so.cache",
+    "/nix/store",
 ];
 
 /// The Landlock version whose rights we handle: file system reads and writes, truncation and device ioctls.
@@ -111,7 +114,10 @@ impl Policy {
         } else {
             read
         };
-        let mut what = match &self.only_read {
+        // The log names what it reads that exists (a list for any machine names some that do not).
+        let only: Option<Vec<PathBuf>> =
+            self.only_read.as_ref().map(|o| o.iter().filter(|p| p.exists()).cloned().collect());
+        let mut what = match &only {
             Some(only) if only.len() > LISTED => {
                 format!("reads only {} and {} more", list(&only[..LISTED]), only.len() - LISTED)
             }

@@ -102,6 +102,9 @@ pub fn cargo_target(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d))
 }
 
+/// Where scripts/libtorch.sh links libtorch in a checkout: the CPU build's, and the CUDA build's.
+pub const LIBTORCH_LINKS: [&str; 2] = [".libtorch", ".libtorch-cuda"];
+
 #[derive(Clone)]
 pub struct Trainer {
     pub root: PathBuf,
@@ -121,8 +124,9 @@ pub struct Trainer {
     /// The program that runs a command confined by a policy, under a supervisor (`autoresearch sandboxed`): the
     /// build, and a project's commands, run through it where it is set.
     pub launcher: Option<PathBuf>,
-    /// The build's policy: the validation data unreadable, so that the training file cannot compile it in with
-    /// `include_bytes!` (None: the build is not confined).
+    /// The build's policy (`training::build_policy`): it reads the repository's sources and the toolchain, not
+    /// the validation data, so that the training file cannot compile it in with `include_bytes!` (None: the build
+    /// is not confined).
     pub build_policy: Option<Policy>,
 }
 
@@ -181,7 +185,7 @@ impl Trainer {
     }
 
     fn libtorch_link(&self) -> PathBuf {
-        self.root.join(if self.device == DeviceChoice::Cuda { ".libtorch-cuda" } else { ".libtorch" })
+        self.root.join(LIBTORCH_LINKS[(self.device == DeviceChoice::Cuda) as usize])
     }
 
     /// Cargo's target folder for this variant: $CARGO_TARGET_DIR or `target`, with `cuda/` inside it for the
@@ -239,6 +243,9 @@ impl Trainer {
         let tmp = self.release_dir().join("build-tmp");
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         cmd.env("TMPDIR", tmp);
+        // No compiler wrapper (sccache, say): its server, started outside the sandbox, would read for rustc what
+        // the sandbox denies (an empty value overrides cargo's settings).
+        cmd.env("RUSTC_WRAPPER", "").env("RUSTC_WORKSPACE_WRAPPER", "");
         if self.device == DeviceChoice::Cuda {
             cmd.args(["--features", "cuda"]).env("LIBTORCH", self.libtorch_link());
         }

@@ -19,7 +19,7 @@ use autoresearch_harness::handover::{
     CHECKPOINT, TMP, TRAINING_STATS,
 };
 use autoresearch_harness::profile::{cache_root, fit_dir, profile_dir, tokenizer_dir, Prepared};
-use autoresearch_harness::sandbox::{Policy, PROGRAM_READS, SYSTEM_READS};
+use autoresearch_harness::sandbox::{Policy, LIBTORCH_SYSTEM_READS, PROGRAM_READS};
 use autoresearch_harness::shards::{split_files, Split};
 use autoresearch_harness::summary::Summary;
 
@@ -27,7 +27,7 @@ use crate::process::{wait_or_kill, CappedOutput, Role, LOG_LIMIT};
 
 /// How long a phase's output may go on after the phase ended (a process its supervisor has not ended yet).
 pub(crate) const OUTPUT_PATIENCE: Duration = Duration::from_secs(5);
-use crate::trainer::{binary_identity, cargo_target, DeviceChoice, Trainer, TrainingSettings};
+use crate::trainer::{binary_identity, cargo_target, DeviceChoice, Trainer, TrainingSettings, LIBTORCH_LINKS};
 /// The end of a log, as crash reasons and the dashboard show it.
 pub use autoresearch_report::journal::tail;
 
@@ -177,7 +177,7 @@ pub fn build_policy(prepared: &Prepared, trainer: &Trainer) -> Policy {
     let mut deny_read = unreadable(prepared, &trainer.root);
     deny_read.extend([cargo_target(&trainer.root), PathBuf::from("/dev/shm")]);
     Policy {
-        only_read: Some(build_reads(&trainer.root)),
+        only_read: Some(build_reads(&trainer.root, &deny_read)),
         deny_read,
         read: vec![trainer.release_dir()],
         write: vec![PathBuf::from("/")],
@@ -187,19 +187,34 @@ pub fn build_policy(prepared: &Prepared, trainer: &Trainer) -> Policy {
     .unless_turned_off()
 }
 
-/// The system's folders a build reads: its programs, libraries, headers and settings (name resolution's among
-/// them, which may lead to /run), and the device nodes and /proc and /sys that compilers read. Not /home, /tmp,
-/// /srv, /mnt, /var or /root: no other checkout of this repository or copy of the data is read from there.
-const BUILD_SYSTEM_READS: [&str; 14] = [
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/nix", "/run", "/dev", "/proc",
+/// The system's folders a build reads: its programs, libraries, headers and settings (and name resolution's in
+/// /run), the device nodes and /proc and /sys that compilers read. Nothing in /home, /root, /tmp, /srv, /mnt or
+/// /var but the tools' homes and the PATH's folders ([`build_reads`]): no other checkout of this repository or
+/// copy of the data is read from there.
+const BUILD_SYSTEM_READS: [&str; 15] = [
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc",
+    "/opt",
+    "/nix",
+    "/run/systemd/resolve",
+    "/run/current-system",
+    "/dev",
+    "/proc",
     "/sys",
 ];
 
-/// What the build of the repository `root` reads at all: the repository's [`source_files`] (and where its links
-/// lead, libtorch's among them), cargo's and rustup's homes (and where their entries lead), cargo's settings in
-/// the folders above it, libtorch where the environment names it, the folders on the PATH, the system's folders
-/// ([`BUILD_SYSTEM_READS`]).
-pub fn build_reads(root: &Path) -> Vec<PathBuf> {
+/// What the build of the repository `root` reads at all (those that exist, each once): the system's folders
+/// ([`BUILD_SYSTEM_READS`]), the folders on the PATH, cargo's and rustup's homes (and where their entries lead),
+/// cargo's settings in the folders above the repository, libtorch (where its links in the repository lead, the
+/// CUDA libraries beside it, where the environment names it) and the repository's [`source_files`] but those
+/// `denied`.
+pub(crate) fn build_reads(root: &Path, denied: &[PathBuf]) -> Vec<PathBuf> {
     let home = std::env::var_os("HOME").map(PathBuf::from);
     let env_or_home = |var: &str, default: &str| {
         std::env::var_os(var)
@@ -207,23 +222,33 @@ pub fn build_reads(root: &Path) -> Vec<PathBuf> {
             .map(PathBuf::from)
             .or_else(|| home.as_ref().map(|h| h.join(default)))
     };
-    let mut reads = Vec::new();
-    // Cargo's and rustup's homes, and where their entries lead (a home whose registry links to a shared one).
+    let mut reads: Vec<PathBuf> = BUILD_SYSTEM_READS.iter().map(PathBuf::from).collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        reads.extend(std::env::split_paths(&path).filter(|p| p.is_absolute()));
+    }
+    // Cargo's and rustup's homes, and where their entries lead (a home whose registry links to a shared one), but
+    // for cargo's git checkouts (the lock file has no git sources).
     for tool_home in [env_or_home("CARGO_HOME", ".cargo"), env_or_home("RUSTUP_HOME", ".rustup")].into_iter().flatten()
     {
-        let entries = std::fs::read_dir(&tool_home).into_iter().flatten().flatten();
+        let entries = std::fs::read_dir(&tool_home).into_iter().flatten().flatten().filter(|e| e.file_name() != "git");
         reads.extend(entries.filter_map(|e| e.path().canonicalize().ok()).collect::<Vec<_>>());
         reads.push(tool_home);
     }
     reads.extend(root.ancestors().skip(1).map(|a| a.join(".cargo")));
+    // libtorch where the repository's links lead, with the CUDA libraries beside it that its libraries name
+    // (ops/build.rs puts them on the rpath; a linker that checks a library's own dependencies opens them).
+    for libtorch in LIBTORCH_LINKS.iter().filter_map(|l| root.join(l).canonicalize().ok()) {
+        reads.push(libtorch.join("../nvidia"));
+        reads.push(libtorch);
+    }
     reads.extend(
         ["LIBTORCH", "LIBTORCH_INCLUDE", "LIBTORCH_LIB"].iter().filter_map(std::env::var_os).map(PathBuf::from),
     );
-    if let Some(path) = std::env::var_os("PATH") {
-        reads.extend(std::env::split_paths(&path).filter(|p| p.is_absolute()));
-    }
-    reads.extend(BUILD_SYSTEM_READS.iter().map(PathBuf::from));
-    reads.extend(source_files(root, &[root.join(".git"), root.join(crate::STATE_DIR), cargo_target(root)]));
+    // Not the default target folder either, where the build's is elsewhere (older builds' generated sources).
+    let skip: Vec<_> = denied.iter().cloned().chain([root.join("target")]).collect();
+    reads.extend(source_files(root, &skip));
+    let mut seen = std::collections::HashSet::new();
+    reads.retain(|p| p.exists() && seen.insert(p.canonicalize().unwrap_or_else(|_| p.clone())));
     reads
 }
 
@@ -231,23 +256,22 @@ pub fn build_reads(root: &Path) -> Vec<PathBuf> {
 /// C, C++ and CUDA sources and headers.
 const SOURCE_KINDS: [&str; 10] = ["rs", "toml", "lock", "c", "cc", "cpp", "h", "hpp", "cu", "cuh"];
 
-/// The repository's source files ([`SOURCE_KINDS`]) beneath `root`, and its links (libtorch's), but not beneath
-/// `skip`: no data, fixture or document of any other kind (the golden set's shards and batches are made from the
-/// demo corpus), so a copy of the validation data kept in the repository is not compiled in.
-pub fn source_files(root: &Path, skip: &[PathBuf]) -> Vec<PathBuf> {
+/// The repository's source files ([`SOURCE_KINDS`]) beneath `root`, but not beneath `skip`, nor through a link:
+/// no data, fixture or document of any other kind (the golden set's shards and batches are made from the demo
+/// corpus), so a copy of the validation data kept in the repository is not compiled in. Listed when the session
+/// starts: the training file is one of them, and a file added later is not read.
+pub(crate) fn source_files(root: &Path, skip: &[PathBuf]) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut folders = vec![root.to_path_buf()];
     while let Some(folder) = folders.pop() {
         for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
             let (path, Ok(kind)) = (entry.path(), entry.file_type()) else { continue };
-            if skip.contains(&path) {
+            if skip.iter().any(|s| path.starts_with(s)) {
                 continue;
             }
             if kind.is_dir() {
                 folders.push(path);
-            } else if kind.is_symlink() && folder == root
-                || path.extension().is_some_and(|e| SOURCE_KINDS.iter().any(|k| e == *k))
-            {
+            } else if kind.is_file() && path.extension().is_some_and(|e| SOURCE_KINDS.iter().any(|k| e == *k)) {
                 files.push(path);
             }
         }
@@ -256,23 +280,23 @@ pub fn source_files(root: &Path, skip: &[PathBuf]) -> Vec<PathBuf> {
     files
 }
 
-/// What a training on the CPU reads at all: its profile's prepared.json, tokenizer and training data (the
-/// validation shard among them stays unreadable), the name of the active profile, its binary, the
-/// [`SYSTEM_READS`], [`PROGRAM_READS`] (for a child process it starts) and /proc, and its hand-over folder. No other
-/// file on the machine: not another copy of the validation text (another checkout's demo corpus, another
-/// profile's data in the cache, a test session's).
-pub fn training_reads(prepared: &Prepared, cache: &Path, binary: &Path) -> Vec<PathBuf> {
+/// What a training on the CPU reads at all, besides its binary and its hand-over folder (the policy's `read`):
+/// its profile's prepared.json, tokenizer and training data (the validation shard among them stays unreadable),
+/// the name of the active profile, /proc (where fixed code finds the processes the training started, to kill
+/// them when `train` returns), the rest of the [`LIBTORCH_SYSTEM_READS`] and the [`PROGRAM_READS`] (for a child
+/// process it starts). No other file on the machine: not another copy of the validation text (another
+/// checkout's demo corpus, another profile's data in the cache, a test session's).
+pub fn training_reads(prepared: &Prepared, cache: &Path) -> Vec<PathBuf> {
     let name = &prepared.profile.name;
     let mut reads = vec![
         profile_dir(cache, name).join("prepared.json"),
         tokenizer_dir(cache, name),
         prepared.data_dir.clone(),
         cache.join("active"),
-        binary.to_path_buf(),
+        PathBuf::from("/proc"),
     ];
-    reads.extend(SYSTEM_READS.iter().chain(&PROGRAM_READS).map(PathBuf::from));
-    // All of /proc: fixed code finds the processes the training started there, to kill them when `train` returns.
-    reads.push(PathBuf::from("/proc"));
+    let system = LIBTORCH_SYSTEM_READS.iter().filter(|p| !p.starts_with("/proc/"));
+    reads.extend(system.chain(&PROGRAM_READS).map(PathBuf::from));
     reads
 }
 
@@ -348,7 +372,7 @@ pub fn sandboxes(
     let read = vec![files.handover.clone(), binary.to_path_buf()];
     Sandboxes {
         training: Policy {
-            only_read: (!cuda).then(|| training_reads(prepared, cache, binary)),
+            only_read: (!cuda).then(|| training_reads(prepared, cache)),
             deny_read: deny,
             read: read.clone(),
             write: training_writes,
@@ -855,7 +879,8 @@ mod tests {
         let files = TrainingFiles::in_folder(&repo.join(".autoresearch/runs/3"), 42, dir.path().join("l"));
         // A worker's binary, beneath the otherwise unreadable .autoresearch.
         let binary = repo.join(".autoresearch/workers/1/bin/autoresearch-train");
-        let cpu = sandboxes(&prepared(dir.path()), &cache, &repo, false, &files, &binary);
+        let prepared = Prepared { data_dir: cache.join("small/data"), ..prepared(dir.path()) };
+        let cpu = sandboxes(&prepared, &cache, &repo, false, &files, &binary);
         // The demo corpus's copies in the repository too (its files and its git objects).
         for p in [".autoresearch", "results.tsv", "run.log", "data/demo", ".git"] {
             assert!(cpu.training.deny_read.contains(&repo.join(p)), "{p}");
@@ -865,11 +890,13 @@ mod tests {
         assert!(cpu.training.deny_read.contains(&crate::trainer::cargo_target(&repo)));
         // On the CPU the training reads its profile's files and nothing else of the cache or the machine.
         let reads = cpu.training.only_read.as_ref().expect("a training on the CPU reads a list");
-        for p in [cache.join("small/prepared.json"), cache.join("small/tokenizer"), dir.path().into(), binary.clone()] {
+        for p in [cache.join("small/prepared.json"), cache.join("small/tokenizer"), cache.join("small/data")] {
             assert!(reads.contains(&p), "{}", p.display());
         }
         let elsewhere = |r: &PathBuf| r == &cache || r == &repo || r == Path::new("/usr") || r == Path::new("/tmp");
-        assert!(!reads.iter().any(|r| elsewhere(r) || r.starts_with("/usr/share") || r.starts_with("/home")));
+        assert!(!reads.iter().any(|r| elsewhere(r)
+            || r.starts_with("/usr/share")
+            || r.starts_with(dir.path()) && !r.starts_with(cache.join("small")) && r != &cache.join("active")));
         assert_eq!(
             cpu.evaluation.only_read, None,
             "the evaluation runs no agent code on the CPU (its model process does)"
@@ -882,43 +909,42 @@ mod tests {
         assert!(cpu.training.no_inet_sockets && cpu.evaluation.no_inet_sockets, "UDP closed too");
         assert!(cpu.training.keep_metadata && cpu.evaluation.keep_metadata, "no message in a file's metadata");
         // CUDA keeps the policy measured on an H200.
-        let cuda = sandboxes(&prepared(dir.path()), &cache, &repo, true, &files, &binary);
+        let cuda = sandboxes(&prepared, &cache, &repo, true, &files, &binary);
         for p in ["/dev", "/proc", "/sys"] {
             assert!(cuda.training.write.contains(&PathBuf::from(p)), "{p}");
         }
         assert_eq!(cuda.training.only_read, None);
         assert!(files.status().ends_with("runs/3/result-42.status.json"));
-        // Nor can the build compile them in (`include_bytes!`); of the target folder it reads its release folder.
-        let trainer = Trainer::new(repo.clone(), DeviceChoice::Cpu);
-        let build = build_policy(&prepared(dir.path()), &trainer);
-        let denied = unreadable(&prepared(dir.path()), &repo);
-        assert_eq!(build.deny_read[..denied.len()], denied);
-        let target = crate::trainer::cargo_target(&repo);
-        assert!(build.deny_read.contains(&repo.join(".autoresearch")) && build.deny_read.contains(&target));
-        assert_eq!(build.read, vec![target.join("release")]);
-        let reads = build.only_read.as_ref().expect("the build reads a list");
-        assert!(reads.contains(&PathBuf::from("/usr")) && build.deny_read.contains(&PathBuf::from("/dev/shm")));
-        assert!(!reads.iter().any(|r| r == Path::new("/") || r == Path::new("/tmp") || r == Path::new("/home")));
-        // Of the repository, its sources and its links: no data or fixture (the golden set is made from the demo
-        // corpus), nothing in .git or the target folder.
-        for f in
-            ["Cargo.toml", "Cargo.lock", "train/train.rs", "ops/src/shim.cpp", "tests/golden/data/shard_06542.parquet"]
-                .into_iter()
-                .chain([
-                    "tests/golden/meta.json",
-                    ".git/config.toml",
-                    "target/tmp/research/x/train/train.rs",
-                    "README.md",
-                ])
-        {
+
+        // Nor can the build compile them in (`include_bytes!`). Of the repository it reads its sources: no data or
+        // fixture (the golden set is made from the demo corpus), nothing in .git or the target folder; and where
+        // its libtorch link leads, with the CUDA libraries beside it.
+        let sources = ["Cargo.toml", "Cargo.lock", "train/train.rs", "ops/src/shim.cpp"];
+        let others = ["tests/golden/data/shard_06542.parquet", "tests/golden/meta.json", ".git/config.toml"];
+        let others = others.into_iter().chain(["target/tmp/research/x/train/train.rs", "README.md", "data/demo/a.rs"]);
+        for f in sources.into_iter().chain(others.clone()) {
             std::fs::create_dir_all(repo.join(f).parent().unwrap()).unwrap();
             std::fs::write(repo.join(f), "").unwrap();
         }
-        std::os::unix::fs::symlink(dir.path(), repo.join(".libtorch")).unwrap();
-        let mut sources = source_files(&repo, &[repo.join(".git"), crate::trainer::cargo_target(&repo)]);
-        sources.retain(|p| !p.starts_with(repo.join(".autoresearch")));
-        let names: Vec<_> = sources.iter().map(|p| p.strip_prefix(&repo).unwrap().to_str().unwrap()).collect();
-        assert_eq!(names, [".libtorch", "Cargo.lock", "Cargo.toml", "ops/src/shim.cpp", "train/train.rs"]);
+        let libtorch = dir.path().join("wheel/torch");
+        std::fs::create_dir_all(&libtorch).unwrap();
+        std::fs::create_dir_all(dir.path().join("wheel/nvidia")).unwrap();
+        std::os::unix::fs::symlink(&libtorch, repo.join(".libtorch")).unwrap();
+        let trainer = Trainer::new(repo.clone(), DeviceChoice::Cpu);
+        let build = build_policy(&prepared, &trainer);
+        let denied = unreadable(&prepared, &repo);
+        assert_eq!(build.deny_read[..denied.len()], denied);
+        let target = crate::trainer::cargo_target(&repo);
+        assert!(build.deny_read.contains(&repo.join(".autoresearch")) && build.deny_read.contains(&target));
+        assert!(build.deny_read.contains(&PathBuf::from("/dev/shm")));
+        assert_eq!(build.read, vec![target.join("release")]);
+        let reads = build.only_read.as_ref().expect("the build reads a list");
+        let in_repo: Vec<_> = reads.iter().filter_map(|p| p.strip_prefix(&repo).ok()?.to_str()).collect();
+        assert_eq!(in_repo, ["Cargo.lock", "Cargo.toml", "ops/src/shim.cpp", "train/train.rs"]);
+        let wheel = dir.path().join("wheel").canonicalize().unwrap();
+        assert!(reads.contains(&wheel.join("torch")) && reads.iter().any(|p| p.ends_with("torch/../nvidia")));
+        assert!(reads.contains(&PathBuf::from("/usr")));
+        assert!(!reads.iter().any(|r| r == Path::new("/") || r == Path::new("/tmp") || r == Path::new("/home")));
     }
 
     #[test]
