@@ -325,8 +325,8 @@ pub fn device_writes(cuda: bool) -> Vec<PathBuf> {
         // on an H200: cudaGetDeviceCount fails with error 304 when only /dev and a temporary folder are
         // writable, and works with /proc and /sys added); its kernel cache is ~/.nv. Kept as measured: no GPU
         // has run a narrower policy yet. Writing there reaches neither the data nor results.tsv: Landlock keeps
-        // a sandboxed process from other processes' /proc entries, and /proc/self/root resolves to paths the
-        // rules judge as any other.
+        // a sandboxed process from other processes' memory and file links in /proc (not from their status,
+        // command line or environment), and /proc/self/root resolves to paths the rules judge as any other.
         let mut d = vec![PathBuf::from("/dev"), PathBuf::from("/proc"), PathBuf::from("/sys")];
         d.extend(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".nv")).filter(|p| p.is_dir()));
         d
