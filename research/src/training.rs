@@ -227,7 +227,8 @@ pub(crate) fn build_reads(root: &Path, denied: &[PathBuf]) -> Vec<PathBuf> {
         reads.extend(std::env::split_paths(&path).filter(|p| p.is_absolute()));
     }
     // Cargo's and rustup's homes, and where their entries lead (a home whose registry links to a shared one), but
-    // for cargo's git checkouts (the lock file has no git sources).
+    // where cargo's git checkouts lead (the lock file has no git sources; the home itself is read whole, since
+    // cargo writes its cache's files there as it goes).
     for tool_home in [env_or_home("CARGO_HOME", ".cargo"), env_or_home("RUSTUP_HOME", ".rustup")].into_iter().flatten()
     {
         let entries = std::fs::read_dir(&tool_home).into_iter().flatten().flatten().filter(|e| e.file_name() != "git");
