@@ -494,8 +494,10 @@ fn attacks_on_the_metric_are_not_kept() {
     let _ = std::fs::OpenOptions::new().append(true).open("results.tsv").map(|mut f| writeln!(f, "abcdef0\t0.000100\t0.0\tkeep\tplanted"));
     let _ = std::fs::write(".autoresearch/state.json", "{}");
     let _ = std::fs::write(".autoresearch/planted.json", "{}");
-    for dir in std::fs::read_dir(".autoresearch/runs")? {
-        let _ = std::fs::write(dir?.path().join("planted.json"), "{}");
+    // (On the CPU the run folders cannot even be listed: the baseline's is run 1.)
+    let runs = std::fs::read_dir(".autoresearch/runs").map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>());
+    for dir in runs.unwrap_or_else(|_| vec![".autoresearch/runs/1".into()]) {
+        let _ = std::fs::write(dir.join("planted.json"), "{}");
     }"#,
             ),
             Status::Discard,
