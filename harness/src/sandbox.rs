@@ -335,6 +335,22 @@ fn rules_for(path: &Path, real: &Path, deny: &[PathBuf], rules: &mut Vec<(PathBu
 mod tests {
     use super::*;
 
+    /// Runs `body` in a thread of its own sandboxed by `policy` (the sandbox restricts the thread that applies it
+    /// and what it starts, not the test's other threads); the sandbox's log line.
+    fn in_sandbox(policy: Policy, body: impl FnOnce() + Send + 'static) -> String {
+        std::thread::spawn(move || {
+            let line = policy.apply().unwrap();
+            body();
+            line
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn denied(result: std::io::Result<()>) -> bool {
+        result.unwrap_err().kind() == std::io::ErrorKind::PermissionDenied
+    }
+
     #[test]
     fn every_entry_but_the_denied_ones_is_readable() {
         let dir = tempfile::tempdir().unwrap();
@@ -403,15 +419,11 @@ mod tests {
             keep_metadata: true,
             ..Policy::default()
         };
-        // In a thread of its own: the sandbox restricts the thread that applies it and what it starts.
         let (own2, session2) = (own.clone(), session.clone());
-        let line = std::thread::spawn(move || {
-            let line = policy.apply().unwrap();
-
+        let line = in_sandbox(policy, move || {
             std::fs::write(own2.join("x"), "mine").unwrap();
             assert_eq!(std::fs::read_to_string(own2.join("x")).unwrap(), "mine", "its own folder");
             assert!(std::fs::OpenOptions::new().write(true).open("/dev/null").is_ok(), "a device node granted");
-            let denied = |r: std::io::Result<()>| r.unwrap_err().kind() == std::io::ErrorKind::PermissionDenied;
 
             assert!(denied(std::fs::read(session2.join("runs/1/seed-42/model.safetensors")).map(drop)));
             // (Listing a folder stays possible: the root's rule lets every folder be listed.)
@@ -428,10 +440,7 @@ mod tests {
             assert!(denied(std::os::unix::fs::chown(&file, None, Some(0))));
             let pair = std::os::unix::net::UnixStream::pair();
             assert!(pair.is_ok(), "Unix sockets between its own processes stay");
-            line
-        })
-        .join()
-        .unwrap();
+        });
         assert!(line.contains("network closed") && line.contains("no IPv4 or IPv6 sockets"), "{line}");
         assert!(line.contains("no signals") && line.contains("no file's permissions, owner, times"), "{line}");
         assert!(std::fs::read_dir(&session).is_ok(), "other threads are not restricted");
@@ -450,21 +459,16 @@ mod tests {
         let policy =
             Policy { only_read: Some(vec![mine.clone(), system.clone()]), no_listing: true, ..Policy::default() };
         let (mine2, root2) = (mine.clone(), root.clone());
-        let line = std::thread::spawn(move || {
-            let line = policy.apply().unwrap();
+        let line = in_sandbox(policy, move || {
             assert_eq!(std::fs::read_to_string(&mine2).unwrap(), "weights");
             assert_eq!(std::fs::read_to_string(root2.join("sys/online")).unwrap(), "0-1", "a file in a granted folder");
-            let denied = |r: std::io::Result<()>| r.unwrap_err().kind() == std::io::ErrorKind::PermissionDenied;
             assert!(denied(std::fs::read(root2.join("progress.json")).map(drop)), "a file beside it");
             assert!(denied(std::fs::read_dir(&root2).map(drop)), "its folder's listing");
             assert!(denied(std::fs::read_dir(root2.join("sys")).map(drop)), "a granted folder's listing");
             assert!(denied(std::fs::read("/etc/passwd").map(drop)), "a system file");
             assert!(denied(std::fs::read_dir("/usr/lib").map(drop)), "a system folder's listing");
             assert!(denied(std::fs::read(format!("/proc/{}/cmdline", std::os::unix::process::parent_id())).map(drop)));
-            line
-        })
-        .join()
-        .unwrap();
+        });
         assert!(line.contains(&format!("reads only {}", mine.display())) && line.contains("lists no folder"), "{line}");
     }
 
@@ -481,19 +485,14 @@ mod tests {
         let policy =
             Policy { only_read: Some(vec![data.clone()]), deny_read: vec![data.join("val.bin")], ..Policy::default() };
         let (data2, copy2) = (data.clone(), copy.clone());
-        let line = std::thread::spawn(move || {
-            let line = policy.apply().unwrap();
+        let line = in_sandbox(policy, move || {
             assert_eq!(std::fs::read_to_string(data2.join("train.bin")).unwrap(), "train");
             assert_eq!(std::fs::read_dir(&data2).unwrap().count(), 2, "its folder is listed");
-            let denied = |r: std::io::Result<()>| r.unwrap_err().kind() == std::io::ErrorKind::PermissionDenied;
             assert!(denied(std::fs::read(data2.join("val.bin")).map(drop)), "the denied file beneath it");
             assert!(denied(std::fs::read(&copy2).map(drop)), "a copy elsewhere");
             assert!(denied(std::fs::read_dir(copy2.parent().unwrap()).map(drop)), "a folder elsewhere");
             assert!(denied(std::fs::read("/etc/passwd").map(drop)), "a system file");
-            line
-        })
-        .join()
-        .unwrap();
+        });
         assert!(line.contains(&format!(
             "reads only {}; {} unreadable",
             data.display(),
