@@ -177,7 +177,7 @@ fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Training) -> Result
         .collect();
     let late = -training.seconds_left();
     training.flush_progress();
-    let lingering = supervisor::kill_descendants();
+    let lingering = supervisor::end_phase_processes()?;
     if lingering > 0 {
         println!("{lingering} process(es) the training started were still running when `train` returned: killed");
     }

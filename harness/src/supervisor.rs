@@ -1,22 +1,31 @@
 //! Every process a phase starts is gone when the phase ends. Before anything else (and before any thread
-//! exists), the training binary (or `autoresearch sandboxed`, which runs a project's commands) forks: the child runs the phase, sandboxed; the parent stays outside the
-//! sandbox as a child subreaper, so that every process the phase starts, also one that left its process group or
-//! session (`setsid`, a double fork), stays its descendant. When the child ends, or the harness asks it to stop
-//! (SIGTERM, or SIGINT from a terminal), the parent kills every descendant, reaps them, and exits as the child
-//! did. The sandbox keeps the phase from signalling the parent (Landlock's signal scope); the child dies with
-//! the parent (parent-death signal), should the parent be killed outright.
+//! exists), the training binary (or `autoresearch sandboxed`, which runs a project's commands) forks: the child
+//! runs the phase, sandboxed; the parent stays outside the sandbox as a child subreaper, so that every process the
+//! phase starts, also one that left its process group or session (`setsid`, a double fork), stays its
+//! descendant. When the child ends, or the harness asks it to stop (SIGTERM, or SIGINT from a terminal), the
+//! parent kills every descendant, reaps them, and exits as the child did. Before that, the child may ask the
+//! parent (over a socket) to kill the processes it started, when the agent's code returns: the parent, outside
+//! the sandbox, finds them in /proc, which the sandbox need not show the phase. The sandbox keeps the phase from
+//! signalling the parent (Landlock's signal scope); the child dies with the parent (parent-death signal), should
+//! the parent be killed outright.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 
 /// The signal that asked the supervisor to stop (0: none yet).
 static STOP: AtomicI32 = AtomicI32::new(0);
 
+/// In the supervised phase: its end of the socket to the supervisor (-1: not supervised).
+static SUPERVISOR: AtomicI32 = AtomicI32::new(-1);
+
 extern "C" fn ask_to_stop(signal: libc::c_int) {
     STOP.store(signal, Ordering::SeqCst);
 }
+
+/// Catching SIGCHLD (ignored by default) lets the child's end interrupt the supervisor's wait.
+extern "C" fn child_changed(_: libc::c_int) {}
 
 fn become_subreaper() -> Result<()> {
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
@@ -27,10 +36,16 @@ fn become_subreaper() -> Result<()> {
 
 /// Forks. Returns in the child, which runs the phase; the parent supervises it and does not return. Both are
 /// subreapers (the setting is not inherited): the child adopts the orphans of the agent's processes while it
-/// lives, so that fixed code in it can end them when the agent's code returns ([`kill_descendants`]); the
-/// parent adopts whatever is left should the child die.
+/// lives, so that fixed code in it can end them when the agent's code returns ([`end_phase_processes`]: the
+/// parent kills them, for the sandboxed child need not see other processes in /proc); the parent adopts whatever
+/// is left should the child die.
 pub fn supervise() -> Result<()> {
     become_subreaper()?;
+    let mut socket = [-1; 2];
+    // Close-on-exec: a program the phase starts does not hold the phase's end.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, socket.as_mut_ptr()) } != 0 {
+        bail!("a socket to the supervisor: {}", std::io::Error::last_os_error());
+    }
     let parent = unsafe { libc::getpid() };
     match unsafe { libc::fork() } {
         -1 => bail!("forking the phase: {}", std::io::Error::last_os_error()),
@@ -40,27 +55,68 @@ pub fn supervise() -> Result<()> {
             if unsafe { libc::getppid() } != parent {
                 std::process::exit(1);
             }
+            unsafe { libc::close(socket[0]) };
+            SUPERVISOR.store(socket[1], Ordering::SeqCst);
             become_subreaper()
         }
-        child => supervise_child(child),
+        child => {
+            unsafe { libc::close(socket[1]) };
+            supervise_child(child, socket[0])
+        }
     }
 }
 
-fn supervise_child(child: libc::pid_t) -> ! {
-    for signal in [libc::SIGTERM, libc::SIGINT] {
-        // No SA_RESTART: a signal interrupts waitpid, so that the stop request is seen at once.
+/// Runs until the child ends or the supervisor is asked to stop; meanwhile kills the child's descendants whenever
+/// the child asks (a byte on `socket`; the answer is how many were killed, 4 bytes).
+fn supervise_child(child: libc::pid_t, socket: libc::c_int) -> ! {
+    // Blocked but while waiting (ppoll unblocks them atomically), so that none is missed between a check and the
+    // wait. No SA_RESTART: a signal ends the wait at once.
+    let mut handled: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut none: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut handled);
+        libc::sigemptyset(&mut none);
+    }
+    let handlers = [
+        (libc::SIGTERM, ask_to_stop as extern "C" fn(libc::c_int)),
+        (libc::SIGINT, ask_to_stop),
+        (libc::SIGCHLD, child_changed),
+    ];
+    for (signal, _) in handlers {
+        unsafe { libc::sigaddset(&mut handled, signal) };
+    }
+    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &handled, std::ptr::null_mut()) };
+    for (signal, handler) in handlers {
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = ask_to_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_sigaction = handler as libc::sighandler_t;
         unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) };
     }
     let mut child_status = None;
-    while child_status.is_none() && STOP.load(Ordering::SeqCst) == 0 {
+    let mut requests = libc::pollfd { fd: socket, events: libc::POLLIN, revents: 0 };
+    while STOP.load(Ordering::SeqCst) == 0 {
         let mut status = 0;
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid == child {
+        if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == child {
             child_status = Some(status);
-        } else if pid == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             break;
+        }
+        let ready = unsafe { libc::ppoll(&mut requests, 1, std::ptr::null(), &none) };
+        if ready == -1 {
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+            continue;
+        }
+        let mut asked = [0u8; 64];
+        let n = unsafe { libc::read(socket, asked.as_mut_ptr().cast(), asked.len()) };
+        if n <= 0 {
+            // The child closed its end (it ran a program, or ended): wait for its end alone.
+            requests.fd = -1;
+            continue;
+        }
+        let killed = kill_living_descendants_of(child) as u32;
+        for _ in 0..n {
+            let answer = killed.to_le_bytes();
+            unsafe { libc::write(socket, answer.as_ptr().cast(), answer.len()) };
         }
     }
     let killed = kill_descendants();
@@ -80,38 +136,69 @@ fn supervise_child(child: libc::pid_t) -> ! {
 fn die_by(signal: libc::c_int) -> ! {
     unsafe {
         libc::signal(signal, libc::SIG_DFL);
+        let mut unblocked: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut unblocked);
+        libc::sigaddset(&mut unblocked, signal);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &unblocked, std::ptr::null_mut());
         libc::kill(libc::getpid(), signal);
     }
     std::process::exit(128 + signal)
 }
 
+/// In the supervised phase: ends every process it started, also one that left its process group or session,
+/// and reaps them; returns how many were running. The supervisor kills them (it reads /proc, which the sandboxed
+/// phase need not); the phase, their subreaper, then waits until it has no child left.
+pub fn end_phase_processes() -> Result<usize> {
+    let socket = SUPERVISOR.load(Ordering::SeqCst);
+    ensure!(socket >= 0, "ending the phase's processes: the phase was not started under a supervisor");
+    let io = |what: &str| anyhow::anyhow!("{what} the supervisor: {}", std::io::Error::last_os_error());
+    if unsafe { libc::write(socket, [1u8].as_ptr().cast(), 1) } != 1 {
+        return Err(io("asking"));
+    }
+    let mut answer = [0u8; 4];
+    let mut got = 0;
+    while got < answer.len() {
+        let n = unsafe { libc::read(socket, answer[got..].as_mut_ptr().cast(), answer.len() - got) };
+        if n <= 0 {
+            return Err(io("hearing from"));
+        }
+        got += n as usize;
+    }
+    reap_all();
+    Ok(u32::from_le_bytes(answer) as usize)
+}
+
 /// Kills every descendant of this process (a subreaper: the orphans of its descendants are its own) and reaps
-/// them; returns how many were killed. Repeats until none is left, so that one forked meanwhile is caught too.
+/// them; returns how many were killed.
 pub fn kill_descendants() -> usize {
-    let me = unsafe { libc::getpid() };
-    let mut killed = std::collections::HashSet::new();
+    let killed = kill_living_descendants_of(unsafe { libc::getpid() });
+    reap_all();
+    killed
+}
+
+/// Kills every living descendant of `root`; returns how many. Repeats until none is left, so that one forked
+/// meanwhile is caught too.
+fn kill_living_descendants_of(root: libc::pid_t) -> usize {
+    let mut killed = HashSet::new();
     loop {
-        let descendants = descendants_of(me);
-        let fresh: Vec<i32> = descendants.iter().copied().filter(|p| !killed.contains(p)).collect();
+        let descendants = descendants_of(root);
+        if descendants.is_empty() {
+            return killed.len();
+        }
         for &pid in &descendants {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        killed.extend(fresh.iter().copied());
-        // Reap what has died; the children of killed processes come to us as they die.
-        loop {
-            let mut status = 0;
-            if unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } <= 0 {
-                break;
-            }
-        }
-        if descendants.is_empty() {
-            let mut status = 0;
-            // Block until the last ones are reaped; ECHILD when none is left.
-            while unsafe { libc::waitpid(-1, &mut status, 0) } > 0 {}
-            return killed.len();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(2));
+        killed.extend(descendants);
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
+}
+
+/// Waits until this process has no child left (the children of its killed children, orphans, come to it as
+/// their parents die: it is their subreaper).
+fn reap_all() {
+    let mut status = 0;
+    // ECHILD when none is left.
+    while unsafe { libc::waitpid(-1, &mut status, 0) } > 0 {}
 }
 
 /// The living (not zombie) descendants of `root`, from /proc.
