@@ -786,6 +786,13 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
             "Permission denied",
             false,
         ),
+        (
+            // A concurrent experiment's model process could write the validation text over its command line.
+            "read another process's command line",
+            insert(&format!("    let _theirs = std::fs::read(\"/proc/{}/cmdline\")?;", std::process::id())),
+            "Permission denied",
+            false,
+        ),
     ];
     for (description, file, reason, retryable) in crashes {
         assert_ne!(file, capped, "{description}: the edit applies");

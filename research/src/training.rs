@@ -283,10 +283,12 @@ pub(crate) fn source_files(root: &Path, skip: &[PathBuf]) -> Vec<PathBuf> {
 
 /// What a training on the CPU reads at all, besides its binary and its hand-over folder (the policy's `read`):
 /// its profile's prepared.json, tokenizer and training data (the validation shard among them stays unreadable),
-/// the name of the active profile, /proc (where fixed code finds the processes the training started, to kill
-/// them when `train` returns), the rest of the [`LIBTORCH_SYSTEM_READS`] and the [`PROGRAM_READS`] (for a child
-/// process it starts). No other file on the machine: not another copy of the validation text (another
-/// checkout's demo corpus, another profile's data in the cache, a test session's).
+/// the name of the active profile, the [`LIBTORCH_SYSTEM_READS`] (of /proc, its own folder alone: its supervisor,
+/// outside the sandbox, finds the processes it started), the [`PROGRAM_READS`] (for a child process it starts) and
+/// the [`CPU_DEVICES`] (a child's standard input from /dev/null, say).
+/// No other file on the machine: not another copy of the validation text (another checkout's demo corpus, another
+/// profile's data in the cache, a test session's), nor what other processes show in /proc (what a concurrent
+/// experiment's model process, say, writes over its command line).
 pub fn training_reads(prepared: &Prepared, cache: &Path) -> Vec<PathBuf> {
     let name = &prepared.profile.name;
     let mut reads = vec![
@@ -294,10 +296,8 @@ pub fn training_reads(prepared: &Prepared, cache: &Path) -> Vec<PathBuf> {
         tokenizer_dir(cache, name),
         prepared.data_dir.clone(),
         cache.join("active"),
-        PathBuf::from("/proc"),
     ];
-    let system = LIBTORCH_SYSTEM_READS.iter().filter(|p| !p.starts_with("/proc/"));
-    reads.extend(system.chain(&PROGRAM_READS).map(PathBuf::from));
+    reads.extend(LIBTORCH_SYSTEM_READS.iter().chain(&PROGRAM_READS).chain(&CPU_DEVICES).map(PathBuf::from));
     reads
 }
 
@@ -898,6 +898,9 @@ mod tests {
         assert!(!reads.iter().any(|r| elsewhere(r)
             || r.starts_with("/usr/share")
             || r.starts_with(dir.path()) && !r.starts_with(cache.join("small")) && r != &cache.join("active")));
+        // Of /proc, its own folder: not what other processes show there (the supervisor finds its children).
+        let of_proc: Vec<_> = reads.iter().filter(|r| r.starts_with("/proc")).collect();
+        assert_eq!(of_proc, [Path::new("/proc/self"), Path::new("/proc/cpuinfo")]);
         assert_eq!(
             cpu.evaluation.only_read, None,
             "the evaluation runs no agent code on the CPU (its model process does)"
