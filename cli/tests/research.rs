@@ -787,9 +787,16 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
             false,
         ),
         (
-            // A concurrent experiment's model process could write the validation text over its command line.
+            // A concurrent experiment's model process could write the validation text over its command line, or
+            // in the names of abstract sockets, which /proc/self/net/unix lists.
             "read another process's command line",
             insert(&format!("    let _theirs = std::fs::read(\"/proc/{}/cmdline\")?;", std::process::id())),
+            "Permission denied",
+            false,
+        ),
+        (
+            "read the names of the machine's sockets",
+            insert("    let _names = std::fs::read(\"/proc/self/net/unix\")?;"),
             "Permission denied",
             false,
         ),
@@ -1289,6 +1296,8 @@ fn attacks_on_the_evaluation_are_not_kept() {
             ("/etc/passwd", std::fs::read("/etc/passwd").map(drop)),
             ("/usr/share", std::fs::read_dir("/usr/share").map(drop)),
             ("the parent's command line", std::fs::read(format!("/proc/{parent}/cmdline")).map(drop)),
+            // What a concurrent training could read back: the abstract sockets' names, the sockets' count.
+            ("the sockets", std::fs::read("/proc/self/net/unix").map(drop)),
         ];
         // Nor can it leave a message in a file's permissions, owner or times (Landlock governs none of them).
         let args: Vec<String> = std::env::args().collect();

@@ -34,7 +34,7 @@ use autoresearch_harness::handover::{
     TrainingStats, AUDIT, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
 };
 use autoresearch_harness::profile::Training;
-use autoresearch_harness::sandbox::{Policy, LIBTORCH_SYSTEM_READS};
+use autoresearch_harness::sandbox::Policy;
 use tch::{Device, Tensor};
 
 /// A trained language model, as the harness sees it.
@@ -295,14 +295,14 @@ fn evaluation_phase<M: Model>(args: &PhaseArgs, build: fn(&Training) -> Result<M
     Ok(())
 }
 
-/// The model process reads its checkpoint, its binary and the [`LIBTORCH_SYSTEM_READS`], nothing else, and lists no
+/// The model process reads its checkpoint, its binary and the [`system_reads`], nothing else, and lists no
 /// folder: no file's access time (which a later process can see with `stat`) tells the next experiment's training
 /// or the audit what it was fed, nor does a folder's listing (these system files keep no access time), and its
 /// parent's command line (an audit's names its result file) is not its to read.
+///
+/// [`system_reads`]: autoresearch_harness::sandbox::system_reads
 fn model_reads(handover: &Path) -> Result<Vec<PathBuf>> {
-    let mut reads = vec![handover.join(CHECKPOINT), std::env::current_exe().context("the binary's own path")?];
-    reads.extend(LIBTORCH_SYSTEM_READS.iter().map(PathBuf::from));
-    Ok(reads)
+    Ok(vec![handover.join(CHECKPOINT), std::env::current_exe().context("the binary's own path")?])
 }
 
 /// On the CPU: the agent's code in model processes of its own (one per side of the plan, each fresh from the
@@ -326,6 +326,7 @@ fn evaluate_in_model_process(
         deadline: None,
         sandbox: Policy {
             only_read: Some(model_reads(&args.handover)?),
+            system_reads: true,
             deny_read: Vec::new(),
             read: Vec::new(),
             no_listing: true,

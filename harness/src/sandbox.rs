@@ -50,15 +50,69 @@ pub struct Policy {
     /// fail): Landlock governs none of them, so a process could leave a message in any file it can name, for a
     /// later one to read with `stat`. A seccomp filter; set on the CPU, with `no_inet_sockets`.
     pub keep_metadata: bool,
+    /// With `only_read`: it reads the [`system_reads`] too, found where the policy is applied.
+    pub system_reads: bool,
     /// No sandbox at all: the user turned it off (`AUTORESEARCH_SANDBOX=off`).
     pub off: bool,
 }
 
-/// What libtorch and OpenMP read on the CPU besides the program's own files (its binary, for a backtrace's
-/// symbols): the CPUs' topology, the process's own `/proc` folder, random seeds, the cgroup's CPU quota. Reading
-/// them sets no access time that lasts: procfs, sysfs and device nodes keep none.
-pub const LIBTORCH_SYSTEM_READS: [&str; 5] =
-    ["/dev/urandom", "/proc/self", "/proc/cpuinfo", "/sys/devices/system/cpu", "/sys/fs/cgroup"];
+/// What libtorch, OpenMP and Rust's standard library read of the system on the CPU, besides the program's own
+/// files, found in the process that applies the policy (where `Policy::system_reads` asks for them): random
+/// seeds, the CPUs' description, the process's own `/proc` folder and its cgroup's CPU quota. Facts no other
+/// process moves: not the counters that processes running side by side could signal each other through (a
+/// cgroup's memory or CPU use, a core's idle time or frequency, the network namespace's sockets in
+/// `/proc/self/net`, the threads' folders in `/proc/self/task`, which hold it again). Reading them sets no access
+/// time that lasts: procfs, sysfs and device nodes keep none.
+pub fn system_reads() -> Vec<PathBuf> {
+    let mut reads: Vec<PathBuf> = vec!["/dev/urandom".into(), "/proc/cpuinfo".into()];
+    // The process's own folder, entry by entry (a link, as `cwd`, would grant where it leads).
+    for entry in std::fs::read_dir("/proc/self").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let link = entry.file_type().map_or(true, |t| t.is_symlink());
+        if !link && name != "net" && name != "task" {
+            reads.push(Path::new("/proc/self").join(name));
+        }
+    }
+    let cpus = Path::new("/sys/devices/system/cpu");
+    reads.extend(["possible", "present", "online", "kernel_max"].map(|f| cpus.join(f)));
+    for entry in std::fs::read_dir(cpus).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.strip_prefix("cpu").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) {
+            let cpu = cpus.join(&name);
+            reads.extend([cpu.join("topology"), cpu.join("cache")]);
+            reads.extend(["cpuinfo_max_freq", "cpuinfo_min_freq"].map(|f| cpu.join("cpufreq").join(f)));
+        }
+    }
+    reads.extend(cgroup_quota_files(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default()));
+    reads
+}
+
+/// The files that hold the CPU quota of the cgroup `/proc/self/cgroup` (its text) names, and of the groups above
+/// it: cgroup v2's `cpu.max`, v1's `cpu.cfs_quota_us` and `cpu.cfs_period_us`, where the usual mounts put them.
+/// Some need not exist.
+pub fn cgroup_quota_files(proc_self_cgroup: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut files = Vec::new();
+    for line in proc_self_cgroup.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(group)) = (fields.next(), fields.next(), fields.next()) else { continue };
+        let (mounts, names): (Vec<PathBuf>, &[&str]) = if controllers.is_empty() {
+            (vec![root.to_path_buf(), root.join("unified")], &["cpu.max"])
+        } else if controllers.split(',').any(|c| c == "cpu") {
+            let mounts = ["cpu", "cpu,cpuacct", "cpuacct,cpu"].map(|m| root.join(m)).into();
+            (mounts, &["cpu.cfs_quota_us", "cpu.cfs_period_us"])
+        } else {
+            continue;
+        };
+        let group = Path::new(group.trim_start_matches('/'));
+        for mount in mounts {
+            for above in group.ancestors() {
+                files.extend(names.iter().map(|n| mount.join(above).join(n)));
+            }
+        }
+    }
+    files
+}
 
 /// The system's programs and their libraries (and the dynamic loader's cache; on Nix the store): what a child
 /// process the training starts (`sh`, `nvidia-smi`) reads to run. Not `/usr/share` or `/usr/local`, where data
@@ -104,7 +158,11 @@ impl Policy {
         // What it reads: rules (a path, and whether it is read whole or only listed), the rights of a whole one,
         // and how the log says so. A listing sets a folder's access time (where the mount keeps them): a process
         // without listing reads the files beneath its folders and lists none, not even on the way to a denied path.
-        let roots = self.only_read.clone().unwrap_or_else(|| vec![PathBuf::from("/")]);
+        let mut only_read = self.only_read.clone();
+        if let (Some(only), true) = (only_read.as_mut(), self.system_reads) {
+            only.extend(system_reads());
+        }
+        let roots = only_read.unwrap_or_else(|| vec![PathBuf::from("/")]);
         let denied_named: Vec<_> = self.deny_read.iter().map(|p| p.canonicalize().ok()).collect();
         let denied: Vec<_> = denied_named.iter().flatten().cloned().collect();
         let mut rules = read_rules(&roots, &denied)?;
@@ -124,6 +182,10 @@ impl Policy {
             Some(only) => format!("reads only {}", list(only)),
             None => "reads everything".to_string(),
         };
+        if only.is_some() && self.system_reads {
+            what += " and what libtorch reads of the system (/dev/urandom, its own /proc folder but `net` and \
+                     `task`, /proc/cpuinfo, the CPUs' description in /sys, its cgroup's CPU quota)";
+        }
         // Of the denied paths, those it could read but for the denial (beneath what it reads).
         let roots: Vec<_> = roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
         let unreadable: Vec<_> = self
@@ -470,6 +532,81 @@ mod tests {
             assert!(denied(std::fs::read(format!("/proc/{}/cmdline", std::os::unix::process::parent_id())).map(drop)));
         });
         assert!(line.contains(&format!("reads only {}", mine.display())) && line.contains("lists no folder"), "{line}");
+    }
+
+    #[test]
+    fn the_cpu_quota_is_read_where_the_cgroup_lies_and_in_the_groups_above() {
+        let files =
+            |text: &str| -> Vec<String> { cgroup_quota_files(text).iter().map(|p| p.display().to_string()).collect() };
+        assert_eq!(
+            files("0::/a/b\n"),
+            [
+                "/sys/fs/cgroup/a/b/cpu.max",
+                "/sys/fs/cgroup/a/cpu.max",
+                "/sys/fs/cgroup/cpu.max",
+                "/sys/fs/cgroup/unified/a/b/cpu.max",
+                "/sys/fs/cgroup/unified/a/cpu.max",
+                "/sys/fs/cgroup/unified/cpu.max",
+            ]
+        );
+        let v1 = files("4:memory:/m\n2:cpu,cpuacct:/j\n");
+        assert_eq!(v1.len(), 12, "{v1:?}");
+        assert_eq!(
+            v1[..4],
+            [
+                "/sys/fs/cgroup/cpu/j/cpu.cfs_quota_us",
+                "/sys/fs/cgroup/cpu/j/cpu.cfs_period_us",
+                "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+                "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
+            ]
+        );
+        assert!(v1.contains(&"/sys/fs/cgroup/cpu,cpuacct/j/cpu.cfs_quota_us".to_string()));
+        assert!(files("4:memory:/m\n1:cpuacct:/\ngarbage\n").is_empty(), "no CPU controller, no quota");
+    }
+
+    #[test]
+    fn what_libtorch_reads_of_the_system_moves_with_no_other_process() {
+        let policy = Policy { only_read: Some(Vec::new()), system_reads: true, ..Policy::default() };
+        let parent = std::os::unix::process::parent_id();
+        let line = in_sandbox(policy, move || {
+            for file in
+                ["/proc/self/stat", "/proc/self/status", "/proc/self/maps", "/proc/self/cgroup", "/proc/cpuinfo"]
+            {
+                assert!(std::fs::read(file).is_ok(), "{file}");
+            }
+            assert!(std::fs::read("/sys/devices/system/cpu/possible").is_ok());
+            assert!(std::fs::read_dir("/sys/devices/system/cpu/cpu0/topology").is_ok(), "the cores' topology");
+            let quota = system_reads().into_iter().filter(|p| p.starts_with("/sys/fs/cgroup") && p.exists());
+            for file in quota {
+                assert!(std::fs::read(&file).is_ok(), "{}", file.display());
+            }
+            let thread = unsafe { libc::gettid() };
+            // Counters that move with other processes (those this machine has), and other processes' own files.
+            let moving = [
+                "/proc/self/net/unix".to_string(),
+                "/proc/net/sockstat".into(),
+                format!("/proc/self/task/{thread}/comm"),
+                "/proc/thread-self/comm".into(),
+                format!("/proc/{parent}/cmdline"),
+                "/proc/stat".into(),
+                "/proc/meminfo".into(),
+                "/proc/loadavg".into(),
+                "/sys/fs/cgroup/memory.current".into(),
+                "/sys/fs/cgroup/memory/memory.usage_in_bytes".into(),
+                "/sys/fs/cgroup/cpuacct/cpuacct.usage".into(),
+                "/sys/devices/system/cpu/cpu0/cpuidle/state0/usage".into(),
+                "/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq".into(),
+            ];
+            for file in moving {
+                if let Err(e) = std::fs::read(&file) {
+                    assert!(e.kind() == std::io::ErrorKind::PermissionDenied || !Path::new(&file).exists(), "{file}");
+                } else {
+                    panic!("{file} is readable");
+                }
+            }
+            assert!(denied(std::fs::read_dir("/proc/self").map(drop)), "nor is /proc/self listed");
+        });
+        assert!(line.contains("what libtorch reads of the system"), "{line}");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use autoresearch_harness::sandbox::{Policy, LIBTORCH_SYSTEM_READS, PROGRAM_READS};
+use autoresearch_harness::sandbox::{Policy, PROGRAM_READS};
 use autoresearch_harness::supervisor;
 
 fn running(pid: i32) -> bool {
@@ -15,8 +15,9 @@ fn running(pid: i32) -> bool {
 fn main() {
     supervisor::supervise().expect("supervising");
     // /dev/null for the children's standard streams, as a training gets it.
-    let reads = LIBTORCH_SYSTEM_READS.iter().chain(&PROGRAM_READS).chain(&["/dev/null"]).map(Into::into).collect();
-    let policy = Policy { only_read: Some(reads), write: vec!["/dev/null".into()], ..Policy::default() };
+    let reads = PROGRAM_READS.iter().chain(&["/dev/null"]).map(Into::into).collect();
+    let policy =
+        Policy { only_read: Some(reads), system_reads: true, write: vec!["/dev/null".into()], ..Policy::default() };
     println!("{}", policy.apply().expect("applying the sandbox"));
     let listing = std::fs::read_dir("/proc").map(drop);
     assert_eq!(listing.unwrap_err().kind(), std::io::ErrorKind::PermissionDenied, "the phase cannot list /proc");

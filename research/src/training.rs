@@ -19,7 +19,7 @@ use autoresearch_harness::handover::{
     CHECKPOINT, TMP, TRAINING_STATS,
 };
 use autoresearch_harness::profile::{cache_root, fit_dir, profile_dir, tokenizer_dir, Prepared};
-use autoresearch_harness::sandbox::{Policy, LIBTORCH_SYSTEM_READS, PROGRAM_READS};
+use autoresearch_harness::sandbox::{Policy, PROGRAM_READS};
 use autoresearch_harness::shards::{split_files, Split};
 use autoresearch_harness::summary::Summary;
 
@@ -283,9 +283,12 @@ pub(crate) fn source_files(root: &Path, skip: &[PathBuf]) -> Vec<PathBuf> {
 
 /// What a training on the CPU reads at all, besides its binary and its hand-over folder (the policy's `read`):
 /// its profile's prepared.json, tokenizer and training data (the validation shard among them stays unreadable),
-/// the name of the active profile, the [`LIBTORCH_SYSTEM_READS`] (of /proc, its own folder alone: its supervisor,
-/// outside the sandbox, finds the processes it started), the [`PROGRAM_READS`] (for a child process it starts) and
-/// the [`CPU_DEVICES`] (a child's standard input from /dev/null, say).
+/// the name of the active profile, the [`PROGRAM_READS`] (for a child process it starts) and the [`CPU_DEVICES`]
+/// (a child's standard input from /dev/null, say); with them (the policy's `system_reads`) what libtorch reads of
+/// the system ([`system_reads`]: of /proc, its own folder alone; its supervisor, outside the sandbox, finds the
+/// processes it started).
+///
+/// [`system_reads`]: autoresearch_harness::sandbox::system_reads
 /// No other file on the machine: not another copy of the validation text (another checkout's demo corpus, another
 /// profile's data in the cache, a test session's), nor what other processes show in /proc (what a concurrent
 /// experiment's model process, say, writes over its command line).
@@ -297,7 +300,7 @@ pub fn training_reads(prepared: &Prepared, cache: &Path) -> Vec<PathBuf> {
         prepared.data_dir.clone(),
         cache.join("active"),
     ];
-    reads.extend(LIBTORCH_SYSTEM_READS.iter().chain(&PROGRAM_READS).chain(&CPU_DEVICES).map(PathBuf::from));
+    reads.extend(PROGRAM_READS.iter().chain(&CPU_DEVICES).map(PathBuf::from));
     reads
 }
 
@@ -374,6 +377,7 @@ pub fn sandboxes(
     Sandboxes {
         training: Policy {
             only_read: (!cuda).then(|| training_reads(prepared, cache)),
+            system_reads: true,
             deny_read: deny,
             read: read.clone(),
             write: training_writes,
@@ -898,9 +902,10 @@ mod tests {
         assert!(!reads.iter().any(|r| elsewhere(r)
             || r.starts_with("/usr/share")
             || r.starts_with(dir.path()) && !r.starts_with(cache.join("small")) && r != &cache.join("active")));
-        // Of /proc, its own folder: not what other processes show there (the supervisor finds its children).
-        let of_proc: Vec<_> = reads.iter().filter(|r| r.starts_with("/proc")).collect();
-        assert_eq!(of_proc, [Path::new("/proc/self"), Path::new("/proc/cpuinfo")]);
+        // Of /proc and /sys, what the sandbox finds for libtorch where it is applied (its own /proc folder): not
+        // what other processes show there (the supervisor finds the training's children).
+        assert!(!reads.iter().any(|r| r.starts_with("/proc") || r.starts_with("/sys")));
+        assert!(cpu.training.system_reads);
         assert_eq!(
             cpu.evaluation.only_read, None,
             "the evaluation runs no agent code on the CPU (its model process does)"
