@@ -10,7 +10,7 @@
 //! the parent be killed outright.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use anyhow::{bail, ensure, Result};
 
@@ -43,7 +43,9 @@ pub fn supervise() -> Result<()> {
     become_subreaper()?;
     let mut socket = [-1; 2];
     // Close-on-exec: a program the phase starts does not hold the phase's end.
-    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, socket.as_mut_ptr()) } != 0 {
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, socket.as_mut_ptr()) }
+        != 0
+    {
         bail!("a socket to the supervisor: {}", std::io::Error::last_os_error());
     }
     let parent = unsafe { libc::getpid() };
@@ -66,8 +68,8 @@ pub fn supervise() -> Result<()> {
     }
 }
 
-/// Runs until the child ends or the supervisor is asked to stop; meanwhile kills the child's descendants whenever
-/// the child asks (a byte on `socket`; the answer is how many were killed, 4 bytes).
+/// Runs until the child ends or the supervisor is asked to stop; meanwhile ends the processes the child started
+/// whenever the child asks (a request of 8 bytes on `socket`, answered by the same 8 and how many, 4 bytes).
 fn supervise_child(child: libc::pid_t, socket: libc::c_int) -> ! {
     // Blocked but while waiting (ppoll unblocks them atomically), so that none is missed between a check and the
     // wait. No SA_RESTART: a signal ends the wait at once.
@@ -99,25 +101,37 @@ fn supervise_child(child: libc::pid_t, socket: libc::c_int) -> ! {
             child_status = Some(status);
             break;
         }
-        let ready = unsafe { libc::ppoll(&mut requests, 1, std::ptr::null(), &none) };
-        if ready == -1 {
+        if unsafe { libc::ppoll(&mut requests, 1, std::ptr::null(), &none) } == -1 {
             if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
                 break;
             }
             continue;
         }
-        let mut asked = [0u8; 64];
-        let n = unsafe { libc::read(socket, asked.as_mut_ptr().cast(), asked.len()) };
+        let mut request = [0u8; REQUEST];
+        let n = unsafe { libc::recv(socket, request.as_mut_ptr().cast(), REQUEST, libc::MSG_DONTWAIT) };
         if n <= 0 {
-            // The child closed its end (it ran a program, or ended): wait for its end alone.
-            requests.fd = -1;
+            let again = std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN);
+            if n == 0 || !again {
+                // The child closed its end (it ran a program, or ended): wait for its end alone.
+                requests.fd = -1;
+            }
             continue;
         }
-        let killed = kill_living_descendants_of(child) as u32;
-        for _ in 0..n {
-            let answer = killed.to_le_bytes();
-            unsafe { libc::write(socket, answer.as_ptr().cast(), answer.len()) };
+        // The child stays stopped while its processes are found and killed: no thread of it starts another
+        // meanwhile, so the search ends.
+        unsafe { libc::kill(child, libc::SIGSTOP) };
+        if unsafe { libc::waitpid(child, &mut status, libc::WUNTRACED) } == child && !libc::WIFSTOPPED(status) {
+            child_status = Some(status);
+            break;
         }
+        let killed = kill_living_descendants(Some(child)) as u32;
+        unsafe { libc::kill(child, libc::SIGCONT) };
+        let mut answer = [0u8; ANSWER];
+        answer[..REQUEST].copy_from_slice(&request);
+        answer[REQUEST..].copy_from_slice(&killed.to_le_bytes());
+        // Never blocks, nor raises SIGPIPE should the child be gone.
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        unsafe { libc::send(socket, answer.as_ptr().cast(), ANSWER, flags) };
     }
     let killed = kill_descendants();
     if killed > 0 {
@@ -131,6 +145,10 @@ fn supervise_child(child: libc::pid_t, socket: libc::c_int) -> ! {
         _ => std::process::exit(1),
     }
 }
+
+/// A request's size (its number) and its answer's (the number, then how many processes were killed).
+const REQUEST: usize = 8;
+const ANSWER: usize = REQUEST + 4;
 
 /// Ends the supervisor as the child ended: by the same signal, with its default action.
 fn die_by(signal: libc::c_int) -> ! {
@@ -147,41 +165,69 @@ fn die_by(signal: libc::c_int) -> ! {
 
 /// In the supervised phase: ends every process it started, also one that left its process group or session,
 /// and reaps them; returns how many were running. The supervisor kills them (it reads /proc, which the sandboxed
-/// phase need not); the phase, their subreaper, then waits until it has no child left.
+/// phase need not), then the phase, their subreaper, reaps them. One that a thread of the phase starts later (the
+/// agent's code can leave one running) is ended with the phase.
 pub fn end_phase_processes() -> Result<usize> {
     let socket = SUPERVISOR.load(Ordering::SeqCst);
     ensure!(socket >= 0, "ending the phase's processes: the phase was not started under a supervisor");
-    let io = |what: &str| anyhow::anyhow!("{what} the supervisor: {}", std::io::Error::last_os_error());
-    if unsafe { libc::write(socket, [1u8].as_ptr().cast(), 1) } != 1 {
-        return Err(io("asking"));
-    }
-    let mut answer = [0u8; 4];
-    let mut got = 0;
-    while got < answer.len() {
-        let n = unsafe { libc::read(socket, answer[got..].as_mut_ptr().cast(), answer.len() - got) };
-        if n <= 0 {
-            return Err(io("hearing from"));
+    let ended = ask_supervisor(socket)?;
+    reap_the_dead();
+    Ok(ended)
+}
+
+/// Has the supervisor kill every process the phase started; returns how many it killed.
+fn ask_supervisor(socket: libc::c_int) -> Result<usize> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let request = NEXT.fetch_add(1, Ordering::SeqCst).to_le_bytes();
+    let failed = |what: &str| anyhow::anyhow!("{what} the supervisor: {}", std::io::Error::last_os_error());
+    let interrupted = || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+    while unsafe { libc::send(socket, request.as_ptr().cast(), REQUEST, libc::MSG_NOSIGNAL) } != REQUEST as isize {
+        if !interrupted() {
+            return Err(failed("asking"));
         }
-        got += n as usize;
     }
-    reap_all();
-    Ok(u32::from_le_bytes(answer) as usize)
+    let mut answer = [0u8; ANSWER];
+    loop {
+        let n = unsafe { libc::recv(socket, answer.as_mut_ptr().cast(), ANSWER, 0) };
+        if n == ANSWER as isize && answer[..REQUEST] == request {
+            return Ok(u32::from_le_bytes(answer[REQUEST..].try_into()?) as usize);
+        }
+        if n == 0 || n < 0 && !interrupted() {
+            return Err(failed("hearing from"));
+        }
+    }
+}
+
+/// Reaps this process's dead children (the supervisor answers once every process it killed has died).
+fn reap_the_dead() {
+    let mut status = 0;
+    loop {
+        match unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } {
+            -1 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => continue,
+            pid if pid > 0 => continue,
+            _ => return,
+        }
+    }
 }
 
 /// Kills every descendant of this process (a subreaper: the orphans of its descendants are its own) and reaps
 /// them; returns how many were killed.
 pub fn kill_descendants() -> usize {
-    let killed = kill_living_descendants_of(unsafe { libc::getpid() });
-    reap_all();
+    let killed = kill_living_descendants(None);
+    let mut status = 0;
+    // Until ECHILD: none is left.
+    while unsafe { libc::waitpid(-1, &mut status, 0) } > 0 {}
     killed
 }
 
-/// Kills every living descendant of `root`; returns how many. Repeats until none is left, so that one forked
-/// meanwhile is caught too.
-fn kill_living_descendants_of(root: libc::pid_t) -> usize {
+/// Kills every living descendant of this process but `sparing` (the phase, whose own processes are killed);
+/// returns how many. Repeats until none is left, so that one forked meanwhile is caught too: each round kills
+/// what the last one's processes started.
+fn kill_living_descendants(sparing: Option<libc::pid_t>) -> usize {
+    let me = unsafe { libc::getpid() };
     let mut killed = HashSet::new();
     loop {
-        let descendants = descendants_of(root);
+        let descendants: Vec<_> = descendants_of(me).into_iter().filter(|&p| Some(p) != sparing).collect();
         if descendants.is_empty() {
             return killed.len();
         }
@@ -191,14 +237,6 @@ fn kill_living_descendants_of(root: libc::pid_t) -> usize {
         killed.extend(descendants);
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-}
-
-/// Waits until this process has no child left (the children of its killed children, orphans, come to it as
-/// their parents die: it is their subreaper).
-fn reap_all() {
-    let mut status = 0;
-    // ECHILD when none is left.
-    while unsafe { libc::waitpid(-1, &mut status, 0) } > 0 {}
 }
 
 /// The living (not zombie) descendants of `root`, from /proc.

@@ -3,7 +3,8 @@
 //! process forks (before any thread exists, hence no test harness): the supervisor exits as the phase did, so a
 //! failed assertion in the phase fails the test.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use autoresearch_harness::sandbox::{Policy, PROGRAM_READS};
 use autoresearch_harness::supervisor;
@@ -32,5 +33,23 @@ fn main() {
     // Reaped (it was the phase's, as its subreaper): no zombie either.
     assert!(!running(pid), "the orphan is gone");
     assert_eq!(supervisor::end_phase_processes().unwrap(), 0, "nothing is left");
+
+    // Threads that go on starting processes (for 20 s) does not keep the supervisor searching: the phase is
+    // stopped meanwhile. What they start later ends with the phase.
+    let spawning = Instant::now();
+    for _ in 0..4 {
+        std::thread::spawn(move || {
+            while spawning.elapsed() < Duration::from_secs(20) {
+                let _ = Command::new("sleep").arg("120").stdin(Stdio::null()).spawn();
+            }
+        });
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = Instant::now();
+    let ended = supervisor::end_phase_processes().unwrap();
+    assert!(ended >= 1, "{ended}");
+    assert!(asked.elapsed() < Duration::from_secs(5), "the search took {:?}", asked.elapsed());
     println!("test supervised_phase ... ok");
+    // The supervisor kills what the threads started since.
+    std::process::exit(0);
 }
