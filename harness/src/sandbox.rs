@@ -3,7 +3,7 @@
 //! system's folders; the evaluation's model process its checkpoint, its binary and a few system files), or everything, in
 //! either case save the validation data and earlier experiments' files (but its own hand-over folder); write only
 //! beneath a few folders and device nodes, open no TCP connection and bind no TCP port (Landlock ABI 4; on the CPU
-//! no IPv4 or IPv6 socket at all, by a seccomp filter), and signal or reach
+//! no socket but Unix ones, by a seccomp filter), and signal or reach
 //! through abstract Unix sockets no process outside its sandbox (ABI 6). The training binary applies it to
 //! itself before the agent's code starts; children inherit it. Where the kernel's Landlock lacks the network or
 //! scope rules, the log line says so.
@@ -43,12 +43,15 @@ pub struct Policy {
     pub write: Vec<PathBuf>,
     /// TCP stays open (the build, which may fetch crates); else no TCP connection or bound port.
     pub allow_network: bool,
-    /// No IPv4 or IPv6 socket at all, UDP included, and no io_uring (which could open one past the filter): a
-    /// seccomp filter, on top of Landlock's TCP rules. Set on the CPU; CUDA keeps the policy measured on a GPU.
-    pub no_inet_sockets: bool,
+    /// Of sockets, Unix ones alone: no IPv4 or IPv6 socket at all, UDP included, no netlink socket (its
+    /// `sock_diag` lists every socket of the network namespace, the names of abstract Unix ones, which another
+    /// process can choose, included) nor any other family's, and no io_uring (which could open one past the
+    /// filter): a seccomp filter, on top of Landlock's TCP rules. Set on the CPU; CUDA keeps the policy measured
+    /// on a GPU.
+    pub unix_sockets_only: bool,
     /// No file's permissions, owner, times or extended attributes changed (the chmod, chown, utime and xattr calls
     /// fail): Landlock governs none of them, so a process could leave a message in any file it can name, for a
-    /// later one to read with `stat`. A seccomp filter; set on the CPU, with `no_inet_sockets`.
+    /// later one to read with `stat`. A seccomp filter; set on the CPU, with `unix_sockets_only`.
     pub keep_metadata: bool,
     /// With `only_read`: it reads the [`system_reads`] too, found where the policy is applied.
     pub system_reads: bool,
@@ -58,21 +61,14 @@ pub struct Policy {
 
 /// What libtorch, OpenMP and Rust's standard library read of the system on the CPU, besides the program's own
 /// files, found in the process that applies the policy (where `Policy::system_reads` asks for them): random
-/// seeds, the CPUs' description, the process's own `/proc` folder and its cgroup's CPU quota. Facts no other
-/// process moves: not the counters that processes running side by side could signal each other through (a
+/// seeds, the CPUs' description, files of the process's own `/proc` folder and its cgroup's CPU quota. Facts no
+/// other process moves: not the counters that processes running side by side could signal each other through (a
 /// cgroup's memory or CPU use, a core's idle time or frequency, the network namespace's sockets in
-/// `/proc/self/net`, the threads' folders in `/proc/self/task`, which hold it again). Reading them sets no access
-/// time that lasts: procfs, sysfs and device nodes keep none.
+/// `/proc/self/net`, which pages of a shared library other processes map in `/proc/self/smaps`). Reading them
+/// sets no access time that lasts: procfs, sysfs and device nodes keep none.
 pub fn system_reads() -> Vec<PathBuf> {
     let mut reads: Vec<PathBuf> = vec!["/dev/urandom".into(), "/proc/cpuinfo".into()];
-    // The process's own folder, entry by entry (a link, as `cwd`, would grant where it leads).
-    for entry in std::fs::read_dir("/proc/self").into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let link = entry.file_type().map_or(true, |t| t.is_symlink());
-        if !link && name != "net" && name != "task" {
-            reads.push(Path::new("/proc/self").join(name));
-        }
-    }
+    reads.extend(OWN_PROC_FILES.map(|f| Path::new("/proc/self").join(f)));
     let cpus = Path::new("/sys/devices/system/cpu");
     reads.extend(["possible", "present", "online", "kernel_max"].map(|f| cpus.join(f)));
     for entry in std::fs::read_dir(cpus).into_iter().flatten().flatten() {
@@ -83,35 +79,73 @@ pub fn system_reads() -> Vec<PathBuf> {
             reads.extend(["cpuinfo_max_freq", "cpuinfo_min_freq"].map(|f| cpu.join("cpufreq").join(f)));
         }
     }
-    reads.extend(cgroup_quota_files(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default()));
+    let own = |file: &str| std::fs::read_to_string(Path::new("/proc/self").join(file)).unwrap_or_default();
+    reads.extend(cgroup_quota_files(&own("cgroup"), &own("mountinfo")));
     reads
 }
 
-/// The files that hold the CPU quota of the cgroup `/proc/self/cgroup` (its text) names, and of the groups above
-/// it: cgroup v2's `cpu.max`, v1's `cpu.cfs_quota_us` and `cpu.cfs_period_us`, where the usual mounts put them.
-/// Some need not exist.
-pub fn cgroup_quota_files(proc_self_cgroup: &str) -> Vec<PathBuf> {
-    let root = Path::new("/sys/fs/cgroup");
+/// The files of a process's own `/proc` folder that it reads (its memory's map and use, its limits, its cgroup
+/// and mounts, to find the CPU quota): granted to the process that applies the policy alone, not to the
+/// processes it starts.
+pub const OWN_PROC_FILES: [&str; 11] =
+    ["stat", "statm", "status", "maps", "cgroup", "mountinfo", "cmdline", "comm", "environ", "auxv", "limits"];
+
+/// The files that hold the CPU quota of the process's cgroup and of the groups above it, from the texts of
+/// `/proc/self/cgroup` and `/proc/self/mountinfo`: cgroup v2's `cpu.max`, v1's `cpu.cfs_quota_us` and
+/// `cpu.cfs_period_us`, where the cgroup file systems are mounted. Some need not exist.
+pub fn cgroup_quota_files(proc_self_cgroup: &str, mountinfo: &str) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    for line in proc_self_cgroup.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(group)) = (fields.next(), fields.next(), fields.next()) else { continue };
-        let (mounts, names): (Vec<PathBuf>, &[&str]) = if controllers.is_empty() {
-            (vec![root.to_path_buf(), root.join("unified")], &["cpu.max"])
-        } else if controllers.split(',').any(|c| c == "cpu") {
-            let mounts = ["cpu", "cpu,cpuacct", "cpuacct,cpu"].map(|m| root.join(m)).into();
-            (mounts, &["cpu.cfs_quota_us", "cpu.cfs_period_us"])
-        } else {
-            continue;
+    for mount in mountinfo.lines() {
+        let Some((mine, theirs)) = mount.split_once(" - ") else { continue };
+        let (mine, theirs): (Vec<&str>, Vec<&str>) = (mine.split(' ').collect(), theirs.split(' ').collect());
+        let (Some(root), Some(point), Some(kind)) = (mine.get(3), mine.get(4), theirs.first()) else { continue };
+        let options = theirs.get(2).copied().unwrap_or_default();
+        let names: &[&str] = match *kind {
+            "cgroup2" => &["cpu.max"],
+            "cgroup" if options.split(',').any(|o| o == "cpu") => &["cpu.cfs_quota_us", "cpu.cfs_period_us"],
+            _ => continue,
         };
-        let group = Path::new(group.trim_start_matches('/'));
-        for mount in mounts {
-            for above in group.ancestors() {
-                files.extend(names.iter().map(|n| mount.join(above).join(n)));
-            }
+        // The process's group in this hierarchy: v2's line has no controllers, v1's names the CPU's.
+        let group = proc_self_cgroup.lines().find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, group) = (fields.next()?, fields.next()?, fields.next()?);
+            let v2 = *kind == "cgroup2";
+            (v2 && controllers.is_empty() || !v2 && controllers.split(',').any(|c| c == "cpu")).then_some(group)
+        });
+        let Some(group) = group else { continue };
+        // Where the group lies beneath the mount's root; a group outside it (`/..`, another namespace's) is read
+        // at the mount's top alone.
+        let (root, point) = (unescape(root), PathBuf::from(unescape(point)));
+        let inside = Path::new(group)
+            .strip_prefix(&root)
+            .ok()
+            .filter(|p| p.components().all(|c| matches!(c, std::path::Component::Normal(_))));
+        for above in inside.unwrap_or(Path::new("")).ancestors() {
+            files.extend(names.iter().map(|n| point.join(above).join(n)));
         }
     }
     files
+}
+
+/// A path as /proc/self/mountinfo writes it, with space, tab, newline and backslash as octal escapes.
+fn unescape(field: &str) -> String {
+    let mut out = String::new();
+    let mut rest = field;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let code = rest.get(at + 1..at + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(byte) => {
+                out.push(byte as char);
+                rest = &rest[at + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out + rest
 }
 
 /// The system's programs and their libraries (and the dynamic loader's cache; on Nix the store): what a child
@@ -150,8 +184,8 @@ impl Policy {
         if self.off {
             return Ok("sandbox: off (AUTORESEARCH_SANDBOX=off): the agent's code runs unconfined".into());
         }
-        if self.no_inet_sockets || self.keep_metadata {
-            refuse_calls(self.no_inet_sockets, self.keep_metadata)?;
+        if self.unix_sockets_only || self.keep_metadata {
+            refuse_calls(self.unix_sockets_only, self.keep_metadata)?;
         }
         let read = AccessFs::from_read(ABI_USED);
         let write = AccessFs::from_write(ABI_USED);
@@ -183,8 +217,8 @@ impl Policy {
             None => "reads everything".to_string(),
         };
         if only.is_some() && self.system_reads {
-            what += " and what libtorch reads of the system (/dev/urandom, its own /proc folder but `net` and \
-                     `task`, /proc/cpuinfo, the CPUs' description in /sys, its cgroup's CPU quota)";
+            what += " and what libtorch reads of the system (/dev/urandom, files of its own /proc folder, \
+                     /proc/cpuinfo, the CPUs' description in /sys, its cgroup's CPU quota)";
         }
         // Of the denied paths, those it could read but for the denial (beneath what it reads).
         let roots: Vec<_> = roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
@@ -247,8 +281,8 @@ impl Policy {
             (false, true) => ", network closed (no TCP connect or bind)",
             (false, false) => ", network OPEN: this kernel's Landlock has no TCP rules (ABI 4)",
         };
-        if self.no_inet_sockets {
-            what += ", no IPv4 or IPv6 sockets (UDP included)";
+        if self.unix_sockets_only {
+            what += ", no sockets but Unix ones (no UDP, no netlink)";
         }
         if self.keep_metadata {
             what += ", no file's permissions, owner, times or attributes changed";
@@ -308,17 +342,14 @@ fn metadata_calls() -> Vec<i64> {
     calls
 }
 
-/// Makes calls fail (EACCES) in this thread and what it starts from now on: with `inet`, `socket` for IPv4 and
-/// IPv6 and `io_uring_setup` for everything; with `metadata`, the [`metadata_calls`].
-fn refuse_calls(inet: bool, metadata: bool) -> Result<()> {
+/// Makes calls fail (EACCES) in this thread and what it starts from now on: with `unix_only`, `socket` for every
+/// family but Unix sockets and `io_uring_setup` for everything; with `metadata`, the [`metadata_calls`].
+fn refuse_calls(unix_only: bool, metadata: bool) -> Result<()> {
     use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
-    let domain = |family: i32| -> Result<SeccompRule> {
-        let is = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family as u64)?;
-        Ok(SeccompRule::new(vec![is])?)
-    };
     let mut rules = std::collections::BTreeMap::new();
-    if inet {
-        rules.insert(libc::SYS_socket, vec![domain(libc::AF_INET)?, domain(libc::AF_INET6)?]);
+    if unix_only {
+        let not_unix = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?;
+        rules.insert(libc::SYS_socket, vec![SeccompRule::new(vec![not_unix])?]);
         rules.insert(libc::SYS_io_uring_setup, Vec::new());
     }
     if metadata {
@@ -477,7 +508,7 @@ mod tests {
             deny_read: vec![session.clone()],
             read: vec![own.clone()],
             write: vec![own.clone(), PathBuf::from("/dev/null")],
-            no_inet_sockets: true,
+            unix_sockets_only: true,
             keep_metadata: true,
             ..Policy::default()
         };
@@ -500,10 +531,14 @@ mod tests {
             assert!(denied(std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))));
             assert!(denied(std::fs::File::open(&file).unwrap().set_modified(std::time::SystemTime::UNIX_EPOCH)));
             assert!(denied(std::os::unix::fs::chown(&file, None, Some(0))));
+            // Nor a netlink socket, whose sock_diag would list every socket's name (`ss -xa`).
+            let netlink = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_SOCK_DIAG) };
+            assert_eq!((netlink, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::EACCES)));
             let pair = std::os::unix::net::UnixStream::pair();
             assert!(pair.is_ok(), "Unix sockets between its own processes stay");
+            assert!(std::os::unix::net::UnixDatagram::unbound().is_ok());
         });
-        assert!(line.contains("network closed") && line.contains("no IPv4 or IPv6 sockets"), "{line}");
+        assert!(line.contains("network closed") && line.contains("no sockets but Unix ones"), "{line}");
         assert!(line.contains("no signals") && line.contains("no file's permissions, owner, times"), "{line}");
         assert!(std::fs::read_dir(&session).is_ok(), "other threads are not restricted");
         assert!(std::net::UdpSocket::bind("127.0.0.1:0").is_ok(), "nor is their network");
@@ -536,32 +571,32 @@ mod tests {
 
     #[test]
     fn the_cpu_quota_is_read_where_the_cgroup_lies_and_in_the_groups_above() {
-        let files =
-            |text: &str| -> Vec<String> { cgroup_quota_files(text).iter().map(|p| p.display().to_string()).collect() };
+        let files = |cgroup: &str, mounts: &str| -> Vec<String> {
+            cgroup_quota_files(cgroup, mounts).iter().map(|p| p.display().to_string()).collect()
+        };
+        let v2 = "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n\
+                  22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n";
         assert_eq!(
-            files("0::/a/b\n"),
+            files("0::/a/b\n", v2),
+            ["/sys/fs/cgroup/a/b/cpu.max", "/sys/fs/cgroup/a/cpu.max", "/sys/fs/cgroup/cpu.max"]
+        );
+        // A container's view of v1: the mount's root is its group, here under a name with a space.
+        let v1 = "41 35 0:36 /docker/a\\040b /sys/fs/cgroup/cpu,cpuacct ro - cgroup cgroup rw,cpu,cpuacct\n\
+                  42 35 0:37 /docker/a\\040b /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n";
+        let cgroup = "4:memory:/docker/a b\n3:cpu,cpuacct:/docker/a b/job\n";
+        assert_eq!(
+            files(cgroup, v1),
             [
-                "/sys/fs/cgroup/a/b/cpu.max",
-                "/sys/fs/cgroup/a/cpu.max",
-                "/sys/fs/cgroup/cpu.max",
-                "/sys/fs/cgroup/unified/a/b/cpu.max",
-                "/sys/fs/cgroup/unified/a/cpu.max",
-                "/sys/fs/cgroup/unified/cpu.max",
+                "/sys/fs/cgroup/cpu,cpuacct/job/cpu.cfs_quota_us",
+                "/sys/fs/cgroup/cpu,cpuacct/job/cpu.cfs_period_us",
+                "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us",
+                "/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us",
             ]
         );
-        let v1 = files("4:memory:/m\n2:cpu,cpuacct:/j\n");
-        assert_eq!(v1.len(), 12, "{v1:?}");
-        assert_eq!(
-            v1[..4],
-            [
-                "/sys/fs/cgroup/cpu/j/cpu.cfs_quota_us",
-                "/sys/fs/cgroup/cpu/j/cpu.cfs_period_us",
-                "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
-                "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
-            ]
-        );
-        assert!(v1.contains(&"/sys/fs/cgroup/cpu,cpuacct/j/cpu.cfs_quota_us".to_string()));
-        assert!(files("4:memory:/m\n1:cpuacct:/\ngarbage\n").is_empty(), "no CPU controller, no quota");
+        // A group outside the mount's root (another namespace's): its top alone, never a path out of it.
+        assert_eq!(files("0::/../../etc\n", v2), ["/sys/fs/cgroup/cpu.max"]);
+        assert!(files("4:memory:/m\n", v1).is_empty(), "no CPU controller, no quota");
+        assert!(files("0::/a\n", "garbage\n").is_empty());
     }
 
     #[test]
@@ -584,6 +619,10 @@ mod tests {
             // Counters that move with other processes (those this machine has), and other processes' own files.
             let moving = [
                 "/proc/self/net/unix".to_string(),
+                "/proc/self/smaps".into(),
+                "/proc/self/pagemap".into(),
+                "/proc/self/mountstats".into(),
+                "/proc/self/schedstat".into(),
                 "/proc/net/sockstat".into(),
                 format!("/proc/self/task/{thread}/comm"),
                 "/proc/thread-self/comm".into(),

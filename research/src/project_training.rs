@@ -105,7 +105,7 @@ fn policy_for(commands: &Commands, trainer: &Trainer, place: &Place, access: Acc
         read: vec![place.output.to_path_buf()],
         write,
         allow_network: commands.network,
-        no_inet_sockets: !commands.network && !cuda,
+        unix_sockets_only: !commands.network && !cuda,
         ..Policy::default()
     }
     .unless_turned_off()

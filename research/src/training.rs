@@ -285,13 +285,12 @@ pub(crate) fn source_files(root: &Path, skip: &[PathBuf]) -> Vec<PathBuf> {
 /// its profile's prepared.json, tokenizer and training data (the validation shard among them stays unreadable),
 /// the name of the active profile, the [`PROGRAM_READS`] (for a child process it starts) and the [`CPU_DEVICES`]
 /// (a child's standard input from /dev/null, say); with them (the policy's `system_reads`) what libtorch reads of
-/// the system ([`system_reads`]: of /proc, its own folder alone; its supervisor, outside the sandbox, finds the
-/// processes it started).
+/// the system ([`system_reads`]: of /proc, a few files of its own folder; its supervisor, outside the sandbox,
+/// finds the processes it started). No other file on the machine: not another copy of the validation text
+/// (another checkout's demo corpus, another profile's data in the cache, a test session's), nor what other
+/// processes show in /proc (what a concurrent experiment's model process, say, writes over its command line).
 ///
 /// [`system_reads`]: autoresearch_harness::sandbox::system_reads
-/// No other file on the machine: not another copy of the validation text (another checkout's demo corpus, another
-/// profile's data in the cache, a test session's), nor what other processes show in /proc (what a concurrent
-/// experiment's model process, say, writes over its command line).
 pub fn training_reads(prepared: &Prepared, cache: &Path) -> Vec<PathBuf> {
     let name = &prepared.profile.name;
     let mut reads = vec![
@@ -381,7 +380,7 @@ pub fn sandboxes(
             deny_read: deny,
             read: read.clone(),
             write: training_writes,
-            no_inet_sockets: !cuda,
+            unix_sockets_only: !cuda,
             keep_metadata: !cuda,
             ..Policy::default()
         }
@@ -390,7 +389,7 @@ pub fn sandboxes(
             deny_read: evaluation_deny,
             read,
             write: evaluation_writes,
-            no_inet_sockets: !cuda,
+            unix_sockets_only: !cuda,
             keep_metadata: !cuda,
             ..Policy::default()
         }
@@ -915,7 +914,7 @@ mod tests {
         assert!(cpu.training.write.contains(&files.handover) && cpu.training.write.contains(&"/dev/null".into()));
         assert!(!cpu.training.write.iter().any(|w| w == Path::new("/dev") || w.starts_with("/proc")));
         assert!(!cpu.training.allow_network && !cpu.evaluation.allow_network);
-        assert!(cpu.training.no_inet_sockets && cpu.evaluation.no_inet_sockets, "UDP closed too");
+        assert!(cpu.training.unix_sockets_only && cpu.evaluation.unix_sockets_only, "UDP closed too");
         assert!(cpu.training.keep_metadata && cpu.evaluation.keep_metadata, "no message in a file's metadata");
         // CUDA keeps the policy measured on an H200.
         let cuda = sandboxes(&prepared, &cache, &repo, true, &files, &binary);
