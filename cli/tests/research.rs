@@ -664,6 +664,18 @@ fn summary_value(s: &Session, run: u64, key: &str) -> f64 {
     line[key.len() + 1..].trim().parse().unwrap()
 }
 
+/// A `Drop` for the model that changes the checkpoint's last bytes once the training handed it over.
+const REWRITE_ON_DROP: &str = r#"impl Drop for Gpt {
+    fn drop(&mut self) {
+        let handover = std::path::PathBuf::from(std::env::var("TMPDIR").unwrap_or_default()).join("..");
+        if let (true, Ok(mut bytes)) = (handover.join("training.json").exists(), std::fs::read(handover.join("model.safetensors"))) {
+            let n = bytes.len();
+            bytes[n - 4..].copy_from_slice(&[0x3f, 0x80, 0x12, 0x34]);
+            let _ = std::fs::write(handover.join("model.safetensors"), bytes);
+        }
+    }
+}"#;
+
 /// The pids a run's training printed as `lingering pid N`.
 fn lingering_pids(s: &Session, run: u64) -> Vec<i32> {
     let log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{run}/run.log"))).unwrap();
@@ -792,6 +804,14 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
             "read another process's command line",
             insert(&format!("    let _theirs = std::fs::read(\"/proc/{}/cmdline\")?;", std::process::id())),
             "Permission denied",
+            false,
+        ),
+        (
+            // The model's `drop` runs the file's code after fixed code saved the checkpoint: it could train on and
+            // save better weights until the phase's deadline.
+            "rewrite the checkpoint once it is saved",
+            capped.edit(TRAIN_FN, &format!("{REWRITE_ON_DROP}\n{TRAIN_FN}")),
+            "model.safetensors changed after the training's fixed code wrote it",
             false,
         ),
         (

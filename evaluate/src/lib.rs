@@ -30,12 +30,12 @@ use anyhow::{bail, ensure, Context, Result};
 use autoresearch_harness::device::peak_rss_mb;
 use autoresearch_harness::fit::{is_out_of_memory, panic_message};
 use autoresearch_harness::handover::{
-    allowance, check_device, handover_reserve, EvalResult, Outcome, Phase, PhaseArgs, PhaseStatus, TrainingReport,
-    TrainingStats, AUDIT, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
+    allowance, check_device, handover_reserve, EvalResult, Outcome, Phase, PhaseArgs, PhaseStatus, Sealed,
+    TrainingReport, TrainingStats, AUDIT, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
 };
 use autoresearch_harness::profile::Training;
 use autoresearch_harness::sandbox::Policy;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// A trained language model, as the harness sees it.
 pub trait Model {
@@ -85,8 +85,8 @@ pub fn main<M: Trainable>(train: fn(&Training) -> Result<Trained<M>>, build: fn(
         .map(|path| std::fs::File::create(path).unwrap_or_else(|e| fail(anyhow::anyhow!("{}: {e}", path.display()))));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match args.phase {
         Phase::Train => training_phase(&args, train),
-        Phase::Evaluate => evaluation_phase(&args, build),
-        Phase::Model => model_process::serve(&args, build),
+        Phase::Evaluate => evaluation_phase(&args, build).map(|()| Vec::new()),
+        Phase::Model => model_process::serve(&args, build).map(|()| Vec::new()),
     }));
     let status = phase_status(result);
     if let Some(file) = status_file.as_mut() {
@@ -117,9 +117,13 @@ impl std::fmt::Display for OverTime {
 impl std::error::Error for OverTime {}
 
 /// How a phase ended, classified by its own error or panic (never by what it printed).
-fn phase_status(result: std::thread::Result<Result<()>>) -> PhaseStatus {
+fn phase_status(result: std::thread::Result<Result<Vec<Sealed>>>) -> PhaseStatus {
+    let mut sealed = Vec::new();
     let (outcome, message) = match result {
-        Ok(Ok(())) => (Outcome::Success, String::new()),
+        Ok(Ok(written)) => {
+            sealed = written;
+            (Outcome::Success, String::new())
+        }
         Ok(Err(e)) if e.downcast_ref::<OverTime>().is_some() => (Outcome::OverTime, format!("{e:#}")),
         Ok(Err(e)) => {
             let message = format!("{e:#}");
@@ -130,7 +134,7 @@ fn phase_status(result: std::thread::Result<Result<()>>) -> PhaseStatus {
             (if is_out_of_memory(&message) { Outcome::OutOfMemory } else { Outcome::Panic }, message)
         }
     };
-    PhaseStatus { outcome, message }
+    PhaseStatus { outcome, message, sealed }
 }
 
 /// The instant of a time given in seconds since the Unix epoch.
@@ -145,7 +149,8 @@ fn instant_of(unix_seconds: f64) -> Instant {
     }
 }
 
-fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Training) -> Result<Trained<M>>) -> Result<()> {
+/// The training phase; what it wrote in the hand-over folder, sealed.
+fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Training) -> Result<Trained<M>>) -> Result<Vec<Sealed>> {
     // First of all, before any thread exists: a thread started earlier would stay outside the sandbox.
     println!("{}", args.sandbox.apply()?);
     require_device()?;
@@ -207,17 +212,49 @@ fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Training) -> Result
         );
     }
     let num_params = cpu.iter().map(|(_, t)| t.numel() as u64).sum();
-    let checkpoint = args.handover.join(CHECKPOINT);
-    Tensor::write_safetensors(&cpu, &checkpoint).with_context(|| format!("saving {}", checkpoint.display()))?;
+    // Sealed: the bytes' hash goes to the status file, which the agent's code cannot write; the harness checks
+    // the files still hold them once every thread and process of the phase is gone.
+    let checkpoint = Sealed::write(&args.handover, CHECKPOINT, &checkpoint_bytes(&cpu)?)?;
     let stats = TrainingStats {
         report: trained.report,
         num_params,
         peak_memory_mb: peak_memory_mb.unwrap_or(0.0),
         device: device_name(device),
     };
-    std::fs::write(args.handover.join(TRAINING_STATS), serde_json::to_vec_pretty(&stats)?)?;
+    let stats = Sealed::write(&args.handover, TRAINING_STATS, &serde_json::to_vec_pretty(&stats)?)?;
     println!("model handed over: {} tensors, {:.2}M parameters", cpu.len(), num_params as f64 / 1e6);
-    Ok(())
+    Ok(vec![checkpoint, stats])
+}
+
+/// The tensors as a safetensors file.
+fn checkpoint_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let mut data = Vec::with_capacity(tensors.len());
+    for (name, tensor) in tensors {
+        let dtype = match tensor.kind() {
+            Kind::Float => Dtype::F32,
+            Kind::BFloat16 => Dtype::BF16,
+            Kind::Half => Dtype::F16,
+            Kind::Double => Dtype::F64,
+            Kind::Int64 => Dtype::I64,
+            Kind::Int => Dtype::I32,
+            Kind::Int16 => Dtype::I16,
+            Kind::Int8 => Dtype::I8,
+            Kind::Uint8 => Dtype::U8,
+            Kind::Bool => Dtype::BOOL,
+            other => bail!("the model's tensor {name} is of kind {other:?}, which a checkpoint cannot hold"),
+        };
+        let numel = tensor.numel();
+        let mut bytes = vec![0u8; numel * tensor.kind().elt_size_in_bytes()];
+        tensor.f_copy_data_u8(&mut bytes, numel).with_context(|| format!("copying the model's tensor {name}"))?;
+        let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
+        data.push((name.as_str(), dtype, shape, bytes));
+    }
+    let views = data
+        .iter()
+        .map(|(name, dtype, shape, bytes)| Ok((*name, TensorView::new(*dtype, shape.clone(), bytes)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(safetensors::serialize(views, None)?)
 }
 
 /// The cores this process may run on (its CPU affinity), for the log: a worker's share.

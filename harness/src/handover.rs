@@ -97,6 +97,51 @@ pub struct PhaseStatus {
     pub outcome: Outcome,
     /// The error or panic message (empty where the phase succeeded).
     pub message: String,
+    /// The files fixed code wrote in the hand-over folder, with what they held: the harness checks, when the
+    /// phase's processes are gone, that they still hold it ([`check_sealed`]).
+    #[serde(default)]
+    pub sealed: Vec<Sealed>,
+}
+
+/// A file in the hand-over folder and the SHA-256 of the bytes fixed code wrote there.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sealed {
+    pub file: String,
+    pub sha256: String,
+}
+
+impl Sealed {
+    /// Writes `bytes` to `file` in `folder`; its seal.
+    pub fn write(folder: &Path, file: &str, bytes: &[u8]) -> Result<Sealed> {
+        let path = folder.join(file);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        Ok(Sealed { file: file.to_string(), sha256: sha256_hex(bytes) })
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// That each of `files` in the hand-over folder `folder` is sealed and still holds what fixed code wrote: a
+/// thread or process the agent's code left running could otherwise replace the checkpoint, after `train`
+/// returned, with weights trained past the clock.
+pub fn check_sealed(folder: &Path, sealed: &[Sealed], files: &[&str]) -> Result<()> {
+    for file in files {
+        let Some(seal) = sealed.iter().find(|s| s.file == *file) else {
+            bail!("the training's fixed code sealed no {file}");
+        };
+        let path = folder.join(file);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        if sha256_hex(&bytes) != seal.sha256 {
+            bail!(
+                "{file} changed after the training's fixed code wrote it (by the file's code, left running after \
+                 `train` returned: a thread, a process, the model's `Drop`)"
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,10 +338,27 @@ mod tests {
     }
 
     #[test]
+    fn a_sealed_file_must_still_hold_what_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let seal = Sealed::write(dir.path(), "model.safetensors", b"weights").unwrap();
+        // The SHA-256 of "weights", as `sha256sum` gives it.
+        assert_eq!(seal.sha256, "9a129038d9a00aed0cf6a7ea059ca50a813449061ab87848cf1a13eafdf33b2c");
+        let sealed = [seal];
+        check_sealed(dir.path(), &sealed, &["model.safetensors"]).unwrap();
+        let missing = check_sealed(dir.path(), &sealed, &["model.safetensors", "training.json"]).unwrap_err();
+        assert!(missing.to_string().contains("sealed no training.json"), "{missing}");
+        std::fs::write(dir.path().join("model.safetensors"), b"better weights").unwrap();
+        let changed = check_sealed(dir.path(), &sealed, &["model.safetensors"]).unwrap_err();
+        assert!(changed.to_string().contains("model.safetensors changed after"), "{changed}");
+        std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+        assert!(check_sealed(dir.path(), &sealed, &["model.safetensors"]).is_err());
+    }
+
+    #[test]
     fn the_clock_is_the_profiles_and_crashes_are_classified_by_the_phases_error() {
         assert_eq!((allowance("h100"), handover_reserve("h100")), (40.0, 10.0));
         assert_eq!((allowance("small"), handover_reserve("small")), (10.0, 3.0));
-        let status = |outcome, message: &str| PhaseStatus { outcome, message: message.into() };
+        let status = |outcome, message: &str| PhaseStatus { outcome, message: message.into(), sealed: Vec::new() };
         assert_eq!(status(Outcome::Success, "").crash(), None);
         assert_eq!(status(Outcome::Panic, "boom\nmore").crash(), Some(("panic: boom".into(), false)));
         // Words in an error are only its message: the class decides whether it is tried again.

@@ -15,8 +15,8 @@ use anyhow::{bail, Context, Result};
 use autoresearch_harness::device::peak_bf16_flops;
 use autoresearch_harness::fit;
 use autoresearch_harness::handover::{
-    allowance, evaluation_limit, EvalResult, Phase, PhaseArgs, PhaseStatus, TrainingStats, AUDIT, AUDIT_LIMIT_FACTOR,
-    CHECKPOINT, TMP, TRAINING_STATS,
+    allowance, check_sealed, evaluation_limit, EvalResult, Phase, PhaseArgs, PhaseStatus, TrainingStats, AUDIT,
+    AUDIT_LIMIT_FACTOR, CHECKPOINT, TMP, TRAINING_STATS,
 };
 use autoresearch_harness::profile::{cache_root, fit_dir, profile_dir, tokenizer_dir, Prepared};
 use autoresearch_harness::sandbox::{Policy, PROGRAM_READS};
@@ -611,6 +611,11 @@ fn train_and_evaluate_begun(
             }
         }
     }
+    // Every process of the phase is gone: what it handed over must be what its fixed code wrote.
+    let sealed = read_status(&files.status()).map(|s| s.sealed).unwrap_or_default();
+    if let Err(e) = check_sealed(&files.handover, &sealed, &[CHECKPOINT, TRAINING_STATS]) {
+        return done(Err(crash(format!("{e:#}"), false)), false);
+    }
     let stats: TrainingStats = match read_json(&files.handover.join(TRAINING_STATS)) {
         Ok(s) => s,
         Err(e) => return done(Err(crash(format!("no model handed over: {e:#}"), false)), false),
@@ -848,7 +853,8 @@ mod tests {
         use autoresearch_harness::handover::Outcome;
         let exit = |code: i32| ExitStatus::from_raw(code << 8);
         let signal = |sig: i32| ExitStatus::from_raw(sig);
-        let status = |outcome, message: &str| Some(PhaseStatus { outcome, message: message.into() });
+        let status =
+            |outcome, message: &str| Some(PhaseStatus { outcome, message: message.into(), sealed: Vec::new() });
         assert_eq!(crash_reason(exit(0), status(Outcome::Success, "").as_ref()), None);
         let (why, retryable) = crash_reason(exit(0), None).unwrap();
         assert!(why.starts_with("the phase exited without the status") && !retryable, "{why}");
