@@ -393,7 +393,8 @@ fn a_research_session_end_to_end() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("not run again"));
     let row = s.rows().last().unwrap().clone();
     assert!(row.extra.as_ref().unwrap().reason.starts_with("identical to run"), "{row:?}");
-    assert_eq!(row.extra.as_ref().unwrap().seconds, 0.0);
+    // Seconds of checking, not of a training (60 s here); more than none on a loaded machine.
+    assert!(row.extra.as_ref().unwrap().seconds < 10.0, "{row:?}");
     s.assert_consistent();
 
     // A real improvement (the default learning rates, ten times the current) is kept under `confirm 2`.
