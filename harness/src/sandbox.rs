@@ -252,7 +252,9 @@ impl Policy {
             ruleset = ruleset.handle_access(AccessNet::from_all(ABI::V4))?;
         }
         let mut ruleset = ruleset.scope(Scope::from_all(ABI::V6))?.create()?;
+        let mut pins = Vec::new();
         for (path, whole) in &rules {
+            pin_if_in_proc(path, &mut pins);
             if let Some(r) = unless_gone(path, rule(path, if *whole { whole_read } else { AccessFs::ReadDir.into() }))?
             {
                 ruleset = ruleset.add_rule(r)?;
@@ -262,9 +264,11 @@ impl Policy {
             ruleset = ruleset.add_rule(rule(dir, whole_read)?)?;
         }
         for dir in &self.write {
+            pin_if_in_proc(dir, &mut pins);
             ruleset = ruleset.add_rule(rule(dir, write)?)?;
         }
         let status = ruleset.restrict_self().context("sandbox: enforcing the Landlock rules")?;
+        PINNED.lock().unwrap_or_else(|e| e.into_inner()).extend(pins);
         if status.ruleset == RulesetStatus::NotEnforced {
             return Ok("sandbox: none (this kernel has no Landlock): the agent's code runs unconfined".to_string());
         }
@@ -293,6 +297,21 @@ impl Policy {
             ", signals out of the sandbox OPEN: this kernel's Landlock has no scopes (ABI 6)"
         };
         Ok(format!("sandbox: Landlock ABI {}: {what}", abi as i32))
+    }
+}
+
+/// Open descriptors of the /proc entries the rules grant, kept while the process lives. procfs makes a new inode
+/// for an entry it looks up again once the kernel dropped it (under memory pressure, or `drop_caches`), and a
+/// Landlock rule holds the old one: the grant would be gone. An open descriptor keeps the entry. (Not past an
+/// `exec`: the programs run sandboxed, the build and a project's commands, are granted /proc whole, whose rule
+/// is on its mount's root, which stays.)
+static PINNED: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
+fn pin_if_in_proc(path: &Path, pins: &mut Vec<std::fs::File>) {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.canonicalize().is_ok_and(|real| real.starts_with("/proc")) {
+        let pin = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path);
+        pins.extend(pin.ok());
     }
 }
 
@@ -646,6 +665,34 @@ mod tests {
             assert!(denied(std::fs::read_dir("/proc/self").map(drop)), "nor is /proc/self listed");
         });
         assert!(line.contains("what libtorch reads of the system"), "{line}");
+    }
+
+    #[test]
+    fn the_proc_grants_outlast_the_kernel_dropping_the_entries() {
+        // The kernel makes new inodes for /proc entries it dropped, which a rule on the old one would not reach.
+        // Where this test may make it drop them (root), it does so while the sandboxed thread waits; everywhere,
+        // the entries are held open, which keeps them.
+        let (applied, dropped) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let (tell, wait) = (applied.0, dropped.1);
+        let sandboxed = std::thread::spawn(move || {
+            Policy { only_read: Some(Vec::new()), system_reads: true, ..Policy::default() }.apply().unwrap();
+            tell.send(()).unwrap();
+            wait.recv().unwrap();
+            (std::fs::read("/proc/self/stat").map(drop), std::fs::read("/proc/cpuinfo").map(drop))
+        });
+        applied.1.recv().unwrap();
+        let can_drop = std::fs::write("/proc/sys/vm/drop_caches", "2").is_ok();
+        dropped.0.send(()).unwrap();
+        let (stat, cpuinfo) = sandboxed.join().unwrap();
+        assert!(stat.is_ok() && cpuinfo.is_ok(), "dropped: {can_drop}: {stat:?} {cpuinfo:?}");
+        let held: Vec<PathBuf> = PINNED
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|f| std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(f))).ok())
+            .collect();
+        assert!(held.contains(&PathBuf::from(format!("/proc/{}/stat", std::process::id()))), "{held:?}");
+        assert!(held.contains(&PathBuf::from("/proc/cpuinfo")), "{held:?}");
     }
 
     #[test]
