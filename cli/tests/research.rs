@@ -1304,6 +1304,13 @@ fn attacks_on_the_evaluation_are_not_kept() {
                 other => panic!("writing {path}: {other:?}"),
             }
         }
+        // Nor write answers of its own: the channel to the evaluation (a descriptor above 2) cannot be opened
+        // again through /proc (red team 8 reopened a pipe so and trained on before its first answer).
+        for fd in 3..64 {
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(format!("/proc/self/fd/{fd}")) {
+                panic!("descriptor {fd} opened for writing: {f:?}");
+            }
+        }
         let parent = std::os::unix::process::parent_id();
         for (path, write) in [(format!("/proc/{parent}/mem"), false), ("/proc/self/mem".to_string(), true)] {
             match std::fs::OpenOptions::new().read(!write).write(write).open(&path) {

@@ -19,6 +19,13 @@
 //! for long on what the checkpoint carries; training between calls changes the logits that the probes compare
 //! across calls ([`crate::probes`]).
 //!
+//! The answers go over a Unix socket (the child's stdout, which fixed code moves to a descriptor of its own
+//! before the agent's code runs), not a pipe: a process can open a pipe it holds again through `/proc/self/fd`,
+//! which Landlock does not govern, and the agent's code could then write answers of its own (a red team answered
+//! in time so, and trained on past the clock before its logits); a socket cannot be opened so, and safe Rust
+//! reaches no descriptor but 0, 1 and 2 without opening one. The whole of each answer is due by its deadline, not
+//! its first byte.
+//!
 //! The protocol, little-endian: the child first sends its sandbox line (u32 length, text) once the model is
 //! loaded; then, per request (u32 rows, u32 columns, rows × columns i64 tokens), either 0u8 and the logits
 //! (rows × columns × vocabulary f32), or 1u8 and an error (u32 length, text), or 2u8 and an error that was the
@@ -27,8 +34,9 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -48,6 +56,8 @@ pub fn serve<M: Model>(args: &PhaseArgs, build: fn(&Training) -> Result<M>) -> R
     // The answers go out on a copy of stdout; stdout itself then leads to /dev/null, so that what the agent's
     // code prints neither mixes into the answers nor reaches the log.
     let answers = std::io::stdout().as_fd().try_clone_to_owned().context("duplicating stdout")?;
+    // Where it is not a socket (the phase run by hand), this fails and changes nothing.
+    set_socket_buffer(answers.as_raw_fd(), libc::SO_SNDBUF);
     let mut answers = BufWriter::with_capacity(1 << 20, File::from(answers));
     let null = std::fs::OpenOptions::new().write(true).open("/dev/null").context("opening /dev/null")?;
     // SAFETY: both descriptors are open; dup2 only replaces descriptor 1 (stdout, flushed: nothing written yet).
@@ -97,6 +107,21 @@ pub fn serve<M: Model>(args: &PhaseArgs, build: fn(&Training) -> Result<M>) -> R
     Ok(())
 }
 
+/// Asks for a socket buffer (`option`: sending or receiving) of 1 MiB, where the system allows it.
+fn set_socket_buffer(socket: libc::c_int, option: libc::c_int) {
+    let size: libc::c_int = 1 << 20;
+    // SAFETY: setsockopt with an int of the size given; on a descriptor that is not an open socket it only fails.
+    let _ = unsafe {
+        libc::setsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            option,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}
+
 fn send_text(out: &mut impl Write, text: &str) -> Result<()> {
     out.write_all(&(text.len() as u32).to_le_bytes())?;
     out.write_all(text.as_bytes())?;
@@ -141,7 +166,7 @@ pub struct ModelProcess {
     child: Child,
     /// None once closed.
     requests: Option<BufWriter<ChildStdin>>,
-    answers: BufReader<ChildStdout>,
+    answers: BufReader<UnixStream>,
     stderr: Option<JoinHandle<String>>,
     vocab: i64,
     /// Where answers are read to, reused.
@@ -160,20 +185,22 @@ impl ModelProcess {
     pub fn start(args: &PhaseArgs, vocab: usize, allowance: Duration) -> Result<ModelProcess> {
         let started = Instant::now();
         let exe = std::env::current_exe().context("finding the training binary")?;
+        let (ours, theirs) = UnixStream::pair().context("a socket for the model process's answers")?;
         let mut child = Command::new(exe)
             .args(args.to_args()?)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::from(OwnedFd::from(theirs)))
             .stderr(Stdio::piped())
             .spawn()
             .context("starting the model process")?;
-        // An answer is megabytes: pipes of 1 MiB (Linux's ceiling for a user) rather than 64 KiB spare most of the
-        // switches between the two processes, slow where other processes share the cores. A pipe left at its
-        // size is only slower.
-        for pipe in [child.stdin.as_ref().map(AsRawFd::as_raw_fd), child.stdout.as_ref().map(AsRawFd::as_raw_fd)] {
+        // An answer is megabytes: buffers of 1 MiB (Linux's ceiling for a pipe; a socket's where the system allows
+        // it) rather than 64 KiB or 208 KiB spare most of the switches between the two processes, slow where other
+        // processes share the cores. One left at its size is only slower.
+        if let Some(requests) = &child.stdin {
             // SAFETY: fcntl on a descriptor this process holds open.
-            let _ = pipe.map(|fd| unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) });
+            let _ = unsafe { libc::fcntl(requests.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
         }
+        set_socket_buffer(ours.as_raw_fd(), libc::SO_RCVBUF);
         let mut stderr = child.stderr.take().expect("piped");
         // Read to the end, so that the child never blocks on a full pipe; only the tail is kept.
         let stderr = std::thread::spawn(move || {
@@ -190,7 +217,7 @@ impl ModelProcess {
         });
         let mut process = ModelProcess {
             requests: Some(BufWriter::with_capacity(1 << 20, child.stdin.take().expect("piped"))),
-            answers: BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped")),
+            answers: BufReader::with_capacity(1 << 20, ours),
             child,
             stderr: Some(stderr),
             vocab: vocab as i64,
@@ -199,11 +226,12 @@ impl ModelProcess {
             allowance,
             first_due: Some(started + allowance),
         };
-        process.await_answer(started + allowance, "its `build` and loading")?;
+        let what = "its `build` and loading";
+        process.await_answer(started + allowance, what)?;
         // Sent before any validation input, so it cannot carry one: shown whole, up to a long line.
         process.sandbox = match read_text(&mut process.answers, 4096) {
             Ok(line) => line,
-            Err(_) => return Err(process.failure()),
+            Err(e) => return Err(process.failed(e, what)),
         };
         Ok(process)
     }
@@ -226,26 +254,27 @@ impl ModelProcess {
             return Err(self.failure());
         }
         let due = self.first_due.take().unwrap_or_else(|| Instant::now() + self.allowance);
-        self.await_answer(due, "a call of its `logits`")?;
+        let what = "a call of its `logits`";
+        self.await_answer(due, what)?;
         let mut status = [0u8];
-        if self.answers.read_exact(&mut status).is_err() {
-            return Err(self.failure());
+        if let Err(e) = self.answers.read_exact(&mut status) {
+            return Err(self.failed(e, what));
         }
         match status[0] {
             0 => {
                 self.buffer.resize((rows * cols * self.vocab * 4) as usize, 0);
-                if self.answers.read_exact(&mut self.buffer).is_err() {
-                    return Err(self.failure());
+                if let Err(e) = self.answers.read_exact(&mut self.buffer) {
+                    return Err(self.failed(e, what));
                 }
                 Ok(Tensor::from_data_size(&self.buffer, &[rows, cols, self.vocab], Kind::Float))
             }
             1 => match read_text(&mut self.answers, SHOWN) {
                 Ok(error) => bail!("{error}"),
-                Err(_) => Err(self.failure()),
+                Err(e) => Err(self.failed(e, what)),
             },
             2 => match read_text(&mut self.answers, SHOWN) {
                 Ok(error) => bail!("out of memory in the model process: {error}"),
-                Err(_) => Err(self.failure()),
+                Err(e) => Err(self.failed(e, what)),
             },
             other => bail!("the model process sent a malformed answer (status {other})"),
         }
@@ -261,9 +290,12 @@ impl ModelProcess {
         Ok(())
     }
 
-    /// Waits until the child's answer begins (or it ended) by `due`; past it the child is ended and this is an
-    /// error `over time`, naming `what` it was doing.
+    /// Waits until the child's answer begins (or it ended) by `due`, and has the rest of the answer read by `due`
+    /// too; past it the child is ended and this is an error `over time`, naming `what` it was doing.
     fn await_answer(&mut self, due: Instant, what: &str) -> Result<()> {
+        // Each read of the answer waits at most until `due` (a read that gets nothing by then fails).
+        let left = due.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        self.answers.get_ref().set_read_timeout(Some(left))?;
         if !self.answers.buffer().is_empty() {
             return Ok(());
         }
@@ -279,15 +311,33 @@ impl ModelProcess {
                 bail!("waiting for the model process: {}", std::io::Error::last_os_error());
             }
             if ready == 0 && Instant::now() >= due {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return Err(crate::OverTime(format!(
-                    "over time: the model process took longer than {:.0} s for {what} (the profile's start-up \
-                     allowance; the agent's code in the evaluation runs on its clock)",
-                    self.allowance.as_secs_f64()
-                ))
-                .into());
+                return Err(self.over_time(what));
             }
+        }
+    }
+
+    /// Ends the child, which did not answer in time.
+    fn over_time(&mut self, what: &str) -> anyhow::Error {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        crate::OverTime(format!(
+            "over time: the model process took longer than {:.0} s for {what} (the profile's start-up allowance; \
+             the agent's code in the evaluation runs on its clock)",
+            self.allowance.as_secs_f64()
+        ))
+        .into()
+    }
+
+    /// Why reading an answer failed with `error`: its deadline passed, or the child stopped answering.
+    fn failed(&mut self, error: impl Into<anyhow::Error>, what: &str) -> anyhow::Error {
+        let error = error.into();
+        let timed_out = error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+        if timed_out {
+            self.over_time(what)
+        } else {
+            self.failure()
         }
     }
 
