@@ -19,12 +19,13 @@
 //! for long on what the checkpoint carries; training between calls changes the logits that the probes compare
 //! across calls ([`crate::probes`]).
 //!
-//! The answers go over a Unix socket (the child's stdout, which fixed code moves to a descriptor of its own
-//! before the agent's code runs), not a pipe: a process can open a pipe it holds again through `/proc/self/fd`,
-//! which Landlock does not govern, and the agent's code could then write answers of its own (a red team answered
-//! in time so, and trained on past the clock before its logits); a socket cannot be opened so, and safe Rust
-//! reaches no descriptor but 0, 1 and 2 without opening one. The whole of each answer is due by its deadline, not
-//! its first byte.
+//! Nothing the child does is trusted: `unsafe` is forbidden in the training file, but a soundness bug of rustc
+//! (rust-lang/rust#25860) lets safe code transmute, so the agent's code can take the whole process over, and
+//! write, on any descriptor, answers of its own. The evaluation therefore enforces the protocol from outside: each
+//! answer is due whole by its deadline (red team 9 began its answers in time and sent them a byte at a time while
+//! it trained on past the clock), the first by the start-up's end however often it is re-asked. The answers go
+//! over a Unix socket rather than a pipe, which even safe Rust could open again through `/proc/self/fd` (red team
+//! 8 did so).
 //!
 //! The protocol, little-endian: the child first sends its sandbox line (u32 length, text) once the model is
 //! loaded; then, per request (u32 rows, u32 columns, rows × columns i64 tokens), either 0u8 and the logits
@@ -166,7 +167,7 @@ pub struct ModelProcess {
     child: Child,
     /// None once closed.
     requests: Option<BufWriter<ChildStdin>>,
-    answers: BufReader<UnixStream>,
+    answers: BufReader<DueStream>,
     stderr: Option<JoinHandle<String>>,
     vocab: i64,
     /// Where answers are read to, reused.
@@ -175,7 +176,7 @@ pub struct ModelProcess {
     pub sandbox: String,
     /// The time it has for its start-up and first answer, and for each answer after.
     allowance: Duration,
-    /// When the first answer is due (None once it is asked for).
+    /// When the first answer is due (None once it came).
     first_due: Option<Instant>,
 }
 
@@ -217,7 +218,7 @@ impl ModelProcess {
         });
         let mut process = ModelProcess {
             requests: Some(BufWriter::with_capacity(1 << 20, child.stdin.take().expect("piped"))),
-            answers: BufReader::with_capacity(1 << 20, ours),
+            answers: BufReader::with_capacity(1 << 20, DueStream { stream: ours, due: started + allowance }),
             child,
             stderr: Some(stderr),
             vocab: vocab as i64,
@@ -227,7 +228,6 @@ impl ModelProcess {
             first_due: Some(started + allowance),
         };
         let what = "its `build` and loading";
-        process.await_answer(started + allowance, what)?;
         // Sent before any validation input, so it cannot carry one: shown whole, up to a long line.
         process.sandbox = match read_text(&mut process.answers, 4096) {
             Ok(line) => line,
@@ -253,9 +253,10 @@ impl ModelProcess {
         if sent.is_err() {
             return Err(self.failure());
         }
-        let due = self.first_due.take().unwrap_or_else(|| Instant::now() + self.allowance);
+        // The first answer is due by the start-up's end, however many times an out-of-memory answer halves the
+        // call; each later one, an allowance after its call.
+        self.answers.get_mut().due = self.first_due.unwrap_or_else(|| Instant::now() + self.allowance);
         let what = "a call of its `logits`";
-        self.await_answer(due, what)?;
         let mut status = [0u8];
         if let Err(e) = self.answers.read_exact(&mut status) {
             return Err(self.failed(e, what));
@@ -266,6 +267,7 @@ impl ModelProcess {
                 if let Err(e) = self.answers.read_exact(&mut self.buffer) {
                     return Err(self.failed(e, what));
                 }
+                self.first_due = None;
                 Ok(Tensor::from_data_size(&self.buffer, &[rows, cols, self.vocab], Kind::Float))
             }
             1 => match read_text(&mut self.answers, SHOWN) {
@@ -288,32 +290,6 @@ impl ModelProcess {
             bail!("the model process failed at the end ({status})");
         }
         Ok(())
-    }
-
-    /// Waits until the child's answer begins (or it ended) by `due`, and has the rest of the answer read by `due`
-    /// too; past it the child is ended and this is an error `over time`, naming `what` it was doing.
-    fn await_answer(&mut self, due: Instant, what: &str) -> Result<()> {
-        // Each read of the answer waits at most until `due` (a read that gets nothing by then fails).
-        let left = due.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        self.answers.get_ref().set_read_timeout(Some(left))?;
-        if !self.answers.buffer().is_empty() {
-            return Ok(());
-        }
-        let mut fd = libc::pollfd { fd: self.answers.get_ref().as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        loop {
-            let left = due.saturating_duration_since(Instant::now());
-            // SAFETY: one pollfd, for a descriptor this process holds open.
-            let ready = unsafe { libc::poll(&mut fd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
-            if ready > 0 {
-                return Ok(());
-            }
-            if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                bail!("waiting for the model process: {}", std::io::Error::last_os_error());
-            }
-            if ready == 0 && Instant::now() >= due {
-                return Err(self.over_time(what));
-            }
-        }
     }
 
     /// Ends the child, which did not answer in time.
@@ -375,6 +351,35 @@ impl ModelProcess {
     }
 }
 
+/// The model process's answers, read by a deadline: a read waits at most until `due`, and fails `TimedOut` where
+/// nothing came by then, so that an answer must have come whole by its deadline (not merely begun: a process that
+/// sends a byte at a time would otherwise hold the evaluation for as long as it liked).
+struct DueStream {
+    stream: UnixStream,
+    due: Instant,
+}
+
+impl Read for DueStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut fd = libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        loop {
+            let left = self.due.saturating_duration_since(Instant::now());
+            // SAFETY: one pollfd, for a descriptor this process holds open. What has come is read even past the
+            // deadline (this process may be the slow one); a wait ends at it.
+            let ready = unsafe { libc::poll(&mut fd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+            if ready > 0 {
+                return self.stream.read(buf);
+            }
+            if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return Err(std::io::Error::last_os_error());
+            }
+            if ready == 0 && Instant::now() >= self.due {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+        }
+    }
+}
+
 /// Whether `done` holds within a second (asked every 10 ms).
 fn within_a_second(mut done: impl FnMut() -> bool) -> bool {
     let waited = Instant::now();
@@ -391,5 +396,37 @@ impl Drop for ModelProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_must_come_whole_by_its_deadline_not_merely_begin() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        // A byte every 50 ms: each read would get something in time, the whole never.
+        let trickle = std::thread::spawn(move || {
+            for _ in 0..40 {
+                if theirs.write_all(&[7]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let started = Instant::now();
+        let mut answers = BufReader::new(DueStream { stream: ours, due: started + Duration::from_millis(300) });
+        let mut answer = [0u8; 20];
+        let error = answers.read_exact(&mut answer).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        // What came in time is read; a deadline far off lets the rest come.
+        answers.get_mut().due = Instant::now() + Duration::from_secs(10);
+        let mut rest = [0u8; 2];
+        answers.read_exact(&mut rest).unwrap();
+        assert_eq!(rest, [7, 7]);
+        drop(answers);
+        trickle.join().unwrap();
     }
 }
