@@ -307,9 +307,8 @@ impl ModelProcess {
     /// Why reading an answer failed with `error`: its deadline passed, or the child stopped answering.
     fn failed(&mut self, error: impl Into<anyhow::Error>, what: &str) -> anyhow::Error {
         let error = error.into();
-        let timed_out = error
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+        let timed_out =
+            error.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
         if timed_out {
             self.over_time(what)
         } else {
