@@ -64,7 +64,7 @@ enum Command {
 /// started is gone, also one that left its process group or session.
 fn sandboxed(policy: &str, command: &[std::ffi::OsString]) -> anyhow::Result<()> {
     let policy = serde_json::from_str(policy).map_err(|e| anyhow::anyhow!("parsing --policy: {e}"))?;
-    autoresearch_harness::supervisor::supervise()?;
+    autoresearch_harness::supervisor::supervise(Default::default())?;
     Err(autoresearch_harness::sandbox::exec_sandboxed(&policy, &command[0], &command[1..]))
 }
 

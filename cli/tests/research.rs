@@ -812,7 +812,7 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
             // save better weights until the phase's deadline.
             "rewrite the checkpoint once it is saved",
             capped.edit(TRAIN_FN, &format!("{REWRITE_ON_DROP}\n{TRAIN_FN}")),
-            "model.safetensors changed after the training's fixed code wrote it",
+            "model.safetensors changed after it was handed over",
             false,
         ),
         (

@@ -10,9 +10,10 @@
 //! will take ([`loss_check`]; on the CPU, where it is measured).
 
 //!
-//! Both phases run under a [`supervisor`] (every process they start ends with them) and report how they ended
-//! in the status file the harness named ([`PhaseStatus`]). The training phase keeps the harness's clock: the
-//! agent's `train` is given the deadline less the hand-over reserve, and one that returns later is a crash.
+//! Both phases run under a [`supervisor`] (every process they start ends with them) and report how they ended to
+//! it; it writes the status file the harness named ([`PhaseStatus`]). The training phase keeps the harness's
+//! clock: the agent's `train` is given the deadline less the hand-over reserve, and one that returns later is a
+//! crash; the supervisor seals the checkpoint and holds its hand-over to a due of its own.
 
 pub mod causality;
 pub mod evaluation;
@@ -30,8 +31,8 @@ use anyhow::{bail, ensure, Context, Result};
 use autoresearch_harness::device::peak_rss_mb;
 use autoresearch_harness::fit::{is_out_of_memory, panic_message};
 use autoresearch_harness::handover::{
-    allowance, check_device, handover_reserve, EvalResult, Outcome, Phase, PhaseArgs, PhaseStatus, Sealed,
-    TrainingReport, TrainingStats, AUDIT, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
+    allowance, check_device, handover_reserve, sealing_due, sealing_time, EvalResult, Outcome, Phase, PhaseArgs,
+    PhaseStatus, Sealed, TrainingReport, TrainingStats, AUDIT, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
 };
 use autoresearch_harness::profile::Training;
 use autoresearch_harness::sandbox::Policy;
@@ -65,8 +66,8 @@ pub struct Trained<M> {
     pub report: TrainingReport,
 }
 
-/// The training binary's main: runs the phase the harness asked for under a [`supervisor`], writes how it
-/// ended to the status file, and exits non-zero with the error.
+/// The training binary's main: runs the phase the harness asked for under a [`supervisor`], reports how it
+/// ended (for the status file), and exits non-zero with the error.
 pub fn main<M: Trainable>(train: fn(&Training) -> Result<Trained<M>>, build: fn(&Training) -> Result<M>) {
     let fail = |e: anyhow::Error| -> ! {
         eprintln!("error: {e:#}");
@@ -76,23 +77,19 @@ pub fn main<M: Trainable>(train: fn(&Training) -> Result<Trained<M>>, build: fn(
     // First of all, before any thread exists (fork copies only the calling thread). The model process needs no
     // supervisor of its own: it is a child of the evaluation, whose supervisor ends what it leaves.
     if args.phase != Phase::Model {
-        supervisor::supervise().unwrap_or_else(|e| fail(e));
+        let supervision = supervision(&args).unwrap_or_else(|e| fail(e));
+        supervisor::supervise(supervision).unwrap_or_else(|e| fail(e));
     }
-    // Opened before the sandbox, in a folder it does not let the agent's code write: only fixed code writes it.
-    let mut status_file = args
-        .status
-        .as_ref()
-        .map(|path| std::fs::File::create(path).unwrap_or_else(|e| fail(anyhow::anyhow!("{}: {e}", path.display()))));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match args.phase {
         Phase::Train => training_phase(&args, train),
-        Phase::Evaluate => evaluation_phase(&args, build).map(|()| Vec::new()),
-        Phase::Model => model_process::serve(&args, build).map(|()| Vec::new()),
+        Phase::Evaluate => evaluation_phase(&args, build),
+        Phase::Model => model_process::serve(&args, build),
     }));
     let status = phase_status(result);
-    if let Some(file) = status_file.as_mut() {
-        let written = serde_json::to_vec(&status).map_err(anyhow::Error::from).and_then(|b| Ok(file.write_all(&b)?));
-        if let Err(e) = written {
-            fail(e.context("writing the phase's status"));
+    // The supervisor writes it to the status file, which is outside the sandbox.
+    if args.phase != Phase::Model {
+        if let Err(e) = supervisor::report(&status) {
+            fail(e.context("reporting the phase's end to its supervisor"));
         }
     }
     if status.outcome != Outcome::Success {
@@ -101,6 +98,23 @@ pub fn main<M: Trainable>(train: fn(&Training) -> Result<Trained<M>>, build: fn(
         }
         std::process::exit(1);
     }
+}
+
+/// What the phase's supervisor keeps: the status file, and for the training its hand-over, due the profile's
+/// [`sealing_time`] after `train`'s end. The profile is read here, before the fork, by fixed code alone.
+fn supervision(args: &PhaseArgs) -> Result<supervisor::Supervision> {
+    let hand_over = if args.phase == Phase::Train {
+        let deadline = args.deadline.context("the training phase needs --deadline")?;
+        let profile = Training::profile_from_env()?.name;
+        Some(supervisor::HandOver {
+            folder: args.handover.clone(),
+            files: vec![CHECKPOINT.to_string(), TRAINING_STATS.to_string()],
+            due: sealing_due(deadline, &profile),
+        })
+    } else {
+        None
+    };
+    Ok(supervisor::Supervision { status: args.status.clone(), hand_over })
 }
 
 /// Stopped by fixed code for time: the agent's `train` returned past its end, or its code in the evaluation took
@@ -117,13 +131,9 @@ impl std::fmt::Display for OverTime {
 impl std::error::Error for OverTime {}
 
 /// How a phase ended, classified by its own error or panic (never by what it printed).
-fn phase_status(result: std::thread::Result<Result<Vec<Sealed>>>) -> PhaseStatus {
-    let mut sealed = Vec::new();
+fn phase_status(result: std::thread::Result<Result<()>>) -> PhaseStatus {
     let (outcome, message) = match result {
-        Ok(Ok(written)) => {
-            sealed = written;
-            (Outcome::Success, String::new())
-        }
+        Ok(Ok(())) => (Outcome::Success, String::new()),
         Ok(Err(e)) if e.downcast_ref::<OverTime>().is_some() => (Outcome::OverTime, format!("{e:#}")),
         Ok(Err(e)) => {
             let message = format!("{e:#}");
@@ -134,7 +144,7 @@ fn phase_status(result: std::thread::Result<Result<Vec<Sealed>>>) -> PhaseStatus
             (if is_out_of_memory(&message) { Outcome::OutOfMemory } else { Outcome::Panic }, message)
         }
     };
-    PhaseStatus { outcome, message, sealed }
+    PhaseStatus { outcome, message, sealed: Vec::new() }
 }
 
 /// The instant of a time given in seconds since the Unix epoch.
@@ -149,8 +159,8 @@ fn instant_of(unix_seconds: f64) -> Instant {
     }
 }
 
-/// The training phase; what it wrote in the hand-over folder, sealed.
-fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Training) -> Result<Trained<M>>) -> Result<Vec<Sealed>> {
+/// The training phase: the agent's `train` on the harness's clock, then the hand-over.
+fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Training) -> Result<Trained<M>>) -> Result<()> {
     // First of all, before any thread exists: a thread started earlier would stay outside the sandbox.
     println!("{}", args.sandbox.apply()?);
     require_device()?;
@@ -161,9 +171,10 @@ fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Training) -> Result
     let training = training.ending_at(instant_of(deadline - reserve), &args.handover);
     println!(
         "clock: {:.1} s until `train` must return (budget {budget} s + allowance {} s for start-up, less {reserve} s \
-         for the hand-over, from the phase's start)",
+         for the hand-over, from the phase's start), then {} s to save the model",
         training.seconds_left(),
-        allowance(&profile)
+        allowance(&profile),
+        sealing_time(&profile)
     );
     println!("cores: {}", cores());
     let trained = train(&training)?;
@@ -199,6 +210,22 @@ fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Training) -> Result
         Device::Cuda(i) => autoresearch_ops::cuda_peak_memory_mb(i),
         _ => peak_rss_mb(),
     };
+    let num_params = cpu.iter().map(|(_, t)| t.numel() as u64).sum();
+    let stats = TrainingStats {
+        report: trained.report,
+        num_params,
+        peak_memory_mb: peak_memory_mb.unwrap_or(0.0),
+        device: device_name(device),
+    };
+    let written = [
+        Sealed::write(&args.handover, CHECKPOINT, &checkpoint_bytes(&cpu)?)?,
+        Sealed::write(&args.handover, TRAINING_STATS, &serde_json::to_vec_pretty(&stats)?)?,
+    ];
+    // The supervisor, outside this process, seals both files once it has checked they hold what was written here
+    // (the harness checks them again once every thread and process of the phase is gone), holds the hand-over
+    // to its due, and kills what the agent's code started since `train` returned.
+    supervisor::hand_over(&written)?;
+    println!("model handed over: {} tensors, {:.2}M parameters", cpu.len(), num_params as f64 / 1e6);
     // On the CPU only: on CUDA (the fused loss against float32 logits under autocast) the check's tolerance and
     // its memory at h100 have not been measured on a GPU yet.
     if device == Device::Cpu {
@@ -211,19 +238,7 @@ fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Training) -> Result
             checking.elapsed().as_secs_f64()
         );
     }
-    let num_params = cpu.iter().map(|(_, t)| t.numel() as u64).sum();
-    // Sealed: the bytes' hash goes to the status file, which the agent's code cannot write; the harness checks
-    // the files still hold them once every thread and process of the phase is gone.
-    let checkpoint = Sealed::write(&args.handover, CHECKPOINT, &checkpoint_bytes(&cpu)?)?;
-    let stats = TrainingStats {
-        report: trained.report,
-        num_params,
-        peak_memory_mb: peak_memory_mb.unwrap_or(0.0),
-        device: device_name(device),
-    };
-    let stats = Sealed::write(&args.handover, TRAINING_STATS, &serde_json::to_vec_pretty(&stats)?)?;
-    println!("model handed over: {} tensors, {:.2}M parameters", cpu.len(), num_params as f64 / 1e6);
-    Ok(vec![checkpoint, stats])
+    Ok(())
 }
 
 /// The tensors as a safetensors file.

@@ -5,7 +5,8 @@
 //!    writes only to the hand-over folder, no network), the agent's code trains a model; fixed code saves it to
 //!    the hand-over folder as a safetensors checkpoint, with [`TrainingStats`]. One clock: the harness gives the
 //!    phase a deadline (its start + the budget + the profile's [`allowance`]) and stops it there; the agent's
-//!    `train` must return [`handover_reserve`] seconds before it, so that the checkpoint is saved in time.
+//!    `train` must return [`handover_reserve`] seconds before it, so that the checkpoint is saved in time (sealed
+//!    within [`sealing_time`]).
 //! 2. `evaluate`: fixed code reads the validation rows first, then sandboxes itself (no data readable, no
 //!    writes), has the agent's code build the model and loads the checkpoint into it, checks that it is causal,
 //!    and computes val_bpb from its logits. The result goes to a file the harness named and the binary opened
@@ -16,10 +17,11 @@
 //!    checkpoint and answers each batch of inputs the evaluation sends with their logits. It never holds a
 //!    target, the nonce or the result file.
 //!
-//! Each phase reports how it ended in a status file ([`PhaseStatus`]) that the harness named and fixed code
-//! opened before the agent's code ran: crashes are classified by the phase's own error, not by the log. Fixed
-//! code supervises each phase (a subreaper outside the sandbox): when the phase ends, every process it started
-//! is gone. The summary block is then printed by the harness, from these and its own clock.
+//! Fixed code supervises each phase (a subreaper outside the sandbox, [`crate::supervisor`]): when the phase
+//! ends, every process it started is gone, and the supervisor writes how the phase ended in a status file
+//! ([`PhaseStatus`]) that the harness named: crashes are classified by the phase's own error, not by the log; the
+//! training's hand-over is sealed and timed by the supervisor. The summary block is then printed by the harness,
+//! from these and its own clock.
 
 use std::path::{Path, PathBuf};
 
@@ -82,8 +84,9 @@ pub fn evaluation_limit(profile: &str) -> f64 {
 }
 
 /// Seconds before the deadline by which the agent's `train` must have returned, kept for fixed code to save
-/// the checkpoint and for the process to end: `h100` 10 s (about 200 MB of weights), others 3 s. A `train`
-/// that returns later is a crash, `over time`: no file gains steps by cutting into it.
+/// the checkpoint (within [`sealing_time`]), check the loss and end the process: `h100` 10 s (about 200 MB of
+/// weights), others 3 s. A `train` that returns later is a crash, `over time`: no file gains steps by cutting
+/// into it.
 pub fn handover_reserve(profile: &str) -> f64 {
     match profile {
         "h100" => 10.0,
@@ -91,19 +94,38 @@ pub fn handover_reserve(profile: &str) -> f64 {
     }
 }
 
-/// How a phase ended, as its fixed code saw it: the status file's content.
+/// Seconds after `train`'s end (the deadline less [`handover_reserve`]) by which fixed code must have written
+/// the checkpoint and `training.json` and had the phase's supervisor seal them: `h100` 5 s, others 1.5 s (the
+/// default file's take milliseconds at small). The supervisor, outside the phase's process, enforces it: a file
+/// that took its own process over and ignored `train`'s clock could train on into the reserve, at most this
+/// long, less the saving itself. A hand-over sealed later is a crash, `over time`.
+pub fn sealing_time(profile: &str) -> f64 {
+    match profile {
+        "h100" => 5.0,
+        _ => 1.5,
+    }
+}
+
+/// When the hand-over of a training phase with deadline `deadline` (seconds since the Unix epoch) must be
+/// sealed by.
+pub fn sealing_due(deadline: f64, profile: &str) -> f64 {
+    deadline - handover_reserve(profile) + sealing_time(profile)
+}
+
+/// How a phase ended: the status file's content, written by the phase's supervisor (outside the sandbox) from
+/// what the phase's fixed code reported and what it sealed itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PhaseStatus {
     pub outcome: Outcome,
     /// The error or panic message (empty where the phase succeeded).
     pub message: String,
-    /// The files fixed code wrote in the hand-over folder, with what they held: the harness checks, when the
-    /// phase's processes are gone, that they still hold it ([`check_sealed`]).
+    /// The files the phase handed over, with what they held when the supervisor sealed them: the harness checks,
+    /// when the phase's processes are gone, that they still hold it ([`check_sealed`]).
     #[serde(default)]
     pub sealed: Vec<Sealed>,
 }
 
-/// A file in the hand-over folder and the SHA-256 of the bytes fixed code wrote there.
+/// A file in the hand-over folder and the SHA-256 of what it held when it was sealed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sealed {
     pub file: String,
@@ -111,32 +133,61 @@ pub struct Sealed {
 }
 
 impl Sealed {
-    /// Writes `bytes` to `file` in `folder`; its seal.
+    /// Writes `bytes` to `file` in `folder`; their seal.
     pub fn write(folder: &Path, file: &str, bytes: &[u8]) -> Result<Sealed> {
+        use sha2::Digest;
         let path = folder.join(file);
         std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-        Ok(Sealed { file: file.to_string(), sha256: sha256_hex(bytes) })
+        Ok(Sealed { file: file.to_string(), sha256: hex(&sha2::Sha256::digest(bytes)) })
+    }
+
+    /// The seal of `file` in `folder` as it is now.
+    pub fn take(folder: &Path, file: &str) -> Result<Sealed> {
+        Ok(Sealed { file: file.to_string(), sha256: sha256_of_regular_file(&folder.join(file))? })
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// The SHA-256 (hex) of a regular file, read in pieces. Not through a symbolic link, nor from a FIFO or a
+/// device: the phase's code writes the folder, and could otherwise have the harness read `/dev/zero` without
+/// end, or wait on a FIFO forever.
+pub fn sha256_of_regular_file(path: &Path) -> Result<String> {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("opening {} (a regular file, not a link)", path.display()))?;
+    let kind = file.metadata().with_context(|| format!("reading {}'s metadata", path.display()))?.file_type();
+    if !kind.is_file() {
+        bail!("{} is not a regular file ({kind:?})", path.display());
+    }
+    let (mut hash, mut buffer) = (sha2::Sha256::new(), vec![0u8; 1 << 20]);
+    loop {
+        let n = file.read(&mut buffer).with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            return Ok(hex(&hash.finalize()));
+        }
+        hash.update(&buffer[..n]);
+    }
 }
 
-/// That each of `files` in the hand-over folder `folder` is sealed and still holds what fixed code wrote: a
-/// thread or process the agent's code left running could otherwise replace the checkpoint, after `train`
-/// returned, with weights trained past the clock.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// That each of `files` in the hand-over folder `folder` is sealed and still holds what it held then: a thread
+/// or process the agent's code left running could otherwise replace the checkpoint, after it was sealed, with
+/// weights trained past the clock.
 pub fn check_sealed(folder: &Path, sealed: &[Sealed], files: &[&str]) -> Result<()> {
     for file in files {
         let Some(seal) = sealed.iter().find(|s| s.file == *file) else {
-            bail!("the training's fixed code sealed no {file}");
+            bail!("the training's hand-over sealed no {file}");
         };
-        let path = folder.join(file);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        if sha256_hex(&bytes) != seal.sha256 {
+        if sha256_of_regular_file(&folder.join(file))? != seal.sha256 {
             bail!(
-                "{file} changed after the training's fixed code wrote it (by the file's code, left running after \
+                "{file} changed after it was handed over and sealed (by the file's code, left running after \
                  `train` returned: a thread, a process, the model's `Drop`)"
             );
         }
@@ -155,7 +206,8 @@ pub enum Outcome {
     /// The error or panic was the accelerator (or the host) running out of memory, as libtorch reports it: may
     /// not be the file's fault.
     OutOfMemory,
-    /// The agent's `train` returned past its end (the deadline less the hand-over reserve).
+    /// The agent's `train` returned past its end (the deadline less the hand-over reserve), or the hand-over
+    /// was sealed past its due ([`sealing_due`]).
     OverTime,
 }
 
@@ -226,7 +278,7 @@ pub struct PhaseArgs {
     pub handover: PathBuf,
     /// Where the evaluation writes its [`EvalResult`].
     pub result: Option<PathBuf>,
-    /// Where fixed code writes the phase's [`PhaseStatus`] (a folder the sandbox does not let it write).
+    /// Where the phase's supervisor writes its [`PhaseStatus`] (a folder the sandbox does not let it write).
     pub status: Option<PathBuf>,
     /// The phase's deadline, in seconds since the Unix epoch (the harness's clock: the harness stops the phase
     /// then).
@@ -338,11 +390,12 @@ mod tests {
     }
 
     #[test]
-    fn a_sealed_file_must_still_hold_what_was_written() {
+    fn a_sealed_file_must_still_hold_what_it_held() {
         let dir = tempfile::tempdir().unwrap();
         let seal = Sealed::write(dir.path(), "model.safetensors", b"weights").unwrap();
-        // The SHA-256 of "weights", as `sha256sum` gives it.
+        // The SHA-256 of "weights", as `sha256sum` gives it; the same read back.
         assert_eq!(seal.sha256, "9a129038d9a00aed0cf6a7ea059ca50a813449061ab87848cf1a13eafdf33b2c");
+        assert_eq!(Sealed::take(dir.path(), "model.safetensors").unwrap(), seal);
         let sealed = [seal];
         check_sealed(dir.path(), &sealed, &["model.safetensors"]).unwrap();
         let missing = check_sealed(dir.path(), &sealed, &["model.safetensors", "training.json"]).unwrap_err();
@@ -355,9 +408,32 @@ mod tests {
     }
 
     #[test]
+    fn a_seal_reads_a_regular_file_alone_never_a_link_a_fifo_or_a_device() {
+        let dir = tempfile::tempdir().unwrap();
+        // A link to a device that never ends, and a FIFO no one writes (opening it would wait forever).
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("link")).unwrap();
+        let fifo = std::ffi::CString::new(dir.path().join("fifo").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let link = Sealed::take(dir.path(), "link").unwrap_err();
+        assert!(format!("{link:#}").contains("not a link"), "{link:#}");
+        let fifo = Sealed::take(dir.path(), "fifo").unwrap_err();
+        assert!(fifo.to_string().contains("is not a regular file"), "{fifo}");
+        let device = sha256_of_regular_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(device.to_string().contains("is not a regular file"), "{device}");
+        // Read in pieces: a file over the buffer's 1 MiB, as `sha256sum` hashes 3 MiB of zeros.
+        std::fs::write(dir.path().join("zeros"), vec![0u8; 3 << 20]).unwrap();
+        assert_eq!(
+            Sealed::take(dir.path(), "zeros").unwrap().sha256,
+            "bbd05cf6097ac9b1f89ea29d2542c1b7b67ee46848393895f5a9e43fa1f621e5"
+        );
+    }
+
+    #[test]
     fn the_clock_is_the_profiles_and_crashes_are_classified_by_the_phases_error() {
         assert_eq!((allowance("h100"), handover_reserve("h100")), (40.0, 10.0));
         assert_eq!((allowance("small"), handover_reserve("small")), (10.0, 3.0));
+        // The seal is due 1.5 s after `train`'s end at small (3 s before the deadline), 5 s at h100 (10 s before).
+        assert_eq!((sealing_due(1000.0, "small"), sealing_due(1000.0, "h100")), (998.5, 995.0));
         let status = |outcome, message: &str| PhaseStatus { outcome, message: message.into(), sealed: Vec::new() };
         assert_eq!(status(Outcome::Success, "").crash(), None);
         assert_eq!(status(Outcome::Panic, "boom\nmore").crash(), Some(("panic: boom".into(), false)));

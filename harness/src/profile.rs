@@ -216,8 +216,7 @@ impl Training {
     pub fn from_env() -> Result<Training> {
         let started = std::time::Instant::now();
         let cache = cache_root()?;
-        let prepared =
-            Prepared::load(&cache, std::env::var("AUTORESEARCH_PROFILE").ok().filter(|s| !s.is_empty()).as_deref())?;
+        let prepared = Self::prepared_from_env(&cache)?;
         let tokenizer = Arc::new(load_tokenizer(&cache, &prepared)?);
         let time_budget = prepared.profile.budget(env_number::<f64>("AUTORESEARCH_TIME_BUDGET")?);
         ensure!(time_budget > 0.0, "AUTORESEARCH_TIME_BUDGET must be positive");
@@ -236,6 +235,17 @@ impl Training {
             start: started,
             progress: None,
         })
+    }
+
+    /// The profile a training started by the harness trains on, as [`Training::from_env`] reads it (no data, no
+    /// tokenizer).
+    pub fn profile_from_env() -> Result<Profile> {
+        Ok(Self::prepared_from_env(&cache_root()?)?.profile)
+    }
+
+    /// The profile the harness asked for (`AUTORESEARCH_PROFILE`), else the one prepared last.
+    fn prepared_from_env(cache: &Path) -> Result<Prepared> {
+        Prepared::load(cache, std::env::var("AUTORESEARCH_PROFILE").ok().filter(|s| !s.is_empty()).as_deref())
     }
 
     pub fn profile(&self) -> &Profile {

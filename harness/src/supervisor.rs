@@ -1,18 +1,27 @@
-//! Every process a phase starts is gone when the phase ends. Before anything else (and before any thread
-//! exists), the training binary (or `autoresearch sandboxed`, which runs a project's commands) forks: the child
-//! runs the phase, sandboxed; the parent stays outside the sandbox as a child subreaper, so that every process the
-//! phase starts, also one that left its process group or session (`setsid`, a double fork), stays its
-//! descendant. When the child ends, or the harness asks it to stop (SIGTERM, or SIGINT from a terminal), the
-//! parent kills every descendant, reaps them, and exits as the child did. Before that, the child may ask the
-//! parent (over a socket) to kill the processes it started, when the agent's code returns: the parent, outside
-//! the sandbox, finds them in /proc, which the sandbox need not show the phase. The sandbox keeps the phase from
-//! signalling the parent (Landlock's signal scope); the child dies with the parent (parent-death signal), should
-//! the parent be killed outright.
+//! Every process a phase starts is gone when the phase ends, and what the phase hands over is sealed by a
+//! process the agent's code never runs in. Before anything else (and before any thread exists), the training
+//! binary (or `autoresearch sandboxed`, which runs a project's commands) forks: the child runs the phase,
+//! sandboxed; the parent stays outside the sandbox as a child subreaper, so that every process the phase starts,
+//! also one that left its process group or session (`setsid`, a double fork), stays its descendant. When the
+//! child ends, or the harness asks it to stop (SIGTERM, or SIGINT from a terminal), the parent kills every
+//! descendant, reaps them, writes the phase's status and exits as the child did.
+//!
+//! Meanwhile the child asks, over a socket: when the agent's `train` has returned and fixed code has written the
+//! checkpoint, [`hand_over`]: the parent kills the processes the phase started (it finds them in /proc, which the
+//! sandbox need not show the phase), notes the time against the hand-over's due and seals the files (their
+//! SHA-256); at the end, [`report`]: how the phase ended. The status file is the parent's alone to write: fixed
+//! code in the phase shares its process with the agent's code, which may take the process over (see the README's
+//! "What is not enforced"), so the phase's report is taken as its claim, and the seals and the hand-over's time
+//! as the parent's. The sandbox keeps the phase from signalling the parent (Landlock's signal scope); the child
+//! dies with the parent (parent-death signal), should the parent be killed outright.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::handover::{Outcome, PhaseStatus, Sealed};
 
 /// The signal that asked the supervisor to stop (0: none yet).
 static STOP: AtomicI32 = AtomicI32::new(0);
@@ -34,12 +43,31 @@ fn become_subreaper() -> Result<()> {
     Ok(())
 }
 
+/// What the supervisor keeps for the harness, beyond ending the phase's processes.
+#[derive(Clone, Debug, Default)]
+pub struct Supervision {
+    /// Where it writes the phase's [`PhaseStatus`] when the phase has ended: what the phase [`report`]ed, with
+    /// the seals of the hand-over (none written where the phase reported nothing and handed nothing over).
+    pub status: Option<PathBuf>,
+    /// The files the phase hands over, sealed when it asks ([`hand_over`]).
+    pub hand_over: Option<HandOver>,
+}
+
+/// Files a phase hands over (the training's checkpoint and `training.json`), and by when.
+#[derive(Clone, Debug)]
+pub struct HandOver {
+    pub folder: PathBuf,
+    pub files: Vec<String>,
+    /// Seconds since the Unix epoch: a hand-over asked for later is a crash, `over time`.
+    pub due: f64,
+}
+
 /// Forks. Returns in the child, which runs the phase; the parent supervises it and does not return. Both are
 /// subreapers (the setting is not inherited): the child adopts the orphans of the agent's processes while it
-/// lives, so that fixed code in it can end them when the agent's code returns ([`end_phase_processes`]: the
-/// parent kills them, for the sandboxed child need not see other processes in /proc); the parent adopts whatever
-/// is left should the child die.
-pub fn supervise() -> Result<()> {
+/// lives, so that fixed code in it can end them when the agent's code returns ([`hand_over`]: the parent kills
+/// them, for the sandboxed child need not see other processes in /proc); the parent adopts whatever is left
+/// should the child die.
+pub fn supervise(supervision: Supervision) -> Result<()> {
     become_subreaper()?;
     let mut socket = [-1; 2];
     // Close-on-exec: a program the phase starts does not hold the phase's end.
@@ -63,14 +91,36 @@ pub fn supervise() -> Result<()> {
         }
         child => {
             unsafe { libc::close(socket[1]) };
-            supervise_child(child, socket[0])
+            supervise_child(child, socket[0], supervision)
         }
     }
 }
 
-/// Runs until the child ends or the supervisor is asked to stop; meanwhile ends the processes the child started
-/// whenever the child asks (a request of 8 bytes on `socket`, answered by the same 8 and how many, 4 bytes).
-fn supervise_child(child: libc::pid_t, socket: libc::c_int) -> ! {
+/// A request: its number (8 bytes), its kind (1 byte), and (JSON) for [`HAND_OVER`] the seals of what fixed code
+/// wrote, for [`REPORT`] the status. The answer: the number, then how many processes were killed (4 bytes).
+const NUMBER: usize = 8;
+const ANSWER: usize = NUMBER + 4;
+/// Kill the processes the phase started.
+const END_PROCESSES: u8 = 0;
+/// The same, and seal the hand-over (the first time).
+const HAND_OVER: u8 = 1;
+/// How the phase ended, as its fixed code saw it.
+const REPORT: u8 = 2;
+/// The longest report: its message is cut to [`REPORTED_CHARS`] characters, at most 6 bytes each in JSON.
+const MAX_REPORT: usize = 64 << 10;
+const REPORTED_CHARS: usize = 4096;
+
+/// The supervisor's record of a hand-over: how late it was asked for, and the seals (or why there are none).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sealing {
+    /// Seconds past its due (negative: early).
+    pub late: f64,
+    pub seals: Result<Vec<Sealed>, String>,
+}
+
+/// Runs until the child ends or the supervisor is asked to stop; meanwhile answers the child's requests. Then
+/// kills whatever the phase left and writes its status.
+fn supervise_child(child: libc::pid_t, socket: libc::c_int, supervision: Supervision) -> ! {
     // Blocked but while waiting (ppoll unblocks them atomically), so that none is missed between a check and the
     // wait. No SA_RESTART: a signal ends the wait at once.
     let mut handled: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -94,7 +144,9 @@ fn supervise_child(child: libc::pid_t, socket: libc::c_int) -> ! {
         unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) };
     }
     let mut child_status = None;
+    let (mut reported, mut sealing) = (None, None);
     let mut requests = libc::pollfd { fd: socket, events: libc::POLLIN, revents: 0 };
+    let mut request = vec![0u8; NUMBER + 1 + MAX_REPORT + 1];
     while STOP.load(Ordering::SeqCst) == 0 {
         let mut status = 0;
         if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == child {
@@ -107,8 +159,8 @@ fn supervise_child(child: libc::pid_t, socket: libc::c_int) -> ! {
             }
             continue;
         }
-        let mut request = [0u8; REQUEST];
-        let n = unsafe { libc::recv(socket, request.as_mut_ptr().cast(), REQUEST, libc::MSG_DONTWAIT) };
+        let n = unsafe { libc::recv(socket, request.as_mut_ptr().cast(), request.len(), libc::MSG_DONTWAIT) };
+        let asked_at = unix_now();
         if n <= 0 {
             let again = std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN);
             if n == 0 || !again {
@@ -117,18 +169,40 @@ fn supervise_child(child: libc::pid_t, socket: libc::c_int) -> ! {
             }
             continue;
         }
-        // The child stays stopped while its processes are found and killed: no thread of it starts another
-        // meanwhile, so the search ends.
-        unsafe { libc::kill(child, libc::SIGSTOP) };
-        if unsafe { libc::waitpid(child, &mut status, libc::WUNTRACED) } == child && !libc::WIFSTOPPED(status) {
-            child_status = Some(status);
-            break;
+        let request = &request[..n as usize];
+        if request.len() <= NUMBER {
+            continue;
         }
-        let killed = kill_living_descendants(Some(child)) as u32;
-        unsafe { libc::kill(child, libc::SIGCONT) };
+        let mut killed = 0u32;
+        match request[NUMBER] {
+            END_PROCESSES | HAND_OVER => {
+                // The child stays stopped while its processes are found and killed (no thread of it starts
+                // another meanwhile, so the search ends) and while the files are sealed (none of it writes them).
+                unsafe { libc::kill(child, libc::SIGSTOP) };
+                if unsafe { libc::waitpid(child, &mut status, libc::WUNTRACED) } == child && !libc::WIFSTOPPED(status) {
+                    child_status = Some(status);
+                    break;
+                }
+                killed = kill_living_descendants(Some(child)) as u32;
+                if let (HAND_OVER, Some(hand_over), None) = (request[NUMBER], &supervision.hand_over, &sealing) {
+                    sealing = Some(seal(hand_over, asked_at, &request[NUMBER + 1..]));
+                }
+                unsafe { libc::kill(child, libc::SIGCONT) };
+            }
+            REPORT => {
+                reported = Some(serde_json::from_slice::<PhaseStatus>(&request[NUMBER + 1..]).map_err(|e| {
+                    if request.len() > NUMBER + 1 + MAX_REPORT {
+                        format!("over {MAX_REPORT} bytes")
+                    } else {
+                        e.to_string()
+                    }
+                }));
+            }
+            _ => continue,
+        }
         let mut answer = [0u8; ANSWER];
-        answer[..REQUEST].copy_from_slice(&request);
-        answer[REQUEST..].copy_from_slice(&killed.to_le_bytes());
+        answer[..NUMBER].copy_from_slice(&request[..NUMBER]);
+        answer[NUMBER..].copy_from_slice(&killed.to_le_bytes());
         // Never blocks, nor raises SIGPIPE should the child be gone.
         let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
         unsafe { libc::send(socket, answer.as_ptr().cast(), ANSWER, flags) };
@@ -136,6 +210,16 @@ fn supervise_child(child: libc::pid_t, socket: libc::c_int) -> ! {
     let killed = kill_descendants();
     if killed > 0 {
         eprintln!("phase ended: {killed} process(es) it had started were still running, and were killed");
+    }
+    if let Some(path) = &supervision.status {
+        if let Some(status) = final_status(reported, supervision.hand_over.is_some(), sealing) {
+            let written = serde_json::to_vec(&status)
+                .map_err(anyhow::Error::from)
+                .and_then(|bytes| std::fs::write(path, bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())));
+            if let Err(e) = written {
+                eprintln!("error: writing the phase's status: {e:#}");
+            }
+        }
     }
     let signal = STOP.load(Ordering::SeqCst);
     match child_status {
@@ -146,9 +230,68 @@ fn supervise_child(child: libc::pid_t, socket: libc::c_int) -> ! {
     }
 }
 
-/// A request's size (its number) and its answer's (the number, then how many processes were killed).
-const REQUEST: usize = 8;
-const ANSWER: usize = REQUEST + 4;
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+/// Seals the hand-over's files as they are, asked for at `asked_at` with `written` (JSON): the seals of what the
+/// phase's fixed code wrote, which the files must still hold.
+fn seal(hand_over: &HandOver, asked_at: f64, written: &[u8]) -> Sealing {
+    let seals = (|| {
+        let written: Vec<Sealed> = serde_json::from_slice(written).context("the hand-over's request is malformed")?;
+        let mut seals = Vec::new();
+        for file in &hand_over.files {
+            let seal = Sealed::take(&hand_over.folder, file)?;
+            ensure!(
+                written.contains(&seal),
+                "{file} changed between its writing and its seal (by the file's code, running beside fixed code)"
+            );
+            seals.push(seal);
+        }
+        Ok(seals)
+    })();
+    Sealing { late: asked_at - hand_over.due, seals: seals.map_err(|e: anyhow::Error| format!("{e:#}")) }
+}
+
+/// The phase's status from what it reported (`None`: nothing; `Err`: a report that did not parse) and, where it
+/// hands files over (`hands_over`), the supervisor's `sealing` of them (`None`: never asked for). What the phase
+/// reports is its own account (its error, its panic, out of memory); the seals and the hand-over's time are the
+/// supervisor's. `None` where there is nothing to say: the harness then goes by the exit status.
+pub fn final_status(
+    reported: Option<Result<PhaseStatus, String>>,
+    hands_over: bool,
+    sealing: Option<Sealing>,
+) -> Option<PhaseStatus> {
+    let status = |outcome, message: String| PhaseStatus { outcome, message, sealed: Vec::new() };
+    if let Some(Sealing { late, .. }) = sealing {
+        if late > 0.0 {
+            return Some(status(
+                Outcome::OverTime,
+                format!(
+                    "over time: the model was handed over {late:.1} s past its due (`train`'s end plus the time \
+                     for saving it): the training's fixed code was held up, or bypassed"
+                ),
+            ));
+        }
+    }
+    let mut reported = match reported? {
+        Ok(reported) => reported,
+        Err(e) => return Some(status(Outcome::Error, format!("the phase's report of its end is malformed: {e}"))),
+    };
+    // Only the supervisor seals.
+    reported.sealed = Vec::new();
+    if !hands_over || reported.outcome != Outcome::Success {
+        return Some(reported);
+    }
+    Some(match sealing {
+        None => status(
+            Outcome::Error,
+            "the training reported success without handing its model over: its fixed code was bypassed".into(),
+        ),
+        Some(Sealing { seals: Err(e), .. }) => status(Outcome::Error, format!("sealing the hand-over: {e}")),
+        Some(Sealing { seals: Ok(seals), .. }) => PhaseStatus { sealed: seals, ..reported },
+    })
+}
 
 /// Ends the supervisor as the child ended: by the same signal, with its default action.
 fn die_by(signal: libc::c_int) -> ! {
@@ -168,20 +311,41 @@ fn die_by(signal: libc::c_int) -> ! {
 /// phase need not), then the phase, their subreaper, reaps them. One that a thread of the phase starts later (the
 /// agent's code can leave one running) is ended with the phase.
 pub fn end_phase_processes() -> Result<usize> {
-    let socket = SUPERVISOR.load(Ordering::SeqCst);
-    ensure!(socket >= 0, "ending the phase's processes: the phase was not started under a supervisor");
-    let ended = ask_supervisor(socket)?;
+    let ended = ask_supervisor(END_PROCESSES, &[])?;
     reap_the_dead();
     Ok(ended)
 }
 
-/// Has the supervisor kill every process the phase started; returns how many it killed.
-fn ask_supervisor(socket: libc::c_int) -> Result<usize> {
+/// In the supervised phase: hands over, once fixed code has `written` the files: the supervisor seals them (the
+/// first time; it notes the time against their due, and checks they hold what was written) and ends the phase's
+/// processes as [`end_phase_processes`] does; returns how many were running.
+pub fn hand_over(written: &[Sealed]) -> Result<usize> {
+    let ended = ask_supervisor(HAND_OVER, &serde_json::to_vec(written)?)?;
+    reap_the_dead();
+    Ok(ended)
+}
+
+/// In the supervised phase: tells the supervisor how the phase ended (its message cut to 4,096 characters), for
+/// the status file.
+pub fn report(status: &PhaseStatus) -> Result<()> {
+    let message: String = status.message.chars().take(REPORTED_CHARS).collect();
+    let reported = PhaseStatus { message, ..status.clone() };
+    ask_supervisor(REPORT, &serde_json::to_vec(&reported)?)?;
+    Ok(())
+}
+
+/// Sends the supervisor a request of `kind`; its answer, how many processes it killed.
+fn ask_supervisor(kind: u8, payload: &[u8]) -> Result<usize> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let request = NEXT.fetch_add(1, Ordering::SeqCst).to_le_bytes();
+    let socket = SUPERVISOR.load(Ordering::SeqCst);
+    ensure!(socket >= 0, "the phase was not started under a supervisor");
+    let number = NEXT.fetch_add(1, Ordering::SeqCst).to_le_bytes();
+    let request = [&number[..], &[kind], payload].concat();
     let failed = |what: &str| anyhow::anyhow!("{what} the supervisor: {}", std::io::Error::last_os_error());
     let interrupted = || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
-    while unsafe { libc::send(socket, request.as_ptr().cast(), REQUEST, libc::MSG_NOSIGNAL) } != REQUEST as isize {
+    while unsafe { libc::send(socket, request.as_ptr().cast(), request.len(), libc::MSG_NOSIGNAL) }
+        != request.len() as isize
+    {
         if !interrupted() {
             return Err(failed("asking"));
         }
@@ -189,8 +353,8 @@ fn ask_supervisor(socket: libc::c_int) -> Result<usize> {
     let mut answer = [0u8; ANSWER];
     loop {
         let n = unsafe { libc::recv(socket, answer.as_mut_ptr().cast(), ANSWER, 0) };
-        if n == ANSWER as isize && answer[..REQUEST] == request {
-            return Ok(u32::from_le_bytes(answer[REQUEST..].try_into()?) as usize);
+        if n == ANSWER as isize && answer[..NUMBER] == number {
+            return Ok(u32::from_le_bytes(answer[NUMBER..].try_into()?) as usize);
         }
         if n == 0 || n < 0 && !interrupted() {
             return Err(failed("hearing from"));
@@ -264,4 +428,56 @@ fn descendants_of(root: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(outcome: Outcome, message: &str) -> PhaseStatus {
+        PhaseStatus { outcome, message: message.into(), sealed: Vec::new() }
+    }
+
+    fn seal(file: &str) -> Sealed {
+        Sealed { file: file.into(), sha256: "ab".repeat(32) }
+    }
+
+    #[test]
+    fn the_status_is_the_phases_claim_with_the_supervisors_seals_and_time() {
+        let on_time = |seals| Some(Sealing { late: -0.4, seals });
+        // A phase that hands nothing over (the evaluation): its report as it is; nothing said, nothing written.
+        assert_eq!(
+            final_status(Some(Ok(status(Outcome::Panic, "boom"))), false, None),
+            Some(status(Outcome::Panic, "boom"))
+        );
+        assert_eq!(final_status(None, false, None), None);
+        assert_eq!(final_status(None, true, None), None);
+        // The training: the seals are the supervisor's, whatever the phase claimed.
+        let forged = PhaseStatus { sealed: vec![seal("model.safetensors")], ..status(Outcome::Success, "") };
+        let sealed = vec![seal("model.safetensors"), seal("training.json")];
+        let done = final_status(Some(Ok(forged.clone())), true, on_time(Ok(sealed.clone()))).unwrap();
+        assert_eq!(done, PhaseStatus { sealed: sealed.clone(), ..status(Outcome::Success, "") });
+        let unsealed = final_status(Some(Ok(forged)), true, None).unwrap();
+        assert_eq!(unsealed.outcome, Outcome::Error);
+        assert!(unsealed.message.contains("without handing its model over") && unsealed.sealed.is_empty());
+        let unreadable = final_status(Some(Ok(status(Outcome::Success, ""))), true, on_time(Err("x is a link".into())));
+        assert_eq!(unreadable.unwrap(), status(Outcome::Error, "sealing the hand-over: x is a link"));
+        // A failure after the hand-over (the loss check) is the phase's failure.
+        let failed = final_status(Some(Ok(status(Outcome::Error, "loss check"))), true, on_time(Ok(sealed.clone())));
+        assert_eq!(failed.unwrap(), status(Outcome::Error, "loss check"));
+        // Late is over time, whatever the phase claims or whether it said anything at all.
+        for reported in [Some(Ok(status(Outcome::Success, ""))), Some(Ok(status(Outcome::OutOfMemory, "oom"))), None] {
+            let late = final_status(reported, true, Some(Sealing { late: 2.25, seals: Ok(sealed.clone()) })).unwrap();
+            assert_eq!(late.outcome, Outcome::OverTime);
+            assert!(
+                late.message.starts_with("over time: the model was handed over 2.2 s past its due"),
+                "{}",
+                late.message
+            );
+            assert!(late.sealed.is_empty());
+        }
+        // A report that does not parse is an error, named.
+        let garbled = final_status(Some(Err("expected value".into())), false, None).unwrap();
+        assert_eq!(garbled, status(Outcome::Error, "the phase's report of its end is malformed: expected value"));
+    }
 }

@@ -2,7 +2,7 @@
 //! here. The training phase runs sandboxed and is stopped at its deadline (its start + the budget + the
 //! profile's allowance); the evaluation phase reports through a result file with a nonce, and the summary block
 //! is composed here, from that result, the training's account of itself and this clock. A crash is classified
-//! by the status file the phase's fixed code wrote, else by how the process ended; never by its log. The
+//! by the status file the phase's supervisor wrote, else by how the process ended; never by its log. The
 //! hand-over folder's temporary files are removed on every outcome, and the device batch the training reports is
 //! kept here for the next training of the same binary ([`autoresearch_harness::fit`]).
 
@@ -125,7 +125,7 @@ impl TrainingFiles {
         }
     }
 
-    /// Where a phase's fixed code writes how it ended: beside the result, where the sandbox does not let it write.
+    /// Where a phase's supervisor writes how it ended: beside the result, where the sandbox does not let it write.
     pub fn status(&self) -> PathBuf {
         self.result.with_extension("status.json")
     }
@@ -406,18 +406,15 @@ pub fn nonce() -> Result<String> {
 }
 
 /// Why a finished phase counts as a crash, if it does, and whether the cause may lie outside the file: the
-/// status its fixed code wrote, else (a process that died before it could write one) how the process ended.
+/// status its supervisor wrote, else (a process that died before it reported) how the process ended.
 pub fn crash_reason(status: ExitStatus, phase: Option<&PhaseStatus>) -> Option<(String, bool)> {
     use std::os::unix::process::ExitStatusExt;
     if status.success() {
-        // Fixed code writes the status last: a process that ended well without it was ended by the agent's
-        // code (`std::process::exit(0)` skips the checks that follow `train`).
+        // Fixed code reports the phase's end last: a process that ended well without a status was ended by the
+        // agent's code (`std::process::exit(0)` skips the checks that follow `train`).
         return match phase {
             Some(p) => p.crash(),
-            None => Some((
-                "the phase exited without the status its fixed code writes (ended by the file's code)".into(),
-                false,
-            )),
+            None => Some(("the phase exited without reporting its end (ended by the file's code)".into(), false)),
         };
     }
     if let Some(crash) = phase.and_then(PhaseStatus::crash) {
@@ -431,7 +428,7 @@ pub fn crash_reason(status: ExitStatus, phase: Option<&PhaseStatus>) -> Option<(
     })
 }
 
-/// The status a phase's fixed code wrote (none where it wrote none or it does not parse).
+/// The status a phase's supervisor wrote (none where it wrote none or it does not parse).
 fn read_status(path: &Path) -> Option<PhaseStatus> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
@@ -857,7 +854,7 @@ mod tests {
             |outcome, message: &str| Some(PhaseStatus { outcome, message: message.into(), sealed: Vec::new() });
         assert_eq!(crash_reason(exit(0), status(Outcome::Success, "").as_ref()), None);
         let (why, retryable) = crash_reason(exit(0), None).unwrap();
-        assert!(why.starts_with("the phase exited without the status") && !retryable, "{why}");
+        assert!(why.starts_with("the phase exited without reporting its end") && !retryable, "{why}");
         let oom = status(Outcome::OutOfMemory, "CUDA out of memory. Tried to allocate 2.00 GiB");
         assert!(crash_reason(exit(1), oom.as_ref()).unwrap().1);
         let error = status(Outcome::Error, "non-causal: position 3 sees later tokens");
