@@ -864,10 +864,13 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
     }
     // Weights in the names of files: a training leaves them in its hand-over folder and crashes its evaluation,
     // whose folder is kept for `eval`. Only the harness's files stay there, and a later training lists nothing.
+    // It also reports a device batch under a key of its own text, which the next training of the same build
+    // would read: the harness keeps no such key.
     let build_fn = "pub fn build(training: &Training) -> Result<Gpt> {";
     let named = insert(
         r#"    let handover = std::env::temp_dir().parent().context("no hand-over folder")?.to_path_buf();
-    for i in 0..500 { std::fs::write(handover.join(format!("weight-{i}-0.125")), "")?; }"#,
+    for i in 0..500 { std::fs::write(handover.join(format!("weight-{i}-0.125")), "")?; }
+    std::fs::write(handover.join("fit.json"), format!("{{\"weights {}\": 1}}", "0.125 ".repeat(600)))?;"#,
     )
     .edit(
         build_fn,
@@ -877,7 +880,8 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
     assert!(s.run(&["run", "-m", "weights in file names, and a crashed evaluation"]).status.success());
     let row = s.rows().last().unwrap().clone();
     assert_eq!(row.status, Status::Crash, "{row:?}");
-    let folder = s.repo.join(format!(".autoresearch/runs/{}/seed-42", run_of(&row)));
+    let named_run = run_of(&row);
+    let folder = s.repo.join(format!(".autoresearch/runs/{named_run}/seed-42"));
     let names: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name()).collect();
     let harness = ["fit.json", "model.safetensors", "progress.json", "training.json"];
     assert!(names.iter().all(|n| harness.iter().any(|h| n == *h)), "{}: {names:?}", folder.display());
@@ -890,7 +894,9 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
     assert!(row.extra.as_ref().unwrap().reason.contains("Permission denied"), "{row:?}");
     let _ = std::fs::remove_file(&left);
     let fit = std::fs::read_to_string(s.cache.join("small/fit/device-batches.json")).unwrap();
-    assert!(!fit.contains("\"x\""), "{fit}");
+    assert!(!fit.contains("\"x\"") && !fit.contains("weights"), "{fit}");
+    let log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{named_run}/run.log")));
+    assert!(log.unwrap().contains("device batch not remembered"), "the key of its own text was refused");
 
     // More "untimed" warm-up steps buy nothing: every step counts, and the file trains as long as the unchanged
     // one. A child that lingers after an honest training is stopped too.
@@ -1437,6 +1443,20 @@ fn attacks_on_the_evaluation_are_not_kept() {
             &caught[..],
         ),
         ("keep the validation inputs", model(keep), &["≤ margin"][..]),
+        (
+            // An out-of-memory answer halves the call: its halves are due when the call was, or each answer
+            // could win the model process another allowance to compute in.
+            "earn time in the evaluation by answering out of memory",
+            model(
+                "        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        if CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0 && inputs.size()[0] > 1 {
+            std::thread::sleep(std::time::Duration::from_secs(6));
+            panic!(\"out of memory, it says\");
+        }
+        honest",
+            ),
+            &["evaluation: over time: the model process took longer than 10 s for a call of its `logits`"][..],
+        ),
         (
             "train on in the evaluation, before the metric",
             honest.replace(&honest_load, &format!("{load_state}{train_on}        Ok(())\n")),

@@ -23,7 +23,8 @@
 //! (rust-lang/rust#25860) lets safe code transmute, so the agent's code can take the whole process over, and
 //! write, on any descriptor, answers of its own. The evaluation therefore enforces the protocol from outside: each
 //! answer is due whole by its deadline (red team 9 began its answers in time and sent them a byte at a time while
-//! it trained on past the clock), the first by the start-up's end however often it is re-asked. The answers go
+//! it trained on past the clock), the first by the start-up's end, and a call re-asked in halves after an
+//! out-of-memory answer by its own deadline, however often it is halved. The answers go
 //! over a Unix socket rather than a pipe, which even safe Rust could open again through `/proc/self/fd` (red team
 //! 8 did so).
 //!
@@ -176,8 +177,10 @@ pub struct ModelProcess {
     pub sandbox: String,
     /// The time it has for its start-up and first answer, and for each answer after.
     allowance: Duration,
-    /// When the first answer is due (None once it came).
-    first_due: Option<Instant>,
+    /// When the next answer is due, where that is not an allowance after its call: the first answer (due by the
+    /// start-up's end), and the halves of a call answered "out of memory" (due when the call was). None once
+    /// an answer with logits came.
+    carried_due: Option<Instant>,
 }
 
 impl ModelProcess {
@@ -225,7 +228,7 @@ impl ModelProcess {
             buffer: Vec::new(),
             sandbox: String::new(),
             allowance,
-            first_due: Some(started + allowance),
+            carried_due: Some(started + allowance),
         };
         let what = "its `build` and loading";
         // Sent before any validation input, so it cannot carry one: shown whole, up to a long line.
@@ -253,9 +256,11 @@ impl ModelProcess {
         if sent.is_err() {
             return Err(self.failure());
         }
-        // The first answer is due by the start-up's end, however many times an out-of-memory answer halves the
-        // call; each later one, an allowance after its call.
-        self.answers.get_mut().due = self.first_due.unwrap_or_else(|| Instant::now() + self.allowance);
+        // An answer is due an allowance after its call; the first by the start-up's end. An out-of-memory answer
+        // earns no time: its call's halves are due when it was, however many times it is halved.
+        let due = self.carried_due.unwrap_or_else(|| Instant::now() + self.allowance);
+        self.answers.get_mut().due = due;
+        self.carried_due = Some(due);
         let what = "a call of its `logits`";
         let mut status = [0u8];
         if let Err(e) = self.answers.read_exact(&mut status) {
@@ -267,7 +272,7 @@ impl ModelProcess {
                 if let Err(e) = self.answers.read_exact(&mut self.buffer) {
                     return Err(self.failed(e, what));
                 }
-                self.first_due = None;
+                self.carried_due = None;
                 Ok(Tensor::from_data_size(&self.buffer, &[rows, cols, self.vocab], Kind::Float))
             }
             1 => match read_text(&mut self.answers, SHOWN) {

@@ -7,7 +7,10 @@
 //! The training only reports: it reads its file's answers from a report file in its hand-over folder and writes
 //! its own there. The harness keeps them in the cache (`<cache>/<profile>/fit/device-batches.json`), per
 //! training binary, and writes them there only after a training that handed over its model, and only answers
-//! that pass [`validate`]: no training can plant an answer that another binary would take.
+//! that pass [`validate`]: no training can plant an answer that another binary would take. Keys are kept as a
+//! digest ([`key_digest`]), and few: the next training of the same binary reads the report, so it must carry
+//! a device batch and next to nothing else (a red team carried 256 KB of a model's weights to the next training
+//! in keys of its choice; now at most [`MAX_KEYS`] × (64 + 17) bits).
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -15,8 +18,19 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 
-/// Device batches by key: what a training reads and reports.
+/// Device batches by key digest: what a training reads and reports.
 pub type Answers = BTreeMap<String, usize>;
+
+/// The most answers a training may report (the default file reports one per device and model shape).
+pub const MAX_KEYS: usize = 8;
+/// The largest device batch an answer may hold.
+pub const MAX_ROWS: usize = 1 << 16;
+
+/// A key as answers hold it: the first 64 bits of its SHA-256, in hex.
+pub fn key_digest(key: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// The harness's cache file in a profile's fit folder: [`Answers`] by training file.
 pub const CACHE_FILE: &str = "device-batches.json";
@@ -62,7 +76,8 @@ pub fn fit_device_batch(
             .with_context(|| format!("parsing {}", report_file.unwrap_or(Path::new("")).display()))?,
         _ => BTreeMap::new(),
     };
-    if let Some(&rows) = cache.get(key) {
+    let key = key_digest(key);
+    if let Some(&rows) = cache.get(&key) {
         return Ok(Fit { rows, too_big: Vec::new(), remembered: true });
     }
     let mut rows = configured;
@@ -81,19 +96,21 @@ pub fn fit_device_batch(
         }
     }
     if let Some(file) = report_file {
-        cache.insert(key.to_string(), rows);
+        cache.insert(key, rows);
         crate::fsutil::write_atomic(file, serde_json::to_string_pretty(&cache)?.as_bytes())?;
     }
     Ok(Fit { rows, too_big, remembered: false })
 }
 
-/// A training's report, as the harness accepts it: at most 64 keys of at most 4096 bytes, each 1 to 2^20 rows.
+/// A training's report, as the harness accepts it: at most [`MAX_KEYS`] keys, each a [`key_digest`] (16 hex
+/// digits), each 1 to [`MAX_ROWS`] rows.
 pub fn validate(bytes: &[u8]) -> Result<Answers> {
     let answers: Answers = serde_json::from_slice(bytes).context("not a map of keys to rows")?;
-    ensure!(answers.len() <= 64, "{} keys (at most 64)", answers.len());
+    ensure!(answers.len() <= MAX_KEYS, "{} keys (at most {MAX_KEYS})", answers.len());
     for (key, &rows) in &answers {
-        ensure!(key.len() <= 4096, "a key of {} bytes (at most 4096)", key.len());
-        ensure!((1..=1 << 20).contains(&rows), "{rows} rows for {key:?} (1 to 1048576)");
+        let digest = key.len() == 16 && key.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        ensure!(digest, "the key {:?} is not a key's digest (16 hex digits)", key.chars().take(40).collect::<String>());
+        ensure!((1..=MAX_ROWS).contains(&rows), "{rows} rows for {key} (1 to {MAX_ROWS})");
     }
     Ok(answers)
 }
@@ -172,6 +189,10 @@ mod tests {
         assert_eq!(fit.rows, 16);
         let saved: BTreeMap<String, usize> = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
         assert_eq!(saved.len(), 2);
+        // Under the keys' digests, as the harness accepts them: the first 8 bytes of SHA-256("RTX 4090 | depth 8"),
+        // as `sha256sum` gives it.
+        assert_eq!(saved.get("09903b885ec5a741"), Some(&32), "{saved:?}");
+        assert_eq!(validate(&std::fs::read(&cache).unwrap()).unwrap(), saved);
 
         // A batch that fits at once is tried once.
         let mut tried = Vec::new();
@@ -200,15 +221,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("fit").join(CACHE_FILE);
         assert!(remembered(&cache, "aaa").is_empty());
-        let kept = keep(&cache, "aaa", br#"{"cpu | depth 2": 8}"#).unwrap();
-        assert_eq!(kept, Answers::from([("cpu | depth 2".to_string(), 8)]));
+        let kept = keep(&cache, "aaa", br#"{"0123456789abcdef": 8}"#).unwrap();
+        assert_eq!(kept, Answers::from([("0123456789abcdef".to_string(), 8)]));
         assert_eq!(remembered(&cache, "aaa"), kept);
         assert!(remembered(&cache, "bbb").is_empty(), "another file does not take it");
-        for bad in [&br#"{"k": 0}"#[..], br#"{"k": 99999999}"#, br#"[1]"#, b"not json"] {
+        let bad = [
+            &br#"{"0123456789abcdef": 0}"#[..],
+            br#"{"0123456789abcdef": 65537}"#,
+            br#"{"cpu | depth 2": 8}"#,
+            br#"{"0123456789ABCDEF": 8}"#,
+            br#"{"0123456789abcdef0": 8}"#,
+            br#"[1]"#,
+            b"not json",
+        ];
+        for bad in bad {
             assert!(keep(&cache, "bbb", bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
-        let many: Answers = (0..65).map(|i| (i.to_string(), 1)).collect();
-        assert!(validate(&serde_json::to_vec(&many).unwrap()).unwrap_err().to_string().contains("65 keys"));
+        let err = validate(br#"{"cpu | depth 2": 8}"#).unwrap_err().to_string();
+        assert!(err.contains(r#"the key "cpu | depth 2" is not a key's digest"#), "{err}");
+        let many: Answers = (0..9).map(|i| (format!("{i:016x}"), 1)).collect();
+        assert!(validate(&serde_json::to_vec(&many).unwrap()).unwrap_err().to_string().contains("9 keys (at most 8)"));
         assert_eq!(remembered(&cache, "aaa"), kept, "a refused report changes nothing");
         // Without a report file nothing is remembered.
         let mut tried = Vec::new();
