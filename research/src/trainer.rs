@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use autoresearch_harness::handover::{PhaseArgs, DEVICE_ENV, TMP};
 use autoresearch_harness::sandbox::Policy;
+
+use crate::TRAINING_FILE;
 use serde::{Deserialize, Serialize};
 
 /// The repository: the nearest folder upwards from the current one that holds `train/train.rs`.
@@ -210,6 +212,29 @@ impl Trainer {
         self.release_dir().join("autoresearch-train")
     }
 
+    /// Where the binary cargo built says which training file it was built from (written after each build).
+    fn built_from(&self) -> PathBuf {
+        self.release_dir().join("autoresearch-train.built-from")
+    }
+
+    /// Makes cargo build the training file as it is: where its content is not what the binary was built from,
+    /// its modification time is set to now. Cargo judges freshness by modification times alone, so a changed
+    /// file set back to its old time (a red team did so) would otherwise run as the earlier binary while the
+    /// session recorded the new file. Returns what the binary will have been built from: this tree's file,
+    /// by its SHA-256.
+    fn follow_the_training_file(&self) -> Result<String> {
+        let path = self.root.join(TRAINING_FILE);
+        let hash = autoresearch_harness::handover::sha256_of_regular_file(&path)?;
+        let source = format!("{}\n{hash}\n", path.display());
+        if std::fs::read_to_string(self.built_from()).ok().as_deref() != Some(source.as_str()) {
+            let _ = std::fs::remove_file(self.built_from());
+            let file = std::fs::OpenOptions::new().write(true).open(&path);
+            file.and_then(|f| f.set_modified(std::time::SystemTime::now()))
+                .with_context(|| format!("setting {}'s modification time", path.display()))?;
+        }
+        Ok(source)
+    }
+
     /// The binary the phases run.
     pub fn binary(&self) -> PathBuf {
         self.prebuilt.clone().or_else(|| self.installed.clone()).unwrap_or_else(|| self.built())
@@ -282,6 +307,7 @@ impl Trainer {
         // Held from cargo's start until the binary is copied out: a build of another session that shares the
         // target folder cannot replace the binary in between.
         let (_target, waited) = self.lock_target(show)?;
+        let source = self.follow_the_training_file()?;
         let first = !self.built().exists();
         let mut cmd = self.build_command()?;
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -331,6 +357,7 @@ impl Trainer {
         if !status.success() {
             return Ok(Built { output: Err(text), waited });
         }
+        std::fs::write(self.built_from(), &source).context("recording what the binary was built from")?;
         if let Some(to) = &self.installed {
             // Copied only where cargo made a new binary: the copy's identity keys the device batches remembered
             // for it, so a build that changed nothing keeps them.
@@ -434,6 +461,8 @@ mod tests {
     /// exits with `code`.
     fn trainer(dir: &Path, progress: &str, code: i32) -> Trainer {
         std::fs::create_dir_all(dir.join(".libtorch/lib")).unwrap();
+        std::fs::create_dir_all(dir.join("train")).unwrap();
+        std::fs::write(dir.join(TRAINING_FILE), "// the training file\n").unwrap();
         let script = dir.join("cargo.sh");
         std::fs::write(&script, format!("#!/bin/sh\nprintf '{progress}' >&2\necho out\nexit {code}\n")).unwrap();
         use std::os::unix::fs::PermissionsExt;
@@ -506,6 +535,39 @@ mod tests {
         for (t, name) in sessions.iter().zip(["one", "two"]) {
             assert_eq!(std::fs::read_to_string(t.binary()).unwrap(), format!("{name}\n"));
         }
+    }
+
+    #[test]
+    fn a_changed_training_file_is_built_whatever_its_modification_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = trainer(dir.path(), "", 0);
+        // A cargo that says the training file's modification time (seconds), as it would judge freshness by it.
+        std::fs::write(&t.cargo, "#!/bin/sh\nstat -c %Y train/train.rs\n").unwrap();
+        let file = dir.path().join(TRAINING_FILE);
+        let set_back = || {
+            let old = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+            std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_modified(old).unwrap();
+        };
+        set_back();
+        // Nothing says what the binary was built from: built as the file is now.
+        assert_ne!(build(&t).0.unwrap(), "1000000000\n");
+        // The same file, its time set back: cargo may judge by its time, the binary is the file's.
+        set_back();
+        assert_eq!(build(&t).0.unwrap(), "1000000000\n");
+        // Another file set back to the old time, as a red team did: cargo sees a change.
+        std::fs::write(&file, "// another training file\n").unwrap();
+        set_back();
+        assert_ne!(build(&t).0.unwrap(), "1000000000\n");
+        // A failed build records nothing: the next builds the file again.
+        set_back();
+        std::fs::write(&file, "// a third\n").unwrap();
+        set_back();
+        let cargo = std::fs::read_to_string(&t.cargo).unwrap();
+        std::fs::write(&t.cargo, format!("{cargo}exit 101\n")).unwrap();
+        assert!(build(&t).0.is_err());
+        set_back();
+        std::fs::write(&t.cargo, cargo).unwrap();
+        assert_ne!(build(&t).0.unwrap(), "1000000000\n");
     }
 
     #[test]
