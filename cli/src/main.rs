@@ -64,7 +64,8 @@ enum Command {
 /// started is gone, also one that left its process group or session.
 fn sandboxed(policy: &str, command: &[std::ffi::OsString]) -> anyhow::Result<()> {
     let policy = serde_json::from_str(policy).map_err(|e| anyhow::anyhow!("parsing --policy: {e}"))?;
-    autoresearch_harness::supervisor::supervise(Default::default())?;
+    // Its end of the socket closes on exec: the command cannot ask anything of the supervisor.
+    let _supervisor = autoresearch_harness::supervisor::supervise(Default::default())?;
     Err(autoresearch_harness::sandbox::exec_sandboxed(&policy, &command[0], &command[1..]))
 }
 

@@ -1444,13 +1444,18 @@ fn attacks_on_the_evaluation_are_not_kept() {
         ),
         ("keep the validation inputs", model(keep), &["≤ margin"][..]),
         (
-            // An out-of-memory answer halves the call: its halves are due when the call was, or each answer
-            // could win the model process another allowance to compute in.
+            // An out-of-memory answer splits the call: its parts are all due when the call was, or each answer
+            // could win the model process another allowance to compute in. This one answers its second call
+            // "out of memory" late, the first half at once, and takes its time again over the second.
             "earn time in the evaluation by answering out of memory",
             model(
                 "        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        if CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0 && inputs.size()[0] > 1 {
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if call == 1 || call == 3 {
             std::thread::sleep(std::time::Duration::from_secs(6));
+        }
+        if call == 1 {
+            assert!(inputs.size()[0] > 1, \"a call that can be split\");
             panic!(\"out of memory, it says\");
         }
         honest",

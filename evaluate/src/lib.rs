@@ -32,7 +32,7 @@ use autoresearch_harness::device::peak_rss_mb;
 use autoresearch_harness::fit::{is_out_of_memory, panic_message};
 use autoresearch_harness::handover::{
     allowance, check_device, handover_reserve, sealing_due, sealing_time, EvalResult, Outcome, Phase, PhaseArgs,
-    PhaseStatus, Sealed, TrainingReport, TrainingStats, AUDIT, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
+    Sealed, TrainingReport, TrainingStats, AUDIT, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
 };
 use autoresearch_harness::profile::Training;
 use autoresearch_harness::sandbox::Policy;
@@ -76,25 +76,26 @@ pub fn main<M: Trainable>(train: fn(&Training) -> Result<Trained<M>>, build: fn(
     let args = PhaseArgs::parse(std::env::args().skip(1)).unwrap_or_else(|e| fail(e));
     // First of all, before any thread exists (fork copies only the calling thread). The model process needs no
     // supervisor of its own: it is a child of the evaluation, whose supervisor ends what it leaves.
-    if args.phase != Phase::Model {
+    // Kept here, in fixed code's own frame: the agent's code never holds it.
+    let mut supervisor = (args.phase != Phase::Model).then(|| {
         let supervision = supervision(&args).unwrap_or_else(|e| fail(e));
-        supervisor::supervise(supervision).unwrap_or_else(|e| fail(e));
-    }
+        supervisor::supervise(supervision).unwrap_or_else(|e| fail(e))
+    });
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match args.phase {
-        Phase::Train => training_phase(&args, train),
+        Phase::Train => training_phase(&args, train, supervisor.as_mut().expect("supervised")),
         Phase::Evaluate => evaluation_phase(&args, build),
         Phase::Model => model_process::serve(&args, build),
     }));
-    let status = phase_status(result);
+    let (outcome, message) = phase_end(result);
     // The supervisor writes it to the status file, which is outside the sandbox.
-    if args.phase != Phase::Model {
-        if let Err(e) = supervisor::report(&status) {
+    if let Some(supervisor) = supervisor {
+        if let Err(e) = supervisor.report(outcome, &message) {
             fail(e.context("reporting the phase's end to its supervisor"));
         }
     }
-    if status.outcome != Outcome::Success {
-        if status.outcome != Outcome::Panic {
-            eprintln!("error: {}", status.message);
+    if outcome != Outcome::Success {
+        if outcome != Outcome::Panic {
+            eprintln!("error: {message}");
         }
         std::process::exit(1);
     }
@@ -130,9 +131,9 @@ impl std::fmt::Display for OverTime {
 
 impl std::error::Error for OverTime {}
 
-/// How a phase ended, classified by its own error or panic (never by what it printed).
-fn phase_status(result: std::thread::Result<Result<()>>) -> PhaseStatus {
-    let (outcome, message) = match result {
+/// How a phase ended, classified by its own error or panic (never by what it printed), and its message.
+fn phase_end(result: std::thread::Result<Result<()>>) -> (Outcome, String) {
+    match result {
         Ok(Ok(())) => (Outcome::Success, String::new()),
         Ok(Err(e)) if e.downcast_ref::<OverTime>().is_some() => (Outcome::OverTime, format!("{e:#}")),
         Ok(Err(e)) => {
@@ -143,8 +144,7 @@ fn phase_status(result: std::thread::Result<Result<()>>) -> PhaseStatus {
             let message = panic_message(payload.as_ref());
             (if is_out_of_memory(&message) { Outcome::OutOfMemory } else { Outcome::Panic }, message)
         }
-    };
-    PhaseStatus { outcome, message, sealed: Vec::new() }
+    }
 }
 
 /// The instant of a time given in seconds since the Unix epoch.
@@ -160,7 +160,11 @@ fn instant_of(unix_seconds: f64) -> Instant {
 }
 
 /// The training phase: the agent's `train` on the harness's clock, then the hand-over.
-fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Training) -> Result<Trained<M>>) -> Result<()> {
+fn training_phase<M: Trainable>(
+    args: &PhaseArgs,
+    train: fn(&Training) -> Result<Trained<M>>,
+    supervisor: &mut supervisor::Supervisor,
+) -> Result<()> {
     // First of all, before any thread exists: a thread started earlier would stay outside the sandbox.
     println!("{}", args.sandbox.apply()?);
     require_device()?;
@@ -193,7 +197,7 @@ fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Training) -> Result
         .collect();
     let late = -training.seconds_left();
     training.flush_progress();
-    let lingering = supervisor::end_phase_processes()?;
+    let lingering = supervisor.end_phase_processes()?;
     if lingering > 0 {
         println!("{lingering} process(es) the training started were still running when `train` returned: killed");
     }
@@ -224,7 +228,7 @@ fn training_phase<M: Trainable>(args: &PhaseArgs, train: fn(&Training) -> Result
     // The supervisor, outside this process, seals both files once it has checked they hold what was written here
     // (the harness checks them again once every thread and process of the phase is gone), holds the hand-over
     // to its due, and kills what the agent's code started since `train` returned.
-    supervisor::hand_over(&written)?;
+    supervisor.hand_over(&written)?;
     println!("model handed over: {} tensors, {:.2}M parameters", cpu.len(), num_params as f64 / 1e6);
     // On the CPU only: on CUDA (the fused loss against float32 logits under autocast) the check's tolerance and
     // its memory at h100 have not been measured on a GPU yet.

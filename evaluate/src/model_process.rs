@@ -23,8 +23,8 @@
 //! (rust-lang/rust#25860) lets safe code transmute, so the agent's code can take the whole process over, and
 //! write, on any descriptor, answers of its own. The evaluation therefore enforces the protocol from outside: each
 //! answer is due whole by its deadline (red team 9 began its answers in time and sent them a byte at a time while
-//! it trained on past the clock), the first by the start-up's end, and a call re-asked in halves after an
-//! out-of-memory answer by its own deadline, however often it is halved. The answers go
+//! it trained on past the clock), the first by the start-up's end, and the parts of a call split after an
+//! out-of-memory answer all by the call's own deadline, however often it is split. The answers go
 //! over a Unix socket rather than a pipe, which even safe Rust could open again through `/proc/self/fd` (red team
 //! 8 did so).
 //!
@@ -177,10 +177,10 @@ pub struct ModelProcess {
     pub sandbox: String,
     /// The time it has for its start-up and first answer, and for each answer after.
     allowance: Duration,
-    /// When the next answer is due, where that is not an allowance after its call: the first answer (due by the
-    /// start-up's end), and the halves of a call answered "out of memory" (due when the call was). None once
-    /// an answer with logits came.
-    carried_due: Option<Instant>,
+    /// When the next answer is due, where that is not an allowance after its call, and how many rows are still
+    /// owed by then: the first answer's (due by the start-up's end), and the parts of a call answered "out of
+    /// memory" (due when the call was, all of them). None once they came.
+    carried_due: Option<(Instant, i64)>,
 }
 
 impl ModelProcess {
@@ -228,7 +228,7 @@ impl ModelProcess {
             buffer: Vec::new(),
             sandbox: String::new(),
             allowance,
-            carried_due: Some(started + allowance),
+            carried_due: Some((started + allowance, 0)),
         };
         let what = "its `build` and loading";
         // Sent before any validation input, so it cannot carry one: shown whole, up to a long line.
@@ -257,10 +257,9 @@ impl ModelProcess {
             return Err(self.failure());
         }
         // An answer is due an allowance after its call; the first by the start-up's end. An out-of-memory answer
-        // earns no time: its call's halves are due when it was, however many times it is halved.
-        let due = self.carried_due.unwrap_or_else(|| Instant::now() + self.allowance);
+        // earns no time: the parts its call is split into are all due when it was, however often it is split.
+        let (due, owed) = self.carried_due.unwrap_or_else(|| (Instant::now() + self.allowance, 0));
         self.answers.get_mut().due = due;
-        self.carried_due = Some(due);
         let what = "a call of its `logits`";
         let mut status = [0u8];
         if let Err(e) = self.answers.read_exact(&mut status) {
@@ -272,7 +271,7 @@ impl ModelProcess {
                 if let Err(e) = self.answers.read_exact(&mut self.buffer) {
                     return Err(self.failed(e, what));
                 }
-                self.carried_due = None;
+                self.carried_due = Some((due, owed - rows)).filter(|&(_, owed)| owed > 0);
                 Ok(Tensor::from_data_size(&self.buffer, &[rows, cols, self.vocab], Kind::Float))
             }
             1 => match read_text(&mut self.answers, SHOWN) {
@@ -280,7 +279,11 @@ impl ModelProcess {
                 Err(e) => Err(self.failed(e, what)),
             },
             2 => match read_text(&mut self.answers, SHOWN) {
-                Ok(error) => bail!("out of memory in the model process: {error}"),
+                Ok(error) => {
+                    // The call's rows are owed by its due (a part of a call already owed owes nothing more).
+                    self.carried_due = Some((due, owed.max(rows)));
+                    bail!("out of memory in the model process: {error}")
+                }
                 Err(e) => Err(self.failed(e, what)),
             },
             other => bail!("the model process sent a malformed answer (status {other})"),

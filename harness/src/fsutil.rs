@@ -13,6 +13,12 @@ pub fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
     bytes.iter().fold(hash, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
+/// The SHA-256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// `NAME.tmp` beside `path`: where a file is written before it is renamed into place.
 pub fn tmp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().expect("a file path").to_os_string();

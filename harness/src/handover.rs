@@ -135,14 +135,13 @@ pub struct Sealed {
 impl Sealed {
     /// Writes `bytes` to `file` in `folder`; their seal.
     pub fn write(folder: &Path, file: &str, bytes: &[u8]) -> Result<Sealed> {
-        use sha2::Digest;
         let path = folder.join(file);
         std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-        Ok(Sealed { file: file.to_string(), sha256: hex(&sha2::Sha256::digest(bytes)) })
+        Ok(Sealed { file: file.to_string(), sha256: crate::fsutil::sha256_hex(bytes) })
     }
 
-    /// The seal of `file` in `folder` as it is now.
-    pub fn take(folder: &Path, file: &str) -> Result<Sealed> {
+    /// The seal of `file` in `folder`, of what it holds now.
+    pub fn of_file(folder: &Path, file: &str) -> Result<Sealed> {
         Ok(Sealed { file: file.to_string(), sha256: sha256_of_regular_file(&folder.join(file))? })
     }
 }
@@ -395,7 +394,7 @@ mod tests {
         let seal = Sealed::write(dir.path(), "model.safetensors", b"weights").unwrap();
         // The SHA-256 of "weights", as `sha256sum` gives it; the same read back.
         assert_eq!(seal.sha256, "9a129038d9a00aed0cf6a7ea059ca50a813449061ab87848cf1a13eafdf33b2c");
-        assert_eq!(Sealed::take(dir.path(), "model.safetensors").unwrap(), seal);
+        assert_eq!(Sealed::of_file(dir.path(), "model.safetensors").unwrap(), seal);
         let sealed = [seal];
         check_sealed(dir.path(), &sealed, &["model.safetensors"]).unwrap();
         let missing = check_sealed(dir.path(), &sealed, &["model.safetensors", "training.json"]).unwrap_err();
@@ -414,16 +413,16 @@ mod tests {
         std::os::unix::fs::symlink("/dev/zero", dir.path().join("link")).unwrap();
         let fifo = std::ffi::CString::new(dir.path().join("fifo").to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-        let link = Sealed::take(dir.path(), "link").unwrap_err();
+        let link = Sealed::of_file(dir.path(), "link").unwrap_err();
         assert!(format!("{link:#}").contains("not a link"), "{link:#}");
-        let fifo = Sealed::take(dir.path(), "fifo").unwrap_err();
+        let fifo = Sealed::of_file(dir.path(), "fifo").unwrap_err();
         assert!(fifo.to_string().contains("is not a regular file"), "{fifo}");
         let device = sha256_of_regular_file(Path::new("/dev/zero")).unwrap_err();
         assert!(device.to_string().contains("is not a regular file"), "{device}");
         // Read in pieces: a file over the buffer's 1 MiB, as `sha256sum` hashes 3 MiB of zeros.
         std::fs::write(dir.path().join("zeros"), vec![0u8; 3 << 20]).unwrap();
         assert_eq!(
-            Sealed::take(dir.path(), "zeros").unwrap().sha256,
+            Sealed::of_file(dir.path(), "zeros").unwrap().sha256,
             "bbd05cf6097ac9b1f89ea29d2542c1b7b67ee46848393895f5a9e43fa1f621e5"
         );
     }

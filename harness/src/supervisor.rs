@@ -6,28 +6,30 @@
 //! child ends, or the harness asks it to stop (SIGTERM, or SIGINT from a terminal), the parent kills every
 //! descendant, reaps them, writes the phase's status and exits as the child did.
 //!
-//! Meanwhile the child asks, over a socket: when the agent's `train` has returned and fixed code has written the
-//! checkpoint, [`hand_over`]: the parent kills the processes the phase started (it finds them in /proc, which the
-//! sandbox need not show the phase), notes the time against the hand-over's due and seals the files (their
-//! SHA-256); at the end, [`report`]: how the phase ended. The status file is the parent's alone to write: fixed
-//! code in the phase shares its process with the agent's code, which may take the process over (see the README's
-//! "What is not enforced"), so the phase's report is taken as its claim, and the seals and the hand-over's time
-//! as the parent's. The sandbox keeps the phase from signalling the parent (Landlock's signal scope); the child
-//! dies with the parent (parent-death signal), should the parent be killed outright.
+//! Meanwhile fixed code in the child asks, over a socket that only it holds ([`Supervisor`]): when the agent's
+//! `train` has returned, [`Supervisor::end_phase_processes`]: the parent kills the processes the phase started
+//! (it finds them in /proc, which the sandbox need not show the phase); once fixed code has written the
+//! checkpoint, [`Supervisor::hand_over`]: the parent kills them again, seals the files (their SHA-256, which must
+//! be what fixed code wrote) and notes the time against the hand-over's due; at the end,
+//! [`Supervisor::report`]: how the phase ended. The status file is the parent's alone to write: the phase's report
+//! is taken as its claim, and the seals and the hand-over's time as the parent's. (Fixed code in the phase shares
+//! its process with the agent's code, which safe Rust keeps from the socket, but which may take the process over
+//! through a soundness bug of rustc: see the README's "What is not enforced".) The sandbox keeps the phase from
+//! signalling the parent (Landlock's signal scope); the child dies with the parent (parent-death signal), should
+//! the parent be killed outright.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::handover::{Outcome, PhaseStatus, Sealed};
+use serde::{Deserialize, Serialize};
 
 /// The signal that asked the supervisor to stop (0: none yet).
 static STOP: AtomicI32 = AtomicI32::new(0);
-
-/// In the supervised phase: its end of the socket to the supervisor (-1: not supervised).
-static SUPERVISOR: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn ask_to_stop(signal: libc::c_int) {
     STOP.store(signal, Ordering::SeqCst);
@@ -46,10 +48,11 @@ fn become_subreaper() -> Result<()> {
 /// What the supervisor keeps for the harness, beyond ending the phase's processes.
 #[derive(Clone, Debug, Default)]
 pub struct Supervision {
-    /// Where it writes the phase's [`PhaseStatus`] when the phase has ended: what the phase [`report`]ed, with
-    /// the seals of the hand-over (none written where the phase reported nothing and handed nothing over).
+    /// Where it writes the phase's [`PhaseStatus`] when the phase has ended: what the phase reported
+    /// ([`Supervisor::report`]), with the seals of the hand-over (none written where the phase reported nothing
+    /// and handed nothing over late).
     pub status: Option<PathBuf>,
-    /// The files the phase hands over, sealed when it asks ([`hand_over`]).
+    /// The files the phase hands over, sealed when it asks ([`Supervisor::hand_over`]).
     pub hand_over: Option<HandOver>,
 }
 
@@ -58,16 +61,25 @@ pub struct Supervision {
 pub struct HandOver {
     pub folder: PathBuf,
     pub files: Vec<String>,
-    /// Seconds since the Unix epoch: a hand-over asked for later is a crash, `over time`.
+    /// Seconds since the Unix epoch: a hand-over sealed later is a crash, `over time`.
     pub due: f64,
 }
 
-/// Forks. Returns in the child, which runs the phase; the parent supervises it and does not return. Both are
-/// subreapers (the setting is not inherited): the child adopts the orphans of the agent's processes while it
-/// lives, so that fixed code in it can end them when the agent's code returns ([`hand_over`]: the parent kills
-/// them, for the sandboxed child need not see other processes in /proc); the parent adopts whatever is left
-/// should the child die.
-pub fn supervise(supervision: Supervision) -> Result<()> {
+/// The phase's end of the socket to its supervisor, which fixed code keeps to itself: the agent's code, given
+/// none, cannot end the phase's processes, hand over or report in its name. (A supervisor of its own, from a
+/// call of [`supervise`], is one more sandboxed process: it writes nothing the harness reads.)
+#[derive(Debug)]
+pub struct Supervisor {
+    socket: std::os::fd::OwnedFd,
+    next: u64,
+}
+
+/// Forks. Returns in the child, which runs the phase, with its end of the socket to the parent; the parent
+/// supervises it and does not return. Both are subreapers (the setting is not inherited): the child adopts the
+/// orphans of the agent's processes while it lives, so that fixed code in it can end them when the agent's code
+/// returns ([`Supervisor::end_phase_processes`]: the parent kills them, for the sandboxed child need not see
+/// other processes in /proc); the parent adopts whatever is left should the child die.
+pub fn supervise(supervision: Supervision) -> Result<Supervisor> {
     become_subreaper()?;
     let mut socket = [-1; 2];
     // Close-on-exec: a program the phase starts does not hold the phase's end.
@@ -86,8 +98,10 @@ pub fn supervise(supervision: Supervision) -> Result<()> {
                 std::process::exit(1);
             }
             unsafe { libc::close(socket[0]) };
-            SUPERVISOR.store(socket[1], Ordering::SeqCst);
-            become_subreaper()
+            become_subreaper()?;
+            // SAFETY: socketpair made the descriptor, and nothing else owns it.
+            let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(socket[1]) };
+            Ok(Supervisor { socket, next: 0 })
         }
         child => {
             unsafe { libc::close(socket[1]) };
@@ -96,10 +110,10 @@ pub fn supervise(supervision: Supervision) -> Result<()> {
     }
 }
 
-/// A request: its number (8 bytes), its kind (1 byte), and (JSON) for [`HAND_OVER`] the seals of what fixed code
-/// wrote, for [`REPORT`] the status. The answer: the number, then how many processes were killed (4 bytes).
-const NUMBER: usize = 8;
-const ANSWER: usize = NUMBER + 4;
+/// A request: its id (8 bytes), its kind (1 byte), and (JSON) for [`HAND_OVER`] the seals of what fixed code
+/// wrote, for [`REPORT`] a [`Report`]. The answer: the id, then how many processes were killed (4 bytes).
+const REQUEST_ID: usize = 8;
+const ANSWER: usize = REQUEST_ID + 4;
 /// Kill the processes the phase started.
 const END_PROCESSES: u8 = 0;
 /// The same, and seal the hand-over (the first time).
@@ -110,12 +124,19 @@ const REPORT: u8 = 2;
 const MAX_REPORT: usize = 64 << 10;
 const REPORTED_CHARS: usize = 4096;
 
-/// The supervisor's record of a hand-over: how late it was asked for, and the seals (or why there are none).
+/// The supervisor's record of a hand-over: how late it was sealed, and the seals (or why there are none).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sealing {
     /// Seconds past its due (negative: early).
     pub late: f64,
     pub seals: Result<Vec<Sealed>, String>,
+}
+
+/// How the phase says it ended: its claim, which the supervisor writes with what it saw itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub outcome: Outcome,
+    pub message: String,
 }
 
 /// Runs until the child ends or the supervisor is asked to stop; meanwhile answers the child's requests. Then
@@ -146,8 +167,20 @@ fn supervise_child(child: libc::pid_t, socket: libc::c_int, supervision: Supervi
     let mut child_status = None;
     let (mut reported, mut sealing) = (None, None);
     let mut requests = libc::pollfd { fd: socket, events: libc::POLLIN, revents: 0 };
-    let mut request = vec![0u8; NUMBER + 1 + MAX_REPORT + 1];
-    while STOP.load(Ordering::SeqCst) == 0 {
+    let mut request = vec![0u8; REQUEST_ID + 1 + MAX_REPORT + 1];
+    loop {
+        // A signal that came while requests kept the wait from ever blocking is still pending (blocked): taken
+        // here, so that a stream of requests cannot keep the supervisor from stopping.
+        let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::sigpending(&mut pending) };
+        for signal in [libc::SIGTERM, libc::SIGINT] {
+            if unsafe { libc::sigismember(&pending, signal) } == 1 {
+                STOP.store(signal, Ordering::SeqCst);
+            }
+        }
+        if STOP.load(Ordering::SeqCst) != 0 {
+            break;
+        }
         let mut status = 0;
         if unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) } == child {
             child_status = Some(status);
@@ -160,7 +193,6 @@ fn supervise_child(child: libc::pid_t, socket: libc::c_int, supervision: Supervi
             continue;
         }
         let n = unsafe { libc::recv(socket, request.as_mut_ptr().cast(), request.len(), libc::MSG_DONTWAIT) };
-        let asked_at = unix_now();
         if n <= 0 {
             let again = std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN);
             if n == 0 || !again {
@@ -170,28 +202,27 @@ fn supervise_child(child: libc::pid_t, socket: libc::c_int, supervision: Supervi
             continue;
         }
         let request = &request[..n as usize];
-        if request.len() <= NUMBER {
+        if request.len() <= REQUEST_ID {
             continue;
         }
         let mut killed = 0u32;
-        match request[NUMBER] {
+        match request[REQUEST_ID] {
             END_PROCESSES | HAND_OVER => {
                 // The child stays stopped while its processes are found and killed (no thread of it starts
                 // another meanwhile, so the search ends) and while the files are sealed (none of it writes them).
-                unsafe { libc::kill(child, libc::SIGSTOP) };
-                if unsafe { libc::waitpid(child, &mut status, libc::WUNTRACED) } == child && !libc::WIFSTOPPED(status) {
+                if let Err(status) = stop(child) {
                     child_status = Some(status);
                     break;
                 }
                 killed = kill_living_descendants(Some(child)) as u32;
-                if let (HAND_OVER, Some(hand_over), None) = (request[NUMBER], &supervision.hand_over, &sealing) {
-                    sealing = Some(seal(hand_over, asked_at, &request[NUMBER + 1..]));
+                if let (HAND_OVER, Some(hand_over), None) = (request[REQUEST_ID], &supervision.hand_over, &sealing) {
+                    sealing = Some(seal(hand_over, &request[REQUEST_ID + 1..]));
                 }
                 unsafe { libc::kill(child, libc::SIGCONT) };
             }
             REPORT => {
-                reported = Some(serde_json::from_slice::<PhaseStatus>(&request[NUMBER + 1..]).map_err(|e| {
-                    if request.len() > NUMBER + 1 + MAX_REPORT {
+                reported = Some(serde_json::from_slice::<Report>(&request[REQUEST_ID + 1..]).map_err(|e| {
+                    if request.len() > REQUEST_ID + 1 + MAX_REPORT {
                         format!("over {MAX_REPORT} bytes")
                     } else {
                         e.to_string()
@@ -201,8 +232,8 @@ fn supervise_child(child: libc::pid_t, socket: libc::c_int, supervision: Supervi
             _ => continue,
         }
         let mut answer = [0u8; ANSWER];
-        answer[..NUMBER].copy_from_slice(&request[..NUMBER]);
-        answer[NUMBER..].copy_from_slice(&killed.to_le_bytes());
+        answer[..REQUEST_ID].copy_from_slice(&request[..REQUEST_ID]);
+        answer[REQUEST_ID..].copy_from_slice(&killed.to_le_bytes());
         // Never blocks, nor raises SIGPIPE should the child be gone.
         let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
         unsafe { libc::send(socket, answer.as_ptr().cast(), ANSWER, flags) };
@@ -234,14 +265,32 @@ fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
-/// Seals the hand-over's files as they are, asked for at `asked_at` with `written` (JSON): the seals of what the
-/// phase's fixed code wrote, which the files must still hold.
-fn seal(hand_over: &HandOver, asked_at: f64, written: &[u8]) -> Sealing {
+/// Stops the child (SIGSTOP) and waits, up to a second, to see it stopped; its status where it ended meanwhile.
+/// A child that processes of its own keep continuing (SIGCONT) is not waited for longer: what follows goes on
+/// regardless (the search kills them), and counts against a hand-over's due.
+fn stop(child: libc::pid_t) -> std::result::Result<(), libc::c_int> {
+    unsafe { libc::kill(child, libc::SIGSTOP) };
+    let asked = Instant::now();
+    loop {
+        let mut status = 0;
+        match unsafe { libc::waitpid(child, &mut status, libc::WUNTRACED | libc::WNOHANG) } {
+            pid if pid == child => return if libc::WIFSTOPPED(status) { Ok(()) } else { Err(status) },
+            -1 if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => continue,
+            -1 => return Ok(()),
+            _ if asked.elapsed() >= Duration::from_secs(1) => return Ok(()),
+            _ => std::thread::sleep(Duration::from_micros(200)),
+        }
+    }
+}
+
+/// Seals the hand-over's files as they are, fixed code having `written` (JSON) the seals of what it wrote, which
+/// the files must hold; timed when the seals are taken.
+fn seal(hand_over: &HandOver, written: &[u8]) -> Sealing {
     let seals = (|| {
         let written: Vec<Sealed> = serde_json::from_slice(written).context("the hand-over's request is malformed")?;
         let mut seals = Vec::new();
         for file in &hand_over.files {
-            let seal = Sealed::take(&hand_over.folder, file)?;
+            let seal = Sealed::of_file(&hand_over.folder, file)?;
             ensure!(
                 written.contains(&seal),
                 "{file} changed between its writing and its seal (by the file's code, running beside fixed code)"
@@ -250,7 +299,7 @@ fn seal(hand_over: &HandOver, asked_at: f64, written: &[u8]) -> Sealing {
         }
         Ok(seals)
     })();
-    Sealing { late: asked_at - hand_over.due, seals: seals.map_err(|e: anyhow::Error| format!("{e:#}")) }
+    Sealing { late: unix_now() - hand_over.due, seals: seals.map_err(|e: anyhow::Error| format!("{e:#}")) }
 }
 
 /// The phase's status from what it reported (`None`: nothing; `Err`: a report that did not parse) and, where it
@@ -258,7 +307,7 @@ fn seal(hand_over: &HandOver, asked_at: f64, written: &[u8]) -> Sealing {
 /// reports is its own account (its error, its panic, out of memory); the seals and the hand-over's time are the
 /// supervisor's. `None` where there is nothing to say: the harness then goes by the exit status.
 pub fn final_status(
-    reported: Option<Result<PhaseStatus, String>>,
+    reported: Option<Result<Report, String>>,
     hands_over: bool,
     sealing: Option<Sealing>,
 ) -> Option<PhaseStatus> {
@@ -274,12 +323,10 @@ pub fn final_status(
             ));
         }
     }
-    let mut reported = match reported? {
-        Ok(reported) => reported,
+    let reported = match reported? {
+        Ok(Report { outcome, message }) => status(outcome, message),
         Err(e) => return Some(status(Outcome::Error, format!("the phase's report of its end is malformed: {e}"))),
     };
-    // Only the supervisor seals.
-    reported.sealed = Vec::new();
     if !hands_over || reported.outcome != Outcome::Success {
         return Some(reported);
     }
@@ -306,58 +353,58 @@ fn die_by(signal: libc::c_int) -> ! {
     std::process::exit(128 + signal)
 }
 
-/// In the supervised phase: ends every process it started, also one that left its process group or session,
-/// and reaps them; returns how many were running. The supervisor kills them (it reads /proc, which the sandboxed
-/// phase need not), then the phase, their subreaper, reaps them. One that a thread of the phase starts later (the
-/// agent's code can leave one running) is ended with the phase.
-pub fn end_phase_processes() -> Result<usize> {
-    let ended = ask_supervisor(END_PROCESSES, &[])?;
-    reap_the_dead();
-    Ok(ended)
-}
-
-/// In the supervised phase: hands over, once fixed code has `written` the files: the supervisor seals them (the
-/// first time; it notes the time against their due, and checks they hold what was written) and ends the phase's
-/// processes as [`end_phase_processes`] does; returns how many were running.
-pub fn hand_over(written: &[Sealed]) -> Result<usize> {
-    let ended = ask_supervisor(HAND_OVER, &serde_json::to_vec(written)?)?;
-    reap_the_dead();
-    Ok(ended)
-}
-
-/// In the supervised phase: tells the supervisor how the phase ended (its message cut to 4,096 characters), for
-/// the status file.
-pub fn report(status: &PhaseStatus) -> Result<()> {
-    let message: String = status.message.chars().take(REPORTED_CHARS).collect();
-    let reported = PhaseStatus { message, ..status.clone() };
-    ask_supervisor(REPORT, &serde_json::to_vec(&reported)?)?;
-    Ok(())
-}
-
-/// Sends the supervisor a request of `kind`; its answer, how many processes it killed.
-fn ask_supervisor(kind: u8, payload: &[u8]) -> Result<usize> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let socket = SUPERVISOR.load(Ordering::SeqCst);
-    ensure!(socket >= 0, "the phase was not started under a supervisor");
-    let number = NEXT.fetch_add(1, Ordering::SeqCst).to_le_bytes();
-    let request = [&number[..], &[kind], payload].concat();
-    let failed = |what: &str| anyhow::anyhow!("{what} the supervisor: {}", std::io::Error::last_os_error());
-    let interrupted = || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
-    while unsafe { libc::send(socket, request.as_ptr().cast(), request.len(), libc::MSG_NOSIGNAL) }
-        != request.len() as isize
-    {
-        if !interrupted() {
-            return Err(failed("asking"));
-        }
+impl Supervisor {
+    /// Ends every process the phase started, also one that left its process group or session, and reaps them;
+    /// returns how many were running. The supervisor kills them (it reads /proc, which the sandboxed phase need
+    /// not), then the phase, their subreaper, reaps them. One that a thread of the phase starts later (the
+    /// agent's code can leave one running) is ended with the phase.
+    pub fn end_phase_processes(&mut self) -> Result<usize> {
+        let ended = self.ask(END_PROCESSES, &[])?;
+        reap_the_dead();
+        Ok(ended)
     }
-    let mut answer = [0u8; ANSWER];
-    loop {
-        let n = unsafe { libc::recv(socket, answer.as_mut_ptr().cast(), ANSWER, 0) };
-        if n == ANSWER as isize && answer[..NUMBER] == number {
-            return Ok(u32::from_le_bytes(answer[NUMBER..].try_into()?) as usize);
+
+    /// Hands over, once fixed code has `written` the files: the supervisor seals them (the first time, where
+    /// they hold what was written; the time is noted against their due) and ends the phase's processes as
+    /// [`Supervisor::end_phase_processes`] does; returns how many were running.
+    pub fn hand_over(&mut self, written: &[Sealed]) -> Result<usize> {
+        let ended = self.ask(HAND_OVER, &serde_json::to_vec(written)?)?;
+        reap_the_dead();
+        Ok(ended)
+    }
+
+    /// Tells the supervisor how the phase ended (the message cut to 4,096 characters), for the status file.
+    pub fn report(mut self, outcome: Outcome, message: &str) -> Result<()> {
+        let message = message.chars().take(REPORTED_CHARS).collect();
+        self.ask(REPORT, &serde_json::to_vec(&Report { outcome, message })?)?;
+        Ok(())
+    }
+
+    /// Sends the supervisor a request of `kind`; its answer, how many processes it killed.
+    fn ask(&mut self, kind: u8, payload: &[u8]) -> Result<usize> {
+        use std::os::fd::AsRawFd;
+        let socket = self.socket.as_raw_fd();
+        self.next += 1;
+        let id = self.next.to_le_bytes();
+        let request = [&id[..], &[kind], payload].concat();
+        let failed = |what: &str| anyhow::anyhow!("{what} the supervisor: {}", std::io::Error::last_os_error());
+        let interrupted = || std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+        while unsafe { libc::send(socket, request.as_ptr().cast(), request.len(), libc::MSG_NOSIGNAL) }
+            != request.len() as isize
+        {
+            if !interrupted() {
+                return Err(failed("asking"));
+            }
         }
-        if n == 0 || n < 0 && !interrupted() {
-            return Err(failed("hearing from"));
+        let mut answer = [0u8; ANSWER];
+        loop {
+            let n = unsafe { libc::recv(socket, answer.as_mut_ptr().cast(), ANSWER, 0) };
+            if n == ANSWER as isize && answer[..REQUEST_ID] == id {
+                return Ok(u32::from_le_bytes(answer[REQUEST_ID..].try_into()?) as usize);
+            }
+            if n == 0 || n < 0 && !interrupted() {
+                return Err(failed("hearing from"));
+            }
         }
     }
 }
@@ -438,6 +485,10 @@ mod tests {
         PhaseStatus { outcome, message: message.into(), sealed: Vec::new() }
     }
 
+    fn report(outcome: Outcome, message: &str) -> Option<Result<Report, String>> {
+        Some(Ok(Report { outcome, message: message.into() }))
+    }
+
     fn seal(file: &str) -> Sealed {
         Sealed { file: file.into(), sha256: "ab".repeat(32) }
     }
@@ -446,27 +497,25 @@ mod tests {
     fn the_status_is_the_phases_claim_with_the_supervisors_seals_and_time() {
         let on_time = |seals| Some(Sealing { late: -0.4, seals });
         // A phase that hands nothing over (the evaluation): its report as it is; nothing said, nothing written.
-        assert_eq!(
-            final_status(Some(Ok(status(Outcome::Panic, "boom"))), false, None),
-            Some(status(Outcome::Panic, "boom"))
-        );
+        assert_eq!(final_status(report(Outcome::Panic, "boom"), false, None), Some(status(Outcome::Panic, "boom")));
         assert_eq!(final_status(None, false, None), None);
         assert_eq!(final_status(None, true, None), None);
-        // The training: the seals are the supervisor's, whatever the phase claimed.
-        let forged = PhaseStatus { sealed: vec![seal("model.safetensors")], ..status(Outcome::Success, "") };
+        // The training: the seals are the supervisor's.
         let sealed = vec![seal("model.safetensors"), seal("training.json")];
-        let done = final_status(Some(Ok(forged.clone())), true, on_time(Ok(sealed.clone()))).unwrap();
+        let done = final_status(report(Outcome::Success, ""), true, on_time(Ok(sealed.clone()))).unwrap();
         assert_eq!(done, PhaseStatus { sealed: sealed.clone(), ..status(Outcome::Success, "") });
-        let unsealed = final_status(Some(Ok(forged)), true, None).unwrap();
+        let unsealed = final_status(report(Outcome::Success, ""), true, None).unwrap();
         assert_eq!(unsealed.outcome, Outcome::Error);
         assert!(unsealed.message.contains("without handing its model over") && unsealed.sealed.is_empty());
-        let unreadable = final_status(Some(Ok(status(Outcome::Success, ""))), true, on_time(Err("x is a link".into())));
+        let unreadable = final_status(report(Outcome::Success, ""), true, on_time(Err("x is a link".into())));
         assert_eq!(unreadable.unwrap(), status(Outcome::Error, "sealing the hand-over: x is a link"));
-        // A failure after the hand-over (the loss check) is the phase's failure.
-        let failed = final_status(Some(Ok(status(Outcome::Error, "loss check"))), true, on_time(Ok(sealed.clone())));
+        // A failure after the hand-over (the loss check), or before it, is the phase's failure, unsealed.
+        let failed = final_status(report(Outcome::Error, "loss check"), true, on_time(Ok(sealed.clone())));
         assert_eq!(failed.unwrap(), status(Outcome::Error, "loss check"));
+        let oom = final_status(report(Outcome::OutOfMemory, "CUDA out of memory"), true, None);
+        assert_eq!(oom.unwrap(), status(Outcome::OutOfMemory, "CUDA out of memory"));
         // Late is over time, whatever the phase claims or whether it said anything at all.
-        for reported in [Some(Ok(status(Outcome::Success, ""))), Some(Ok(status(Outcome::OutOfMemory, "oom"))), None] {
+        for reported in [report(Outcome::Success, ""), report(Outcome::OutOfMemory, "oom"), None] {
             let late = final_status(reported, true, Some(Sealing { late: 2.25, seals: Ok(sealed.clone()) })).unwrap();
             assert_eq!(late.outcome, Outcome::OverTime);
             assert!(
@@ -476,8 +525,10 @@ mod tests {
             );
             assert!(late.sealed.is_empty());
         }
-        // A report that does not parse is an error, named.
-        let garbled = final_status(Some(Err("expected value".into())), false, None).unwrap();
-        assert_eq!(garbled, status(Outcome::Error, "the phase's report of its end is malformed: expected value"));
+        // A report that does not parse is an error, named, sealed or not.
+        for (hands_over, sealing) in [(false, None), (true, on_time(Ok(sealed.clone())))] {
+            let garbled = final_status(Some(Err("expected value".into())), hands_over, sealing).unwrap();
+            assert_eq!(garbled, status(Outcome::Error, "the phase's report of its end is malformed: expected value"));
+        }
     }
 }

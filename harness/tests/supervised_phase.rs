@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use autoresearch_harness::handover::{check_sealed, Outcome, PhaseStatus, Sealed};
 use autoresearch_harness::sandbox::{Policy, PROGRAM_READS};
-use autoresearch_harness::supervisor::{self, HandOver, Supervision};
+use autoresearch_harness::supervisor::{self, HandOver, Supervision, Supervisor};
 
 const FILE: &str = "model.safetensors";
 
@@ -25,20 +25,21 @@ fn unix_now() -> f64 {
 
 /// Runs `phase` in a forked process under a supervisor whose hand-over of `FILE` in `folder` is due `due_in`
 /// seconds from now; the status the supervisor wrote (None: none), once the phase has ended with exit code 0.
-fn supervised(folder: &Path, due_in: f64, phase: fn(&Path)) -> Option<PhaseStatus> {
+fn supervised(folder: &Path, due_in: f64, phase: fn(&Path, Supervisor)) -> Option<PhaseStatus> {
     let status = folder.join("status.json");
     let _ = std::fs::remove_file(&status);
     match unsafe { libc::fork() } {
         0 => {
             let hand_over = HandOver { folder: folder.into(), files: vec![FILE.into()], due: unix_now() + due_in };
-            supervisor::supervise(Supervision { status: Some(status.clone()), hand_over: Some(hand_over) })
-                .expect("supervising");
+            let supervisor =
+                supervisor::supervise(Supervision { status: Some(status.clone()), hand_over: Some(hand_over) })
+                    .expect("supervising");
             // /dev/null for the children's standard streams, as a training gets it; the folder to hand over in.
             let reads = PROGRAM_READS.iter().chain(&["/dev/null"]).map(Into::into).chain([folder.into()]).collect();
             let write = vec!["/dev/null".into(), folder.into()];
             let policy = Policy { only_read: Some(reads), system_reads: true, write, ..Policy::default() };
             println!("{}", policy.apply().expect("applying the sandbox"));
-            phase(folder);
+            phase(folder, supervisor);
             std::process::exit(0);
         }
         -1 => panic!("fork: {}", std::io::Error::last_os_error()),
@@ -51,13 +52,9 @@ fn supervised(folder: &Path, due_in: f64, phase: fn(&Path)) -> Option<PhaseStatu
     }
 }
 
-fn success() -> PhaseStatus {
-    PhaseStatus { outcome: Outcome::Success, message: String::new(), sealed: Vec::new() }
-}
-
 /// As the training does once `train` has returned: ends its processes, writes, hands over, reports; then the
 /// agent's code left running (a thread, a `Drop`) rewrites the file.
-fn training(folder: &Path) {
+fn training(folder: &Path, mut supervisor: Supervisor) {
     let listing = std::fs::read_dir("/proc").map(drop);
     assert_eq!(listing.unwrap_err().kind(), std::io::ErrorKind::PermissionDenied, "the phase cannot list /proc");
     assert!(std::fs::read("/proc/self/stat").is_ok(), "the phase reads its own /proc folder");
@@ -66,11 +63,11 @@ fn training(folder: &Path) {
     let out = Command::new("sh").args(["-c", "setsid sleep 120 >/dev/null 2>&1 & echo $!"]).output().unwrap();
     let pid: i32 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
     assert!(running(pid), "the orphan runs");
-    let ended = supervisor::end_phase_processes().expect("ending the phase's processes");
+    let ended = supervisor.end_phase_processes().expect("ending the phase's processes");
     assert_eq!(ended, 1, "the orphan was the one process left");
     // Reaped (it was the phase's, as its subreaper): no zombie either.
     assert!(!running(pid), "the orphan is gone");
-    assert_eq!(supervisor::end_phase_processes().unwrap(), 0, "nothing is left");
+    assert_eq!(supervisor.end_phase_processes().unwrap(), 0, "nothing is left");
 
     // Threads that go on starting processes (for 20 s) do not keep the supervisor searching: the phase is
     // stopped meanwhile. What they start later ends with the phase.
@@ -85,32 +82,45 @@ fn training(folder: &Path) {
     std::thread::sleep(Duration::from_millis(200));
     let written = Sealed::write(folder, FILE, b"weights").unwrap();
     let asked = Instant::now();
-    let ended = supervisor::hand_over(&[written]).unwrap();
+    let ended = supervisor.hand_over(&[written]).unwrap();
     assert!(ended >= 1, "{ended}");
     assert!(asked.elapsed() < Duration::from_secs(5), "the search took {:?}", asked.elapsed());
     // A second hand-over seals nothing new: the first seal stands.
     let rewritten = Sealed::write(folder, FILE, b"better weights").unwrap();
-    supervisor::hand_over(std::slice::from_ref(&rewritten)).unwrap();
-    // What the phase claims of the seals is not taken.
-    supervisor::report(&PhaseStatus { sealed: vec![rewritten], ..success() }).unwrap();
+    supervisor.hand_over(std::slice::from_ref(&rewritten)).unwrap();
+    supervisor.report(Outcome::Success, "").unwrap();
 }
 
-fn late(folder: &Path) {
+fn late(folder: &Path, mut supervisor: Supervisor) {
     let written = Sealed::write(folder, FILE, b"weights").unwrap();
-    supervisor::hand_over(&[written]).unwrap();
-    supervisor::report(&success()).unwrap();
+    supervisor.hand_over(&[written]).unwrap();
+    supervisor.report(Outcome::Success, "").unwrap();
+}
+
+/// A process of the phase's keeps continuing it (SIGCONT), so that the supervisor cannot see it stopped: the
+/// hand-over goes on regardless, and the time that took counts against its due.
+fn continued(folder: &Path, mut supervisor: Supervisor) {
+    let mut spinner =
+        Command::new("sh").args(["-c", "while kill -CONT $PPID; do :; done"]).stdin(Stdio::null()).spawn().unwrap();
+    let written = Sealed::write(folder, FILE, b"weights").unwrap();
+    let asked = Instant::now();
+    assert!(supervisor.hand_over(&[written]).unwrap() >= 1, "the process was killed");
+    assert!(asked.elapsed() < Duration::from_secs(5), "the hand-over took {:?}", asked.elapsed());
+    // Killed and reaped already (this process is its subreaper): nothing is left to wait for.
+    let _ = spinner.wait();
+    supervisor.report(Outcome::Success, "").unwrap();
 }
 
 /// The agent's code, running beside fixed code, replaces the file between its writing and its seal.
-fn replaced_before_the_seal(folder: &Path) {
+fn replaced_before_the_seal(folder: &Path, mut supervisor: Supervisor) {
     let written = Sealed::write(folder, FILE, b"weights").unwrap();
     std::fs::write(folder.join(FILE), b"better weights").unwrap();
-    supervisor::hand_over(&[written]).unwrap();
-    supervisor::report(&success()).unwrap();
+    supervisor.hand_over(&[written]).unwrap();
+    supervisor.report(Outcome::Success, "").unwrap();
 }
 
-fn never_hands_over(_: &Path) {
-    supervisor::report(&success()).unwrap();
+fn never_hands_over(_: &Path, supervisor: Supervisor) {
+    supervisor.report(Outcome::Success, "").unwrap();
 }
 
 fn main() {
@@ -129,6 +139,10 @@ fn main() {
     let status = supervised(folder, -1.0, late).expect("a status");
     assert_eq!(status.outcome, Outcome::OverTime, "{status:?}");
     assert!(status.message.contains("past its due"), "{}", status.message);
+
+    // Due 0.5 s from the start: the second the supervisor waits to see the phase stopped makes it late.
+    let status = supervised(folder, 0.5, continued).expect("a status");
+    assert_eq!(status.outcome, Outcome::OverTime, "{status:?}");
 
     let status = supervised(folder, 60.0, replaced_before_the_seal).expect("a status");
     assert_eq!(status.outcome, Outcome::Error, "{status:?}");

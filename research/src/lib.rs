@@ -96,8 +96,10 @@ pub struct RunMeta {
     pub build_wait_seconds: Option<f64>,
 }
 
+/// A training file's identity (its SHA-256): runs of one file share it, and no crafted file can take another's
+/// (its reused result, its built binary).
 pub fn file_hash(bytes: &[u8]) -> String {
-    format!("{:016x}", autoresearch_harness::fsutil::fnv1a(autoresearch_harness::fsutil::FNV_START, bytes))
+    autoresearch_harness::fsutil::sha256_hex(bytes)
 }
 
 pub fn now_utc() -> String {

@@ -212,9 +212,11 @@ impl Trainer {
         self.release_dir().join("autoresearch-train")
     }
 
-    /// Where the binary cargo built says which training file it was built from (written after each build).
+    /// Where the binary cargo built from this tree says which training file it was built from (written after
+    /// each build): one per tree, since sessions may share a target folder, where cargo keeps each tree's build.
     fn built_from(&self) -> PathBuf {
-        self.release_dir().join("autoresearch-train.built-from")
+        let tree = autoresearch_harness::fsutil::sha256_hex(self.root.as_os_str().as_encoded_bytes());
+        self.release_dir().join(format!("autoresearch-train.built-from.{}", &tree[..16]))
     }
 
     /// Makes cargo build the training file as it is: where its content is not what the binary was built from,
@@ -222,13 +224,14 @@ impl Trainer {
     /// file set back to its old time (a red team did so) would otherwise run as the earlier binary while the
     /// session recorded the new file. Returns what the binary will have been built from: this tree's file,
     /// by its SHA-256.
-    fn follow_the_training_file(&self) -> Result<String> {
+    fn touch_a_changed_training_file(&self) -> Result<String> {
         let path = self.root.join(TRAINING_FILE);
         let hash = autoresearch_harness::handover::sha256_of_regular_file(&path)?;
         let source = format!("{}\n{hash}\n", path.display());
         if std::fs::read_to_string(self.built_from()).ok().as_deref() != Some(source.as_str()) {
             let _ = std::fs::remove_file(self.built_from());
-            let file = std::fs::OpenOptions::new().write(true).open(&path);
+            // Read-only will do (a file's owner may set its times): a training file may be read-only.
+            let file = std::fs::File::open(&path);
             file.and_then(|f| f.set_modified(std::time::SystemTime::now()))
                 .with_context(|| format!("setting {}'s modification time", path.display()))?;
         }
@@ -307,7 +310,7 @@ impl Trainer {
         // Held from cargo's start until the binary is copied out: a build of another session that shares the
         // target folder cannot replace the binary in between.
         let (_target, waited) = self.lock_target(show)?;
-        let source = self.follow_the_training_file()?;
+        let source = self.touch_a_changed_training_file()?;
         let first = !self.built().exists();
         let mut cmd = self.build_command()?;
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
