@@ -494,6 +494,24 @@ mod tests {
     }
 
     #[test]
+    fn a_seal_is_timed_when_it_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        // 128 MiB take tens of milliseconds to hash at the least: the due falls while they are read.
+        let bytes = vec![7u8; 128 << 20];
+        let written = Sealed::write(dir.path(), "model.safetensors", &bytes).unwrap();
+        let hand_over =
+            HandOver { folder: dir.path().into(), files: vec!["model.safetensors".into()], due: unix_now() + 0.02 };
+        let sealing = super::seal(&hand_over, &serde_json::to_vec(&[&written]).unwrap());
+        assert_eq!(sealing.seals, Ok(vec![written]));
+        assert!(sealing.late > 0.0, "{sealing:?}");
+        // What fixed code says it wrote is what the files must hold.
+        let other = Sealed { file: "model.safetensors".into(), sha256: "00".repeat(32) };
+        let forged = super::seal(&hand_over, &serde_json::to_vec(&[other]).unwrap()).seals.unwrap_err();
+        assert!(forged.contains("changed between its writing and its seal"), "{forged}");
+        assert!(super::seal(&hand_over, b"not json").seals.unwrap_err().contains("malformed"));
+    }
+
+    #[test]
     fn the_status_is_the_phases_claim_with_the_supervisors_seals_and_time() {
         let on_time = |seals| Some(Sealing { late: -0.4, seals });
         // A phase that hands nothing over (the evaluation): its report as it is; nothing said, nothing written.
