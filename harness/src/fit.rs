@@ -29,7 +29,7 @@ pub const MAX_ROWS: usize = 1 << 16;
 /// A key as answers hold it: the first 64 bits of its SHA-256, in hex.
 pub fn key_digest(key: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(key.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::fsutil::hex(&sha2::Sha256::digest(key.as_bytes())[..8])
 }
 
 /// The harness's cache file in a profile's fit folder: [`Answers`] by training file.

@@ -166,14 +166,10 @@ pub fn sha256_of_regular_file(path: &Path) -> Result<String> {
     loop {
         let n = file.read(&mut buffer).with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
-            return Ok(hex(&hash.finalize()));
+            return Ok(crate::fsutil::hex(&hash.finalize()));
         }
         hash.update(&buffer[..n]);
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// That each of `files` in the hand-over folder `folder` is sealed and still holds what it held then: a thread
