@@ -141,6 +141,31 @@ pub fn wait_or_kill(child: &mut Child, mut stop: impl FnMut() -> bool) -> Result
     }
 }
 
+/// The other processes that have `path` open, as pid and command line, as far as /proc shows this user: who
+/// holds a lock, for the error that refuses it.
+pub fn holders(path: &std::path::Path) -> Vec<(i32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(file) = std::fs::metadata(path) else { return Vec::new() };
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let me = std::process::id() as i32;
+    let mut found = Vec::new();
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        // stat follows the descriptor's link to what it has open (it opens nothing itself).
+        let has_it = |fd: std::fs::DirEntry| {
+            std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == file.dev() && m.ino() == file.ino())
+        };
+        if pid != me && fds.flatten().any(has_it) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let words: Vec<_> =
+                cmdline.split(|&b| b == 0).filter(|w| !w.is_empty()).map(String::from_utf8_lossy).collect();
+            found.push((pid, words.join(" ")));
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

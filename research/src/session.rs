@@ -8,17 +8,18 @@
 //! starts from which.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use crate::files::*;
 use crate::frontier::{choose, Node};
 use crate::git::Git;
+use crate::process::holders;
 use crate::project::{Project, PROJECT_FILE};
 use crate::results;
 use crate::state::{Best, Journal, Settings, State};
@@ -169,16 +170,30 @@ pub fn journals(dir: &Path) -> Vec<(usize, Journal)> {
     autoresearch_report::journal::read_journals(dir)
 }
 
+/// How long a command waits for the session's lock before it refuses: a command killed a moment ago can hold it
+/// a little longer through a child it was starting (between fork and exec the child holds every descriptor).
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
 fn lock(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK_FILE);
     let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    if file.try_lock().is_err() {
-        bail!(
-            "another `autoresearch run`, `loop` or `noise` is working in this repository ({} is locked)",
-            path.display()
-        );
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(TryLockError::WouldBlock) => {
+                let held: Vec<_> =
+                    holders(&path).into_iter().map(|(pid, cmd)| format!("; held by pid {pid}: {cmd}")).collect();
+                bail!(
+                    "another `autoresearch run`, `loop` or `noise` is working in this repository ({} is locked{})",
+                    path.display(),
+                    held.concat()
+                );
+            }
+            Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+        }
     }
-    Ok(file)
 }
 
 impl Session {
@@ -508,5 +523,55 @@ impl RerunTask {
     pub fn finish(self, result: RerunResult) {
         *locked(&self.slot.result) = Some(result);
         self.slot.filled.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Child, Command};
+
+    /// A `sleep seconds` that holds `dir`'s session lock through a descriptor it inherited, as a child that a
+    /// killed command was starting would: this process lets go of its own.
+    fn held_by_a_child(dir: &Path, seconds: &str) -> Child {
+        let file = File::create(dir.join(LOCK_FILE)).unwrap();
+        file.try_lock().unwrap();
+        let fd = file.as_raw_fd();
+        let mut cmd = Command::new("sleep");
+        cmd.arg(seconds);
+        // Close-on-exec cleared in the child's table only (fcntl is async-signal-safe, between fork and exec).
+        unsafe {
+            cmd.pre_exec(move || match libc::fcntl(fd, libc::F_SETFD, 0) {
+                -1 => Err(std::io::Error::last_os_error()),
+                _ => Ok(()),
+            })
+        };
+        cmd.spawn().unwrap()
+    }
+
+    #[test]
+    fn a_held_lock_is_refused_with_who_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = held_by_a_child(dir.path(), "30");
+        let started = Instant::now();
+        let error = format!("{:#}", lock(dir.path()).unwrap_err());
+        assert!(started.elapsed() >= LOCK_WAIT);
+        assert!(error.contains("is working in this repository"), "{error}");
+        assert!(error.contains(&format!("held by pid {}: sleep 30", child.id())), "{error}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        lock(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_lock_let_go_within_the_wait_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = held_by_a_child(dir.path(), "1");
+        let started = Instant::now();
+        let _lock = lock(dir.path()).unwrap();
+        assert!(child.try_wait().unwrap().is_some(), "taken while the child held it");
+        assert!(started.elapsed() < LOCK_WAIT);
     }
 }
