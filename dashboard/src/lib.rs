@@ -63,17 +63,9 @@ impl Drop for Server {
     }
 }
 
-/// A fresh token: 16 random bytes, in hex.
-fn token() -> Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// Starts serving `sessions` on `addr` (port 0: any free port), in threads of its own.
 pub fn serve(sessions: Vec<SessionFolder>, addr: SocketAddr) -> Result<Server> {
-    let token = if addr.ip().is_loopback() { None } else { Some(token()?) };
+    let token = if addr.ip().is_loopback() { None } else { Some(autoresearch_harness::fsutil::nonce()?) };
     let app = Arc::new(App { sessions, token: token.clone() });
     let router = Router::new()
         .route("/", get(page))

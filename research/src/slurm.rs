@@ -39,7 +39,7 @@ impl Backend for Slurm {
     /// Allocates the training's job: its name in the journal first; while the controller does not answer,
     /// tries again.
     fn acquire(&self, worker: &mut Worker, interrupted: &dyn Fn() -> bool, limit: Duration) -> Result<Acquired> {
-        let name = format!("autoresearch-{}", crate::training::nonce()?.get(..12).unwrap_or_default());
+        let name = format!("autoresearch-{}", autoresearch_harness::fsutil::nonce()?.get(..12).unwrap_or_default());
         worker.journal.slurm_jobs.push(name.clone());
         worker.save_journal()?;
         let mut waiting = false;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use autoresearch_harness::device::peak_bf16_flops;
 use autoresearch_harness::fit;
+use autoresearch_harness::fsutil::nonce;
 use autoresearch_harness::handover::{
     allowance, check_sealed, evaluation_limit, EvalResult, Phase, PhaseArgs, PhaseStatus, TrainingStats, AUDIT,
     AUDIT_LIMIT_FACTOR, CHECKPOINT, TMP, TRAINING_STATS,
@@ -395,14 +396,6 @@ pub fn sandboxes(
         }
         .unless_turned_off(),
     }
-}
-
-/// A fresh nonce: 16 random bytes, in hex.
-pub fn nonce() -> Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Why a finished phase counts as a crash, if it does, and whether the cause may lie outside the file: the
