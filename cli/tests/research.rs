@@ -862,6 +862,20 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
         let build_log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/build.log", run_of(&row))));
         assert!(build_log.unwrap().contains("Permission denied"), "{description}: the compiler could not read it");
     }
+    // Nor can the agent paste the kept model's weights into the source (red team 11 kept a file that started from
+    // them): the editable file may grow by a bounded amount, compressed, and the change is refused before it runs.
+    let weights = std::fs::read(&kept_model).unwrap();
+    let tail: String = weights[weights.len().saturating_sub(64 << 10)..].iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&train, insert(&format!("    let _warm = {tail:?}.len();"))).unwrap();
+    let rows = s.rows().len();
+    let out = s.run(&["run", "-m", "paste the best checkpoint's weights into the source"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("refused: the editable files (`train/train.rs`) hold "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Weights pasted into the source"), "{stderr}");
+    assert_eq!(s.rows().len(), rows, "nothing ran");
     // Weights in the names of files: a training leaves them in its hand-over folder and crashes its evaluation,
     // whose folder is kept for `eval`. Only the harness's files stay there, and a later training lists nothing.
     // It also reports a device batch under a key of its own text, which the next training of the same build

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::experiment::{build, check, describe, refusal_message, run_experiment, train_rerun};
+use crate::experiment::{build, check, describe, run_experiment, train_rerun};
 use crate::experiment::{Check, ExperimentOptions};
 use crate::metric::Goal;
 use crate::process::{wait_or_kill, Role};
@@ -163,7 +163,7 @@ fn ready_to_run(
     let mut fixes = 0;
     loop {
         match check(worker)? {
-            Check::Refused(files) => return Ok(Err(refusal_message(worker, &files))),
+            Check::Refused(why) => return Ok(Err(why)),
             Check::Unchanged => {
                 let editable = worker.session.project.editable.describe();
                 return Ok(Err(format!("you did not change {editable}; nothing was run")));

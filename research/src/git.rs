@@ -37,11 +37,16 @@ impl Git {
 
     /// Runs git; its stdout, or an error with its stderr.
     pub fn exec(&self, args: &[&str]) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.exec_bytes(args)?).into_owned())
+    }
+
+    /// Runs git; its stdout as bytes, or an error with its stderr.
+    pub fn exec_bytes(&self, args: &[&str]) -> Result<Vec<u8>> {
         let out = self.command(args).output().context("running git")?;
         if !out.status.success() {
             bail!("git {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(out.stdout)
     }
 
     pub fn ok(&self, args: &[&str]) -> Result<bool> {

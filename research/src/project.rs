@@ -29,7 +29,14 @@ pub struct Project {
     pub program: PathBuf,
     /// A project's commands; None for the built-in GPT.
     pub commands: Option<Commands>,
+    /// How many bytes the editable files, compressed, may grow by over the session's start ([`growth_refusal`]).
+    pub growth_limit: u64,
 }
+
+/// How many bytes the editable files, compressed, may grow by over the session's start where the project says
+/// nothing (`editable_growth_kib`): room for a long rewrite in code (16 KiB of deflate is some 50 KiB of Rust or
+/// Python), none for a model's weights pasted into the source, which would carry training from outside the budget.
+pub const DEFAULT_GROWTH_LIMIT: u64 = 16 << 10;
 
 /// A project's commands, each run by `sh -c` in the project's folder (a worker's worktree of it).
 #[derive(Clone, Debug)]
@@ -98,6 +105,27 @@ impl Editable {
     }
 }
 
+/// Why the editable files of `now` cannot run, where they hold more than `project` allows: compressed (deflate),
+/// more than its [`Project::growth_limit`] over what they were at the session's start (`base`, in `git`). What
+/// the files hold bounds what an agent could paste into them: weights it trained outside the budget, or those of
+/// a kept run's checkpoint (red team 11 kept a file that started from them).
+pub fn growth_refusal(project: &Project, git: &Git, base: &str, now: &Snapshot) -> Result<Option<String>> {
+    let before = Snapshot::at_commit(&project.editable, git, base)?.compressed_size();
+    let after = now.compressed_size();
+    if after <= before + project.growth_limit {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "refused: the editable files ({}) hold {after} bytes compressed (deflate), {before} at the session's start ({}): they may grow by \
+         {} at most. Weights pasted into the source would carry training from outside the budget; write the change \
+         as code{}",
+        project.editable.describe(),
+        &base[..7.min(base.len())],
+        project.growth_limit,
+        if project.commands.is_some() { " (the project's `editable_growth_kib` sets the limit)" } else { "" }
+    )))
+}
+
 /// One editable file: its path in the tree, its content and its permission bits.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EditedFile {
@@ -126,6 +154,27 @@ fn write_with_mode(path: &Path, content: &[u8], mode: u32) -> Result<()> {
 }
 
 impl Snapshot {
+    /// The editable files as the commit `commit` holds them.
+    pub fn at_commit(editable: &Editable, git: &Git, commit: &str) -> Result<Snapshot> {
+        let listed = git.exec(&["ls-tree", "-r", "-z", "--name-only", commit])?;
+        let mut files = Vec::new();
+        for path in listed.split('\0').filter(|p| !p.is_empty() && editable.matches(p)) {
+            let content = git.exec_bytes(&["cat-file", "blob", &format!("{commit}:{path}")])?;
+            files.push(EditedFile { path: path.to_string(), content, mode: 0o644 });
+        }
+        Ok(Snapshot(files))
+    }
+
+    /// The files' paths and contents compressed with deflate, in bytes: about what they hold.
+    pub fn compressed_size(&self) -> u64 {
+        use std::io::Write;
+        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        for f in &self.0 {
+            encoder.write_all(f.path.as_bytes()).and_then(|_| encoder.write_all(&f.content)).expect("into memory");
+        }
+        encoder.finish().expect("into memory").len() as u64
+    }
+
     pub fn take(editable: &Editable, git: &Git) -> Result<Snapshot> {
         let mut files = Vec::new();
         for path in editable.files(git)? {
@@ -238,6 +287,7 @@ impl Project {
             metric: Metric::default(),
             program: PathBuf::from("program.md"),
             commands: None,
+            growth_limit: DEFAULT_GROWTH_LIMIT,
         }
     }
 
@@ -344,6 +394,7 @@ pub fn read_metric(output: &str, name: &str, source: &str) -> std::result::Resul
 #[serde(deny_unknown_fields)]
 struct ProjectFile {
     editable: Vec<String>,
+    editable_growth_kib: Option<u64>,
     program: Option<String>,
     setup: Option<StepFile>,
     train: TrainFile,
@@ -526,6 +577,7 @@ impl ProjectFile {
                 writable,
                 git_dir,
             }),
+            growth_limit: self.editable_growth_kib.map_or(DEFAULT_GROWTH_LIMIT, |kib| kib.saturating_mul(1024)),
         })
     }
 }
@@ -542,6 +594,9 @@ pub const TEMPLATE: &str = r#"# autoresearch.toml: what `autoresearch` researche
 
 # The files the agent may change (globs: `*` within a folder, `**` across folders). Any other change is refused.
 editable = ["train.py"]
+# Optional: how many KiB the editable files, compressed (deflate), may grow by over the session's start; a change
+# past it is refused (weights pasted into the source would carry training from outside the budget).
+# editable_growth_kib = 16
 
 # The agent's instructions (`autoresearch loop` builds its prompt from them).
 program = "program.md"
@@ -665,6 +720,41 @@ held_out = ["data/val.txt"]
         let dir = repo(&[("train.py", ""), ("program.md", "")]);
         let t = Project::parse(TEMPLATE, dir.path()).unwrap();
         assert_eq!(t.metric.name, "val_loss");
+    }
+
+    #[test]
+    fn editable_files_may_grow_by_code_but_not_by_weights() {
+        // The built-in's training file at the session's start; a file of pseudo-random bytes stands for weights.
+        let code = "fn step(x: f64) -> f64 {\n    let y = x * 0.5 + 1.0;\n    y.tanh()\n}\n";
+        let dir = repo(&[(TRAINING_FILE, &code.repeat(200))]);
+        let git = Git::new(dir.path());
+        git.exec(&["-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "--quiet", "-m", "base"]).unwrap();
+        let base = git.head().unwrap();
+        let project = Project::builtin();
+        let with = |extra: &str| {
+            std::fs::write(dir.path().join(TRAINING_FILE), format!("{}{extra}", code.repeat(200))).unwrap();
+            growth_refusal(&project, &git, &base, &Snapshot::take(&project.editable, &git).unwrap()).unwrap()
+        };
+        // 60 KiB more of code (distinct lines, as a long rewrite has): it compresses far below the limit.
+        let more_code: String = (0..1200).map(|i| format!("    let w{i} = step(w{} * {i}.0);\n", i / 2)).collect();
+        assert!(more_code.len() > 40 << 10);
+        assert_eq!(with(&more_code), None);
+        // 32 KiB of weights in hex: 8 bytes of a linear congruential generator each.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let weights: String = (0..4096)
+            .map(|_| {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                format!("{state:016x}")
+            })
+            .collect();
+        let why = with(&format!("const WARM: &str = \"{weights}\";\n")).expect("refused");
+        assert!(why.starts_with("refused: the editable files (`train/train.rs`) hold "), "{why}");
+        assert!(why.contains(&format!("may grow by {DEFAULT_GROWTH_LIMIT} at most")), "{why}");
+        // A project sets its own limit.
+        let dir = repo(&[("train.py", ""), ("lib/a.py", ""), ("data/val.txt", "x"), ("program.md", "")]);
+        let p = Project::parse(&format!("editable_growth_kib = 64\n{GOOD}"), dir.path()).unwrap();
+        assert_eq!(p.growth_limit, 64 << 10);
+        assert_eq!(Project::parse(GOOD, dir.path()).unwrap().growth_limit, DEFAULT_GROWTH_LIMIT);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The check step: the tree may differ from the best commit in the editable files alone (the built-in's training
-//! file, or a project's `editable`); editable files identical to an earlier run's reuse that result (or, after a
-//! crash that may not be the files' fault, are run once more).
+//! file, or a project's `editable`), which may not hold much more than at the session's start; editable files
+//! identical to an earlier run's reuse that result (or, after a crash that may not be the files' fault, are run
+//! once more).
 
 use std::time::Instant;
 
@@ -8,13 +9,15 @@ use anyhow::Result;
 
 use super::record::extra;
 use super::{ExperimentOptions, Outcome};
+use crate::project::{growth_refusal, Snapshot};
 use crate::results::{self, Row, Status};
 use crate::{now_utc, RunMeta, Worker};
 
 /// What the current tree holds, before an experiment.
 pub enum Check {
-    /// Files other than the training file differ from the best commit (or are new).
-    Refused(Vec<String>),
+    /// Files other than the editable ones differ from the best commit (or are new), or the editable files grew
+    /// past the project's limit: why.
+    Refused(String),
     /// The training file equals the best commit's and there is a result already.
     Unchanged,
     Ready,
@@ -23,15 +26,20 @@ pub enum Check {
 pub fn check(worker: &Worker) -> Result<Check> {
     let (editable, forbidden) = worker.changes()?;
     if !forbidden.is_empty() {
-        return Ok(Check::Refused(forbidden));
+        return Ok(Check::Refused(refusal_message(worker, &forbidden)));
     }
     if worker.journal.best.is_some() && editable.is_empty() {
         return Ok(Check::Unchanged);
     }
+    let project = &worker.session.project;
+    let now = Snapshot::take(&project.editable, &worker.git)?;
+    if let Some(why) = growth_refusal(project, &worker.git, &worker.session.settings.base, &now)? {
+        return Ok(Check::Refused(why));
+    }
     Ok(Check::Ready)
 }
 
-pub fn refusal_message(worker: &Worker, files: &[String]) -> String {
+fn refusal_message(worker: &Worker, files: &[String]) -> String {
     format!(
         "refused: only {} may change, but these differ from the best commit: {} \
          (the harness is fixed; undo those changes, e.g. `git checkout -- FILE`, and move new files away)",

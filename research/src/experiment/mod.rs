@@ -31,7 +31,7 @@ use crate::training::{tail, Crash, TAIL_LINES};
 use crate::{now_utc, Interrupts, RunMeta, Worker};
 
 pub use build::build;
-pub use check::{check, refusal_message, Check};
+pub use check::{check, Check};
 pub use reevaluate::evaluate_run;
 pub use remeasure::remeasure_if_needed;
 pub use train::{train, train_rerun};
@@ -146,7 +146,7 @@ pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentO
     let started = Instant::now();
     // Check.
     match check(worker)? {
-        Check::Refused(files) => bail!(refusal_message(worker, &files)),
+        Check::Refused(why) => bail!(why),
         Check::Unchanged => {
             bail!("{} are the same as in the best commit: nothing to run", worker.session.project.editable.describe())
         }
