@@ -821,6 +821,28 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
             "Permission denied",
             false,
         ),
+        (
+            // Through perl's `syscall` (the file may not be `unsafe`), as red team 11 did: the next training would
+            // read the weights back.
+            "keep weights in the user's keyring",
+            insert(&format!(
+                r#"    let out = std::process::Command::new("perl").args(["-e", "syscall({}, my $t = 'user', my $d = 'weights', my $p = '0.125', 5, -4) == -1 and die \"add_key: $!\\n\""]).output()?;
+    ensure!(out.status.success(), "{{}}", String::from_utf8_lossy(&out.stderr));"#,
+                libc::SYS_add_key
+            )),
+            "add_key: Permission denied",
+            false,
+        ),
+        (
+            // Root could otherwise take the CPU from every other process (and from the other workers' trainings).
+            "raise its own priority",
+            insert(
+                r#"    let out = std::process::Command::new("renice").args(["-n", "-20", "-p", &std::process::id().to_string()]).output()?;
+    ensure!(out.status.success(), "renice: {}", String::from_utf8_lossy(&out.stderr));"#,
+            ),
+            "Permission denied",
+            false,
+        ),
     ];
     for (description, file, reason, retryable) in crashes {
         assert_ne!(file, capped, "{description}: the edit applies");

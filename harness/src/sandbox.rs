@@ -53,6 +53,14 @@ pub struct Policy {
     /// fail): Landlock governs none of them, so a process could leave a message in any file it can name, for a
     /// later one to read with `stat`. A seccomp filter; set on the CPU, with `unix_sockets_only`.
     pub keep_metadata: bool,
+    /// No kernel object that outlives the process but files: keyrings (`add_key`, `keyctl`: a red team carried a
+    /// model's weights from one training to the next in the user's keyring), System V shared memory, message
+    /// queues and semaphores, POSIX message queues and BPF calls fail. A seccomp filter; set on the CPU.
+    pub no_kernel_objects: bool,
+    /// No capability, root's included: a process running as root could otherwise set the clock's rate
+    /// (`adjtimex`), its own priority above others' (`renice -20`, as a red team did) or the hostname. Set on the
+    /// CPU.
+    pub no_capabilities: bool,
     /// With `only_read`: it reads the [`system_reads`] too, found where the policy is applied.
     pub system_reads: bool,
     /// No sandbox at all: the user turned it off (`AUTORESEARCH_SANDBOX=off`).
@@ -184,8 +192,11 @@ impl Policy {
         if self.off {
             return Ok("sandbox: off (AUTORESEARCH_SANDBOX=off): the agent's code runs unconfined".into());
         }
-        if self.unix_sockets_only || self.keep_metadata {
-            refuse_calls(self.unix_sockets_only, self.keep_metadata)?;
+        if self.no_capabilities {
+            drop_capabilities()?;
+        }
+        if self.unix_sockets_only || self.keep_metadata || self.no_kernel_objects {
+            refuse_calls(self.unix_sockets_only, self.keep_metadata, self.no_kernel_objects)?;
         }
         let read = AccessFs::from_read(ABI_USED);
         let write = AccessFs::from_write(ABI_USED);
@@ -291,6 +302,12 @@ impl Policy {
         if self.keep_metadata {
             what += ", no file's permissions, owner, times or attributes changed";
         }
+        if self.no_kernel_objects {
+            what += ", no keyrings, System V IPC, message queues or BPF";
+        }
+        if self.no_capabilities {
+            what += ", no capabilities";
+        }
         what += if abi >= ABI::V6 {
             ", no signals or abstract sockets out of the sandbox"
         } else {
@@ -361,9 +378,83 @@ fn metadata_calls() -> Vec<i64> {
     calls
 }
 
+/// The calls that make or reach kernel objects which outlive a process without being files: keyrings, System V
+/// IPC, POSIX message queues, BPF maps and programs.
+fn kernel_object_calls() -> Vec<i64> {
+    vec![
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_keyctl,
+        libc::SYS_shmget,
+        libc::SYS_shmat,
+        libc::SYS_shmctl,
+        libc::SYS_shmdt,
+        libc::SYS_msgget,
+        libc::SYS_msgsnd,
+        libc::SYS_msgrcv,
+        libc::SYS_msgctl,
+        libc::SYS_semget,
+        libc::SYS_semop,
+        libc::SYS_semtimedop,
+        libc::SYS_semctl,
+        libc::SYS_mq_open,
+        libc::SYS_mq_unlink,
+        libc::SYS_mq_timedsend,
+        libc::SYS_mq_timedreceive,
+        libc::SYS_mq_notify,
+        libc::SYS_mq_getsetattr,
+        libc::SYS_bpf,
+    ]
+}
+
+/// Drops every capability of this thread and of what it starts from now on: the bounding set (where this thread
+/// may, as root may), the ambient set, then the effective, permitted and inheritable sets. A program it runs
+/// gains none back, as root neither (the bounding set is empty, and no_new_privs, which Landlock sets, keeps an
+/// `exec` from adding any).
+fn drop_capabilities() -> Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let error = || std::io::Error::last_os_error();
+    // SAFETY: prctl and capset with plain arguments and structures of the kernel's layout; they change only this
+    // thread's capabilities.
+    unsafe {
+        // Up to the last capability this kernel knows (it answers EINVAL past it); a thread without CAP_SETPCAP
+        // (not root) may drop none (EPERM), and has none to drop.
+        for cap in 0..64 {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EINVAL) | Some(libc::EPERM) => break,
+                    _ => anyhow::bail!("sandbox: dropping capability {cap} from the bounding set: {}", error()),
+                }
+            }
+        }
+        if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) != 0 {
+            anyhow::bail!("sandbox: clearing the ambient capabilities: {}", error());
+        }
+        let header = Header { version: VERSION_3, pid: 0 };
+        let none = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
+        if libc::syscall(libc::SYS_capset, &header, none.as_ptr()) != 0 {
+            anyhow::bail!("sandbox: dropping the capabilities: {}", error());
+        }
+    }
+    Ok(())
+}
+
 /// Makes calls fail (EACCES) in this thread and what it starts from now on: with `unix_only`, `socket` for every
-/// family but Unix sockets and `io_uring_setup` for everything; with `metadata`, the [`metadata_calls`].
-fn refuse_calls(unix_only: bool, metadata: bool) -> Result<()> {
+/// family but Unix sockets and `io_uring_setup` for everything; with `metadata`, the [`metadata_calls`]; with
+/// `kernel_objects`, the [`kernel_object_calls`].
+fn refuse_calls(unix_only: bool, metadata: bool, kernel_objects: bool) -> Result<()> {
     use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
     let mut rules = std::collections::BTreeMap::new();
     if unix_only {
@@ -373,6 +464,9 @@ fn refuse_calls(unix_only: bool, metadata: bool) -> Result<()> {
     }
     if metadata {
         rules.extend(metadata_calls().into_iter().map(|call| (call, Vec::new())));
+    }
+    if kernel_objects {
+        rules.extend(kernel_object_calls().into_iter().map(|call| (call, Vec::new())));
     }
     let arch = std::env::consts::ARCH.try_into().context("sandbox: seccomp on this architecture")?;
     let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EACCES as u32), arch)?;
@@ -529,6 +623,8 @@ mod tests {
             write: vec![own.clone(), PathBuf::from("/dev/null")],
             unix_sockets_only: true,
             keep_metadata: true,
+            no_kernel_objects: true,
+            no_capabilities: true,
             ..Policy::default()
         };
         let (own2, session2) = (own.clone(), session.clone());
@@ -556,8 +652,29 @@ mod tests {
             let pair = std::os::unix::net::UnixStream::pair();
             assert!(pair.is_ok(), "Unix sockets between its own processes stay");
             assert!(std::os::unix::net::UnixDatagram::unbound().is_ok());
+            // No kernel object that would outlive it: a key in the user's keyring, System V shared memory, a
+            // POSIX message queue.
+            let refused = |result: libc::c_long| (result, std::io::Error::last_os_error().raw_os_error());
+            let (kind, name, key) = (c"user", c"autoresearch-sandbox-test", b"weights");
+            let keyring = unsafe {
+                libc::syscall(libc::SYS_add_key, kind.as_ptr(), name.as_ptr(), key.as_ptr(), key.len(), -4i32)
+            };
+            assert_eq!(refused(keyring), (-1, Some(libc::EACCES)), "no key in the user's keyring");
+            let shm = unsafe { libc::shmget(0x5eed, 4096, libc::IPC_CREAT | 0o600) };
+            assert_eq!(refused(shm as libc::c_long), (-1, Some(libc::EACCES)), "no System V shared memory");
+            let queue = c"/autoresearch-sandbox-test";
+            let mq =
+                unsafe { libc::syscall(libc::SYS_mq_open, queue.as_ptr(), libc::O_CREAT | libc::O_RDWR, 0o600, 0) };
+            assert_eq!(refused(mq), (-1, Some(libc::EACCES)), "no POSIX message queue");
+            // No capability, as root neither: no priority above others'.
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            for set in ["CapEff", "CapPrm", "CapAmb"] {
+                assert!(status.contains(&format!("{set}:\t0000000000000000")), "{set}: {status}");
+            }
+            assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -5) }, -1, "no priority above others'");
         });
         assert!(line.contains("network closed") && line.contains("no sockets but Unix ones"), "{line}");
+        assert!(line.contains("no keyrings, System V IPC") && line.contains("no capabilities"), "{line}");
         assert!(line.contains("no signals") && line.contains("no file's permissions, owner, times"), "{line}");
         assert!(std::fs::read_dir(&session).is_ok(), "other threads are not restricted");
         assert!(std::net::UdpSocket::bind("127.0.0.1:0").is_ok(), "nor is their network");

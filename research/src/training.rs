@@ -383,6 +383,8 @@ pub fn sandboxes(
             write: training_writes,
             unix_sockets_only: !cuda,
             keep_metadata: !cuda,
+            no_kernel_objects: !cuda,
+            no_capabilities: !cuda,
             ..Policy::default()
         }
         .unless_turned_off(),
@@ -392,6 +394,8 @@ pub fn sandboxes(
             write: evaluation_writes,
             unix_sockets_only: !cuda,
             keep_metadata: !cuda,
+            no_kernel_objects: !cuda,
+            no_capabilities: !cuda,
             ..Policy::default()
         }
         .unless_turned_off(),
@@ -912,6 +916,8 @@ mod tests {
         assert!(!cpu.training.allow_network && !cpu.evaluation.allow_network);
         assert!(cpu.training.unix_sockets_only && cpu.evaluation.unix_sockets_only, "UDP closed too");
         assert!(cpu.training.keep_metadata && cpu.evaluation.keep_metadata, "no message in a file's metadata");
+        assert!(cpu.training.no_kernel_objects && cpu.evaluation.no_kernel_objects, "nor in the user's keyring");
+        assert!(cpu.training.no_capabilities && cpu.evaluation.no_capabilities, "no root's privileges");
         // CUDA keeps the policy measured on an H200.
         let cuda = sandboxes(&prepared, &cache, &repo, true, &files, &binary);
         for p in ["/dev", "/proc", "/sys"] {
