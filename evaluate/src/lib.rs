@@ -25,14 +25,14 @@ pub use autoresearch_harness::supervisor;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use autoresearch_harness::device::peak_rss_mb;
 use autoresearch_harness::fit::{is_out_of_memory, panic_message};
 use autoresearch_harness::handover::{
-    allowance, check_device, handover_reserve, sealing_due, sealing_time, EvalResult, Outcome, Phase, PhaseArgs,
-    Sealed, TrainingReport, TrainingStats, AUDIT, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
+    allowance, check_device, handover_reserve, instant_of, sealing_due, sealing_time, EvalResult, Outcome, Phase,
+    PhaseArgs, Sealed, TrainingReport, TrainingStats, AUDIT, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
 };
 use autoresearch_harness::profile::Training;
 use autoresearch_harness::sandbox::Policy;
@@ -110,7 +110,7 @@ fn supervision(args: &PhaseArgs) -> Result<supervisor::Supervision> {
         Some(supervisor::HandOver {
             folder: args.handover.clone(),
             files: vec![CHECKPOINT.to_string(), TRAINING_STATS.to_string()],
-            due: sealing_due(deadline, &profile),
+            due: instant_of(sealing_due(deadline, &profile)),
         })
     } else {
         None
@@ -144,18 +144,6 @@ fn phase_end(result: std::thread::Result<Result<()>>) -> (Outcome, String) {
             let message = panic_message(payload.as_ref());
             (if is_out_of_memory(&message) { Outcome::OutOfMemory } else { Outcome::Panic }, message)
         }
-    }
-}
-
-/// The instant of a time given in seconds since the Unix epoch.
-fn instant_of(unix_seconds: f64) -> Instant {
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-    let ahead = unix_seconds - now;
-    let (now, delta) = (Instant::now(), Duration::from_secs_f64(ahead.abs().min(1e9)));
-    if ahead >= 0.0 {
-        now + delta
-    } else {
-        now.checked_sub(delta).unwrap_or(now)
     }
 }
 

@@ -24,6 +24,7 @@
 //! from these and its own clock.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -103,6 +104,20 @@ pub fn sealing_time(profile: &str) -> f64 {
     match profile {
         "h100" => 5.0,
         _ => 1.5,
+    }
+}
+
+/// The instant of a time given in seconds since the Unix epoch. A deadline crosses processes (and, under Slurm,
+/// machines) as wall-clock time; each process converts it to its monotonic clock once, at its start, so that a
+/// step of the wall clock later on (NTP, a resumed virtual machine, root's `date -s`) moves no deadline.
+pub fn instant_of(unix_seconds: f64) -> Instant {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let ahead = unix_seconds - now;
+    let (now, delta) = (Instant::now(), Duration::from_secs_f64(ahead.abs().min(1e9)));
+    if ahead >= 0.0 {
+        now + delta
+    } else {
+        now.checked_sub(delta).unwrap_or(now)
     }
 }
 
@@ -350,6 +365,17 @@ fn path_arg(p: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wall_clock_time_becomes_an_instant_of_the_monotonic_clock() {
+        let unix = |ahead: f64| SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64() + ahead;
+        let (before, future, past) = (Instant::now(), instant_of(unix(30.0)), instant_of(unix(-30.0)));
+        let off = |i: Instant, expected: f64| {
+            let seconds = if i >= before { (i - before).as_secs_f64() } else { -(before - i).as_secs_f64() };
+            (seconds - expected).abs()
+        };
+        assert!(off(future, 30.0) < 0.5 && off(past, -30.0) < 0.5);
+    }
 
     #[test]
     fn a_phase_asked_to_use_the_gpu_stops_where_it_cannot() {

@@ -61,8 +61,10 @@ pub struct Supervision {
 pub struct HandOver {
     pub folder: PathBuf,
     pub files: Vec<String>,
-    /// Seconds since the Unix epoch: a hand-over sealed later is a crash, `over time`.
-    pub due: f64,
+    /// A hand-over sealed later is a crash, `over time`. An instant of the monotonic clock (the phase's deadline
+    /// converted at its start, see [`crate::handover::instant_of`]): a step of the wall clock during the phase
+    /// neither makes an honest hand-over late nor gives time to a file that sets the clock back.
+    pub due: Instant,
 }
 
 /// The phase's end of the socket to its supervisor, which fixed code keeps to itself: the agent's code, given
@@ -261,10 +263,6 @@ fn supervise_child(child: libc::pid_t, socket: libc::c_int, supervision: Supervi
     }
 }
 
-fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
-}
-
 /// Stops the child (SIGSTOP) and waits, up to a second, to see it stopped; its status where it ended meanwhile.
 /// A child that processes of its own keep continuing (SIGCONT) is not waited for longer: what follows goes on
 /// regardless (the search kills them), and counts against a hand-over's due.
@@ -299,7 +297,12 @@ fn seal(hand_over: &HandOver, written: &[u8]) -> Sealing {
         }
         Ok(seals)
     })();
-    Sealing { late: unix_now() - hand_over.due, seals: seals.map_err(|e: anyhow::Error| format!("{e:#}")) }
+    let now = Instant::now();
+    let late = match now.checked_duration_since(hand_over.due) {
+        Some(past) => past.as_secs_f64(),
+        None => -(hand_over.due - now).as_secs_f64(),
+    };
+    Sealing { late, seals: seals.map_err(|e: anyhow::Error| format!("{e:#}")) }
 }
 
 /// The phase's status from what it reported (`None`: nothing; `Err`: a report that did not parse) and, where it
@@ -499,8 +502,11 @@ mod tests {
         // 128 MiB take tens of milliseconds to hash at the least: the due falls while they are read.
         let bytes = vec![7u8; 128 << 20];
         let written = Sealed::write(dir.path(), "model.safetensors", &bytes).unwrap();
-        let hand_over =
-            HandOver { folder: dir.path().into(), files: vec!["model.safetensors".into()], due: unix_now() + 0.02 };
+        let hand_over = HandOver {
+            folder: dir.path().into(),
+            files: vec!["model.safetensors".into()],
+            due: Instant::now() + Duration::from_millis(20),
+        };
         let sealing = super::seal(&hand_over, &serde_json::to_vec(&[&written]).unwrap());
         assert_eq!(sealing.seals, Ok(vec![written]));
         assert!(sealing.late > 0.0, "{sealing:?}");

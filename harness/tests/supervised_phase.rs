@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use autoresearch_harness::handover::{check_sealed, Outcome, PhaseStatus, Sealed};
+use autoresearch_harness::handover::{check_sealed, instant_of, Outcome, PhaseStatus, Sealed};
 use autoresearch_harness::sandbox::{Policy, PROGRAM_READS};
 use autoresearch_harness::supervisor::{self, HandOver, Supervision, Supervisor};
 
@@ -30,7 +30,8 @@ fn supervised(folder: &Path, due_in: f64, phase: fn(&Path, Supervisor)) -> Optio
     let _ = std::fs::remove_file(&status);
     match unsafe { libc::fork() } {
         0 => {
-            let hand_over = HandOver { folder: folder.into(), files: vec![FILE.into()], due: unix_now() + due_in };
+            let hand_over =
+                HandOver { folder: folder.into(), files: vec![FILE.into()], due: instant_of(unix_now() + due_in) };
             let supervisor =
                 supervisor::supervise(Supervision { status: Some(status.clone()), hand_over: Some(hand_over) })
                     .expect("supervising");
