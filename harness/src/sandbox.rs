@@ -61,6 +61,10 @@ pub struct Policy {
     /// (`adjtimex`), its own priority above others' (`renice -20`, as a red team did) or the hostname. Set on the
     /// CPU.
     pub no_capabilities: bool,
+    /// It changes the priority, scheduling policy, CPU affinity, I/O priority and resource limits of itself alone
+    /// (pid 0), where a process may otherwise change those of any other of its user's, capability or not: demote
+    /// another worker's training, or the harness, and take their CPU. A seccomp filter; set on the CPU.
+    pub others_untouched: bool,
     /// With `only_read`: it reads the [`system_reads`] too, found where the policy is applied.
     pub system_reads: bool,
     /// No sandbox at all: the user turned it off (`AUTORESEARCH_SANDBOX=off`).
@@ -195,8 +199,8 @@ impl Policy {
         if self.no_capabilities {
             drop_capabilities()?;
         }
-        if self.unix_sockets_only || self.keep_metadata || self.no_kernel_objects {
-            refuse_calls(self.unix_sockets_only, self.keep_metadata, self.no_kernel_objects)?;
+        if self.unix_sockets_only || self.keep_metadata || self.no_kernel_objects || self.others_untouched {
+            refuse_calls(self)?;
         }
         let read = AccessFs::from_read(ABI_USED);
         let write = AccessFs::from_write(ABI_USED);
@@ -307,6 +311,9 @@ impl Policy {
         }
         if self.no_capabilities {
             what += ", no capabilities";
+        }
+        if self.others_untouched {
+            what += ", no other process's priority, scheduling, affinity or limits";
         }
         what += if abi >= ABI::V6 {
             ", no signals or abstract sockets out of the sandbox"
@@ -451,22 +458,42 @@ fn drop_capabilities() -> Result<()> {
     Ok(())
 }
 
-/// Makes calls fail (EACCES) in this thread and what it starts from now on: with `unix_only`, `socket` for every
-/// family but Unix sockets and `io_uring_setup` for everything; with `metadata`, the [`metadata_calls`]; with
-/// `kernel_objects`, the [`kernel_object_calls`].
-fn refuse_calls(unix_only: bool, metadata: bool, kernel_objects: bool) -> Result<()> {
+/// Makes calls fail (EACCES) in this thread and what it starts from now on, as `policy` asks: with
+/// `unix_sockets_only`, `socket` for every family but Unix sockets and `io_uring_setup` for everything; with
+/// `keep_metadata`, the [`metadata_calls`]; with `no_kernel_objects`, the [`kernel_object_calls`]; with
+/// `others_untouched`, the calls that set a process's priority, scheduling, affinity or limits, but on itself.
+fn refuse_calls(policy: &Policy) -> Result<()> {
     use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
     let mut rules = std::collections::BTreeMap::new();
-    if unix_only {
-        let not_unix = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, libc::AF_UNIX as u64)?;
-        rules.insert(libc::SYS_socket, vec![SeccompRule::new(vec![not_unix])?]);
+    // A rule per condition: the call is refused where any holds.
+    let unless = |arg: u8, value: u64| -> Result<SeccompRule> {
+        Ok(SeccompRule::new(vec![SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, value)?])?)
+    };
+    if policy.unix_sockets_only {
+        rules.insert(libc::SYS_socket, vec![unless(0, libc::AF_UNIX as u64)?]);
         rules.insert(libc::SYS_io_uring_setup, Vec::new());
     }
-    if metadata {
+    if policy.keep_metadata {
         rules.extend(metadata_calls().into_iter().map(|call| (call, Vec::new())));
     }
-    if kernel_objects {
+    if policy.no_kernel_objects {
         rules.extend(kernel_object_calls().into_iter().map(|call| (call, Vec::new())));
+    }
+    if policy.others_untouched {
+        // Its own process (or thread) is pid 0; setpriority and ioprio_set also name whose (a process, a group,
+        // a user), which must be a process.
+        for call in [
+            libc::SYS_sched_setaffinity,
+            libc::SYS_sched_setscheduler,
+            libc::SYS_sched_setparam,
+            libc::SYS_sched_setattr,
+            libc::SYS_prlimit64,
+        ] {
+            rules.insert(call, vec![unless(0, 0)?]);
+        }
+        rules.insert(libc::SYS_setpriority, vec![unless(0, libc::PRIO_PROCESS as u64)?, unless(1, 0)?]);
+        const IOPRIO_WHO_PROCESS: u64 = 1;
+        rules.insert(libc::SYS_ioprio_set, vec![unless(0, IOPRIO_WHO_PROCESS)?, unless(1, 0)?]);
     }
     let arch = std::env::consts::ARCH.try_into().context("sandbox: seccomp on this architecture")?;
     let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EACCES as u32), arch)?;
@@ -625,6 +652,7 @@ mod tests {
             keep_metadata: true,
             no_kernel_objects: true,
             no_capabilities: true,
+            others_untouched: true,
             ..Policy::default()
         };
         let (own2, session2) = (own.clone(), session.clone());
@@ -672,9 +700,35 @@ mod tests {
                 assert!(status.contains(&format!("{set}:\t0000000000000000")), "{set}: {status}");
             }
             assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -5) }, -1, "no priority above others'");
+            // Its own scheduling it sets; another process's (one of its own user's, here its child) it does not.
+            let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+            let pid = other.id();
+            let lower = (unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) } + 1).min(19);
+            assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, lower) }, 0, "its own priority, lower");
+            let others = [
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, 19) },
+                unsafe { libc::setpriority(libc::PRIO_USER, 0, 19) },
+                unsafe {
+                    let mut one: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(0, &mut one);
+                    libc::sched_setaffinity(pid as i32, std::mem::size_of::<libc::cpu_set_t>(), &one)
+                },
+                unsafe {
+                    let param = libc::sched_param { sched_priority: 0 };
+                    libc::sched_setscheduler(pid as i32, libc::SCHED_IDLE, &param)
+                },
+                unsafe {
+                    let limit = libc::rlimit { rlim_cur: 1, rlim_max: 1 };
+                    libc::prlimit(pid as i32, libc::RLIMIT_CPU, &limit, std::ptr::null_mut())
+                },
+            ];
+            assert_eq!(others, [-1; 5], "another process's priority, user, affinity, policy, limits");
+            other.kill().unwrap();
+            other.wait().unwrap();
         });
         assert!(line.contains("network closed") && line.contains("no sockets but Unix ones"), "{line}");
         assert!(line.contains("no keyrings, System V IPC") && line.contains("no capabilities"), "{line}");
+        assert!(line.contains("no other process's priority, scheduling, affinity or limits"), "{line}");
         assert!(line.contains("no signals") && line.contains("no file's permissions, owner, times"), "{line}");
         assert!(std::fs::read_dir(&session).is_ok(), "other threads are not restricted");
         assert!(std::net::UdpSocket::bind("127.0.0.1:0").is_ok(), "nor is their network");

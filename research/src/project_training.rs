@@ -108,6 +108,7 @@ fn policy_for(commands: &Commands, trainer: &Trainer, place: &Place, access: Acc
         unix_sockets_only: !commands.network && !cuda,
         // Capabilities stay: a command run as root may need them to write a tree another user owns.
         no_kernel_objects: !cuda,
+        others_untouched: !cuda,
         ..Policy::default()
     }
     .unless_turned_off()

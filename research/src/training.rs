@@ -385,6 +385,7 @@ pub fn sandboxes(
             keep_metadata: !cuda,
             no_kernel_objects: !cuda,
             no_capabilities: !cuda,
+            others_untouched: !cuda,
             ..Policy::default()
         }
         .unless_turned_off(),
@@ -396,6 +397,7 @@ pub fn sandboxes(
             keep_metadata: !cuda,
             no_kernel_objects: !cuda,
             no_capabilities: !cuda,
+            others_untouched: !cuda,
             ..Policy::default()
         }
         .unless_turned_off(),
@@ -918,6 +920,7 @@ mod tests {
         assert!(cpu.training.keep_metadata && cpu.evaluation.keep_metadata, "no message in a file's metadata");
         assert!(cpu.training.no_kernel_objects && cpu.evaluation.no_kernel_objects, "nor in the user's keyring");
         assert!(cpu.training.no_capabilities && cpu.evaluation.no_capabilities, "no root's privileges");
+        assert!(cpu.training.others_untouched && cpu.evaluation.others_untouched, "no other worker demoted");
         // CUDA keeps the policy measured on an H200.
         let cuda = sandboxes(&prepared, &cache, &repo, true, &files, &binary);
         for p in ["/dev", "/proc", "/sys"] {
