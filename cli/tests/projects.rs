@@ -239,6 +239,10 @@ fn a_python_training_project_by_hand_and_by_a_loop_of_two() {
         p.ok(&["run", "-m", attack]);
         let row = p.last();
         assert_eq!((row.status, reason(&row)), (Status::Crash, "the training failed: exit code 1"), "{row:?}");
+        if read == keyring {
+            let log = p.run_file(run_of(&row), "run.log");
+            assert!(log.contains("PermissionError: [Errno 13] add_key"), "refused by the sandbox: {log}");
+        }
         p.assert_consistent();
     }
 

@@ -57,13 +57,15 @@ pub struct Policy {
     /// model's weights from one training to the next in the user's keyring), System V shared memory, message
     /// queues and semaphores, POSIX message queues and BPF calls fail. A seccomp filter; set on the CPU.
     pub no_kernel_objects: bool,
-    /// No capability, root's included: a process running as root could otherwise set the clock's rate
-    /// (`adjtimex`), its own priority above others' (`renice -20`, as a red team did) or the hostname. Set on the
-    /// CPU.
-    pub no_capabilities: bool,
-    /// It changes the priority, scheduling policy, CPU affinity, I/O priority and resource limits of itself alone
-    /// (pid 0), where a process may otherwise change those of any other of its user's, capability or not: demote
-    /// another worker's training, or the harness, and take their CPU. A seccomp filter; set on the CPU.
+    /// Of its capabilities it keeps those over files' permissions alone (root reading and writing files other
+    /// users own, which Landlock confines regardless): a process running as root could otherwise set the clock
+    /// (`adjtimex`, `settimeofday`), its own priority above others' (`renice -20`, as a red team did), the
+    /// hostname, or its user. Set on the CPU, and for a project's commands.
+    pub file_capabilities_only: bool,
+    /// It sets the priority, scheduling policy, I/O priority and resource limits of itself alone, naming itself
+    /// as pid 0, where a process may otherwise set those of any other of its user's, capability or not: demote
+    /// another worker's training, or the harness, and take their CPU. (Not the CPU affinity: threads set their
+    /// own by their ids, which a filter cannot tell from another process's.) A seccomp filter; set on the CPU.
     pub others_untouched: bool,
     /// With `only_read`: it reads the [`system_reads`] too, found where the policy is applied.
     pub system_reads: bool,
@@ -196,9 +198,6 @@ impl Policy {
         if self.off {
             return Ok("sandbox: off (AUTORESEARCH_SANDBOX=off): the agent's code runs unconfined".into());
         }
-        if self.no_capabilities {
-            drop_capabilities()?;
-        }
         if self.unix_sockets_only || self.keep_metadata || self.no_kernel_objects || self.others_untouched {
             refuse_calls(self)?;
         }
@@ -282,6 +281,10 @@ impl Policy {
             pin_if_in_proc(dir, &mut pins);
             ruleset = ruleset.add_rule(rule(dir, write)?)?;
         }
+        // Once the rules' paths are open: a root that reads them only through its capabilities still could.
+        if self.file_capabilities_only {
+            keep_file_capabilities_only()?;
+        }
         let status = ruleset.restrict_self().context("sandbox: enforcing the Landlock rules")?;
         PINNED.lock().unwrap_or_else(|e| e.into_inner()).extend(pins);
         if status.ruleset == RulesetStatus::NotEnforced {
@@ -309,11 +312,11 @@ impl Policy {
         if self.no_kernel_objects {
             what += ", no keyrings, System V IPC, message queues or BPF";
         }
-        if self.no_capabilities {
-            what += ", no capabilities";
+        if self.file_capabilities_only {
+            what += ", no capabilities but over files' permissions";
         }
         if self.others_untouched {
-            what += ", no other process's priority, scheduling, affinity or limits";
+            what += ", no other process's priority, scheduling or limits";
         }
         what += if abi >= ABI::V6 {
             ", no signals or abstract sockets out of the sandbox"
@@ -414,18 +417,22 @@ fn kernel_object_calls() -> Vec<i64> {
     ]
 }
 
-/// Drops every capability of this thread and of what it starts from now on: the bounding set (where this thread
-/// may, as root may), the ambient set, then the effective, permitted and inheritable sets. A program it runs
-/// gains none back, as root neither (the bounding set is empty, and no_new_privs, which Landlock sets, keeps an
-/// `exec` from adding any).
-fn drop_capabilities() -> Result<()> {
+/// The capabilities a phase keeps: those over files' permissions (`CAP_CHOWN`, `CAP_DAC_OVERRIDE`,
+/// `CAP_DAC_READ_SEARCH`, `CAP_FOWNER`), which Landlock confines regardless.
+const FILE_CAPABILITIES: u32 = 0b1111;
+
+/// Drops every capability of this thread and of what it starts from now on but the [`FILE_CAPABILITIES`]: from
+/// the bounding set (where this thread may: it takes `CAP_SETPCAP`), the ambient set, then the effective,
+/// permitted and inheritable sets. A program it runs gains none back, as root neither (the bounding set holds no
+/// more, and no_new_privs, which Landlock sets, keeps an `exec` from adding any).
+fn keep_file_capabilities_only() -> Result<()> {
     #[repr(C)]
     struct Header {
         version: u32,
         pid: i32,
     }
     #[repr(C)]
-    #[derive(Clone, Copy)]
+    #[derive(Clone, Copy, Default)]
     struct Data {
         effective: u32,
         permitted: u32,
@@ -433,12 +440,11 @@ fn drop_capabilities() -> Result<()> {
     }
     const VERSION_3: u32 = 0x2008_0522;
     let error = || std::io::Error::last_os_error();
-    // SAFETY: prctl and capset with plain arguments and structures of the kernel's layout; they change only this
-    // thread's capabilities.
+    // SAFETY: prctl, capget and capset with plain arguments and structures of the kernel's layout; they read or
+    // change only this thread's capabilities.
     unsafe {
-        // Up to the last capability this kernel knows (it answers EINVAL past it); a thread without CAP_SETPCAP
-        // (not root) may drop none (EPERM), and has none to drop.
-        for cap in 0..64 {
+        // Up to the last capability this kernel knows (it answers EINVAL past it); without CAP_SETPCAP, none.
+        for cap in (0..64u32).filter(|&c| c >= 32 || FILE_CAPABILITIES & (1 << c) == 0) {
             if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
                 match std::io::Error::last_os_error().raw_os_error() {
                     Some(libc::EINVAL) | Some(libc::EPERM) => break,
@@ -450,8 +456,18 @@ fn drop_capabilities() -> Result<()> {
             anyhow::bail!("sandbox: clearing the ambient capabilities: {}", error());
         }
         let header = Header { version: VERSION_3, pid: 0 };
-        let none = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
-        if libc::syscall(libc::SYS_capset, &header, none.as_ptr()) != 0 {
+        let mut now = [Data::default(); 2];
+        if libc::syscall(libc::SYS_capget, &header, now.as_mut_ptr()) != 0 {
+            anyhow::bail!("sandbox: reading the capabilities: {}", error());
+        }
+        // Only ever fewer: the low word keeps the file capabilities it has, the high word none.
+        let low = Data {
+            effective: now[0].effective & FILE_CAPABILITIES,
+            permitted: now[0].permitted & FILE_CAPABILITIES,
+            inheritable: 0,
+        };
+        let kept = [low, Data::default()];
+        if libc::syscall(libc::SYS_capset, &header, kept.as_ptr()) != 0 {
             anyhow::bail!("sandbox: dropping the capabilities: {}", error());
         }
     }
@@ -461,7 +477,7 @@ fn drop_capabilities() -> Result<()> {
 /// Makes calls fail (EACCES) in this thread and what it starts from now on, as `policy` asks: with
 /// `unix_sockets_only`, `socket` for every family but Unix sockets and `io_uring_setup` for everything; with
 /// `keep_metadata`, the [`metadata_calls`]; with `no_kernel_objects`, the [`kernel_object_calls`]; with
-/// `others_untouched`, the calls that set a process's priority, scheduling, affinity or limits, but on itself.
+/// `others_untouched`, the calls that set a process's priority, scheduling or limits, but on itself.
 fn refuse_calls(policy: &Policy) -> Result<()> {
     use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
     let mut rules = std::collections::BTreeMap::new();
@@ -480,20 +496,19 @@ fn refuse_calls(policy: &Policy) -> Result<()> {
         rules.extend(kernel_object_calls().into_iter().map(|call| (call, Vec::new())));
     }
     if policy.others_untouched {
-        // Its own process (or thread) is pid 0; setpriority and ioprio_set also name whose (a process, a group,
-        // a user), which must be a process.
-        for call in [
-            libc::SYS_sched_setaffinity,
-            libc::SYS_sched_setscheduler,
-            libc::SYS_sched_setparam,
-            libc::SYS_sched_setattr,
-            libc::SYS_prlimit64,
-        ] {
+        // Itself is pid 0; setpriority and ioprio_set also name whose (a process, a group, a user), which must be
+        // a process; prlimit64 may read another's limits (no new limit given), not set them.
+        for call in [libc::SYS_sched_setscheduler, libc::SYS_sched_setparam, libc::SYS_sched_setattr] {
             rules.insert(call, vec![unless(0, 0)?]);
         }
         rules.insert(libc::SYS_setpriority, vec![unless(0, libc::PRIO_PROCESS as u64)?, unless(1, 0)?]);
         const IOPRIO_WHO_PROCESS: u64 = 1;
         rules.insert(libc::SYS_ioprio_set, vec![unless(0, IOPRIO_WHO_PROCESS)?, unless(1, 0)?]);
+        let setting_another = vec![
+            SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, 0)?,
+            SeccompCondition::new(2, SeccompCmpArgLen::Qword, SeccompCmpOp::Ne, 0)?,
+        ];
+        rules.insert(libc::SYS_prlimit64, vec![SeccompRule::new(setting_another)?]);
     }
     let arch = std::env::consts::ARCH.try_into().context("sandbox: seccomp on this architecture")?;
     let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EACCES as u32), arch)?;
@@ -502,7 +517,32 @@ fn refuse_calls(policy: &Policy) -> Result<()> {
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         anyhow::bail!("sandbox: setting no_new_privs: {}", std::io::Error::last_os_error());
     }
-    seccompiler::apply_filter(&program).context("sandbox: applying the seccomp filter")
+    seccompiler::apply_filter(&program).context("sandbox: applying the seccomp filter")?;
+    refuse_x32_calls()
+}
+
+/// x32's calls are x86-64's numbers with bit 30 set, under the same architecture: where the kernel has x32
+/// (`syscall.x32=y`), a filter by number would let every one of them through. A second filter refuses them all.
+#[cfg(target_arch = "x86_64")]
+fn refuse_x32_calls() -> Result<()> {
+    use seccompiler::sock_filter;
+    const LOAD_NUMBER: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS, at seccomp_data.nr (offset 0)
+    const JUMP_IF_AT_LEAST: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+    const RETURN: u16 = 0x06; // BPF_RET | BPF_K
+    const ERRNO: u32 = 0x0005_0000; // SECCOMP_RET_ERRNO
+    const ALLOW: u32 = 0x7fff_0000; // SECCOMP_RET_ALLOW
+    let program = vec![
+        sock_filter { code: LOAD_NUMBER, jt: 0, jf: 0, k: 0 },
+        sock_filter { code: JUMP_IF_AT_LEAST, jt: 0, jf: 1, k: 0x4000_0000 },
+        sock_filter { code: RETURN, jt: 0, jf: 0, k: ERRNO | libc::EACCES as u32 },
+        sock_filter { code: RETURN, jt: 0, jf: 0, k: ALLOW },
+    ];
+    seccompiler::apply_filter(&program).context("sandbox: applying the x32 filter")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn refuse_x32_calls() -> Result<()> {
+    Ok(())
 }
 
 /// How many of the paths a process reads the log names (a build reads each of the repository's sources).
@@ -651,7 +691,7 @@ mod tests {
             unix_sockets_only: true,
             keep_metadata: true,
             no_kernel_objects: true,
-            no_capabilities: true,
+            file_capabilities_only: true,
             others_untouched: true,
             ..Policy::default()
         };
@@ -694,10 +734,23 @@ mod tests {
             let mq =
                 unsafe { libc::syscall(libc::SYS_mq_open, queue.as_ptr(), libc::O_CREAT | libc::O_RDWR, 0o600, 0) };
             assert_eq!(refused(mq), (-1, Some(libc::EACCES)), "no POSIX message queue");
-            // No capability, as root neither: no priority above others'.
+            // Nor any call through x32's numbers, which the filter by number would not see (ENOSYS where the kernel
+            // has no x32, as most have not: refused before that).
+            #[cfg(target_arch = "x86_64")]
+            assert_eq!(refused(unsafe { libc::syscall(0x4000_0000 + libc::SYS_getpid) }), (-1, Some(libc::EACCES)));
+            // Of the capabilities only those over files' permissions, as root too (and none for another user): no
+            // priority above others'. The bounding set can only shrink where the test runs as root.
             let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
-            for set in ["CapEff", "CapPrm", "CapAmb"] {
-                assert!(status.contains(&format!("{set}:\t0000000000000000")), "{set}: {status}");
+            let set = |name: &str| {
+                let line = status.lines().find(|l| l.starts_with(&format!("{name}:"))).unwrap();
+                u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+            };
+            for name in ["CapEff", "CapPrm"] {
+                assert_eq!(set(name) & !u64::from(FILE_CAPABILITIES), 0, "{name}: {status}");
+            }
+            assert_eq!(set("CapAmb"), 0, "{status}");
+            if unsafe { libc::geteuid() } == 0 {
+                assert_eq!(set("CapBnd"), u64::from(FILE_CAPABILITIES), "{status}");
             }
             assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -5) }, -1, "no priority above others'");
             // Its own scheduling it sets; another process's (one of its own user's, here its child) it does not.
@@ -709,11 +762,6 @@ mod tests {
                 unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, 19) },
                 unsafe { libc::setpriority(libc::PRIO_USER, 0, 19) },
                 unsafe {
-                    let mut one: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(0, &mut one);
-                    libc::sched_setaffinity(pid as i32, std::mem::size_of::<libc::cpu_set_t>(), &one)
-                },
-                unsafe {
                     let param = libc::sched_param { sched_priority: 0 };
                     libc::sched_setscheduler(pid as i32, libc::SCHED_IDLE, &param)
                 },
@@ -722,13 +770,16 @@ mod tests {
                     libc::prlimit(pid as i32, libc::RLIMIT_CPU, &limit, std::ptr::null_mut())
                 },
             ];
-            assert_eq!(others, [-1; 5], "another process's priority, user, affinity, policy, limits");
+            assert_eq!(others, [-1; 4], "another process's priority, its user's, its policy, its limits");
+            let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            assert_eq!(unsafe { libc::prlimit(pid as i32, libc::RLIMIT_CPU, std::ptr::null(), &mut limit) }, 0);
             other.kill().unwrap();
             other.wait().unwrap();
         });
         assert!(line.contains("network closed") && line.contains("no sockets but Unix ones"), "{line}");
-        assert!(line.contains("no keyrings, System V IPC") && line.contains("no capabilities"), "{line}");
-        assert!(line.contains("no other process's priority, scheduling, affinity or limits"), "{line}");
+        assert!(line.contains("no keyrings, System V IPC"), "{line}");
+        assert!(line.contains("no capabilities but over files' permissions"), "{line}");
+        assert!(line.contains("no other process's priority, scheduling or limits"), "{line}");
         assert!(line.contains("no signals") && line.contains("no file's permissions, owner, times"), "{line}");
         assert!(std::fs::read_dir(&session).is_ok(), "other threads are not restricted");
         assert!(std::net::UdpSocket::bind("127.0.0.1:0").is_ok(), "nor is their network");

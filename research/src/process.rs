@@ -141,8 +141,8 @@ pub fn wait_or_kill(child: &mut Child, mut stop: impl FnMut() -> bool) -> Result
     }
 }
 
-/// The other processes that have `path` open, as pid and command line, as far as /proc shows this user: who
-/// holds a lock, for the error that refuses it.
+/// The other processes that have `path` open, as pid and command line, as far as /proc shows this user: for the
+/// error that refuses a lock, those that may hold it.
 pub fn holders(path: &std::path::Path) -> Vec<(i32, String)> {
     use std::os::unix::fs::MetadataExt;
     let Ok(file) = std::fs::metadata(path) else { return Vec::new() };

@@ -116,12 +116,14 @@ pub fn growth_refusal(project: &Project, git: &Git, base: &str, now: &Snapshot) 
         return Ok(None);
     }
     Ok(Some(format!(
-        "refused: the editable files ({}) hold {after} bytes compressed (deflate), {before} at the session's start ({}): they may grow by \
-         {} at most. Weights pasted into the source would carry training from outside the budget; write the change \
-         as code{}",
+        "refused: the editable files ({}) hold {after} bytes compressed (deflate), {before} at the session's start \
+         ({}): they may grow by {} bytes ({} KiB) at most, and are {} bytes over. Weights pasted into the source \
+         would carry training from outside the budget; write the change as code{}",
         project.editable.describe(),
         &base[..7.min(base.len())],
         project.growth_limit,
+        project.growth_limit / 1024,
+        after - before - project.growth_limit,
         if project.commands.is_some() { " (the project's `editable_growth_kib` sets the limit)" } else { "" }
     )))
 }
@@ -154,13 +156,22 @@ fn write_with_mode(path: &Path, content: &[u8], mode: u32) -> Result<()> {
 }
 
 impl Snapshot {
-    /// The editable files as the commit `commit` holds them.
+    /// The editable files as the commit `commit` holds them (its blobs: not a submodule), with their modes.
     pub fn at_commit(editable: &Editable, git: &Git, commit: &str) -> Result<Snapshot> {
-        let listed = git.exec(&["ls-tree", "-r", "-z", "--name-only", commit])?;
+        let listed = git.exec(&["ls-tree", "-r", "-z", commit])?;
         let mut files = Vec::new();
-        for path in listed.split('\0').filter(|p| !p.is_empty() && editable.matches(p)) {
-            let content = git.exec_bytes(&["cat-file", "blob", &format!("{commit}:{path}")])?;
-            files.push(EditedFile { path: path.to_string(), content, mode: 0o644 });
+        // Each entry: "<mode> <type> <object>\t<path>".
+        for entry in listed.split('\0').filter(|e| !e.is_empty()) {
+            let Some((meta, path)) = entry.split_once('\t') else { continue };
+            let fields: Vec<&str> = meta.split(' ').collect();
+            let (Some(mode), Some(&"blob"), Some(object)) = (fields.first(), fields.get(1), fields.get(2)) else {
+                continue;
+            };
+            if editable.matches(path) {
+                let content = git.exec_bytes(&["cat-file", "blob", object])?;
+                let mode = u32::from_str_radix(mode, 8).with_context(|| format!("the mode of {path} at {commit}"))?;
+                files.push(EditedFile { path: path.to_string(), content, mode: mode & 0o7777 });
+            }
         }
         Ok(Snapshot(files))
     }
@@ -735,7 +746,7 @@ held_out = ["data/val.txt"]
             std::fs::write(dir.path().join(TRAINING_FILE), format!("{}{extra}", code.repeat(200))).unwrap();
             growth_refusal(&project, &git, &base, &Snapshot::take(&project.editable, &git).unwrap()).unwrap()
         };
-        // 60 KiB more of code (distinct lines, as a long rewrite has): it compresses far below the limit.
+        // 41 KiB more of code (distinct lines, as a long rewrite has): it compresses below the limit.
         let more_code: String = (0..1200).map(|i| format!("    let w{i} = step(w{} * {i}.0);\n", i / 2)).collect();
         assert!(more_code.len() > 40 << 10);
         assert_eq!(with(&more_code), None);
@@ -749,7 +760,7 @@ held_out = ["data/val.txt"]
             .collect();
         let why = with(&format!("const WARM: &str = \"{weights}\";\n")).expect("refused");
         assert!(why.starts_with("refused: the editable files (`train/train.rs`) hold "), "{why}");
-        assert!(why.contains(&format!("may grow by {DEFAULT_GROWTH_LIMIT} at most")), "{why}");
+        assert!(why.contains(&format!("may grow by {DEFAULT_GROWTH_LIMIT} bytes (16 KiB) at most")), "{why}");
         // A project sets its own limit.
         let dir = repo(&[("train.py", ""), ("lib/a.py", ""), ("data/val.txt", "x"), ("program.md", "")]);
         let p = Project::parse(&format!("editable_growth_kib = 64\n{GOOD}"), dir.path()).unwrap();

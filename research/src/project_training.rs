@@ -106,8 +106,8 @@ fn policy_for(commands: &Commands, trainer: &Trainer, place: &Place, access: Acc
         write,
         allow_network: commands.network,
         unix_sockets_only: !commands.network && !cuda,
-        // Capabilities stay: a command run as root may need them to write a tree another user owns.
         no_kernel_objects: !cuda,
+        file_capabilities_only: !cuda,
         others_untouched: !cuda,
         ..Policy::default()
     }

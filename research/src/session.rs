@@ -170,8 +170,9 @@ pub fn journals(dir: &Path) -> Vec<(usize, Journal)> {
     autoresearch_report::journal::read_journals(dir)
 }
 
-/// How long a command waits for the session's lock before it refuses: a command killed a moment ago can hold it
-/// a little longer through a child it was starting (between fork and exec the child holds every descriptor).
+/// How long a command waits for the session's lock before it refuses: a command killed a moment ago may still
+/// be exiting, or a child it was starting may hold the lock a little longer (between fork and exec the child
+/// holds every descriptor).
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
 fn lock(dir: &Path) -> Result<File> {
@@ -184,7 +185,7 @@ fn lock(dir: &Path) -> Result<File> {
             Err(TryLockError::WouldBlock) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Err(TryLockError::WouldBlock) => {
                 let held: Vec<_> =
-                    holders(&path).into_iter().map(|(pid, cmd)| format!("; held by pid {pid}: {cmd}")).collect();
+                    holders(&path).into_iter().map(|(pid, cmd)| format!("; open in pid {pid}: {cmd}")).collect();
                 bail!(
                     "another `autoresearch run`, `loop` or `noise` is working in this repository ({} is locked{})",
                     path.display(),
@@ -559,7 +560,7 @@ mod tests {
         let error = format!("{:#}", lock(dir.path()).unwrap_err());
         assert!(started.elapsed() >= LOCK_WAIT);
         assert!(error.contains("is working in this repository"), "{error}");
-        assert!(error.contains(&format!("held by pid {}: sleep 30", child.id())), "{error}");
+        assert!(error.contains(&format!("open in pid {}: sleep 30", child.id())), "{error}");
         child.kill().unwrap();
         child.wait().unwrap();
         lock(dir.path()).unwrap();

@@ -384,7 +384,7 @@ pub fn sandboxes(
             unix_sockets_only: !cuda,
             keep_metadata: !cuda,
             no_kernel_objects: !cuda,
-            no_capabilities: !cuda,
+            file_capabilities_only: !cuda,
             others_untouched: !cuda,
             ..Policy::default()
         }
@@ -396,7 +396,7 @@ pub fn sandboxes(
             unix_sockets_only: !cuda,
             keep_metadata: !cuda,
             no_kernel_objects: !cuda,
-            no_capabilities: !cuda,
+            file_capabilities_only: !cuda,
             others_untouched: !cuda,
             ..Policy::default()
         }
@@ -919,7 +919,7 @@ mod tests {
         assert!(cpu.training.unix_sockets_only && cpu.evaluation.unix_sockets_only, "UDP closed too");
         assert!(cpu.training.keep_metadata && cpu.evaluation.keep_metadata, "no message in a file's metadata");
         assert!(cpu.training.no_kernel_objects && cpu.evaluation.no_kernel_objects, "nor in the user's keyring");
-        assert!(cpu.training.no_capabilities && cpu.evaluation.no_capabilities, "no root's privileges");
+        assert!(cpu.training.file_capabilities_only && cpu.evaluation.file_capabilities_only, "no root's clock");
         assert!(cpu.training.others_untouched && cpu.evaluation.others_untouched, "no other worker demoted");
         // CUDA keeps the policy measured on an H200.
         let cuda = sandboxes(&prepared, &cache, &repo, true, &files, &binary);
