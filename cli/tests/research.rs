@@ -834,6 +834,18 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
             false,
         ),
         (
+            // Red team 12 wrote validation tokens in which pages of libtorch's library the model process evicted,
+            // and the next training read them with mincore. Here python's mmap asks for the eviction.
+            "evict a library's pages for the next training to see",
+            insert(
+                r#"    let evict = "import mmap, os\nf = open(os.__file__, 'rb')\nm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\ntry:\n    m.madvise(21)\nexcept OSError as e:\n    raise SystemExit('madvise: ' + e.strerror)";
+    let out = std::process::Command::new("python3").args(["-c", evict]).output()?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));"#,
+            ),
+            "madvise: Permission denied",
+            false,
+        ),
+        (
             // As root (as CI runs) it could take the CPU from every other process, the other workers' trainings
             // included: it keeps no capability but over files' permissions.
             "raise its own priority",

@@ -55,7 +55,10 @@ pub struct Policy {
     pub keep_metadata: bool,
     /// No kernel object that outlives the process but files: keyrings (`add_key`, `keyctl`: a red team carried a
     /// model's weights from one training to the next in the user's keyring), System V shared memory, message
-    /// queues and semaphores, POSIX message queues and BPF calls fail. A seccomp filter; set on the CPU.
+    /// queues and semaphores, POSIX message queues and BPF calls fail; nor can it evict a file's pages from the
+    /// page cache or ask which are there (`madvise` MADV_PAGEOUT or MADV_COLD, `fadvise` DONTNEED, `mincore`,
+    /// `cachestat`: another red team wrote validation tokens in which pages of libtorch's library it evicted, for
+    /// the next training to read). A seccomp filter; set on the CPU.
     pub no_kernel_objects: bool,
     /// Of its capabilities it keeps those over files' permissions alone (root reading and writing files other
     /// users own, which Landlock confines regardless): a process running as root could otherwise set the clock
@@ -310,7 +313,7 @@ impl Policy {
             what += ", no file's permissions, owner, times or attributes changed";
         }
         if self.no_kernel_objects {
-            what += ", no keyrings, System V IPC, message queues or BPF";
+            what += ", no keyrings, System V IPC, message queues, BPF or page-cache eviction";
         }
         if self.file_capabilities_only {
             what += ", no capabilities but over files' permissions";
@@ -482,9 +485,11 @@ fn refuse_calls(policy: &Policy) -> Result<()> {
     use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
     let mut rules = std::collections::BTreeMap::new();
     // A rule per condition: the call is refused where any holds.
-    let unless = |arg: u8, value: u64| -> Result<SeccompRule> {
-        Ok(SeccompRule::new(vec![SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, value)?])?)
+    let rule = |arg: u8, op: SeccompCmpOp, value: u64| -> Result<SeccompRule> {
+        Ok(SeccompRule::new(vec![SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value)?])?)
     };
+    let unless = |arg: u8, value: u64| rule(arg, SeccompCmpOp::Ne, value);
+    let when = |arg: u8, value: u64| rule(arg, SeccompCmpOp::Eq, value);
     if policy.unix_sockets_only {
         rules.insert(libc::SYS_socket, vec![unless(0, libc::AF_UNIX as u64)?]);
         rules.insert(libc::SYS_io_uring_setup, Vec::new());
@@ -494,6 +499,14 @@ fn refuse_calls(policy: &Policy) -> Result<()> {
     }
     if policy.no_kernel_objects {
         rules.extend(kernel_object_calls().into_iter().map(|call| (call, Vec::new())));
+        // The page cache: nothing evicted or asked after (what a process reads it loads, which is no message).
+        const CACHESTAT: i64 = 451;
+        const MADV_COLD: u64 = 20;
+        const MADV_PAGEOUT: u64 = 21;
+        rules.insert(libc::SYS_mincore, Vec::new());
+        rules.insert(CACHESTAT, Vec::new());
+        rules.insert(libc::SYS_madvise, vec![when(2, MADV_COLD)?, when(2, MADV_PAGEOUT)?]);
+        rules.insert(libc::SYS_fadvise64, vec![when(3, libc::POSIX_FADV_DONTNEED as u64)?]);
     }
     if policy.others_untouched {
         // Itself is pid 0; setpriority and ioprio_set also name whose (a process, a group, a user), which must be
@@ -734,6 +747,23 @@ mod tests {
             let mq =
                 unsafe { libc::syscall(libc::SYS_mq_open, queue.as_ptr(), libc::O_CREAT | libc::O_RDWR, 0o600, 0) };
             assert_eq!(refused(mq), (-1, Some(libc::EACCES)), "no POSIX message queue");
+            // Nor evict a file's pages from the page cache, or ask which are there.
+            use std::os::fd::AsRawFd;
+            let lib = std::fs::File::open("/proc/self/exe").unwrap();
+            let len = 1 << 16;
+            let map =
+                unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, lib.as_raw_fd(), 0) };
+            assert_ne!(map, libc::MAP_FAILED);
+            let mut resident = vec![0u8; len / 4096];
+            let asked = unsafe { libc::mincore(map, len, resident.as_mut_ptr()) };
+            assert_eq!(refused(asked as libc::c_long), (-1, Some(libc::EACCES)), "no mincore");
+            let evicted = unsafe { libc::madvise(map, len, 21) };
+            assert_eq!(refused(evicted as libc::c_long), (-1, Some(libc::EACCES)), "no MADV_PAGEOUT");
+            assert_eq!(unsafe { libc::madvise(map, len, libc::MADV_WILLNEED) }, 0, "other advice stays");
+            let dropped = unsafe { libc::posix_fadvise(lib.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(dropped, libc::EACCES, "no fadvise DONTNEED");
+            assert_eq!(unsafe { libc::posix_fadvise(lib.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) }, 0);
+            unsafe { libc::munmap(map, len) };
             // Nor any call through x32's numbers, which the filter by number would not see (ENOSYS where the kernel
             // has no x32, as most have not: refused before that).
             #[cfg(target_arch = "x86_64")]
@@ -777,7 +807,7 @@ mod tests {
             other.wait().unwrap();
         });
         assert!(line.contains("network closed") && line.contains("no sockets but Unix ones"), "{line}");
-        assert!(line.contains("no keyrings, System V IPC"), "{line}");
+        assert!(line.contains("no keyrings, System V IPC") && line.contains("page-cache eviction"), "{line}");
         assert!(line.contains("no capabilities but over files' permissions"), "{line}");
         assert!(line.contains("no other process's priority, scheduling or limits"), "{line}");
         assert!(line.contains("no signals") && line.contains("no file's permissions, owner, times"), "{line}");
