@@ -186,6 +186,20 @@ pub const PROGRAM_READS: [&str; 11] = [
 const ABI_USED: ABI = ABI::V5;
 
 impl Policy {
+    /// The confinement beyond Landlock's rules that has run on the CPU alone (`on`; else none, as CUDA keeps the
+    /// policy measured on a GPU): Unix sockets only, files' metadata kept, no kernel objects, the capabilities over
+    /// files' permissions only, other processes untouched. The rest of the policy is the caller's.
+    pub fn cpu_confinement(on: bool) -> Policy {
+        Policy {
+            unix_sockets_only: on,
+            keep_metadata: on,
+            no_kernel_objects: on,
+            file_capabilities_only: on,
+            others_untouched: on,
+            ..Policy::default()
+        }
+    }
+
     /// No sandbox, where the user's environment says `AUTORESEARCH_SANDBOX=off` (a way out on a machine where
     /// the sandbox gets in the way of its drivers); else `self`.
     pub fn unless_turned_off(self) -> Policy {
@@ -201,9 +215,7 @@ impl Policy {
         if self.off {
             return Ok("sandbox: off (AUTORESEARCH_SANDBOX=off): the agent's code runs unconfined".into());
         }
-        if self.unix_sockets_only || self.keep_metadata || self.no_kernel_objects || self.others_untouched {
-            refuse_calls(self)?;
-        }
+        refuse_calls(self)?;
         let read = AccessFs::from_read(ABI_USED);
         let write = AccessFs::from_write(ABI_USED);
         // What it reads: rules (a path, and whether it is read whole or only listed), the rights of a whole one,
@@ -480,7 +492,8 @@ fn keep_file_capabilities_only() -> Result<()> {
 /// Makes calls fail (EACCES) in this thread and what it starts from now on, as `policy` asks: with
 /// `unix_sockets_only`, `socket` for every family but Unix sockets and `io_uring_setup` for everything; with
 /// `keep_metadata`, the [`metadata_calls`]; with `no_kernel_objects`, the [`kernel_object_calls`]; with
-/// `others_untouched`, the calls that set a process's priority, scheduling or limits, but on itself.
+/// `others_untouched`, the calls that set a process's priority, scheduling or limits, but on itself. Where the
+/// policy asks for none, no filter at all.
 fn refuse_calls(policy: &Policy) -> Result<()> {
     use seccompiler::{SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
     let mut rules = std::collections::BTreeMap::new();
@@ -522,6 +535,9 @@ fn refuse_calls(policy: &Policy) -> Result<()> {
             SeccompCondition::new(2, SeccompCmpArgLen::Qword, SeccompCmpOp::Ne, 0)?,
         ];
         rules.insert(libc::SYS_prlimit64, vec![SeccompRule::new(setting_another)?]);
+    }
+    if rules.is_empty() {
+        return Ok(());
     }
     let arch = std::env::consts::ARCH.try_into().context("sandbox: seccomp on this architecture")?;
     let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EACCES as u32), arch)?;

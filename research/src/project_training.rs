@@ -106,10 +106,9 @@ fn policy_for(commands: &Commands, trainer: &Trainer, place: &Place, access: Acc
         write,
         allow_network: commands.network,
         unix_sockets_only: !commands.network && !cuda,
-        no_kernel_objects: !cuda,
-        file_capabilities_only: !cuda,
-        others_untouched: !cuda,
-        ..Policy::default()
+        // A project's commands may change files' modes and times (a build, a package manager): not refused.
+        keep_metadata: false,
+        ..Policy::cpu_confinement(!cuda)
     }
     .unless_turned_off()
 }

@@ -381,24 +381,14 @@ pub fn sandboxes(
             deny_read: deny,
             read: read.clone(),
             write: training_writes,
-            unix_sockets_only: !cuda,
-            keep_metadata: !cuda,
-            no_kernel_objects: !cuda,
-            file_capabilities_only: !cuda,
-            others_untouched: !cuda,
-            ..Policy::default()
+            ..Policy::cpu_confinement(!cuda)
         }
         .unless_turned_off(),
         evaluation: Policy {
             deny_read: evaluation_deny,
             read,
             write: evaluation_writes,
-            unix_sockets_only: !cuda,
-            keep_metadata: !cuda,
-            no_kernel_objects: !cuda,
-            file_capabilities_only: !cuda,
-            others_untouched: !cuda,
-            ..Policy::default()
+            ..Policy::cpu_confinement(!cuda)
         }
         .unless_turned_off(),
     }
