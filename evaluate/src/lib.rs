@@ -74,15 +74,17 @@ pub fn main<M: Trainable>(train: fn(&Training) -> Result<Trained<M>>, build: fn(
         std::process::exit(1)
     };
     let args = PhaseArgs::parse(std::env::args().skip(1)).unwrap_or_else(|e| fail(e));
+    // Converted to the monotonic clock once, for the supervisor and the training alike.
+    let deadline = args.deadline.map(instant_of);
     // First of all, before any thread exists (fork copies only the calling thread). The model process needs no
     // supervisor of its own: it is a child of the evaluation, whose supervisor ends what it leaves.
     // Kept here, in fixed code's own frame: the agent's code never holds it.
     let mut supervisor = (args.phase != Phase::Model).then(|| {
-        let supervision = supervision(&args).unwrap_or_else(|e| fail(e));
+        let supervision = supervision(&args, deadline).unwrap_or_else(|e| fail(e));
         supervisor::supervise(supervision).unwrap_or_else(|e| fail(e))
     });
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match args.phase {
-        Phase::Train => training_phase(&args, train, supervisor.as_mut().expect("supervised")),
+        Phase::Train => training_phase(&args, deadline, train, supervisor.as_mut().expect("supervised")),
         Phase::Evaluate => evaluation_phase(&args, build),
         Phase::Model => model_process::serve(&args, build),
     }));
@@ -103,14 +105,14 @@ pub fn main<M: Trainable>(train: fn(&Training) -> Result<Trained<M>>, build: fn(
 
 /// What the phase's supervisor keeps: the status file, and for the training its hand-over, due the profile's
 /// [`sealing_time`] after `train`'s end. The profile is read here, before the fork, by fixed code alone.
-fn supervision(args: &PhaseArgs) -> Result<supervisor::Supervision> {
+fn supervision(args: &PhaseArgs, deadline: Option<Instant>) -> Result<supervisor::Supervision> {
     let hand_over = if args.phase == Phase::Train {
-        let deadline = args.deadline.context("the training phase needs --deadline")?;
+        let deadline = deadline.context("the training phase needs --deadline")?;
         let profile = Training::profile_from_env()?.name;
         Some(supervisor::HandOver {
             folder: args.handover.clone(),
             files: vec![CHECKPOINT.to_string(), TRAINING_STATS.to_string()],
-            due: instant_of(sealing_due(deadline, &profile)),
+            due: sealing_due(deadline, &profile),
         })
     } else {
         None
@@ -150,17 +152,18 @@ fn phase_end(result: std::thread::Result<Result<()>>) -> (Outcome, String) {
 /// The training phase: the agent's `train` on the harness's clock, then the hand-over.
 fn training_phase<M: Trainable>(
     args: &PhaseArgs,
+    deadline: Option<Instant>,
     train: fn(&Training) -> Result<Trained<M>>,
     supervisor: &mut supervisor::Supervisor,
 ) -> Result<()> {
     // First of all, before any thread exists: a thread started earlier would stay outside the sandbox.
     println!("{}", args.sandbox.apply()?);
     require_device()?;
-    let deadline = args.deadline.context("the training phase needs --deadline")?;
+    let deadline = deadline.context("the training phase needs --deadline")?;
     let training = Training::from_env()?;
     let (budget, profile) = (training.time_budget, training.profile().name.clone());
     let reserve = handover_reserve(&profile);
-    let training = training.ending_at(instant_of(deadline - reserve), &args.handover);
+    let training = training.ending_at(deadline - Duration::from_secs_f64(reserve), &args.handover);
     println!(
         "clock: {:.1} s until `train` must return (budget {budget} s + allowance {} s for start-up, less {reserve} s \
          for the hand-over, from the phase's start), then {} s to save the model",

@@ -121,10 +121,10 @@ pub fn instant_of(unix_seconds: f64) -> Instant {
     }
 }
 
-/// When the hand-over of a training phase with deadline `deadline` (seconds since the Unix epoch) must be
-/// sealed by.
-pub fn sealing_due(deadline: f64, profile: &str) -> f64 {
-    deadline - handover_reserve(profile) + sealing_time(profile)
+/// When the hand-over of a training phase with deadline `deadline` must be sealed by: [`sealing_time`] after
+/// `train`'s end, which is [`handover_reserve`] before the deadline.
+pub fn sealing_due(deadline: Instant, profile: &str) -> Instant {
+    deadline - Duration::from_secs_f64(handover_reserve(profile) - sealing_time(profile))
 }
 
 /// How a phase ended: the status file's content, written by the phase's supervisor (outside the sandbox) from
@@ -454,7 +454,9 @@ mod tests {
         assert_eq!((allowance("h100"), handover_reserve("h100")), (40.0, 10.0));
         assert_eq!((allowance("small"), handover_reserve("small")), (10.0, 3.0));
         // The seal is due 1.5 s after `train`'s end at small (3 s before the deadline), 5 s at h100 (10 s before).
-        assert_eq!((sealing_due(1000.0, "small"), sealing_due(1000.0, "h100")), (998.5, 995.0));
+        let deadline = Instant::now() + Duration::from_secs(1000);
+        let before = |due: Instant| (deadline - due).as_secs_f64();
+        assert_eq!((before(sealing_due(deadline, "small")), before(sealing_due(deadline, "h100"))), (1.5, 5.0));
         let status = |outcome, message: &str| PhaseStatus { outcome, message: message.into(), sealed: Vec::new() };
         assert_eq!(status(Outcome::Success, "").crash(), None);
         assert_eq!(status(Outcome::Panic, "boom\nmore").crash(), Some(("panic: boom".into(), false)));

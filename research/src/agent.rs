@@ -168,7 +168,7 @@ fn ready_to_run(
                 let editable = worker.session.project.editable.describe();
                 return Ok(Err(format!("you did not change {editable}; nothing was run")));
             }
-            Check::Ready => {}
+            Check::Ready(_) => {}
         }
         match build(worker, trainer)?.output {
             Err(compiler) if fixes < opts.max_fixes => {

@@ -20,7 +20,8 @@ pub enum Check {
     Refused(String),
     /// The training file equals the best commit's and there is a result already.
     Unchanged,
-    Ready,
+    /// The editable files as checked: what the experiment commits, hashes and runs.
+    Ready(Snapshot),
 }
 
 pub fn check(worker: &Worker) -> Result<Check> {
@@ -36,7 +37,7 @@ pub fn check(worker: &Worker) -> Result<Check> {
     if let Some(why) = growth_refusal(project, &worker.git, &worker.session.settings.base, &now)? {
         return Ok(Check::Refused(why));
     }
-    Ok(Check::Ready)
+    Ok(Check::Ready(now))
 }
 
 fn refusal_message(worker: &Worker, files: &[String]) -> String {

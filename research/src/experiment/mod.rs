@@ -145,14 +145,13 @@ impl Decision {
 pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentOptions) -> Result<Outcome> {
     let started = Instant::now();
     // Check.
-    match check(worker)? {
+    let snapshot = match check(worker)? {
         Check::Refused(why) => bail!(why),
         Check::Unchanged => {
             bail!("{} are the same as in the best commit: nothing to run", worker.session.project.editable.describe())
         }
-        Check::Ready => {}
-    }
-    let snapshot = Snapshot::take(&worker.session.project.editable, &worker.git)?;
+        Check::Ready(snapshot) => snapshot,
+    };
     let hash = snapshot.hash();
     let retry_of = match if opts.force { None } else { check::earlier_run(worker, &hash) } {
         Some(check::Earlier::Reuse(earlier)) => {
