@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 /// What the sandboxed process may not read, and where alone it may write.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Policy {
     /// Where set, all it may read: these files and what lies beneath these folders (links followed), save
     /// `deny_read`, and `read` besides; else everything save `deny_read`. Missing paths are left out.
@@ -651,6 +651,15 @@ mod tests {
 
     fn denied(result: std::io::Result<()>) -> bool {
         result.unwrap_err().kind() == std::io::ErrorKind::PermissionDenied
+    }
+
+    #[test]
+    fn a_policy_from_json_names_a_field_it_does_not_know() {
+        let policy: Policy = serde_json::from_str(r#"{"write": ["/tmp"], "no_kernel_objects": true}"#).unwrap();
+        assert_eq!(policy, Policy { write: vec![PathBuf::from("/tmp")], no_kernel_objects: true, ..Policy::default() });
+        // A misspelt confinement would otherwise be left out without a word.
+        let error = serde_json::from_str::<Policy>(r#"{"no_kernel_objekts": true}"#).unwrap_err().to_string();
+        assert!(error.contains("unknown field `no_kernel_objekts`"), "{error}");
     }
 
     #[test]
