@@ -835,14 +835,15 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
         ),
         (
             // Red team 12 wrote validation tokens in which pages of libtorch's library the model process evicted,
-            // and the next training read them with mincore. Here python's mmap asks for the eviction.
+            // and the next training read them with mincore. Here python's mmap asks for the eviction, and a read
+            // that fails where a page is not there (RWF_NOWAIT) asks which pages are.
             "evict a library's pages for the next training to see",
             insert(
-                r#"    let evict = "import mmap, os\nf = open(os.__file__, 'rb')\nm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\ntry:\n    m.madvise(21)\nexcept OSError as e:\n    raise SystemExit('madvise: ' + e.strerror)";
+                r#"    let evict = "import mmap, os\nf = open(os.__file__, 'rb')\nsaid = []\ntry:\n    os.preadv(f.fileno(), [bytearray(4096)], 0, os.RWF_NOWAIT)\nexcept OSError as e:\n    said.append('preadv2 RWF_NOWAIT: ' + e.strerror)\nm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\ntry:\n    m.madvise(21)\nexcept OSError as e:\n    said.append('madvise: ' + e.strerror)\nraise SystemExit('; '.join(said) or 'nothing refused')";
     let out = std::process::Command::new("python3").args(["-c", evict]).output()?;
     ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));"#,
             ),
-            "madvise: Permission denied",
+            "preadv2 RWF_NOWAIT: Permission denied; madvise: Permission denied",
             false,
         ),
         (

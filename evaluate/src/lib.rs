@@ -378,6 +378,10 @@ fn evaluate_in_model_process(
             read: Vec::new(),
             no_listing: true,
             write: Vec::new(),
+            // This evaluation loaded them (its own binary and libraries) before its sandbox, whose filter
+            // refuses the mincore that asks which pages are missing: what one side's process reads the next side's
+            // could time, but each side evaluates rows of its own, and every phase loads them afresh.
+            load_mapped_files: false,
             ..args.sandbox.clone()
         },
     };

@@ -58,8 +58,13 @@ pub struct Policy {
     /// queues and semaphores, POSIX message queues and BPF calls fail; nor can it evict a file's pages from the
     /// page cache or ask which are there (`madvise` MADV_PAGEOUT or MADV_COLD, `fadvise` DONTNEED, `mincore`,
     /// `cachestat`: another red team wrote validation tokens in which pages of libtorch's library it evicted, for
-    /// the next training to read). A seccomp filter; set on the CPU.
+    /// the next training to read), nor ask it without waiting (`preadv2` with RWF_NOWAIT, or Linux's
+    /// asynchronous I/O, which takes that flag where no filter sees it). A seccomp filter; set on the CPU.
     pub no_kernel_objects: bool,
+    /// Before anything else, every page of the files it maps (its binary and libraries) is loaded into the page
+    /// cache ([`crate::resident`]): which of them an earlier process loaded, one bit a page, is no message a read's
+    /// time could show. Set on the CPU.
+    pub load_mapped_files: bool,
     /// Of its capabilities it keeps those over files' permissions alone (root reading and writing files other
     /// users own, which Landlock confines regardless): a process running as root could otherwise set the clock
     /// (`adjtimex`, `settimeofday`), its own priority above others' (`renice -20`, as a red team did), the
@@ -187,13 +192,14 @@ const ABI_USED: ABI = ABI::V5;
 
 impl Policy {
     /// The confinement beyond Landlock's rules that has run on the CPU alone (`on`; else none, as CUDA keeps the
-    /// policy measured on a GPU): Unix sockets only, files' metadata kept, no kernel objects, the capabilities over
-    /// files' permissions only, other processes untouched. The rest of the policy is the caller's.
+    /// policy measured on a GPU): Unix sockets only, files' metadata kept, no kernel objects, the mapped files
+    /// loaded, the capabilities over files' permissions only, other processes untouched. The rest of the policy is the caller's.
     pub fn cpu_confinement(on: bool) -> Policy {
         Policy {
             unix_sockets_only: on,
             keep_metadata: on,
             no_kernel_objects: on,
+            load_mapped_files: on,
             file_capabilities_only: on,
             others_untouched: on,
             ..Policy::default()
@@ -215,6 +221,8 @@ impl Policy {
         if self.off {
             return Ok("sandbox: off (AUTORESEARCH_SANDBOX=off): the agent's code runs unconfined".into());
         }
+        // Before the filter, which refuses the mincore it asks with.
+        let loaded = if self.load_mapped_files { Some(crate::resident::load_mapped_files()?) } else { None };
         refuse_calls(self)?;
         let read = AccessFs::from_read(ABI_USED);
         let write = AccessFs::from_write(ABI_USED);
@@ -325,7 +333,15 @@ impl Policy {
             what += ", no file's permissions, owner, times or attributes changed";
         }
         if self.no_kernel_objects {
-            what += ", no keyrings, System V IPC, message queues, BPF or page-cache eviction";
+            what += ", no keyrings, System V IPC, message queues, BPF or page-cache eviction or queries";
+        }
+        if let Some(loaded) = loaded {
+            what += &format!(
+                ", the {} files it maps wholly in the page cache ({:.1} MiB of them read now, {:.2} s)",
+                loaded.files,
+                loaded.read as f64 / (1u64 << 20) as f64,
+                loaded.seconds
+            );
         }
         if self.file_capabilities_only {
             what += ", no capabilities but over files' permissions";
@@ -520,6 +536,12 @@ fn refuse_calls(policy: &Policy) -> Result<()> {
         rules.insert(CACHESTAT, Vec::new());
         rules.insert(libc::SYS_madvise, vec![when(2, MADV_COLD)?, when(2, MADV_PAGEOUT)?]);
         rules.insert(libc::SYS_fadvise64, vec![when(3, libc::POSIX_FADV_DONTNEED as u64)?]);
+        // Which pages are there, asked by a read that fails rather than wait for the disk.
+        let nowait = libc::RWF_NOWAIT as u64;
+        for call in [libc::SYS_preadv2, libc::SYS_pwritev2] {
+            rules.insert(call, vec![rule(5, SeccompCmpOp::MaskedEq(nowait), nowait)?]);
+        }
+        rules.insert(libc::SYS_io_setup, Vec::new());
     }
     if policy.others_untouched {
         // Itself is pid 0; setpriority and ioprio_set also name whose (a process, a group, a user), which must be
@@ -729,6 +751,7 @@ mod tests {
             unix_sockets_only: true,
             keep_metadata: true,
             no_kernel_objects: true,
+            load_mapped_files: true,
             file_capabilities_only: true,
             others_untouched: true,
             ..Policy::default()
@@ -789,6 +812,15 @@ mod tests {
             assert_eq!(dropped, libc::EACCES, "no fadvise DONTNEED");
             assert_eq!(unsafe { libc::posix_fadvise(lib.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) }, 0);
             unsafe { libc::munmap(map, len) };
+            // Nor ask by a read that fails where a page is not there (RWF_NOWAIT), or by asynchronous I/O.
+            let mut page = [0u8; 4096];
+            let iov = libc::iovec { iov_base: page.as_mut_ptr().cast(), iov_len: page.len() };
+            let read = |flags| unsafe { libc::preadv2(lib.as_raw_fd(), &iov, 1, 0, flags) as libc::c_long };
+            assert_eq!(refused(read(libc::RWF_NOWAIT)), (-1, Some(libc::EACCES)), "no RWF_NOWAIT");
+            assert_eq!(read(libc::RWF_HIPRI), 4096, "other reads stay");
+            let mut context: libc::c_ulong = 0;
+            let aio = unsafe { libc::syscall(libc::SYS_io_setup, 1, &mut context) };
+            assert_eq!(refused(aio), (-1, Some(libc::EACCES)), "no asynchronous I/O");
             // Nor any call through x32's numbers, which the filter by number would not see (ENOSYS where the kernel
             // has no x32, as most have not: refused before that).
             #[cfg(target_arch = "x86_64")]
@@ -832,7 +864,11 @@ mod tests {
             other.wait().unwrap();
         });
         assert!(line.contains("network closed") && line.contains("no sockets but Unix ones"), "{line}");
-        assert!(line.contains("no keyrings, System V IPC") && line.contains("page-cache eviction"), "{line}");
+        assert!(
+            line.contains("no keyrings, System V IPC") && line.contains("page-cache eviction or queries"),
+            "{line}"
+        );
+        assert!(line.contains("files it maps wholly in the page cache"), "{line}");
         assert!(line.contains("no capabilities but over files' permissions"), "{line}");
         assert!(line.contains("no other process's priority, scheduling or limits"), "{line}");
         assert!(line.contains("no signals") && line.contains("no file's permissions, owner, times"), "{line}");
