@@ -910,6 +910,16 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
         let build_log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/build.log", run_of(&row))));
         assert!(build_log.unwrap().contains("Permission denied"), "{description}: the compiler could not read it");
     }
+    // Nor the last build's library, where earlier versions of the file compiled in what they carried, to copy out at
+    // compile time (red team 13 carried a chunk of the growth limit's size more each experiment so): a build of
+    // another file finds no earlier build of the training crate.
+    let library = s.target.join("release/libtrain.rlib").display().to_string();
+    std::fs::write(&train, insert(&format!("    let _compiled = include_bytes!({library:?}).len();"))).unwrap();
+    assert!(s.run(&["run", "-m", "compile the last build's library in"]).status.success());
+    let row = s.rows().last().unwrap().clone();
+    assert_eq!((row.status, row.extra.as_ref().unwrap().reason.as_str()), (Status::Crash, "compile error"), "{row:?}");
+    let build_log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/build.log", run_of(&row))));
+    assert!(build_log.unwrap().contains("No such file or directory"), "the last build's library is gone");
     // Nor can the agent paste the kept model's weights into the source (red team 11 kept a file that started from
     // them): the editable file may grow by a bounded amount, compressed, and the change is refused before it runs.
     let weights = std::fs::read(&kept_model).unwrap();

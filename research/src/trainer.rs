@@ -238,6 +238,36 @@ impl Trainer {
         Ok(source)
     }
 
+    /// What the release folder's training library and binary were last built from, whichever tree built them.
+    fn last_built_from(&self) -> PathBuf {
+        self.release_dir().join("autoresearch-train.last-built-from")
+    }
+
+    /// Removes what earlier versions of the training file were compiled into (the training crate's library and
+    /// binary, in the release folder and its `deps`), before a build of another file. The build reads the release
+    /// folder, where its dependencies' compiled forms lie: a file could otherwise `include_bytes!` the last build's
+    /// library and copy out, at compile time, what earlier versions had compiled in, each adding as much as the
+    /// growth limit allows (red team 13 carried three random 10 KiB chunks through three experiments so).
+    fn remove_earlier_builds(&self) -> Result<()> {
+        let release = self.release_dir();
+        let uplifted = ["libtrain.rlib", "libtrain.d", "autoresearch-train", "autoresearch-train.d"];
+        let doomed = uplifted.iter().map(|name| release.join(name));
+        let deps = std::fs::read_dir(release.join("deps")).into_iter().flatten().flatten().filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = ["libtrain-", "train-", "autoresearch_train-"].iter().any(|p| name.starts_with(p));
+            ours.then(|| entry.path())
+        });
+        for path in doomed.chain(deps) {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing an earlier build's {}", path.display()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// The binary the phases run.
     pub fn binary(&self) -> PathBuf {
         self.prebuilt.clone().or_else(|| self.installed.clone()).unwrap_or_else(|| self.built())
@@ -311,7 +341,12 @@ impl Trainer {
         // target folder cannot replace the binary in between.
         let (_target, waited) = self.lock_target(show)?;
         let source = self.touch_a_changed_training_file()?;
-        let first = !self.built().exists();
+        // The dependencies' compiled forms: libtorch's bindings take minutes the first time.
+        let first = !self.release_dir().join("deps").is_dir();
+        if std::fs::read_to_string(self.last_built_from()).ok().as_deref() != Some(source.as_str()) {
+            let _ = std::fs::remove_file(self.last_built_from());
+            self.remove_earlier_builds()?;
+        }
         let mut cmd = self.build_command()?;
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = spawn(&mut cmd).context("running cargo")?;
@@ -361,6 +396,7 @@ impl Trainer {
             return Ok(Built { output: Err(text), waited });
         }
         std::fs::write(self.built_from(), &source).context("recording what the binary was built from")?;
+        std::fs::write(self.last_built_from(), &source).context("recording what the binary was built from")?;
         if let Some(to) = &self.installed {
             // Copied only where cargo made a new binary: the copy's identity keys the device batches remembered
             // for it, so a build that changed nothing keeps them.
@@ -499,11 +535,38 @@ mod tests {
         assert!(shown.iter().any(|l| l.contains("Compiling torch-sys")), "{shown:?}");
         assert!(shown.last().unwrap().starts_with("build done after"), "{shown:?}");
 
-        std::fs::create_dir_all(t.binary().parent().unwrap()).unwrap();
-        std::fs::write(t.binary(), "").unwrap();
+        std::fs::create_dir_all(t.release_dir().join("deps")).unwrap();
         let (result, shown) = build(&t);
         assert!(result.is_ok());
         assert!(shown.is_empty(), "an incremental build says nothing: {shown:?}");
+    }
+
+    #[test]
+    fn a_build_of_another_file_finds_no_earlier_build_of_the_training_crate() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = trainer(dir.path(), "", 0);
+        let release = t.release_dir();
+        let ours = ["libtrain.rlib", "autoresearch-train", "deps/libtrain-1a2b.rlib", "deps/autoresearch_train-1a2b"];
+        let theirs = ["deps/libautoresearch_harness-3c4d.rlib", "deps/libtch-5e6f.rlib", "libtrainer.rlib"];
+        let plant = || {
+            for f in ours.iter().chain(&theirs) {
+                std::fs::create_dir_all(release.join(f).parent().unwrap()).unwrap();
+                std::fs::write(release.join(f), "compiled").unwrap();
+            }
+        };
+        let left = || ours.iter().filter(|f| release.join(f).exists()).count();
+        plant();
+        assert!(build(&t).0.is_ok());
+        assert_eq!(left(), 0, "the training crate's earlier builds are gone");
+        assert!(theirs.iter().all(|f| release.join(f).exists()), "its dependencies' stay");
+        // The same file again: what the last build made of it stays (cargo finds it fresh).
+        plant();
+        assert!(build(&t).0.is_ok());
+        assert_eq!(left(), ours.len());
+        // Another file, built by another tree sharing the folder, or changed here: gone again.
+        std::fs::write(dir.path().join(TRAINING_FILE), "fn changed() {}\n").unwrap();
+        assert!(build(&t).0.is_ok());
+        assert_eq!(left(), 0);
     }
 
     #[test]
