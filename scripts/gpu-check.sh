@@ -152,9 +152,12 @@ sandbox() {
     local shard tmp check nodes cuda flag policies policy
     shard=$(ls "$stage"/cache/data/*.parquet | tail -1)
     tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' RETURN
     check='import torch; a = torch.ones(256, 256, device="cuda", dtype=torch.bfloat16); torch.cuda.synchronize()
 print("cuda works:", torch.cuda.device_count(), "devices,", float((a @ a)[0, 0]))'
-    nodes=$(for node in /dev/nvidia* /dev/null /dev/zero /dev/urandom; do [[ -e $node ]] && echo "\"$node\""; done | paste -sd, -)
+    nodes=$(for node in /dev/nvidia* /dev/null /dev/zero /dev/urandom; do
+        if [[ -e $node ]]; then echo "\"$node\""; fi
+    done | paste -sd, -)
     cuda="\"$tmp\", \"/dev\", \"/proc\", \"/sys\""
     policies=(
         '{"deny_read": [], "write": ["/"]}'
@@ -174,10 +177,9 @@ print("cuda works:", torch.cuda.device_count(), "devices,", float((a @ a)[0, 0])
         local said
         # A policy that stops CUDA fails the command: its row says how, and the next policy is tried.
         said=$({ "$stage/bin/autoresearch" sandboxed --policy "$policy" -- python3 -c "$check" 2>&1 || true; } \
-            | grep -E "cuda works|Error|error" | tail -2 | tr '\n' ' ')
+            | { grep -E "cuda works|Error|error" || true; } | tail -2 | tr '\n' ' ')
         echo "| \`$policy\` | ${said:-nothing printed} |"
     done
-    rm -rf "$tmp"
 }
 
 case ${1:-} in

@@ -31,8 +31,8 @@ use anyhow::{bail, ensure, Context, Result};
 use autoresearch_harness::device::peak_rss_mb;
 use autoresearch_harness::fit::{is_out_of_memory, panic_message};
 use autoresearch_harness::handover::{
-    allowance, check_device, handover_reserve, instant_of, sealing_due, sealing_time, EvalResult, Outcome, Phase,
-    PhaseArgs, Sealed, TrainingReport, TrainingStats, AUDIT, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
+    allowance, check_device, handover_reserve, instant_of, model_allowance, sealing_due, sealing_time, EvalResult,
+    Outcome, Phase, PhaseArgs, Sealed, TrainingReport, TrainingStats, AUDIT, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
 };
 use autoresearch_harness::profile::Training;
 use autoresearch_harness::sandbox::Policy;
@@ -378,14 +378,14 @@ fn evaluate_in_model_process(
             read: Vec::new(),
             no_listing: true,
             write: Vec::new(),
-            // This evaluation loaded them (its own binary and libraries) before its sandbox, whose filter
-            // refuses the mincore that asks which pages are missing: what one side's process reads the next side's
-            // could time, but each side evaluates rows of its own, and every phase loads them afresh.
+            // What it maps is this evaluation's binary and libraries, which the evaluation loaded before its
+            // sandbox (whose filter, inherited, refuses the mincore that loading asks with); its checkpoint the
+            // training wrote, and no later process reads.
             load_mapped_files: false,
             ..args.sandbox.clone()
         },
     };
-    let allowance = Duration::from_secs_f64(allowance(&training.profile().name));
+    let allowance = Duration::from_secs_f64(model_allowance(&training.profile().name));
     let start = || model_process::ModelProcess::start(&model_args, vocab, allowance);
     // The plan's sides, one model process each, one after the other (each has ended before the next starts, so
     // they share no time in which to talk): side 0's now.

@@ -6,8 +6,8 @@
 //! training's [`progress`] file, how the training binary is run and hands its model over ([`handover`]), the
 //! [`sandbox`] the agent's code runs in (the pages of the files it maps first made [`resident`]), the
 //! [`supervisor`] that ends every process a phase started, and [`fsutil`]. No ML framework: the training crate
-//! brings its own; and no network or terminal tools: making the data (download, tokenizer training's driver, progress bars) is
-//! `autoresearch-prepare`'s, which only the CLI links. The research loop lives in `autoresearch-research`.
+//! brings its own; and no network or terminal tools: making the data (download, tokenizer training's driver,
+//! progress bars) is `autoresearch-prepare`'s, which only the CLI links. The research loop lives in `autoresearch-research`.
 
 pub mod dataloader;
 pub mod device;

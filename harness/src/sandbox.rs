@@ -193,7 +193,8 @@ const ABI_USED: ABI = ABI::V5;
 impl Policy {
     /// The confinement beyond Landlock's rules that has run on the CPU alone (`on`; else none, as CUDA keeps the
     /// policy measured on a GPU): Unix sockets only, files' metadata kept, no kernel objects, the mapped files
-    /// loaded, the capabilities over files' permissions only, other processes untouched. The rest of the policy is the caller's.
+    /// loaded, the capabilities over files' permissions only, other processes untouched. The rest of the policy is
+    /// the caller's.
     pub fn cpu_confinement(on: bool) -> Policy {
         Policy {
             unix_sockets_only: on,
@@ -377,6 +378,9 @@ fn pin_if_in_proc(path: &Path, pins: &mut Vec<std::fs::File>) {
 /// file) runs sandboxed. Returns only on an error.
 pub fn exec_sandboxed(policy: &Policy, program: &std::ffi::OsStr, args: &[std::ffi::OsString]) -> anyhow::Error {
     use std::os::unix::process::CommandExt;
+    // What this launcher maps is not what the program it runs will: loading what a process maps is for the
+    // training binary's phases, which apply their policy themselves.
+    let policy = Policy { load_mapped_files: false, ..policy.clone() };
     match policy.apply() {
         Ok(line) => eprintln!("{line}"),
         Err(e) => return e,
@@ -542,6 +546,7 @@ fn refuse_calls(policy: &Policy) -> Result<()> {
             rules.insert(call, vec![rule(5, SeccompCmpOp::MaskedEq(nowait), nowait)?]);
         }
         rules.insert(libc::SYS_io_setup, Vec::new());
+        rules.insert(libc::SYS_io_uring_setup, Vec::new());
     }
     if policy.others_untouched {
         // Itself is pid 0; setpriority and ioprio_set also name whose (a process, a group, a user), which must be
@@ -676,6 +681,16 @@ mod tests {
     }
 
     #[test]
+    fn no_kernel_objects_alone_refuses_io_uring_which_could_ask_for_pages_past_the_filter() {
+        // A project with the network keeps its sockets (no `unix_sockets_only`), not io_uring's RWF_NOWAIT reads.
+        in_sandbox(Policy { no_kernel_objects: true, ..Policy::default() }, || {
+            let mut params = [0u8; 120]; // struct io_uring_params
+            let ring = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1, params.as_mut_ptr()) };
+            assert_eq!((ring, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::EACCES)));
+        });
+    }
+
+    #[test]
     fn a_policy_from_json_names_a_field_it_does_not_know() {
         let policy: Policy = serde_json::from_str(r#"{"write": ["/tmp"], "no_kernel_objects": true}"#).unwrap();
         assert_eq!(policy, Policy { write: vec![PathBuf::from("/tmp")], no_kernel_objects: true, ..Policy::default() });
@@ -757,6 +772,8 @@ mod tests {
             ..Policy::default()
         };
         let (own2, session2) = (own.clone(), session.clone());
+        // It loads what the test process maps, which other tests' threads map files into.
+        let _maps = crate::resident::MAPS.lock().unwrap_or_else(|e| e.into_inner());
         let line = in_sandbox(policy, move || {
             std::fs::write(own2.join("x"), "mine").unwrap();
             assert_eq!(std::fs::read_to_string(own2.join("x")).unwrap(), "mine", "its own folder");
