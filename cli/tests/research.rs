@@ -1540,6 +1540,16 @@ fn attacks_on_the_evaluation_are_not_kept() {
             honest.replace(&honest_load, &format!("{load_state}{train_on}        Ok(())\n")),
             &["evaluation: over time: the model process took longer than 3 s for its `build` and loading"][..],
         ),
+        (
+            // Within the allowance: red team 14 took three optimizer steps there, on rows and optimizer state the
+            // checkpoint carried, and was kept. The model's state is then not the checkpoint.
+            "take a step in the evaluation, before the metric",
+            honest.replace(
+                &honest_load,
+                &format!("{load_state}{}        Ok(())\n", train_on.replace("as_secs() < 60", "as_millis() < 1")),
+            ),
+            &["is not the checkpoint: `"][..],
+        ),
     ];
     for (description, file, reasons) in evaluation_attacks {
         std::fs::write(&train, file).unwrap();

@@ -17,7 +17,9 @@
 //! call within the profile's model allowance ([`autoresearch_harness::handover::model_allowance`], 3 s at small),
 //! and each later call within the allowance again; else it is ended and the evaluation fails `over time`. So
 //! `build` and loading cannot train for long on what the checkpoint carries; training between calls changes the
-//! logits that the probes compare across calls ([`crate::probes`]).
+//! logits that the probes compare across calls ([`crate::probes`]); and the model's `state` must be the
+//! checkpoint once loaded and after the last call (`holds_the_checkpoint`), so that a model that trains its own
+//! tensors in the allowance is caught.
 //!
 //! Nothing the child does is trusted: `unsafe` is forbidden in the training file, but a soundness bug of rustc
 //! (rust-lang/rust#25860) lets safe code transmute, so the agent's code can take the whole process over, and
@@ -70,7 +72,10 @@ pub fn serve<M: Model>(args: &PhaseArgs, build: fn(&Training) -> Result<M>) -> R
     let training = Training::from_env()?;
     let sandbox = args.sandbox.apply()?;
     let model = build(&training)?;
-    crate::load_checkpoint(&model, &args.handover.join(CHECKPOINT))?;
+    let checkpoint = args.handover.join(CHECKPOINT);
+    crate::load_checkpoint(&model, &checkpoint)?;
+    let handed_over = Tensor::read_safetensors(&checkpoint).context("reading the checkpoint again")?;
+    holds_the_checkpoint(&model, &handed_over, "once loaded")?;
     send_text(&mut answers, &sandbox)?;
     answers.flush()?;
     let vocab = training.profile().vocab_size as i64;
@@ -105,6 +110,30 @@ pub fn serve<M: Model>(args: &PhaseArgs, build: fn(&Training) -> Result<M>) -> R
             }
         }
         answers.flush()?;
+    }
+    holds_the_checkpoint(&model, &handed_over, "after the last call")
+}
+
+/// The model's `state` is the checkpoint, tensor for tensor: the model evaluated is the one the training handed
+/// over. Red team 14 handed its optimizer state and a few rows over in the checkpoint and took optimizer steps in
+/// `load_state`, before the first call: every side of the evaluation then had the same better model, which no
+/// probe could tell from an honest one (kept, 0.28 below the baseline). A model that trains is caught here where
+/// its `state` shows it; one that keeps a copy to show is not (see README, "What is not enforced").
+fn holds_the_checkpoint<M: Model>(model: &M, checkpoint: &[(String, Tensor)], when: &str) -> Result<()> {
+    let state: std::collections::HashMap<String, Tensor> = model.state().into_iter().collect();
+    for (name, saved) in checkpoint {
+        let now = state
+            .get(name)
+            .with_context(|| format!("the model's state {when} has no tensor `{name}`, which the checkpoint holds"))?;
+        // Equal element for element, a NaN where the checkpoint has one included.
+        let same = now.size() == saved.size()
+            && now.kind() == saved.kind()
+            && tch::no_grad(|| {
+                let now = now.to_device(Device::Cpu);
+                let nan = now.isnan().logical_and(&saved.isnan());
+                now.eq_tensor(saved).logical_or(&nan).all().int64_value(&[]) == 1
+            });
+        ensure!(same, "the model's state {when} is not the checkpoint: `{name}` differs (changed in the evaluation)");
     }
     Ok(())
 }
