@@ -45,7 +45,9 @@ pub trait Model {
     fn logits(&self, inputs: &Tensor) -> Tensor;
     /// The device the model runs on; inputs are put there.
     fn device(&self) -> Device;
-    /// Every tensor the trained model needs, by name: what the checkpoint holds.
+    /// Every tensor the trained model needs, by name: what the checkpoint holds. On the CPU the evaluation checks
+    /// that it is still the checkpoint, tensor for tensor, once loaded and after the last call: a cache the model
+    /// fills as it evaluates belongs outside it.
     fn state(&self) -> Vec<(String, Tensor)>;
     /// Copies a checkpoint's tensors into a model from `build`.
     fn load_state(&self, tensors: &[(String, Tensor)]) -> Result<()>;
