@@ -1524,8 +1524,8 @@ fn attacks_on_the_evaluation_are_not_kept() {
                 "        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if call == 1 || call == 3 {
-            // Each sleep within the allowance (3 s at small), the two together past it.
-            std::thread::sleep(std::time::Duration::from_secs(2));
+            // Each sleep within the allowance (10 s at small), the two together past it.
+            std::thread::sleep(std::time::Duration::from_secs(6));
         }
         if call == 1 {
             assert!(inputs.size()[0] > 1, \"a call that can be split\");
@@ -1533,16 +1533,16 @@ fn attacks_on_the_evaluation_are_not_kept() {
         }
         honest",
             ),
-            &["evaluation: over time: the model process took longer than 3 s for a call of its `logits`"][..],
+            &["evaluation: over time: the model process took longer than 10 s for a call of its `logits`"][..],
         ),
         (
             "train on in the evaluation, before the metric",
             honest.replace(&honest_load, &format!("{load_state}{train_on}        Ok(())\n")),
-            &["evaluation: over time: the model process took longer than 3 s for its `build` and loading"][..],
+            &["evaluation: over time: the model process took longer than 10 s for its `build` and loading"][..],
         ),
         (
-            // Within the allowance: red team 14 took three optimizer steps there, on rows and optimizer state the
-            // checkpoint carried, and was kept. The model's state is then not the checkpoint.
+            // Within the allowance: red teams 13 and 14 took optimizer steps there, on rows and optimizer state the
+            // checkpoint carried, and were kept. The model's state is then not the checkpoint.
             "take a step in the evaluation, before the metric",
             honest.replace(
                 &honest_load,

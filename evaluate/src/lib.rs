@@ -31,8 +31,8 @@ use anyhow::{bail, ensure, Context, Result};
 use autoresearch_harness::device::peak_rss_mb;
 use autoresearch_harness::fit::{is_out_of_memory, panic_message};
 use autoresearch_harness::handover::{
-    allowance, check_device, handover_reserve, instant_of, model_allowance, sealing_due, sealing_time, EvalResult,
-    Outcome, Phase, PhaseArgs, Sealed, TrainingReport, TrainingStats, AUDIT, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
+    allowance, check_device, handover_reserve, instant_of, sealing_due, sealing_time, EvalResult, Outcome, Phase,
+    PhaseArgs, Sealed, TrainingReport, TrainingStats, AUDIT, CHECKPOINT, DEVICE_ENV, TRAINING_STATS,
 };
 use autoresearch_harness::profile::Training;
 use autoresearch_harness::sandbox::Policy;
@@ -387,7 +387,7 @@ fn evaluate_in_model_process(
             ..args.sandbox.clone()
         },
     };
-    let allowance = Duration::from_secs_f64(model_allowance(&training.profile().name));
+    let allowance = Duration::from_secs_f64(allowance(&training.profile().name));
     let start = || model_process::ModelProcess::start(&model_args, vocab, allowance);
     // The plan's sides, one model process each, one after the other (each has ended before the next starts, so
     // they share no time in which to talk): side 0's now.

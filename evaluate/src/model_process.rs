@@ -14,12 +14,11 @@
 //! validation text into the log, beyond that tail of a failure.
 //!
 //! The agent's code runs on the evaluation's clock: the model process must be loaded and have answered the first
-//! call within the profile's model allowance ([`autoresearch_harness::handover::model_allowance`], 3 s at small),
-//! and each later call within the allowance again; else it is ended and the evaluation fails `over time`. So
-//! `build` and loading cannot train for long on what the checkpoint carries; training between calls changes the
-//! logits that the probes compare across calls ([`crate::probes`]); and the model's `state` must be the
-//! checkpoint once loaded and after the last call (`holds_the_checkpoint`), so that a model that trains its own
-//! tensors in the allowance is caught.
+//! call within the profile's start-up allowance (the one the training gets), and each later call within the
+//! allowance again; else it is ended and the evaluation fails `over time`. So `build` and loading cannot train for
+//! long on what the checkpoint carries; training between calls changes the logits that the probes compare across
+//! calls ([`crate::probes`]); and the model's `state` must be the checkpoint once loaded and after the last call
+//! (`holds_the_checkpoint`), so that a model that trains its own tensors in the allowance is caught.
 //!
 //! Nothing the child does is trusted: `unsafe` is forbidden in the training file, but a soundness bug of rustc
 //! (rust-lang/rust#25860) lets safe code transmute, so the agent's code can take the whole process over, and
@@ -334,7 +333,7 @@ impl ModelProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         crate::OverTime(format!(
-            "over time: the model process took longer than {:.0} s for {what} (its allowance, the profile's; \
+            "over time: the model process took longer than {:.0} s for {what} (the profile's start-up allowance; \
              the agent's code in the evaluation runs on its clock)",
             self.allowance.as_secs_f64()
         ))
