@@ -73,6 +73,8 @@ pub fn serve<M: Model>(args: &PhaseArgs, build: fn(&Training) -> Result<M>) -> R
     let model = build(&training)?;
     let checkpoint = args.handover.join(CHECKPOINT);
     crate::load_checkpoint(&model, &checkpoint)?;
+    // Read again rather than kept from the load: `load_state` holds the tensors it is given, and could train them
+    // in place as its own.
     let handed_over = Tensor::read_safetensors(&checkpoint).context("reading the checkpoint again")?;
     holds_the_checkpoint(&model, &handed_over, "once loaded")?;
     send_text(&mut answers, &sandbox)?;
