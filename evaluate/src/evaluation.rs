@@ -113,19 +113,7 @@ mod tests {
 
     impl Toy {
         fn new(vocab: i64, peek: bool, max_rows: i64) -> Toy {
-            // A fixed table of its own, from xorshift, uniform in [-2, 2): libtorch's global generator is shared by
-            // the tests' threads, and another test's draw between a seed and a draw here once changed the table
-            // between two evaluations that should have been equal.
-            let mut state = 0x2545_f491_4f6c_dd1d_u64;
-            let values: Vec<f32> = (0..vocab * vocab)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    (state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
-                })
-                .collect();
-            Toy { table: Tensor::from_slice(&values).view([vocab, vocab]), peek, max_rows, noise: 0.0, drift: false }
+            Toy { table: crate::test_tables::fixed_table(vocab, vocab, 2.0), peek, max_rows, noise: 0.0, drift: false }
         }
     }
 

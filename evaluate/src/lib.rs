@@ -20,6 +20,8 @@ pub mod evaluation;
 pub mod loss_check;
 pub mod model_process;
 pub mod probes;
+#[cfg(test)]
+mod test_tables;
 /// In the harness: the CLI's `sandboxed` (a project's commands) runs under it too.
 pub use autoresearch_harness::supervisor;
 
