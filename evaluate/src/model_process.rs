@@ -320,9 +320,14 @@ impl ModelProcess {
         }
     }
 
-    /// Closes the requests and waits for the child to end.
+    /// Closes the requests and waits for the child to end (its last state check), on the start-up allowance's
+    /// clock like every answer.
     pub fn finish(mut self) -> Result<()> {
         drop(self.requests.take());
+        let allowance = self.allowance;
+        if !within(allowance, || !matches!(self.child.try_wait(), Ok(None))) {
+            return Err(self.over_time("its end"));
+        }
         let status = self.child.wait()?;
         if !status.success() {
             bail!("the model process failed at the end ({status})");
@@ -361,13 +366,16 @@ impl ModelProcess {
         // a garbled answer: then it is ended here, and its end is not mistaken for the kernel's OOM killer. A
         // process it started could hold its stderr open; that tail is then not waited for (the phase's
         // supervisor ends it).
-        let ended_here = !within_a_second(|| !matches!(self.child.try_wait(), Ok(None)));
+        let ended_here = !within(Duration::from_secs(1), || !matches!(self.child.try_wait(), Ok(None)));
         if ended_here {
             let _ = self.child.kill();
         }
         let status = self.child.wait();
-        let stderr =
-            self.stderr.take().filter(|h| within_a_second(|| h.is_finished())).map(|h| h.join().unwrap_or_default());
+        let stderr = self
+            .stderr
+            .take()
+            .filter(|h| within(Duration::from_secs(1), || h.is_finished()))
+            .map(|h| h.join().unwrap_or_default());
         let stderr = stderr.unwrap_or_default();
         let lines: Vec<&str> = stderr.lines().collect();
         // Its own error line where it wrote one, else a panic's message, else the whole tail.
@@ -417,11 +425,11 @@ impl Read for DueStream {
     }
 }
 
-/// Whether `done` holds within a second (asked every 10 ms).
-fn within_a_second(mut done: impl FnMut() -> bool) -> bool {
+/// Whether `done` holds within `limit` (asked every 10 ms).
+fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let waited = Instant::now();
     while !done() {
-        if waited.elapsed() >= Duration::from_secs(1) {
+        if waited.elapsed() >= limit {
             return false;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -465,5 +473,32 @@ mod tests {
         assert_eq!(rest, [7, 7]);
         drop(answers);
         trickle.join().unwrap();
+    }
+
+    /// A model process around `script`, run by `sh`, with `allowance` (its answers are not read here).
+    fn around(script: &str, allowance: Duration) -> ModelProcess {
+        let mut child = Command::new("sh").args(["-c", script]).stdin(Stdio::piped()).spawn().unwrap();
+        ModelProcess {
+            requests: Some(BufWriter::new(child.stdin.take().unwrap())),
+            answers: BufReader::new(DueStream { stream: UnixStream::pair().unwrap().0, due: Instant::now() }),
+            child,
+            stderr: None,
+            vocab: 1,
+            buffer: Vec::new(),
+            sandbox: String::new(),
+            allowance,
+            carried_due: None,
+        }
+    }
+
+    #[test]
+    fn its_end_is_on_the_allowances_clock_too() {
+        around("cat > /dev/null", Duration::from_secs(10)).finish().unwrap();
+        let started = Instant::now();
+        // After its last request, a model process that does not end (computing on, say) is ended at the allowance.
+        let error = around("cat > /dev/null; exec sleep 60", Duration::from_millis(300)).finish().unwrap_err();
+        assert!(error.is::<crate::OverTime>(), "{error:#}");
+        assert!(error.to_string().contains("for its end"), "{error:#}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
 }
