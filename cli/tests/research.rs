@@ -911,33 +911,15 @@ fn nothing_carries_over_and_every_training_gets_the_same_clock() {
         assert!(build_log.unwrap().contains("Permission denied"), "{description}: the compiler could not read it");
     }
     // Nor the last build's library, where earlier versions of the file compiled in what they carried, to copy out at
-    // compile time (red team 13 carried a chunk of the growth limit's size more each experiment so), nor cargo's
-    // record of that build (where the compiler's warnings, and the source lines they quote, are kept): a build of
+    // compile time (red team 13 carried a chunk of the growth limit's size more each experiment so): a build of
     // another file finds no earlier build of the training crate.
-    let release = s.target.join("release");
-    let records = std::fs::read_dir(release.join(".fingerprint")).unwrap().flatten().map(|e| e.path());
-    let record = records
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("autoresearch-train-"))
-        .flat_map(|p| std::fs::read_dir(p).unwrap().flatten().map(|e| e.path()))
-        .filter(|p| !p.parent().unwrap().join("build-script-build-script-build").exists())
-        .filter(|p| !p.parent().unwrap().join("run-build-script-build-script-build").exists())
-        .max_by_key(|p| p.metadata().unwrap().modified().unwrap())
-        .expect("cargo's record of the last build");
-    let earlier = [release.join("libtrain.rlib"), record];
-    let includes: Vec<String> = earlier
-        .iter()
-        .map(|p| format!("    let _compiled = include_bytes!({:?}).len();", p.display().to_string()))
-        .collect();
-    std::fs::write(&train, insert(&includes.join("\n"))).unwrap();
-    assert!(s.run(&["run", "-m", "compile the last build's library and its record in"]).status.success());
+    let library = s.target.join("release/libtrain.rlib").display().to_string();
+    std::fs::write(&train, insert(&format!("    let _compiled = include_bytes!({library:?}).len();"))).unwrap();
+    assert!(s.run(&["run", "-m", "compile the last build's library in"]).status.success());
     let row = s.rows().last().unwrap().clone();
     assert_eq!((row.status, row.extra.as_ref().unwrap().reason.as_str()), (Status::Crash, "compile error"), "{row:?}");
     let build_log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/build.log", run_of(&row))));
-    let build_log = build_log.unwrap();
-    for path in &earlier {
-        let gone = |l: &&str| l.contains(&*path.to_string_lossy()) && l.contains("No such file or directory");
-        assert!(build_log.lines().any(|l| gone(&l)), "{} is gone: {build_log}", path.display());
-    }
+    assert!(build_log.unwrap().contains("No such file or directory"), "the last build's library is gone");
     // Nor can the agent paste the kept model's weights into the source (red team 11 kept a file that started from
     // them): the editable file may grow by a bounded amount, compressed, and the change is refused before it runs.
     let weights = std::fs::read(&kept_model).unwrap();

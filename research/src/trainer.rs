@@ -244,32 +244,21 @@ impl Trainer {
     }
 
     /// Removes what earlier versions of the training file were compiled into (the training crate's library and
-    /// binary, in the release folder and its `deps`, and cargo's records of their builds, which keep the
-    /// compiler's warnings and so the source lines they quote), before a build of another file. The build reads
-    /// the release folder, where its dependencies' compiled forms lie: a file could otherwise `include_bytes!` the
-    /// last build's library and copy out, at compile time, what earlier versions had compiled in, each adding as
-    /// much as the growth limit allows (red team 13 carried three random 10 KiB chunks through three experiments so).
+    /// binary, in the release folder and its `deps`), before a build of another file. The build reads the release
+    /// folder, where its dependencies' compiled forms lie: a file could otherwise `include_bytes!` the last build's
+    /// library and copy out, at compile time, what earlier versions had compiled in, each adding as much as the
+    /// growth limit allows (red team 13 carried three random 10 KiB chunks through three experiments so).
     fn remove_earlier_builds(&self) -> Result<()> {
         let release = self.release_dir();
         let uplifted = ["libtrain.rlib", "libtrain.d", "autoresearch-train", "autoresearch-train.d"];
         let doomed = uplifted.iter().map(|name| release.join(name));
-        let starting = |folder: &str, prefixes: &'static [&'static str]| {
-            let entries = std::fs::read_dir(release.join(folder)).into_iter().flatten().flatten();
-            entries.filter_map(move |entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                prefixes.iter().any(|p| name.starts_with(p)).then(|| entry.path())
-            })
-        };
-        let deps = starting("deps", &["libtrain-", "train-", "autoresearch_train-"]);
-        // The build script's records are kept: it is fixed code, and its rebuild would cost every experiment.
-        let builds_script = |record: &PathBuf| {
-            let mut entries = std::fs::read_dir(record).into_iter().flatten().flatten();
-            entries.any(|entry| entry.file_name().to_string_lossy().contains("build-script"))
-        };
-        let records = starting(".fingerprint", &["autoresearch-train-"]).filter(|record| !builds_script(record));
-        for path in doomed.chain(deps).chain(records) {
-            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-            match removed {
+        let deps = std::fs::read_dir(release.join("deps")).into_iter().flatten().flatten().filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = ["libtrain-", "train-", "autoresearch_train-"].iter().any(|p| name.starts_with(p));
+            ours.then(|| entry.path())
+        });
+        for path in doomed.chain(deps) {
+            match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(e).with_context(|| format!("removing an earlier build's {}", path.display()));
                 }
