@@ -39,7 +39,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -235,20 +235,7 @@ impl ModelProcess {
             let _ = unsafe { libc::fcntl(requests.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
         }
         set_socket_buffer(ours.as_raw_fd(), libc::SO_RCVBUF);
-        let mut stderr = child.stderr.take().expect("piped");
-        // Read to the end, so that the child never blocks on a full pipe; only the tail is kept.
-        let stderr = std::thread::spawn(move || {
-            let (mut tail, mut buf) = (Vec::new(), [0u8; 8192]);
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                tail.extend_from_slice(&buf[..n]);
-                let excess = tail.len().saturating_sub(4 * SHOWN);
-                tail.drain(..excess);
-            }
-            String::from_utf8_lossy(&tail).into_owned()
-        });
+        let stderr = read_its_tail(child.stderr.take().expect("piped"));
         let mut process = ModelProcess {
             requests: Some(BufWriter::with_capacity(1 << 20, child.stdin.take().expect("piped"))),
             answers: BufReader::with_capacity(1 << 20, DueStream { stream: ours, due: started + allowance }),
@@ -320,17 +307,17 @@ impl ModelProcess {
         }
     }
 
-    /// Closes the requests and waits for the child to end (its last state check), on the start-up allowance's
-    /// clock like every answer.
+    /// Closes the requests and waits for the child to end, after its last state check, on the start-up
+    /// allowance's clock like every answer.
     pub fn finish(mut self) -> Result<()> {
         drop(self.requests.take());
         let allowance = self.allowance;
         if !within(allowance, || !matches!(self.child.try_wait(), Ok(None))) {
             return Err(self.over_time("its end"));
         }
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("the model process failed at the end ({status})");
+        if !self.child.wait()?.success() {
+            let why = self.failure();
+            bail!("at its end, {why}");
         }
         Ok(())
     }
@@ -425,6 +412,23 @@ impl Read for DueStream {
     }
 }
 
+/// Reads `stderr` to its end on a thread of its own, so that the child never blocks on a full pipe; only the tail
+/// is kept.
+fn read_its_tail(mut stderr: ChildStderr) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let (mut tail, mut buf) = (Vec::new(), [0u8; 8192]);
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            tail.extend_from_slice(&buf[..n]);
+            let excess = tail.len().saturating_sub(4 * SHOWN);
+            tail.drain(..excess);
+        }
+        String::from_utf8_lossy(&tail).into_owned()
+    })
+}
+
 /// Whether `done` holds within `limit` (asked every 10 ms).
 fn within(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let waited = Instant::now();
@@ -477,12 +481,13 @@ mod tests {
 
     /// A model process around `script`, run by `sh`, with `allowance` (its answers are not read here).
     fn around(script: &str, allowance: Duration) -> ModelProcess {
-        let mut child = Command::new("sh").args(["-c", script]).stdin(Stdio::piped()).spawn().unwrap();
+        let mut child =
+            Command::new("sh").args(["-c", script]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         ModelProcess {
             requests: Some(BufWriter::new(child.stdin.take().unwrap())),
             answers: BufReader::new(DueStream { stream: UnixStream::pair().unwrap().0, due: Instant::now() }),
+            stderr: Some(read_its_tail(child.stderr.take().unwrap())),
             child,
-            stderr: None,
             vocab: 1,
             buffer: Vec::new(),
             sandbox: String::new(),
@@ -492,8 +497,12 @@ mod tests {
     }
 
     #[test]
-    fn its_end_is_on_the_allowances_clock_too() {
+    fn its_end_is_on_the_allowances_clock_and_a_failed_last_check_says_why() {
         around("cat > /dev/null", Duration::from_secs(10)).finish().unwrap();
+        // One whose last check fails says why.
+        let check = "cat > /dev/null; echo 'error: the state is not the checkpoint' >&2; exit 1";
+        let error = around(check, Duration::from_secs(10)).finish().unwrap_err().to_string();
+        assert_eq!(error, "at its end, the model process failed (exit status: 1): the state is not the checkpoint");
         let started = Instant::now();
         // After its last request, a model process that does not end (computing on, say) is ended at the allowance.
         let error = around("cat > /dev/null; exec sleep 60", Duration::from_millis(300)).finish().unwrap_err();
