@@ -1576,6 +1576,43 @@ fn attacks_on_the_evaluation_are_not_kept() {
         }
         s.assert_consistent();
     }
+    // A model process sees its inputs, so it can tell its loss and stall when it looks poor: an evaluation that
+    // fails so (twice) earns the identical file a retry, which evaluates the same checkpoint again, not a second
+    // training. Here the model stalls when it evaluates the checkpoint of the run it first trains in, alone.
+    let stalled = run_of(s.rows().last().unwrap()) + 1;
+    let stall = model(&format!(
+        "        let args: Vec<String> = std::env::args().collect();
+        let handover = &args[args.iter().position(|a| a == \"--handover\").unwrap() + 1];
+        if handover.contains(\"/runs/{stalled}/\") {{
+            std::thread::sleep(std::time::Duration::from_secs(12));
+        }}
+        honest"
+    ));
+    for attempt in ["stall when the loss looks poor", "the same file, retried"] {
+        std::fs::write(&train, &stall).unwrap();
+        assert!(s.run(&["run", "-m", attempt, "--rule", "margin", "--min-delta", "0.01"]).status.success());
+    }
+    let rows = s.rows();
+    let (first, retry) = (&rows[rows.len() - 2], &rows[rows.len() - 1]);
+    assert_eq!((first.status, run_of(first)), (Status::Crash, stalled), "{first:?}");
+    assert!(first.extra.as_ref().unwrap().reason.starts_with("evaluation: over time"), "{first:?}");
+    let why = &retry.extra.as_ref().unwrap().reason;
+    assert!(why.starts_with(&format!("retry of run {stalled} (crashed: evaluation: over time")), "{why}");
+    assert!(why.contains("its checkpoint evaluated again, not trained"), "{why}");
+    assert_eq!(retry.status, Status::Discard, "{retry:?}");
+    assert!((retry.val_bpb - baseline.val_bpb).abs() < 1e-4, "the same honest checkpoint's value: {retry:?}");
+    let log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/run.log", run_of(retry)))).unwrap();
+    assert!(log.contains("not trained again") && !log.contains("model handed over"), "{log}");
+    // Its summary carries the training's own seconds and steps, as the harness recorded them.
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(s.repo.join(format!(".autoresearch/runs/{stalled}/seed-42.handed-over.json"))).unwrap(),
+    )
+    .unwrap();
+    let trained = record["training_seconds"].as_f64().unwrap();
+    assert!((summary_value(&s, run_of(retry), "training_seconds") - trained).abs() <= 0.05, "{log}");
+    assert_eq!(summary_value(&s, run_of(retry), "num_steps"), 15.0, "{log}");
+    s.assert_consistent();
+
     // The honest improvement is still kept.
     let better = honest
         .edit("embedding_lr: 0.006,", "embedding_lr: 0.06,")

@@ -16,7 +16,7 @@ use autoresearch_harness::device::peak_bf16_flops;
 use autoresearch_harness::fit;
 use autoresearch_harness::fsutil::nonce;
 use autoresearch_harness::handover::{
-    allowance, check_sealed, evaluation_limit, EvalResult, Phase, PhaseArgs, PhaseStatus, TrainingStats, AUDIT,
+    allowance, check_sealed, evaluation_limit, EvalResult, Phase, PhaseArgs, PhaseStatus, Sealed, TrainingStats, AUDIT,
     AUDIT_LIMIT_FACTOR, CHECKPOINT, TMP, TRAINING_STATS,
 };
 use autoresearch_harness::profile::{cache_root, fit_dir, profile_dir, tokenizer_dir, Prepared};
@@ -129,6 +129,29 @@ impl TrainingFiles {
     /// Where a phase's supervisor writes how it ended: beside the result, where the sandbox does not let it write.
     pub fn status(&self) -> PathBuf {
         self.result.with_extension("status.json")
+    }
+
+    /// The harness's record of what the training phase handed over ([`HandedOver`]): beside the hand-over folder,
+    /// where no phase writes (`seed-42.handed-over.json`).
+    pub fn handed_over(&self) -> PathBuf {
+        self.handover.with_extension("handed-over.json")
+    }
+}
+
+/// What a training phase handed over, as the harness checked it once the phase's processes were gone: the seals
+/// of its checkpoint and `training.json`, and its seconds on the harness's clock. A retry after a failed evaluation
+/// evaluates that hand-over again ([`evaluate_handed_over`]).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct HandedOver {
+    pub training_seconds: f64,
+    pub sealed: Vec<Sealed>,
+}
+
+impl HandedOver {
+    /// The record of the training whose files are `files`, where it is kept with its checkpoint (after a crash in
+    /// its evaluation, say); None where either is missing.
+    pub fn kept(files: &TrainingFiles) -> Option<HandedOver> {
+        files.handover.join(CHECKPOINT).is_file().then(|| read_json(&files.handed_over()).ok()).flatten()
     }
 }
 
@@ -543,7 +566,6 @@ fn train_and_evaluate_begun(
     let cache = cache_root()?;
     let prepared = Prepared::load(&cache, settings.profile.as_deref())?;
     let budget = prepared.profile.budget(settings.time_budget);
-    let seed = settings.seed.unwrap_or(crate::state::SEED);
     let _temporary = fresh_files(files)?;
     let cuda = trainer.device == DeviceChoice::Cuda;
     let sandboxes = sandboxes(&prepared, &cache, &trainer.root, cuda, files, &trainer.binary());
@@ -606,29 +628,50 @@ fn train_and_evaluate_begun(
         Ok(s) => s,
         Err(e) => return done(Err(crash(format!("no model handed over: {e:#}"), false)), false),
     };
+    let record = HandedOver { training_seconds: training_wall, sealed };
+    std::fs::write(files.handed_over(), serde_json::to_vec(&record)?)
+        .with_context(|| format!("writing {}", files.handed_over().display()))?;
     match std::fs::read(&report).map_err(anyhow::Error::from).and_then(|r| fit::keep(&fit_cache, &binary, &r)) {
         Ok(_) => {}
         Err(e) => append(&files.log, &format!("device batch not remembered: {}: {e:#}\n", report.display()))?,
     }
+    let trained = Trained { stats, training_seconds: training_wall };
+    evaluate_trained(trainer, settings, files, &sandboxes.evaluation, procs, deadline, &prepared, &trained, &attempt)
+}
 
-    // The evaluation; one that fails in a way that may not be the model's fault is tried once more.
+/// A training that handed over its model: its stats and its seconds on the harness's clock.
+struct Trained {
+    stats: TrainingStats,
+    training_seconds: f64,
+}
+
+/// Evaluates what a training handed over (once more after a failure that may not be the model's fault) and writes
+/// the summary to the log.
+#[allow(clippy::too_many_arguments)]
+fn evaluate_trained(
+    trainer: &Trainer,
+    settings: &TrainingSettings,
+    files: &TrainingFiles,
+    sandbox: &Policy,
+    procs: &mut dyn Processes,
+    deadline: (Instant, String),
+    prepared: &Prepared,
+    trained: &Trained,
+    attempt: &Attempt,
+) -> Result<TrainingOutcome> {
+    let crash = |reason: String, retryable: bool| attempt.crash(reason, retryable);
+    let done = |result, interrupted| Ok(attempt.done(result, interrupted));
+    let budget = prepared.profile.budget(settings.time_budget);
+    let seed = settings.seed.unwrap_or(crate::state::SEED);
     let mut tries = 0;
     let (result, eval_wall) = loop {
         tries += 1;
-        let (ended, wall, nonce) = evaluation_phase(
-            trainer,
-            settings,
-            files,
-            &sandboxes.evaluation,
-            procs,
-            deadline.clone(),
-            &prepared,
-            false,
-        )?;
+        let (ended, wall, nonce) =
+            evaluation_phase(trainer, settings, files, sandbox, procs, deadline.clone(), prepared, false)?;
         let failure = match ended {
             Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
             Ended::OverTime(why) => return done(Err(crash(why, true)), false),
-            Ended::Exited(status) => failed(procs, status),
+            Ended::Exited(status) => phase_failure(procs, status, files),
         };
         match failure {
             Some((reason, true)) if tries == 1 => {
@@ -638,13 +681,70 @@ fn train_and_evaluate_begun(
             None => break (read_result(&files.result, &nonce), wall),
         }
     };
-    let result = match result.and_then(|r| check_result(r, &prepared, budget, seed)) {
+    let result = match result.and_then(|r| check_result(r, prepared, budget, seed)) {
         Ok(r) => r,
         Err(e) => return done(Err(crash(format!("evaluation: {e:#}"), false)), false),
     };
-    let summary = summarise(&stats, result, training_wall, training_wall + eval_wall, budget, seed);
+    let training = trained.training_seconds;
+    let summary = summarise(&trained.stats, result, training, training + eval_wall, budget, seed);
     append(&files.log, &format!("\n{summary}\n"))?;
     done(Ok(Measured { value: summary.val_bpb, memory_gb: summary.peak_vram_mb / 1024.0 }), false)
+}
+
+/// For a retry of a training whose evaluation failed in a way that may not be the model's fault: what that
+/// training handed over (kept with its files `earlier`, see [`HandedOver::kept`]) copied to `files.handover` and
+/// evaluated as after a training, its summary with that training's stats and seconds. Nothing is trained: a model
+/// that makes its own evaluation fail (stalling when its loss looks poor, say) gets the same checkpoint measured
+/// again, not a second training.
+pub fn evaluate_handed_over(
+    trainer: &Trainer,
+    settings: &TrainingSettings,
+    earlier: &TrainingFiles,
+    files: &TrainingFiles,
+    timeout: Duration,
+    procs: &mut dyn Processes,
+) -> Result<TrainingOutcome> {
+    finishing(procs, |procs| {
+        let attempt = Attempt::new(&files.log);
+        let cache = cache_root()?;
+        let prepared = Prepared::load(&cache, settings.profile.as_deref())?;
+        let _temporary = fresh_files(files)?;
+        let record = HandedOver::kept(earlier)
+            .with_context(|| format!("no training kept in {} to evaluate again", earlier.handover.display()))?;
+        for file in [CHECKPOINT, TRAINING_STATS] {
+            let (from, to) = (earlier.handover.join(file), files.handover.join(file));
+            std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+        }
+        if let Err(e) = check_sealed(&files.handover, &record.sealed, &[CHECKPOINT, TRAINING_STATS]) {
+            return Ok(attempt.done(Err(attempt.crash(format!("{e:#}"), false)), false));
+        }
+        let stats = read_json(&files.handover.join(TRAINING_STATS))?;
+        append(
+            &files.log,
+            &format!(
+                "not trained again: the checkpoint the training in {} handed over, evaluated again\n",
+                earlier.handover.display()
+            ),
+        )?;
+        if let Some(outcome) = attempt.begin(procs, timeout)? {
+            return Ok(outcome);
+        }
+        let cuda = trainer.device == DeviceChoice::Cuda;
+        let sandboxes = sandboxes(&prepared, &cache, &trainer.root, cuda, files, &trainer.binary());
+        let deadline = (attempt.started() + timeout, format!("timeout: killed after {:.0} s", timeout.as_secs_f64()));
+        let trained = Trained { stats, training_seconds: record.training_seconds };
+        evaluate_trained(
+            trainer,
+            settings,
+            files,
+            &sandboxes.evaluation,
+            procs,
+            deadline,
+            &prepared,
+            &trained,
+            &attempt,
+        )
+    })
 }
 
 /// The summary block of a training: the evaluation's result, the training's account of itself and this clock.
@@ -918,6 +1018,7 @@ mod tests {
         }
         assert_eq!(cuda.training.only_read, None);
         assert!(files.status().ends_with("runs/3/result-42.status.json"));
+        assert!(files.handed_over().ends_with("runs/3/seed-42.handed-over.json"));
 
         // Nor can the build compile them in (`include_bytes!`). Of the repository it reads its sources: no data or
         // fixture (the golden set is made from the demo corpus), nothing in .git or the target folder; and where

@@ -3,14 +3,18 @@
 //! identical to an earlier run's reuse that result (or, after a crash that may not be the files' fault, are run
 //! once more).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
 
+use super::decide::crashed_in_evaluation;
 use super::record::extra;
 use super::{ExperimentOptions, Outcome};
 use crate::project::{growth_refusal, Snapshot};
 use crate::results::{self, Row, Status};
+use crate::state::SEED;
+use crate::training::{HandedOver, TrainingFiles};
 use crate::{now_utc, RunMeta, Worker};
 
 /// What the current tree holds, before an experiment.
@@ -55,6 +59,10 @@ pub(super) enum Earlier {
     Reuse(RunMeta),
     /// It crashed in a way that may not be the file's fault, for the first time: run the file once more.
     Retry(RunMeta),
+    /// So it crashed, in its evaluation (or the audit), and its training's hand-over is kept: evaluate that once
+    /// more rather than train again, or a model that made its evaluation fail (when its loss looked poor, say)
+    /// would earn a second training.
+    EvaluateAgain(RunMeta),
 }
 
 /// The latest earlier run with this exact training file and a result, if there is one.
@@ -68,10 +76,14 @@ pub(super) fn earlier_run(worker: &Worker, hash: &str) -> Option<Earlier> {
     let crashes = same.iter().filter(|m| m.status == Status::Crash).count();
     let last = same.last()?.clone();
     // A crash from outside the file earns one retry: after two crashes the file is not run again.
-    Some(if last.status == Status::Crash && last.retryable && crashes < 2 {
-        Earlier::Retry(last)
+    if last.status != Status::Crash || !last.retryable || crashes >= 2 {
+        return Some(Earlier::Reuse(last));
+    }
+    let handover = TrainingFiles::in_folder(&worker.run_dir(last.run), SEED, PathBuf::new());
+    Some(if crashed_in_evaluation(&last.reason) && HandedOver::kept(&handover).is_some() {
+        Earlier::EvaluateAgain(last)
     } else {
-        Earlier::Reuse(last)
+        Earlier::Retry(last)
     })
 }
 

@@ -6,29 +6,34 @@ use anyhow::Result;
 
 use std::time::Instant;
 
-use super::train::{rerun, train, Journaled};
+use super::train::{evaluate_kept, rerun, settings, train, Journaled};
 use super::{seed_list, Decision, ExperimentOptions, Started};
 use crate::files::{audit_log, audit_result, handover_dir, CHECKS_LOG, RUN_LOG};
 use crate::project_training::{run_checks, Checked, Place};
 use crate::results::Status;
 use crate::rules::{mean_std, seed_blind, Rule};
 use crate::state::SEED;
-use crate::trainer::{DeviceChoice, Trainer, TrainingSettings};
+use crate::trainer::{DeviceChoice, Trainer};
 use crate::training::{evaluate_again, Again, Crash, TrainingFiles};
 use crate::tree::Search;
 use crate::Worker;
 
-/// Trains with the first seed and, where the rule asks, more; decides. None when interrupted.
+/// Trains with the first seed (or, with `evaluate_again`, evaluates that earlier run's hand-over once more instead)
+/// and, where the rule asks, more seeds; decides. None when interrupted.
 pub(super) fn train_and_decide(
     worker: &mut Worker,
     trainer: &Trainer,
     opts: &ExperimentOptions,
     exp: &mut Started,
+    evaluate_again: Option<u64>,
 ) -> Result<Option<Decision>> {
     let settings = &worker.session.settings;
-    let training = match &worker.session.project.commands {
-        None => format!("training for {} s (profile {}", settings.time_budget, settings.profile),
-        Some(c) => format!("training: `{}` (stopped after {} s", c.train.command, c.train.timeout.as_secs_f64()),
+    let training = match (&worker.session.project.commands, evaluate_again) {
+        (None, Some(earlier)) => {
+            format!("evaluating the checkpoint of run {earlier} again (profile {}", settings.profile)
+        }
+        (None, None) => format!("training for {} s (profile {}", settings.time_budget, settings.profile),
+        (Some(c), _) => format!("training: `{}` (stopped after {} s", c.train.command, c.train.timeout.as_secs_f64()),
     };
     worker.say(&format!(
         "run {}: {training}, timeout {:.0} s); output in {}",
@@ -38,7 +43,10 @@ pub(super) fn train_and_decide(
     ));
     let run_log = worker.root.join(RUN_LOG);
     let dir = worker.run_dir(exp.run);
-    let first = train(worker, trainer, SEED, &dir, run_log.clone(), opts)?;
+    let first = match evaluate_again {
+        Some(earlier) => evaluate_kept(worker, trainer, earlier, &dir, run_log.clone(), opts)?,
+        None => train(worker, trainer, SEED, &dir, run_log.clone(), opts)?,
+    };
     exp.training_wall += first.wall;
     std::fs::copy(&run_log, dir.join(RUN_LOG))?;
     if first.interrupted {
@@ -131,7 +139,12 @@ pub(super) fn train_and_decide(
 /// moves it further.
 const AUDIT_AGREEMENT: f64 = 1e-5;
 /// How the reason of a crash in the audit begins.
-pub(super) const AUDIT_CRASH: &str = "audit: ";
+const AUDIT_CRASH: &str = "audit: ";
+
+/// Whether a crash (its reason) was the evaluation's or the audit's, after the training handed over its model.
+pub(super) fn crashed_in_evaluation(reason: &str) -> bool {
+    reason.starts_with("evaluation: ") || reason.starts_with(AUDIT_CRASH)
+}
 
 /// The built-in's check before a keep, on the CPU (where the evaluation's model processes run): every training
 /// that counts in the value, its checkpoint evaluated once more as an audit (enough causality probes to catch a
@@ -159,11 +172,7 @@ fn audit(
             log: dir.join(audit_log(seed)),
         };
         std::fs::write(&files.log, "")?;
-        let settings = TrainingSettings {
-            profile: Some(worker.session.settings.profile.clone()),
-            time_budget: Some(worker.session.settings.time_budget),
-            seed: Some(seed),
-        };
+        let settings = settings(worker, seed);
         worker.say(&format!("run {run}: audit before the keep (seed {seed}); output in {}", files.log.display()));
         let audited = match evaluate_again(trainer, &settings, &files, &mut Journaled::new(worker, opts), true)? {
             Again::Evaluated(result) => result.val_bpb,

@@ -153,7 +153,8 @@ pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentO
         Check::Ready(snapshot) => snapshot,
     };
     let hash = snapshot.hash();
-    let retry_of = match if opts.force { None } else { check::earlier_run(worker, &hash) } {
+    // A retry names the run it retries; after a crash in its evaluation, its hand-over is evaluated again.
+    let (retry_of, evaluate_again) = match if opts.force { None } else { check::earlier_run(worker, &hash) } {
         Some(check::Earlier::Reuse(earlier)) => {
             // Its row names the rule as it stands (with the spread measured so far).
             let settings = &worker.session.settings;
@@ -166,9 +167,18 @@ pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentO
                 "run {} crashed with this exact file ({}), which may not be the file's fault: trying it once more",
                 earlier.run, earlier.reason
             ));
-            Some(earlier)
+            (Some(earlier), None)
         }
-        None => None,
+        Some(check::Earlier::EvaluateAgain(earlier)) => {
+            worker.say(&format!(
+                "run {} crashed with this exact file ({}), which may not be the file's fault: evaluating the \
+                 checkpoint its training handed over once more, without training again",
+                earlier.run, earlier.reason
+            ));
+            let run = earlier.run;
+            (Some(earlier), Some(run))
+        }
+        None => (None, None),
     };
     // A re-measure is a run of its own: this one's time starts after it.
     let started = if remeasure_if_needed(worker, trainer, opts)? { Instant::now() } else { started };
@@ -199,14 +209,16 @@ pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentO
         Ok(output) => {
             std::fs::write(worker.run_dir(exp.run).join(BUILD_LOG), output)?;
             // Train, decide.
-            match decide::train_and_decide(worker, trainer, opts, &mut exp)? {
+            match decide::train_and_decide(worker, trainer, opts, &mut exp, evaluate_again)? {
                 Some(decision) => decision,
                 None => return record::interrupted(worker, exp.meta),
             }
         }
     };
     if let Some(earlier) = retry_of {
-        decision.reason = format!("retry of run {} (crashed: {}): {}", earlier.run, earlier.reason, decision.reason);
+        let how = if evaluate_again.is_some() { "its checkpoint evaluated again, not trained: " } else { "" };
+        decision.reason =
+            format!("retry of run {} (crashed: {}): {how}{}", earlier.run, earlier.reason, decision.reason);
     }
     // Record.
     record::record(worker, opts, exp, decision)

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::decide::AUDIT_CRASH;
+use super::decide::crashed_in_evaluation;
 use super::{Decision, ExperimentOptions, Outcome, Started};
 use crate::files::{handover_dir, is_handover_dir};
 use crate::results::{self, Extra, Row, Status};
@@ -79,10 +79,7 @@ pub(super) fn record(
     }
     session.done(worker.number);
     // The checkpoint of a crashed evaluation or audit stays, for `autoresearch eval [--audit]`.
-    let crashed_in_evaluation = decision
-        .crash
-        .as_ref()
-        .is_some_and(|c| c.reason.starts_with("evaluation: ") || c.reason.starts_with(AUDIT_CRASH));
+    let crashed_in_evaluation = decision.crash.as_ref().is_some_and(|c| crashed_in_evaluation(&c.reason));
     prune_checkpoints(&worker.run_dir(run), decision.status == Status::Keep || crashed_in_evaluation)?;
     let overhead = seconds - training_wall - build_waited;
     meta.status = decision.status;
@@ -138,6 +135,8 @@ fn prune_checkpoints(dir: &Path, keep_first: bool) -> Result<()> {
             keep_only_harness_files(&path)?;
         } else {
             std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+            // And the harness's record of it (see `HandedOver`).
+            let _ = std::fs::remove_file(path.with_extension("handed-over.json"));
         }
     }
     Ok(())

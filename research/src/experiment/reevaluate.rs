@@ -3,12 +3,12 @@
 use anyhow::{bail, Context, Result};
 use autoresearch_harness::handover::{EvalResult, CHECKPOINT};
 
-use super::train::Journaled;
+use super::train::{settings, Journaled};
 use super::{build, ExperimentOptions};
 use crate::files::{handover_dir, EVAL_LOG, EVAL_RESULT, RUN_TRAINING_FILE};
 use crate::project::SNAPSHOT_DIR;
 use crate::state::SEED;
-use crate::trainer::{Trainer, TrainingSettings};
+use crate::trainer::Trainer;
 use crate::training::{evaluate_again, tail, Again, TrainingFiles, TAIL_LINES};
 use crate::{Worker, TRAINING_FILE};
 
@@ -53,11 +53,7 @@ pub fn evaluate_run(
         if let Err(compiler) = build(worker, trainer)?.output {
             bail!("run {run}'s training file does not build any more:\n{}", tail(&compiler, TAIL_LINES));
         }
-        let settings = TrainingSettings {
-            profile: Some(worker.session.settings.profile.clone()),
-            time_budget: Some(worker.session.settings.time_budget),
-            seed: Some(SEED),
-        };
+        let settings = settings(worker, SEED);
         let files = TrainingFiles {
             handover: dir.join(handover_dir(SEED)),
             result: dir.join(EVAL_RESULT),

@@ -16,8 +16,9 @@ use crate::process::{Recorded, Role};
 use crate::project_training::{train_project, Place};
 use crate::results::{Row, Status};
 use crate::session::RerunTask;
+use crate::state::SEED;
 use crate::trainer::{Trainer, TrainingSettings};
-use crate::training::{train_and_evaluate, Begun, Processes, TrainingFiles, TrainingOutcome};
+use crate::training::{evaluate_handed_over, train_and_evaluate, Begun, Processes, TrainingFiles, TrainingOutcome};
 use crate::Worker;
 
 /// The journal records each process of a training while it runs, and what the backend took for it; an
@@ -102,12 +103,33 @@ pub fn train(
         let procs = &mut Journaled::new(worker, opts);
         return train_project(commands, &session.settings.metric, trainer, &place, &files, opts.timeout, procs);
     }
-    let settings = TrainingSettings {
-        profile: Some(session.settings.profile.clone()),
-        time_budget: Some(session.settings.time_budget),
+    train_and_evaluate(trainer, &settings(worker, seed), &files, opts.timeout, &mut Journaled::new(worker, opts))
+}
+
+/// The session's settings for a training with `seed`.
+pub(super) fn settings(worker: &Worker, seed: u64) -> TrainingSettings {
+    let session = &worker.session.settings;
+    TrainingSettings {
+        profile: Some(session.profile.clone()),
+        time_budget: Some(session.time_budget),
         seed: Some(seed),
-    };
-    train_and_evaluate(trainer, &settings, &files, opts.timeout, &mut Journaled::new(worker, opts))
+    }
+}
+
+/// In place of the first seed's training, for a retry after run `earlier`'s evaluation failed: the hand-over that
+/// run kept, evaluated once more ([`evaluate_handed_over`]), its files in `dir` and its output in `log`.
+pub(super) fn evaluate_kept(
+    worker: &mut Worker,
+    trainer: &Trainer,
+    earlier: u64,
+    dir: &Path,
+    log: PathBuf,
+    opts: &ExperimentOptions,
+) -> Result<TrainingOutcome> {
+    let kept = TrainingFiles::in_folder(&worker.run_dir(earlier), SEED, PathBuf::new());
+    let files = TrainingFiles::in_folder(dir, SEED, log);
+    let settings = settings(worker, SEED);
+    evaluate_handed_over(trainer, &settings, &kept, &files, opts.timeout, &mut Journaled::new(worker, opts))
 }
 
 /// Reruns with other seeds: their rows, their values, and the first crash (which ends them).
