@@ -534,6 +534,11 @@ impl<'a> Attempt<'a> {
         self.started
     }
 
+    /// The hard timeout of the whole training, `timeout` from its start, with what a phase stopped there says.
+    fn deadline(&self, timeout: Duration) -> (Instant, String) {
+        (self.started + timeout, format!("timeout: killed after {:.0} s", timeout.as_secs_f64()))
+    }
+
     /// A crash with the end of the log.
     pub(crate) fn crash(&self, reason: String, retryable: bool) -> Crash {
         Crash::with_log(reason, retryable, self.log)
@@ -562,7 +567,6 @@ fn train_and_evaluate_begun(
     procs: &mut dyn Processes,
 ) -> Result<TrainingOutcome> {
     let attempt = Attempt::new(&files.log);
-    let started = attempt.started();
     let cache = cache_root()?;
     let prepared = Prepared::load(&cache, settings.profile.as_deref())?;
     let budget = prepared.profile.budget(settings.time_budget);
@@ -575,7 +579,7 @@ fn train_and_evaluate_begun(
     let report = files.handover.join(fit::REPORT_FILE);
     std::fs::write(&report, serde_json::to_vec(&fit::remembered(&fit_cache, &binary))?)
         .with_context(|| format!("writing {}", report.display()))?;
-    let deadline = (started + timeout, format!("timeout: killed after {:.0} s", timeout.as_secs_f64()));
+    let deadline = attempt.deadline(timeout);
     let crash = |reason: String, retryable: bool| attempt.crash(reason, retryable);
     let done = |result, interrupted| Ok(attempt.done(result, interrupted));
     if let Some(outcome) = attempt.begin(procs, timeout)? {
@@ -636,7 +640,8 @@ fn train_and_evaluate_begun(
         Err(e) => append(&files.log, &format!("device batch not remembered: {}: {e:#}\n", report.display()))?,
     }
     let trained = Trained { stats, training_seconds: training_wall };
-    evaluate_trained(trainer, settings, files, &sandboxes.evaluation, procs, deadline, &prepared, &trained, &attempt)
+    let evaluation = Evaluation { trainer, settings, files, sandbox: &sandboxes.evaluation, prepared: &prepared };
+    evaluate_trained(&evaluation, procs, deadline, &trained, &attempt)
 }
 
 /// A training that handed over its model: its stats and its seconds on the harness's clock.
@@ -645,20 +650,26 @@ struct Trained {
     training_seconds: f64,
 }
 
+/// What an evaluation phase of a training is run with: the binary, the training's settings and files, the phase's
+/// sandbox and the prepared profile.
+struct Evaluation<'a> {
+    trainer: &'a Trainer,
+    settings: &'a TrainingSettings,
+    files: &'a TrainingFiles,
+    sandbox: &'a Policy,
+    prepared: &'a Prepared,
+}
+
 /// Evaluates what a training handed over (once more after a failure that may not be the model's fault) and writes
 /// the summary to the log.
-#[allow(clippy::too_many_arguments)]
 fn evaluate_trained(
-    trainer: &Trainer,
-    settings: &TrainingSettings,
-    files: &TrainingFiles,
-    sandbox: &Policy,
+    evaluation: &Evaluation,
     procs: &mut dyn Processes,
     deadline: (Instant, String),
-    prepared: &Prepared,
     trained: &Trained,
     attempt: &Attempt,
 ) -> Result<TrainingOutcome> {
+    let Evaluation { settings, files, prepared, .. } = *evaluation;
     let crash = |reason: String, retryable: bool| attempt.crash(reason, retryable);
     let done = |result, interrupted| Ok(attempt.done(result, interrupted));
     let budget = prepared.profile.budget(settings.time_budget);
@@ -666,8 +677,7 @@ fn evaluate_trained(
     let mut tries = 0;
     let (result, eval_wall) = loop {
         tries += 1;
-        let (ended, wall, nonce) =
-            evaluation_phase(trainer, settings, files, sandbox, procs, deadline.clone(), prepared, false)?;
+        let (ended, wall, nonce) = evaluation_phase(evaluation, procs, deadline.clone(), false)?;
         let failure = match ended {
             Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
             Ended::OverTime(why) => return done(Err(crash(why, true)), false),
@@ -731,19 +741,10 @@ pub fn evaluate_handed_over(
         }
         let cuda = trainer.device == DeviceChoice::Cuda;
         let sandboxes = sandboxes(&prepared, &cache, &trainer.root, cuda, files, &trainer.binary());
-        let deadline = (attempt.started() + timeout, format!("timeout: killed after {:.0} s", timeout.as_secs_f64()));
+        let deadline = attempt.deadline(timeout);
         let trained = Trained { stats, training_seconds: record.training_seconds };
-        evaluate_trained(
-            trainer,
-            settings,
-            files,
-            &sandboxes.evaluation,
-            procs,
-            deadline,
-            &prepared,
-            &trained,
-            &attempt,
-        )
+        let evaluation = Evaluation { trainer, settings, files, sandbox: &sandboxes.evaluation, prepared: &prepared };
+        evaluate_trained(&evaluation, procs, deadline, &trained, &attempt)
     })
 }
 
@@ -796,17 +797,13 @@ fn evaluation_phase_limit(profile: &str, audit: bool) -> f64 {
 /// [`AUDIT`] after it for an audit) and a fresh temporary folder, removed after it, stopped at the profile's
 /// [`evaluation_limit`] (an audit at [`AUDIT_LIMIT_FACTOR`] times it): how it ended, its seconds, and the nonce its
 /// result must carry.
-#[allow(clippy::too_many_arguments)]
 fn evaluation_phase(
-    trainer: &Trainer,
-    settings: &TrainingSettings,
-    files: &TrainingFiles,
-    sandbox: &Policy,
+    evaluation: &Evaluation,
     procs: &mut dyn Processes,
     deadline: (Instant, String),
-    prepared: &Prepared,
     audit: bool,
 ) -> Result<(Ended, f64, String)> {
+    let Evaluation { trainer, settings, files, sandbox, prepared } = *evaluation;
     let nonce = nonce()?;
     let args = PhaseArgs {
         phase: Phase::Evaluate,
@@ -905,8 +902,8 @@ pub fn evaluate_again(
         let cuda = trainer.device == DeviceChoice::Cuda;
         let sandboxes = sandboxes(&prepared, &cache, &trainer.root, cuda, files, &trainer.binary());
         let deadline = (Instant::now() + Duration::from_secs(24 * 3600), String::new());
-        let (ended, _, nonce) =
-            evaluation_phase(trainer, settings, files, &sandboxes.evaluation, procs, deadline, &prepared, audit)?;
+        let evaluation = Evaluation { trainer, settings, files, sandbox: &sandboxes.evaluation, prepared: &prepared };
+        let (ended, _, nonce) = evaluation_phase(&evaluation, procs, deadline, audit)?;
         match ended {
             Ended::Exited(status) => {
                 if let Some((reason, retryable)) = phase_failure(procs, status, files) {
