@@ -8,7 +8,8 @@
 //!                       notes.md the notes all agents share; stash/ a change waiting while the best is re-measured
 //! runs/<run>/           one experiment: meta.json, train.rs as run, build.log, run.log, change.diff (and
 //!                       untracked/), and per training seed-<seed>/ (its hand-over folder: checkpoint, stats)
-//!                       with seed-<seed>.handed-over.json (the harness's record of it: seals, seconds),
+//!                       with seed-<seed>.handed-over.json (the harness's record of a built-in training's:
+//!                       seals, seconds),
 //!                       result-<seed>.json, rerun-<seed>.log; eval.log and eval-result.json from `eval`
 //! workers/<k>/          in a pool of several, worker k's journal, prompt, stash, binary (bin/) and worktree (tree/)
 //! leftovers/, archive/  changes set aside; earlier sessions' files

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::backend::WorkerSetup;
 use crate::experiment::{build, train, ExperimentOptions};
@@ -13,7 +13,7 @@ use crate::rules::NoiseEstimate;
 use crate::session::Session;
 use crate::state::SEED;
 use crate::trainer::Trainer;
-use crate::training::{tail, TAIL_LINES};
+use crate::training::{remove_handover, tail, TAIL_LINES};
 use crate::Worker;
 
 /// Trains the best commit `k` times with seeds 43, 44, ... on a pool of one worker per setup (built once, into
@@ -103,10 +103,7 @@ fn noise_training(
 ) -> Result<f64> {
     let log = dir.join(seed_log(seed));
     let t = train(worker, trainer, seed, dir, log.clone(), opts)?;
-    let handover = dir.join(handover_dir(seed));
-    if handover.exists() {
-        std::fs::remove_dir_all(&handover).with_context(|| format!("removing {}", handover.display()))?;
-    }
+    remove_handover(&dir.join(handover_dir(seed)))?;
     if t.interrupted {
         bail!("interrupted");
     }

@@ -134,8 +134,25 @@ impl TrainingFiles {
     /// The harness's record of what the training phase handed over ([`HandedOver`]): beside the hand-over folder,
     /// where no phase writes (`seed-42.handed-over.json`).
     pub fn handed_over(&self) -> PathBuf {
-        self.handover.with_extension("handed-over.json")
+        record_of(&self.handover)
     }
+}
+
+/// The harness's record of the hand-over folder `handover` ([`HandedOver`]), beside it.
+fn record_of(handover: &Path) -> PathBuf {
+    handover.with_extension("handed-over.json")
+}
+
+/// Removes a hand-over folder and the harness's record of it, where they are.
+pub fn remove_handover(handover: &Path) -> Result<()> {
+    if handover.exists() {
+        std::fs::remove_dir_all(handover).with_context(|| format!("removing {}", handover.display()))?;
+    }
+    let record = record_of(handover);
+    if record.exists() {
+        std::fs::remove_file(&record).with_context(|| format!("removing {}", record.display()))?;
+    }
+    Ok(())
 }
 
 /// What a training phase handed over, as the harness checked it once the phase's processes were gone: the seals
@@ -148,10 +165,36 @@ pub struct HandedOver {
 }
 
 impl HandedOver {
-    /// The record of the training whose files are `files`, where it is kept with its checkpoint (after a crash in
-    /// its evaluation, say); None where either is missing.
+    /// The files a training hands over, which the record seals.
+    const FILES: [&str; 2] = [CHECKPOINT, TRAINING_STATS];
+
+    /// The record of the training whose files are `files`, where it is kept with what it seals (after a crash in
+    /// its evaluation, say); None where any of them is missing.
     pub fn kept(files: &TrainingFiles) -> Option<HandedOver> {
-        files.handover.join(CHECKPOINT).is_file().then(|| read_json(&files.handed_over()).ok()).flatten()
+        let all_there = HandedOver::FILES.iter().all(|f| files.handover.join(f).is_file());
+        all_there.then(|| read_json(&files.handed_over()).ok()).flatten()
+    }
+
+    /// What the training with the files `earlier` handed over, put in `files.handover` (linked where the file
+    /// system allows, else copied) and checked against its seals: that training's record and stats, or why they
+    /// cannot be had (a crash's reason).
+    fn take_over(
+        earlier: &TrainingFiles,
+        files: &TrainingFiles,
+    ) -> std::result::Result<(HandedOver, TrainingStats), String> {
+        let from = earlier.handover.display();
+        let record =
+            HandedOver::kept(earlier).ok_or_else(|| format!("no training kept in {from} to evaluate again"))?;
+        for file in HandedOver::FILES {
+            let (source, target) = (earlier.handover.join(file), files.handover.join(file));
+            std::fs::hard_link(&source, &target)
+                .or_else(|_| std::fs::copy(&source, &target).map(drop))
+                .map_err(|e| format!("copying {} to {}: {e}", source.display(), target.display()))?;
+        }
+        check_sealed(&files.handover, &record.sealed, &HandedOver::FILES)
+            .map_err(|e| format!("the training kept in {from} no longer holds what it handed over: {e:#}"))?;
+        let stats = read_json(&files.handover.join(TRAINING_STATS)).map_err(|e| format!("{e:#}"))?;
+        Ok((record, stats))
     }
 }
 
@@ -165,6 +208,7 @@ pub(crate) fn fresh_files(files: &TrainingFiles) -> Result<TemporaryFiles> {
         .with_context(|| format!("creating {}", files.handover.display()))?;
     let temporary = TemporaryFiles(files.handover.join(TMP));
     let _ = std::fs::remove_file(&files.result);
+    let _ = std::fs::remove_file(files.handed_over());
     std::fs::write(&files.log, "").with_context(|| format!("creating {}", files.log.display()))?;
     Ok(temporary)
 }
@@ -680,7 +724,7 @@ fn evaluate_trained(
         let (ended, wall, nonce) = evaluation_phase(evaluation, procs, deadline.clone(), false)?;
         let failure = match ended {
             Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
-            Ended::OverTime(why) => return done(Err(crash(why, true)), false),
+            Ended::OverTime(why) => return done(Err(crash(format!("evaluation: {why}"), true)), false),
             Ended::Exited(status) => phase_failure(procs, status, files),
         };
         match failure {
@@ -719,16 +763,6 @@ pub fn evaluate_handed_over(
         let cache = cache_root()?;
         let prepared = Prepared::load(&cache, settings.profile.as_deref())?;
         let _temporary = fresh_files(files)?;
-        let record = HandedOver::kept(earlier)
-            .with_context(|| format!("no training kept in {} to evaluate again", earlier.handover.display()))?;
-        for file in [CHECKPOINT, TRAINING_STATS] {
-            let (from, to) = (earlier.handover.join(file), files.handover.join(file));
-            std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-        }
-        if let Err(e) = check_sealed(&files.handover, &record.sealed, &[CHECKPOINT, TRAINING_STATS]) {
-            return Ok(attempt.done(Err(attempt.crash(format!("{e:#}"), false)), false));
-        }
-        let stats = read_json(&files.handover.join(TRAINING_STATS))?;
         append(
             &files.log,
             &format!(
@@ -736,7 +770,13 @@ pub fn evaluate_handed_over(
                 earlier.handover.display()
             ),
         )?;
-        if let Some(outcome) = attempt.begin(procs, timeout)? {
+        let (record, stats) = match HandedOver::take_over(earlier, files) {
+            Ok(taken) => taken,
+            Err(why) => return Ok(attempt.done(Err(attempt.crash(why, false)), false)),
+        };
+        // Where the trainings run (a Slurm job, say), this runs too: for at most two evaluations.
+        let evaluations = Duration::from_secs_f64(2.0 * evaluation_phase_limit(&prepared.profile.name, false));
+        if let Some(outcome) = attempt.begin(procs, evaluations.min(timeout))? {
             return Ok(outcome);
         }
         let cuda = trainer.device == DeviceChoice::Cuda;
@@ -1074,5 +1114,43 @@ mod tests {
         ] {
             assert!(check_result(bad, &prepared, 60.0, 42).unwrap_err().to_string().contains("this training is"));
         }
+    }
+
+    #[test]
+    fn a_retry_takes_over_only_a_kept_hand_over_that_still_holds_what_it_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let earlier = TrainingFiles::in_folder(&dir.path().join("runs/3"), 42, PathBuf::new());
+        let files = TrainingFiles::in_folder(&dir.path().join("runs/4"), 42, PathBuf::new());
+        std::fs::create_dir_all(&earlier.handover).unwrap();
+        std::fs::create_dir_all(&files.handover).unwrap();
+        let stats = TrainingStats { num_params: 7, ..Default::default() };
+        let sealed = vec![
+            Sealed::write(&earlier.handover, CHECKPOINT, b"weights").unwrap(),
+            Sealed::write(&earlier.handover, TRAINING_STATS, &serde_json::to_vec(&stats).unwrap()).unwrap(),
+        ];
+        // No record beside it (a session from before records, or a project's training): nothing to take over.
+        assert!(HandedOver::kept(&earlier).is_none());
+        let why = HandedOver::take_over(&earlier, &files).unwrap_err();
+        assert!(why.starts_with("no training kept in ") && why.ends_with("runs/3/seed-42 to evaluate again"), "{why}");
+        let record = HandedOver { training_seconds: 12.5, sealed };
+        std::fs::write(earlier.handed_over(), serde_json::to_vec(&record).unwrap()).unwrap();
+        let (taken, taken_stats) = HandedOver::take_over(&earlier, &files).unwrap();
+        assert_eq!((taken.training_seconds, taken_stats), (12.5, stats));
+        assert_eq!(std::fs::read(files.handover.join(CHECKPOINT)).unwrap(), b"weights");
+
+        // Its stats gone: not kept. Its checkpoint changed since it was sealed: refused, saying so.
+        remove_handover(&files.handover).unwrap();
+        std::fs::create_dir_all(&files.handover).unwrap();
+        std::fs::rename(earlier.handover.join(TRAINING_STATS), dir.path().join("stats")).unwrap();
+        assert!(HandedOver::kept(&earlier).is_none());
+        std::fs::rename(dir.path().join("stats"), earlier.handover.join(TRAINING_STATS)).unwrap();
+        std::fs::remove_file(earlier.handover.join(CHECKPOINT)).unwrap();
+        std::fs::write(earlier.handover.join(CHECKPOINT), b"weightz").unwrap();
+        let why = HandedOver::take_over(&earlier, &files).unwrap_err();
+        assert!(why.contains("no longer holds what it handed over: model.safetensors changed"), "{why}");
+
+        // A folder removed goes with its record.
+        remove_handover(&earlier.handover).unwrap();
+        assert!(!earlier.handover.exists() && !earlier.handed_over().exists());
     }
 }

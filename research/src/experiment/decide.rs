@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use std::time::Instant;
 
-use super::train::{evaluate_kept, rerun, settings, train, Journaled};
+use super::train::{evaluate_handover_of, rerun, settings, train, Journaled};
 use super::{seed_list, Decision, ExperimentOptions, Started};
 use crate::files::{audit_log, audit_result, handover_dir, CHECKS_LOG, RUN_LOG};
 use crate::project_training::{run_checks, Checked, Place};
@@ -18,17 +18,17 @@ use crate::training::{evaluate_again, Again, Crash, TrainingFiles};
 use crate::tree::Search;
 use crate::Worker;
 
-/// Trains with the first seed (or, with `evaluate_again`, evaluates that earlier run's hand-over once more instead)
+/// Trains with the first seed (or, with `handover_of`, evaluates that earlier run's hand-over once more instead)
 /// and, where the rule asks, more seeds; decides. None when interrupted.
 pub(super) fn train_and_decide(
     worker: &mut Worker,
     trainer: &Trainer,
     opts: &ExperimentOptions,
     exp: &mut Started,
-    evaluate_again: Option<u64>,
+    handover_of: Option<u64>,
 ) -> Result<Option<Decision>> {
     let settings = &worker.session.settings;
-    let training = match (&worker.session.project.commands, evaluate_again) {
+    let training = match (&worker.session.project.commands, handover_of) {
         (None, Some(earlier)) => {
             format!("evaluating the checkpoint of run {earlier} again (profile {}", settings.profile)
         }
@@ -43,8 +43,8 @@ pub(super) fn train_and_decide(
     ));
     let run_log = worker.root.join(RUN_LOG);
     let dir = worker.run_dir(exp.run);
-    let first = match evaluate_again {
-        Some(earlier) => evaluate_kept(worker, trainer, earlier, &dir, run_log.clone(), opts)?,
+    let first = match handover_of {
+        Some(earlier) => evaluate_handover_of(worker, trainer, earlier, &dir, run_log.clone(), opts)?,
         None => train(worker, trainer, SEED, &dir, run_log.clone(), opts)?,
     };
     exp.training_wall += first.wall;

@@ -154,7 +154,7 @@ pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentO
     };
     let hash = snapshot.hash();
     // A retry names the run it retries; after a crash in its evaluation, its hand-over is evaluated again.
-    let (retry_of, evaluate_again) = match if opts.force { None } else { check::earlier_run(worker, &hash) } {
+    let (retry_of, handover_of) = match if opts.force { None } else { check::earlier_run(worker, &hash) } {
         Some(check::Earlier::Reuse(earlier)) => {
             // Its row names the rule as it stands (with the spread measured so far).
             let settings = &worker.session.settings;
@@ -209,14 +209,14 @@ pub fn run_experiment(worker: &mut Worker, trainer: &Trainer, opts: &ExperimentO
         Ok(output) => {
             std::fs::write(worker.run_dir(exp.run).join(BUILD_LOG), output)?;
             // Train, decide.
-            match decide::train_and_decide(worker, trainer, opts, &mut exp, evaluate_again)? {
+            match decide::train_and_decide(worker, trainer, opts, &mut exp, handover_of)? {
                 Some(decision) => decision,
                 None => return record::interrupted(worker, exp.meta),
             }
         }
     };
     if let Some(earlier) = retry_of {
-        let how = if evaluate_again.is_some() { "its checkpoint evaluated again, not trained: " } else { "" };
+        let how = if handover_of.is_some() { "its checkpoint evaluated again, not trained: " } else { "" };
         decision.reason =
             format!("retry of run {} (crashed: {}): {how}{}", earlier.run, earlier.reason, decision.reason);
     }

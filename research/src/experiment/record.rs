@@ -10,6 +10,7 @@ use super::{Decision, ExperimentOptions, Outcome, Started};
 use crate::files::{handover_dir, is_handover_dir};
 use crate::results::{self, Extra, Row, Status};
 use crate::state::{Best, SEED};
+use crate::training::remove_handover;
 use crate::tree::Search;
 use crate::{RunMeta, Worker};
 
@@ -78,7 +79,8 @@ pub(super) fn record(
         }
     }
     session.done(worker.number);
-    // The checkpoint of a crashed evaluation or audit stays, for `autoresearch eval [--audit]`.
+    // The checkpoint of a crashed evaluation or audit stays, for `autoresearch eval [--audit]` and for the identical
+    // file's retry (which evaluates it again).
     let crashed_in_evaluation = decision.crash.as_ref().is_some_and(|c| crashed_in_evaluation(&c.reason));
     prune_checkpoints(&worker.run_dir(run), decision.status == Status::Keep || crashed_in_evaluation)?;
     let overhead = seconds - training_wall - build_waited;
@@ -122,7 +124,8 @@ pub(super) fn interrupted(worker: &mut Worker, mut meta: RunMeta) -> Result<Outc
 }
 
 /// Checkpoints take room (about 200 MB at the h100 profile): a run keeps its first seed's when it was kept or
-/// its evaluation or audit crashed (for `autoresearch eval`); the others go.
+/// its evaluation or audit crashed (for `autoresearch eval` and the identical file's retry); the others go, with
+/// the harness's records of them.
 fn prune_checkpoints(dir: &Path, keep_first: bool) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
     for entry in entries {
@@ -134,9 +137,7 @@ fn prune_checkpoints(dir: &Path, keep_first: bool) -> Result<()> {
         if keep_first && name == handover_dir(SEED) {
             keep_only_harness_files(&path)?;
         } else {
-            std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
-            // And the harness's record of it (see `HandedOver`).
-            let _ = std::fs::remove_file(path.with_extension("handed-over.json"));
+            remove_handover(&path)?;
         }
     }
     Ok(())

@@ -118,7 +118,7 @@ pub(super) fn settings(worker: &Worker, seed: u64) -> TrainingSettings {
 
 /// In place of the first seed's training, for a retry after run `earlier`'s evaluation failed: the hand-over that
 /// run kept, evaluated once more ([`evaluate_handed_over`]), its files in `dir` and its output in `log`.
-pub(super) fn evaluate_kept(
+pub(super) fn evaluate_handover_of(
     worker: &mut Worker,
     trainer: &Trainer,
     earlier: u64,
