@@ -448,26 +448,31 @@ fn fifteen_steps(training_file: &str) -> String {
     training_file.edit("if step >= 25 ||", "if step >= 15 ||")
 }
 
+/// A session of the test's training file capped at [`fifteen_steps`] (committed), started under `--rule lower` with
+/// the budget `budget`, and its baseline kept: the session, the file, the baseline's row.
+fn fifteen_step_session(name: &str, tag: &str, budget: &str) -> (Session, String, Row) {
+    let s = Session::new(name);
+    let honest = fifteen_steps(&std::fs::read_to_string(s.repo.join("train/train.rs")).unwrap());
+    std::fs::write(s.repo.join("train/train.rs"), &honest).unwrap();
+    git(&s.repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-am", "15 steps"]);
+    let init = ["init", tag, "--profile", "small", "--time-budget", budget, "--device", "cpu", "--rule", "lower"];
+    assert!(s.run(&init).status.success());
+    assert!(s.run(&["run", "-m", "baseline"]).status.success());
+    let baseline = s.rows()[0].clone();
+    assert_eq!(baseline.status, Status::Keep);
+    (s, honest, baseline)
+}
+
 /// Edits to the training file that would fake val_bpb, one experiment each: every one ends as a crash or a
 /// discard, with the reason named, and no number of theirs reaches the ledger; so does a file whose evaluated
 /// logits are not those it trained with. An honest improvement after them is still kept.
 #[test]
 fn attacks_on_the_metric_are_not_kept() {
-    let s = Session::new("attacks");
     // 15 steps, well within the clock (20 s + the allowance of 10 s - the hand-over's 3 s; every step counts
     // against it) also on a busy machine, so that the honest result does not depend on the machine's speed (up
     // to float noise); a training that overstays is stopped at 30 s.
+    let (s, honest, baseline) = fifteen_step_session("attacks", "a1", "20");
     let train = s.repo.join("train/train.rs");
-    let honest = fifteen_steps(&std::fs::read_to_string(&train).unwrap());
-    std::fs::write(&train, &honest).unwrap();
-    git(&s.repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-am", "15 steps"]);
-    assert!(s
-        .run(&["init", "a1", "--profile", "small", "--time-budget", "20", "--device", "cpu", "--rule", "lower"])
-        .status
-        .success());
-    assert!(s.run(&["run", "-m", "baseline"]).status.success());
-    let baseline = s.rows()[0].clone();
-    assert_eq!(baseline.status, Status::Keep);
     let log = std::fs::read_to_string(s.repo.join("run.log")).unwrap();
     assert!(log.contains("sandbox: Landlock ABI "), "this kernel has Landlock, and the training ran in it: {log}");
     assert!(log.contains("network closed"), "this kernel's Landlock closes TCP: {log}");
@@ -1336,19 +1341,9 @@ fn two_workers_share_one_ledger_and_one_best() {
 /// or runs honestly and leaves nothing behind; an honest improvement after them is still kept.
 #[test]
 fn attacks_on_the_evaluation_are_not_kept() {
-    let s = Session::new("evaluation-attacks");
-    let train = s.repo.join("train/train.rs");
-    let honest = fifteen_steps(&std::fs::read_to_string(&train).unwrap());
-    std::fs::write(&train, &honest).unwrap();
-    git(&s.repo, &["-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "--quiet", "-am", "15 steps"]);
     // A budget that 15 steps keep even on a machine shared with other work.
-    assert!(s
-        .run(&["init", "e1", "--profile", "small", "--time-budget", "30", "--device", "cpu", "--rule", "lower"])
-        .status
-        .success());
-    assert!(s.run(&["run", "-m", "baseline"]).status.success());
-    let baseline = s.rows()[0].clone();
-    assert_eq!(baseline.status, Status::Keep);
+    let (s, honest, baseline) = fifteen_step_session("evaluation-attacks", "e1", "30");
+    let train = s.repo.join("train/train.rs");
     let logits_fn = "    fn logits(&self, inputs: &Tensor) -> Tensor {
         autoresearch_ops::autocast(self.device.is_cuda(), || Gpt::logits(self, inputs))
     }";
