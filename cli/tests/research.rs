@@ -1572,27 +1572,30 @@ fn attacks_on_the_evaluation_are_not_kept() {
         s.assert_consistent();
     }
     // A model process sees its inputs, so it can tell its loss and stall when it looks poor: an evaluation that
-    // fails so (twice) earns the identical file a retry, which evaluates the same checkpoint again, not a second
-    // training. Here the model stalls when it evaluates the checkpoint of the run it first trains in, alone.
+    // fails so earns the identical file a retry, which evaluates the same checkpoint again, not a second training.
+    // Here the model stalls when it evaluates the checkpoint of the run it first trains in, alone: each answer in
+    // time, the evaluation as a whole not (red team 16 ran past the phase's limit so; here a short --timeout
+    // stops it sooner, on the same path).
     let stalled = run_of(s.rows().last().unwrap()) + 1;
     let stall = model(&format!(
         "        let args: Vec<String> = std::env::args().collect();
         let handover = &args[args.iter().position(|a| a == \"--handover\").unwrap() + 1];
         if handover.contains(\"/runs/{stalled}/\") {{
-            std::thread::sleep(std::time::Duration::from_secs(12));
+            std::thread::sleep(std::time::Duration::from_secs(3));
         }}
         honest"
     ));
-    for attempt in ["stall when the loss looks poor", "the same file, retried"] {
+    for (attempt, timeout) in [("stall when the loss looks poor", "60"), ("the same file, retried", "280")] {
         std::fs::write(&train, &stall).unwrap();
-        assert!(s.run(&["run", "-m", attempt, "--rule", "margin", "--min-delta", "0.01"]).status.success());
+        let args = ["run", "-m", attempt, "--rule", "margin", "--min-delta", "0.01", "--timeout", timeout];
+        assert!(s.run(&args).status.success());
     }
     let rows = s.rows();
     let (first, retry) = (&rows[rows.len() - 2], &rows[rows.len() - 1]);
     assert_eq!((first.status, run_of(first)), (Status::Crash, stalled), "{first:?}");
-    assert!(first.extra.as_ref().unwrap().reason.starts_with("evaluation: over time"), "{first:?}");
+    assert!(first.extra.as_ref().unwrap().reason.starts_with("evaluation: timeout: killed after 60 s"), "{first:?}");
     let why = &retry.extra.as_ref().unwrap().reason;
-    assert!(why.starts_with(&format!("retry of run {stalled} (crashed: evaluation: over time")), "{why}");
+    assert!(why.starts_with(&format!("retry of run {stalled} (crashed: evaluation: timeout")), "{why}");
     assert!(why.contains("its checkpoint evaluated again, not trained"), "{why}");
     assert_eq!(retry.status, Status::Discard, "{retry:?}");
     assert!((retry.val_bpb - baseline.val_bpb).abs() < 1e-4, "the same honest checkpoint's value: {retry:?}");

@@ -714,7 +714,9 @@ fn evaluate_trained(
     attempt: &Attempt,
 ) -> Result<TrainingOutcome> {
     let Evaluation { settings, files, prepared, .. } = *evaluation;
-    let crash = |reason: String, retryable: bool| attempt.crash(reason, retryable);
+    // Every crash from here on is the evaluation's, and says so: a retry of the identical file evaluates this
+    // hand-over again rather than training again (see `HandedOver`).
+    let crash = |reason: String, retryable: bool| attempt.crash(format!("evaluation: {reason}"), retryable);
     let done = |result, interrupted| Ok(attempt.done(result, interrupted));
     let budget = prepared.profile.budget(settings.time_budget);
     let seed = settings.seed.unwrap_or(crate::state::SEED);
@@ -723,21 +725,21 @@ fn evaluate_trained(
         tries += 1;
         let (ended, wall, nonce) = evaluation_phase(evaluation, procs, deadline.clone(), false)?;
         let failure = match ended {
-            Ended::Interrupted => return done(Err(crash("interrupted".into(), true)), true),
-            Ended::OverTime(why) => return done(Err(crash(format!("evaluation: {why}"), true)), false),
+            Ended::Interrupted => return done(Err(attempt.crash("interrupted".into(), true)), true),
+            Ended::OverTime(why) => return done(Err(crash(why, true)), false),
             Ended::Exited(status) => phase_failure(procs, status, files),
         };
         match failure {
             Some((reason, true)) if tries == 1 => {
                 append(&files.log, &format!("\nthe evaluation failed ({reason}): evaluating the checkpoint again\n"))?;
             }
-            Some((reason, retryable)) => return done(Err(crash(format!("evaluation: {reason}"), retryable)), false),
+            Some((reason, retryable)) => return done(Err(crash(reason, retryable)), false),
             None => break (read_result(&files.result, &nonce), wall),
         }
     };
     let result = match result.and_then(|r| check_result(r, prepared, budget, seed)) {
         Ok(r) => r,
-        Err(e) => return done(Err(crash(format!("evaluation: {e:#}"), false)), false),
+        Err(e) => return done(Err(crash(format!("{e:#}"), false)), false),
     };
     let training = trained.training_seconds;
     let summary = summarise(&trained.stats, result, training, training + eval_wall, budget, seed);
