@@ -748,8 +748,8 @@ fn evaluate_trained(
 }
 
 /// For a retry of a training whose evaluation failed in a way that may not be the model's fault: what that
-/// training handed over (kept with its files `earlier`, see [`HandedOver::kept`]) copied to `files.handover` and
-/// evaluated as after a training, its summary with that training's stats and seconds. Nothing is trained: a model
+/// training handed over (kept with its files `earlier`, see [`HandedOver::kept`]) taken over into `files.handover`
+/// and evaluated as after a training, its summary with that training's stats and seconds. Nothing is trained: a model
 /// that makes its own evaluation fail (stalling when its loss looks poor, say) gets the same checkpoint measured
 /// again, not a second training.
 pub fn evaluate_handed_over(
