@@ -688,6 +688,9 @@ fn train_and_evaluate_begun(
     evaluate_trained(&evaluation, procs, deadline, &trained, &attempt)
 }
 
+/// How the reason of a crash in the evaluation, after the training handed over, begins.
+pub const EVALUATION_CRASH: &str = "evaluation: ";
+
 /// A training that handed over its model: its stats and its seconds on the harness's clock.
 struct Trained {
     stats: TrainingStats,
@@ -716,7 +719,7 @@ fn evaluate_trained(
     let Evaluation { settings, files, prepared, .. } = *evaluation;
     // Every crash from here on is the evaluation's, and says so: a retry of the identical file evaluates this
     // hand-over again rather than training again (see `HandedOver`).
-    let crash = |reason: String, retryable: bool| attempt.crash(format!("evaluation: {reason}"), retryable);
+    let crash = |reason: String, retryable: bool| attempt.crash(format!("{EVALUATION_CRASH}{reason}"), retryable);
     let done = |result, interrupted| Ok(attempt.done(result, interrupted));
     let budget = prepared.profile.budget(settings.time_budget);
     let seed = settings.seed.unwrap_or(crate::state::SEED);

@@ -14,7 +14,7 @@ use crate::results::Status;
 use crate::rules::{mean_std, seed_blind, Rule};
 use crate::state::SEED;
 use crate::trainer::{DeviceChoice, Trainer};
-use crate::training::{evaluate_again, Again, Crash, TrainingFiles};
+use crate::training::{evaluate_again, Again, Crash, TrainingFiles, EVALUATION_CRASH};
 use crate::tree::Search;
 use crate::Worker;
 
@@ -143,7 +143,7 @@ const AUDIT_CRASH: &str = "audit: ";
 
 /// Whether a crash (its reason) was the evaluation's or the audit's, after the training handed over its model.
 pub(super) fn crashed_in_evaluation(reason: &str) -> bool {
-    reason.starts_with("evaluation: ") || reason.starts_with(AUDIT_CRASH)
+    reason.starts_with(EVALUATION_CRASH) || reason.starts_with(AUDIT_CRASH)
 }
 
 /// The built-in's check before a keep, on the CPU (where the evaluation's model processes run): every training
