@@ -21,6 +21,11 @@ mod cluster;
 use cluster::Cluster;
 
 const MAIN_REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+/// The most a test allows the harness's own time per experiment (outside the training processes, the agent and
+/// the build): a bound that a gross regression (a rebuild, a wait) breaks but the suite's own load does not (the
+/// coordinator's git work took 1.4 s on 2 loaded cores, 0.2 to 0.4 s otherwise). `scripts/bench-workers.sh`
+/// measures the number itself.
+const OWN_TIME_BOUND_SECONDS: f64 = 5.0;
 /// The first line of the training file's `train`, where the tests insert their edits.
 const TRAIN_FN: &str = "pub fn train(training: &Training) -> Result<Trained<Gpt>> {";
 
@@ -307,7 +312,7 @@ fn a_research_session_end_to_end() {
         .collect();
     let worst = overheads.iter().cloned().fold(0.0, f64::max);
     println!("harness overhead per experiment, less the build: {overheads:.2?} s (worst {worst:.2} s)");
-    assert!(worst <= 5.0, "harness overhead {worst:.2} s is over the 5 s target");
+    assert!(worst <= OWN_TIME_BOUND_SECONDS, "harness overhead {worst:.2} s is over {OWN_TIME_BOUND_SECONDS} s");
 
     // Phase 2: SIGKILL the loop while it trains, then resume.
     let agent = s.agent(&["good2", "nothing", "nothing", "nothing"]);
@@ -1234,7 +1239,7 @@ fn two_workers_share_one_ledger_and_one_best() {
         .map(|m| m.harness_overhead_seconds.unwrap() - m.build_seconds.unwrap())
         .collect();
     println!("coordinator's own time per experiment: {own:.2?} s");
-    assert!(own.iter().all(|&t| t < 1.0), "{own:?}");
+    assert!(own.iter().all(|&t| t <= OWN_TIME_BOUND_SECONDS), "{own:?}");
     // Each worker trained with its share of the cores (that they train at the same time, the kill below shows).
     for r in &rows[1..] {
         let log = std::fs::read_to_string(s.repo.join(format!(".autoresearch/runs/{}/run.log", run_of(r)))).unwrap();
@@ -1269,7 +1274,8 @@ fn two_workers_share_one_ledger_and_one_best() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
+    // Both builds, one after the other, then both trainings: minutes on a loaded 2-core machine.
+    let deadline = Instant::now() + Duration::from_secs(300);
     let training = |k: usize| {
         let j = Journal::load(&s.repo.join(format!(".autoresearch/workers/{k}"))).ok()?;
         j.children.iter().find(|c| c.role == Role::Training).cloned().zip(j.in_progress)
@@ -1310,9 +1316,10 @@ fn two_workers_share_one_ledger_and_one_best() {
     s.assert_consistent();
 
     // Under `confirm 2` a candidate's reruns are offered to every worker: worker 2, idle between its agent's
-    // calls, trains one while worker 1 trains the other.
+    // calls, trains one while worker 1 trains the other. Its agent returns once worker 1 has begun a rerun (not
+    // after a fixed time, which a slow machine outlasted), so that the other waits for it.
     steps(1, &["defaults", "nothing", "nothing", "nothing"]);
-    steps(2, &["think", "think", "think"]);
+    steps(2, &["await_rerun", "nothing", "nothing"]);
     let out = s.run(&["loop", "--workers", "2", "--agent", &agent, "--max-experiments", "2", "--rule", "confirm 2"]);
     assert!(out.status.success());
     let rows = s.rows();
@@ -1763,9 +1770,12 @@ fn slurm_jobs_for_two_workers_and_their_faults() {
         .status
         .success());
 
-    // Two workers, one job per training; a training that fails in its job is a crash and its worker goes on.
-    steps(1, &["improve", "panic", "good", "good4"]);
-    steps(2, &["good2", "good3", "good5", "good4"]);
+    // Two workers, one job per training; a training that fails in its job is a crash and its worker goes on. The
+    // failing edit is worker 2's first: each worker's first experiment is sure to run whatever the machine's pace
+    // (worker 1's second was not: on a slow machine worker 2 took three of the four experiments after the
+    // baseline).
+    steps(1, &["improve", "good", "good4"]);
+    steps(2, &["panic", "good2", "good3", "good5"]);
     let loop_args = ["loop", "--backend", "slurm", "--agent", &agent, "--timeout", "60"];
     let spawn = |more: &[&str]| {
         cmd(&[&loop_args[..], more].concat()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()

@@ -44,7 +44,14 @@ good5)     need "$scalar_lr"; sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.0
 good6)     need "$scalar_lr"; sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.085,/' $file; say "scalar lr 0.085" ;;
 good7)     need "$scalar_lr"; sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.095,/' $file; say "scalar lr 0.095" ;;
 good8)     need "$scalar_lr"; sed -i -E 's/scalar_lr: 0\.0[0-9]*,/scalar_lr: 0.0125,/' $file; say "scalar lr 0.0125" ;;
-think)     sleep 14 ;;
+await_rerun) # waits (up to 5 minutes) until a confirmation rerun begins (a new rerun log in the session's run
+           # folders), then returns without a change, so that the loop takes the rerun still waiting
+           runs="$(dirname "$AUTORESEARCH_NOTES")/runs"
+           reruns() { find "$runs" -name 'rerun-*.log' | wc -l; }
+           before=$(reruns)
+           for _ in $(seq 1500); do [ "$(reruns)" -gt "$before" ] && break; sleep 0.2; done
+           [ "$(reruns)" -gt "$before" ] || { echo "agent.sh: no rerun began in $runs after 5 minutes" >&2; exit 1; }
+           ;;
 late)      # waits (up to 5 minutes) for a second keep row in results.tsv (another worker's), then sets the default
            # learning rates in the file as this call found it: a change that grew from an older best than the one
            # it will be judged against
